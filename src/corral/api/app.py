@@ -1,0 +1,93 @@
+"""``create_app(settings) -> FastAPI``: nothing is built at import time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from corral import __version__
+from corral.api import errors, jobs, runners, sessions, system
+from corral.api.deps import Services
+from corral.api.limits import BodyLimit
+from corral.config import Settings, load_settings
+from corral.errors import CorralError
+from corral.store import RetryPolicy, Store
+from corral.store.keys import new_secret
+
+log = logging.getLogger(__name__)
+
+
+def retry_policy(settings: Settings) -> RetryPolicy:
+    return RetryPolicy(
+        default_max_attempts=settings.default_max_attempts,
+        backoff_base=settings.retry_backoff_base,
+        backoff_max=settings.retry_backoff_max,
+    )
+
+
+async def open_store(settings: Settings) -> Store:
+    return await Store.open(settings.effective_database_url, policy=retry_policy(settings))
+
+
+async def _watchdog(svc: Services) -> None:
+    while True:
+        await asyncio.sleep(svc.settings.watchdog_interval)
+        try:
+            lost = await svc.store.jobs.expire()
+            svc.watchdog.last_error = None
+        except CorralError as exc:
+            svc.watchdog.last_error = exc.message
+            log.warning("watchdog sweep failed: %s", exc.message)
+            continue
+        svc.watchdog.sweeps += 1
+        svc.watchdog.last_sweep_at = time.time()
+        svc.watchdog.expired += len(lost)
+        for job in lost:
+            log.warning("job %s lost its runner; now %s", job.id, job.state.value,
+                        extra={"job_id": job.id, "session_id": job.session_id})
+
+
+def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
+    """The corral HTTP app. With ``store`` given the caller owns it; otherwise
+    the app opens (and migrates) the configured database at startup."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        st = store or await open_store(settings)
+        secret = (
+            settings.jwt_secret.get_secret_value()
+            if settings.jwt_secret is not None
+            else await st.settings.get_or_create("jwt_secret", new_secret)
+        )
+        svc = Services(settings=settings, store=st, jwt_secret=secret)
+        app.state.services = svc
+        task = asyncio.create_task(_watchdog(svc), name="corral-watchdog")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            if store is None:
+                await st.close()
+
+    app = FastAPI(
+        title="corral", version=__version__, lifespan=lifespan,
+        description="Control plane for fleets of AI coding agents.",
+    )
+    errors.install(app)
+    for module in (system, jobs, sessions, runners):
+        app.include_router(module.router)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    return app
+
+
+def factory() -> FastAPI:
+    """For ``uvicorn --factory corral.api.app:factory`` (settings from env/toml)."""
+    return create_app(load_settings())

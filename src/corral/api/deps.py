@@ -1,0 +1,93 @@
+"""What routes depend on: the app's services and the caller's credentials."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from corral import auth
+from corral.auth import Principal, WorkerClaims
+from corral.config import Settings
+from corral.errors import Unauthorized
+from corral.store import Store
+
+# A verified key is trusted this long before the database is asked again, so a
+# revocation reaches every replica within this many seconds.
+KEY_CACHE_SECONDS = 5.0
+
+
+@dataclass
+class WatchdogStats:
+    sweeps: int = 0
+    expired: int = 0
+    last_sweep_at: float | None = None
+    last_error: str | None = None
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: Store
+    jwt_secret: str
+    watchdog: WatchdogStats = field(default_factory=WatchdogStats)
+    _keys: dict[str, tuple[float, Principal]] = field(default_factory=dict)
+
+    async def authenticate(self, key: str) -> Principal:
+        digest = auth.hash_key(key)
+        cached = self._keys.get(digest)
+        now = time.monotonic()
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        principal = await self.store.keys.authenticate(key)
+        if len(self._keys) > 10_000:
+            self._keys.clear()
+        self._keys[digest] = (now + KEY_CACHE_SECONDS, principal)
+        return principal
+
+    def forget_keys(self) -> None:
+        self._keys.clear()
+
+
+def services(request: Request) -> Services:
+    svc: Services = request.app.state.services
+    return svc
+
+
+Svc = Annotated[Services, Depends(services)]
+
+
+def _bearer(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    key = request.headers.get("x-api-key", "").strip()
+    if key:
+        return key
+    raise Unauthorized("missing credentials: send 'Authorization: Bearer <API key>'")
+
+
+async def principal(request: Request, svc: Svc) -> Principal:
+    return await svc.authenticate(_bearer(request))
+
+
+def require(permission: str) -> object:
+    async def check(p: Annotated[Principal, Depends(principal)]) -> Principal:
+        p.require(permission)
+        return p
+
+    return Depends(check)
+
+
+async def worker(request: Request, svc: Svc) -> WorkerClaims:
+    return auth.verify_worker_token(_bearer(request), svc.jwt_secret)
+
+
+Reader = Annotated[Principal, require("read")]
+Writer = Annotated[Principal, require("write")]
+Admin = Annotated[Principal, require("admin")]
+RunnerKey = Annotated[Principal, require("run")]
+Worker = Annotated[WorkerClaims, Depends(worker)]

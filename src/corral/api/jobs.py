@@ -1,0 +1,134 @@
+"""Jobs: submit, read, cancel, retry, and their events."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import JSONResponse
+from sse_starlette import EventSourceResponse
+
+from corral.api import stream
+from corral.api.deps import Reader, Svc, Writer
+from corral.api.schemas import EventPage, JobAccepted, JobPage
+from corral.auth import Principal, Role
+from corral.errors import BadRequest, Forbidden
+from corral.jobs import JobState
+from corral.models import Job, JobCreate
+
+router = APIRouter(tags=["jobs"])
+
+
+async def _visible(svc: Svc, job: Job, who: Principal) -> Job:
+    """Runners may read only the jobs they hold."""
+    if who.role is Role.RUNNER:
+        if job.runner_id is None or await svc.store.runners.key_of(job.runner_id) != who.key_id:
+            raise Forbidden("a runner key may only read jobs its runner holds")
+    return job
+
+
+def _states(raw: list[str]) -> list[JobState]:
+    states: list[JobState] = []
+    for item in raw:
+        for name in item.split(","):
+            if not name.strip():
+                continue
+            try:
+                states.append(JobState(name.strip()))
+            except ValueError:
+                allowed = ", ".join(s.value for s in JobState)
+                raise BadRequest(f"unknown state {name.strip()!r}; use one of {allowed}") from None
+    return states
+
+
+@router.post("/jobs", status_code=202, response_model=JobAccepted)
+async def submit(spec: JobCreate, svc: Svc, who: Writer, response: Response) -> JobAccepted:
+    job, created = await svc.store.jobs.create(spec)
+    if not created:
+        response.status_code = 200
+    return JobAccepted(job_id=job.id, session_id=job.session_id, state=job.state, created=created)
+
+
+@router.get("/jobs", response_model=JobPage)
+async def list_jobs(
+    svc: Svc,
+    who: Reader,
+    state: Annotated[list[str], Query()] = [],  # noqa: B006 - FastAPI query default
+    session_id: str | None = None,
+    provider: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    before: str | None = None,
+) -> JobPage:
+    jobs = await svc.store.jobs.list(
+        states=_states(state), session_id=session_id, provider=provider,
+        limit=limit, before=before,
+    )
+    return JobPage(jobs=jobs, next=jobs[-1].id if len(jobs) == limit else None)
+
+
+@router.get("/jobs/{job_id}", response_model=Job)
+async def get_job(job_id: str, svc: Svc, who: Reader) -> Job:
+    return await _visible(svc, await svc.store.jobs.get(job_id), who)
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=Job)
+async def cancel_job(job_id: str, svc: Svc, who: Writer) -> Job:
+    return await svc.store.jobs.cancel(job_id, by=who.name)
+
+
+@router.post("/jobs/{job_id}/retry", response_model=Job)
+async def retry_job(job_id: str, svc: Svc, who: Writer) -> Job:
+    return await svc.store.jobs.retry(job_id)
+
+
+@router.get("/jobs/{job_id}/events", response_model=EventPage)
+async def job_events(
+    job_id: str,
+    request: Request,
+    svc: Svc,
+    who: Reader,
+    since: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
+    internal: bool = False,
+) -> Response:
+    """JSON by default; an SSE stream (ending with the job) when the client
+    accepts ``text/event-stream``."""
+    job = await svc.store.jobs.get(job_id)
+    if "text/event-stream" in request.headers.get("accept", ""):
+        start = _last_event_id(request, since)
+        events = stream.follow(
+            svc.store, job.session_id, since=start, buffer=svc.settings.sse_buffer,
+            job_id=job_id, internal=internal,
+        )
+        return _sse(events, svc)
+    items = await svc.store.events.list(
+        job.session_id, since=since, limit=limit, job_id=job_id, internal=internal
+    )
+    next_since = items[-1].seq if items and items[-1].seq else since
+    return JSONResponse(
+        {"events": [e.model_dump(mode="json") for e in items], "next_since": next_since}
+    )
+
+
+def _last_event_id(request: Request, since: int) -> int:
+    raw = request.headers.get("last-event-id")
+    if raw is None or not raw.strip():
+        return since
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest("Last-Event-ID must be an event seq (an integer)") from None
+    if value < 0:
+        raise BadRequest("Last-Event-ID must not be negative")
+    return max(value, since)
+
+
+def _sse(events: stream.AsyncIterator[stream.Event], svc: Svc) -> EventSourceResponse:
+    async def messages() -> stream.AsyncIterator[dict[str, object]]:
+        async for ev in events:
+            yield stream.sse(ev)
+
+    return EventSourceResponse(
+        messages(), ping=int(max(1, svc.settings.sse_ping)), send_timeout=30,
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )

@@ -1,0 +1,120 @@
+"""Runner protocol v1: register and lease with a runner key; report events,
+state, heartbeats and the outcome with the job's worker JWT. A write carrying
+a stale epoch gets 409 and the runner stops that job."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Request
+
+from corral import auth
+from corral.api.deps import Reader, RunnerKey, Svc, Worker
+from corral.api.schemas import (
+    Completion,
+    EventBatch,
+    EventsAccepted,
+    Heartbeat,
+    LeasedJob,
+    LeaseRequest,
+    LeaseResponse,
+    RunnerRegister,
+    RunnerRegistered,
+    WorkerState,
+)
+from corral.auth import Role, WorkerClaims
+from corral.errors import Forbidden
+from corral.models import NewEvent, Runner
+from corral.store.runners import PROTOCOL_VERSION
+
+router = APIRouter(tags=["runners"])
+
+# Even with nothing announced on the bus, a waiting lease looks again this
+# often: it picks up retries whose backoff ended and work another replica took in.
+RECHECK_SECONDS = 1.0
+
+
+@router.post("/runners/register", response_model=RunnerRegistered)
+async def register(body: RunnerRegister, svc: Svc, who: RunnerKey) -> RunnerRegistered:
+    runner = await svc.store.runners.register(
+        name=body.name, key_id=who.key_id, hostname=body.hostname,
+        providers=body.providers, labels=body.labels, slots=body.slots,
+    )
+    return RunnerRegistered(
+        runner_id=runner.id, protocol=PROTOCOL_VERSION,
+        lease_ttl=svc.settings.lease_ttl, heartbeat_interval=svc.settings.heartbeat_interval,
+    )
+
+
+@router.get("/runners", response_model=list[Runner])
+async def list_runners(svc: Svc, who: Reader) -> list[Runner]:
+    return await svc.store.runners.list()
+
+
+@router.post("/runners/{runner_id}/lease", response_model=LeaseResponse)
+async def lease(
+    runner_id: str, body: LeaseRequest, request: Request, svc: Svc, who: RunnerKey
+) -> LeaseResponse:
+    """Long-poll for work (up to ``wait`` seconds) and for cancellations of
+    jobs this runner holds."""
+    runner = await svc.store.runners.get(runner_id)
+    if runner.key_id != who.key_id and who.role is not Role.ADMIN:
+        raise Forbidden("this runner was registered with another key")
+    if runner.status != "active":
+        raise Forbidden("this runner was replaced by a newer registration; register again")
+    deadline = time.monotonic() + body.wait
+    with svc.store.bus.subscribe("dispatch", f"runner:{runner_id}", maxsize=10_000) as sub:
+        cancel: list[str] = []
+        while True:
+            leases = await svc.store.jobs.lease(runner, body.max_jobs, svc.settings.lease_ttl)
+            remaining = deadline - time.monotonic()
+            if leases or cancel or remaining <= 0 or await request.is_disconnected():
+                break
+            for message in await sub.get(timeout=min(remaining, RECHECK_SECONDS)):
+                if isinstance(message, str) and message.startswith("cancel:"):
+                    cancel.append(message.removeprefix("cancel:"))
+    jobs = []
+    for lease in leases:
+        claims = WorkerClaims(
+            job_id=lease.job.id, session_id=lease.session.id,
+            epoch=lease.job.epoch, runner_id=runner_id,
+        )
+        jobs.append(LeasedJob(
+            job=lease.job, session=lease.session, epoch=lease.job.epoch,
+            token=auth.issue_worker_token(claims, svc.jwt_secret, svc.settings.worker_token_ttl),
+            resume_handle=lease.session.handle,
+        ))
+    return LeaseResponse(jobs=jobs, cancel=cancel)
+
+
+@router.post("/worker/events", response_model=EventsAccepted)
+async def worker_events(body: EventBatch, svc: Svc, claims: Worker) -> EventsAccepted:
+    stored, duplicates = await svc.store.jobs.append_events(claims, body.events)
+    return EventsAccepted(accepted=[e.seq for e in stored if e.seq is not None],
+                          duplicates=duplicates)
+
+
+@router.put("/worker/state")
+async def worker_state(body: WorkerState, svc: Svc, claims: Worker) -> dict[str, str]:
+    if body.handle is not None:
+        await svc.store.jobs.set_handle(claims, body.handle)
+    if body.state == "running":
+        job = await svc.store.jobs.start(claims, started_at=body.started_at)
+        return {"state": job.state}
+    await svc.store.jobs.append_events(
+        claims, [NewEvent(type="worker.state", payload={"state": body.state, **body.details})]
+    )
+    return {"state": (await svc.store.jobs.get(claims.job_id)).state}
+
+
+@router.post("/worker/heartbeat", response_model=Heartbeat)
+async def worker_heartbeat(svc: Svc, claims: Worker) -> Heartbeat:
+    job = await svc.store.jobs.heartbeat(claims, svc.settings.lease_ttl)
+    token = auth.issue_worker_token(claims, svc.jwt_secret, svc.settings.worker_token_ttl)
+    return Heartbeat(token=token, state=job.state, lease_expires_in=svc.settings.lease_ttl)
+
+
+@router.post("/worker/complete")
+async def worker_complete(body: Completion, svc: Svc, claims: Worker) -> dict[str, object]:
+    job, duplicates = await svc.store.jobs.complete(claims, body.outcome, body.events)
+    return {"state": job.state, "attempt": job.attempt, "duplicates": duplicates}

@@ -1,0 +1,74 @@
+"""Sessions: conversations whose turns are jobs; their event log and stream."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+
+from corral.api import stream
+from corral.api.deps import Reader, Svc, Writer
+from corral.api.jobs import _last_event_id, _sse
+from corral.api.schemas import EventPage, JobAccepted, SessionCreate, SessionDetail, TurnCreate
+from corral.errors import BadRequest
+from corral.models import JobCreate, Session
+
+router = APIRouter(tags=["sessions"])
+
+
+@router.post("/sessions", status_code=201, response_model=Session)
+async def create_session(body: SessionCreate, svc: Svc, who: Writer) -> Session:
+    return await svc.store.sessions.create(body.title)
+
+
+@router.get("/sessions/{session_id}", response_model=SessionDetail)
+async def get_session(session_id: str, svc: Svc, who: Reader) -> SessionDetail:
+    session = await svc.store.sessions.get(session_id)
+    jobs = await svc.store.jobs.list(session_id=session_id, limit=500)
+    return SessionDetail(**session.model_dump(), jobs=sorted(jobs, key=lambda j: j.turn))
+
+
+@router.post("/sessions/{session_id}/turns", status_code=202, response_model=JobAccepted)
+async def add_turn(
+    session_id: str, body: TurnCreate, svc: Svc, who: Writer, response: Response
+) -> JobAccepted:
+    if body.session_id not in (None, session_id):
+        raise BadRequest("session_id in the body differs from the path")
+    spec = JobCreate(**{**body.model_dump(exclude_unset=True), "session_id": session_id})
+    job, created = await svc.store.jobs.create(spec)
+    if not created:
+        response.status_code = 200
+    return JobAccepted(job_id=job.id, session_id=job.session_id, state=job.state, created=created)
+
+
+@router.get("/sessions/{session_id}/events", response_model=EventPage)
+async def session_events(
+    session_id: str,
+    svc: Svc,
+    who: Reader,
+    since: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
+    internal: bool = False,
+) -> EventPage:
+    await svc.store.sessions.get(session_id)
+    items = await svc.store.events.list(session_id, since=since, limit=limit, internal=internal)
+    next_since = items[-1].seq if items and items[-1].seq else since
+    return EventPage(events=[e.model_dump(mode="json") for e in items], next_since=next_since)
+
+
+@router.get("/sessions/{session_id}/stream")
+async def session_stream(
+    session_id: str,
+    request: Request,
+    svc: Svc,
+    who: Reader,
+    since: Annotated[int, Query(ge=0)] = 0,
+    internal: bool = False,
+) -> Response:
+    """SSE: every event after Last-Event-ID (or ``since``), then live ones."""
+    await svc.store.sessions.get(session_id)
+    events = stream.follow(
+        svc.store, session_id, since=_last_event_id(request, since),
+        buffer=svc.settings.sse_buffer, internal=internal,
+    )
+    return _sse(events, svc)

@@ -1,0 +1,94 @@
+"""Server-sent events over a session's log.
+
+Subscribe first, then back-fill from the database after the client's last
+seq, then stream live, skipping seqs already sent and back-filling again on a
+gap. A subscriber that overflows its buffer is disconnected; it reconnects
+with Last-Event-ID and loses nothing."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from corral.jobs import TERMINAL
+from corral.models import Event
+from corral.store import Store
+
+
+def encode(event: Event) -> str:
+    return json.dumps(event.model_dump(mode="json"), separators=(",", ":"))
+
+
+def sse(event: Event) -> dict[str, Any]:
+    message: dict[str, Any] = {"data": encode(event)}
+    if event.seq is not None:
+        message["id"] = str(event.seq)
+    return message
+
+
+async def follow(
+    store: Store,
+    session_id: str,
+    *,
+    since: int,
+    buffer: int,
+    job_id: str | None = None,
+    internal: bool = False,
+    poll: float = 5.0,
+) -> AsyncIterator[Event]:
+    """Every event of the session after ``since``, once each, in seq order,
+    then live ones. With ``job_id``: only that job's, ending with its final state."""
+
+    def wanted(ev: Event) -> bool:
+        return (job_id is None or ev.job_id == job_id) and (internal or not ev.internal)
+
+    async def ended(ev: Event) -> bool:
+        if job_id is None or ev.type != "job.state" or ev.job_id != job_id:
+            return False
+        if ev.payload.get("to") not in TERMINAL:
+            return False
+        return (await store.jobs.get(job_id)).state in TERMINAL
+
+    last = since
+    with store.bus.subscribe(f"session:{session_id}", maxsize=buffer) as sub:
+        while True:
+            # Back-fill everything committed after `last`.
+            while True:
+                batch = await store.events.list(session_id, since=last, limit=500, internal=True)
+                for ev in batch:
+                    last = ev.seq or last
+                    if wanted(ev):
+                        yield ev
+                        if await ended(ev):
+                            return
+                if len(batch) < 500:
+                    break
+            # Live, until a gap or an overflow sends us back to the log.
+            while True:
+                messages = await sub.get(timeout=poll)
+                if sub.overflowed:
+                    return
+                gap = False
+                for message in messages:
+                    if not isinstance(message, list):
+                        continue
+                    for ev in message:
+                        if ev.seq is None:
+                            if wanted(ev):
+                                yield ev
+                            continue
+                        if ev.seq <= last:
+                            continue
+                        if ev.seq != last + 1:
+                            gap = True
+                            break
+                        last = ev.seq
+                        if wanted(ev):
+                            yield ev
+                            if await ended(ev):
+                                return
+                    if gap:
+                        break
+                if gap or not messages:
+                    break  # back-fill (on timeout too: cheap insurance)

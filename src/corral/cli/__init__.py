@@ -1,0 +1,64 @@
+"""The `corral` command. Errors print one line saying what to fix; `-v`
+adds the traceback."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from typing import Annotated
+
+import typer
+
+from corral import __version__
+from corral.cli import admin, jobs, keys, sessions
+from corral.cli.common import err
+from corral.cli.runner import runner
+from corral.cli.serve import serve
+from corral.cli.submit import submit, turn
+from corral.errors import CorralError
+
+app = typer.Typer(
+    help="corral: a control plane for fleets of AI coding agents.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+)
+_verbose = False
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"corral {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Tracebacks on errors.")]
+    = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True)]
+    = False,
+) -> None:
+    global _verbose
+    _verbose = verbose
+
+
+app.command()(serve)
+app.command()(submit)
+app.command()(turn)
+app.command()(runner)
+app.command()(admin.migrate)
+app.add_typer(jobs.app, name="jobs")
+app.add_typer(sessions.app, name="sessions")
+app.add_typer(keys.app, name="keys")
+config_app = typer.Typer(help="Configuration.", no_args_is_help=True)
+config_app.command("show")(admin.config_show)
+app.add_typer(config_app, name="config")
+
+
+def main() -> None:
+    try:
+        app()
+    except CorralError as exc:
+        if _verbose:
+            traceback.print_exc()
+        err.print(f"[red]error:[/] {exc.message}", markup=True, highlight=False)
+        sys.exit(1)

@@ -1,0 +1,40 @@
+"""`corral migrate` and `corral config show`."""
+
+from __future__ import annotations
+
+import asyncio
+
+from corral.cli.common import ConfigOpt, DataDirOpt, JsonOpt, console, dump, settings
+from corral.config import masked
+from corral.store import Store, migrate as migrations
+
+
+def migrate(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
+    """Apply database migrations (also done at every start)."""
+    s = settings(config, data_dir)
+
+    async def go() -> str | None:
+        store = Store(s.effective_database_url)
+        try:
+            await store.migrate()
+            return await migrations.current(store.db)
+        finally:
+            await store.close()
+
+    revision = asyncio.run(go())
+    console.print(f"Database at revision {revision} ({masked(s)['database_url']}).")
+
+
+def config_show(config: ConfigOpt = None, data_dir: DataDirOpt = None,
+                as_json: JsonOpt = False) -> None:
+    """Print the effective configuration, secrets masked."""
+    data = masked(settings(config, data_dir))
+    if as_json:
+        dump(data)
+        return
+    for key, value in data.items():
+        if isinstance(value, dict):
+            for sub, v in value.items():
+                console.print(f"{key}.{sub} = {v!r}", markup=False)
+        else:
+            console.print(f"{key} = {value!r}", markup=False)

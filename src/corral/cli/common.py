@@ -1,0 +1,69 @@
+"""Options and output helpers shared by the CLI's command groups."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import BaseModel
+from rich.console import Console
+
+from corral.client import Client
+from corral.config import Settings, load_settings
+
+console = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+ServerOpt = Annotated[
+    str | None,
+    typer.Option("--server", envvar="CORRAL_URL", help="corral URL (default: the local server)."),
+]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option("--token", envvar="CORRAL_TOKEN", show_default=False,
+                 help="API key (default: the local admin key file)."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", help="corral.toml to read (default: ./corral.toml).")
+]
+DataDirOpt = Annotated[
+    Path | None, typer.Option("--data-dir", envvar="CORRAL_DATA_DIR", help="Data directory.")
+]
+
+
+def settings(config: Path | None = None, data_dir: Path | None = None) -> Settings:
+    return load_settings(config, data_dir=data_dir)
+
+
+def client(server: str | None, token: str | None) -> Client:
+    return Client(server, token)
+
+
+def dump(data: Any) -> None:
+    """Print ``data`` as JSON on stdout."""
+    if isinstance(data, BaseModel):
+        data = data.model_dump(mode="json")
+    elif isinstance(data, list):
+        data = [d.model_dump(mode="json") if isinstance(d, BaseModel) else d for d in data]
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def when(value: datetime | None) -> str:
+    if value is None:
+        return "-"
+    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+STATE_STYLE = {
+    "queued": "cyan", "assigned": "blue", "running": "yellow",
+    "done": "green", "failed": "red", "cancelled": "magenta",
+}
+
+
+def state(value: str) -> str:
+    return f"[{STATE_STYLE.get(value, 'white')}]{value}[/]"

@@ -1,0 +1,159 @@
+"""`corral jobs ls|show|wait|cancel|retry|logs`."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from corral.cli.common import JsonOpt, ServerOpt, TokenOpt, client, console, dump, state, when
+from corral.cli.submit import follow
+from corral.errors import ClientError
+from corral.jobs import JobState
+
+app = typer.Typer(help="Inspect and control jobs.", no_args_is_help=True)
+
+
+@app.command("ls")
+def ls(
+    state_: Annotated[list[str] | None, typer.Option("--state", help="Filter (repeatable).")] = None,
+    session: Annotated[str | None, typer.Option(help="Only this session's jobs.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=500)] = 20,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List jobs, newest first."""
+    with client(server, token) as c:
+        jobs = c.list(state=state_, session_id=session, limit=limit)
+    if as_json:
+        dump(jobs)
+        return
+    if not jobs:
+        console.print("No jobs. Submit one: corral submit 'echo hello' --wait")
+        return
+    table = Table(box=None)
+    table.add_column("ID", no_wrap=True)
+    for name in ("STATE", "PROVIDER", "ATTEMPT", "CREATED"):
+        table.add_column(name, no_wrap=True)
+    table.add_column("TITLE / PROMPT", no_wrap=True, overflow="ellipsis", max_width=50)
+    for j in jobs:
+        text = (j.title or j.prompt or j.command or "").splitlines()[0:1]
+        table.add_row(j.id, state(j.state.value), j.provider, f"{j.attempt}/{j.max_attempts}",
+                      when(j.created_at), (text[0] if text else "")[:60])
+    console.print(table)
+
+
+@app.command()
+def show(
+    job_id: str, server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = False
+) -> None:
+    """Show one job: state, attempts, timings, result or error."""
+    with client(server, token) as c:
+        job = c.get(job_id)
+    if as_json:
+        dump(job)
+        return
+    rows = [
+        ("job", job.id), ("state", state(job.state.value)), ("session", job.session_id),
+        ("turn", str(job.turn)), ("provider", job.provider),
+        ("attempt", f"{job.attempt} of {job.max_attempts}"), ("priority", str(job.priority)),
+        ("source", job.source + (f" ({job.source_ref})" if job.source_ref else "")),
+        ("created", when(job.created_at)), ("assigned", when(job.assigned_at)),
+        ("started", when(job.started_at)), ("finished", when(job.finished_at)),
+    ]
+    if job.runner_id:
+        rows.append(("runner", job.runner_id))
+    if job.exit_code is not None:
+        rows.append(("exit code", str(job.exit_code)))
+    if job.error:
+        why = f" ({job.reason})" if job.reason else ""
+        label = "error" if job.state is JobState.FAILED else "last error"
+        rows.append((label, f"[red]{job.error}[/]{why}"))
+    if job.state is JobState.QUEUED and job.reason == "runner_lost":
+        rows.append(("note", "its runner was lost; it will run again"))
+    for key, value in rows:
+        console.print(f"[bold]{key:>10}[/]  {value}")
+    if job.result:
+        console.print("[bold]    result[/]")
+        console.print(job.result, markup=False, highlight=False)
+
+
+@app.command()
+def wait(
+    job_id: str,
+    timeout: Annotated[float | None, typer.Option(help="Give up after this many seconds.")] = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Wait until a job ends; exit 1 unless it is done."""
+    with client(server, token) as c:
+        job = c.wait(job_id, timeout=timeout)
+    if as_json:
+        dump(job)
+    else:
+        console.print(f"{state(job.state.value)}  job {job.id}" + (f"  {job.error}" if job.error else ""))
+    if job.state is not JobState.DONE:
+        raise typer.Exit(1)
+
+
+@app.command()
+def cancel(job_id: str, server: ServerOpt = None, token: TokenOpt = None,
+           as_json: JsonOpt = False) -> None:
+    """Cancel a job; a running one has its whole process tree stopped."""
+    with client(server, token) as c:
+        job = c.cancel(job_id)
+    if as_json:
+        dump(job)
+    else:
+        console.print(f"Cancelled job {job.id}. Retry it: corral jobs retry {job.id}")
+
+
+@app.command()
+def retry(job_id: str, server: ServerOpt = None, token: TokenOpt = None,
+          as_json: JsonOpt = False) -> None:
+    """Run a failed or cancelled job once more."""
+    with client(server, token) as c:
+        job = c.retry(job_id)
+    if as_json:
+        dump(job)
+    else:
+        console.print(f"Job {job.id} queued again (attempt {job.attempt}). "
+                      f"Follow it: corral jobs logs -f {job.id}")
+
+
+@app.command()
+def logs(
+    job_id: str,
+    follow_: Annotated[bool, typer.Option("--follow", "-f", help="Keep following.")] = False,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print a job's output (and with -f, follow it until the job ends)."""
+    with client(server, token) as c:
+        if follow_ and not as_json:
+            try:
+                follow(c, job_id, as_json=False)
+            except typer.Exit:
+                pass
+            return
+        if follow_:
+            for event in c.job_events(job_id):
+                sys.stdout.write(event.model_dump_json() + "\n")
+                sys.stdout.flush()
+            return
+        job = c.get(job_id)
+        events = [e for e in c.session_events(job.session_id) if e.job_id == job_id]
+    if as_json:
+        dump(events)
+        return
+    for event in events:
+        if event.type == "output":
+            stream = sys.stderr if event.payload.get("stream") == "stderr" else sys.stdout
+            stream.write(str(event.payload.get("line", "")) + "\n")
+    if not events:
+        raise ClientError(f"job {job_id} has no events")

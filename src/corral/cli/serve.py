@@ -1,0 +1,131 @@
+"""`corral serve`: the control plane, with a runner embedded in the process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import uvicorn
+
+from corral.api.app import create_app, open_store
+from corral.auth import Role
+from corral.cli import logs
+from corral.cli.common import ConfigOpt, DataDirOpt, err
+from corral.config import Settings, load_settings
+from corral.errors import ConfigError
+from corral.runner import Runner
+from corral.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _write_secret(path: Path, value: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value + "\n")
+
+
+async def local_key(store: Store, path: Path, *, name: str, role: Role) -> str:
+    """The key in ``path`` (created with mode 0600 if absent), stored in the database."""
+    if path.exists():
+        key = path.read_text().strip()
+        await store.keys.ensure(key, name=name, role=role)
+        return key
+    _, key = await store.keys.create(name=name, role=role)
+    _write_secret(path, key)
+    return key
+
+
+class _Server(uvicorn.Server):
+    on_exit: Any = None
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        if self.on_exit is not None:
+            self.on_exit()
+        super().handle_exit(sig, frame)
+
+
+async def run(settings: Settings) -> None:
+    store = await open_store(settings)
+    try:
+        if is_loopback(settings.host):
+            await local_key(store, settings.admin_key_file, name="local admin", role=Role.ADMIN)
+        elif await store.keys.count_active() == 0:
+            raise ConfigError(
+                f"refusing to listen on {settings.host} with no API keys: create one with "
+                "`corral keys create --role admin` and keep it safe, then start again"
+            )
+        runner_key = None
+        if settings.runner.embedded:
+            runner_key = await local_key(
+                store, settings.data_dir / "runner.key", name="embedded runner", role=Role.RUNNER
+            )
+        app = create_app(settings, store=store)
+        config = uvicorn.Config(
+            app, host=settings.host, port=settings.port, log_config=None, access_log=False,
+            lifespan="on", timeout_graceful_shutdown=3, loop="asyncio",
+        )
+        server = _Server(config)
+        serving = asyncio.create_task(server.serve())
+        while not server.started and not serving.done():
+            await asyncio.sleep(0.01)
+        if serving.done():
+            await serving
+            raise ConfigError(f"could not listen on {settings.host}:{settings.port}")
+        port = server.servers[0].sockets[0].getsockname()[1]
+        url = settings.model_copy(update={"port": port}).local_url()
+        err.print(f"corral {store.db.dialect} listening on [bold]{url}[/]")
+        if is_loopback(settings.host):
+            err.print(f"admin key: {settings.admin_key_file}  (try: corral submit 'echo hi' --wait)")
+        runner_task: asyncio.Task[None] | None = None
+        if runner_key is not None:
+            runner = Runner(
+                url, runner_key, workdir=settings.data_dir, name="embedded",
+                slots=settings.runner.slots,
+                providers={p: p for p in settings.runner.providers},
+                lease_wait=settings.runner.lease_wait, kill_grace=settings.runner.kill_grace,
+            )
+            runner_task = asyncio.create_task(runner.run(), name="corral-embedded-runner")
+            server.on_exit = runner_task.cancel
+        await serving
+        if runner_task is not None:
+            runner_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner_task
+    finally:
+        await store.close()
+
+
+def serve(
+    host: Annotated[str | None, typer.Option(envvar="CORRAL_HOST", help="Bind address.")] = None,
+    port: Annotated[int | None, typer.Option(envvar="CORRAL_PORT", help="Port (0: any).")] = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    log_format: Annotated[str | None, typer.Option(help="text or json.")] = None,
+    no_runner: Annotated[bool, typer.Option("--no-runner", help="Do not embed a runner.")] = False,
+) -> None:
+    """Start the control plane (HTTP API) with an embedded runner."""
+    overrides: dict[str, Any] = {"host": host, "port": port, "data_dir": data_dir,
+                                 "log_format": log_format}
+    settings = load_settings(config, **overrides)
+    if no_runner:
+        settings.runner.embedded = False
+    logs.setup(settings.log_level, settings.log_format)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run(settings))

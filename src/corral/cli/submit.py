@@ -1,0 +1,117 @@
+"""`corral submit` and `corral turn`: add work, optionally follow it live."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from corral.cli.common import JsonOpt, ServerOpt, TokenOpt, client, console, dump, err, state
+from corral.client import Client
+from corral.errors import BadRequest
+from corral.jobs import JobState
+
+WaitOpt = Annotated[bool, typer.Option("--wait", "-w", help="Follow the output until it ends.")]
+
+
+def _text(text: str | None, file: Path | None) -> str:
+    if file is not None:
+        try:
+            return file.read_text()
+        except OSError as exc:
+            raise BadRequest(f"cannot read {file}: {exc.strerror}") from exc
+    if text == "-" or (text is None and not sys.stdin.isatty()):
+        return sys.stdin.read()
+    if text is None:
+        raise BadRequest("nothing to run: give TEXT, --file FILE, or pipe it on stdin")
+    return text
+
+
+def follow(c: Client, job_id: str, *, as_json: bool) -> None:
+    """Print a job's output live, then its outcome; exit 1 unless done."""
+    for event in c.job_events(job_id):
+        if as_json:
+            continue
+        if event.type == "output":
+            line = str(event.payload.get("line", ""))
+            stream = sys.stderr if event.payload.get("stream") == "stderr" else sys.stdout
+            stream.write(line + "\n")
+            stream.flush()
+        elif event.type == "job.state" and event.payload.get("to") == "queued" \
+                and event.payload.get("from") is not None:
+            err.print(f"[dim]attempt {event.payload.get('attempt')} queued "
+                      f"({event.payload.get('error', 'retry')})[/]")
+    job = c.get(job_id)
+    if as_json:
+        dump(job)
+    else:
+        line = f"{state(job.state.value)}  job {job.id}  attempt {job.attempt}"
+        if job.error:
+            line += f"  [red]{job.error}[/]"
+        err.print(line)
+    if job.state is not JobState.DONE:
+        raise typer.Exit(1)
+
+
+def _submit(c: Client, fields: dict[str, Any], wait: bool, as_json: bool,
+            session: str | None) -> None:
+    body = {k: v for k, v in fields.items() if v not in (None, [], ())}
+    accepted = c.turn(session, **body) if session else c.submit(**body)
+    job_id = accepted["job_id"]
+    if wait:
+        if not as_json:
+            err.print(f"[dim]job {job_id} (session {accepted['session_id']})[/]")
+        follow(c, job_id, as_json=as_json)
+        return
+    if as_json:
+        dump(accepted)
+        return
+    verb = "Submitted" if accepted["created"] else "Already submitted (same idempotency key):"
+    console.print(f"{verb} job [bold]{job_id}[/] in session {accepted['session_id']}.")
+    console.print(f"Follow it: corral jobs logs -f {job_id}")
+
+
+def submit(
+    text: Annotated[str | None, typer.Argument(help="What to run ('-' for stdin).")] = None,
+    file: Annotated[Path | None, typer.Option("--file", "-f", help="Read it from a file.")] = None,
+    wait: WaitOpt = False,
+    provider: Annotated[str, typer.Option(help="Provider to run it.")] = "shell",
+    session: Annotated[str | None, typer.Option(help="Add as a turn of this session.")] = None,
+    title: Annotated[str | None, typer.Option()] = None,
+    priority: Annotated[int, typer.Option(min=0, max=9, help="0 is the most urgent.")] = 2,
+    timeout: Annotated[float | None, typer.Option(help="Seconds.")] = None,
+    max_attempts: Annotated[int | None, typer.Option(min=1)] = None,
+    label: Annotated[list[str] | None, typer.Option(help="Repeatable.")] = None,
+    idempotency_key: Annotated[str | None, typer.Option()] = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Submit a job (shell by default); with --wait, print its output live."""
+    fields = {
+        "prompt": _text(text, file), "provider": provider, "title": title,
+        "priority": priority, "timeout": timeout, "max_attempts": max_attempts,
+        "labels": label or [], "idempotency_key": idempotency_key, "source": "cli",
+    }
+    with client(server, token) as c:
+        _submit(c, fields, wait, as_json, session)
+
+
+def turn(
+    session: Annotated[str, typer.Argument(help="Session id.")],
+    text: Annotated[str | None, typer.Argument(help="The follow-up ('-' for stdin).")] = None,
+    file: Annotated[Path | None, typer.Option("--file", "-f")] = None,
+    wait: WaitOpt = False,
+    provider: Annotated[str, typer.Option()] = "shell",
+    timeout: Annotated[float | None, typer.Option()] = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Add a follow-up turn to a session."""
+    fields = {"prompt": _text(text, file), "provider": provider, "timeout": timeout,
+              "source": "cli"}
+    with client(server, token) as c:
+        _submit(c, fields, wait, as_json, session)

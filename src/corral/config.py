@@ -1,0 +1,172 @@
+"""Settings: one pydantic-settings tree.
+
+Precedence, highest first: explicit arguments (CLI flags), ``CORRAL_*``
+environment variables (nested with ``__``, e.g. ``CORRAL_RUNNER__SLOTS``),
+``corral.toml`` (the working directory's, or ``--config``), defaults.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from corral.errors import ConfigError
+
+_CONFIG_FILE: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
+    "corral_config_file", default=None
+)
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "corral"
+
+
+class RunnerSettings(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    embedded: bool = Field(True, description="Run a runner inside `corral serve`.")
+    slots: int = Field(4, ge=1, le=1024, description="Jobs a runner runs at once.")
+    providers: list[str] = Field(
+        default_factory=lambda: ["shell"], description="Providers this runner serves."
+    )
+    lease_wait: float = Field(
+        20.0, gt=0, le=120, description="Seconds a lease request long-polls for work."
+    )
+    kill_grace: float = Field(
+        5.0, ge=0, description="Seconds between SIGTERM and SIGKILL when a job is stopped."
+    )
+
+
+class Settings(BaseSettings):
+    """Effective configuration of a corral process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CORRAL_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    host: str = Field("127.0.0.1", description="Address `corral serve` binds.")
+    port: int = Field(8487, ge=0, le=65535, description="Port `corral serve` binds.")
+    data_dir: Path = Field(
+        default_factory=default_data_dir,
+        description="Where the SQLite database, admin key, workspaces and runner state live.",
+    )
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL: sqlite+aiosqlite:///PATH or postgresql+asyncpg://... "
+        "Default: SQLite in the data dir.",
+    )
+    log_level: str = Field("INFO", description="Log level of `corral serve` and runners.")
+    log_format: Literal["text", "json"] = Field("text", description="Log line format.")
+    max_body_bytes: int = Field(
+        1_048_576, ge=1024, description="Largest accepted request body in bytes (413 beyond)."
+    )
+    lease_ttl: float = Field(
+        30.0, gt=0, description="Seconds a job stays owned without a heartbeat before the "
+        "watchdog re-queues it.",
+    )
+    heartbeat_interval: float = Field(
+        5.0, gt=0, description="Seconds between a runner's heartbeats for each job."
+    )
+    watchdog_interval: float = Field(
+        1.0, gt=0, description="Seconds between watchdog sweeps for expired leases."
+    )
+    worker_token_ttl: float = Field(
+        900.0, gt=0, description="Lifetime in seconds of a worker JWT (renewed by heartbeats)."
+    )
+    default_max_attempts: int = Field(
+        1, ge=1, le=100, description="max_attempts of a job that does not set it."
+    )
+    retry_backoff_base: float = Field(
+        2.0, ge=0, description="Seconds before the first retry of a failed attempt (doubles)."
+    )
+    retry_backoff_max: float = Field(300.0, ge=0, description="Cap on the retry backoff.")
+    sse_buffer: int = Field(
+        1000, ge=10, description="Events an SSE subscriber may lag behind before it is "
+        "disconnected (it reconnects with Last-Event-ID and loses nothing).",
+    )
+    sse_ping: float = Field(15.0, gt=0, description="Seconds between SSE keep-alive comments.")
+    jwt_secret: SecretStr | None = Field(
+        None, description="HS256 secret for worker JWTs. Default: generated once and kept "
+        "in the database, so every replica shares it.",
+    )
+    runner: RunnerSettings = Field(default_factory=RunnerSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _CONFIG_FILE.get()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'corral.db'}"
+
+    @property
+    def admin_key_file(self) -> Path:
+        return self.data_dir / "admin.key"
+
+    def local_url(self) -> str:
+        host = self.host
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Load settings from ``config_file`` (or ./corral.toml), env and overrides."""
+    if config_file is not None and not config_file.is_file():
+        raise ConfigError(f"config file {config_file} does not exist")
+    path = config_file if config_file is not None else Path("corral.toml")
+    token = _CONFIG_FILE.set(path if path.is_file() else None)
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration ({path}): {problems}") from exc
+    except ValueError as exc:  # a TOML syntax error
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    finally:
+        _CONFIG_FILE.reset(token)
+
+
+def masked(settings: Settings) -> dict[str, Any]:
+    """The effective settings as plain data, secrets masked."""
+    data = settings.model_dump(mode="json")
+    data["database_url"] = _mask_url(settings.effective_database_url)
+    if settings.jwt_secret is not None:
+        data["jwt_secret"] = "********"
+    return data
+
+
+def _mask_url(url: str) -> str:
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    if ":" in creds:
+        creds = creds.split(":", 1)[0] + ":********"
+    return f"{scheme}://{creds}@{host}"

@@ -1,0 +1,132 @@
+"""One error tree. A class's docstring is its default message; user-visible
+errors carry an HTTP ``status`` and a stable ``code``."""
+
+from __future__ import annotations
+
+
+class CorralError(Exception):
+    """Something went wrong inside corral."""
+
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str | None = None) -> None:
+        self.message = message or (type(self).__doc__ or "").strip()
+        super().__init__(self.message)
+
+
+class BadRequest(CorralError):
+    """The request is malformed."""
+
+    status = 400
+    code = "bad_request"
+
+
+class InvalidInput(CorralError):
+    """The request body does not match the schema."""
+
+    status = 422
+    code = "invalid_input"
+
+
+class Unauthorized(CorralError):
+    """Missing or invalid credentials."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(CorralError):
+    """This credential's role may not do that."""
+
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(CorralError):
+    """Not found."""
+
+    status = 404
+    code = "not_found"
+
+
+class JobNotFound(NotFound):
+    """No such job."""
+
+    code = "job_not_found"
+
+
+class SessionNotFound(NotFound):
+    """No such session."""
+
+    code = "session_not_found"
+
+
+class RunnerNotFound(NotFound):
+    """No such runner; register again."""
+
+    code = "runner_not_found"
+
+
+class KeyNotFound(NotFound):
+    """No such API key."""
+
+    code = "key_not_found"
+
+
+class Conflict(CorralError):
+    """The request conflicts with the current state."""
+
+    status = 409
+    code = "conflict"
+
+
+class InvalidTransition(Conflict):
+    """That state change is not allowed."""
+
+    code = "invalid_transition"
+
+
+class StaleEpoch(Conflict):
+    """This worker no longer owns the job (stale epoch); stop working on it."""
+
+    code = "stale_epoch"
+
+
+class PayloadTooLarge(CorralError):
+    """The request body is too large."""
+
+    status = 413
+    code = "payload_too_large"
+
+
+class TooManyRequests(CorralError):
+    """Too many requests; slow down."""
+
+    status = 429
+    code = "too_many_requests"
+
+
+class StoreUnavailable(CorralError):
+    """The database is unavailable."""
+
+    status = 503
+    code = "store_unavailable"
+
+
+class ConfigError(CorralError):
+    """The configuration is invalid."""
+
+    code = "config_error"
+
+
+class ClientError(CorralError):
+    """The corral server could not be reached."""
+
+    code = "client_error"
+
+
+class JobNotActive(Conflict):
+    """The job is no longer active (cancelled or finished); stop working on it."""
+
+    code = "job_not_active"

@@ -1,0 +1,126 @@
+"""shell: run the job's ``command`` (or its prompt) with ``/bin/sh -c``.
+
+The process starts in a new session (its own process group); stdout and
+stderr lines become ``output`` events as they are written. Exit 0 is done with
+the tail of the output as the result; anything else fails with the exit code.
+A timeout or a cancel stops the whole tree: SIGTERM, then SIGKILL."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections import deque
+from typing import ClassVar
+
+from corral.executors.base import Context
+from corral.models import Outcome
+from corral.runner.process import stop_tree
+
+MAX_LINE = 16_384  # longer lines are split into several events
+TAIL_LINES = 50
+TAIL_CHARS = 4_000
+# After the shell exits, background children may still hold its pipes open.
+DRAIN_SECONDS = 0.5
+# Variables of the runner that a job must not see.
+PRIVATE_ENV = ("CORRAL_TOKEN", "CORRAL_RUNNER_TOKEN", "CORRAL_JWT_SECRET", "CORRAL_DATABASE_URL")
+
+
+class ShellExecutor:
+    kind: ClassVar[str] = "shell"
+
+    def __init__(self) -> None:
+        self._proc: asyncio.subprocess.Process | None = None
+        self._grace = 5.0
+        self._stopping: str | None = None  # "cancelled" or "timeout"
+
+    async def run(self, ctx: Context) -> Outcome:
+        script = ctx.job.command or ctx.job.prompt or ""
+        self._grace = ctx.kill_grace
+        env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}
+        env.update(
+            CORRAL_JOB_ID=ctx.job.id,
+            CORRAL_SESSION_ID=ctx.session.id,
+            CORRAL_ATTEMPT=str(ctx.job.attempt),
+        )
+        proc = await asyncio.create_subprocess_exec(
+            "/bin/sh", "-c", script,
+            cwd=ctx.workdir, env=env, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+        self._proc = proc
+        ctx.started(proc.pid)
+        tail: deque[str] = deque(maxlen=TAIL_LINES)
+        assert proc.stdout is not None and proc.stderr is not None
+        readers = asyncio.gather(
+            _pump(proc.stdout, "stdout", ctx, tail), _pump(proc.stderr, "stderr", ctx, tail)
+        )
+        try:
+            await asyncio.wait_for(proc.wait(), ctx.job.timeout)
+        except TimeoutError:
+            self._stopping = "timeout"
+            await stop_tree(proc, self._grace)
+        except asyncio.CancelledError:
+            await stop_tree(proc, self._grace)
+            raise
+        finally:
+            try:
+                await asyncio.wait_for(asyncio.shield(readers), DRAIN_SECONDS)
+            except (TimeoutError, asyncio.CancelledError):
+                # Background children kept the pipes open: the job is over, stop them.
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                readers.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await readers
+        return self._outcome(proc.returncode, ctx, tail)
+
+    def _outcome(self, rc: int | None, ctx: Context, tail: deque[str]) -> Outcome:
+        text = "\n".join(tail)[-TAIL_CHARS:]
+        if self._stopping == "timeout":
+            return Outcome(status="failed", reason="timeout", exit_code=rc, result=text or None,
+                           error=f"timed out after {ctx.job.timeout:g}s")
+        if self._stopping == "cancelled":
+            return Outcome(status="failed", reason="cancelled", exit_code=rc,
+                           error="cancelled", result=text or None)
+        if rc == 0:
+            return Outcome(status="done", result=text, exit_code=0)
+        if rc is not None and rc < 0:
+            name = signal.Signals(-rc).name
+            return Outcome(status="failed", reason="signal", exit_code=rc, result=text or None,
+                           error=f"killed by {name}")
+        return Outcome(status="failed", reason="exit_code", exit_code=rc, result=text or None,
+                       error=f"exit code {rc}")
+
+    async def cancel(self) -> None:
+        self._stopping = "cancelled"
+        if self._proc is not None and self._proc.returncode is None:
+            await stop_tree(self._proc, self._grace)
+
+
+async def _pump(
+    stream: asyncio.StreamReader, name: str, ctx: Context, tail: deque[str]
+) -> None:
+    pending = b""
+    while True:
+        chunk = await stream.read(65_536)
+        if not chunk:
+            break
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        while len(pending) > MAX_LINE:
+            lines.append(pending[:MAX_LINE])
+            pending = pending[MAX_LINE:]
+        for raw in lines:
+            _line(raw, name, ctx, tail)
+    if pending:
+        _line(pending, name, ctx, tail)
+
+
+def _line(raw: bytes, name: str, ctx: Context, tail: deque[str]) -> None:
+    for start in range(0, max(len(raw), 1), MAX_LINE):
+        text = raw[start : start + MAX_LINE].decode("utf-8", "replace").rstrip("\r")
+        tail.append(text)
+        ctx.emit("output", {"stream": name, "line": text})

@@ -1,0 +1,84 @@
+"""The job state machine: the one place that says which state changes exist.
+
+    queued -> assigned -> running -> done | failed | cancelled
+
+A failed attempt with attempts left goes back to ``queued`` (attempt + 1,
+after a backoff). Pure: values in, values out; the store applies the result
+as a compare-and-set update.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from enum import StrEnum
+
+from corral.errors import InvalidTransition
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    ASSIGNED = "assigned"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class Action(StrEnum):
+    ASSIGN = "assign"  # a runner leased it
+    START = "start"  # the executor's process started
+    SUCCEED = "succeed"
+    FAIL = "fail"  # the attempt failed; retried while attempts are left
+    LOSE = "lose"  # the runner stopped heartbeating; retried while attempts are left
+    CANCEL = "cancel"
+    RETRY = "retry"  # an operator asks for one more attempt of an ended job
+
+
+ACTIVE = frozenset({JobState.ASSIGNED, JobState.RUNNING})
+TERMINAL = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED})
+
+_FROM: dict[Action, frozenset[JobState]] = {
+    Action.ASSIGN: frozenset({JobState.QUEUED}),
+    Action.START: frozenset({JobState.ASSIGNED}),
+    Action.SUCCEED: ACTIVE,
+    Action.FAIL: ACTIVE,
+    Action.LOSE: ACTIVE,
+    Action.CANCEL: frozenset({JobState.QUEUED}) | ACTIVE,
+    Action.RETRY: frozenset({JobState.FAILED, JobState.CANCELLED}),
+}
+
+
+def allowed_from(action: Action) -> frozenset[JobState]:
+    """The states ``action`` may be applied to."""
+    return _FROM[action]
+
+
+def transition(state: JobState, action: Action, *, attempt: int, max_attempts: int) -> JobState:
+    """The state after ``action``; raises InvalidTransition when not allowed."""
+    if state not in _FROM[action]:
+        raise InvalidTransition(f"cannot {action.value} a job that is {state.value}")
+    if action is Action.ASSIGN:
+        return JobState.ASSIGNED
+    if action is Action.START:
+        return JobState.RUNNING
+    if action is Action.SUCCEED:
+        return JobState.DONE
+    if action in (Action.FAIL, Action.LOSE):
+        return JobState.QUEUED if attempt < max_attempts else JobState.FAILED
+    if action is Action.CANCEL:
+        return JobState.CANCELLED
+    return JobState.QUEUED  # RETRY
+
+
+def backoff(
+    attempt: int,
+    *,
+    base: float = 2.0,
+    cap: float = 300.0,
+    rand: Callable[[], float] = random.random,
+) -> float:
+    """Seconds to wait before attempt ``attempt + 1``: exponential, capped,
+    with "equal jitter" (half fixed, half random) so retries spread out."""
+    delay = min(cap, base * 2.0 ** max(0, attempt - 1))
+    return delay / 2 + rand() * delay / 2

@@ -1,0 +1,152 @@
+"""The nouns every layer shares: what the store returns, the API sends and
+the client and runner read."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+from corral.jobs import JobState
+
+JSONDict = dict[str, Any]
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Job(BaseModel):
+    id: str
+    session_id: str
+    turn: int
+    state: JobState
+    provider: str
+    title: str | None = None
+    prompt: str | None = None
+    command: str | None = None
+    priority: int
+    attempt: int
+    max_attempts: int
+    timeout: float | None = None
+    labels: list[str] = Field(default_factory=list)
+    idempotency_key: str | None = None
+    source: str
+    source_ref: str | None = None
+    epoch: int
+    runner_id: str | None = None
+    result: str | None = None
+    error: str | None = None
+    reason: str | None = None
+    exit_code: int | None = None
+    usage: JSONDict | None = None
+    cost: float | None = None
+    created_at: datetime
+    assigned_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    available_at: datetime
+    updated_at: datetime
+
+
+class Session(BaseModel):
+    id: str
+    title: str | None = None
+    created_at: datetime
+    updated_at: datetime
+    epoch: int
+    last_seq: int
+    turns: int
+    active_job_id: str | None = None
+    handle: str | None = None
+
+
+class NewEvent(BaseModel):
+    """An event as a writer sends it; ``event_id`` is minted by the writer so a
+    re-sent event is recognised and skipped."""
+
+    event_id: str = Field(default_factory=new_id, min_length=1, max_length=64)
+    type: str = Field(min_length=1, max_length=64)
+    payload: JSONDict = Field(default_factory=dict)
+    ephemeral: bool = False
+    internal: bool = False
+
+
+class Event(BaseModel):
+    session_id: str
+    seq: int | None  # None for ephemeral events, which are never stored
+    event_id: str
+    job_id: str | None = None
+    type: str
+    epoch: int
+    payload: JSONDict
+    ephemeral: bool = False
+    internal: bool = False
+    created_at: datetime
+
+
+class Outcome(BaseModel):
+    """How an attempt ended, as the executor reports it."""
+
+    status: Literal["done", "failed"]
+    result: str | None = None
+    error: str | None = None
+    reason: str | None = Field(None, max_length=64)
+    exit_code: int | None = None
+    usage: JSONDict | None = None
+    cost: float | None = None
+
+
+class Runner(BaseModel):
+    id: str
+    name: str
+    key_id: str
+    hostname: str | None = None
+    providers: list[str]
+    labels: list[str] = Field(default_factory=list)
+    slots: int
+    status: str
+    version: str
+    registered_at: datetime
+    last_seen_at: datetime
+
+
+class ApiKey(BaseModel):
+    id: str
+    name: str
+    role: str
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+
+class JobCreate(BaseModel):
+    """A job as submitted (HTTP, CLI, later the queue folder, MCP, trackers)."""
+
+    model_config = {"extra": "forbid"}
+
+    prompt: str | None = Field(None, max_length=262_144, description="What to do.")
+    command: str | None = Field(
+        None, max_length=65_536, description="Shell provider: the command (default: the prompt)."
+    )
+    session_id: str | None = Field(
+        None, max_length=64, description="Add the job as a turn of this session."
+    )
+    title: str | None = Field(None, max_length=500)
+    provider: str = Field("shell", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    priority: int = Field(2, ge=0, le=9, description="0 is the most urgent.")
+    max_attempts: int | None = Field(None, ge=1, le=100)
+    timeout: float | None = Field(None, gt=0, le=7 * 86400, description="Seconds.")
+    labels: list[str] = Field(default_factory=list, max_length=32)
+    idempotency_key: str | None = Field(None, min_length=1, max_length=200)
+    source: Literal["api", "cli", "folder", "mcp", "tracker"] = "api"
+    source_ref: str | None = Field(None, max_length=2000)
+
+    @model_validator(mode="after")
+    def _has_work(self) -> JobCreate:
+        if not (self.prompt and self.prompt.strip()) and not (
+            self.command and self.command.strip()
+        ):
+            raise ValueError("a job needs a non-empty prompt or command")
+        return self

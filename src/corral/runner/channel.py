@@ -1,0 +1,150 @@
+"""The worker side of protocol v1 for one job: ordered, batched writes.
+
+Events queue in memory and go out in batches while at most one request is in
+flight, so a chatty process costs few requests and order is kept. A 409 (stale
+epoch, job no longer active) or 401 marks the channel stale: the runner stops
+the job at once and sends nothing more about it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from corral.models import NewEvent, Outcome, new_id
+
+log = logging.getLogger(__name__)
+
+BATCH = 1000
+# How long a write is retried while the server is unreachable (restarts, deploys).
+GIVE_UP_SECONDS = 300.0
+
+
+class WorkerChannel:
+    def __init__(
+        self, http: httpx.AsyncClient, token: str, *, job_id: str,
+        on_stale: Callable[[str], None],
+    ) -> None:
+        self.http = http
+        self.token = token
+        self.job_id = job_id
+        self.stale: str | None = None
+        self._on_stale = on_stale
+        self._events: list[NewEvent] = []
+        self._state: dict[str, Any] | None = None
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._task = asyncio.create_task(self._flush_loop(), name=f"corral-flush-{job_id}")
+
+    def emit(
+        self, type: str, payload: Mapping[str, object], *,
+        ephemeral: bool = False, internal: bool = False,
+    ) -> None:
+        if self.stale is not None:
+            return
+        self._events.append(NewEvent.model_construct(
+            event_id=new_id(), type=type, payload=dict(payload),
+            ephemeral=ephemeral, internal=internal,
+        ))
+        self._wake.set()
+
+    def started(self, started_at: datetime | None = None) -> None:
+        at = (started_at or datetime.now(UTC)).isoformat()
+        self._state = {"state": "running", "started_at": at}
+        self._wake.set()
+
+    async def heartbeat(self) -> None:
+        data = await self._send("POST", "/worker/heartbeat", None)
+        if data is not None:
+            self.token = data["token"]
+
+    async def complete(self, outcome: Outcome) -> dict[str, Any] | None:
+        """Flush, then report the outcome (carrying the last batch of events)."""
+        self._closing = True
+        self._wake.set()
+        await self._task
+        if self.stale is not None:
+            return None
+        while len(self._events) > BATCH:
+            await self._send_events(self._take(BATCH))
+        body = {"outcome": outcome.model_dump(mode="json"), "events": self._dump(self._take())}
+        return await self._send("POST", "/worker/complete", body)
+
+    async def close(self) -> None:
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+
+    def _take(self, n: int | None = None) -> list[NewEvent]:
+        n = len(self._events) if n is None else n
+        batch, self._events = self._events[:n], self._events[n:]
+        return batch
+
+    @staticmethod
+    def _dump(events: list[NewEvent]) -> list[dict[str, Any]]:
+        return [
+            {"event_id": e.event_id, "type": e.type, "payload": e.payload,
+             "ephemeral": e.ephemeral, "internal": e.internal}
+            for e in events
+        ]
+
+    async def _flush_loop(self) -> None:
+        while self.stale is None:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._state is not None:
+                state, self._state = self._state, None
+                await self._send("PUT", "/worker/state", state)
+            if self._closing:
+                return  # complete() carries what is left
+            while self._events and self.stale is None:
+                await self._send_events(self._take(BATCH))
+
+    async def _send_events(self, batch: list[NewEvent]) -> None:
+        await self._send("POST", "/worker/events", {"events": self._dump(batch)})
+
+    async def _send(self, method: str, path: str, body: Any) -> dict[str, Any] | None:
+        if self.stale is not None:
+            return None
+        delay = 0.05
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + GIVE_UP_SECONDS
+        while True:
+            try:
+                resp = await self.http.request(
+                    method, path, json=body, headers={"Authorization": f"Bearer {self.token}"}
+                )
+            except httpx.TransportError as exc:
+                status, reason = None, f"{type(exc).__name__}: {exc}"
+            else:
+                if resp.status_code < 300:
+                    data: dict[str, Any] = resp.json()
+                    return data
+                status, reason = resp.status_code, resp.text[:300]
+                if status in (401, 404, 409):
+                    self._mark_stale(f"{status}: {reason}")
+                    return None
+                if 400 <= status < 500 and status != 429:
+                    log.error("worker %s %s refused (%s): %s", method, path, status, reason,
+                              extra={"job_id": self.job_id})
+                    return None
+            if loop.time() > deadline:
+                self._mark_stale(f"gave up after {GIVE_UP_SECONDS:g}s: {reason}")
+                return None
+            log.warning("worker %s %s failed (%s); retrying", method, path, reason,
+                        extra={"job_id": self.job_id})
+            await asyncio.sleep(delay * (0.5 + random.random() / 2))
+            delay = min(delay * 2, 5.0)
+
+    def _mark_stale(self, reason: str) -> None:
+        if self.stale is None:
+            self.stale = reason
+            self._wake.set()
+            self._on_stale(reason)

@@ -1,0 +1,220 @@
+"""A runner: registers, long-polls for leases, runs executors, reports back.
+
+The embedded runner of ``corral serve`` and ``corral runner`` on another host
+are the same class speaking the same HTTP protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from corral.errors import ClientError, Unauthorized
+from corral.executors import base
+from corral.models import Job, Outcome, Session
+from corral.runner.channel import WorkerChannel
+from corral.runner.process import PidRecords
+
+log = logging.getLogger(__name__)
+
+
+def default_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Runner:
+    def __init__(
+        self,
+        server: str,
+        token: str,
+        *,
+        workdir: Path,
+        name: str | None = None,
+        slots: int = 4,
+        providers: Mapping[str, str] | None = None,
+        lease_wait: float = 20.0,
+        kill_grace: float = 5.0,
+        labels: list[str] | None = None,
+    ) -> None:
+        self.server = server.rstrip("/")
+        self.token = token
+        self.name = name or default_name()
+        self.slots = slots
+        # provider name -> executor kind
+        self.providers = dict(providers or {"shell": "shell"})
+        self.lease_wait = lease_wait
+        self.kill_grace = kill_grace
+        self.labels = labels or []
+        self.workdir = workdir
+        self.pids = PidRecords(workdir / "runner" / "pids")
+        self.runner_id: str | None = None
+        self.heartbeat_interval = 5.0
+        self._jobs: dict[str, asyncio.Task[None]] = {}
+        self._executors: dict[str, base.Executor] = {}
+        self._slot_freed = asyncio.Event()
+        for kind in set(self.providers.values()):
+            base.load(kind)  # fail at start, not at the first job
+
+    async def run(self) -> None:
+        """Run until cancelled; running jobs are stopped on the way out."""
+        for pid in self.pids.reap():
+            log.warning("killed process tree %d left behind by a previous runner", pid)
+        timeout = httpx.Timeout(30.0, read=self.lease_wait + 30.0)
+        headers = {"Authorization": f"Bearer {self.token}"}
+        limits = httpx.Limits(max_connections=self.slots * 3 + 4)
+        async with httpx.AsyncClient(
+            base_url=self.server, headers=headers, timeout=timeout, limits=limits
+        ) as http:
+            try:
+                await self._register(http)
+                await self._lease_loop(http)
+            finally:
+                tasks = list(self._jobs.values())
+                for executor in list(self._executors.values()):
+                    with contextlib.suppress(Exception):
+                        await executor.cancel()
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _register(self, http: httpx.AsyncClient) -> None:
+        body = {
+            "name": self.name, "hostname": socket.gethostname(), "slots": self.slots,
+            "providers": sorted(self.providers), "labels": self.labels, "protocol": "v1",
+        }
+        delay = 0.02
+        while True:
+            try:
+                resp = await http.post("/runners/register", json=body)
+            except httpx.TransportError as exc:
+                log.debug("register: %s; retrying", exc)
+            else:
+                if resp.status_code == 200:
+                    data = resp.json()
+                    self.runner_id = data["runner_id"]
+                    self.heartbeat_interval = float(data["heartbeat_interval"])
+                    log.info("runner %s registered as %s", self.name, self.runner_id)
+                    return
+                if resp.status_code in (401, 403):
+                    raise Unauthorized(f"the server refused this runner's key: {_message(resp)}")
+                if resp.status_code < 500:
+                    raise ClientError(f"registration refused: {_message(resp)}")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    async def _lease_loop(self, http: httpx.AsyncClient) -> None:
+        delay = 0.05
+        while True:
+            free = self.slots - len(self._jobs)
+            self._slot_freed.clear()
+            request = asyncio.create_task(http.post(
+                f"/runners/{self.runner_id}/lease",
+                json={"max_jobs": free, "wait": self.lease_wait},
+            ))
+            if free == 0:
+                # Only listening for cancels: safe to abandon when a slot frees.
+                freed = asyncio.create_task(self._slot_freed.wait())
+                await asyncio.wait({request, freed}, return_when=asyncio.FIRST_COMPLETED)
+                freed.cancel()
+                if not request.done():
+                    request.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError):
+                        await request
+                    continue
+            try:
+                resp = await request
+            except httpx.TransportError as exc:
+                log.warning("lease failed (%s); retrying", exc)
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 5.0)
+                continue
+            delay = 0.05
+            if resp.status_code in (403, 404):
+                log.warning("lease refused (%s); registering again", _message(resp))
+                await self._register(http)
+                continue
+            if resp.status_code == 401:
+                raise Unauthorized(f"the server refused this runner's key: {_message(resp)}")
+            if resp.status_code != 200:
+                log.warning("lease failed (%s)", _message(resp))
+                await asyncio.sleep(1.0)
+                continue
+            data = resp.json()
+            for job_id in data["cancel"]:
+                executor = self._executors.get(job_id)
+                if executor is not None:
+                    log.info("cancelling job %s", job_id, extra={"job_id": job_id})
+                    asyncio.create_task(executor.cancel())
+            for item in data["jobs"]:
+                job_id = item["job"]["id"]
+                self._jobs[job_id] = asyncio.create_task(
+                    self._execute(http, item), name=f"corral-job-{job_id}"
+                )
+
+    async def _execute(self, http: httpx.AsyncClient, item: dict[str, Any]) -> None:
+        job = Job.model_validate(item["job"])
+        session = Session.model_validate(item["session"])
+        log_extra = {"job_id": job.id, "session_id": session.id}
+        try:
+            kind = self.providers.get(job.provider)
+            if kind is None:
+                raise ClientError(f"this runner has no provider {job.provider!r}")
+            executor = base.load(kind)()
+            self._executors[job.id] = executor
+
+            def stale(reason: str) -> None:
+                log.warning("job %s: stopping, server says %s", job.id, reason, extra=log_extra)
+                asyncio.create_task(executor.cancel())
+
+            channel = WorkerChannel(http, item["token"], job_id=job.id, on_stale=stale)
+            workdir = self.workdir / "workspaces" / session.id
+            workdir.mkdir(parents=True, exist_ok=True)
+
+            def started(pid: int) -> None:
+                self.pids.add(job.id, pid)
+                channel.started()
+
+            ctx = base.Context(
+                job=job, session=session, workdir=workdir, emit=channel.emit,
+                started=started, kill_grace=self.kill_grace,
+            )
+            beats = asyncio.create_task(self._heartbeats(channel))
+            try:
+                outcome = await executor.run(ctx)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # an executor bug must not take the runner down
+                log.exception("executor %s failed", kind, extra=log_extra)
+                outcome = Outcome(status="failed", reason="executor_error",
+                                  error=f"{type(exc).__name__}: {exc}")
+            finally:
+                beats.cancel()
+                self.pids.remove(job.id)
+            await channel.complete(outcome)
+            await channel.close()
+        except Exception:
+            log.exception("job %s could not be run", job.id, extra=log_extra)
+        finally:
+            self._executors.pop(job.id, None)
+            self._jobs.pop(job.id, None)
+            self._slot_freed.set()
+
+    async def _heartbeats(self, channel: WorkerChannel) -> None:
+        while channel.stale is None:
+            await asyncio.sleep(self.heartbeat_interval)
+            await channel.heartbeat()
+
+
+def _message(resp: httpx.Response) -> str:
+    try:
+        return str(resp.json()["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return f"HTTP {resp.status_code}"

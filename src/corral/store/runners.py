@@ -1,0 +1,91 @@
+"""Registered runners."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from corral.errors import RunnerNotFound
+from corral.jobs import ACTIVE
+from corral.models import Runner, new_id
+from corral.store.db import Database
+from corral.store.jobs import lose, now_utc
+from corral.store.schema import jobs, runners
+
+PROTOCOL_VERSION = "v1"
+
+
+class Runners:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def register(
+        self,
+        *,
+        name: str,
+        key_id: str,
+        hostname: str | None,
+        providers: list[str],
+        labels: list[str],
+        slots: int,
+    ) -> Runner:
+        """Register a runner. A runner registering again under the same name
+        is a restart: the jobs its previous instance held are lost at once
+        (epoch bumped, retried or failed) instead of waiting for the watchdog."""
+        now = now_utc()
+        runner_id = new_id()
+        async with self.db.write() as tx:
+            old = [
+                r.id
+                for r in await tx.conn.execute(
+                    sa.select(runners.c.id).where(
+                        runners.c.name == name, runners.c.status == "active"
+                    )
+                )
+            ]
+            if old:
+                held = await tx.conn.execute(
+                    sa.select(jobs).where(
+                        jobs.c.runner_id.in_(old), jobs.c.state.in_([s.value for s in ACTIVE])
+                    ).with_for_update()
+                )
+                for row in held.all():
+                    await lose(
+                        tx, row, reason="runner_restarted", now=now,
+                        error=f"runner {name!r} restarted while the job ran",
+                    )
+                await tx.conn.execute(
+                    sa.update(runners).where(runners.c.id.in_(old)).values(status="replaced")
+                )
+            await tx.conn.execute(
+                sa.insert(runners).values(
+                    id=runner_id, name=name, key_id=key_id, hostname=hostname,
+                    providers=providers, labels=labels, slots=slots, status="active",
+                    version=PROTOCOL_VERSION, registered_at=now, last_seen_at=now,
+                )
+            )
+        return await self.get(runner_id)
+
+    async def get(self, runner_id: str) -> Runner:
+        async with self.db.read() as conn:
+            row = (
+                await conn.execute(sa.select(runners).where(runners.c.id == runner_id))
+            ).one_or_none()
+        if row is None:
+            raise RunnerNotFound(f"no runner {runner_id}")
+        return Runner.model_validate(row._mapping)
+
+    async def key_of(self, runner_id: str) -> str:
+        async with self.db.read() as conn:
+            key_id = (
+                await conn.execute(sa.select(runners.c.key_id).where(runners.c.id == runner_id))
+            ).scalar_one_or_none()
+        if key_id is None:
+            raise RunnerNotFound(f"no runner {runner_id}")
+        return str(key_id)
+
+    async def list(self, *, active_only: bool = True) -> list[Runner]:
+        stmt = sa.select(runners).order_by(runners.c.registered_at.desc())
+        if active_only:
+            stmt = stmt.where(runners.c.status == "active")
+        async with self.db.read() as conn:
+            return [Runner.model_validate(r._mapping) for r in await conn.execute(stmt)]
