@@ -9,6 +9,8 @@ does over HTTP.
 
 from __future__ import annotations
 
+import builtins
+
 import os
 import time
 from collections.abc import Iterator
@@ -71,8 +73,12 @@ class Client:
     """Synchronous client. Methods return typed models where the API has one."""
 
     def __init__(
-        self, url: str | None = None, token: str | None = None, *,
-        timeout: float = 30.0, settings: Settings | None = None,
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        *,
+        timeout: float = 30.0,
+        settings: Settings | None = None,
     ) -> None:
         self.url, token = resolve(url, token, settings)
         self._http = httpx.Client(
@@ -101,14 +107,21 @@ class Client:
     # jobs
     def submit(self, prompt: str | None = None, **fields: Any) -> dict[str, Any]:
         body = {"prompt": prompt, **fields}
-        return dict(self._request("POST", "/jobs", json={k: v for k, v in body.items()
-                                                          if v is not None}))
+        return dict(
+            self._request("POST", "/jobs", json={k: v for k, v in body.items() if v is not None})
+        )
 
     def get(self, job_id: str) -> Job:
         return Job.model_validate(self._request("GET", f"/jobs/{job_id}"))
 
-    def list(self, *, state: list[str] | None = None, session_id: str | None = None,
-             limit: int = 50, before: str | None = None) -> list[Job]:
+    def list(
+        self,
+        *,
+        state: builtins.list[str] | None = None,
+        session_id: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> builtins.list[Job]:
         params: dict[str, Any] = {"limit": limit}
         if state:
             params["state"] = state
@@ -147,10 +160,15 @@ class Client:
 
     def turn(self, session_id: str, prompt: str | None = None, **fields: Any) -> dict[str, Any]:
         body = {"prompt": prompt, **fields}
-        return dict(self._request("POST", f"/sessions/{session_id}/turns",
-                                  json={k: v for k, v in body.items() if v is not None}))
+        return dict(
+            self._request(
+                "POST",
+                f"/sessions/{session_id}/turns",
+                json={k: v for k, v in body.items() if v is not None},
+            )
+        )
 
-    def session_events(self, session_id: str, since: int = 0) -> list[Event]:
+    def session_events(self, session_id: str, since: int = 0) -> builtins.list[Event]:
         data = self._request("GET", f"/sessions/{session_id}/events", params={"since": since})
         return [Event.model_validate(e) for e in data["events"]]
 
@@ -160,8 +178,9 @@ class Client:
         never yields an event twice."""
         return self._follow(f"/sessions/{session_id}/stream", since, None, None)
 
-    def job_events(self, job_id: str, since: int = 0,
-                   timeout: float | None = None) -> Iterator[Event]:
+    def job_events(
+        self, job_id: str, since: int = 0, timeout: float | None = None
+    ) -> Iterator[Event]:
         """A job's events until it ends."""
         return self._follow(f"/jobs/{job_id}/events", since, timeout, job_id)
 
@@ -179,7 +198,10 @@ class Client:
             read_timeout = 60.0 if deadline is None else max(0.1, deadline - time.monotonic())
             try:
                 with connect_sse(
-                    self._http, "GET", path, headers=headers,
+                    self._http,
+                    "GET",
+                    path,
+                    headers=headers,
                     timeout=httpx.Timeout(30.0, read=read_timeout),
                 ) as source:
                     _raise_for_stream(source.response)
@@ -192,8 +214,12 @@ class Client:
                             if event.seq <= last:
                                 continue
                             last = event.seq
-                        if (job_id is not None and event.type == "job.state"
-                                and event.job_id == job_id and event.payload.get("to") in TERMINAL):
+                        if (
+                            job_id is not None
+                            and event.type == "job.state"
+                            and event.job_id == job_id
+                            and event.payload.get("to") in TERMINAL
+                        ):
                             ended = True
                         yield event
                     if ended:
@@ -211,4 +237,3 @@ def _raise_for_stream(resp: httpx.Response) -> None:
     if resp.status_code >= 400:
         resp.read()
         _raise_for(resp)
-

@@ -72,7 +72,9 @@ class Settings(BaseSettings):
         1_048_576, ge=1024, description="Largest accepted request body in bytes (413 beyond)."
     )
     lease_ttl: float = Field(
-        30.0, gt=0, description="Seconds a job stays owned without a heartbeat before the "
+        30.0,
+        gt=0,
+        description="Seconds a job stays owned without a heartbeat before the "
         "watchdog re-queues it.",
     )
     heartbeat_interval: float = Field(
@@ -92,15 +94,21 @@ class Settings(BaseSettings):
     )
     retry_backoff_max: float = Field(300.0, ge=0, description="Cap on the retry backoff.")
     sse_buffer: int = Field(
-        1000, ge=10, description="Events an SSE subscriber may lag behind before it is "
+        1000,
+        ge=10,
+        description="Events an SSE subscriber may lag behind before it is "
         "disconnected (it reconnects with Last-Event-ID and loses nothing).",
     )
     sse_ping: float = Field(15.0, gt=0, description="Seconds between SSE keep-alive comments.")
     jwt_secret: SecretStr | None = Field(
-        None, description="HS256 secret for worker JWTs. Default: generated once and kept "
+        None,
+        min_length=32,
+        description="HS256 secret for worker JWTs. Default: generated once and kept "
         "in the database, so every replica shares it.",
     )
-    runner: RunnerSettings = Field(default_factory=RunnerSettings)
+    runner: RunnerSettings = Field(
+        default_factory=lambda: RunnerSettings(), description="The runner embedded in `corral serve`."
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -49,8 +49,12 @@ async def _watchdog(svc: Services) -> None:
         svc.watchdog.last_sweep_at = time.time()
         svc.watchdog.expired += len(lost)
         for job in lost:
-            log.warning("job %s lost its runner; now %s", job.id, job.state.value,
-                        extra={"job_id": job.id, "session_id": job.session_id})
+            log.warning(
+                "job %s lost its runner; now %s",
+                job.id,
+                job.state.value,
+                extra={"job_id": job.id, "session_id": job.session_id},
+            )
 
 
 def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
@@ -78,7 +82,9 @@ def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
                 await st.close()
 
     app = FastAPI(
-        title="corral", version=__version__, lifespan=lifespan,
+        title="corral",
+        version=__version__,
+        lifespan=lifespan,
         description="Control plane for fleets of AI coding agents.",
     )
     errors.install(app)

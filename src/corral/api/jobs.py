@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
@@ -14,16 +15,17 @@ from corral.api.schemas import EventPage, JobAccepted, JobPage
 from corral.auth import Principal, Role
 from corral.errors import BadRequest, Forbidden
 from corral.jobs import JobState
-from corral.models import Job, JobCreate
+from corral.models import Event, Job, JobCreate
 
 router = APIRouter(tags=["jobs"])
 
 
 async def _visible(svc: Svc, job: Job, who: Principal) -> Job:
     """Runners may read only the jobs they hold."""
-    if who.role is Role.RUNNER:
-        if job.runner_id is None or await svc.store.runners.key_of(job.runner_id) != who.key_id:
-            raise Forbidden("a runner key may only read jobs its runner holds")
+    if who.role is Role.RUNNER and (
+        job.runner_id is None or await svc.store.runners.key_of(job.runner_id) != who.key_id
+    ):
+        raise Forbidden("a runner key may only read jobs its runner holds")
     return job
 
 
@@ -60,8 +62,11 @@ async def list_jobs(
     before: str | None = None,
 ) -> JobPage:
     jobs = await svc.store.jobs.list(
-        states=_states(state), session_id=session_id, provider=provider,
-        limit=limit, before=before,
+        states=_states(state),
+        session_id=session_id,
+        provider=provider,
+        limit=limit,
+        before=before,
     )
     return JobPage(jobs=jobs, next=jobs[-1].id if len(jobs) == limit else None)
 
@@ -97,8 +102,12 @@ async def job_events(
     if "text/event-stream" in request.headers.get("accept", ""):
         start = _last_event_id(request, since)
         events = stream.follow(
-            svc.store, job.session_id, since=start, buffer=svc.settings.sse_buffer,
-            job_id=job_id, internal=internal,
+            svc.store,
+            job.session_id,
+            since=start,
+            buffer=svc.settings.sse_buffer,
+            job_id=job_id,
+            internal=internal,
         )
         return _sse(events, svc)
     items = await svc.store.events.list(
@@ -123,12 +132,14 @@ def _last_event_id(request: Request, since: int) -> int:
     return max(value, since)
 
 
-def _sse(events: stream.AsyncIterator[stream.Event], svc: Svc) -> EventSourceResponse:
-    async def messages() -> stream.AsyncIterator[dict[str, object]]:
+def _sse(events: AsyncIterator[Event], svc: Svc) -> EventSourceResponse:
+    async def messages() -> AsyncIterator[dict[str, object]]:
         async for ev in events:
             yield stream.sse(ev)
 
     return EventSourceResponse(
-        messages(), ping=int(max(1, svc.settings.sse_ping)), send_timeout=30,
+        messages(),
+        ping=int(max(1, svc.settings.sse_ping)),
+        send_timeout=30,
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )

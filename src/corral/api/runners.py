@@ -37,12 +37,18 @@ RECHECK_SECONDS = 1.0
 @router.post("/runners/register", response_model=RunnerRegistered)
 async def register(body: RunnerRegister, svc: Svc, who: RunnerKey) -> RunnerRegistered:
     runner = await svc.store.runners.register(
-        name=body.name, key_id=who.key_id, hostname=body.hostname,
-        providers=body.providers, labels=body.labels, slots=body.slots,
+        name=body.name,
+        key_id=who.key_id,
+        hostname=body.hostname,
+        providers=body.providers,
+        labels=body.labels,
+        slots=body.slots,
     )
     return RunnerRegistered(
-        runner_id=runner.id, protocol=PROTOCOL_VERSION,
-        lease_ttl=svc.settings.lease_ttl, heartbeat_interval=svc.settings.heartbeat_interval,
+        runner_id=runner.id,
+        protocol=PROTOCOL_VERSION,
+        lease_ttl=svc.settings.lease_ttl,
+        heartbeat_interval=svc.settings.heartbeat_interval,
     )
 
 
@@ -76,22 +82,31 @@ async def lease(
     jobs = []
     for lease in leases:
         claims = WorkerClaims(
-            job_id=lease.job.id, session_id=lease.session.id,
-            epoch=lease.job.epoch, runner_id=runner_id,
+            job_id=lease.job.id,
+            session_id=lease.session.id,
+            epoch=lease.job.epoch,
+            runner_id=runner_id,
         )
-        jobs.append(LeasedJob(
-            job=lease.job, session=lease.session, epoch=lease.job.epoch,
-            token=auth.issue_worker_token(claims, svc.jwt_secret, svc.settings.worker_token_ttl),
-            resume_handle=lease.session.handle,
-        ))
+        jobs.append(
+            LeasedJob(
+                job=lease.job,
+                session=lease.session,
+                epoch=lease.job.epoch,
+                token=auth.issue_worker_token(
+                    claims, svc.jwt_secret, svc.settings.worker_token_ttl
+                ),
+                resume_handle=lease.session.handle,
+            )
+        )
     return LeaseResponse(jobs=jobs, cancel=cancel)
 
 
 @router.post("/worker/events", response_model=EventsAccepted)
 async def worker_events(body: EventBatch, svc: Svc, claims: Worker) -> EventsAccepted:
     stored, duplicates = await svc.store.jobs.append_events(claims, body.events)
-    return EventsAccepted(accepted=[e.seq for e in stored if e.seq is not None],
-                          duplicates=duplicates)
+    return EventsAccepted(
+        accepted=[e.seq for e in stored if e.seq is not None], duplicates=duplicates
+    )
 
 
 @router.put("/worker/state")

@@ -68,7 +68,10 @@ async def session_stream(
     """SSE: every event after Last-Event-ID (or ``since``), then live ones."""
     await svc.store.sessions.get(session_id)
     events = stream.follow(
-        svc.store, session_id, since=_last_event_id(request, since),
-        buffer=svc.settings.sse_buffer, internal=internal,
+        svc.store,
+        session_id,
+        since=_last_event_id(request, since),
+        buffer=svc.settings.sse_buffer,
+        internal=internal,
     )
     return _sse(events, svc)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict, deque
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from corral.models import Event
 
-    Message = Union[list[Event], str]
+    Message = list[Event] | str
 
 
 class Subscription:

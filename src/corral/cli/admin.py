@@ -6,7 +6,8 @@ import asyncio
 
 from corral.cli.common import ConfigOpt, DataDirOpt, JsonOpt, console, dump, settings
 from corral.config import masked
-from corral.store import Store, migrate as migrations
+from corral.store import Store
+from corral.store import migrate as migrations
 
 
 def migrate(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
@@ -25,8 +26,9 @@ def migrate(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
     console.print(f"Database at revision {revision} ({masked(s)['database_url']}).")
 
 
-def config_show(config: ConfigOpt = None, data_dir: DataDirOpt = None,
-                as_json: JsonOpt = False) -> None:
+def config_show(
+    config: ConfigOpt = None, data_dir: DataDirOpt = None, as_json: JsonOpt = False
+) -> None:
     """Print the effective configuration, secrets masked."""
     data = masked(settings(config, data_dir))
     if as_json:

@@ -24,8 +24,12 @@ ServerOpt = Annotated[
 ]
 TokenOpt = Annotated[
     str | None,
-    typer.Option("--token", envvar="CORRAL_TOKEN", show_default=False,
-                 help="API key (default: the local admin key file)."),
+    typer.Option(
+        "--token",
+        envvar="CORRAL_TOKEN",
+        show_default=False,
+        help="API key (default: the local admin key file).",
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 ConfigOpt = Annotated[
@@ -60,8 +64,12 @@ def when(value: datetime | None) -> str:
 
 
 STATE_STYLE = {
-    "queued": "cyan", "assigned": "blue", "running": "yellow",
-    "done": "green", "failed": "red", "cancelled": "magenta",
+    "queued": "cyan",
+    "assigned": "blue",
+    "running": "yellow",
+    "done": "green",
+    "failed": "red",
+    "cancelled": "magenta",
 }
 
 

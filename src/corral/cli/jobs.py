@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from typing import Annotated
 
@@ -18,7 +19,7 @@ app = typer.Typer(help="Inspect and control jobs.", no_args_is_help=True)
 
 @app.command("ls")
 def ls(
-    state_: Annotated[list[str] | None, typer.Option("--state", help="Filter (repeatable).")] = None,
+    state_: Annotated[list[str] | None, typer.Option("--state", help="Repeatable.")] = None,
     session: Annotated[str | None, typer.Option(help="Only this session's jobs.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=500)] = 20,
     server: ServerOpt = None,
@@ -41,8 +42,14 @@ def ls(
     table.add_column("TITLE / PROMPT", no_wrap=True, overflow="ellipsis", max_width=50)
     for j in jobs:
         text = (j.title or j.prompt or j.command or "").splitlines()[0:1]
-        table.add_row(j.id, state(j.state.value), j.provider, f"{j.attempt}/{j.max_attempts}",
-                      when(j.created_at), (text[0] if text else "")[:60])
+        table.add_row(
+            j.id,
+            state(j.state.value),
+            j.provider,
+            f"{j.attempt}/{j.max_attempts}",
+            when(j.created_at),
+            (text[0] if text else "")[:60],
+        )
     console.print(table)
 
 
@@ -57,12 +64,18 @@ def show(
         dump(job)
         return
     rows = [
-        ("job", job.id), ("state", state(job.state.value)), ("session", job.session_id),
-        ("turn", str(job.turn)), ("provider", job.provider),
-        ("attempt", f"{job.attempt} of {job.max_attempts}"), ("priority", str(job.priority)),
+        ("job", job.id),
+        ("state", state(job.state.value)),
+        ("session", job.session_id),
+        ("turn", str(job.turn)),
+        ("provider", job.provider),
+        ("attempt", f"{job.attempt} of {job.max_attempts}"),
+        ("priority", str(job.priority)),
         ("source", job.source + (f" ({job.source_ref})" if job.source_ref else "")),
-        ("created", when(job.created_at)), ("assigned", when(job.assigned_at)),
-        ("started", when(job.started_at)), ("finished", when(job.finished_at)),
+        ("created", when(job.created_at)),
+        ("assigned", when(job.assigned_at)),
+        ("started", when(job.started_at)),
+        ("finished", when(job.finished_at)),
     ]
     if job.runner_id:
         rows.append(("runner", job.runner_id))
@@ -95,14 +108,16 @@ def wait(
     if as_json:
         dump(job)
     else:
-        console.print(f"{state(job.state.value)}  job {job.id}" + (f"  {job.error}" if job.error else ""))
+        error = f"  {job.error}" if job.error else ""
+        console.print(f"{state(job.state.value)}  job {job.id}{error}")
     if job.state is not JobState.DONE:
         raise typer.Exit(1)
 
 
 @app.command()
-def cancel(job_id: str, server: ServerOpt = None, token: TokenOpt = None,
-           as_json: JsonOpt = False) -> None:
+def cancel(
+    job_id: str, server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = False
+) -> None:
     """Cancel a job; a running one has its whole process tree stopped."""
     with client(server, token) as c:
         job = c.cancel(job_id)
@@ -113,16 +128,19 @@ def cancel(job_id: str, server: ServerOpt = None, token: TokenOpt = None,
 
 
 @app.command()
-def retry(job_id: str, server: ServerOpt = None, token: TokenOpt = None,
-          as_json: JsonOpt = False) -> None:
+def retry(
+    job_id: str, server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = False
+) -> None:
     """Run a failed or cancelled job once more."""
     with client(server, token) as c:
         job = c.retry(job_id)
     if as_json:
         dump(job)
     else:
-        console.print(f"Job {job.id} queued again (attempt {job.attempt}). "
-                      f"Follow it: corral jobs logs -f {job.id}")
+        console.print(
+            f"Job {job.id} queued again (attempt {job.attempt}). "
+            f"Follow it: corral jobs logs -f {job.id}"
+        )
 
 
 @app.command()
@@ -136,10 +154,8 @@ def logs(
     """Print a job's output (and with -f, follow it until the job ends)."""
     with client(server, token) as c:
         if follow_ and not as_json:
-            try:
+            with contextlib.suppress(typer.Exit):
                 follow(c, job_id, as_json=False)
-            except typer.Exit:
-                pass
             return
         if follow_:
             for event in c.job_events(job_id):

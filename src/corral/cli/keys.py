@@ -14,8 +14,7 @@ from corral.auth import Role
 from corral.cli.common import ConfigOpt, DataDirOpt, JsonOpt, console, dump, err, settings, when
 from corral.models import ApiKey
 
-app = typer.Typer(help="Manage API keys (admin, operator, viewer, runner).",
-                  no_args_is_help=True)
+app = typer.Typer(help="Manage API keys (admin, operator, viewer, runner).", no_args_is_help=True)
 
 
 @app.command()
@@ -40,8 +39,9 @@ def create(
         dump({"key": secret, "id": key.id, "role": key.role, "name": key.name})
         return
     console.print(secret, markup=False)
-    err.print(f"Created {key.role} key {key.id}. It is shown only now; "
-              "use it as CORRAL_TOKEN or --token.")
+    err.print(
+        f"Created {key.role} key {key.id}. It is shown only now; use it as CORRAL_TOKEN or --token."
+    )
 
 
 @app.command("ls")

@@ -17,16 +17,26 @@ from corral.runner import Runner
 
 def runner(
     server: Annotated[str, typer.Option("--server", envvar="CORRAL_URL", help="corral URL.")],
-    token: Annotated[str, typer.Option("--token", envvar="CORRAL_TOKEN", show_default=False,
-                                       help="A runner (or admin) key.")],
-    name: Annotated[str | None, typer.Option(
-        help="Stable name; a runner restarting under the same name releases its old jobs "
-        "at once. Default: HOST-PID.")] = None,
+    token: Annotated[
+        str,
+        typer.Option(
+            "--token", envvar="CORRAL_TOKEN", show_default=False, help="A runner (or admin) key."
+        ),
+    ],
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="Stable name; a runner restarting under the same name releases its old jobs "
+            "at once. Default: HOST-PID."
+        ),
+    ] = None,
     slots: Annotated[int | None, typer.Option(min=1, help="Jobs run at once.")] = None,
-    provider: Annotated[list[str] | None, typer.Option(help="Providers served (repeatable).")]
-    = None,
-    workdir: Annotated[Path | None, typer.Option(help="Workspaces and runner state "
-                                                 "(default: the data dir).")] = None,
+    provider: Annotated[
+        list[str] | None, typer.Option(help="Providers served (repeatable).")
+    ] = None,
+    workdir: Annotated[
+        Path | None, typer.Option(help="Workspaces and runner state (default: the data dir).")
+    ] = None,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
@@ -35,13 +45,19 @@ def runner(
     logs.setup(s.log_level, s.log_format)
     providers = provider or s.runner.providers
     r = Runner(
-        server, token, workdir=workdir or s.data_dir, name=name,
-        slots=slots or s.runner.slots, providers={p: p for p in providers},
-        lease_wait=s.runner.lease_wait, kill_grace=s.runner.kill_grace,
+        server,
+        token,
+        workdir=workdir or s.data_dir,
+        name=name,
+        slots=slots or s.runner.slots,
+        providers={p: p for p in providers},
+        lease_wait=s.runner.lease_wait,
+        kill_grace=s.runner.kill_grace,
     )
     if not server.startswith(("http://", "https://")):
         raise ConfigError(f"--server must be an http(s) URL, not {server!r}")
-    err.print(f"runner {r.name}: {r.slots} slots, providers {', '.join(providers)}, "
-              f"server {server}")
+    err.print(
+        f"runner {r.name}: {r.slots} slots, providers {', '.join(providers)}, server {server}"
+    )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(r.run())

@@ -43,8 +43,8 @@ def _write_secret(path: Path, value: str) -> None:
 
 async def local_key(store: Store, path: Path, *, name: str, role: Role) -> str:
     """The key in ``path`` (created with mode 0600 if absent), stored in the database."""
-    if path.exists():
-        key = path.read_text().strip()
+    if path.exists():  # noqa: ASYNC240 - once, at start
+        key = path.read_text().strip()  # noqa: ASYNC240
         await store.keys.ensure(key, name=name, role=role)
         return key
     _, key = await store.keys.create(name=name, role=role)
@@ -78,8 +78,14 @@ async def run(settings: Settings) -> None:
             )
         app = create_app(settings, store=store)
         config = uvicorn.Config(
-            app, host=settings.host, port=settings.port, log_config=None, access_log=False,
-            lifespan="on", timeout_graceful_shutdown=3, loop="asyncio",
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=3,
+            loop="asyncio",
         )
         server = _Server(config)
         serving = asyncio.create_task(server.serve())
@@ -92,14 +98,20 @@ async def run(settings: Settings) -> None:
         url = settings.model_copy(update={"port": port}).local_url()
         err.print(f"corral {store.db.dialect} listening on [bold]{url}[/]")
         if is_loopback(settings.host):
-            err.print(f"admin key: {settings.admin_key_file}  (try: corral submit 'echo hi' --wait)")
+            err.print(
+                f"admin key: {settings.admin_key_file}  (try: corral submit 'echo hi' --wait)"
+            )
         runner_task: asyncio.Task[None] | None = None
         if runner_key is not None:
             runner = Runner(
-                url, runner_key, workdir=settings.data_dir, name="embedded",
+                url,
+                runner_key,
+                workdir=settings.data_dir,
+                name="embedded",
                 slots=settings.runner.slots,
                 providers={p: p for p in settings.runner.providers},
-                lease_wait=settings.runner.lease_wait, kill_grace=settings.runner.kill_grace,
+                lease_wait=settings.runner.lease_wait,
+                kill_grace=settings.runner.kill_grace,
             )
             runner_task = asyncio.create_task(runner.run(), name="corral-embedded-runner")
             server.on_exit = runner_task.cancel
@@ -121,8 +133,12 @@ def serve(
     no_runner: Annotated[bool, typer.Option("--no-runner", help="Do not embed a runner.")] = False,
 ) -> None:
     """Start the control plane (HTTP API) with an embedded runner."""
-    overrides: dict[str, Any] = {"host": host, "port": port, "data_dir": data_dir,
-                                 "log_format": log_format}
+    overrides: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "data_dir": data_dir,
+        "log_format": log_format,
+    }
     settings = load_settings(config, **overrides)
     if no_runner:
         settings.runner.embedded = False

@@ -9,25 +9,31 @@ import typer
 from corral.cli.common import JsonOpt, ServerOpt, TokenOpt, client, console, dump, state, when
 from corral.models import Event
 
-app = typer.Typer(help="Inspect sessions (conversations whose turns are jobs).",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Inspect sessions (conversations whose turns are jobs).", no_args_is_help=True
+)
 
 
 @app.command()
-def show(session_id: str, server: ServerOpt = None, token: TokenOpt = None,
-         as_json: JsonOpt = False) -> None:
+def show(
+    session_id: str, server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = False
+) -> None:
     """Show a session and its turns."""
     with client(server, token) as c:
         data = c.session(session_id)
     if as_json:
         dump(data)
         return
-    console.print(f"[bold]session[/] {data['id']}  turns {data['turns']}  "
-                  f"events {data['last_seq']}  epoch {data['epoch']}")
+    console.print(
+        f"[bold]session[/] {data['id']}  turns {data['turns']}  "
+        f"events {data['last_seq']}  epoch {data['epoch']}"
+    )
     for job in data["jobs"]:
         prompt = (job.get("prompt") or job.get("command") or "").splitlines()[:1]
-        console.print(f"  turn {job['turn']:>3}  {state(job['state'])}  {job['id']}  "
-                      f"{(prompt[0] if prompt else '')[:60]}")
+        console.print(
+            f"  turn {job['turn']:>3}  {state(job['state'])}  {job['id']}  "
+            f"{(prompt[0] if prompt else '')[:60]}"
+        )
     console.print(f"Add a turn: corral turn {data['id']} 'TEXT' --wait")
 
 

@@ -39,10 +39,15 @@ def follow(c: Client, job_id: str, *, as_json: bool) -> None:
             stream = sys.stderr if event.payload.get("stream") == "stderr" else sys.stdout
             stream.write(line + "\n")
             stream.flush()
-        elif event.type == "job.state" and event.payload.get("to") == "queued" \
-                and event.payload.get("from") is not None:
-            err.print(f"[dim]attempt {event.payload.get('attempt')} queued "
-                      f"({event.payload.get('error', 'retry')})[/]")
+        elif (
+            event.type == "job.state"
+            and event.payload.get("to") == "queued"
+            and event.payload.get("from") is not None
+        ):
+            err.print(
+                f"[dim]attempt {event.payload.get('attempt')} queued "
+                f"({event.payload.get('error', 'retry')})[/]"
+            )
     job = c.get(job_id)
     if as_json:
         dump(job)
@@ -55,8 +60,9 @@ def follow(c: Client, job_id: str, *, as_json: bool) -> None:
         raise typer.Exit(1)
 
 
-def _submit(c: Client, fields: dict[str, Any], wait: bool, as_json: bool,
-            session: str | None) -> None:
+def _submit(
+    c: Client, fields: dict[str, Any], wait: bool, as_json: bool, session: str | None
+) -> None:
     body = {k: v for k, v in fields.items() if v not in (None, [], ())}
     accepted = c.turn(session, **body) if session else c.submit(**body)
     job_id = accepted["job_id"]
@@ -91,9 +97,15 @@ def submit(
 ) -> None:
     """Submit a job (shell by default); with --wait, print its output live."""
     fields = {
-        "prompt": _text(text, file), "provider": provider, "title": title,
-        "priority": priority, "timeout": timeout, "max_attempts": max_attempts,
-        "labels": label or [], "idempotency_key": idempotency_key, "source": "cli",
+        "prompt": _text(text, file),
+        "provider": provider,
+        "title": title,
+        "priority": priority,
+        "timeout": timeout,
+        "max_attempts": max_attempts,
+        "labels": label or [],
+        "idempotency_key": idempotency_key,
+        "source": "cli",
     }
     with client(server, token) as c:
         _submit(c, fields, wait, as_json, session)
@@ -111,7 +123,11 @@ def turn(
     as_json: JsonOpt = False,
 ) -> None:
     """Add a follow-up turn to a session."""
-    fields = {"prompt": _text(text, file), "provider": provider, "timeout": timeout,
-              "source": "cli"}
+    fields = {
+        "prompt": _text(text, file),
+        "provider": provider,
+        "timeout": timeout,
+        "source": "cli",
+    }
     with client(server, token) as c:
         _submit(c, fields, wait, as_json, session)

@@ -45,9 +45,14 @@ class ShellExecutor:
             CORRAL_ATTEMPT=str(ctx.job.attempt),
         )
         proc = await asyncio.create_subprocess_exec(
-            "/bin/sh", "-c", script,
-            cwd=ctx.workdir, env=env, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            "/bin/sh",
+            "-c",
+            script,
+            cwd=ctx.workdir,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
         )
         self._proc = proc
@@ -80,19 +85,39 @@ class ShellExecutor:
     def _outcome(self, rc: int | None, ctx: Context, tail: deque[str]) -> Outcome:
         text = "\n".join(tail)[-TAIL_CHARS:]
         if self._stopping == "timeout":
-            return Outcome(status="failed", reason="timeout", exit_code=rc, result=text or None,
-                           error=f"timed out after {ctx.job.timeout:g}s")
+            return Outcome(
+                status="failed",
+                reason="timeout",
+                exit_code=rc,
+                result=text or None,
+                error=f"timed out after {ctx.job.timeout:g}s",
+            )
         if self._stopping == "cancelled":
-            return Outcome(status="failed", reason="cancelled", exit_code=rc,
-                           error="cancelled", result=text or None)
+            return Outcome(
+                status="failed",
+                reason="cancelled",
+                exit_code=rc,
+                error="cancelled",
+                result=text or None,
+            )
         if rc == 0:
             return Outcome(status="done", result=text, exit_code=0)
         if rc is not None and rc < 0:
             name = signal.Signals(-rc).name
-            return Outcome(status="failed", reason="signal", exit_code=rc, result=text or None,
-                           error=f"killed by {name}")
-        return Outcome(status="failed", reason="exit_code", exit_code=rc, result=text or None,
-                       error=f"exit code {rc}")
+            return Outcome(
+                status="failed",
+                reason="signal",
+                exit_code=rc,
+                result=text or None,
+                error=f"killed by {name}",
+            )
+        return Outcome(
+            status="failed",
+            reason="exit_code",
+            exit_code=rc,
+            result=text or None,
+            error=f"exit code {rc}",
+        )
 
     async def cancel(self) -> None:
         self._stopping = "cancelled"
@@ -100,9 +125,7 @@ class ShellExecutor:
             await stop_tree(self._proc, self._grace)
 
 
-async def _pump(
-    stream: asyncio.StreamReader, name: str, ctx: Context, tail: deque[str]
-) -> None:
+async def _pump(stream: asyncio.StreamReader, name: str, ctx: Context, tail: deque[str]) -> None:
     pending = b""
     while True:
         chunk = await stream.read(65_536)

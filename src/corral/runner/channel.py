@@ -8,6 +8,7 @@ the job at once and sends nothing more about it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Callable, Mapping
@@ -27,7 +28,11 @@ GIVE_UP_SECONDS = 300.0
 
 class WorkerChannel:
     def __init__(
-        self, http: httpx.AsyncClient, token: str, *, job_id: str,
+        self,
+        http: httpx.AsyncClient,
+        token: str,
+        *,
+        job_id: str,
         on_stale: Callable[[str], None],
     ) -> None:
         self.http = http
@@ -42,15 +47,24 @@ class WorkerChannel:
         self._task = asyncio.create_task(self._flush_loop(), name=f"corral-flush-{job_id}")
 
     def emit(
-        self, type: str, payload: Mapping[str, object], *,
-        ephemeral: bool = False, internal: bool = False,
+        self,
+        type: str,
+        payload: Mapping[str, object],
+        *,
+        ephemeral: bool = False,
+        internal: bool = False,
     ) -> None:
         if self.stale is not None:
             return
-        self._events.append(NewEvent.model_construct(
-            event_id=new_id(), type=type, payload=dict(payload),
-            ephemeral=ephemeral, internal=internal,
-        ))
+        self._events.append(
+            NewEvent.model_construct(
+                event_id=new_id(),
+                type=type,
+                payload=dict(payload),
+                ephemeral=ephemeral,
+                internal=internal,
+            )
+        )
         self._wake.set()
 
     def started(self, started_at: datetime | None = None) -> None:
@@ -77,10 +91,8 @@ class WorkerChannel:
 
     async def close(self) -> None:
         self._task.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        except asyncio.CancelledError:
-            pass
 
     def _take(self, n: int | None = None) -> list[NewEvent]:
         n = len(self._events) if n is None else n
@@ -90,8 +102,13 @@ class WorkerChannel:
     @staticmethod
     def _dump(events: list[NewEvent]) -> list[dict[str, Any]]:
         return [
-            {"event_id": e.event_id, "type": e.type, "payload": e.payload,
-             "ephemeral": e.ephemeral, "internal": e.internal}
+            {
+                "event_id": e.event_id,
+                "type": e.type,
+                "payload": e.payload,
+                "ephemeral": e.ephemeral,
+                "internal": e.internal,
+            }
             for e in events
         ]
 
@@ -132,14 +149,25 @@ class WorkerChannel:
                     self._mark_stale(f"{status}: {reason}")
                     return None
                 if 400 <= status < 500 and status != 429:
-                    log.error("worker %s %s refused (%s): %s", method, path, status, reason,
-                              extra={"job_id": self.job_id})
+                    log.error(
+                        "worker %s %s refused (%s): %s",
+                        method,
+                        path,
+                        status,
+                        reason,
+                        extra={"job_id": self.job_id},
+                    )
                     return None
             if loop.time() > deadline:
                 self._mark_stale(f"gave up after {GIVE_UP_SECONDS:g}s: {reason}")
                 return None
-            log.warning("worker %s %s failed (%s); retrying", method, path, reason,
-                        extra={"job_id": self.job_id})
+            log.warning(
+                "worker %s %s failed (%s); retrying",
+                method,
+                path,
+                reason,
+                extra={"job_id": self.job_id},
+            )
             await asyncio.sleep(delay * (0.5 + random.random() / 2))
             delay = min(delay * 2, 5.0)
 

@@ -87,8 +87,12 @@ class Runner:
 
     async def _register(self, http: httpx.AsyncClient) -> None:
         body = {
-            "name": self.name, "hostname": socket.gethostname(), "slots": self.slots,
-            "providers": sorted(self.providers), "labels": self.labels, "protocol": "v1",
+            "name": self.name,
+            "hostname": socket.gethostname(),
+            "slots": self.slots,
+            "providers": sorted(self.providers),
+            "labels": self.labels,
+            "protocol": "v1",
         }
         delay = 0.02
         while True:
@@ -115,10 +119,12 @@ class Runner:
         while True:
             free = self.slots - len(self._jobs)
             self._slot_freed.clear()
-            request = asyncio.create_task(http.post(
-                f"/runners/{self.runner_id}/lease",
-                json={"max_jobs": free, "wait": self.lease_wait},
-            ))
+            request = asyncio.create_task(
+                http.post(
+                    f"/runners/{self.runner_id}/lease",
+                    json={"max_jobs": free, "wait": self.lease_wait},
+                )
+            )
             if free == 0:
                 # Only listening for cancels: safe to abandon when a slot frees.
                 freed = asyncio.create_task(self._slot_freed.wait())
@@ -183,8 +189,12 @@ class Runner:
                 channel.started()
 
             ctx = base.Context(
-                job=job, session=session, workdir=workdir, emit=channel.emit,
-                started=started, kill_grace=self.kill_grace,
+                job=job,
+                session=session,
+                workdir=workdir,
+                emit=channel.emit,
+                started=started,
+                kill_grace=self.kill_grace,
             )
             beats = asyncio.create_task(self._heartbeats(channel))
             try:
@@ -193,8 +203,9 @@ class Runner:
                 raise
             except Exception as exc:  # an executor bug must not take the runner down
                 log.exception("executor %s failed", kind, extra=log_extra)
-                outcome = Outcome(status="failed", reason="executor_error",
-                                  error=f"{type(exc).__name__}: {exc}")
+                outcome = Outcome(
+                    status="failed", reason="executor_error", error=f"{type(exc).__name__}: {exc}"
+                )
             finally:
                 beats.cancel()
                 self.pids.remove(job.id)

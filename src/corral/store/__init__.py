@@ -34,7 +34,11 @@ class Store:
 
     @classmethod
     async def open(
-        cls, url: str, *, bus: Bus | None = None, policy: RetryPolicy | None = None,
+        cls,
+        url: str,
+        *,
+        bus: Bus | None = None,
+        policy: RetryPolicy | None = None,
         migrate_schema: bool = True,
     ) -> Store:
         store = cls(url, bus=bus, policy=policy)

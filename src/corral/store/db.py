@@ -92,9 +92,7 @@ class Database:
 
 
 def _sqlite_engine(url: str, *, writer: bool) -> AsyncEngine:
-    engine = create_async_engine(
-        url, pool_size=1 if writer else 4, max_overflow=0, pool_timeout=60
-    )
+    engine = create_async_engine(url, pool_size=1 if writer else 4, max_overflow=0, pool_timeout=60)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:

@@ -54,9 +54,16 @@ async def append(
         if item.ephemeral:
             published.append(
                 Event.model_construct(
-                    session_id=session_id, seq=None, event_id=item.event_id, job_id=job_id,
-                    type=item.type, epoch=epoch, payload=item.payload, ephemeral=True,
-                    internal=item.internal, created_at=now,
+                    session_id=session_id,
+                    seq=None,
+                    event_id=item.event_id,
+                    job_id=job_id,
+                    type=item.type,
+                    epoch=epoch,
+                    payload=item.payload,
+                    ephemeral=True,
+                    internal=item.internal,
+                    created_at=now,
                 )
             )
             continue
@@ -66,9 +73,15 @@ async def append(
         existing.add(item.event_id)
         seq += 1
         row = {
-            "session_id": session_id, "seq": seq, "event_id": item.event_id, "job_id": job_id,
-            "type": item.type, "epoch": epoch, "payload": item.payload,
-            "internal": item.internal, "created_at": now,
+            "session_id": session_id,
+            "seq": seq,
+            "event_id": item.event_id,
+            "job_id": job_id,
+            "type": item.type,
+            "epoch": epoch,
+            "payload": item.payload,
+            "internal": item.internal,
+            "created_at": now,
         }
         rows.append(row)
         published.append(Event.model_construct(ephemeral=False, **row))

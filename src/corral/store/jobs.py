@@ -4,6 +4,8 @@ in the same transaction as its ``job.state`` event."""
 
 from __future__ import annotations
 
+import builtins
+
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -90,15 +92,23 @@ async def apply(
         )
     job = _job(updated)
     payload: dict[str, Any] = {
-        "job_id": job.id, "from": old.value, "to": new.value, "attempt": job.attempt,
+        "job_id": job.id,
+        "from": old.value,
+        "to": new.value,
+        "attempt": job.attempt,
     }
     if new in (JobState.FAILED, JobState.QUEUED, JobState.CANCELLED) and job.error:
         payload["error"] = job.error
         payload["reason"] = job.reason
     payload.update(note or {})
     await event_log.append(
-        tx, job.session_id, [NewEvent(type="job.state", payload=payload)],
-        job_id=job.id, epoch=job.epoch, now=now, dedup=False,
+        tx,
+        job.session_id,
+        [NewEvent(type="job.state", payload=payload)],
+        job_id=job.id,
+        epoch=job.epoch,
+        now=now,
+        dedup=False,
     )
     if new is JobState.QUEUED:
         tx.notify("dispatch", job.id)
@@ -125,7 +135,10 @@ async def lose(tx: Tx, row: Row, *, reason: str, error: str, now: datetime) -> J
         )
     ).one()
     return await apply(
-        tx, bumped, Action.LOSE, now=now,
+        tx,
+        bumped,
+        Action.LOSE,
+        now=now,
         values={"error": error, "reason": reason, "available_at": now},
     )
 
@@ -168,25 +181,49 @@ class Jobs:
                     await tx.conn.execute(
                         sa.insert(jobs)
                         .values(
-                            id=job_id, session_id=session_id, turn=turn, state=JobState.QUEUED,
-                            provider=spec.provider, title=spec.title, prompt=spec.prompt,
-                            command=spec.command, priority=spec.priority, attempt=1,
+                            id=job_id,
+                            session_id=session_id,
+                            turn=turn,
+                            state=JobState.QUEUED,
+                            provider=spec.provider,
+                            title=spec.title,
+                            prompt=spec.prompt,
+                            command=spec.command,
+                            priority=spec.priority,
+                            attempt=1,
                             max_attempts=spec.max_attempts or self.policy.default_max_attempts,
-                            timeout=spec.timeout, labels=spec.labels,
-                            idempotency_key=spec.idempotency_key, source=spec.source,
-                            source_ref=spec.source_ref, epoch=0, created_at=now,
-                            available_at=now, updated_at=now,
+                            timeout=spec.timeout,
+                            labels=spec.labels,
+                            idempotency_key=spec.idempotency_key,
+                            source=spec.source,
+                            source_ref=spec.source_ref,
+                            epoch=0,
+                            created_at=now,
+                            available_at=now,
+                            updated_at=now,
                         )
                         .returning(*jobs.c)
                     )
                 ).one()
                 job = _job(row)
                 await event_log.append(
-                    tx, session_id,
-                    [NewEvent(type="job.state", payload={
-                        "job_id": job_id, "from": None, "to": "queued", "attempt": 1,
-                    })],
-                    job_id=job_id, epoch=0, now=now, dedup=False,
+                    tx,
+                    session_id,
+                    [
+                        NewEvent(
+                            type="job.state",
+                            payload={
+                                "job_id": job_id,
+                                "from": None,
+                                "to": "queued",
+                                "attempt": 1,
+                            },
+                        )
+                    ],
+                    job_id=job_id,
+                    epoch=0,
+                    now=now,
+                    dedup=False,
                 )
                 tx.notify("dispatch", job_id)
         except sa.exc.IntegrityError:
@@ -221,7 +258,7 @@ class Jobs:
         provider: str | None = None,
         limit: int = 50,
         before: str | None = None,
-    ) -> list[Job]:
+    ) -> builtins.list[Job]:
         """Newest first; ``before`` is the id of the last job of the previous page."""
         stmt = sa.select(jobs).order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit)
         if states:
@@ -246,7 +283,10 @@ class Jobs:
         async with self.db.write() as tx:
             row = await _locked(tx, job_id)
             job = await apply(
-                tx, row, Action.CANCEL, now=now,
+                tx,
+                row,
+                Action.CANCEL,
+                now=now,
                 values={"error": f"cancelled by {by}", "reason": "cancelled"},
             )
             if row.runner_id is not None and JobState(row.state) in ACTIVE:
@@ -258,33 +298,43 @@ class Jobs:
         async with self.db.write() as tx:
             row = await _locked(tx, job_id)
             return await apply(
-                tx, row, Action.RETRY, now=now,
+                tx,
+                row,
+                Action.RETRY,
+                now=now,
                 values={
                     "max_attempts": max(row.max_attempts, row.attempt + 1),
-                    "available_at": now, "result": None, "error": None, "reason": None,
-                    "exit_code": None, "finished_at": None, "usage": None, "cost": None,
+                    "available_at": now,
+                    "result": None,
+                    "error": None,
+                    "reason": None,
+                    "exit_code": None,
+                    "finished_at": None,
+                    "usage": None,
+                    "cost": None,
                 },
                 note={"manual": True},
             )
 
-    async def lease(self, runner: Runner, max_jobs: int, ttl: float) -> list[Lease]:
+    async def lease(self, runner: Runner, max_jobs: int, ttl: float) -> builtins.list[Lease]:
         """Assign up to ``max_jobs`` queued jobs to ``runner``: lowest priority
         value first, then oldest; one active turn per session, turns in order."""
         now = now_utc()
-        leased: list[Lease] = []
+        leased: builtins.list[Lease] = []
         async with self.db.write() as tx:
             conn = tx.conn
             held = (
                 await conn.execute(
-                    sa.select(sa.func.count()).select_from(jobs).where(
+                    sa.select(sa.func.count())
+                    .select_from(jobs)
+                    .where(
                         jobs.c.runner_id == runner.id,
                         jobs.c.state.in_([s.value for s in ACTIVE]),
                     )
                 )
             ).scalar_one()
             await conn.execute(
-                sa.update(runners).where(runners.c.id == runner.id)
-                .values(last_seen_at=now)
+                sa.update(runners).where(runners.c.id == runner.id).values(last_seen_at=now)
             )
             room = min(max_jobs, runner.slots - held)
             if room <= 0:
@@ -322,14 +372,20 @@ class Jobs:
                     continue
                 row = (
                     await conn.execute(
-                        sa.update(jobs).where(jobs.c.id == job_id)
-                        .values(epoch=srow.epoch).returning(*jobs.c)
+                        sa.update(jobs)
+                        .where(jobs.c.id == job_id)
+                        .values(epoch=srow.epoch)
+                        .returning(*jobs.c)
                     )
                 ).one()
                 job = await apply(
-                    tx, row, Action.ASSIGN, now=now,
+                    tx,
+                    row,
+                    Action.ASSIGN,
+                    now=now,
                     values={
-                        "runner_id": runner.id, "assigned_at": now,
+                        "runner_id": runner.id,
+                        "assigned_at": now,
                         "lease_expires_at": now + timedelta(seconds=ttl),
                     },
                     note={"runner_id": runner.id},
@@ -353,8 +409,9 @@ class Jobs:
             row = await self._owned(tx, claims)
             if row.state == JobState.RUNNING:
                 return _job(row)
-            return await apply(tx, row, Action.START, now=now,
-                               values={"started_at": started_at or now})
+            return await apply(
+                tx, row, Action.START, now=now, values={"started_at": started_at or now}
+            )
 
     async def heartbeat(self, claims: WorkerClaims, ttl: float) -> Job:
         now = now_utc()
@@ -362,7 +419,8 @@ class Jobs:
             await self._owned(tx, claims)
             row = (
                 await tx.conn.execute(
-                    sa.update(jobs).where(jobs.c.id == claims.job_id)
+                    sa.update(jobs)
+                    .where(jobs.c.id == claims.job_id)
                     .values(lease_expires_at=now + timedelta(seconds=ttl))
                     .returning(*jobs.c)
                 )
@@ -371,12 +429,16 @@ class Jobs:
 
     async def append_events(
         self, claims: WorkerClaims, items: Sequence[NewEvent]
-    ) -> tuple[list[Event], list[str]]:
+    ) -> tuple[builtins.list[Event], builtins.list[str]]:
         async with self.db.write() as tx:
             await self._owned(tx, claims)
             return await event_log.append(
-                tx, claims.session_id, items, job_id=claims.job_id,
-                epoch=claims.epoch, now=now_utc(),
+                tx,
+                claims.session_id,
+                items,
+                job_id=claims.job_id,
+                epoch=claims.epoch,
+                now=now_utc(),
             )
 
     async def set_handle(self, claims: WorkerClaims, handle: str | None) -> None:
@@ -386,19 +448,25 @@ class Jobs:
 
     async def complete(
         self, claims: WorkerClaims, outcome: Outcome, items: Sequence[NewEvent] = ()
-    ) -> tuple[Job, list[str]]:
+    ) -> tuple[Job, builtins.list[str]]:
         now = now_utc()
         async with self.db.write() as tx:
             row = await self._owned(tx, claims)
-            duplicates: list[str] = []
+            duplicates: builtins.list[str] = []
             if items:
                 _, duplicates = await event_log.append(
-                    tx, claims.session_id, items, job_id=claims.job_id,
-                    epoch=claims.epoch, now=now,
+                    tx,
+                    claims.session_id,
+                    items,
+                    job_id=claims.job_id,
+                    epoch=claims.epoch,
+                    now=now,
                 )
             values: dict[str, Any] = {
-                "result": outcome.result, "exit_code": outcome.exit_code,
-                "usage": outcome.usage, "cost": outcome.cost,
+                "result": outcome.result,
+                "exit_code": outcome.exit_code,
+                "usage": outcome.usage,
+                "cost": outcome.cost,
             }
             if outcome.status == "done":
                 values.update(error=None, reason=None)
@@ -406,27 +474,35 @@ class Jobs:
             else:
                 values.update(error=outcome.error or "failed", reason=outcome.reason or "error")
                 if row.attempt < row.max_attempts:
-                    delay = backoff(row.attempt, base=self.policy.backoff_base,
-                                    cap=self.policy.backoff_max)
+                    delay = backoff(
+                        row.attempt, base=self.policy.backoff_base, cap=self.policy.backoff_max
+                    )
                     values["available_at"] = now + timedelta(seconds=delay)
                 job = await apply(tx, row, Action.FAIL, now=now, values=values)
         return job, duplicates
 
-    async def expire(self) -> list[Job]:
+    async def expire(self) -> builtins.list[Job]:
         """Watchdog: jobs whose lease ran out lose their runner."""
         now = now_utc()
-        lost: list[Job] = []
+        lost: builtins.list[Job] = []
         async with self.db.write() as tx:
-            stmt = sa.select(jobs).where(
-                jobs.c.state.in_([s.value for s in ACTIVE]), jobs.c.lease_expires_at < now
-            ).limit(500)
+            stmt = (
+                sa.select(jobs)
+                .where(jobs.c.state.in_([s.value for s in ACTIVE]), jobs.c.lease_expires_at < now)
+                .limit(500)
+            )
             if not self.db.is_sqlite:
                 stmt = stmt.with_for_update(skip_locked=True)
             for row in (await tx.conn.execute(stmt)).all():
-                lost.append(await lose(
-                    tx, row, reason="runner_lost", now=now,
-                    error=f"runner {row.runner_id} stopped heartbeating (lease expired)",
-                ))
+                lost.append(
+                    await lose(
+                        tx,
+                        row,
+                        reason="runner_lost",
+                        now=now,
+                        error=f"runner {row.runner_id} stopped heartbeating (lease expired)",
+                    )
+                )
         return lost
 
     async def counts(self) -> dict[str, int]:
@@ -434,5 +510,4 @@ class Jobs:
             rows = await conn.execute(
                 sa.select(jobs.c.state, sa.func.count()).group_by(jobs.c.state)
             )
-            return {state: n for state, n in rows.tuples()}
-
+            return {str(state): int(n) for state, n in rows}

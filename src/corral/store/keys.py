@@ -30,7 +30,10 @@ class Keys:
         async with self.db.write() as tx:
             await tx.conn.execute(
                 sa.insert(api_keys).values(
-                    id=key_id, name=name, role=role.value, hash=auth.hash_key(key),
+                    id=key_id,
+                    name=name,
+                    role=role.value,
+                    hash=auth.hash_key(key),
                     created_at=now,
                 )
             )
@@ -56,7 +59,8 @@ class Keys:
             return int(
                 (
                     await conn.execute(
-                        sa.select(sa.func.count()).select_from(api_keys)
+                        sa.select(sa.func.count())
+                        .select_from(api_keys)
                         .where(api_keys.c.revoked_at.is_(None))
                     )
                 ).scalar_one()
@@ -110,9 +114,7 @@ class ServerSettings:
         async with self.db.read() as conn:
             return str(
                 (
-                    await conn.execute(
-                        sa.select(settings.c.value).where(settings.c.key == key)
-                    )
+                    await conn.execute(sa.select(settings.c.value).where(settings.c.key == key))
                 ).scalar_one()
             )
 

@@ -44,13 +44,16 @@ class Runners:
             ]
             if old:
                 held = await tx.conn.execute(
-                    sa.select(jobs).where(
-                        jobs.c.runner_id.in_(old), jobs.c.state.in_([s.value for s in ACTIVE])
-                    ).with_for_update()
+                    sa.select(jobs)
+                    .where(jobs.c.runner_id.in_(old), jobs.c.state.in_([s.value for s in ACTIVE]))
+                    .with_for_update()
                 )
                 for row in held.all():
                     await lose(
-                        tx, row, reason="runner_restarted", now=now,
+                        tx,
+                        row,
+                        reason="runner_restarted",
+                        now=now,
                         error=f"runner {name!r} restarted while the job ran",
                     )
                 await tx.conn.execute(
@@ -58,9 +61,17 @@ class Runners:
                 )
             await tx.conn.execute(
                 sa.insert(runners).values(
-                    id=runner_id, name=name, key_id=key_id, hostname=hostname,
-                    providers=providers, labels=labels, slots=slots, status="active",
-                    version=PROTOCOL_VERSION, registered_at=now, last_seen_at=now,
+                    id=runner_id,
+                    name=name,
+                    key_id=key_id,
+                    hostname=hostname,
+                    providers=providers,
+                    labels=labels,
+                    slots=slots,
+                    status="active",
+                    version=PROTOCOL_VERSION,
+                    registered_at=now,
+                    last_seen_at=now,
                 )
             )
         return await self.get(runner_id)

@@ -16,8 +16,13 @@ async def insert(tx: Tx, *, title: str | None, now: datetime) -> str:
     session_id = new_id()
     await tx.conn.execute(
         sa.insert(sessions).values(
-            id=session_id, title=title, created_at=now, updated_at=now,
-            epoch=0, last_seq=0, turns=0,
+            id=session_id,
+            title=title,
+            created_at=now,
+            updated_at=now,
+            epoch=0,
+            last_seq=0,
+            turns=0,
         )
     )
     return session_id

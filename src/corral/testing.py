@@ -1,0 +1,209 @@
+"""Helpers for tests and benchmarks: real servers, real databases. No fakes.
+
+srv = start_server(tmp_path)          # a `corral serve` subprocess on 127.0.0.1
+with srv.client() as c: ...
+srv.stop()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from corral.auth import WorkerClaims
+from corral.client import Client
+from corral.models import Runner
+from corral.store.jobs import Lease
+
+DEFAULT_PG = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+
+
+def worker_claims(lease: Lease, runner: Runner) -> WorkerClaims:
+    """The claims a worker JWT for ``lease`` would carry."""
+    return WorkerClaims(
+        job_id=lease.job.id, session_id=lease.session.id, epoch=lease.job.epoch, runner_id=runner.id
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class ServerProcess:
+    url: str
+    port: int
+    data_dir: Path
+    proc: subprocess.Popen[bytes]
+    log: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def admin_key(self) -> str:
+        return (self.data_dir / "admin.key").read_text().strip()
+
+    def client(self) -> Client:
+        return Client(self.url, self.admin_key)
+
+    def http(self, token: str | None = None) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.url,
+            timeout=30,
+            headers={"Authorization": f"Bearer {token or self.admin_key}"},
+        )
+
+    def cli(
+        self, *args: str, input: str | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `corral ARGS` against this server."""
+        env = {**os.environ, **self.env, "CORRAL_URL": self.url, "CORRAL_TOKEN": self.admin_key}
+        return subprocess.run(
+            [sys.executable, "-m", "corral", *args],
+            env=env,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def stop(self, timeout: float = 15) -> int:
+        """SIGTERM, then SIGKILL after ``timeout``."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        """kill -9, as a crash would."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def start_server(
+    data_dir: Path,
+    *,
+    port: int | None = None,
+    database_url: str | None = None,
+    env: dict[str, str] | None = None,
+    args: tuple[str, ...] = (),
+    timeout: float = 30,
+) -> ServerProcess:
+    """Start `corral serve` on 127.0.0.1 and wait until /health answers."""
+    port = port or free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    extra = dict(env or {})
+    if database_url:
+        extra["CORRAL_DATABASE_URL"] = database_url
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
+    full_env.update(extra)
+    log = data_dir / f"serve-{port}.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "corral",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(data_dir),
+                *args,
+            ],
+            env=full_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    srv = ServerProcess(f"http://127.0.0.1:{port}", port, data_dir, proc, log, extra)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"corral serve exited with {proc.returncode}:\n{srv.output()}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(srv.url + "/health", timeout=1).status_code == 200:
+                return srv
+        time.sleep(0.05)
+    srv.kill()
+    raise RuntimeError(f"corral serve did not answer within {timeout}s:\n{srv.output()}")
+
+
+async def create_pg_database(base_url: str = DEFAULT_PG) -> str:
+    """Create an empty, uniquely named database next to ``base_url``'s; return its URL."""
+    import asyncpg
+    import sqlalchemy as sa
+
+    url = sa.make_url(base_url)
+    name = f"corral_t_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(
+        user=url.username,
+        password=url.password,
+        host=url.host,
+        port=url.port or 5432,
+        database=url.database,
+    )
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return url.set(database=name).render_as_string(hide_password=False)
+
+
+async def drop_pg_database(db_url: str) -> None:
+    import asyncpg
+    import sqlalchemy as sa
+
+    url = sa.make_url(db_url)
+    conn = await asyncpg.connect(
+        user=url.username,
+        password=url.password,
+        host=url.host,
+        port=url.port or 5432,
+        database="postgres",
+    )
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+async def pg_available(base_url: str = DEFAULT_PG) -> str | None:
+    """None if a server answers at ``base_url``, else why not."""
+    import asyncpg
+    import sqlalchemy as sa
+
+    url = sa.make_url(base_url)
+    try:
+        conn = await asyncpg.connect(
+            user=url.username,
+            host=url.host,
+            port=url.port or 5432,
+            database=url.database,
+            timeout=3,
+        )
+    except (OSError, asyncpg.PostgresError) as exc:
+        return f"no PostgreSQL at {url.host}:{url.port or 5432} ({exc})"
+    await conn.close()
+    return None

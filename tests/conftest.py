@@ -1,0 +1,59 @@
+"""Shared fixtures. Storage tests run on SQLite and on PostgreSQL; the PG
+cases skip with a visible reason when no server answers, except on CI
+(CI=true or CORRAL_TEST_REQUIRE_PG=1), where PostgreSQL is mandatory."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from corral.testing import (
+    DEFAULT_PG,
+    ServerProcess,
+    create_pg_database,
+    drop_pg_database,
+    pg_available,
+    start_server,
+)
+
+PG_URL = os.environ.get("CORRAL_TEST_PG_URL", DEFAULT_PG)
+REQUIRE_PG = os.environ.get("CI") == "true" or os.environ.get("CORRAL_TEST_REQUIRE_PG") == "1"
+_pg_reason: list[str | None] = []
+
+
+async def pg_skip_reason() -> str | None:
+    if not _pg_reason:
+        _pg_reason.append(await pg_available(PG_URL))
+    reason = _pg_reason[0]
+    if reason and REQUIRE_PG:
+        pytest.fail(f"PostgreSQL is required here: {reason}")
+    return reason
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A fresh, empty database: SQLite in tmp_path, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'corral.db'}"
+        return
+    reason = await pg_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    url = await create_pg_database(PG_URL)
+    try:
+        yield url
+    finally:
+        await drop_pg_database(url)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A real `corral serve` on SQLite, with its embedded runner."""
+    srv = start_server(tmp_path / "data", env={"CORRAL_HEARTBEAT_INTERVAL": "1"})
+    try:
+        yield srv
+    finally:
+        srv.stop()

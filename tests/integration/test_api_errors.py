@@ -1,0 +1,280 @@
+"""One test drives every 4xx path of the API: the status, the one error shape
+{"error": {"code", "message"}}, and never a 500."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from corral.api.app import create_app
+from corral.auth import Role
+from corral.config import load_settings
+
+
+@dataclass
+class Api:
+    http: httpx.AsyncClient
+    keys: dict[str, str]
+    done_job: str
+    queued_job: str
+    session: str
+
+    def auth(self, role: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.keys[role]}"}
+
+
+@pytest.fixture
+async def api(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Api]:
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(data_dir=tmp_path, database_url=db_url, max_body_bytes=4096)
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        store = app.state.services.store
+        keys = {
+            role.value: (await store.keys.create(name=role.value, role=role))[1] for role in Role
+        }
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://corral") as http:
+            admin = {"Authorization": f"Bearer {keys['admin']}"}
+            done = (await http.post("/jobs", json={"prompt": "x"}, headers=admin)).json()
+            await http.post(f"/jobs/{done['job_id']}/cancel", headers=admin)
+            queued = (await http.post("/jobs", json={"prompt": "y"}, headers=admin)).json()
+            yield Api(http, keys, done["job_id"], queued["job_id"], queued["session_id"])
+
+
+async def _chunks(parts: list[bytes]) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
+
+
+def _cases(api: Api) -> list[tuple[str, str, str, dict[str, Any], int, str]]:
+    big = "x" * 5000
+    return [
+        # (name, method, path, request kwargs, status, code)
+        ("no credential", "GET", "/jobs", {"headers": {"Authorization": ""}}, 401, "unauthorized"),
+        (
+            "unknown key",
+            "GET",
+            "/jobs",
+            {"headers": {"Authorization": "Bearer crl_abc_def"}},
+            401,
+            "unauthorized",
+        ),
+        (
+            "malformed key",
+            "GET",
+            "/jobs",
+            {"headers": {"Authorization": "Bearer nope"}},
+            401,
+            "unauthorized",
+        ),
+        (
+            "viewer submits",
+            "POST",
+            "/jobs",
+            {"json": {"prompt": "x"}, "role": "viewer"},
+            403,
+            "forbidden",
+        ),
+        ("runner reads jobs", "GET", "/jobs", {"role": "runner"}, 403, "forbidden"),
+        (
+            "runner reads a job it does not hold",
+            "GET",
+            f"/jobs/{api.queued_job}",
+            {"role": "runner"},
+            403,
+            "forbidden",
+        ),
+        (
+            "operator registers a runner",
+            "POST",
+            "/runners/register",
+            {"role": "operator", "json": {"name": "r", "providers": ["shell"], "slots": 1}},
+            403,
+            "forbidden",
+        ),
+        (
+            "malformed json",
+            "POST",
+            "/jobs",
+            {"content": b"{not json", "headers": {"Content-Type": "application/json"}},
+            400,
+            "malformed_json",
+        ),
+        ("empty job", "POST", "/jobs", {"json": {}}, 422, "invalid_input"),
+        ("blank prompt", "POST", "/jobs", {"json": {"prompt": "   "}}, 422, "invalid_input"),
+        ("wrong type", "POST", "/jobs", {"json": {"prompt": 5}}, 422, "invalid_input"),
+        (
+            "priority out of range",
+            "POST",
+            "/jobs",
+            {"json": {"prompt": "x", "priority": 99}},
+            422,
+            "invalid_input",
+        ),
+        (
+            "unknown field",
+            "POST",
+            "/jobs",
+            {"json": {"prompt": "x", "prompts": "y"}},
+            422,
+            "invalid_input",
+        ),
+        ("not an object", "POST", "/jobs", {"json": ["x"]}, 422, "invalid_input"),
+        ("too large", "POST", "/jobs", {"json": {"prompt": big}}, 413, "payload_too_large"),
+        (
+            "too large, chunked",
+            "POST",
+            "/jobs",
+            {
+                "content": _chunks([b'{"prompt": "', big.encode(), b'"}']),
+                "headers": {"Content-Type": "application/json"},
+            },
+            413,
+            "payload_too_large",
+        ),
+        ("unknown job", "GET", "/jobs/nope", {}, 404, "job_not_found"),
+        ("cancel unknown job", "POST", "/jobs/nope/cancel", {}, 404, "job_not_found"),
+        ("unknown state filter", "GET", "/jobs?state=bogus", {}, 400, "bad_request"),
+        ("bad limit", "GET", "/jobs?limit=0", {}, 422, "invalid_input"),
+        ("bad page anchor", "GET", "/jobs?before=nope", {}, 404, "job_not_found"),
+        (
+            "cancel a cancelled job",
+            "POST",
+            f"/jobs/{api.done_job}/cancel",
+            {},
+            409,
+            "invalid_transition",
+        ),
+        (
+            "retry a queued job",
+            "POST",
+            f"/jobs/{api.queued_job}/retry",
+            {},
+            409,
+            "invalid_transition",
+        ),
+        ("unknown session", "GET", "/sessions/nope", {}, 404, "session_not_found"),
+        (
+            "turn of unknown session",
+            "POST",
+            "/sessions/nope/turns",
+            {"json": {"prompt": "x"}},
+            404,
+            "session_not_found",
+        ),
+        (
+            "turn with another session id",
+            "POST",
+            f"/sessions/{api.session}/turns",
+            {"json": {"prompt": "x", "session_id": "other"}},
+            400,
+            "bad_request",
+        ),
+        ("events of unknown session", "GET", "/sessions/nope/events", {}, 404, "session_not_found"),
+        ("stream of unknown session", "GET", "/sessions/nope/stream", {}, 404, "session_not_found"),
+        (
+            "bad Last-Event-ID",
+            "GET",
+            f"/sessions/{api.session}/stream",
+            {"headers": {"Last-Event-ID": "abc"}},
+            400,
+            "bad_request",
+        ),
+        (
+            "negative since",
+            "GET",
+            f"/sessions/{api.session}/events?since=-1",
+            {},
+            422,
+            "invalid_input",
+        ),
+        ("unknown route", "GET", "/nope", {}, 404, "not_found"),
+        ("wrong method", "DELETE", "/jobs", {}, 405, "method_not_allowed"),
+        (
+            "worker write without token",
+            "POST",
+            "/worker/events",
+            {"json": {"events": []}, "headers": {"Authorization": ""}},
+            401,
+            "unauthorized",
+        ),
+        (
+            "worker write with an API key",
+            "POST",
+            "/worker/events",
+            {"json": {"events": []}},
+            401,
+            "unauthorized",
+        ),
+        (
+            "lease for unknown runner",
+            "POST",
+            "/runners/nope/lease",
+            {"json": {"max_jobs": 1}},
+            404,
+            "runner_not_found",
+        ),
+        (
+            "unknown protocol",
+            "POST",
+            "/runners/register",
+            {"json": {"name": "r", "providers": ["shell"], "slots": 1, "protocol": "v9"}},
+            422,
+            "invalid_input",
+        ),
+        (
+            "zero slots",
+            "POST",
+            "/runners/register",
+            {"json": {"name": "r", "providers": ["shell"], "slots": 0}},
+            422,
+            "invalid_input",
+        ),
+    ]
+
+
+async def test_every_error_path_has_the_shape(api: Api) -> None:
+    seen = []
+    for name, method, path, kwargs, status, code in _cases(api):
+        kwargs = dict(kwargs)
+        headers = {**api.auth(kwargs.pop("role", "admin")), **kwargs.pop("headers", {})}
+        headers = {k: v for k, v in headers.items() if v}
+        if path.endswith("/stream"):
+            headers["Accept"] = "text/event-stream"
+        resp = await api.http.request(method, path, headers=headers, **kwargs)
+        assert resp.status_code == status, f"{name}: {resp.status_code} {resp.text}"
+        assert resp.headers["content-type"].startswith("application/json"), name
+        body = resp.json()
+        assert set(body) == {"error"}, name
+        assert body["error"]["code"] == code, f"{name}: {body}"
+        assert isinstance(body["error"]["message"], str) and body["error"]["message"], name
+        seen.append(status)
+    assert {400, 401, 403, 404, 405, 409, 413, 422} <= set(seen)
+
+
+async def test_health_needs_no_credential_and_docs_exist(api: Api) -> None:
+    assert (await api.http.get("/health")).json()["status"] == "ok"
+    spec = (await api.http.get("/openapi.json")).json()
+    for path in (
+        "/jobs",
+        "/jobs/{job_id}",
+        "/sessions/{session_id}/stream",
+        "/runners/{runner_id}/lease",
+        "/worker/complete",
+    ):
+        assert path in spec["paths"]
+
+
+async def test_idempotent_submit_is_200_with_the_same_job(api: Api) -> None:
+    body = {"prompt": "x", "idempotency_key": "same"}
+    first = await api.http.post("/jobs", json=body, headers=api.auth("operator"))
+    second = await api.http.post("/jobs", json=body, headers=api.auth("operator"))
+    assert (first.status_code, second.status_code) == (202, 200)
+    assert first.json()["job_id"] == second.json()["job_id"]
+    assert second.json()["created"] is False

@@ -1,0 +1,255 @@
+"""Every store operation on jobs, sessions and events, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from corral.errors import (
+    InvalidTransition,
+    JobNotActive,
+    JobNotFound,
+    SessionNotFound,
+    StaleEpoch,
+)
+from corral.jobs import JobState
+from corral.models import JobCreate, NewEvent, Outcome, Runner
+from corral.store import Store
+from corral.testing import worker_claims as claims
+
+
+async def _lease_one(store: Store, runner: Runner):  # type: ignore[no-untyped-def]
+    leases = await store.jobs.lease(runner, 1, ttl=30)
+    assert len(leases) == 1
+    return leases[0]
+
+
+async def test_create_get_and_list(store: Store) -> None:
+    job, created = await store.jobs.create(JobCreate(prompt="echo hi", labels=["a"], title="t"))
+    assert created and job.state is JobState.QUEUED and job.attempt == 1 and job.turn == 1
+    assert (await store.jobs.get(job.id)).model_dump() == job.model_dump()
+    other, _ = await store.jobs.create(JobCreate(command="true", priority=0))
+    listed = await store.jobs.list()
+    assert [j.id for j in listed] == [other.id, job.id]
+    assert [j.id for j in await store.jobs.list(limit=1, before=other.id)] == [job.id]
+    assert await store.jobs.list(states=[JobState.DONE]) == []
+    assert (await store.jobs.counts()) == {"queued": 2}
+    events = await store.events.list(job.session_id)
+    assert [(e.seq, e.type, e.payload["to"]) for e in events] == [(1, "job.state", "queued")]
+    with pytest.raises(JobNotFound):
+        await store.jobs.get("nope")
+
+
+async def test_idempotency_key_returns_the_existing_job(store: Store) -> None:
+    first, created = await store.jobs.create(JobCreate(prompt="a", idempotency_key="k"))
+    again, created_again = await store.jobs.create(JobCreate(prompt="b", idempotency_key="k"))
+    assert created and not created_again and again.id == first.id
+    racing = await asyncio.gather(
+        *(store.jobs.create(JobCreate(prompt="c", idempotency_key="race")) for _ in range(5))
+    )
+    assert len({job.id for job, _ in racing}) == 1
+    assert sum(created for _, created in racing) == 1
+
+
+async def test_turns_of_a_session_run_one_at_a_time_in_order(store: Store, runner: Runner) -> None:
+    first, _ = await store.jobs.create(JobCreate(prompt="1", priority=5))
+    second, _ = await store.jobs.create(
+        JobCreate(prompt="2", session_id=first.session_id, priority=0)
+    )
+    assert second.turn == 2
+    leases = await store.jobs.lease(runner, 10, ttl=30)
+    assert [lease.job.id for lease in leases] == [first.id]  # priority does not jump the turn
+    assert await store.jobs.lease(runner, 10, ttl=30) == []  # turn lock held
+    await store.jobs.complete(claims(leases[0], runner), Outcome(status="done", result="ok"))
+    assert [lease.job.id for lease in await store.jobs.lease(runner, 10, ttl=30)] == [second.id]
+    with pytest.raises(SessionNotFound):
+        await store.jobs.create(JobCreate(prompt="x", session_id="missing"))
+
+
+async def test_lease_order_is_priority_then_age_and_respects_slots(store: Store) -> None:
+    small = await store.runners.register(
+        name="small", key_id="k", hostname=None, providers=["shell"], labels=[], slots=2
+    )
+    low, _ = await store.jobs.create(JobCreate(prompt="low", priority=4))
+    old, _ = await store.jobs.create(JobCreate(prompt="old", priority=1))
+    new, _ = await store.jobs.create(JobCreate(prompt="new", priority=1))
+    urgent, _ = await store.jobs.create(JobCreate(prompt="urgent", priority=0))
+    other, _ = await store.jobs.create(JobCreate(prompt="x", provider="claude"))
+    leased = await store.jobs.lease(small, 10, ttl=30)
+    assert [lease.job.id for lease in leased] == [urgent.id, old.id]
+    assert await store.jobs.lease(small, 10, ttl=30) == []  # slots full
+    await store.jobs.complete(claims(leased[0], small), Outcome(status="done"))
+    assert [lease.job.id for lease in await store.jobs.lease(small, 10, ttl=30)] == [new.id]
+    assert (await store.jobs.get(low.id)).state is JobState.QUEUED
+    assert (await store.jobs.get(other.id)).state is JobState.QUEUED  # no such provider here
+
+
+async def test_concurrent_leases_never_hand_out_a_job_twice(store: Store) -> None:
+    runners = [
+        await store.runners.register(
+            name=f"r{i}", key_id="k", hostname=None, providers=["shell"], labels=[], slots=50
+        )
+        for i in range(4)
+    ]
+    for i in range(40):
+        await store.jobs.create(JobCreate(prompt=str(i)))
+    results = await asyncio.gather(*(store.jobs.lease(r, 15, ttl=30) for r in runners * 2))
+    ids = [lease.job.id for batch in results for lease in batch]
+    assert len(ids) == len(set(ids)) == 40
+
+
+async def test_full_lifecycle_and_events(store: Store, runner: Runner) -> None:
+    job, _ = await store.jobs.create(JobCreate(prompt="echo"))
+    lease = await _lease_one(store, runner)
+    assert lease.job.state is JobState.ASSIGNED and lease.job.epoch == lease.session.epoch == 1
+    c = claims(lease, runner)
+    running = await store.jobs.start(c)
+    assert running.state is JobState.RUNNING and running.started_at is not None
+    stored, dups = await store.jobs.append_events(
+        c,
+        [
+            NewEvent(event_id="e1", type="output", payload={"line": "a"}),
+            NewEvent(event_id="e2", type="output", payload={"line": "b"}, internal=True),
+            NewEvent(event_id="e3", type="delta", payload={"t": "x"}, ephemeral=True),
+        ],
+    )
+    assert [e.seq for e in stored] == [4, 5] and dups == []
+    done, _ = await store.jobs.complete(
+        c,
+        Outcome(status="done", result="b", exit_code=0, usage={"tokens": 3}, cost=0.5),
+        [NewEvent(event_id="e1", type="output"), NewEvent(event_id="e4", type="output")],
+    )
+    assert done.state is JobState.DONE and done.result == "b" and done.finished_at
+    assert done.usage == {"tokens": 3} and done.cost == 0.5
+    visible = await store.events.list(job.session_id)
+    everything = await store.events.list(job.session_id, internal=True)
+    assert [e.seq for e in everything] == list(range(1, 8))  # no gaps, e3 never stored
+    assert 5 not in [e.seq for e in visible]
+    assert [e.payload.get("to") for e in everything if e.type == "job.state"] == [
+        "queued",
+        "assigned",
+        "running",
+        "done",
+    ]
+    assert [e.seq for e in await store.events.list(job.session_id, since=5)] == [6, 7]
+    session = await store.sessions.get(job.session_id)
+    assert session.last_seq == 7 and session.active_job_id is None
+
+
+async def test_duplicate_event_ids_are_skipped_under_concurrency(
+    store: Store, runner: Runner
+) -> None:
+    await store.jobs.create(JobCreate(prompt="x"))
+    c = claims(await _lease_one(store, runner), runner)
+    batches = [
+        [NewEvent(event_id=f"e{(i * 7 + k) % 60}", type="output") for k in range(20)]
+        for i in range(12)
+    ]
+    results = await asyncio.gather(*(store.jobs.append_events(c, b) for b in batches))
+    stored = sorted(e.seq for accepted, _ in results for e in accepted if e.seq)
+    assert len(stored) == 60
+    seqs = [e.seq for e in await store.events.list(c.session_id)]
+    assert seqs == list(range(1, len(seqs) + 1))
+
+
+async def test_failure_retries_then_fails(store: Store, runner: Runner) -> None:
+    job, _ = await store.jobs.create(JobCreate(prompt="x", max_attempts=2))
+    first = await _lease_one(store, runner)
+    again, _ = await store.jobs.complete(
+        claims(first, runner), Outcome(status="failed", error="exit code 1", reason="exit_code")
+    )
+    assert again.state is JobState.QUEUED and again.attempt == 2 and again.runner_id is None
+    second = await _lease_one(store, runner)
+    assert second.job.epoch > first.job.epoch
+    final, _ = await store.jobs.complete(claims(second, runner), Outcome(status="failed"))
+    assert final.state is JobState.FAILED and final.attempt == 2 and final.error == "failed"
+    retried = await store.jobs.retry(job.id)
+    assert retried.state is JobState.QUEUED and retried.attempt == 3
+    assert retried.max_attempts == 3 and retried.error is None
+
+
+async def test_stale_epoch_and_inactive_jobs_refuse_writes(store: Store, runner: Runner) -> None:
+    job, _ = await store.jobs.create(JobCreate(prompt="x", max_attempts=3))
+    old = claims(await _lease_one(store, runner), runner)
+    await store.jobs.start(old)
+    # The runner re-registers (a restart): its jobs are released, epoch bumped.
+    again = await store.runners.register(
+        name="r1", key_id="k1", hostname="h", providers=["shell"], labels=[], slots=4
+    )
+    requeued = await store.jobs.get(job.id)
+    assert requeued.state is JobState.QUEUED and requeued.reason == "runner_restarted"
+    assert requeued.epoch > old.epoch and requeued.attempt == 2
+    for write in (
+        store.jobs.append_events(old, [NewEvent(type="output")]),
+        store.jobs.heartbeat(old, 30),
+        store.jobs.complete(old, Outcome(status="done")),
+        store.jobs.start(old),
+    ):
+        with pytest.raises(StaleEpoch):
+            await write
+    new = claims(await _lease_one(store, again), again)
+    await store.jobs.cancel(job.id)
+    with pytest.raises(JobNotActive):
+        await store.jobs.append_events(new, [NewEvent(type="output")])
+    with pytest.raises(InvalidTransition):
+        await store.jobs.cancel(job.id)
+
+
+async def test_watchdog_requeues_expired_leases(store: Store, runner: Runner) -> None:
+    job, _ = await store.jobs.create(JobCreate(prompt="x", max_attempts=2))
+    c = claims((await store.jobs.lease(runner, 1, ttl=0.01))[0], runner)
+    await asyncio.sleep(0.05)
+    lost = await store.jobs.expire()
+    assert [j.id for j in lost] == [job.id]
+    assert lost[0].state is JobState.QUEUED and lost[0].reason == "runner_lost"
+    with pytest.raises(StaleEpoch):
+        await store.jobs.heartbeat(c, 30)
+    c2 = claims((await store.jobs.lease(runner, 1, ttl=0.01))[0], runner)
+    await asyncio.sleep(0.05)
+    (final,) = await store.jobs.expire()
+    assert final.state is JobState.FAILED and "stopped heartbeating" in (final.error or "")
+    assert c2.epoch > c.epoch
+    assert await store.jobs.expire() == []
+
+
+async def test_heartbeat_extends_the_lease(store: Store, runner: Runner) -> None:
+    await store.jobs.create(JobCreate(prompt="x"))
+    c = claims((await store.jobs.lease(runner, 1, ttl=0.2))[0], runner)
+    await store.jobs.heartbeat(c, 60)
+    await asyncio.sleep(0.3)
+    assert await store.jobs.expire() == []
+
+
+async def test_cancel_queued_and_running(store: Store, runner: Runner) -> None:
+    queued, _ = await store.jobs.create(JobCreate(prompt="x"))
+    cancelled = await store.jobs.cancel(queued.id, by="alice")
+    assert cancelled.state is JobState.CANCELLED and cancelled.error == "cancelled by alice"
+    running, _ = await store.jobs.create(JobCreate(prompt="y"))
+    c = claims(await _lease_one(store, runner), runner)
+    await store.jobs.start(c)
+    with store.bus.subscribe(f"runner:{runner.id}") as sub:
+        await store.jobs.cancel(running.id)
+        assert await sub.get(1) == [f"cancel:{running.id}"]
+    assert (await store.sessions.get(running.session_id)).active_job_id is None
+
+
+async def test_sessions_and_handles(store: Store, runner: Runner) -> None:
+    session = await store.sessions.create("chat")
+    assert session.turns == 0 and session.title == "chat"
+    await store.jobs.create(JobCreate(prompt="x", session_id=session.id))
+    c = claims(await _lease_one(store, runner), runner)
+    await store.jobs.set_handle(c, "agent-session-1")
+    assert (await store.sessions.get(session.id)).handle == "agent-session-1"
+    with pytest.raises(SessionNotFound):
+        await store.sessions.get("missing")
+
+
+async def test_events_are_published_after_commit(store: Store, runner: Runner) -> None:
+    job, _ = await store.jobs.create(JobCreate(prompt="x"))
+    with store.bus.subscribe(f"session:{job.session_id}") as sub:
+        c = claims(await _lease_one(store, runner), runner)
+        await store.jobs.append_events(c, [NewEvent(type="output", payload={"line": "hi"})])
+        messages = await sub.get(1)
+    seqs = [e.seq for batch in messages for e in batch]  # type: ignore[union-attr]
+    assert seqs == [2, 3]

@@ -1,0 +1,111 @@
+"""API keys, roles and worker JWTs."""
+
+from __future__ import annotations
+
+import time
+
+import jwt
+import pytest
+
+from corral import auth
+from corral.auth import Principal, Role, WorkerClaims
+from corral.errors import Forbidden, Unauthorized
+
+SECRET = "s" * 64
+CLAIMS = WorkerClaims(job_id="j1", session_id="s1", epoch=3, runner_id="r1")
+
+
+def test_worker_token_round_trip() -> None:
+    token = auth.issue_worker_token(CLAIMS, SECRET, ttl=60)
+    assert auth.verify_worker_token(token, SECRET) == CLAIMS
+
+
+def test_worker_token_is_hs256_with_expiry() -> None:
+    token = auth.issue_worker_token(CLAIMS, SECRET, ttl=60)
+    assert jwt.get_unverified_header(token)["alg"] == "HS256"
+    body = jwt.decode(token, SECRET, algorithms=["HS256"])
+    assert body["exp"] - body["iat"] == 60
+    assert (body["sub"], body["sid"], body["epoch"], body["rid"]) == ("j1", "s1", 3, "r1")
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        pytest.param(lambda: auth.issue_worker_token(CLAIMS, "o" * 64, 60), id="wrong-secret"),
+        pytest.param(lambda: auth.issue_worker_token(CLAIMS, SECRET, -5), id="expired"),
+        pytest.param(lambda: "not-a-jwt", id="garbage"),
+        pytest.param(
+            lambda: jwt.encode({"sub": "j1", "exp": time.time() + 60}, SECRET, algorithm="HS256"),
+            id="missing-claims",
+        ),
+        pytest.param(
+            lambda: jwt.encode(
+                {
+                    "sub": "j",
+                    "sid": "s",
+                    "epoch": 1,
+                    "rid": "r",
+                    "exp": time.time() + 60,
+                    "typ": "o" * 64,
+                },
+                SECRET,
+                algorithm="HS256",
+            ),
+            id="wrong-type",
+        ),
+        pytest.param(
+            lambda: jwt.encode(
+                {
+                    "sub": "j",
+                    "sid": "s",
+                    "epoch": 1,
+                    "rid": "r",
+                    "exp": time.time() + 60,
+                    "typ": "corral-worker-v1",
+                },
+                SECRET,
+                algorithm="HS512",
+            ),
+            id="wrong-alg",
+        ),
+    ],
+)
+def test_bad_worker_tokens_are_refused(token) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(Unauthorized):
+        auth.verify_worker_token(token(), SECRET)
+
+
+def test_keys_are_hashed_and_compared() -> None:
+    key_id, key = auth.new_key()
+    assert key.startswith(f"crl_{key_id}_") and len(key) > 40
+    assert auth.key_id_of(key) == key_id
+    stored = auth.hash_key(key)
+    assert key not in stored
+    assert auth.key_matches(key, stored)
+    assert not auth.key_matches(key + "x", stored)
+
+
+@pytest.mark.parametrize("bad", ["", "crl_", "crl__x", "abc_def_ghi", "crl_id_"])
+def test_malformed_keys(bad: str) -> None:
+    with pytest.raises(Unauthorized):
+        auth.key_id_of(bad)
+
+
+@pytest.mark.parametrize(
+    ("role", "allowed"),
+    [
+        (Role.ADMIN, {"read", "write", "admin", "run"}),
+        (Role.OPERATOR, {"read", "write"}),
+        (Role.VIEWER, {"read"}),
+        (Role.RUNNER, {"run"}),
+    ],
+    ids=lambda v: getattr(v, "value", "perm"),
+)
+def test_roles(role: Role, allowed: set[str]) -> None:
+    who = Principal("k", role, "n")
+    for permission in ("read", "write", "admin", "run"):
+        if permission in allowed:
+            who.require(permission)
+        else:
+            with pytest.raises(Forbidden):
+                who.require(permission)

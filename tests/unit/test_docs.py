@@ -1,0 +1,48 @@
+"""The README cannot drift: every setting, endpoint, CLI command and executor
+kind appears in it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from corral.api.app import create_app
+from corral.cli import app as cli_app
+from corral.config import RunnerSettings, Settings, load_settings
+from corral.executors.base import kinds
+
+README = (Path(__file__).parents[2] / "README.md").read_text()
+
+
+def test_every_setting_is_documented() -> None:
+    for name in Settings.model_fields:
+        if name != "runner":
+            assert f"`{name}`" in README, name
+            assert f"`CORRAL_{name.upper()}`" in README, name
+    for name in RunnerSettings.model_fields:
+        assert f"`runner.{name}`" in README, name
+        assert f"`CORRAL_RUNNER__{name.upper()}`" in README, name
+
+
+def test_every_endpoint_is_documented() -> None:
+    spec = create_app(load_settings()).openapi()
+    for path, methods in spec["paths"].items():
+        pattern = re.sub(r"\{[^}]+\}", "{id}", path)
+        for method in methods:
+            documented = f"{method.upper()} {pattern}"
+            assert documented in re.sub(r"\{[^}]+\}", "{id}", README), documented
+
+
+def test_every_cli_command_is_documented() -> None:
+    import typer.main
+
+    group = typer.main.get_command(cli_app)
+    for name, command in group.commands.items():  # type: ignore[attr-defined]
+        subs = getattr(command, "commands", None)
+        for full in [f"corral {name} {s}" for s in subs] if subs else [f"corral {name}"]:
+            assert full in README, full
+
+
+def test_every_executor_kind_is_documented() -> None:
+    for kind in kinds():
+        assert f"`{kind}`" in README, kind
