@@ -10,7 +10,6 @@ does over HTTP.
 from __future__ import annotations
 
 import builtins
-
 import os
 import time
 from collections.abc import Iterator
@@ -167,6 +166,19 @@ class Client:
                 json={k: v for k, v in body.items() if v is not None},
             )
         )
+
+    def job_event_list(self, job_id: str, since: int = 0) -> builtins.list[Event]:
+        """All of a job's stored events after ``since``, page by page."""
+        events: builtins.list[Event] = []
+        while True:
+            data = self._request(
+                "GET", f"/jobs/{job_id}/events", params={"since": since, "limit": 5000}
+            )
+            page = [Event.model_validate(e) for e in data["events"]]
+            events.extend(page)
+            if len(page) < 5000:
+                return events
+            since = data["next_since"]
 
     def session_events(self, session_id: str, since: int = 0) -> builtins.list[Event]:
         data = self._request("GET", f"/sessions/{session_id}/events", params={"since": since})

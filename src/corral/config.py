@@ -107,7 +107,8 @@ class Settings(BaseSettings):
         "in the database, so every replica shares it.",
     )
     runner: RunnerSettings = Field(
-        default_factory=lambda: RunnerSettings(), description="The runner embedded in `corral serve`."
+        default_factory=lambda: RunnerSettings(),
+        description="The runner embedded in `corral serve`.",
     )
 
     @classmethod

@@ -15,8 +15,8 @@ from rich.console import Console
 from corral.client import Client
 from corral.config import Settings, load_settings
 
-console = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+console = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 ServerOpt = Annotated[
     str | None,

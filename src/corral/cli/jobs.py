@@ -162,8 +162,7 @@ def logs(
                 sys.stdout.write(event.model_dump_json() + "\n")
                 sys.stdout.flush()
             return
-        job = c.get(job_id)
-        events = [e for e in c.session_events(job.session_id) if e.job_id == job_id]
+        events = c.job_event_list(job_id)
     if as_json:
         dump(events)
         return

@@ -5,7 +5,6 @@ in the same transaction as its ``job.state`` event."""
 from __future__ import annotations
 
 import builtins
-
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta

@@ -1,0 +1,107 @@
+"""`corral serve` on PostgreSQL, and its refusal to expose itself without keys."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from corral.testing import create_pg_database, drop_pg_database, free_port, start_server
+from tests.conftest import PG_URL, pg_skip_reason
+
+
+@pytest.fixture
+async def pg_url() -> AsyncIterator[str]:
+    reason = await pg_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    url = await create_pg_database(PG_URL)
+    try:
+        yield url
+    finally:
+        await drop_pg_database(url)
+
+
+def test_everything_behaves_the_same_on_postgresql(tmp_path: Path, pg_url: str) -> None:
+    srv = start_server(tmp_path / "data", database_url=pg_url)
+    try:
+        done = srv.cli("submit", "echo hello; echo bye", "--wait")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines() == ["hello", "bye"]
+        failed = srv.cli("submit", "echo oops >&2; exit 4", "--wait")
+        assert failed.returncode == 1 and "exit code 4" in failed.stderr
+        listed = srv.cli("jobs", "ls", "--json")
+        states = sorted(j["state"] for j in json.loads(listed.stdout))
+        assert states == ["done", "failed"]
+        with srv.http() as http:
+            status = http.get("/status").json()
+        assert status["database"] == "postgresql"
+        assert status["jobs"] == {"done": 1, "failed": 1}
+    finally:
+        srv.stop()
+    # A restart on the same database keeps everything.
+    again = start_server(tmp_path / "data", database_url=pg_url)
+    try:
+        assert len(json.loads(again.cli("jobs", "ls", "--json").stdout)) == 2
+    finally:
+        again.stop()
+
+
+def test_non_loopback_without_keys_is_refused(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    cmd = [
+        sys.executable,
+        "-m",
+        "corral",
+        "serve",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(free_port()),
+        "--data-dir",
+        str(data),
+    ]
+    refused = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1
+    assert "corral keys create --role admin" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert not (data / "admin.key").exists()
+    made = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "corral",
+            "keys",
+            "create",
+            "--role",
+            "admin",
+            "--json",
+            "--data-dir",
+            str(data),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert made.returncode == 0, made.stderr
+    assert json.loads(made.stdout)["key"].startswith("crl_")
+
+
+def test_cli_errors_are_one_line(tmp_path: Path) -> None:
+    srv = start_server(tmp_path / "data")
+    try:
+        missing = srv.cli("jobs", "show", "nope")
+        assert missing.returncode == 1
+        assert missing.stderr.strip() == "error: no job nope"
+        verbose = srv.cli("-v", "jobs", "show", "nope")
+        assert "Traceback" in verbose.stderr
+        nothing = srv.cli("submit", "--file", str(tmp_path / "missing.md"))
+        assert nothing.returncode == 1 and "cannot read" in nothing.stderr
+    finally:
+        srv.stop()
+    down = srv.cli("jobs", "ls")
+    assert down.returncode == 1 and "is `corral serve` running?" in down.stderr
