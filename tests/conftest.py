@@ -37,7 +37,7 @@ async def pg_skip_reason() -> str | None:
 async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     """A fresh, empty database: SQLite in tmp_path, or a new PostgreSQL database."""
     if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'corral.db'}"
+        yield f"sqlite:///{tmp_path / 'corral.db'}"
         return
     reason = await pg_skip_reason()
     if reason:

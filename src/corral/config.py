@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     )
     database_url: str | None = Field(
         None,
-        description="SQLAlchemy URL: sqlite+aiosqlite:///PATH or postgresql+asyncpg://... "
+        description="SQLAlchemy URL: sqlite:///PATH or postgresql+asyncpg://... "
         "Default: SQLite in the data dir.",
     )
     log_level: str = Field("INFO", description="Log level of `corral serve` and runners.")
@@ -128,7 +128,7 @@ class Settings(BaseSettings):
 
     @property
     def effective_database_url(self) -> str:
-        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'corral.db'}"
+        return self.database_url or f"sqlite:///{self.data_dir / 'corral.db'}"
 
     @property
     def admin_key_file(self) -> Path:

@@ -19,10 +19,9 @@ async def test_upgrade_matches_metadata(db_url: str) -> None:
         await store.migrate()
         await store.migrate()  # idempotent
         assert await migrate.current(store.db) == migrate.heads()[0]
-        async with store.db.reader.connect() as conn:
-            diff = await conn.run_sync(
-                lambda c: compare_metadata(MigrationContext.configure(c), metadata)
-            )
+        diff = await store.db.read(
+            lambda c: compare_metadata(MigrationContext.configure(c), metadata)
+        )
         assert diff == []
     finally:
         await store.close()

@@ -26,7 +26,7 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def test_defaults() -> None:
     s = load_settings()
     assert (s.host, s.port) == ("127.0.0.1", 8487)
-    assert s.effective_database_url == f"sqlite+aiosqlite:///{s.data_dir / 'corral.db'}"
+    assert s.effective_database_url == f"sqlite:///{s.data_dir / 'corral.db'}"
     assert s.runner.providers == ["shell"]
 
 

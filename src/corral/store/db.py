@@ -1,27 +1,35 @@
 """Engines and transactions.
 
-SQLite has one writer: all write transactions go through one connection
-(``BEGIN IMMEDIATE``), so they queue in-process instead of failing with
-SQLITE_BUSY, and readers use a small pool under WAL. PostgreSQL uses one pool
-for both. Messages for the bus are queued on the transaction and published
-only after it commits, so nobody is told about rows they cannot yet read.
+A store operation is one synchronous transaction body, ``body(tx) -> T``, run in
+a single hop: on SQLite in a dedicated writer thread (one connection,
+``BEGIN IMMEDIATE``; readers use their own threads under WAL), on PostgreSQL
+through SQLAlchemy's asyncio engine (asyncpg) with ``run_sync``. Measured on the
+target machine, aiosqlite costs ~210 µs per statement against ~22 µs for the
+same statement run in one thread, and a job transaction runs about ten.
+
+Bus messages queued on the transaction are published once it commits (from
+the event loop, even if the awaiting request was cancelled meanwhile), so
+nobody hears of rows they cannot read yet.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from corral.errors import ConfigError, StoreUnavailable
 
+T = TypeVar("T")
 Publish = Callable[[str, Any], None]
+READERS = 4
 
 
 class Tx:
@@ -29,7 +37,7 @@ class Tx:
 
     __slots__ = ("conn", "messages")
 
-    def __init__(self, conn: AsyncConnection) -> None:
+    def __init__(self, conn: sa.Connection) -> None:
         self.conn = conn
         self.messages: list[tuple[str, Any]] = []
 
@@ -40,61 +48,125 @@ class Tx:
 class Database:
     def __init__(self, url: str, publish: Publish | None = None) -> None:
         try:
-            self.url = sa.make_url(url)
+            parsed = sa.make_url(url)
         except sa.exc.ArgumentError as exc:
             raise ConfigError(f"invalid database_url {url!r}: {exc}") from exc
-        self.dialect = self.url.get_backend_name()
-        if self.dialect not in ("sqlite", "postgresql"):
-            raise ConfigError(f"unsupported database {self.dialect!r}: use sqlite or postgresql")
+        self.dialect = parsed.get_backend_name()
         self.publish: Publish = publish or (lambda topic, message: None)
+        self._pending: set[asyncio.Future[Any]] = set()
         if self.dialect == "sqlite":
-            if self.url.database and self.url.database != ":memory:":
-                Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
-            self.writer = _sqlite_engine(url, writer=True)
-            self.reader = _sqlite_engine(url, writer=False)
+            if parsed.get_driver_name() not in ("pysqlite", "aiosqlite"):
+                raise ConfigError("use sqlite:///PATH (or sqlite+aiosqlite:///PATH) for SQLite")
+            if parsed.database and parsed.database != ":memory:":
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            sync_url = parsed.set(drivername="sqlite+pysqlite")
+            self.writer = _sqlite_engine(sync_url, writer=True)
+            self.reader = _sqlite_engine(sync_url, writer=False)
+            self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="corral-db-write")
+            self._read_threads = ThreadPoolExecutor(READERS, thread_name_prefix="corral-db-read")
+        elif self.dialect == "postgresql":
+            if parsed.get_driver_name() != "asyncpg":
+                raise ConfigError("use postgresql+asyncpg://... for PostgreSQL")
+            self.engine: AsyncEngine = create_async_engine(
+                parsed, pool_size=10, max_overflow=10, pool_pre_ping=True
+            )
         else:
-            self.writer = create_async_engine(url, pool_size=10, max_overflow=10)
-            self.reader = self.writer
+            raise ConfigError(f"unsupported database {self.dialect!r}: use sqlite or postgresql")
 
     @property
     def is_sqlite(self) -> bool:
         return self.dialect == "sqlite"
 
-    @asynccontextmanager
-    async def write(self) -> AsyncIterator[Tx]:
+    async def write(self, body: Callable[[Tx], T]) -> T:
+        """Run ``body`` in one write transaction; publish its messages after commit.
+        Once started it runs to the end, even if the caller is cancelled."""
+        loop = asyncio.get_running_loop()
+        if self.is_sqlite:
+
+            def run() -> tuple[T, Tx]:
+                with self.writer.begin() as conn:
+                    tx = Tx(conn)
+                    return body(tx), tx
+
+            future: asyncio.Future[tuple[T, Tx]] = loop.run_in_executor(self._write_thread, run)
+        else:
+            future = asyncio.ensure_future(self._pg_write(body))
+        future.add_done_callback(self._published)
+        self._pending.add(future)
         try:
-            async with self.writer.begin() as conn:
-                tx = Tx(conn)
-                yield tx
+            result, _ = await asyncio.shield(future)
         except (OperationalError, DBAPIError) as exc:
-            if isinstance(exc, OperationalError) or exc.connection_invalidated:
+            if _outage(exc):
                 raise StoreUnavailable(f"database error: {exc.orig}") from exc
             raise
         except OSError as exc:
             raise StoreUnavailable(f"database unreachable: {exc}") from exc
+        return result
+
+    async def _pg_write(self, body: Callable[[Tx], T]) -> tuple[T, Tx]:
+        async with self.engine.begin() as conn:
+
+            def run(sync_conn: sa.Connection) -> tuple[T, Tx]:
+                tx = Tx(sync_conn)
+                return body(tx), tx
+
+            return await conn.run_sync(run)
+
+    def _published(self, future: asyncio.Future[Any]) -> None:
+        self._pending.discard(future)
+        if future.cancelled() or future.exception() is not None:
+            return
+        _, tx = future.result()
         for topic, message in tx.messages:
             self.publish(topic, message)
 
-    @asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncConnection]:
+    async def read(self, body: Callable[[sa.Connection], T]) -> T:
+        """Run ``body`` on a read connection (no writes)."""
         try:
-            async with self.reader.connect() as conn:
-                yield conn
-        except OperationalError as exc:
-            raise StoreUnavailable(f"database error: {exc.orig}") from exc
+            if self.is_sqlite:
+
+                def run() -> T:
+                    with self.reader.connect() as conn:
+                        return body(conn)
+
+                return await asyncio.get_running_loop().run_in_executor(self._read_threads, run)
+            async with self.engine.connect() as conn:
+                return await conn.run_sync(body)
+        except (OperationalError, DBAPIError) as exc:
+            if _outage(exc):
+                raise StoreUnavailable(f"database error: {exc.orig}") from exc
+            raise
         except OSError as exc:
             raise StoreUnavailable(f"database unreachable: {exc}") from exc
 
     async def dispose(self) -> None:
-        await self.writer.dispose()
-        if self.reader is not self.writer:
-            await self.reader.dispose()
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+        if self.is_sqlite:
+            await asyncio.get_running_loop().run_in_executor(
+                self._write_thread, self.writer.dispose
+            )
+            self._write_thread.shutdown(wait=True)
+            self._read_threads.shutdown(wait=True)
+            self.reader.dispose()
+        else:
+            await self.engine.dispose()
 
 
-def _sqlite_engine(url: str, *, writer: bool) -> AsyncEngine:
-    engine = create_async_engine(url, pool_size=1 if writer else 4, max_overflow=0, pool_timeout=60)
+def _outage(exc: DBAPIError) -> bool:
+    return isinstance(exc, OperationalError) or exc.connection_invalidated
 
-    @event.listens_for(engine.sync_engine, "connect")
+
+def _sqlite_engine(url: sa.URL, *, writer: bool) -> sa.Engine:
+    engine = sa.create_engine(
+        url,
+        pool_size=1 if writer else READERS,
+        max_overflow=0,
+        pool_timeout=60,
+        connect_args={"check_same_thread": False, "timeout": 30},
+    )
+
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Take transaction control away from the driver: BEGIN comes from us.
         dbapi_conn.isolation_level = None
@@ -105,7 +177,7 @@ def _sqlite_engine(url: str, *, writer: bool) -> AsyncEngine:
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
 

@@ -4,8 +4,10 @@ live but never stored (and carry no seq)."""
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -15,7 +17,7 @@ from corral.store.db import Database, Tx
 from corral.store.schema import events, sessions
 
 
-async def append(
+def append(
     tx: Tx,
     session_id: str,
     items: Sequence[NewEvent],
@@ -27,29 +29,47 @@ async def append(
 ) -> tuple[list[Event], list[str]]:
     """Append ``items``; returns (stored events, duplicate event ids)."""
     conn = tx.conn
-    # Lock the session row: seq allocation is serialised per session.
-    last = (
-        await conn.execute(
-            sa.select(sessions.c.last_seq).where(sessions.c.id == session_id).with_for_update()
-        )
-    ).scalar_one_or_none()
-    if last is None:
-        raise SessionNotFound(f"no session {session_id}")
     existing: set[str] = set()
     if dedup:
+        # Lock the session row first, so that two writers re-sending the same
+        # event_id cannot both miss it below.
+        found = conn.execute(
+            sa.select(sessions.c.id).where(sessions.c.id == session_id).with_for_update()
+        ).scalar_one_or_none()
+        if found is None:
+            raise SessionNotFound(f"no session {session_id}")
         ids = [e.event_id for e in items if not e.ephemeral]
         if ids:
             existing = set(
-                (
-                    await conn.execute(
-                        sa.select(events.c.event_id).where(events.c.event_id.in_(ids))
-                    )
+                conn.execute(
+                    sa.select(events.c.event_id).where(events.c.event_id.in_(ids))
                 ).scalars()
             )
     duplicates: list[str] = []
+    fresh: list[NewEvent] = []
+    for item in items:
+        if item.ephemeral:
+            continue
+        if item.event_id in existing:
+            duplicates.append(item.event_id)
+        else:
+            existing.add(item.event_id)
+            fresh.append(item)
+    seq = 0
+    if fresh:
+        # Allocate the seqs; on PostgreSQL this also holds the row lock to commit.
+        last = conn.execute(
+            sa.update(sessions)
+            .where(sessions.c.id == session_id)
+            .values(last_seq=sessions.c.last_seq + len(fresh), updated_at=now)
+            .returning(sessions.c.last_seq)
+        ).scalar_one_or_none()
+        if last is None:
+            raise SessionNotFound(f"no session {session_id}")
+        seq = last - len(fresh)
+    keep = {id(item) for item in fresh}
     published: list[Event] = []
-    rows: list[dict[str, object]] = []
-    seq = last
+    rows: list[dict[str, Any]] = []
     for item in items:
         if item.ephemeral:
             published.append(
@@ -67,12 +87,10 @@ async def append(
                 )
             )
             continue
-        if item.event_id in existing:
-            duplicates.append(item.event_id)
+        if id(item) not in keep:
             continue
-        existing.add(item.event_id)
         seq += 1
-        row = {
+        row: dict[str, Any] = {
             "session_id": session_id,
             "seq": seq,
             "event_id": item.event_id,
@@ -86,19 +104,10 @@ async def append(
         rows.append(row)
         published.append(Event.model_construct(ephemeral=False, **row))
     if rows:
-        await conn.execute(sa.insert(events), rows)
-        await conn.execute(
-            sa.update(sessions)
-            .where(sessions.c.id == session_id)
-            .values(last_seq=seq, updated_at=now)
-        )
+        conn.execute(sa.insert(events), rows)
     if published:
         tx.notify(f"session:{session_id}", published)
     return [e for e in published if e.seq is not None], duplicates
-
-
-def _event(row: sa.Row[tuple[object, ...]]) -> Event:
-    return Event.model_validate({**row._mapping, "ephemeral": False})
 
 
 class Events:
@@ -113,30 +122,19 @@ class Events:
         limit: int = 1000,
         job_id: str | None = None,
         internal: bool = False,
-    ) -> list[Event]:
-        return await list_events(
-            self.db, session_id, since=since, limit=limit, job_id=job_id, internal=internal
+    ) -> builtins.list[Event]:
+        stmt = (
+            sa.select(events)
+            .where(events.c.session_id == session_id, events.c.seq > since)
+            .order_by(events.c.seq)
+            .limit(limit)
         )
-
-
-async def list_events(
-    db: Database,
-    session_id: str,
-    *,
-    since: int = 0,
-    limit: int = 1000,
-    job_id: str | None = None,
-    internal: bool = False,
-) -> list[Event]:
-    stmt = (
-        sa.select(events)
-        .where(events.c.session_id == session_id, events.c.seq > since)
-        .order_by(events.c.seq)
-        .limit(limit)
-    )
-    if job_id is not None:
-        stmt = stmt.where(events.c.job_id == job_id)
-    if not internal:
-        stmt = stmt.where(events.c.internal.is_(False))
-    async with db.read() as conn:
-        return [_event(r) for r in await conn.execute(stmt)]
+        if job_id is not None:
+            stmt = stmt.where(events.c.job_id == job_id)
+        if not internal:
+            stmt = stmt.where(events.c.internal.is_(False))
+        return await self.db.read(
+            lambda conn: [
+                Event.model_validate({**r._mapping, "ephemeral": False}) for r in conn.execute(stmt)
+            ]
+        )

@@ -1,6 +1,9 @@
 """Jobs in the database. Every state change goes through ``jobs.transition``
 and is applied as a compare-and-set update (``WHERE id AND state AND epoch``)
-in the same transaction as its ``job.state`` event."""
+in the same transaction as its ``job.state`` event.
+
+Module-level functions are transaction bodies (sync, given a ``Tx``); the
+``Jobs`` methods run them with ``Database.write`` / ``Database.read``."""
 
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from corral.store.db import Database, Tx
 from corral.store.schema import jobs, runners, sessions
 
 Row = sa.Row[Any]
+_ACTIVE = [s.value for s in ACTIVE]
 
 
 def now_utc() -> datetime:
@@ -41,20 +45,50 @@ class RetryPolicy:
     backoff_max: float = 300.0
 
 
+def _candidates() -> sa.Select[Any]:
+    """Queued jobs a runner may take, most urgent first. The turn lock: no
+    other turn of the session is active, and no earlier one still waits.
+    Walks ix_jobs_state_priority_created_at_id in order, stops at the limit.
+    Built once: constructing the alias per call costs more than running it."""
+    other = jobs.alias("other")
+    return (
+        sa.select(jobs.c.id, jobs.c.session_id)
+        .where(
+            jobs.c.state == JobState.QUEUED.value,
+            jobs.c.available_at <= sa.bindparam("now"),
+            jobs.c.provider.in_(sa.bindparam("providers", expanding=True)),
+            ~sa.exists().where(
+                other.c.session_id == jobs.c.session_id,
+                other.c.id != jobs.c.id,
+                sa.or_(
+                    other.c.state.in_(_ACTIVE),
+                    sa.and_(other.c.state == JobState.QUEUED.value, other.c.turn < jobs.c.turn),
+                ),
+            ),
+        )
+        .order_by(jobs.c.priority, jobs.c.created_at, jobs.c.id)
+        .limit(sa.bindparam("room"))
+    )
+
+
+_CANDIDATES = _candidates()
+_CANDIDATES_LOCKED = _candidates().with_for_update(skip_locked=True)
+
+
 def _job(row: Row) -> Job:
     return Job.model_validate(row._mapping)
 
 
-async def _locked(tx: Tx, job_id: str) -> Row:
-    row = (
-        await tx.conn.execute(sa.select(jobs).where(jobs.c.id == job_id).with_for_update())
+def _locked(tx: Tx, job_id: str) -> Row:
+    row = tx.conn.execute(
+        sa.select(jobs).where(jobs.c.id == job_id).with_for_update()
     ).one_or_none()
     if row is None:
         raise JobNotFound(f"no job {job_id}")
     return row
 
 
-async def apply(
+def apply(
     tx: Tx,
     row: Row,
     action: Action,
@@ -73,18 +107,16 @@ async def apply(
     if new in TERMINAL:
         changes.setdefault("finished_at", now)
         changes["lease_expires_at"] = None
-    updated = (
-        await tx.conn.execute(
-            sa.update(jobs)
-            .where(jobs.c.id == row.id, jobs.c.state == old, jobs.c.epoch == row.epoch)
-            .values(**changes)
-            .returning(*jobs.c)
-        )
+    updated = tx.conn.execute(
+        sa.update(jobs)
+        .where(jobs.c.id == row.id, jobs.c.state == old, jobs.c.epoch == row.epoch)
+        .values(**changes)
+        .returning(*jobs.c)
     ).one_or_none()
     if updated is None:
         raise Conflict(f"job {row.id} changed concurrently; try again")
     if old in ACTIVE and new not in ACTIVE:
-        await tx.conn.execute(
+        tx.conn.execute(
             sa.update(sessions)
             .where(sessions.c.id == row.session_id, sessions.c.active_job_id == row.id)
             .values(active_job_id=None)
@@ -100,7 +132,7 @@ async def apply(
         payload["error"] = job.error
         payload["reason"] = job.reason
     payload.update(note or {})
-    await event_log.append(
+    event_log.append(
         tx,
         job.session_id,
         [NewEvent(type="job.state", payload=payload)],
@@ -114,32 +146,39 @@ async def apply(
     return job
 
 
-async def lose(tx: Tx, row: Row, *, reason: str, error: str, now: datetime) -> Job:
+def lose(tx: Tx, row: Row, *, reason: str, error: str, now: datetime) -> Job:
     """The runner holding ``row`` is gone: bump the epoch so its writes are
     refused, then retry (attempts left) or fail the job."""
-    epoch = (
-        await tx.conn.execute(
-            sa.update(sessions)
-            .where(sessions.c.id == row.session_id)
-            .values(epoch=sessions.c.epoch + 1)
-            .returning(sessions.c.epoch)
-        )
+    epoch = tx.conn.execute(
+        sa.update(sessions)
+        .where(sessions.c.id == row.session_id)
+        .values(epoch=sessions.c.epoch + 1)
+        .returning(sessions.c.epoch)
     ).scalar_one()
-    bumped = (
-        await tx.conn.execute(
-            sa.update(jobs)
-            .where(jobs.c.id == row.id, jobs.c.epoch == row.epoch)
-            .values(epoch=epoch)
-            .returning(*jobs.c)
-        )
+    bumped = tx.conn.execute(
+        sa.update(jobs)
+        .where(jobs.c.id == row.id, jobs.c.epoch == row.epoch)
+        .values(epoch=epoch)
+        .returning(*jobs.c)
     ).one()
-    return await apply(
+    return apply(
         tx,
         bumped,
         Action.LOSE,
         now=now,
         values={"error": error, "reason": reason, "available_at": now},
     )
+
+
+def _owned(tx: Tx, claims: WorkerClaims) -> Row:
+    row = _locked(tx, claims.job_id)
+    if row.epoch != claims.epoch or row.runner_id != claims.runner_id:
+        raise StaleEpoch(
+            f"job {row.id} is at epoch {row.epoch}, this worker holds epoch {claims.epoch}"
+        )
+    if JobState(row.state) not in ACTIVE:
+        raise JobNotActive(f"job {row.id} is {row.state}; stop working on it")
+    return row
 
 
 class Jobs:
@@ -155,76 +194,73 @@ class Jobs:
             if existing is not None:
                 return existing, False
         now = now_utc()
-        try:
-            async with self.db.write() as tx:
-                if spec.session_id is not None:
-                    turn = (
-                        await tx.conn.execute(
-                            sa.update(sessions)
-                            .where(sessions.c.id == spec.session_id)
-                            .values(turns=sessions.c.turns + 1, updated_at=now)
-                            .returning(sessions.c.turns)
-                        )
-                    ).scalar_one_or_none()
-                    if turn is None:
-                        raise SessionNotFound(f"no session {spec.session_id}")
-                    session_id = spec.session_id
-                else:
-                    session_id = await session_store.insert(tx, title=spec.title, now=now)
-                    await tx.conn.execute(
-                        sa.update(sessions).where(sessions.c.id == session_id).values(turns=1)
-                    )
-                    turn = 1
-                job_id = new_id()
-                row = (
-                    await tx.conn.execute(
-                        sa.insert(jobs)
-                        .values(
-                            id=job_id,
-                            session_id=session_id,
-                            turn=turn,
-                            state=JobState.QUEUED,
-                            provider=spec.provider,
-                            title=spec.title,
-                            prompt=spec.prompt,
-                            command=spec.command,
-                            priority=spec.priority,
-                            attempt=1,
-                            max_attempts=spec.max_attempts or self.policy.default_max_attempts,
-                            timeout=spec.timeout,
-                            labels=spec.labels,
-                            idempotency_key=spec.idempotency_key,
-                            source=spec.source,
-                            source_ref=spec.source_ref,
-                            epoch=0,
-                            created_at=now,
-                            available_at=now,
-                            updated_at=now,
-                        )
-                        .returning(*jobs.c)
-                    )
-                ).one()
-                job = _job(row)
-                await event_log.append(
-                    tx,
-                    session_id,
-                    [
-                        NewEvent(
-                            type="job.state",
-                            payload={
-                                "job_id": job_id,
-                                "from": None,
-                                "to": "queued",
-                                "attempt": 1,
-                            },
-                        )
-                    ],
-                    job_id=job_id,
+        max_attempts = spec.max_attempts or self.policy.default_max_attempts
+
+        def body(tx: Tx) -> Job:
+            if spec.session_id is not None:
+                turn = tx.conn.execute(
+                    sa.update(sessions)
+                    .where(sessions.c.id == spec.session_id)
+                    .values(turns=sessions.c.turns + 1, updated_at=now)
+                    .returning(sessions.c.turns)
+                ).scalar_one_or_none()
+                if turn is None:
+                    raise SessionNotFound(f"no session {spec.session_id}")
+                session_id = spec.session_id
+            else:
+                session_id = session_store.insert(tx, title=spec.title, now=now, turns=1)
+                turn = 1
+            job_id = new_id()
+            row = tx.conn.execute(
+                sa.insert(jobs)
+                .values(
+                    id=job_id,
+                    session_id=session_id,
+                    turn=turn,
+                    state=JobState.QUEUED,
+                    provider=spec.provider,
+                    title=spec.title,
+                    prompt=spec.prompt,
+                    command=spec.command,
+                    priority=spec.priority,
+                    attempt=1,
+                    max_attempts=max_attempts,
+                    timeout=spec.timeout,
+                    labels=spec.labels,
+                    idempotency_key=spec.idempotency_key,
+                    source=spec.source,
+                    source_ref=spec.source_ref,
                     epoch=0,
-                    now=now,
-                    dedup=False,
+                    created_at=now,
+                    available_at=now,
+                    updated_at=now,
                 )
-                tx.notify("dispatch", job_id)
+                .returning(*jobs.c)
+            ).one()
+            event_log.append(
+                tx,
+                session_id,
+                [
+                    NewEvent(
+                        type="job.state",
+                        payload={
+                            "job_id": job_id,
+                            "from": None,
+                            "to": "queued",
+                            "attempt": 1,
+                        },
+                    )
+                ],
+                job_id=job_id,
+                epoch=0,
+                now=now,
+                dedup=False,
+            )
+            tx.notify("dispatch", job_id)
+            return _job(row)
+
+        try:
+            return await self.db.write(body), True
         except sa.exc.IntegrityError:
             if spec.idempotency_key is None:
                 raise
@@ -233,18 +269,19 @@ class Jobs:
             if existing is None:
                 raise
             return existing, False
-        return job, True
 
     async def _by_key(self, key: str) -> Job | None:
-        async with self.db.read() as conn:
-            row = (
-                await conn.execute(sa.select(jobs).where(jobs.c.idempotency_key == key))
+        row = await self.db.read(
+            lambda conn: conn.execute(
+                sa.select(jobs).where(jobs.c.idempotency_key == key)
             ).one_or_none()
+        )
         return None if row is None else _job(row)
 
     async def get(self, job_id: str) -> Job:
-        async with self.db.read() as conn:
-            row = (await conn.execute(sa.select(jobs).where(jobs.c.id == job_id))).one_or_none()
+        row = await self.db.read(
+            lambda conn: conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).one_or_none()
+        )
         if row is None:
             raise JobNotFound(f"no job {job_id}")
         return _job(row)
@@ -274,14 +311,14 @@ class Jobs:
                     sa.and_(jobs.c.created_at == anchor.created_at, jobs.c.id < anchor.id),
                 )
             )
-        async with self.db.read() as conn:
-            return [_job(r) for r in await conn.execute(stmt)]
+        return await self.db.read(lambda conn: [_job(r) for r in conn.execute(stmt)])
 
     async def cancel(self, job_id: str, *, by: str = "operator") -> Job:
         now = now_utc()
-        async with self.db.write() as tx:
-            row = await _locked(tx, job_id)
-            job = await apply(
+
+        def body(tx: Tx) -> Job:
+            row = _locked(tx, job_id)
+            job = apply(
                 tx,
                 row,
                 Action.CANCEL,
@@ -290,13 +327,16 @@ class Jobs:
             )
             if row.runner_id is not None and JobState(row.state) in ACTIVE:
                 tx.notify(f"runner:{row.runner_id}", f"cancel:{job_id}")
-        return job
+            return job
+
+        return await self.db.write(body)
 
     async def retry(self, job_id: str) -> Job:
         now = now_utc()
-        async with self.db.write() as tx:
-            row = await _locked(tx, job_id)
-            return await apply(
+
+        def body(tx: Tx) -> Job:
+            row = _locked(tx, job_id)
+            return apply(
                 tx,
                 row,
                 Action.RETRY,
@@ -315,69 +355,48 @@ class Jobs:
                 note={"manual": True},
             )
 
+        return await self.db.write(body)
+
     async def lease(self, runner: Runner, max_jobs: int, ttl: float) -> builtins.list[Lease]:
         """Assign up to ``max_jobs`` queued jobs to ``runner``: lowest priority
         value first, then oldest; one active turn per session, turns in order."""
         now = now_utc()
-        leased: builtins.list[Lease] = []
-        async with self.db.write() as tx:
+        skip_locked = not self.db.is_sqlite
+
+        def body(tx: Tx) -> builtins.list[Lease]:
             conn = tx.conn
-            held = (
-                await conn.execute(
-                    sa.select(sa.func.count())
-                    .select_from(jobs)
-                    .where(
-                        jobs.c.runner_id == runner.id,
-                        jobs.c.state.in_([s.value for s in ACTIVE]),
-                    )
-                )
+            held = conn.execute(
+                sa.select(sa.func.count())
+                .select_from(jobs)
+                .where(jobs.c.runner_id == runner.id, jobs.c.state.in_(_ACTIVE))
             ).scalar_one()
-            await conn.execute(
+            conn.execute(
                 sa.update(runners).where(runners.c.id == runner.id).values(last_seen_at=now)
             )
             room = min(max_jobs, runner.slots - held)
             if room <= 0:
                 return []
-            earlier = jobs.alias("earlier")
-            stmt = (
-                sa.select(jobs.c.id, jobs.c.session_id)
-                .join(sessions, sessions.c.id == jobs.c.session_id)
-                .where(
-                    jobs.c.state == JobState.QUEUED.value,
-                    jobs.c.available_at <= now,
-                    jobs.c.provider.in_(runner.providers),
-                    sessions.c.active_job_id.is_(None),
-                    ~sa.exists().where(
-                        earlier.c.session_id == jobs.c.session_id,
-                        earlier.c.state == JobState.QUEUED.value,
-                        earlier.c.turn < jobs.c.turn,
-                    ),
-                )
-                .order_by(jobs.c.priority, jobs.c.created_at, jobs.c.id)
-                .limit(room)
-            )
-            if not self.db.is_sqlite:
-                stmt = stmt.with_for_update(of=jobs, skip_locked=True)
-            for job_id, session_id in (await conn.execute(stmt)).all():
-                srow = (
-                    await conn.execute(
-                        sa.update(sessions)
-                        .where(sessions.c.id == session_id, sessions.c.active_job_id.is_(None))
-                        .values(active_job_id=job_id, epoch=sessions.c.epoch + 1, updated_at=now)
-                        .returning(*sessions.c)
-                    )
+            stmt = _CANDIDATES_LOCKED if skip_locked else _CANDIDATES
+            rows = conn.execute(
+                stmt, {"now": now, "providers": runner.providers, "room": room}
+            ).all()
+            leased: builtins.list[Lease] = []
+            for job_id, session_id in rows:
+                srow = conn.execute(
+                    sa.update(sessions)
+                    .where(sessions.c.id == session_id, sessions.c.active_job_id.is_(None))
+                    .values(active_job_id=job_id, epoch=sessions.c.epoch + 1, updated_at=now)
+                    .returning(*sessions.c)
                 ).one_or_none()
                 if srow is None:
                     continue
-                row = (
-                    await conn.execute(
-                        sa.update(jobs)
-                        .where(jobs.c.id == job_id)
-                        .values(epoch=srow.epoch)
-                        .returning(*jobs.c)
-                    )
+                row = conn.execute(
+                    sa.update(jobs)
+                    .where(jobs.c.id == job_id)
+                    .values(epoch=srow.epoch)
+                    .returning(*jobs.c)
                 ).one()
-                job = await apply(
+                job = apply(
                     tx,
                     row,
                     Action.ASSIGN,
@@ -389,71 +408,71 @@ class Jobs:
                     },
                     note={"runner_id": runner.id},
                 )
-                leased.append(Lease(job, Session.model_validate(srow._mapping)))
-        return leased
+                # srow was read before apply() logged the "assigned" event.
+                session = Session.model_validate({**srow._mapping, "last_seq": srow.last_seq + 1})
+                leased.append(Lease(job, session))
+            return leased
 
-    async def _owned(self, tx: Tx, claims: WorkerClaims) -> Row:
-        row = await _locked(tx, claims.job_id)
-        if row.epoch != claims.epoch or row.runner_id != claims.runner_id:
-            raise StaleEpoch(
-                f"job {row.id} is at epoch {row.epoch}, this worker holds epoch {claims.epoch}"
-            )
-        if JobState(row.state) not in ACTIVE:
-            raise JobNotActive(f"job {row.id} is {row.state}; stop working on it")
-        return row
+        return await self.db.write(body)
 
     async def start(self, claims: WorkerClaims, *, started_at: datetime | None = None) -> Job:
         now = now_utc()
-        async with self.db.write() as tx:
-            row = await self._owned(tx, claims)
+
+        def body(tx: Tx) -> Job:
+            row = _owned(tx, claims)
             if row.state == JobState.RUNNING:
                 return _job(row)
-            return await apply(
-                tx, row, Action.START, now=now, values={"started_at": started_at or now}
-            )
+            return apply(tx, row, Action.START, now=now, values={"started_at": started_at or now})
+
+        return await self.db.write(body)
 
     async def heartbeat(self, claims: WorkerClaims, ttl: float) -> Job:
         now = now_utc()
-        async with self.db.write() as tx:
-            await self._owned(tx, claims)
-            row = (
-                await tx.conn.execute(
+
+        def body(tx: Tx) -> Job:
+            _owned(tx, claims)
+            return _job(
+                tx.conn.execute(
                     sa.update(jobs)
                     .where(jobs.c.id == claims.job_id)
                     .values(lease_expires_at=now + timedelta(seconds=ttl))
                     .returning(*jobs.c)
-                )
-            ).one()
-        return _job(row)
+                ).one()
+            )
+
+        return await self.db.write(body)
 
     async def append_events(
         self, claims: WorkerClaims, items: Sequence[NewEvent]
     ) -> tuple[builtins.list[Event], builtins.list[str]]:
-        async with self.db.write() as tx:
-            await self._owned(tx, claims)
-            return await event_log.append(
-                tx,
-                claims.session_id,
-                items,
-                job_id=claims.job_id,
-                epoch=claims.epoch,
-                now=now_utc(),
+        now = now_utc()
+
+        def body(tx: Tx) -> tuple[builtins.list[Event], builtins.list[str]]:
+            _owned(tx, claims)
+            return event_log.append(
+                tx, claims.session_id, items, job_id=claims.job_id, epoch=claims.epoch, now=now
             )
 
+        return await self.db.write(body)
+
     async def set_handle(self, claims: WorkerClaims, handle: str | None) -> None:
-        async with self.db.write() as tx:
-            await self._owned(tx, claims)
-            await session_store.Sessions(self.db).set_handle(tx, claims.session_id, handle)
+        def body(tx: Tx) -> None:
+            _owned(tx, claims)
+            session_store.set_handle(tx, claims.session_id, handle)
+
+        await self.db.write(body)
 
     async def complete(
         self, claims: WorkerClaims, outcome: Outcome, items: Sequence[NewEvent] = ()
     ) -> tuple[Job, builtins.list[str]]:
         now = now_utc()
-        async with self.db.write() as tx:
-            row = await self._owned(tx, claims)
+        policy = self.policy
+
+        def body(tx: Tx) -> tuple[Job, builtins.list[str]]:
+            row = _owned(tx, claims)
             duplicates: builtins.list[str] = []
             if items:
-                _, duplicates = await event_log.append(
+                _, duplicates = event_log.append(
                     tx,
                     claims.session_id,
                     items,
@@ -469,44 +488,43 @@ class Jobs:
             }
             if outcome.status == "done":
                 values.update(error=None, reason=None)
-                job = await apply(tx, row, Action.SUCCEED, now=now, values=values)
-            else:
-                values.update(error=outcome.error or "failed", reason=outcome.reason or "error")
-                if row.attempt < row.max_attempts:
-                    delay = backoff(
-                        row.attempt, base=self.policy.backoff_base, cap=self.policy.backoff_max
-                    )
-                    values["available_at"] = now + timedelta(seconds=delay)
-                job = await apply(tx, row, Action.FAIL, now=now, values=values)
-        return job, duplicates
+                return apply(tx, row, Action.SUCCEED, now=now, values=values), duplicates
+            values.update(error=outcome.error or "failed", reason=outcome.reason or "error")
+            if row.attempt < row.max_attempts:
+                delay = backoff(row.attempt, base=policy.backoff_base, cap=policy.backoff_max)
+                values["available_at"] = now + timedelta(seconds=delay)
+            return apply(tx, row, Action.FAIL, now=now, values=values), duplicates
+
+        return await self.db.write(body)
 
     async def expire(self) -> builtins.list[Job]:
         """Watchdog: jobs whose lease ran out lose their runner."""
         now = now_utc()
-        lost: builtins.list[Job] = []
-        async with self.db.write() as tx:
+        skip_locked = not self.db.is_sqlite
+
+        def body(tx: Tx) -> builtins.list[Job]:
             stmt = (
                 sa.select(jobs)
-                .where(jobs.c.state.in_([s.value for s in ACTIVE]), jobs.c.lease_expires_at < now)
+                .where(jobs.c.state.in_(_ACTIVE), jobs.c.lease_expires_at < now)
                 .limit(500)
             )
-            if not self.db.is_sqlite:
+            if skip_locked:
                 stmt = stmt.with_for_update(skip_locked=True)
-            for row in (await tx.conn.execute(stmt)).all():
-                lost.append(
-                    await lose(
-                        tx,
-                        row,
-                        reason="runner_lost",
-                        now=now,
-                        error=f"runner {row.runner_id} stopped heartbeating (lease expired)",
-                    )
+            return [
+                lose(
+                    tx,
+                    row,
+                    reason="runner_lost",
+                    now=now,
+                    error=f"runner {row.runner_id} stopped heartbeating (lease expired)",
                 )
-        return lost
+                for row in tx.conn.execute(stmt).all()
+            ]
+
+        return await self.db.write(body)
 
     async def counts(self) -> dict[str, int]:
-        async with self.db.read() as conn:
-            rows = await conn.execute(
-                sa.select(jobs.c.state, sa.func.count()).group_by(jobs.c.state)
-            )
-            return {str(state): int(n) for state, n in rows}
+        stmt = sa.select(jobs.c.state, sa.func.count()).group_by(jobs.c.state)
+        return await self.db.read(
+            lambda conn: {str(state): int(n) for state, n in conn.execute(stmt)}
+        )

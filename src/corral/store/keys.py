@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import builtins
+import contextlib
 import secrets
 from collections.abc import Callable
 
@@ -27,65 +29,54 @@ class Keys:
         else:
             key_id = auth.key_id_of(key)
         now = now_utc()
-        async with self.db.write() as tx:
-            await tx.conn.execute(
-                sa.insert(api_keys).values(
-                    id=key_id,
-                    name=name,
-                    role=role.value,
-                    hash=auth.hash_key(key),
-                    created_at=now,
-                )
-            )
+        stmt = sa.insert(api_keys).values(
+            id=key_id, name=name, role=role.value, hash=auth.hash_key(key), created_at=now
+        )
+        await self.db.write(lambda tx: tx.conn.execute(stmt))
         return ApiKey(id=key_id, name=name, role=role.value, created_at=now), key
 
     async def ensure(self, key: str, *, name: str, role: Role) -> None:
-        """Make sure ``key`` is stored (used for the local admin key file)."""
+        """Make sure ``key`` is stored (used for the local key files)."""
         key_id = auth.key_id_of(key)
-        async with self.db.read() as conn:
-            found = (
-                await conn.execute(sa.select(api_keys.c.id).where(api_keys.c.id == key_id))
+        found = await self.db.read(
+            lambda conn: conn.execute(
+                sa.select(api_keys.c.id).where(api_keys.c.id == key_id)
             ).scalar_one_or_none()
+        )
         if found is None:
             await self.create(name=name, role=role, key=key)
 
-    async def list(self) -> list[ApiKey]:
-        async with self.db.read() as conn:
-            rows = await conn.execute(sa.select(api_keys).order_by(api_keys.c.created_at))
-            return [ApiKey.model_validate(r._mapping) for r in rows]
+    async def list(self) -> builtins.list[ApiKey]:
+        stmt = sa.select(api_keys).order_by(api_keys.c.created_at)
+        return await self.db.read(
+            lambda conn: [ApiKey.model_validate(r._mapping) for r in conn.execute(stmt)]
+        )
 
     async def count_active(self) -> int:
-        async with self.db.read() as conn:
-            return int(
-                (
-                    await conn.execute(
-                        sa.select(sa.func.count())
-                        .select_from(api_keys)
-                        .where(api_keys.c.revoked_at.is_(None))
-                    )
-                ).scalar_one()
-            )
+        stmt = (
+            sa.select(sa.func.count()).select_from(api_keys).where(api_keys.c.revoked_at.is_(None))
+        )
+        return int(await self.db.read(lambda conn: conn.execute(stmt).scalar_one()))
 
     async def revoke(self, key_id: str) -> ApiKey:
-        async with self.db.write() as tx:
-            row = (
-                await tx.conn.execute(
-                    sa.update(api_keys)
-                    .where(api_keys.c.id == key_id)
-                    .values(revoked_at=sa.func.coalesce(api_keys.c.revoked_at, now_utc()))
-                    .returning(*api_keys.c)
-                )
-            ).one_or_none()
+        stmt = (
+            sa.update(api_keys)
+            .where(api_keys.c.id == key_id)
+            .values(revoked_at=sa.func.coalesce(api_keys.c.revoked_at, now_utc()))
+            .returning(*api_keys.c)
+        )
+        row = await self.db.write(lambda tx: tx.conn.execute(stmt).one_or_none())
         if row is None:
             raise KeyNotFound(f"no key {key_id}")
         return ApiKey.model_validate(row._mapping)
 
     async def authenticate(self, key: str) -> Principal:
         key_id = auth.key_id_of(key)
-        async with self.db.read() as conn:
-            row = (
-                await conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id))
+        row = await self.db.read(
+            lambda conn: conn.execute(
+                sa.select(api_keys).where(api_keys.c.id == key_id)
             ).one_or_none()
+        )
         # Compare even when the row is missing, so timing says nothing.
         stored = row.hash if row is not None else "0" * 64
         if not auth.key_matches(key, stored) or row is None or row.revoked_at is not None:
@@ -100,23 +91,15 @@ class ServerSettings:
         self.db = db
 
     async def get_or_create(self, key: str, make: Callable[[], str]) -> str:
-        async with self.db.read() as conn:
-            value = (
-                await conn.execute(sa.select(settings.c.value).where(settings.c.key == key))
-            ).scalar_one_or_none()
+        select = sa.select(settings.c.value).where(settings.c.key == key)
+        value = await self.db.read(lambda conn: conn.execute(select).scalar_one_or_none())
         if value is not None:
             return str(value)
-        try:
-            async with self.db.write() as tx:
-                await tx.conn.execute(sa.insert(settings).values(key=key, value=make()))
-        except sa.exc.IntegrityError:
-            pass  # another replica created it first
-        async with self.db.read() as conn:
-            return str(
-                (
-                    await conn.execute(sa.select(settings.c.value).where(settings.c.key == key))
-                ).scalar_one()
+        with contextlib.suppress(sa.exc.IntegrityError):  # another replica was first
+            await self.db.write(
+                lambda tx: tx.conn.execute(sa.insert(settings).values(key=key, value=make()))
             )
+        return str(await self.db.read(lambda conn: conn.execute(select).scalar_one()))
 
 
 def new_secret() -> str:

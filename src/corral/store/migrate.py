@@ -1,4 +1,4 @@
-"""Apply Alembic migrations through an open connection."""
+"""Apply Alembic migrations through the store's own connection."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from pathlib import Path
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from corral.store.db import Database
+from corral.store.db import Database, Tx
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # Any fixed number: replicas starting together take turns migrating.
@@ -28,14 +29,13 @@ def heads() -> list[str]:
 
 
 async def upgrade(db: Database, revision: str = "head") -> None:
-    async with db.writer.begin() as conn:
+    def body(tx: Tx) -> None:
         if not db.is_sqlite:
-            await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK})
-        await conn.run_sync(lambda c: command.upgrade(alembic_config(c), revision))
+            tx.conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK})
+        command.upgrade(alembic_config(tx.conn), revision)
+
+    await db.write(body)
 
 
 async def current(db: Database) -> str | None:
-    from alembic.runtime.migration import MigrationContext
-
-    async with db.reader.connect() as conn:
-        return await conn.run_sync(lambda c: MigrationContext.configure(c).get_current_revision())
+    return await db.read(lambda c: MigrationContext.configure(c).get_current_revision())

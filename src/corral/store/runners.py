@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import builtins
+
 import sqlalchemy as sa
 
 from corral.errors import RunnerNotFound
 from corral.jobs import ACTIVE
 from corral.models import Runner, new_id
-from corral.store.db import Database
+from corral.store.db import Database, Tx
 from corral.store.jobs import lose, now_utc
 from corral.store.schema import jobs, runners
 
@@ -33,33 +35,33 @@ class Runners:
         (epoch bumped, retried or failed) instead of waiting for the watchdog."""
         now = now_utc()
         runner_id = new_id()
-        async with self.db.write() as tx:
-            old = [
-                r.id
-                for r in await tx.conn.execute(
+
+        def body(tx: Tx) -> None:
+            old = list(
+                tx.conn.execute(
                     sa.select(runners.c.id).where(
                         runners.c.name == name, runners.c.status == "active"
                     )
-                )
-            ]
+                ).scalars()
+            )
             if old:
-                held = await tx.conn.execute(
+                held = tx.conn.execute(
                     sa.select(jobs)
                     .where(jobs.c.runner_id.in_(old), jobs.c.state.in_([s.value for s in ACTIVE]))
                     .with_for_update()
-                )
-                for row in held.all():
-                    await lose(
+                ).all()
+                for row in held:
+                    lose(
                         tx,
                         row,
                         reason="runner_restarted",
                         now=now,
                         error=f"runner {name!r} restarted while the job ran",
                     )
-                await tx.conn.execute(
+                tx.conn.execute(
                     sa.update(runners).where(runners.c.id.in_(old)).values(status="replaced")
                 )
-            await tx.conn.execute(
+            tx.conn.execute(
                 sa.insert(runners).values(
                     id=runner_id,
                     name=name,
@@ -74,29 +76,27 @@ class Runners:
                     last_seen_at=now,
                 )
             )
+
+        await self.db.write(body)
         return await self.get(runner_id)
 
     async def get(self, runner_id: str) -> Runner:
-        async with self.db.read() as conn:
-            row = (
-                await conn.execute(sa.select(runners).where(runners.c.id == runner_id))
+        row = await self.db.read(
+            lambda conn: conn.execute(
+                sa.select(runners).where(runners.c.id == runner_id)
             ).one_or_none()
+        )
         if row is None:
             raise RunnerNotFound(f"no runner {runner_id}")
         return Runner.model_validate(row._mapping)
 
     async def key_of(self, runner_id: str) -> str:
-        async with self.db.read() as conn:
-            key_id = (
-                await conn.execute(sa.select(runners.c.key_id).where(runners.c.id == runner_id))
-            ).scalar_one_or_none()
-        if key_id is None:
-            raise RunnerNotFound(f"no runner {runner_id}")
-        return str(key_id)
+        return (await self.get(runner_id)).key_id
 
-    async def list(self, *, active_only: bool = True) -> list[Runner]:
+    async def list(self, *, active_only: bool = True) -> builtins.list[Runner]:
         stmt = sa.select(runners).order_by(runners.c.registered_at.desc())
         if active_only:
             stmt = stmt.where(runners.c.status == "active")
-        async with self.db.read() as conn:
-            return [Runner.model_validate(r._mapping) for r in await conn.execute(stmt)]
+        return await self.db.read(
+            lambda conn: [Runner.model_validate(r._mapping) for r in conn.execute(stmt)]
+        )

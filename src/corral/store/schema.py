@@ -88,7 +88,7 @@ jobs = sa.Table(
     sa.Column("available_at", UTCDateTime, nullable=False),
     sa.Column("lease_expires_at", UTCDateTime),
     sa.Column("updated_at", UTCDateTime, nullable=False),
-    sa.Index(None, "state", "priority", "created_at"),
+    sa.Index(None, "state", "priority", "created_at", "id"),
     sa.Index(None, "session_id", "turn"),
     sa.Index(None, "runner_id"),
     sa.Index(None, "created_at"),

@@ -12,9 +12,9 @@ from corral.store.db import Database, Tx
 from corral.store.schema import sessions
 
 
-async def insert(tx: Tx, *, title: str | None, now: datetime) -> str:
+def insert(tx: Tx, *, title: str | None, now: datetime, turns: int = 0) -> str:
     session_id = new_id()
-    await tx.conn.execute(
+    tx.conn.execute(
         sa.insert(sessions).values(
             id=session_id,
             title=title,
@@ -22,10 +22,14 @@ async def insert(tx: Tx, *, title: str | None, now: datetime) -> str:
             updated_at=now,
             epoch=0,
             last_seq=0,
-            turns=0,
+            turns=turns,
         )
     )
     return session_id
+
+
+def set_handle(tx: Tx, session_id: str, handle: str | None) -> None:
+    tx.conn.execute(sa.update(sessions).where(sessions.c.id == session_id).values(handle=handle))
 
 
 class Sessions:
@@ -33,20 +37,16 @@ class Sessions:
         self.db = db
 
     async def create(self, title: str | None = None) -> Session:
-        async with self.db.write() as tx:
-            session_id = await insert(tx, title=title, now=datetime.now(UTC))
+        now = datetime.now(UTC)
+        session_id = await self.db.write(lambda tx: insert(tx, title=title, now=now))
         return await self.get(session_id)
 
     async def get(self, session_id: str) -> Session:
-        async with self.db.read() as conn:
-            row = (
-                await conn.execute(sa.select(sessions).where(sessions.c.id == session_id))
+        row = await self.db.read(
+            lambda conn: conn.execute(
+                sa.select(sessions).where(sessions.c.id == session_id)
             ).one_or_none()
+        )
         if row is None:
             raise SessionNotFound(f"no session {session_id}")
         return Session.model_validate(row._mapping)
-
-    async def set_handle(self, tx: Tx, session_id: str, handle: str | None) -> None:
-        await tx.conn.execute(
-            sa.update(sessions).where(sessions.c.id == session_id).values(handle=handle)
-        )

@@ -157,15 +157,15 @@ def upgrade() -> None:
             batch_op.f("ix_jobs_session_id_turn"), ["session_id", "turn"], unique=False
         )
         batch_op.create_index(
-            batch_op.f("ix_jobs_state_priority_created_at"),
-            ["state", "priority", "created_at"],
+            batch_op.f("ix_jobs_state_priority_created_at_id"),
+            ["state", "priority", "created_at", "id"],
             unique=False,
         )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("jobs", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_jobs_state_priority_created_at"))
+        batch_op.drop_index(batch_op.f("ix_jobs_state_priority_created_at_id"))
         batch_op.drop_index(batch_op.f("ix_jobs_session_id_turn"))
         batch_op.drop_index(batch_op.f("ix_jobs_runner_id"))
         batch_op.drop_index(batch_op.f("ix_jobs_created_at"))
