@@ -51,6 +51,38 @@ def test_everything_behaves_the_same_on_postgresql(tmp_path: Path, pg_url: str) 
         again.stop()
 
 
+def test_two_replicas_share_one_postgresql_database(tmp_path: Path, pg_url: str) -> None:
+    """Submit to replica B (no runner), run on replica A's runner, follow on B."""
+    a = start_server(tmp_path / "a", database_url=pg_url)
+    b = start_server(tmp_path / "b", database_url=pg_url, args=("--no-runner",))
+    try:
+        with b.http(a.admin_key) as http:  # keys live in the shared database
+            accepted = http.post(
+                "/jobs", json={"prompt": "echo from-a; sleep 0.5; echo end"}
+            ).json()
+            lines = []
+            with http.stream(
+                "GET",
+                f"/jobs/{accepted['job_id']}/events",
+                headers={"Accept": "text/event-stream"},
+                timeout=30,
+            ) as stream:
+                for raw in stream.iter_lines():
+                    if raw.startswith("data:"):
+                        event = json.loads(raw[5:])
+                        if event["type"] == "output":
+                            lines.append(event["payload"]["line"])
+            job = http.get(f"/jobs/{accepted['job_id']}").json()
+        assert lines == ["from-a", "end"]
+        assert job["state"] == "done"
+        with a.http() as http:
+            runners = http.get("/runners").json()
+        assert [r["id"] for r in runners] == [job["runner_id"]]
+    finally:
+        b.stop()
+        a.stop()
+
+
 def test_non_loopback_without_keys_is_refused(tmp_path: Path) -> None:
     data = tmp_path / "data"
     cmd = [

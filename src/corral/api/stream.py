@@ -8,6 +8,7 @@ with Last-Event-ID and loses nothing."""
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,9 +16,21 @@ from corral.jobs import TERMINAL
 from corral.models import Event
 from corral.store import Store
 
+# Every subscriber of a session receives the same Event objects from the bus:
+# encode each once, not once per subscriber.
+_ENCODED: OrderedDict[tuple[str, str], str] = OrderedDict()
+_ENCODED_MAX = 4096
+
 
 def encode(event: Event) -> str:
-    return json.dumps(event.model_dump(mode="json"), separators=(",", ":"))
+    key = (event.session_id, event.event_id)
+    text = _ENCODED.get(key)
+    if text is None:
+        text = json.dumps(event.model_dump(mode="json"), separators=(",", ":"))
+        _ENCODED[key] = text
+        if len(_ENCODED) > _ENCODED_MAX:
+            _ENCODED.popitem(last=False)
+    return text
 
 
 def sse(event: Event) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -60,4 +61,16 @@ def runner(
         f"runner {r.name}: {r.slots} slots, providers {', '.join(providers)}, server {server}"
     )
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(r.run())
+        asyncio.run(_run_until_signalled(r))
+
+
+async def _run_until_signalled(r: Runner) -> None:
+    """Run until SIGTERM or SIGINT, then stop: cancelling ``r.run()`` stops the
+    process trees of running jobs instead of leaving them orphaned."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await r.run()

@@ -1,4 +1,4 @@
-"""The store: SQLAlchemy Core over SQLite (aiosqlite) or PostgreSQL (asyncpg).
+"""The store: SQLAlchemy Core over SQLite or PostgreSQL (asyncpg).
 
 ``store.jobs.create(...)``, ``store.sessions.get(...)``, ``store.events.list(...)``:
 one noun per repository, the same nouns as the API."""
@@ -6,6 +6,7 @@ one noun per repository, the same nouns as the API."""
 from __future__ import annotations
 
 from corral.bus import Bus, MemoryBus
+from corral.bus.postgres import PostgresBus
 from corral.store import migrate
 from corral.store.db import Database
 from corral.store.events import Events
@@ -16,12 +17,22 @@ from corral.store.sessions import Sessions
 
 
 class Store:
+    """Repositories over one database, and the bus their commits publish to:
+    in-process on SQLite, LISTEN/NOTIFY across replicas on PostgreSQL."""
+
     def __init__(self, url: str, *, bus: Bus | None = None, policy: RetryPolicy | None = None):
-        self.bus: Bus = bus or MemoryBus()
-        self.db = Database(url, publish=self.bus.publish)
+        self.db = Database(url)
         self.jobs = Jobs(self.db, policy)
         self.sessions = Sessions(self.db)
         self.events = Events(self.db)
+        if bus is None and not self.db.is_sqlite:
+            pg = PostgresBus(
+                url, fetch=lambda sid, since: self.events.list(sid, since=since, internal=True)
+            )
+            self.db.before_commit = pg.notify_in
+            bus = pg
+        self.bus: Bus = bus or MemoryBus()
+        self.db.publish = self.bus.publish
         self.runners = Runners(self.db)
         self.keys = Keys(self.db)
         self.settings = ServerSettings(self.db)
@@ -29,7 +40,14 @@ class Store:
     async def migrate(self) -> None:
         await migrate.upgrade(self.db)
 
+    async def start(self) -> None:
+        """Start listening to other replicas (PostgreSQL)."""
+        if isinstance(self.bus, PostgresBus):
+            await self.bus.start()
+
     async def close(self) -> None:
+        if isinstance(self.bus, PostgresBus):
+            await self.bus.stop()
         await self.db.dispose()
 
     @classmethod
@@ -44,6 +62,7 @@ class Store:
         store = cls(url, bus=bus, policy=policy)
         if migrate_schema:
             await store.migrate()
+        await store.start()
         return store
 
 

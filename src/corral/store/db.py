@@ -29,6 +29,7 @@ from corral.errors import ConfigError, StoreUnavailable
 
 T = TypeVar("T")
 Publish = Callable[[str, Any], None]
+BeforeCommit = Callable[[sa.Connection, list[tuple[str, Any]]], None]
 READERS = 4
 
 
@@ -53,6 +54,8 @@ class Database:
             raise ConfigError(f"invalid database_url {url!r}: {exc}") from exc
         self.dialect = parsed.get_backend_name()
         self.publish: Publish = publish or (lambda topic, message: None)
+        # Runs inside each write transaction that queued messages (the PostgreSQL bus).
+        self.before_commit: BeforeCommit | None = None
         self._pending: set[asyncio.Future[Any]] = set()
         if self.dialect == "sqlite":
             if parsed.get_driver_name() not in ("pysqlite", "aiosqlite"):
@@ -108,7 +111,10 @@ class Database:
 
             def run(sync_conn: sa.Connection) -> tuple[T, Tx]:
                 tx = Tx(sync_conn)
-                return body(tx), tx
+                result = body(tx)
+                if tx.messages and self.before_commit is not None:
+                    self.before_commit(sync_conn, tx.messages)
+                return result, tx
 
             return await conn.run_sync(run)
 

@@ -1,0 +1,89 @@
+"""Replicas on one PostgreSQL database hear each other's commits."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from corral.bus.postgres import PostgresBus
+from corral.models import Event, JobCreate, NewEvent
+from corral.store import Store
+from corral.testing import worker_claims
+
+
+@pytest.fixture
+async def replicas(db_url: str) -> AsyncIterator[tuple[Store, Store]]:
+    if db_url.startswith("sqlite"):
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL's")
+    a = await Store.open(db_url)
+    b = await Store.open(db_url, migrate_schema=False)
+    try:
+        yield a, b
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def _collect(sub, want: int) -> list[object]:  # type: ignore[no-untyped-def]
+    got: list[object] = []
+    for _ in range(50):
+        got.extend(await sub.get(0.1))
+        if len(got) >= want:
+            break
+    return got
+
+
+async def test_events_reach_subscribers_of_another_replica(replicas: tuple[Store, Store]) -> None:
+    a, b = replicas
+    assert isinstance(a.bus, PostgresBus) and isinstance(b.bus, PostgresBus)
+    job, _ = await a.jobs.create(JobCreate(prompt="x"))
+    runner = await a.runners.register(
+        name="r", key_id="k", hostname=None, providers=["shell"], labels=[], slots=1
+    )
+    with (
+        b.bus.subscribe(f"session:{job.session_id}") as remote,
+        a.bus.subscribe(f"session:{job.session_id}") as local,
+    ):
+        (lease,) = await a.jobs.lease(runner, 1, ttl=30)
+        c = worker_claims(lease, runner)
+        await a.jobs.append_events(
+            c,
+            [
+                NewEvent(type="output", payload={"line": "one"}),
+                NewEvent(type="delta", payload={"t": "live"}, ephemeral=True),
+                NewEvent(type="output", payload={"line": "two"}),
+            ],
+        )
+        remote_msgs = await _collect(remote, 3)
+        local_msgs = await _collect(local, 2)
+
+    def flat(msgs: list[object]) -> list[tuple[int | None, str]]:
+        return [
+            (e.seq, e.type) for m in msgs if isinstance(m, list) for e in m if isinstance(e, Event)
+        ]
+
+    stored = [(2, "job.state"), (3, "output"), (4, "output")]
+    assert [x for x in flat(local_msgs) if x[0]] == stored
+    remote_events = flat(remote_msgs)
+    # Each once, in order (the create's notification may land after subscribing).
+    assert [x for x in remote_events if x[0] and x[0] >= 2] == stored
+    remote_seqs = [x[0] for x in remote_events if x[0]]
+    assert remote_seqs == sorted(set(remote_seqs))
+    assert (None, "delta") in remote_events  # ephemeral, inline
+
+
+async def test_dispatch_and_cancel_messages_cross_replicas(
+    replicas: tuple[Store, Store],
+) -> None:
+    a, b = replicas
+    with b.bus.subscribe("dispatch") as sub:
+        job, _ = await a.jobs.create(JobCreate(prompt="x"))
+        assert job.id in await _collect(sub, 1)
+    runner = await a.runners.register(
+        name="r", key_id="k", hostname=None, providers=["shell"], labels=[], slots=1
+    )
+    await a.jobs.lease(runner, 1, ttl=30)
+    with b.bus.subscribe(f"runner:{runner.id}") as sub:
+        await a.jobs.cancel(job.id)
+        assert await _collect(sub, 1) == [f"cancel:{job.id}"]
