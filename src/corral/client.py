@@ -174,7 +174,7 @@ class Client:
             data = self._request(
                 "GET", f"/jobs/{job_id}/events", params={"since": since, "limit": 5000}
             )
-            page = [Event.model_validate(e) for e in data["events"]]
+            page = [Event.from_dict(e) for e in data["events"]]
             events.extend(page)
             if len(page) < 5000:
                 return events
@@ -182,7 +182,7 @@ class Client:
 
     def session_events(self, session_id: str, since: int = 0) -> builtins.list[Event]:
         data = self._request("GET", f"/sessions/{session_id}/events", params={"since": since})
-        return [Event.model_validate(e) for e in data["events"]]
+        return [Event.from_dict(e) for e in data["events"]]
 
     # streams
     def events(self, session_id: str, since: int = 0) -> Iterator[Event]:
@@ -221,7 +221,7 @@ class Client:
                     for sse in source.iter_sse():
                         if not sse.data:
                             continue
-                        event = Event.model_validate_json(sse.data)
+                        event = Event.from_json(sse.data)
                         if event.seq is not None:
                             if event.seq <= last:
                                 continue

@@ -3,7 +3,10 @@ the client and runner read."""
 
 from __future__ import annotations
 
+import json
 import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
@@ -74,17 +77,68 @@ class NewEvent(BaseModel):
     internal: bool = False
 
 
-class Event(BaseModel):
+@dataclass(slots=True)
+class Event:
+    """A recorded event. A plain slotted dataclass, not a pydantic model: it is
+    the hottest object in corral (built for every line a job prints) and a
+    pydantic model costs ~10 µs to construct even without validation."""
+
     session_id: str
     seq: int | None  # None for ephemeral events, which are never stored
     event_id: str
-    job_id: str | None = None
+    job_id: str | None
     type: str
     epoch: int
     payload: JSONDict
-    ephemeral: bool = False
-    internal: bool = False
+    ephemeral: bool
+    internal: bool
     created_at: datetime
+
+    def to_dict(self) -> JSONDict:
+        """JSON-ready, in the same shape the HTTP API sends."""
+        at = self.created_at.isoformat()
+        return {
+            "session_id": self.session_id,
+            "seq": self.seq,
+            "event_id": self.event_id,
+            "job_id": self.job_id,
+            "type": self.type,
+            "epoch": self.epoch,
+            "payload": self.payload,
+            "ephemeral": self.ephemeral,
+            "internal": self.internal,
+            "created_at": at[:-6] + "Z" if at.endswith("+00:00") else at,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Event:
+        """Parse the API's JSON shape; raises ValueError on a malformed event."""
+        try:
+            created = data["created_at"]
+            if isinstance(created, str):
+                created = datetime.fromisoformat(created)
+            seq = data.get("seq")
+            return cls(
+                session_id=str(data["session_id"]),
+                seq=None if seq is None else int(seq),
+                event_id=str(data["event_id"]),
+                job_id=data.get("job_id"),
+                type=str(data["type"]),
+                epoch=int(data["epoch"]),
+                payload=dict(data.get("payload") or {}),
+                ephemeral=bool(data.get("ephemeral", False)),
+                internal=bool(data.get("internal", False)),
+                created_at=created,
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"malformed event: {exc}") from exc
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Event:
+        return cls.from_dict(json.loads(text))
 
 
 class Outcome(BaseModel):

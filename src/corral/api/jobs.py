@@ -114,9 +114,7 @@ async def job_events(
         job.session_id, since=since, limit=limit, job_id=job_id, internal=internal
     )
     next_since = items[-1].seq if items and items[-1].seq else since
-    return JSONResponse(
-        {"events": [e.model_dump(mode="json") for e in items], "next_since": next_since}
-    )
+    return JSONResponse({"events": [e.to_dict() for e in items], "next_since": next_since})
 
 
 def _last_event_id(request: Request, since: int) -> int:

@@ -53,7 +53,7 @@ async def session_events(
     await svc.store.sessions.get(session_id)
     items = await svc.store.events.list(session_id, since=since, limit=limit, internal=internal)
     next_since = items[-1].seq if items and items[-1].seq else since
-    return EventPage(events=[e.model_dump(mode="json") for e in items], next_since=next_since)
+    return EventPage(events=[e.to_dict() for e in items], next_since=next_since)
 
 
 @router.get("/sessions/{session_id}/stream")

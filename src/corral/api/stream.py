@@ -7,7 +7,6 @@ with Last-Event-ID and loses nothing."""
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
@@ -26,7 +25,7 @@ def encode(event: Event) -> str:
     key = (event.session_id, event.event_id)
     text = _ENCODED.get(key)
     if text is None:
-        text = json.dumps(event.model_dump(mode="json"), separators=(",", ":"))
+        text = event.to_json()
         _ENCODED[key] = text
         if len(_ENCODED) > _ENCODED_MAX:
             _ENCODED.popitem(last=False)

@@ -71,7 +71,7 @@ class PostgresBus:
         seqs = [e.seq for e in message if e.seq is not None]
         if seqs:
             body["s"] = max(seqs)
-        live = [e.model_dump(mode="json") for e in message if e.seq is None]
+        live = [e.to_dict() for e in message if e.seq is None]
         if live:
             inline = json.dumps({**body, "e": live})
             if len(inline) <= _MAX_PAYLOAD:
@@ -123,7 +123,7 @@ class PostgresBus:
             self.local.publish(topic, str(data["m"]))
             return
         if "e" in data:
-            self.local.publish(topic, [Event.model_validate(e) for e in data["e"]])
+            self.local.publish(topic, [Event.from_dict(e) for e in data["e"]])
         if "s" in data and topic.startswith("session:"):
             asyncio.create_task(self._catch_up(topic, int(data["s"])))
 

@@ -14,6 +14,7 @@ from rich.console import Console
 
 from corral.client import Client
 from corral.config import Settings, load_settings
+from corral.models import Event
 
 console = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -50,10 +51,15 @@ def client(server: str | None, token: str | None) -> Client:
 
 def dump(data: Any) -> None:
     """Print ``data`` as JSON on stdout."""
-    if isinstance(data, BaseModel):
-        data = data.model_dump(mode="json")
-    elif isinstance(data, list):
-        data = [d.model_dump(mode="json") if isinstance(d, BaseModel) else d for d in data]
+
+    def plain(item: Any) -> Any:
+        if isinstance(item, BaseModel):
+            return item.model_dump(mode="json")
+        if isinstance(item, Event):
+            return item.to_dict()
+        return item
+
+    data = [plain(d) for d in data] if isinstance(data, list) else plain(data)
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 

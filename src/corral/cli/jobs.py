@@ -159,7 +159,7 @@ def logs(
             return
         if follow_:
             for event in c.job_events(job_id):
-                sys.stdout.write(event.model_dump_json() + "\n")
+                sys.stdout.write(event.to_json() + "\n")
                 sys.stdout.flush()
             return
         events = c.job_event_list(job_id)

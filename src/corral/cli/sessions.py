@@ -56,6 +56,6 @@ def events(
         items = c.events(session_id, since) if follow else c.session_events(session_id, since)
         for e in items:
             if as_json:
-                print(e.model_dump_json(), flush=True)  # one JSON object per line
+                print(e.to_json(), flush=True)  # one JSON object per line
             else:
                 console.print(_line(e), markup=False)

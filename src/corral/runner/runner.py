@@ -60,6 +60,7 @@ class Runner:
         self._jobs: dict[str, asyncio.Task[None]] = {}
         self._executors: dict[str, base.Executor] = {}
         self._slot_freed = asyncio.Event()
+        self._stopping = False  # set on the way out: stopped jobs were not cancelled by anyone
         for kind in set(self.providers.values()):
             base.load(kind)  # fail at start, not at the first job
 
@@ -77,6 +78,7 @@ class Runner:
                 await self._register(http)
                 await self._lease_loop(http)
             finally:
+                self._stopping = True
                 tasks = list(self._jobs.values())
                 for executor in list(self._executors.values()):
                     with contextlib.suppress(Exception):
@@ -209,6 +211,13 @@ class Runner:
             finally:
                 beats.cancel()
                 self.pids.remove(job.id)
+            if self._stopping and outcome.status == "failed":
+                outcome = outcome.model_copy(
+                    update={
+                        "reason": "runner_stopped",
+                        "error": "the runner stopped while the job ran",
+                    }
+                )
             await channel.complete(outcome)
             await channel.close()
         except Exception:

@@ -73,7 +73,7 @@ def append(
     for item in items:
         if item.ephemeral:
             published.append(
-                Event.model_construct(
+                Event(
                     session_id=session_id,
                     seq=None,
                     event_id=item.event_id,
@@ -102,7 +102,7 @@ def append(
             "created_at": now,
         }
         rows.append(row)
-        published.append(Event.model_construct(ephemeral=False, **row))
+        published.append(Event(ephemeral=False, **row))
     if rows:
         conn.execute(sa.insert(events), rows)
     if published:
@@ -134,7 +134,5 @@ class Events:
         if not internal:
             stmt = stmt.where(events.c.internal.is_(False))
         return await self.db.read(
-            lambda conn: [
-                Event.model_validate({**r._mapping, "ephemeral": False}) for r in conn.execute(stmt)
-            ]
+            lambda conn: [Event(ephemeral=False, **r._mapping) for r in conn.execute(stmt)]
         )
