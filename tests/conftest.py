@@ -50,6 +50,19 @@ async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
 
 
 @pytest.fixture
+async def pg_url() -> AsyncIterator[str]:
+    """A fresh PostgreSQL database (for tests that only make sense there)."""
+    reason = await pg_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    url = await create_pg_database(PG_URL)
+    try:
+        yield url
+    finally:
+        await drop_pg_database(url)
+
+
+@pytest.fixture
 def server(tmp_path: Path) -> Iterator[ServerProcess]:
     """A real `corral serve` on SQLite, with its embedded runner."""
     srv = start_server(tmp_path / "data", env={"CORRAL_HEARTBEAT_INTERVAL": "1"})

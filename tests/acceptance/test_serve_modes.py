@@ -5,25 +5,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
-
-from corral.testing import create_pg_database, drop_pg_database, free_port, start_server
-from tests.conftest import PG_URL, pg_skip_reason
-
-
-@pytest.fixture
-async def pg_url() -> AsyncIterator[str]:
-    reason = await pg_skip_reason()
-    if reason:
-        pytest.skip(reason)
-    url = await create_pg_database(PG_URL)
-    try:
-        yield url
-    finally:
-        await drop_pg_database(url)
+from corral.testing import free_port, start_server
 
 
 def test_everything_behaves_the_same_on_postgresql(tmp_path: Path, pg_url: str) -> None:

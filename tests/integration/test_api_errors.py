@@ -278,3 +278,22 @@ async def test_idempotent_submit_is_200_with_the_same_job(api: Api) -> None:
     assert (first.status_code, second.status_code) == (202, 200)
     assert first.json()["job_id"] == second.json()["job_id"]
     assert second.json()["created"] is False
+
+
+async def test_a_runner_key_reads_only_the_jobs_its_runner_holds(api: Api) -> None:
+    runner = api.auth("runner")
+    registered = await api.http.post(
+        "/runners/register",
+        json={"name": "r", "providers": ["shell"], "slots": 4},
+        headers=runner,
+    )
+    runner_id = registered.json()["runner_id"]
+    leased = await api.http.post(
+        f"/runners/{runner_id}/lease", json={"max_jobs": 1, "wait": 0}, headers=runner
+    )
+    (item,) = leased.json()["jobs"]
+    own = await api.http.get(f"/jobs/{item['job']['id']}", headers=runner)
+    assert own.status_code == 200 and own.json()["state"] == "assigned"
+    other = (await api.http.post("/jobs", json={"prompt": "z"}, headers=api.auth("admin"))).json()
+    refused = await api.http.get(f"/jobs/{other['job_id']}", headers=runner)
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "forbidden"

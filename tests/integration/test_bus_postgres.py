@@ -13,11 +13,9 @@ from corral.testing import worker_claims
 
 
 @pytest.fixture
-async def replicas(db_url: str) -> AsyncIterator[tuple[Store, Store]]:
-    if db_url.startswith("sqlite"):
-        pytest.skip("LISTEN/NOTIFY is PostgreSQL's")
-    a = await Store.open(db_url)
-    b = await Store.open(db_url, migrate_schema=False)
+async def replicas(pg_url: str) -> AsyncIterator[tuple[Store, Store]]:
+    a = await Store.open(pg_url)
+    b = await Store.open(pg_url, migrate_schema=False)
     try:
         yield a, b
     finally:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 
 from corral.api import stream
-from corral.api.deps import Reader, Svc, Writer
+from corral.api.deps import Reader, Svc, Writer, principal
 from corral.api.schemas import EventPage, JobAccepted, JobPage
 from corral.auth import Principal, Role
 from corral.errors import BadRequest, Forbidden
@@ -20,11 +20,11 @@ from corral.models import Event, Job, JobCreate
 router = APIRouter(tags=["jobs"])
 
 
-async def _visible(svc: Svc, job: Job, who: Principal) -> Job:
-    """Runners may read only the jobs they hold."""
-    if who.role is Role.RUNNER and (
-        job.runner_id is None or await svc.store.runners.key_of(job.runner_id) != who.key_id
-    ):
+async def _readable(svc: Svc, job: Job, who: Principal) -> Job:
+    """Readers see every job; a runner key only the jobs its runner holds."""
+    if who.role is not Role.RUNNER:
+        who.require("read")
+    elif job.runner_id is None or await svc.store.runners.key_of(job.runner_id) != who.key_id:
         raise Forbidden("a runner key may only read jobs its runner holds")
     return job
 
@@ -72,8 +72,10 @@ async def list_jobs(
 
 
 @router.get("/jobs/{job_id}", response_model=Job)
-async def get_job(job_id: str, svc: Svc, who: Reader) -> Job:
-    return await _visible(svc, await svc.store.jobs.get(job_id), who)
+async def get_job(
+    job_id: str, svc: Svc, who: Annotated[Principal, Depends(principal)]
+) -> Job:
+    return await _readable(svc, await svc.store.jobs.get(job_id), who)
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=Job)

@@ -6,8 +6,6 @@ import asyncio
 
 from corral.cli.common import ConfigOpt, DataDirOpt, JsonOpt, console, dump, settings
 from corral.config import masked
-from corral.store import Store
-from corral.store import migrate as migrations
 
 
 def migrate(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
@@ -15,6 +13,9 @@ def migrate(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
     s = settings(config, data_dir)
 
     async def go() -> str | None:
+        from corral.store import Store  # the database stack loads only when needed
+        from corral.store import migrate as migrations
+
         store = Store(s.effective_database_url)
         try:
             await store.migrate()

@@ -4,15 +4,25 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from corral.api.app import open_store
 from corral.auth import Role
 from corral.cli.common import ConfigOpt, DataDirOpt, JsonOpt, console, dump, err, settings, when
 from corral.models import ApiKey
+
+if TYPE_CHECKING:
+    from corral.store import Store
+
+
+async def _open(config: Path | None, data_dir: Path | None) -> Store:
+    from corral.api.app import open_store  # the database stack loads only when needed
+
+    return await open_store(settings(config, data_dir))
+
 
 app = typer.Typer(help="Manage API keys (admin, operator, viewer, runner).", no_args_is_help=True)
 
@@ -28,7 +38,7 @@ def create(
     """Create a key; it is printed once and stored only as a hash."""
 
     async def go() -> tuple[ApiKey, str]:
-        store = await open_store(settings(config, data_dir))
+        store = await _open(config, data_dir)
         try:
             return await store.keys.create(name=name or f"{role.value} key", role=role)
         finally:
@@ -49,7 +59,7 @@ def ls(config: ConfigOpt = None, data_dir: DataDirOpt = None, as_json: JsonOpt =
     """List keys (never their secrets)."""
 
     async def go() -> list[ApiKey]:
-        store = await open_store(settings(config, data_dir))
+        store = await _open(config, data_dir)
         try:
             return await store.keys.list()
         finally:
@@ -70,7 +80,7 @@ def revoke(key_id: str, config: ConfigOpt = None, data_dir: DataDirOpt = None) -
     """Revoke a key (servers stop accepting it within 5 seconds)."""
 
     async def go() -> ApiKey:
-        store = await open_store(settings(config, data_dir))
+        store = await _open(config, data_dir)
         try:
             return await store.keys.revoke(key_id)
         finally:

@@ -8,19 +8,18 @@ import ipaddress
 import logging
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-import uvicorn
 
-from corral.api.app import create_app, open_store
 from corral.auth import Role
 from corral.cli import logs
 from corral.cli.common import ConfigOpt, DataDirOpt, err
 from corral.config import Settings, load_settings
 from corral.errors import ConfigError
-from corral.runner import Runner
-from corral.store import Store
+
+if TYPE_CHECKING:
+    from corral.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -52,16 +51,21 @@ async def local_key(store: Store, path: Path, *, name: str, role: Role) -> str:
     return key
 
 
-class _Server(uvicorn.Server):
-    on_exit: Any = None
-
-    def handle_exit(self, sig: int, frame: Any) -> None:
-        if self.on_exit is not None:
-            self.on_exit()
-        super().handle_exit(sig, frame)
-
-
 async def run(settings: Settings) -> None:
+    # The server stack loads here, not when any `corral` command starts.
+    import uvicorn
+
+    from corral.api.app import create_app, open_store
+    from corral.runner import Runner
+
+    class _Server(uvicorn.Server):
+        on_exit: Any = None
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if self.on_exit is not None:
+                self.on_exit()
+            super().handle_exit(sig, frame)
+
     store = await open_store(settings)
     try:
         if is_loopback(settings.host):

@@ -26,6 +26,10 @@ from corral.runner.process import PidRecords
 log = logging.getLogger(__name__)
 
 
+# On shutdown, how long stopped jobs may take to report their outcome.
+STOP_REPORT_SECONDS = 3.0
+
+
 def default_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
@@ -83,6 +87,9 @@ class Runner:
                 for executor in list(self._executors.values()):
                     with contextlib.suppress(Exception):
                         await executor.cancel()
+                # Give the stopped jobs a moment to report how they ended.
+                if tasks:
+                    await asyncio.wait(tasks, timeout=STOP_REPORT_SECONDS)
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,1 @@
+"""Acceptance tests: a real `corral serve` subprocess driven over HTTP and the CLI."""

@@ -1,0 +1,35 @@
+"""Fixtures of the acceptance tests.
+
+Starting and stopping a server costs a couple of seconds, so tests that do
+not need a fresh database share one server for the whole run (``srv``); such
+tests must only assert about jobs (and runners) they created themselves. Tests that need special
+settings or a clean slate start their own (the ``server`` fixture of
+tests/conftest.py, or ``running_server``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from corral.testing import ServerProcess, start_server
+
+
+@pytest.fixture(scope="session")
+def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A real `corral serve` (SQLite, embedded runner) shared by the acceptance tests."""
+    server = start_server(
+        tmp_path_factory.mktemp("srv") / "data", env={"CORRAL_HEARTBEAT_INTERVAL": "1"}
+    )
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def http(srv: ServerProcess) -> Iterator[httpx.Client]:
+    """An admin HTTP client for the shared server."""
+    with srv.http() as client:
+        yield client

@@ -1,0 +1,132 @@
+"""Stopping work: cancel kills the whole process tree; a timeout fails the job."""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+
+import httpx
+
+from corral.testing import ServerProcess
+
+from ._helpers import (
+    get_job,
+    kill_leftovers,
+    marker,
+    pids_exact,
+    pids_matching,
+    session_events,
+    submit,
+    wait_for,
+    wait_job,
+)
+
+
+def test_cancel_kills_children_and_grandchildren(http: httpx.Client) -> None:
+    m = marker()
+    gc, child, escaped = f"301.{m}", f"302.{m}", f"303.{m}"
+    script = (
+        f"""sh -c 'sh -c "sleep {gc}; echo gc" & sleep {child}; echo c' &\n"""
+        # A child in a session of its own: not reachable through the process group.
+        f"""setsid sh -c 'sleep {escaped}; echo escaped' &\n"""
+        "echo tree-started\n"
+        "wait\n"
+    )
+    try:
+        job_id = submit(http, script)
+        wait_job(http, job_id, "running")
+        for arg in (gc, child, escaped):
+            wait_for(partial(pids_exact, "sleep", arg), timeout=10, what=f"`sleep {arg}` to start")
+        before = pids_matching(m)
+        assert len(before) >= 7, before  # the job's shell, 3 more shells, 3 sleeps
+
+        resp = http.post(f"/jobs/{job_id}/cancel")
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["state"] == "cancelled"
+        started = time.monotonic()
+        wait_for(
+            lambda: not pids_matching(m),
+            timeout=10,
+            what="every process of the cancelled job to exit",
+        )
+        assert time.monotonic() - started < 6  # SIGTERM suffices; well within the grace
+
+        job = get_job(http, job_id)
+        assert job["state"] == "cancelled"
+        assert job["reason"] == "cancelled"
+        assert job["finished_at"] is not None
+        events = session_events(http, job["session_id"])
+        states = [e["payload"]["to"] for e in events if e["type"] == "job.state"]
+        assert states == ["queued", "assigned", "running", "cancelled"]
+        assert [e["payload"]["line"] for e in events if e["type"] == "output"] in (
+            ["tree-started"],
+            [],
+        )
+    finally:
+        kill_leftovers(m)
+
+
+def test_cancelled_job_frees_the_slot_and_later_jobs_run(http: httpx.Client) -> None:
+    m = marker()
+    try:
+        job_id = submit(http, f"sleep 60.{m}")
+        wait_job(http, job_id, "running")
+        http.post(f"/jobs/{job_id}/cancel")
+        wait_for(lambda: not pids_matching(m), timeout=10, what="the sleep to be killed")
+        after = wait_job(http, submit(http, "echo after"))
+        assert after["state"] == "done" and after["result"] == "after"
+    finally:
+        kill_leftovers(m)
+
+
+def test_timeout_fails_the_job_and_kills_it(http: httpx.Client) -> None:
+    m = marker()
+    try:
+        started = time.monotonic()
+        job_id = submit(http, f"echo begin; sleep 30.{m}; echo unreachable", timeout=1)
+        job = wait_job(http, job_id, timeout=20)
+        assert time.monotonic() - started < 10
+        assert job["state"] == "failed", job
+        assert job["reason"] == "timeout"
+        assert "timed out after 1s" in job["error"]
+        assert "begin" in job["result"] and "unreachable" not in job["result"]
+        wait_for(lambda: not pids_matching(m), timeout=10, what="the sleep to be killed")
+    finally:
+        kill_leftovers(m)
+
+
+def test_timeout_with_attempts_left_retries(srv: ServerProcess, http: httpx.Client) -> None:
+    m = marker()
+    script = f'if [ "$CORRAL_ATTEMPT" = 1 ]; then sleep 30.{m}; fi; echo "ok $CORRAL_ATTEMPT"'
+    try:
+        job_id = submit(http, script, timeout=1, max_attempts=2)
+        job = wait_job(http, job_id, timeout=30)
+        assert job["state"] == "done", job
+        assert job["attempt"] == 2 and job["result"] == "ok 2"
+        events = session_events(http, job["session_id"])
+        requeued = [
+            e["payload"]
+            for e in events
+            if e["type"] == "job.state"
+            and e["payload"]["to"] == "queued"
+            and e["payload"]["from"] is not None
+        ]
+        assert [p["reason"] for p in requeued] == ["timeout"]
+        assert pids_exact("sleep", f"30.{m}") == []
+    finally:
+        kill_leftovers(m)
+
+
+def test_cancel_a_queued_job_with_the_cli(srv: ServerProcess, http: httpx.Client) -> None:
+    # No runner serves this provider, so the job waits in the queue.
+    job_id = submit(http, "echo never", provider="nobody-serves-this")
+    assert get_job(http, job_id)["state"] == "queued"
+    res = srv.cli("jobs", "cancel", job_id)
+    assert res.returncode == 0, res.stderr
+    assert "Cancelled" in res.stdout
+    job = get_job(http, job_id)
+    assert job["state"] == "cancelled" and job["started_at"] is None
+    # Cancelling again is a state conflict, not a crash.
+    resp = http.post(f"/jobs/{job_id}/cancel")
+    assert resp.status_code == 409
+    assert resp.json()["error"]["code"] == "invalid_transition"

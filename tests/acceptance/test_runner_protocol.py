@@ -1,0 +1,301 @@
+"""Runner protocol v1 spoken by hand against a server without an embedded
+runner: leases, worker JWTs, and epoch fencing (a stale write gets 409)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from corral.testing import ServerProcess
+
+from ._helpers import (
+    assert_error,
+    get_job,
+    output_lines,
+    running_server,
+    session_events,
+    submit,
+    wait_for,
+    wait_job,
+)
+
+NO_RUNNER = {
+    "CORRAL_RUNNER__EMBEDDED": "false",
+    "CORRAL_LEASE_TTL": "2",
+    "CORRAL_WATCHDOG_INTERVAL": "0.2",
+}
+
+
+@pytest.fixture(scope="module")
+def bare(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server with no runner of its own, short leases and a fast watchdog."""
+    with running_server(tmp_path_factory.mktemp("bare") / "data", env=NO_RUNNER) as s:
+        yield s
+
+
+@pytest.fixture
+def api(bare: ServerProcess) -> Iterator[httpx.Client]:
+    with bare.http() as client:
+        yield client
+
+
+def register(api: httpx.Client, name: str, slots: int = 1) -> str:
+    """Register runner ``name``; it serves only the provider of the same name, so
+    tests sharing the server never lease each other's jobs."""
+    resp = api.post(
+        "/runners/register",
+        json={"name": name, "providers": [name], "slots": slots, "hostname": "test"},
+    )
+    assert resp.status_code == 200, resp.text
+    data = resp.json()
+    assert data["protocol"] == "v1"
+    assert data["lease_ttl"] == 2.0
+    runner_id: str = data["runner_id"]
+    return runner_id
+
+
+def lease(api: httpx.Client, runner_id: str, wait: float = 5) -> list[dict[str, Any]]:
+    resp = api.post(f"/runners/{runner_id}/lease", json={"max_jobs": 1, "wait": wait})
+    assert resp.status_code == 200, resp.text
+    jobs: list[dict[str, Any]] = resp.json()["jobs"]
+    return jobs
+
+
+def worker(
+    api: httpx.Client, method: str, path: str, token: str, body: Any = None
+) -> httpx.Response:
+    return api.request(method, path, json=body, headers={"Authorization": f"Bearer {token}"})
+
+
+def output(line: str) -> dict[str, Any]:
+    return {"events": [{"type": "output", "payload": {"stream": "stdout", "line": line}}]}
+
+
+def test_full_lease_run_complete_cycle(api: httpx.Client) -> None:
+    runner_id = register(api, "manual-ok")
+    job_id = submit(api, "echo by hand", provider="manual-ok")
+    [item] = lease(api, runner_id)
+    assert item["job"]["id"] == job_id
+    assert item["job"]["state"] == "assigned"
+    assert item["job"]["runner_id"] == runner_id
+    assert item["epoch"] == item["job"]["epoch"] == item["session"]["epoch"] >= 1
+    token = item["token"]
+
+    resp = worker(api, "PUT", "/worker/state", token, {"state": "running"})
+    assert resp.status_code == 200, resp.text
+    assert get_job(api, job_id)["state"] == "running"
+
+    resp = worker(api, "POST", "/worker/events", token, output("hello from the runner"))
+    assert resp.status_code == 200, resp.text
+    assert len(resp.json()["accepted"]) == 1
+
+    # A re-sent event (same event_id) is skipped, not stored twice.
+    batch = {
+        "events": [
+            {
+                "event_id": "evt-fixed-1",
+                "type": "output",
+                "payload": {"stream": "stdout", "line": "once"},
+            }
+        ]
+    }
+    first = worker(api, "POST", "/worker/events", token, batch)
+    again = worker(api, "POST", "/worker/events", token, batch)
+    assert first.status_code == again.status_code == 200
+    assert len(first.json()["accepted"]) == 1 and first.json()["duplicates"] == []
+    assert again.json()["accepted"] == [] and again.json()["duplicates"] == ["evt-fixed-1"]
+
+    resp = worker(api, "POST", "/worker/heartbeat", token)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["state"] == "running"
+    token = resp.json()["token"]  # heartbeats renew the worker JWT
+
+    resp = worker(
+        api,
+        "POST",
+        "/worker/complete",
+        token,
+        {"outcome": {"status": "done", "result": "all good", "exit_code": 0}},
+    )
+    assert resp.status_code == 200, resp.text
+    job = get_job(api, job_id)
+    assert job["state"] == "done" and job["result"] == "all good"
+    events = session_events(api, job["session_id"])
+    assert output_lines(events) == ["hello from the runner", "once"]
+
+    # The job is over: further writes with its token are refused.
+    resp = worker(api, "POST", "/worker/events", token, output("too late"))
+    assert_error(resp, 409, "job_not_active")
+
+
+def test_reregistration_fences_the_old_epoch(api: httpx.Client) -> None:
+    old_runner = register(api, "fenced")
+    job_id = submit(api, "echo fenced", max_attempts=2, provider="fenced")
+    [item] = lease(api, old_runner)
+    old_token, old_epoch = item["token"], item["epoch"]
+    assert worker(api, "PUT", "/worker/state", old_token, {"state": "running"}).status_code == 200
+    resp = worker(api, "POST", "/worker/events", old_token, output("attempt one"))
+    assert resp.status_code == 200, resp.text
+
+    # The same runner name registers again (a restart): its jobs are released at once.
+    new_runner = register(api, "fenced")
+    assert new_runner != old_runner
+    job = get_job(api, job_id)
+    assert job["state"] == "queued"
+    assert job["attempt"] == 2
+    assert job["reason"] == "runner_restarted"
+    assert job["epoch"] > old_epoch
+
+    # The replaced registration may not lease any more.
+    resp = api.post(f"/runners/{old_runner}/lease", json={"max_jobs": 1, "wait": 0})
+    assert_error(resp, 403, "forbidden")
+
+    [item2] = lease(api, new_runner)
+    assert item2["job"]["id"] == job_id
+    new_token, new_epoch = item2["token"], item2["epoch"]
+    assert new_epoch > old_epoch
+
+    # Every write carrying the old epoch is refused with 409 stale_epoch ...
+    err = assert_error(
+        worker(api, "POST", "/worker/events", old_token, output("zombie")), 409, "stale_epoch"
+    )
+    assert str(old_epoch) in err["message"]
+    assert_error(worker(api, "POST", "/worker/heartbeat", old_token), 409, "stale_epoch")
+    assert_error(
+        worker(api, "PUT", "/worker/state", old_token, {"state": "running"}), 409, "stale_epoch"
+    )
+    assert_error(
+        worker(
+            api,
+            "POST",
+            "/worker/complete",
+            old_token,
+            {"outcome": {"status": "done", "result": "stale"}},
+        ),
+        409,
+        "stale_epoch",
+    )
+
+    # ... while the new owner's writes go through.
+    assert worker(api, "PUT", "/worker/state", new_token, {"state": "running"}).status_code == 200
+    resp = worker(api, "POST", "/worker/events", new_token, output("attempt two"))
+    assert resp.status_code == 200, resp.text
+    resp = worker(
+        api,
+        "POST",
+        "/worker/complete",
+        new_token,
+        {"outcome": {"status": "done", "result": "fresh", "exit_code": 0}},
+    )
+    assert resp.status_code == 200, resp.text
+    job = get_job(api, job_id)
+    assert job["state"] == "done" and job["result"] == "fresh" and job["attempt"] == 2
+    lines = output_lines(session_events(api, job["session_id"]))
+    assert lines == ["attempt one", "attempt two"]  # nothing from the stale writer
+
+
+def test_expired_lease_is_requeued_and_old_token_gets_409(api: httpx.Client) -> None:
+    runner_id = register(api, "sleepy")
+    job_id = submit(api, "echo sleepy", max_attempts=2, provider="sleepy")
+    [item] = lease(api, runner_id)
+    old_token, old_epoch = item["token"], item["epoch"]
+    assert worker(api, "PUT", "/worker/state", old_token, {"state": "running"}).status_code == 200
+    expired_before = api.get("/watchdog/status").json()["expired"]
+
+    # No heartbeats: the watchdog re-queues the job after the 2 s lease.
+    job = wait_for(
+        lambda: (j := get_job(api, job_id))["attempt"] == 2 and j,
+        timeout=15,
+        what="the watchdog to re-queue the job",
+    )
+    assert job["state"] == "queued"
+    assert job["reason"] == "runner_lost"
+    assert job["epoch"] > old_epoch
+    assert api.get("/watchdog/status").json()["expired"] >= expired_before + 1
+
+    [item2] = lease(api, runner_id)
+    new_token = item2["token"]
+    assert item2["epoch"] > old_epoch
+    assert_error(
+        worker(api, "POST", "/worker/events", old_token, output("late")), 409, "stale_epoch"
+    )
+    resp = worker(api, "POST", "/worker/events", new_token, output("on time"))
+    assert resp.status_code == 200, resp.text
+    resp = worker(
+        api,
+        "POST",
+        "/worker/complete",
+        new_token,
+        {"outcome": {"status": "failed", "error": "boom", "reason": "exit_code", "exit_code": 2}},
+    )
+    assert resp.status_code == 200, resp.text
+    job = get_job(api, job_id)
+    assert job["state"] == "failed"  # no attempts left
+    assert job["error"] == "boom" and job["exit_code"] == 2
+
+
+def test_expired_lease_without_attempts_left_fails_the_job(api: httpx.Client) -> None:
+    runner_id = register(api, "sleepy-once")
+    job_id = submit(api, "echo once", provider="sleepy-once")
+    [item] = lease(api, runner_id)
+    job = wait_job(api, job_id, timeout=15)
+    assert job["state"] == "failed"
+    assert job["reason"] == "runner_lost"
+    assert job["attempt"] == 1
+    assert_error(
+        worker(api, "POST", "/worker/complete", item["token"], {"outcome": {"status": "done"}}),
+        409,
+        "stale_epoch",
+    )
+
+
+def test_lease_long_polls_until_work_arrives(api: httpx.Client, bare: ServerProcess) -> None:
+    runner_id = register(api, "poller")
+    # Nothing queued: the lease waits its time, then returns empty.
+    started = time.monotonic()
+    assert lease(api, runner_id, wait=0.3) == []
+    assert time.monotonic() - started >= 0.3
+
+    result: dict[str, Any] = {}
+
+    def poll() -> None:
+        with bare.http() as c:
+            start = time.monotonic()
+            resp = c.post(f"/runners/{runner_id}/lease", json={"max_jobs": 1, "wait": 10})
+            result["elapsed"] = time.monotonic() - start
+            result["jobs"] = resp.json()["jobs"]
+
+    t = threading.Thread(target=poll)
+    t.start()
+    time.sleep(0.3)
+    job_id = submit(api, "echo wake up", provider="poller")
+    t.join(15)
+    assert not t.is_alive()
+    assert [j["job"]["id"] for j in result["jobs"]] == [job_id]
+    assert result["elapsed"] < 5  # woken by the submit, not by the 10 s timeout
+    assert api.post(f"/jobs/{job_id}/cancel").json()["state"] == "cancelled"
+
+
+def test_worker_endpoints_need_a_worker_token(api: httpx.Client, bare: ServerProcess) -> None:
+    # The admin API key is not a worker JWT.
+    assert_error(api.post("/worker/events", json=output("x")), 401, "unauthorized")
+    assert_error(worker(api, "POST", "/worker/heartbeat", "not-a-jwt"), 401, "unauthorized")
+    resp = httpx.post(bare.url + "/worker/events", json=output("x"))
+    assert_error(resp, 401, "unauthorized")
+    assert_error(
+        api.post("/runners/nope/lease", json={"max_jobs": 1, "wait": 0}), 404, "runner_not_found"
+    )
+
+
+def test_no_embedded_runner_means_jobs_wait(api: httpx.Client) -> None:
+    job_id = submit(api, "echo nobody runs me")
+    runners = api.get("/runners").json()
+    assert "embedded" not in {r["name"] for r in runners}
+    assert get_job(api, job_id)["state"] == "queued"
+    resp = api.post(f"/jobs/{job_id}/cancel")
+    assert resp.status_code == 200 and resp.json()["state"] == "cancelled"
