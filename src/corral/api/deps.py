@@ -51,7 +51,8 @@ class Services:
         self._keys.clear()
 
 
-def services(request: Request) -> Services:
+async def services(request: Request) -> Services:
+    # async: FastAPI would run a plain function in its thread pool on every request.
     svc: Services = request.app.state.services
     return svc
 

@@ -38,7 +38,9 @@ class Subscription:
         Returns ``[]`` on timeout or overflow (check ``overflowed``)."""
         if not self._items and not self.overflowed:
             try:
-                await asyncio.wait_for(self._ready.wait(), timeout)
+                # asyncio.timeout, unlike wait_for, needs no task per wake-up.
+                async with asyncio.timeout(timeout):
+                    await self._ready.wait()
             except TimeoutError:
                 return []
         self._ready.clear()

@@ -5,6 +5,7 @@ Executors register under the entry point group ``corral.executors`` by their
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -50,8 +51,10 @@ class Executor(Protocol):
 GROUP = "corral.executors"
 
 
+@functools.cache
 def load(kind: str) -> type[Executor]:
-    """The executor class registered for ``kind``."""
+    """The executor class registered for ``kind`` (looked up once: scanning the
+    installed distributions' entry points costs ~2 ms)."""
     found = entry_points(group=GROUP, name=kind)
     for ep in found:
         cls: type[Executor] = ep.load()

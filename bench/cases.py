@@ -1,0 +1,580 @@
+"""The four measurements. Each returns ``Result`` rows; ``run.py`` starts the
+servers and databases, prints the table and writes the JSON.
+
+Clock: every latency is wall-clock (``time.time()`` here, ``datetime.now()`` in
+the server) on the same host, so the two sides compare directly."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+import httpx
+from httpx_sse import aconnect_sse
+
+from corral.auth import WorkerClaims
+from corral.models import JobCreate, NewEvent
+from corral.store import Store
+from corral.testing import ServerProcess
+
+TERMINAL = ("done", "failed", "cancelled")
+SSE_HEADERS = {"Accept": "text/event-stream"}
+
+
+@dataclass
+class Result:
+    metric: str
+    value: float | None
+    unit: str
+    target: float | None = None  # None: informational row
+    higher_is_better: bool = False
+    samples: int = 0
+    note: str = ""
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def verdict(self) -> str:
+        if self.value is None:
+            return "skipped"
+        if self.target is None:
+            return "-"
+        ok = self.value >= self.target if self.higher_is_better else self.value <= self.target
+        return "pass" if ok else "miss"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "verdict": self.verdict}
+
+
+def skipped(
+    metric: str, unit: str, reason: str, target: float | None = None, higher_is_better: bool = False
+) -> Result:
+    return Result(metric, None, unit, target, higher_is_better, note=reason)
+
+
+def pct(values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+def ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
+
+
+def ts(value: str) -> float:
+    return datetime.fromisoformat(value).timestamp()
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        stat = f.read()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def admin_http(srv: ServerProcess, *, connections: int = 20) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        base_url=srv.url,
+        headers={"Authorization": f"Bearer {srv.admin_key}"},
+        timeout=httpx.Timeout(30.0, read=60.0),
+        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+    )
+
+
+def check(resp: httpx.Response) -> Any:
+    if resp.status_code >= 300:
+        raise RuntimeError(
+            f"{resp.request.method} {resp.request.url.path}: "
+            f"HTTP {resp.status_code} {resp.text[:300]}"
+        )
+    return resp.json()
+
+
+def check_stream(resp: httpx.Response) -> None:
+    if resp.status_code != 200:
+        raise RuntimeError(f"stream refused: HTTP {resp.status_code}")
+
+
+# --- (a) submit -> process started ------------------------------------------------------
+
+
+async def _one_submit(http: httpx.AsyncClient) -> dict[str, Any]:
+    """Submit ``true`` into a fresh session whose stream is already open, wait
+    for the job's terminal state on that stream, return the job and the submit time.
+    Watching the stream (not polling) keeps the server otherwise idle."""
+    session = check(await http.post("/sessions", json={}))
+    path = f"/sessions/{session['id']}/stream"
+    async with aconnect_sse(http, "GET", path, headers=SSE_HEADERS) as source:
+        check_stream(source.response)
+        submitted = time.time()
+        job = check(await http.post("/jobs", json={"command": "true", "session_id": session["id"]}))
+        async for sse in source.aiter_sse():
+            ev = json.loads(sse.data)
+            if ev["type"] == "job.state" and ev["payload"].get("to") in TERMINAL:
+                break
+    data: dict[str, Any] = check(await http.get(f"/jobs/{job['job_id']}"))
+    data["_submitted"] = submitted
+    return data
+
+
+async def submit_latency(
+    srv: ServerProcess, samples: int, warmup: int, seconds: float
+) -> list[Result]:
+    lat: list[float] = []
+    phases: dict[str, list[float]] = {"created": [], "assigned": [], "started": [], "finished": []}
+    failed = 0
+    deadline = time.monotonic() + seconds
+    async with admin_http(srv) as http:
+        for i in range(warmup + samples):
+            if time.monotonic() > deadline:
+                break
+            job = await _one_submit(http)
+            if i < warmup:
+                continue
+            if job["state"] != "done" or not job["started_at"]:
+                failed += 1
+                continue
+            t0 = job["_submitted"]
+            lat.append(ts(job["started_at"]) - t0)
+            for name in phases:
+                phases[name].append(ts(job[f"{name}_at"]) - t0)
+    if not lat:
+        return [skipped("(a) submit→started p99", "ms", "no job completed")]
+    note = "sequential `true` jobs, default 4 slots"
+    if len(lat) < samples:
+        note += f"; time limit hit after {len(lat)} samples"
+    if failed:
+        note += f"; {failed} jobs did not finish done"
+    detail = {f"{name}_at_p50_ms": ms(pct(v, 50)) for name, v in phases.items()}
+    detail |= {f"{name}_at_p99_ms": ms(pct(v, 99)) for name, v in phases.items()}
+    return [
+        Result(
+            "(a) submit→started p50",
+            ms(pct(lat, 50)),
+            "ms",
+            samples=len(lat),
+            note=note,
+            detail=detail,
+        ),
+        Result(
+            "(a) submit→started p99",
+            ms(pct(lat, 99)),
+            "ms",
+            10.0,
+            samples=len(lat),
+            detail={"max_ms": ms(max(lat))},
+        ),
+    ]
+
+
+# --- (b) throughput ---------------------------------------------------------------------
+
+
+async def _submit_and_wait(http: httpx.AsyncClient) -> str:
+    job = check(await http.post("/jobs", json={"command": "true"}))
+    path = f"/jobs/{job['job_id']}/events"
+    state = "?"
+    async with aconnect_sse(http, "GET", path, headers=SSE_HEADERS) as source:
+        check_stream(source.response)
+        async for sse in source.aiter_sse():  # the stream ends with the job
+            ev = json.loads(sse.data)
+            if ev["type"] == "job.state":
+                state = ev["payload"]["to"]
+    return state
+
+
+async def throughput(
+    srv: ServerProcess, jobs: int, clients: int, slots: int, seconds: float
+) -> Result:
+    async with admin_http(srv, connections=clients * 3) as http:
+        await asyncio.gather(*(_submit_and_wait(http) for _ in range(clients)))  # warm-up
+        remaining = jobs
+        states: dict[str, int] = {}
+        deadline = time.monotonic() + seconds
+
+        async def client() -> None:
+            nonlocal remaining
+            while remaining > 0 and time.monotonic() < deadline:
+                remaining -= 1
+                state = await _submit_and_wait(http)
+                states[state] = states.get(state, 0) + 1
+
+        server_cpu = cpu_seconds(srv.proc.pid)
+        own_cpu = time.process_time()
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(clients)))
+        wall = time.perf_counter() - t0
+        server_cpu = cpu_seconds(srv.proc.pid) - server_cpu
+        own_cpu = time.process_time() - own_cpu
+        phases = await _phases(http, limit=jobs)
+    done = sum(states.values())
+    note = f"{clients} clients, `true` jobs, CORRAL_RUNNER__SLOTS={slots}"
+    if done < jobs:
+        note += f"; time limit hit after {done} jobs"
+    if set(states) != {"done"}:
+        note += f"; end states {states}"
+    return Result(
+        "(b) submit→done throughput",
+        round(done / wall, 1),
+        "jobs/s",
+        500.0,
+        True,
+        samples=done,
+        note=note,
+        detail={
+            "wall_s": round(wall, 3),
+            "server_cpu_s": round(server_cpu, 3),
+            "server_cpu_ms_per_job": ms(server_cpu / done),
+            "bench_client_cpu_s": round(own_cpu, 3),
+            "cpus": os.cpu_count(),
+            **phases,
+        },
+    )
+
+
+async def _phases(http: httpx.AsyncClient, limit: int) -> dict[str, float]:
+    """p50 of each step of the newest ``limit`` jobs, from their timestamps."""
+    jobs: list[dict[str, Any]] = []
+    before: str | None = None
+    while len(jobs) < limit:
+        params: dict[str, Any] = {"limit": min(500, limit - len(jobs))}
+        if before:
+            params["before"] = before
+        page = check(await http.get("/jobs", params=params))
+        jobs += page["jobs"]
+        before = page["next"]
+        if not before:
+            break
+    steps = {
+        "queued": ("created_at", "assigned_at"),
+        "assigned": ("assigned_at", "started_at"),
+        "running": ("started_at", "finished_at"),
+        "total": ("created_at", "finished_at"),
+    }
+    out: dict[str, float] = {}
+    for name, (a, b) in steps.items():
+        spans = [ts(j[b]) - ts(j[a]) for j in jobs if j[a] and j[b]]
+        if spans:
+            out[f"{name}_p50_ms"] = ms(pct(spans, 50))
+    return out
+
+
+# --- (c) event ingest -------------------------------------------------------------------
+
+
+class Analyzer:
+    """Stands in for autovacuum on PostgreSQL: ``ANALYZE events`` every
+    ``every`` batches, outside the timed part. Without fresh statistics the
+    event-id dedup lookup keeps a cached sequential-scan plan and each batch
+    gets slower as the log grows (this PostgreSQL runs with autovacuum=off)."""
+
+    def __init__(self, url: str | None, every: int = 20) -> None:
+        self.url = url if url and url.startswith("postgresql") else None
+        self.every = every
+        self.autovacuum = "?"
+        self.runs = 0
+
+    async def maybe(self, batch: int) -> None:
+        if self.url is None or batch % self.every:
+            return
+        import asyncpg
+        import sqlalchemy as sa
+
+        u = sa.make_url(self.url)
+        conn = await asyncpg.connect(
+            user=u.username,
+            password=u.password,
+            host=u.host,
+            port=u.port or 5432,
+            database=u.database,
+        )
+        try:
+            self.autovacuum = str(await conn.fetchval("SHOW autovacuum"))
+            await conn.execute("ANALYZE events")
+            self.runs += 1
+        finally:
+            await conn.close()
+
+    @property
+    def note(self) -> str:
+        if not self.runs:
+            return ""
+        return (
+            f"; ANALYZE events every {self.every} batches, untimed (autovacuum={self.autovacuum})"
+        )
+
+
+def event_dicts(count: int, size: int) -> list[list[dict[str, Any]]]:
+    """Output events as a runner's channel sends them: writer-minted ids, an 80-char line."""
+    line = "x" * 80
+    return [
+        [
+            {
+                "event_id": uuid.uuid4().hex,
+                "type": "output",
+                "payload": {"stream": "stdout", "line": line},
+            }
+            for _ in range(size)
+        ]
+        for _ in range(count)
+    ]
+
+
+def event_batches(count: int, size: int) -> list[list[NewEvent]]:
+    return [[NewEvent(**e) for e in batch] for batch in event_dicts(count, size)]
+
+
+async def store_ingest(
+    url: str, label: str, batches: int, size: int, seconds: float, target: float | None
+) -> Result:
+    """``store.jobs.append_events`` in a loop, one writer, no HTTP."""
+    store = await Store.open(url)
+    try:
+        await store.jobs.create(JobCreate(command="true"))
+        runner = await store.runners.register(
+            name="bench", key_id="bench", hostname=None, providers=["shell"], labels=[], slots=1
+        )
+        [lease] = await store.jobs.lease(runner, 1, ttl=3600)
+        claims = WorkerClaims(lease.job.id, lease.session.id, lease.job.epoch, runner.id)
+        await store.jobs.start(claims)
+        for batch in event_batches(5, size):  # warm-up
+            await store.jobs.append_events(claims, batch)
+        analyzer = Analyzer(url)
+        per_batch: list[float] = []
+        deadline = time.monotonic() + seconds
+        for i, batch in enumerate(event_batches(batches, size)):
+            await analyzer.maybe(i)
+            b0 = time.perf_counter()
+            await store.jobs.append_events(claims, batch)
+            per_batch.append(time.perf_counter() - b0)
+            if time.monotonic() > deadline:
+                break
+    finally:
+        await store.close()
+    events = len(per_batch) * size
+    wall = sum(per_batch)
+    return Result(
+        f"(c) ingest, store, {label}",
+        round(events / wall),
+        "events/s",
+        target,
+        True,
+        samples=events,
+        note=f"append_events, batches of {size}, one writer{analyzer.note}",
+        detail={"batch_p50_ms": ms(pct(per_batch, 50)), "batch_p99_ms": ms(pct(per_batch, 99))},
+    )
+
+
+@dataclass
+class Worker:
+    """A job leased by hand over HTTP: its worker JWT and ids."""
+
+    token: str
+    job_id: str
+    session_id: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+async def register_runner(http: httpx.AsyncClient) -> str:
+    body = {"name": "bench", "providers": ["shell"], "slots": 64}
+    runner_id: str = check(await http.post("/runners/register", json=body))["runner_id"]
+    return runner_id
+
+
+async def lease_worker(http: httpx.AsyncClient, runner_id: str) -> Worker:
+    """Submit a job, lease it to our runner (the server has no embedded runner),
+    mark it running. Returns its worker credentials."""
+    job = check(await http.post("/jobs", json={"command": "true", "title": "bench"}))
+    lease = check(await http.post(f"/runners/{runner_id}/lease", json={"max_jobs": 1, "wait": 5}))
+    if not lease["jobs"] or lease["jobs"][0]["job"]["id"] != job["job_id"]:
+        raise RuntimeError(f"lease did not return job {job['job_id']}: {lease}")
+    w = Worker(lease["jobs"][0]["token"], job["job_id"], job["session_id"])
+    check(await http.put("/worker/state", json={"state": "running"}, headers=w.headers))
+    return w
+
+
+async def finish_worker(http: httpx.AsyncClient, w: Worker) -> None:
+    check(
+        await http.post("/worker/complete", json={"outcome": {"status": "done"}}, headers=w.headers)
+    )
+
+
+async def http_ingest(
+    srv: ServerProcess,
+    runner_id: str,
+    label: str,
+    batches: int,
+    size: int,
+    seconds: float,
+    target: float | None,
+) -> Result:
+    """POST /worker/events in a loop from one worker, as a runner's channel does
+    (one request in flight)."""
+    async with admin_http(srv) as http:
+        w = await lease_worker(http, runner_id)
+        bodies = [{"events": batch} for batch in event_dicts(batches + 5, size)]
+        for body in bodies[:5]:  # warm-up
+            check(await http.post("/worker/events", json=body, headers=w.headers))
+        analyzer = Analyzer(srv.env.get("CORRAL_DATABASE_URL"))
+        per_batch: list[float] = []
+        server_cpu = 0.0
+        deadline = time.monotonic() + seconds
+        for i, body in enumerate(bodies[5:]):
+            await analyzer.maybe(i)
+            cpu0, b0 = cpu_seconds(srv.proc.pid), time.perf_counter()
+            check(await http.post("/worker/events", json=body, headers=w.headers))
+            per_batch.append(time.perf_counter() - b0)
+            server_cpu += cpu_seconds(srv.proc.pid) - cpu0
+            if time.monotonic() > deadline:
+                break
+        await finish_worker(http, w)
+    events = len(per_batch) * size
+    wall = sum(per_batch)
+    return Result(
+        f"(c) ingest, HTTP, {label}",
+        round(events / wall),
+        "events/s",
+        target,
+        True,
+        samples=events,
+        note=f"POST /worker/events, batches of {size}, one worker{analyzer.note}",
+        detail={
+            "batch_p50_ms": ms(pct(per_batch, 50)),
+            "batch_p99_ms": ms(pct(per_batch, 99)),
+            "server_cpu_us_per_event": round(server_cpu / events * 1e6, 2),
+        },
+    )
+
+
+# --- (d) SSE delivery latency -----------------------------------------------------------
+
+
+Deliver = Callable[[dict[str, Any], float], bool]  # (event, received at) -> keep going?
+
+
+async def httpx_subscriber(
+    srv: ServerProcess, http: httpx.AsyncClient, path: str, deliver: Deliver
+) -> None:
+    """An SSE client as users write one: httpx + httpx-sse."""
+    async with aconnect_sse(http, "GET", path, headers=SSE_HEADERS) as source:
+        check_stream(source.response)
+        async for sse in source.aiter_sse():
+            if not deliver(json.loads(sse.data), time.time()):
+                return
+
+
+async def socket_subscriber(
+    srv: ServerProcess, http: httpx.AsyncClient, path: str, deliver: Deliver
+) -> None:
+    """The cheapest SSE client: a socket and a line splitter. It ignores the
+    chunked framing (uvicorn sends each SSE message as one chunk, so ``data:``
+    lines never straddle chunks). Shows what the server does when the client
+    costs next to nothing."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+    try:
+        writer.write(
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n"
+            f"Authorization: Bearer {srv.admin_key}\r\n\r\n".encode()
+        )
+        head = await reader.readuntil(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(f"stream refused: {head[:40]!r}")
+        while line := await reader.readline():
+            if line.startswith(b"data: ") and not deliver(json.loads(line[6:]), time.time()):
+                return
+    finally:
+        writer.close()
+
+
+SUBSCRIBERS = {"httpx-sse": httpx_subscriber, "bare-socket": socket_subscriber}
+
+
+async def sse_latency(
+    srv: ServerProcess,
+    runner_id: str,
+    subscribers: int,
+    events: int,
+    interval: float,
+    target: float | None,
+    client: str = "httpx-sse",
+) -> list[Result]:
+    """``subscribers`` SSE clients on one session; the worker posts ``events``
+    single-event batches ``interval`` apart, each carrying its send time."""
+    lat: list[float] = []
+    to_server: list[float] = []  # send -> event created_at (server side, before commit)
+    ready = [asyncio.Event() for _ in range(subscribers)]
+    subscriber = SUBSCRIBERS[client]
+    server_cpu = own_cpu = 0.0
+    async with admin_http(srv) as http, admin_http(srv, connections=subscribers + 10) as subs:
+        w = await lease_worker(http, runner_id)
+        path = f"/sessions/{w.session_id}/stream"
+
+        def receiver(i: int) -> Deliver:
+            got = 0
+
+            def deliver(ev: dict[str, Any], now: float) -> bool:
+                nonlocal got
+                if ev["type"] != "bench":
+                    ready[i].set()  # back-filled job.state events: subscribed
+                    return True
+                sent = ev["payload"]["t"]
+                lat.append(now - sent)
+                if i == 0:
+                    to_server.append(ts(ev["created_at"]) - sent)
+                got += 1
+                return got < events
+
+            return deliver
+
+        tasks = [
+            asyncio.create_task(subscriber(srv, subs, path, receiver(i)))
+            for i in range(subscribers)
+        ]
+        try:
+            await asyncio.wait_for(asyncio.gather(*(r.wait() for r in ready)), 60)
+            await asyncio.sleep(0.2)
+            server_cpu, own_cpu = cpu_seconds(srv.proc.pid), time.process_time()
+            for i in range(events):
+                body = {"events": [{"type": "bench", "payload": {"i": i, "t": time.time()}}]}
+                check(await http.post("/worker/events", json=body, headers=w.headers))
+                await asyncio.sleep(interval)
+            await asyncio.wait(tasks, timeout=10)
+            server_cpu = cpu_seconds(srv.proc.pid) - server_cpu
+            own_cpu = time.process_time() - own_cpu
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await finish_worker(http, w)
+    expected = subscribers * events
+    name = f"(d) SSE, {subscribers} subscriber{'s' if subscribers > 1 else ''}"
+    if client != "httpx-sse":
+        name += f", {client} clients"
+    note = f"{events} events {interval * 1000:g} ms apart; {client} clients, all in one process"
+    if len(lat) < expected:
+        note += f"; {expected - len(lat)} of {expected} deliveries missing"
+    if not lat:
+        return [skipped(f"{name} p99", "ms", note, target)]
+    detail = {
+        "send_to_created_at_p50_ms": ms(pct(to_server, 50)),
+        "send_to_created_at_p99_ms": ms(pct(to_server, 99)),
+        "max_ms": ms(max(lat)),
+        "server_cpu_us_per_delivery": round(server_cpu / len(lat) * 1e6, 1),
+        "bench_client_cpu_us_per_delivery": round(own_cpu / len(lat) * 1e6, 1),
+    }
+    return [
+        Result(f"{name} p50", ms(pct(lat, 50)), "ms", samples=len(lat), note=note, detail=detail),
+        Result(f"{name} p99", ms(pct(lat, 99)), "ms", target, samples=len(lat)),
+    ]

@@ -1,0 +1,313 @@
+"""corral benchmarks: ``python bench/run.py [--quick]`` (from the repo root).
+
+Starts real ``corral serve`` subprocesses on 127.0.0.1 (SQLite, and
+PostgreSQL when one answers), measures, prints a table and writes
+bench/results/latest.json. See bench/README.md."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+
+import cases
+from cases import Result
+from rich.console import Console
+from rich.table import Table
+
+from corral.testing import (
+    DEFAULT_PG,
+    ServerProcess,
+    create_pg_database,
+    drop_pg_database,
+    pg_available,
+    start_server,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+THROUGHPUT_SLOTS = 16
+CASE_TIMEOUT = 60.0  # seconds; a case that takes longer is reported as failed
+IDLE_LOAD = 0.5  # a 1-minute load average above this gets a warning: numbers are noisy
+console = Console(width=max(120, Console().width))
+
+
+SSE_RUNS = ((1, 0.02, "httpx-sse"), (200, 0.1, "httpx-sse"), (200, 0.1, "bare-socket"))
+
+
+@dataclass(frozen=True)
+class Plan:
+    latency_samples: int
+    latency_warmup: int
+    throughput_jobs: int
+    clients: int
+    ingest_batches: int
+    http_batches: int
+    batch_size: int
+    sse_events: int
+    # (subscribers, seconds between events, client): far enough apart that one
+    # event's fan-out is done before the next, so the rows measure latency, not a backlog
+    sse_runs: tuple[tuple[int, float, str], ...]
+    seconds: float  # soft time limit per case
+
+    @classmethod
+    def of(cls, quick: bool) -> Plan:
+        if quick:
+            return cls(50, 10, 200, 8, 50, 30, 100, 30, SSE_RUNS, 12.0)
+        return cls(200, 20, 800, 8, 200, 100, 100, 100, SSE_RUNS, 30.0)
+
+
+@asynccontextmanager
+async def server(
+    root: Path, name: str, *, database_url: str | None = None, env: dict[str, str] | None = None
+) -> AsyncIterator[ServerProcess]:
+    env = {"CORRAL_LOG_LEVEL": "WARNING", **(env or {})}
+    srv = await asyncio.to_thread(start_server, root / name, database_url=database_url, env=env)
+    try:
+        yield srv
+    finally:
+        await asyncio.to_thread(srv.stop)
+
+
+@asynccontextmanager
+async def database(root: Path, name: str, pg_base: str | None) -> AsyncIterator[str]:
+    """A fresh SQLite file, or a fresh PostgreSQL database (dropped afterwards)."""
+    if pg_base is None:
+        yield f"sqlite+aiosqlite:///{root / name}.db"
+        return
+    url = await create_pg_database(pg_base)
+    try:
+        yield url
+    finally:
+        await drop_pg_database(url)
+
+
+class Runner:
+    """Runs cases one after another, each bounded in time; a failing case
+    becomes a row saying so instead of ending the run."""
+
+    def __init__(self) -> None:
+        self.results: list[Result] = []
+
+    async def case(
+        self, metric: str, unit: str, make: Callable[[], Awaitable[Result | list[Result]]]
+    ) -> None:
+        console.print(f"[dim]running {metric} ...[/]")
+        t0 = time.monotonic()
+        try:
+            out = await asyncio.wait_for(make(), CASE_TIMEOUT)
+        except Exception as exc:  # report, keep going
+            traceback.print_exc(file=sys.stderr)
+            reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            out = cases.skipped(metric, unit, f"failed: {reason}")
+        rows = out if isinstance(out, list) else [out]
+        for row in rows:
+            row.detail.setdefault("case_seconds", round(time.monotonic() - t0, 2))
+        self.results.extend(rows)
+
+    def skip(
+        self,
+        metric: str,
+        unit: str,
+        reason: str,
+        target: float | None = None,
+        higher_is_better: bool = False,
+    ) -> None:
+        self.results.append(cases.skipped(metric, unit, reason, target, higher_is_better))
+
+
+async def main(plan: Plan, pg_base: str, only: str) -> list[Result]:
+    run = Runner()
+    pg_reason = await pg_available(pg_base) if {"c", "d"} & set(only) else None
+    if pg_reason:
+        console.print(f"[yellow]PostgreSQL rows skipped: {pg_reason}[/]")
+    with tempfile.TemporaryDirectory(prefix="corral-bench-") as tmp:
+        root = Path(tmp)
+        if "a" in only:
+            async with server(root, "a") as srv:
+                await run.case(
+                    "(a) submit→started p99",
+                    "ms",
+                    lambda: cases.submit_latency(
+                        srv, plan.latency_samples, plan.latency_warmup, plan.seconds
+                    ),
+                )
+        if "b" in only:
+            env = {"CORRAL_RUNNER__SLOTS": str(THROUGHPUT_SLOTS)}
+            async with server(root, "b", env=env) as srv:
+                await run.case(
+                    "(b) submit→done throughput",
+                    "jobs/s",
+                    lambda: cases.throughput(
+                        srv, plan.throughput_jobs, plan.clients, THROUGHPUT_SLOTS, plan.seconds
+                    ),
+                )
+        if "c" in only:
+            await ingest(run, plan, root, "SQLite", None, 50_000.0)
+            if pg_reason:
+                for layer in ("store", "HTTP"):
+                    run.skip(f"(c) ingest, {layer}, PostgreSQL", "events/s", pg_reason)
+            else:
+                await ingest(run, plan, root, "PostgreSQL", pg_base, None)
+        if "d" in only:
+            async with server(root, "d", env=OWN_RUNNER) as srv:
+                runner_id = await register(srv)
+                for n, interval, client in plan.sse_runs:
+                    target = 50.0 if n >= 200 and client == "httpx-sse" else None
+                    await run.case(
+                        f"(d) SSE, {n} subscribers, {client} p99",
+                        "ms",
+                        partial(
+                            cases.sse_latency,
+                            srv,
+                            runner_id,
+                            n,
+                            plan.sse_events,
+                            interval,
+                            target,
+                            client,
+                        ),
+                    )
+    return run.results
+
+
+# No embedded runner: the benchmark leases jobs itself and holds their worker JWTs.
+OWN_RUNNER = {"CORRAL_RUNNER__EMBEDDED": "false", "CORRAL_LEASE_TTL": "600"}
+
+
+async def register(srv: ServerProcess) -> str:
+    async with cases.admin_http(srv) as http:
+        return await cases.register_runner(http)
+
+
+async def ingest(
+    run: Runner, plan: Plan, root: Path, label: str, pg_base: str | None, target: float | None
+) -> None:
+    """(c) on one kind of database: at the store, then through HTTP (each on a fresh one)."""
+    async with database(root, "ingest-store", pg_base) as url:
+        await run.case(
+            f"(c) ingest, store, {label}",
+            "events/s",
+            lambda: cases.store_ingest(
+                url, label, plan.ingest_batches, plan.batch_size, plan.seconds, target
+            ),
+        )
+    async with (
+        database(root, "ingest-http", pg_base) as url,
+        server(root, f"c-{label}", database_url=url, env=OWN_RUNNER) as srv,
+    ):
+        runner_id = await register(srv)
+        await run.case(
+            f"(c) ingest, HTTP, {label}",
+            "events/s",
+            lambda: cases.http_ingest(
+                srv, runner_id, label, plan.http_batches, plan.batch_size, plan.seconds, target
+            ),
+        )
+
+
+def show(results: list[Result], load: tuple[float, float, float]) -> None:
+    table = Table(title="corral benchmarks", title_justify="left")
+    table.add_column("metric", no_wrap=True)
+    table.add_column("measured", justify="right", no_wrap=True)
+    table.add_column("target", justify="right", no_wrap=True)
+    table.add_column("result", no_wrap=True)
+    table.add_column("n", justify="right")
+    colour = {"pass": "green", "miss": "red", "skipped": "yellow"}
+    notes: list[str] = []
+    for r in sorted(results, key=lambda r: r.metric[:3]):
+        value = "-" if r.value is None else f"{r.value:,.{0 if r.value >= 1000 else 1}f} {r.unit}"
+        target = (
+            "-"
+            if r.target is None
+            else f"{'≥' if r.higher_is_better else '≤'} {r.target:,g} {r.unit}"
+        )
+        verdict = f"[{colour.get(r.verdict, 'white')}]{r.verdict}[/]"
+        table.add_row(r.metric, value, target, verdict, str(r.samples or ""))
+        if r.note:
+            notes.append(f"{r.metric}: {r.note}")
+    console.print(table)
+    for note in notes:
+        console.print(f"  [dim]{note}[/]")
+    if load[0] > IDLE_LOAD:
+        console.print(
+            f"[yellow]load average was {load[0]:.2f} before the run "
+            f"({os.cpu_count()} CPUs): the machine was not idle[/]"
+        )
+
+
+def source_version() -> str:
+    """The commit measured, with "+dirty" if src/ has uncommitted changes."""
+
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+        return out.stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    return commit + ("+dirty" if git("status", "--porcelain", "src") else "")
+
+
+def write(
+    results: list[Result],
+    plan: Plan,
+    started: datetime,
+    seconds: float,
+    load: tuple[float, float, float],
+) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / "latest.json"
+    doc = {
+        "started_at": started.isoformat(),
+        "seconds": round(seconds, 1),
+        "plan": asdict(plan),
+        "source": source_version(),
+        "host": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "loadavg_before": load,
+        },
+        "results": [r.as_dict() for r in results],
+    }
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    return path
+
+
+def cli() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer samples (~30 s)")
+    parser.add_argument("--only", default="abcd", help="which benchmarks, e.g. --only ad")
+    parser.add_argument(
+        "--pg-url",
+        default=os.environ.get("CORRAL_TEST_PG_URL", DEFAULT_PG),
+        help=f"PostgreSQL server to create a scratch database on ({DEFAULT_PG})",
+    )
+    args = parser.parse_args()
+    plan = Plan.of(args.quick)
+    started = datetime.now(UTC)
+    t0 = time.monotonic()
+    load = os.getloadavg()
+    results = asyncio.run(main(plan, args.pg_url, args.only.lower()))
+    show(results, load)
+    path = write(results, plan, started, time.monotonic() - t0, load)
+    console.print(f"source {source_version()}; took {time.monotonic() - t0:.0f}s; wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
