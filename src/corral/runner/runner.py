@@ -37,7 +37,9 @@ def _watch_children_with_pidfd() -> None:
     if sys.version_info < (3, 12) and hasattr(os, "pidfd_open"):
         policy = asyncio.get_event_loop_policy()
         if not isinstance(policy.get_child_watcher(), asyncio.PidfdChildWatcher):
-            policy.set_child_watcher(asyncio.PidfdChildWatcher())
+            watcher = asyncio.PidfdChildWatcher()
+            policy.set_child_watcher(watcher)
+            watcher.attach_loop(asyncio.get_running_loop())
 
 
 def default_name() -> str:
