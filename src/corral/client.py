@@ -150,6 +150,20 @@ class Client:
                 raise ClientError(f"job {job_id} still {job.state.value} after {timeout:g}s")
             time.sleep(interval)
 
+    def route(self, **fields: Any) -> dict[str, Any]:
+        """Where a job with ``fields`` would run, and why."""
+        return dict(self._request("POST", "/route", json=fields))
+
+    # the kill switch and status
+    def pause(self) -> bool:
+        return bool(self._request("POST", "/admin/pause")["paused"])
+
+    def resume(self) -> bool:
+        return bool(self._request("POST", "/admin/resume")["paused"])
+
+    def status(self) -> dict[str, Any]:
+        return dict(self._request("GET", "/status"))
+
     # sessions
     def session(self, session_id: str) -> dict[str, Any]:
         return dict(self._request("GET", f"/sessions/{session_id}"))

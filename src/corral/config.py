@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError
+from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -21,6 +21,7 @@ from pydantic_settings import (
 )
 
 from corral.errors import ConfigError
+from corral.routing import Provider
 
 _CONFIG_FILE: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
     "corral_config_file", default=None
@@ -46,6 +47,28 @@ class RunnerSettings(BaseModel):
     kill_grace: float = Field(
         5.0, ge=0, description="Seconds between SIGTERM and SIGKILL when a job is stopped."
     )
+
+
+# Executor kinds that drive a process on the runner's host.
+LOCAL_KINDS = frozenset({"shell", "claude-code", "codex", "gemini"})
+
+
+class ProviderSettings(BaseModel):
+    """A configured executor instance: ``[providers.NAME]`` in corral.toml."""
+
+    model_config = {"extra": "forbid"}
+
+    kind: str = Field(description="Executor kind, e.g. shell, claude-code, openai.")
+    local: bool | None = Field(None, description="Runs on the runner's host (default: by kind).")
+    enabled: bool = Field(True, description="A disabled provider is never routed to.")
+    models: list[str] = Field(default_factory=list, description="Models it serves.")
+    tiers: dict[Literal["low", "medium", "high"], str] = Field(
+        default_factory=dict, description="complexity_hint -> model."
+    )
+
+    @property
+    def is_local(self) -> bool:
+        return self.local if self.local is not None else self.kind in LOCAL_KINDS
 
 
 class Settings(BaseSettings):
@@ -106,6 +129,14 @@ class Settings(BaseSettings):
         description="HS256 secret for worker JWTs. Default: generated once and kept "
         "in the database, so every replica shares it.",
     )
+    providers: dict[str, ProviderSettings] = Field(
+        default_factory=dict,
+        description="[providers.NAME] tables; a local `shell` provider always exists.",
+    )
+    default_local: str = Field("shell", description="The local provider routing falls back to.")
+    paused: bool = Field(
+        False, description="Kill switch default when the database holds none: no new leases."
+    )
     runner: RunnerSettings = Field(
         default_factory=lambda: RunnerSettings(),
         description="The runner embedded in `corral serve`.",
@@ -125,6 +156,34 @@ class Settings(BaseSettings):
         if path is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
+
+    def provider_table(self) -> dict[str, Provider]:
+        """Configured providers for routing, with the built-in `shell`."""
+        table = {"shell": Provider("shell", "shell", local=True)}
+        for name, p in self.providers.items():
+            tiers = {str(k): v for k, v in p.tiers.items()}
+            table[name] = Provider(name, p.kind, p.is_local, p.enabled, tiers)
+        return table
+
+    def provider_kinds(self, names: list[str]) -> dict[str, str]:
+        """provider name -> executor kind, for a runner serving ``names``."""
+        table = self.provider_table()
+        unknown = [n for n in names if n not in table]
+        if unknown:
+            raise ConfigError(
+                f"runner providers {unknown} are not configured: add [providers.NAME] "
+                "tables to corral.toml"
+            )
+        return {n: table[n].kind for n in names}
+
+    @model_validator(mode="after")
+    def _check_default_local(self) -> Settings:
+        default = self.provider_table().get(self.default_local)
+        if default is None or not default.local or not default.enabled:
+            raise ValueError(
+                f"default_local {self.default_local!r} must name an enabled local provider"
+            )
+        return self
 
     @property
     def effective_database_url(self) -> str:

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import AliasChoices, BaseModel, Field, model_validator
 
 from corral.jobs import JobState
+from corral.routing import Route
 
 JSONDict = dict[str, Any]
 
@@ -27,6 +28,13 @@ class Job(BaseModel):
     turn: int
     state: JobState
     provider: str
+    model: str | None = None
+    preferred_ai: str | None = None
+    needs_local_agent: bool = False
+    allow_delegation: bool = True
+    complexity_hint: str | None = None
+    route_rule: int | None = None
+    route_reason: str | None = None
     title: str | None = None
     prompt: str | None = None
     command: str | None = None
@@ -188,7 +196,24 @@ class JobCreate(BaseModel):
         None, max_length=64, description="Add the job as a turn of this session."
     )
     title: str | None = Field(None, max_length=500)
-    provider: str = Field("shell", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    preferred_ai: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        validation_alias=AliasChoices("preferred_ai", "provider", "executor"),
+        description="Provider to prefer (aliases: provider, executor); routing decides.",
+    )
+    needs_local_agent: bool = Field(
+        False,
+        validation_alias=AliasChoices("needs_local_agent", "needs_claude_code"),
+        description="A local agent must do it (alias: needs_claude_code).",
+    )
+    allow_delegation: bool = Field(True, description="false keeps the job on a local provider.")
+    complexity_hint: Literal["low", "medium", "high"] | None = Field(
+        None, description="Picks a model tier when the provider defines tiers."
+    )
+    model: str | None = Field(None, min_length=1, max_length=200)
     priority: int = Field(2, ge=0, le=9, description="0 is the most urgent.")
     max_attempts: int | None = Field(None, ge=1, le=100)
     timeout: float | None = Field(None, gt=0, le=7 * 86400, description="Seconds.")
@@ -196,6 +221,15 @@ class JobCreate(BaseModel):
     idempotency_key: str | None = Field(None, min_length=1, max_length=200)
     source: Literal["api", "cli", "folder", "mcp", "tracker"] = "api"
     source_ref: str | None = Field(None, max_length=2000)
+
+    def route(self) -> Route:
+        return Route(
+            preferred_ai=self.preferred_ai,
+            needs_local_agent=self.needs_local_agent,
+            allow_delegation=self.allow_delegation,
+            complexity_hint=self.complexity_hint,
+            model=self.model,
+        )
 
     @model_validator(mode="after")
     def _has_work(self) -> JobCreate:

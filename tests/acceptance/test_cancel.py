@@ -118,8 +118,12 @@ def test_timeout_with_attempts_left_retries(srv: ServerProcess, http: httpx.Clie
 
 
 def test_cancel_a_queued_job_with_the_cli(srv: ServerProcess, http: httpx.Client) -> None:
-    # No runner serves this provider, so the job waits in the queue.
-    job_id = submit(http, "echo never", provider="nobody-serves-this")
+    # A second turn waits while the session's first turn runs.
+    m = marker()
+    first = submit(http, f"sleep 30.{m}")
+    session = get_job(http, first)["session_id"]
+    resp = http.post(f"/sessions/{session}/turns", json={"prompt": "echo never"})
+    job_id = resp.json()["job_id"]
     assert get_job(http, job_id)["state"] == "queued"
     res = srv.cli("jobs", "cancel", job_id)
     assert res.returncode == 0, res.stderr
@@ -130,3 +134,5 @@ def test_cancel_a_queued_job_with_the_cli(srv: ServerProcess, http: httpx.Client
     resp = http.post(f"/jobs/{job_id}/cancel")
     assert resp.status_code == 409
     assert resp.json()["error"]["code"] == "invalid_transition"
+    assert http.post(f"/jobs/{first}/cancel").status_code == 200
+    kill_leftovers(m)

@@ -3,6 +3,7 @@ runner: leases, worker JWTs, and epoch fencing (a stale write gets 409)."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -24,10 +25,15 @@ from ._helpers import (
     wait_job,
 )
 
+# Each test's runner serves a provider named like it, so tests sharing the
+# server never lease each other's jobs; routing only sends jobs to
+# configured providers, hence the table.
+RUNNER_NAMES = ("manual-ok", "fenced", "sleepy", "sleepy-once", "poller")
 NO_RUNNER = {
     "CORRAL_RUNNER__EMBEDDED": "false",
     "CORRAL_LEASE_TTL": "2",
     "CORRAL_WATCHDOG_INTERVAL": "0.2",
+    "CORRAL_PROVIDERS": json.dumps({name: {"kind": "shell"} for name in RUNNER_NAMES}),
 }
 
 

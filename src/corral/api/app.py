@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from corral import __version__
-from corral.api import errors, jobs, runners, sessions, system
+from corral.api import admin, errors, jobs, runners, sessions, system
 from corral.api.deps import Services
 from corral.api.limits import BodyLimit
 from corral.config import Settings, load_settings
@@ -69,7 +69,14 @@ def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
             if settings.jwt_secret is not None
             else await st.settings.get_or_create("jwt_secret", new_secret)
         )
-        svc = Services(settings=settings, store=st, jwt_secret=secret)
+        svc = Services(
+            settings=settings,
+            store=st,
+            jwt_secret=secret,
+            providers=settings.provider_table(),
+        )
+        if await st.settings.get("paused") is None:  # the config's default, once
+            await st.settings.set("paused", "true" if settings.paused else "false")
         app.state.services = svc
         task = asyncio.create_task(_watchdog(svc), name="corral-watchdog")
         try:
@@ -88,7 +95,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
         description="Control plane for fleets of AI coding agents.",
     )
     errors.install(app)
-    for module in (system, jobs, sessions, runners):
+    for module in (system, jobs, sessions, runners, admin):
         app.include_router(module.router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app

@@ -12,6 +12,8 @@ from corral import auth
 from corral.auth import Principal, WorkerClaims
 from corral.config import Settings
 from corral.errors import Unauthorized
+from corral.models import JobCreate
+from corral.routing import Decision, Provider, decide
 from corral.store import Store
 
 # A verified key is trusted this long before the database is asked again, so a
@@ -33,6 +35,12 @@ class Services:
     store: Store
     jwt_secret: str
     watchdog: WatchdogStats = field(default_factory=WatchdogStats)
+    providers: dict[str, Provider] = field(default_factory=dict)
+
+    def route(self, spec: JobCreate) -> Decision:
+        """Where ``spec`` would run (routing.decide over the configured providers)."""
+        return decide(spec.route(), self.providers, self.settings.default_local)
+
     _keys: dict[str, tuple[float, Principal]] = field(default_factory=dict)
 
     async def authenticate(self, key: str) -> Principal:

@@ -11,7 +11,7 @@ from sse_starlette import EventSourceResponse
 
 from corral.api import stream
 from corral.api.deps import Reader, Svc, Writer, principal
-from corral.api.schemas import EventPage, JobAccepted, JobPage
+from corral.api.schemas import EventPage, JobAccepted, JobPage, RouteDecision
 from corral.auth import Principal, Role
 from corral.errors import BadRequest, Forbidden
 from corral.jobs import JobState
@@ -45,10 +45,19 @@ def _states(raw: list[str]) -> list[JobState]:
 
 @router.post("/jobs", status_code=202, response_model=JobAccepted)
 async def submit(spec: JobCreate, svc: Svc, who: Writer, response: Response) -> JobAccepted:
-    job, created = await svc.store.jobs.create(spec)
+    job, created = await svc.store.jobs.create(spec, svc.route(spec))
     if not created:
         response.status_code = 200
     return JobAccepted(job_id=job.id, session_id=job.session_id, state=job.state, created=created)
+
+
+@router.post("/route", response_model=RouteDecision)
+async def route(spec: JobCreate, svc: Svc, who: Reader) -> RouteDecision:
+    """Where this job would run, the rule that fired and why earlier rules did not."""
+    d = svc.route(spec)
+    return RouteDecision(
+        provider=d.provider, model=d.model, rule=d.rule, reason=d.reason, skipped=list(d.skipped)
+    )
 
 
 @router.get("/jobs", response_model=JobPage)
@@ -72,9 +81,7 @@ async def list_jobs(
 
 
 @router.get("/jobs/{job_id}", response_model=Job)
-async def get_job(
-    job_id: str, svc: Svc, who: Annotated[Principal, Depends(principal)]
-) -> Job:
+async def get_job(job_id: str, svc: Svc, who: Annotated[Principal, Depends(principal)]) -> Job:
     return await _readable(svc, await svc.store.jobs.get(job_id), who)
 
 

@@ -22,6 +22,14 @@ class JobPage(BaseModel):
     next: str | None = Field(None, description="Pass as `before` for the next page.")
 
 
+class RouteDecision(BaseModel):
+    provider: str
+    model: str | None
+    rule: int = Field(description="1..5: which rule of the routing precedence fired.")
+    reason: str
+    skipped: list[str] = Field(description="Why each earlier rule did not fire.")
+
+
 class SessionCreate(BaseModel):
     model_config = {"extra": "forbid"}
     title: str | None = Field(None, max_length=500)

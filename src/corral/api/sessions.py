@@ -11,7 +11,7 @@ from corral.api.deps import Reader, Svc, Writer
 from corral.api.jobs import _last_event_id, _sse
 from corral.api.schemas import EventPage, JobAccepted, SessionCreate, SessionDetail, TurnCreate
 from corral.errors import BadRequest
-from corral.models import JobCreate, Session
+from corral.models import Session
 
 router = APIRouter(tags=["sessions"])
 
@@ -34,8 +34,8 @@ async def add_turn(
 ) -> JobAccepted:
     if body.session_id not in (None, session_id):
         raise BadRequest("session_id in the body differs from the path")
-    spec = JobCreate(**{**body.model_dump(exclude_unset=True), "session_id": session_id})
-    job, created = await svc.store.jobs.create(spec)
+    spec = body.model_copy(update={"session_id": session_id})
+    job, created = await svc.store.jobs.create(spec, svc.route(spec))
     if not created:
         response.status_code = 200
     return JobAccepted(job_id=job.id, session_id=job.session_id, state=job.state, created=created)

@@ -24,6 +24,7 @@ async def status(svc: Svc, who: Reader) -> dict[str, Any]:
     return {
         "version": __version__,
         "database": svc.store.db.dialect,
+        "paused": await svc.store.settings.get("paused") == "true",
         "jobs": await svc.store.jobs.counts(),
         "runners": [r.model_dump(mode="json") for r in runners],
     }

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from corral import __version__
-from corral.cli import admin, jobs, keys, sessions
+from corral.cli import admin, control, jobs, keys, sessions
 from corral.cli.common import err
 from corral.cli.runner import runner
 from corral.cli.serve import serve
@@ -45,6 +45,10 @@ app.command()(serve)
 app.command()(submit)
 app.command()(turn)
 app.command()(runner)
+app.command()(control.route)
+app.command()(control.status)
+app.command()(control.pause)
+app.command()(control.resume)
 app.command()(admin.migrate)
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(sessions.app, name="sessions")

@@ -68,7 +68,7 @@ def show(
         ("state", state(job.state.value)),
         ("session", job.session_id),
         ("turn", str(job.turn)),
-        ("provider", job.provider),
+        ("provider", job.provider + (f" (model {job.model})" if job.model else "")),
         ("attempt", f"{job.attempt} of {job.max_attempts}"),
         ("priority", str(job.priority)),
         ("source", job.source + (f" ({job.source_ref})" if job.source_ref else "")),
@@ -77,6 +77,8 @@ def show(
         ("started", when(job.started_at)),
         ("finished", when(job.finished_at)),
     ]
+    if job.route_rule is not None:
+        rows.append(("routed", f"rule {job.route_rule}: {job.route_reason}"))
     if job.runner_id:
         rows.append(("runner", job.runner_id))
     if job.exit_code is not None:

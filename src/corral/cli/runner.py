@@ -51,7 +51,7 @@ def runner(
         workdir=workdir or s.data_dir,
         name=name,
         slots=slots or s.runner.slots,
-        providers={p: p for p in providers},
+        providers=s.provider_kinds(providers),
         lease_wait=s.runner.lease_wait,
         kill_grace=s.runner.kill_grace,
     )

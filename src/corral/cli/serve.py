@@ -113,7 +113,7 @@ async def run(settings: Settings) -> None:
                 workdir=settings.data_dir,
                 name="embedded",
                 slots=settings.runner.slots,
-                providers={p: p for p in settings.runner.providers},
+                providers=settings.provider_kinds(settings.runner.providers),
                 lease_wait=settings.runner.lease_wait,
                 kill_grace=settings.runner.kill_grace,
             )

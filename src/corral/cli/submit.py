@@ -83,7 +83,9 @@ def submit(
     text: Annotated[str | None, typer.Argument(help="What to run ('-' for stdin).")] = None,
     file: Annotated[Path | None, typer.Option("--file", "-f", help="Read it from a file.")] = None,
     wait: WaitOpt = False,
-    provider: Annotated[str, typer.Option(help="Provider to run it.")] = "shell",
+    provider: Annotated[
+        str | None, typer.Option(help="Preferred provider (routing decides; see corral route).")
+    ] = None,
     session: Annotated[str | None, typer.Option(help="Add as a turn of this session.")] = None,
     title: Annotated[str | None, typer.Option()] = None,
     priority: Annotated[int, typer.Option(min=0, max=9, help="0 is the most urgent.")] = 2,
@@ -116,7 +118,7 @@ def turn(
     text: Annotated[str | None, typer.Argument(help="The follow-up ('-' for stdin).")] = None,
     file: Annotated[Path | None, typer.Option("--file", "-f")] = None,
     wait: WaitOpt = False,
-    provider: Annotated[str, typer.Option()] = "shell",
+    provider: Annotated[str | None, typer.Option(help="Preferred provider.")] = None,
     timeout: Annotated[float | None, typer.Option()] = None,
     server: ServerOpt = None,
     token: TokenOpt = None,

@@ -19,10 +19,12 @@ from corral.auth import WorkerClaims
 from corral.errors import Conflict, JobNotActive, JobNotFound, SessionNotFound, StaleEpoch
 from corral.jobs import ACTIVE, TERMINAL, Action, JobState, backoff, transition
 from corral.models import Event, Job, JobCreate, NewEvent, Outcome, Runner, Session, new_id
+from corral.routing import Decision
 from corral.store import events as event_log
 from corral.store import sessions as session_store
 from corral.store.db import Database, Tx
 from corral.store.schema import jobs, runners, sessions
+from corral.store.schema import settings as server_settings
 
 Row = sa.Row[Any]
 _ACTIVE = [s.value for s in ACTIVE]
@@ -72,6 +74,8 @@ def _candidates() -> sa.Select[Any]:
 
 
 _CANDIDATES = _candidates()
+# The kill switch (Store.settings "paused"): no new leases while it is on.
+_PAUSED = sa.select(server_settings.c.value).where(server_settings.c.key == "paused")
 _CANDIDATES_LOCKED = _candidates().with_for_update(skip_locked=True)
 
 
@@ -186,15 +190,18 @@ class Jobs:
         self.db = db
         self.policy = policy or RetryPolicy()
 
-    async def create(self, spec: JobCreate) -> tuple[Job, bool]:
-        """Insert a job (a new session unless ``spec.session_id``). Returns
-        ``(job, created)``; an existing idempotency key returns that job."""
+    async def create(self, spec: JobCreate, route: Decision | None = None) -> tuple[Job, bool]:
+        """Insert a job (a new session unless ``spec.session_id``), on the
+        provider ``route`` chose (without one: as if routing did not exist).
+        Returns ``(job, created)``; an existing idempotency key returns that job."""
         if spec.idempotency_key is not None:
             existing = await self._by_key(spec.idempotency_key)
             if existing is not None:
                 return existing, False
         now = now_utc()
         max_attempts = spec.max_attempts or self.policy.default_max_attempts
+        provider = route.provider if route else spec.preferred_ai or "shell"
+        model = route.model if route else spec.model
 
         def body(tx: Tx) -> Job:
             if spec.session_id is not None:
@@ -218,7 +225,14 @@ class Jobs:
                     session_id=session_id,
                     turn=turn,
                     state=JobState.QUEUED,
-                    provider=spec.provider,
+                    provider=provider,
+                    model=model,
+                    preferred_ai=spec.preferred_ai,
+                    needs_local_agent=spec.needs_local_agent,
+                    allow_delegation=spec.allow_delegation,
+                    complexity_hint=spec.complexity_hint,
+                    route_rule=route.rule if route else None,
+                    route_reason=route.reason if route else None,
                     title=spec.title,
                     prompt=spec.prompt,
                     command=spec.command,
@@ -237,10 +251,28 @@ class Jobs:
                 )
                 .returning(*jobs.c)
             ).one()
+            routed = (
+                [
+                    NewEvent(
+                        type="job.routed",
+                        payload={
+                            "job_id": job_id,
+                            "provider": route.provider,
+                            "model": route.model,
+                            "rule": route.rule,
+                            "reason": route.reason,
+                            "skipped": list(route.skipped),
+                        },
+                    )
+                ]
+                if route
+                else []
+            )
             event_log.append(
                 tx,
                 session_id,
                 [
+                    *routed,
                     NewEvent(
                         type="job.state",
                         payload={
@@ -249,7 +281,7 @@ class Jobs:
                             "to": "queued",
                             "attempt": 1,
                         },
-                    )
+                    ),
                 ],
                 job_id=job_id,
                 epoch=0,
@@ -374,7 +406,7 @@ class Jobs:
                 sa.update(runners).where(runners.c.id == runner.id).values(last_seen_at=now)
             )
             room = min(max_jobs, runner.slots - held)
-            if room <= 0:
+            if room <= 0 or conn.execute(_PAUSED).scalar_one_or_none() == "true":
                 return []
             stmt = _CANDIDATES_LOCKED if skip_locked else _CANDIDATES
             rows = conn.execute(

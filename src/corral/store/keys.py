@@ -13,7 +13,7 @@ from corral import auth
 from corral.auth import Principal, Role
 from corral.errors import KeyNotFound, Unauthorized
 from corral.models import ApiKey
-from corral.store.db import Database
+from corral.store.db import Database, Tx
 from corral.store.jobs import now_utc
 from corral.store.schema import api_keys, settings
 
@@ -89,6 +89,25 @@ class ServerSettings:
 
     def __init__(self, db: Database) -> None:
         self.db = db
+
+    async def get(self, key: str) -> str | None:
+        select = sa.select(settings.c.value).where(settings.c.key == key)
+        value = await self.db.read(lambda conn: conn.execute(select).scalar_one_or_none())
+        return None if value is None else str(value)
+
+    async def set(self, key: str, value: str, *, notify: str | None = None) -> None:
+        """Store ``value``; with ``notify``, announce it on that bus topic."""
+
+        def body(tx: Tx) -> None:
+            updated = tx.conn.execute(
+                sa.update(settings).where(settings.c.key == key).values(value=value)
+            )
+            if updated.rowcount == 0:
+                tx.conn.execute(sa.insert(settings).values(key=key, value=value))
+            if notify is not None:
+                tx.notify(notify, f"{key}={value}")
+
+        await self.db.write(body)
 
     async def get_or_create(self, key: str, make: Callable[[], str]) -> str:
         select = sa.select(settings.c.value).where(settings.c.key == key)

@@ -1,0 +1,22 @@
+"""The kill switch: paused means no new leases; running jobs finish and
+intake keeps accepting and queueing."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from corral.api.deps import Admin, Svc
+
+router = APIRouter(tags=["admin"])
+
+
+@router.post("/admin/pause")
+async def pause(svc: Svc, who: Admin) -> dict[str, bool]:
+    await svc.store.settings.set("paused", "true")
+    return {"paused": True}
+
+
+@router.post("/admin/resume")
+async def resume(svc: Svc, who: Admin) -> dict[str, bool]:
+    await svc.store.settings.set("paused", "false", notify="dispatch")
+    return {"paused": False}

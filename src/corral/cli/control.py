@@ -1,0 +1,74 @@
+"""`corral route`, `corral pause|resume`, `corral status`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from corral import queue_file
+from corral.cli.common import JsonOpt, ServerOpt, TokenOpt, client, console, dump
+from corral.errors import BadRequest
+
+
+def route(
+    file: Annotated[str, typer.Argument(help="A queue file (Markdown + front matter), or -.")],
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show where a job would run: the provider, the rule that fired, and why
+    the earlier rules did not (asks the server, whose providers count)."""
+    if file == "-":
+        text = sys.stdin.read()
+    else:
+        try:
+            text = Path(file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise BadRequest(f"cannot read {file}: {exc}") from exc
+    spec = queue_file.parse(text, source_ref=file)
+    with client(server, token) as c:
+        decision = c.route(**spec.model_dump(exclude_none=True, exclude={"source_ref"}))
+    if as_json:
+        dump(decision)
+        return
+    model = f" (model {decision['model']})" if decision.get("model") else ""
+    console.print(
+        f"[bold]{decision['provider']}[/]{model} by rule {decision['rule']}: {decision['reason']}"
+    )
+    for line in decision["skipped"]:
+        console.print(f"  not rule {line}", markup=False)
+
+
+def pause(server: ServerOpt = None, token: TokenOpt = None) -> None:
+    """Kill switch on: no new leases; running jobs finish, submissions queue."""
+    with client(server, token) as c:
+        c.pause()
+    console.print("Paused: no job starts until `corral resume`.")
+
+
+def resume(server: ServerOpt = None, token: TokenOpt = None) -> None:
+    """Kill switch off: queued jobs start again."""
+    with client(server, token) as c:
+        c.resume()
+    console.print("Resumed: queued jobs start again.")
+
+
+def status(server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
+    """Server status: kill switch, job counts, runners."""
+    with client(server, token) as c:
+        data = c.status()
+    if as_json:
+        dump(data)
+        return
+    switch = "[red]PAUSED[/] (corral resume)" if data["paused"] else "[green]running[/]"
+    console.print(f"corral {data['version']} on {data['database']}: {switch}")
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(data["jobs"].items())) or "no jobs"
+    console.print(f"jobs: {counts}")
+    for r in data["runners"]:
+        console.print(
+            f"runner {r['name']}: {r['slots']} slots, providers {', '.join(r['providers'])}",
+            markup=False,
+        )

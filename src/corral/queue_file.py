@@ -1,0 +1,101 @@
+"""A queue file: Markdown whose YAML front matter holds the job's fields and
+whose body is the prompt. Pure: text in, a JobCreate (or a precise error) out.
+
+    ---
+    title: Fix the flaky test
+    priority: 1
+    preferred_ai: claude
+    ---
+    The test in tests/test_api.py fails one run in ten. Find out why.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from corral.errors import InvalidInput
+from corral.models import JobCreate
+
+# Front-matter keys and the JobCreate field each fills.
+KEYS: dict[str, str] = {
+    "title": "title",
+    "priority": "priority",
+    "labels": "labels",
+    "timeout": "timeout",
+    "max_attempts": "max_attempts",
+    "preferred_ai": "preferred_ai",
+    "provider": "preferred_ai",
+    "executor": "preferred_ai",
+    "allow_delegation": "allow_delegation",
+    "needs_local_agent": "needs_local_agent",
+    "needs_claude_code": "needs_local_agent",
+    "complexity_hint": "complexity_hint",
+    "model": "model",
+    "session": "session_id",
+    "command": "command",
+    "idempotency_key": "idempotency_key",
+}
+# Known job fields this version cannot act on yet: refused rather than ignored.
+NOT_YET = {"repo", "base", "webhook"}
+
+
+class QueueFileError(InvalidInput):
+    """The queue file is not a valid job."""
+
+    code = "invalid_queue_file"
+
+
+def split(text: str) -> tuple[str | None, str]:
+    """(front matter or None, body)."""
+    lines = text.splitlines(keepends=True)
+    if not lines or lines[0].rstrip("\r\n") != "---":
+        return None, text
+    for i, line in enumerate(lines[1:], start=1):
+        if line.rstrip("\r\n") in ("---", "..."):
+            return "".join(lines[1:i]), "".join(lines[i + 1 :])
+    raise QueueFileError("front matter starts with '---' but has no closing '---' line")
+
+
+def parse(text: str, *, source_ref: str | None = None) -> JobCreate:
+    """The job described by ``text``; raises QueueFileError saying what to fix."""
+    if not text.strip():
+        raise QueueFileError("the file is empty: write a prompt (and optional front matter)")
+    head, body = split(text)
+    fields: dict[str, Any] = {}
+    if head is not None:
+        try:
+            data = yaml.safe_load(head)
+        except yaml.YAMLError as exc:
+            raise QueueFileError(f"front matter is not valid YAML: {exc}") from exc
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise QueueFileError(
+                f"front matter must be a mapping of fields, not a {type(data).__name__}"
+            )
+        for key, value in data.items():
+            name = str(key)
+            if name in NOT_YET:
+                raise QueueFileError(f"{name!r} is not supported by this corral version yet")
+            if name not in KEYS:
+                hint = difflib.get_close_matches(name, [*KEYS, *NOT_YET], n=1)
+                suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+                raise QueueFileError(f"unknown field {name!r}{suggestion}")
+            target = KEYS[name]
+            if target in fields:
+                raise QueueFileError(f"{name!r} repeats a field already given by an alias")
+            fields[target] = value
+    prompt = body.strip()
+    if prompt:
+        fields["prompt"] = prompt
+    try:
+        return JobCreate.model_validate({**fields, "source": "folder", "source_ref": source_ref})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'job'}: {e['msg']}" for e in exc.errors()
+        )
+        raise QueueFileError(f"invalid job: {problems}") from exc

@@ -1,0 +1,66 @@
+"""queue_file.parse: front matter + body -> JobCreate, or a precise error."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from corral.queue_file import QueueFileError, parse
+
+
+def test_front_matter_and_body() -> None:
+    job = parse(
+        "---\ntitle: Fix it\npriority: 1\nlabels: [bug]\nprovider: claude\n"
+        "needs_claude_code: true\ncomplexity_hint: high\nsession: s1\n---\n\nDo the thing.\n",
+        source_ref="queue/fix.md",
+    )
+    assert (job.title, job.priority, job.labels) == ("Fix it", 1, ["bug"])
+    assert (job.preferred_ai, job.needs_local_agent, job.complexity_hint) == (
+        "claude",
+        True,
+        "high",
+    )
+    assert (job.session_id, job.prompt) == ("s1", "Do the thing.")
+    assert (job.source, job.source_ref) == ("folder", "queue/fix.md")
+
+
+def test_no_front_matter_is_a_job_with_defaults() -> None:
+    job = parse("just run the tests\n")
+    assert job.prompt == "just run the tests" and job.priority == 2
+    assert job.preferred_ai is None and job.allow_delegation
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("", "empty"),
+        ("  \n\n", "empty"),
+        ("---\ntitle: x\n", "no closing"),
+        ("---\ntitle: [x\n---\nbody", "not valid YAML"),
+        ("---\n- a\n- b\n---\nbody", "mapping"),
+        ("---\nprefered_ai: claude\n---\nbody", "did you mean 'preferred_ai'"),
+        ("---\nbogus: 1\n---\nbody", "unknown field 'bogus'"),
+        ("---\npriority: urgent\n---\nbody", "priority"),
+        ("---\npriority: 12\n---\nbody", "priority"),
+        ("---\ntimeout: -1\n---\nbody", "timeout"),
+        ("---\ntitle: only a title\n---\n", "prompt or command"),
+        ("---\nprovider: a\nexecutor: b\n---\nbody", "alias"),
+        ("---\nrepo: /src/app\n---\nbody", "not supported"),
+    ],
+    ids=lambda v: v[:24] if isinstance(v, str) else v,
+)
+def test_bad_files_say_what_to_fix(text: str, needle: str) -> None:
+    with pytest.raises(QueueFileError, match=needle) as info:
+        parse(text)
+    assert info.value.status == 422
+
+
+@given(st.text(max_size=300))
+def test_any_text_parses_or_raises_a_queue_file_error(text: str) -> None:
+    try:
+        job = parse(text)
+    except QueueFileError as exc:
+        assert exc.message
+    else:
+        assert job.prompt or job.command
