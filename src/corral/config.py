@@ -129,6 +129,12 @@ class Settings(BaseSettings):
         description="HS256 secret for worker JWTs. Default: generated once and kept "
         "in the database, so every replica shares it.",
     )
+    queue_enabled: bool = Field(True, description="Watch the queue folder.")
+    queue_dir: Path = Field(
+        Path("queue"),
+        description="The queue folder; a relative path is taken from the config file's "
+        "directory (or the working directory without one).",
+    )
     providers: dict[str, ProviderSettings] = Field(
         default_factory=dict,
         description="[providers.NAME] tables; a local `shell` provider always exists.",
@@ -209,7 +215,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     path = config_file if config_file is not None else Path("corral.toml")
     token = _CONFIG_FILE.set(path if path.is_file() else None)
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors()
@@ -219,6 +225,10 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         raise ConfigError(f"cannot read {path}: {exc}") from exc
     finally:
         _CONFIG_FILE.reset(token)
+    if not settings.queue_dir.is_absolute():
+        base = path.parent if path.is_file() else Path.cwd()
+        settings.queue_dir = (base / settings.queue_dir).resolve()
+    return settings
 
 
 def masked(settings: Settings) -> dict[str, Any]:

@@ -12,13 +12,14 @@ whose body is the prompt. Pure: text in, a JobCreate (or a precise error) out.
 from __future__ import annotations
 
 import difflib
+import json
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
 from corral.errors import InvalidInput
-from corral.models import JobCreate
+from corral.models import Job, JobCreate
 
 # Front-matter keys and the JobCreate field each fills.
 KEYS: dict[str, str] = {
@@ -99,3 +100,79 @@ def parse(text: str, *, source_ref: str | None = None) -> JobCreate:
             f"{'.'.join(str(p) for p in e['loc']) or 'job'}: {e['msg']}" for e in exc.errors()
         )
         raise QueueFileError(f"invalid job: {problems}") from exc
+
+
+MARK = "<!-- corral:result "
+
+
+def footer(job: Job) -> str:
+    """What is appended to a finished queue file: Markdown a person reads and
+    one HTML comment line (``<!-- corral:result {json} -->``) a program parses."""
+    duration = None
+    if job.started_at and job.finished_at:
+        duration = round((job.finished_at - job.started_at).total_seconds(), 3)
+    data = {
+        "job_id": job.id,
+        "state": job.state.value,
+        "provider": job.provider,
+        "model": job.model,
+        "attempts": job.attempt,
+        "duration_s": duration,
+        "cost": job.cost,
+        "usage": job.usage,
+        "exit_code": job.exit_code,
+        "error": job.error,
+        "reason": job.reason,
+        "session_id": job.session_id,
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+    }
+    lines = [
+        "",
+        "---",
+        "",
+        f"## corral: {job.state.value}",
+        "",
+        f"- job: `{job.id}` (session `{job.session_id}`)",
+        f"- provider: {job.provider}" + (f", model {job.model}" if job.model else ""),
+        f"- attempts: {job.attempt}",
+    ]
+    if duration is not None:
+        lines.append(f"- duration: {duration:g} s")
+    if job.cost is not None:
+        lines.append(f"- cost: ${job.cost:.4f}")
+    if job.usage:
+        lines.append(f"- tokens: {json.dumps(job.usage)}")
+    if job.error:
+        why = f" ({job.reason})" if job.reason else ""
+        lines.append(f"- error: {job.error}{why}")
+    if job.result:
+        lines += ["", "```text", job.result.replace("```", "`\u200b``"), "```"]
+    lines += ["", MARK + json.dumps(data) + " -->", ""]
+    return "\n".join(lines)
+
+
+def rejection(reason: str) -> str:
+    """The footer of a file that never became a job."""
+    data = {"state": "rejected", "error": reason}
+    return "\n".join(
+        [
+            "",
+            "---",
+            "",
+            "## corral: rejected",
+            "",
+            f"- error: {reason}",
+            "",
+            MARK + json.dumps(data) + " -->",
+            "",
+        ]
+    )
+
+
+def result_of(text: str) -> dict[str, Any] | None:
+    """The machine-readable block of a finished queue file, if any."""
+    for line in reversed(text.splitlines()):
+        if line.startswith(MARK) and line.endswith(" -->"):
+            data: dict[str, Any] = json.loads(line[len(MARK) : -4])
+            return data
+    return None

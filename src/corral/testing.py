@@ -136,6 +136,7 @@ def start_server(
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            cwd=data_dir,  # a relative queue_dir lands in the data dir, not the caller's cwd
         )
     srv = ServerProcess(f"http://127.0.0.1:{port}", port, data_dir, proc, log, extra)
     deadline = time.monotonic() + timeout

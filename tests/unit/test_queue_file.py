@@ -64,3 +64,51 @@ def test_any_text_parses_or_raises_a_queue_file_error(text: str) -> None:
         assert exc.message
     else:
         assert job.prompt or job.command
+
+
+def test_footer_is_readable_and_parseable() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from corral.jobs import JobState
+    from corral.models import Job
+    from corral.queue_file import footer, rejection, result_of
+
+    now = datetime.now(UTC)
+    job = Job(
+        id="j1",
+        session_id="s1",
+        turn=1,
+        state=JobState.FAILED,
+        provider="shell",
+        priority=2,
+        attempt=2,
+        max_attempts=2,
+        source="folder",
+        epoch=3,
+        created_at=now,
+        started_at=now,
+        finished_at=now + timedelta(seconds=1.5),
+        available_at=now,
+        updated_at=now,
+        error="exit code 3",
+        reason="exit_code",
+        exit_code=3,
+        result="line ```with fence```",
+        cost=0.25,
+        usage={"tokens": 7},
+    )
+    text = "---\ntitle: t\n---\nbody\n" + footer(job)
+    assert "## corral: failed" in text and "- error: exit code 3 (exit_code)" in text
+    assert "- duration: 1.5 s" in text and "- cost: $0.2500" in text
+    assert text.count("```") == 2  # the output cannot close the fence early
+    data = result_of(text)
+    assert data is not None
+    assert (data["job_id"], data["state"], data["attempts"], data["exit_code"]) == (
+        "j1",
+        "failed",
+        2,
+        3,
+    )
+    assert data["duration_s"] == 1.5 and data["usage"] == {"tokens": 7}
+    assert result_of("no footer here") is None
+    assert result_of("x" + rejection("bad yaml")) == {"state": "rejected", "error": "bad yaml"}

@@ -81,6 +81,14 @@ async def run(settings: Settings) -> None:
                 store, settings.data_dir / "runner.key", name="embedded runner", role=Role.RUNNER
             )
         app = create_app(settings, store=store)
+        intake = None
+        if settings.queue_enabled:
+            from corral.intake.folder import FolderIntake
+
+            intake = FolderIntake(
+                settings.queue_dir, store, lambda spec: app.state.services.route(spec)
+            )
+            intake.prepare()
         config = uvicorn.Config(
             app,
             host=settings.host,
@@ -119,7 +127,15 @@ async def run(settings: Settings) -> None:
             )
             runner_task = asyncio.create_task(runner.run(), name="corral-embedded-runner")
             server.on_exit = runner_task.cancel
+        intake_task: asyncio.Task[None] | None = None
+        if intake is not None:
+            intake_task = asyncio.create_task(intake.run(), name="corral-queue-folder")
+            err.print(f"queue folder: {settings.queue_dir}")
         await serving
+        if intake_task is not None:
+            intake_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await intake_task
         if runner_task is not None:
             runner_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -135,9 +151,12 @@ def serve(
     config: ConfigOpt = None,
     log_format: Annotated[str | None, typer.Option(help="text or json.")] = None,
     no_runner: Annotated[bool, typer.Option("--no-runner", help="Do not embed a runner.")] = False,
+    queue: Annotated[Path | None, typer.Option(help="Queue folder to watch.")] = None,
+    no_queue: Annotated[bool, typer.Option("--no-queue", help="Do not watch a folder.")] = False,
 ) -> None:
     """Start the control plane (HTTP API) with an embedded runner."""
     overrides: dict[str, Any] = {
+        "queue_dir": queue,
         "host": host,
         "port": port,
         "data_dir": data_dir,
@@ -146,6 +165,8 @@ def serve(
     settings = load_settings(config, **overrides)
     if no_runner:
         settings.runner.embedded = False
+    if no_queue:
+        settings.queue_enabled = False
     logs.setup(settings.log_level, settings.log_format)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run(settings))

@@ -147,6 +147,8 @@ def apply(
     )
     if new is JobState.QUEUED:
         tx.notify("dispatch", job.id)
+    if new in TERMINAL:
+        tx.notify("jobs", job.id)  # sinks (queue folder, ...) wait on this
     return job
 
 
@@ -195,7 +197,7 @@ class Jobs:
         provider ``route`` chose (without one: as if routing did not exist).
         Returns ``(job, created)``; an existing idempotency key returns that job."""
         if spec.idempotency_key is not None:
-            existing = await self._by_key(spec.idempotency_key)
+            existing = await self.by_idempotency_key(spec.idempotency_key)
             if existing is not None:
                 return existing, False
         now = now_utc()
@@ -297,12 +299,12 @@ class Jobs:
             if spec.idempotency_key is None:
                 raise
             # A concurrent submit with the same key won the race.
-            existing = await self._by_key(spec.idempotency_key)
+            existing = await self.by_idempotency_key(spec.idempotency_key)
             if existing is None:
                 raise
             return existing, False
 
-    async def _by_key(self, key: str) -> Job | None:
+    async def by_idempotency_key(self, key: str) -> Job | None:
         row = await self.db.read(
             lambda conn: conn.execute(
                 sa.select(jobs).where(jobs.c.idempotency_key == key)

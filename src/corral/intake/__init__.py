@@ -1,0 +1,1 @@
+"""Intake sources that turn outside work into jobs (the queue folder, ...)."""

@@ -1,0 +1,218 @@
+"""The queue folder: every ``*.md`` file dropped in it becomes a job.
+
+    queue/          new files (picked up within a second: file watching, plus a scan at start)
+    queue/running/  files whose job is not finished
+    queue/done/     finished files, with a result footer appended
+    queue/failed/   failed jobs and rejected files, with the reason appended
+
+A file is moved to running/ (an atomic rename) before its job is submitted
+with an idempotency key made of its name and content hash, so a crash between
+the two steps re-submits the same job instead of a second one; at start,
+running/ is reconciled with the jobs table. Files still being written (dot
+files, ``*.tmp``, ``*.swp``, ``~`` backups, or modified in the last
+SETTLE_SECONDS) are left alone until they settle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from watchfiles import Change, awatch
+
+from corral import queue_file
+from corral.errors import CorralError
+from corral.jobs import TERMINAL
+from corral.models import Job, JobCreate
+from corral.routing import Decision
+from corral.store import Store
+
+log = logging.getLogger(__name__)
+
+SETTLE_SECONDS = 0.2
+
+
+def wanted(name: str) -> bool:
+    return (
+        name.endswith(".md")
+        and not name.startswith(".")
+        and not name.endswith(("~", ".tmp", ".swp"))
+    )
+
+
+def idempotency_key(name: str, raw: bytes) -> str:
+    return f"folder:{name}:{hashlib.sha256(raw).hexdigest()[:32]}"
+
+
+class FolderIntake:
+    def __init__(self, root: Path, store: Store, route: Callable[[JobCreate], Decision]) -> None:
+        self.root = root
+        self.running = root / "running"
+        self.done = root / "done"
+        self.failed = root / "failed"
+        self.store = store
+        self.route = route
+        self._rescan: asyncio.TimerHandle | None = None
+        self._scan_lock = asyncio.Lock()
+
+    def prepare(self) -> None:
+        """Create the folders (before the server says it is up)."""
+        for d in (self.root, self.running, self.done, self.failed):
+            d.mkdir(parents=True, exist_ok=True)
+
+    async def run(self) -> None:
+        self.prepare()
+        with self.store.bus.subscribe("jobs", maxsize=100_000) as finished:
+            await self.reconcile()
+            await self.scan()
+            watcher = asyncio.create_task(self._watch(), name="corral-queue-watch")
+            try:
+                while True:
+                    messages = await finished.get(timeout=10.0)
+                    if finished.overflowed or not messages:
+                        finished.overflowed = False
+                        await self.reconcile()  # cheap insurance: lists running/
+                    for job_id in messages:
+                        if isinstance(job_id, str):
+                            await self._finish(await self.store.jobs.get(job_id))
+            finally:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+
+    async def _watch(self) -> None:
+        def relevant(change: Change, path: str) -> bool:
+            return change != Change.deleted and wanted(os.path.basename(path))
+
+        async for _ in awatch(
+            self.root, recursive=False, debounce=100, step=20, watch_filter=relevant
+        ):
+            await self.scan()
+
+    async def scan(self) -> None:
+        """Take every settled file in the folder, most urgent first."""
+        async with self._scan_lock:
+            now = time.time()
+            taken: list[tuple[int, float, Path, bytes, JobCreate | str]] = []
+            unsettled = False
+            for entry in os.scandir(self.root):
+                if not entry.is_file() or not wanted(entry.name):
+                    continue
+                stat = entry.stat()
+                if now - stat.st_mtime < SETTLE_SECONDS:
+                    unsettled = True
+                    continue
+                path = Path(entry.path)
+                try:
+                    raw = path.read_bytes()
+                except OSError:
+                    continue  # gone already (another replica took it)
+                spec: JobCreate | str
+                try:
+                    spec = queue_file.parse(raw.decode("utf-8"), source_ref=entry.name)
+                except UnicodeDecodeError:
+                    spec = "the file is not UTF-8 text"
+                except CorralError as exc:
+                    spec = exc.message
+                priority = spec.priority if isinstance(spec, JobCreate) else -1
+                taken.append((priority, stat.st_mtime, path, raw, spec))
+            for _, _, path, raw, spec in sorted(taken, key=lambda t: (t[0], t[1])):
+                if isinstance(spec, str):
+                    self._reject(path, raw, spec)
+                else:
+                    await self._submit(path, raw, spec)
+            if unsettled:
+                self._schedule_rescan()
+
+    def _schedule_rescan(self) -> None:
+        if self._rescan is None or self._rescan.cancelled():
+            loop = asyncio.get_running_loop()
+
+            def fire() -> None:
+                self._rescan = None
+                asyncio.create_task(self.scan())
+
+            self._rescan = loop.call_later(SETTLE_SECONDS, fire)
+
+    def _reject(self, path: Path, raw: bytes, reason: str) -> None:
+        target = _free(self.failed / path.name)
+        _write(target, raw + queue_file.rejection(reason).encode())
+        path.unlink(missing_ok=True)
+        log.warning("queue file %s rejected: %s", path.name, reason)
+
+    async def _submit(self, path: Path, raw: bytes, spec: JobCreate) -> None:
+        dest = _free(self.running / path.name)
+        try:
+            os.rename(path, dest)  # atomic: this replica owns the file now
+        except FileNotFoundError:
+            return
+        await self._ensure_job(dest, raw, spec)
+
+    async def _ensure_job(self, path: Path, raw: bytes, spec: JobCreate) -> Job:
+        spec = spec.model_copy(
+            update={
+                "idempotency_key": idempotency_key(path.name, raw),
+                "source_ref": str(path),
+            }
+        )
+        job, _ = await self.store.jobs.create(spec, self.route(spec))
+        if job.state in TERMINAL:
+            await self._finish(job)
+        return job
+
+    async def reconcile(self) -> None:
+        """Files in running/: submit the ones whose job was never created,
+        finish the ones whose job ended."""
+        for path in sorted(self.running.glob("*.md")):
+            try:
+                raw = path.read_bytes()
+            except OSError:
+                continue
+            job = await self.store.jobs.by_idempotency_key(idempotency_key(path.name, raw))
+            if job is None:
+                try:
+                    spec = queue_file.parse(raw.decode("utf-8"), source_ref=path.name)
+                except (UnicodeDecodeError, CorralError) as exc:
+                    self._reject(path, raw, str(exc))
+                    continue
+                await self._ensure_job(path, raw, spec)
+            elif job.state in TERMINAL:
+                await self._finish(job)
+
+    async def _finish(self, job: Job) -> None:
+        if job.source != "folder" or job.source_ref is None or job.state not in TERMINAL:
+            return
+        path = Path(job.source_ref)
+        if path.parent != self.running:
+            return
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return  # finished already
+        target = _free((self.done if job.state.value == "done" else self.failed) / path.name)
+        _write(target, raw + queue_file.footer(job).encode())
+        path.unlink(missing_ok=True)
+        log.info("queue file %s -> %s", path.name, target.parent.name, extra={"job_id": job.id})
+
+
+def _free(path: Path) -> Path:
+    """``path``, or ``name-2.md``, ``name-3.md``... if it is taken."""
+    if not path.exists():
+        return path
+    for n in range(2, 10_000):
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+        if not candidate.exists():
+            return candidate
+    raise FileExistsError(path)
+
+
+def _write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

@@ -1,0 +1,163 @@
+"""The queue folder with a real `corral serve`: files in, results out."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from corral.queue_file import result_of
+from corral.testing import ServerProcess, start_server
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Iterator[tuple[ServerProcess, Path]]:
+    queue = tmp_path / "queue"
+    srv = start_server(
+        tmp_path / "data", args=("--queue", str(queue)), env={"CORRAL_RUNNER__SLOTS": "8"}
+    )
+    try:
+        yield srv, queue
+    finally:
+        srv.stop()
+
+
+def _wait_for(pred, timeout: float = 30.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+def _drop(queue: Path, name: str, text: str | bytes) -> None:
+    """Write elsewhere, then rename in: how a file should arrive."""
+    tmp = queue / f".{name}.part"
+    tmp.write_bytes(text.encode() if isinstance(text, str) else text)
+    os.rename(tmp, queue / name)
+
+
+def test_files_become_jobs_and_come_back_with_a_footer(
+    folder: tuple[ServerProcess, Path],
+) -> None:
+    srv, queue = folder
+    _drop(queue, "hello.md", "---\ntitle: greet\npriority: 1\n---\necho hello from a file\n")
+    _drop(queue, "plain.md", "echo no front matter\n")
+    _drop(queue, "boom.md", "exit 3\n")
+    done = _wait_for(
+        lambda: (
+            (queue / "done" / "hello.md").exists()
+            and (queue / "done" / "plain.md").exists()
+            and (queue / "failed" / "boom.md").exists()
+        )
+    )
+    assert done
+    text = (queue / "done" / "hello.md").read_text()
+    assert text.startswith("---\ntitle: greet")  # the original is kept
+    assert "## corral: done" in text and "hello from a file" in text
+    result = result_of(text)
+    assert result is not None and result["state"] == "done" and result["attempts"] == 1
+    failed = result_of((queue / "failed" / "boom.md").read_text())
+    assert failed is not None and failed["state"] == "failed" and failed["exit_code"] == 3
+    job = json.loads(srv.cli("jobs", "show", result["job_id"], "--json").stdout)
+    assert job["source"] == "folder" and job["source_ref"].endswith("running/hello.md")
+    assert job["title"] == "greet" and job["priority"] == 1
+    assert list((queue / "running").iterdir()) == []
+    assert not (queue / "hello.md").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "needle"),
+    [
+        ("typo.md", "---\nprefered_ai: claude\n---\nx\n", "did you mean 'preferred_ai'"),
+        ("yaml.md", "---\ntitle: [oops\n---\nx\n", "not valid YAML"),
+        ("type.md", "---\npriority: soon\n---\nx\n", "priority"),
+        ("empty.md", "", "empty"),
+        ("binary.md", b"\xff\xfe\x00bad", "not UTF-8"),
+    ],
+    ids=["unknown-key", "bad-yaml", "wrong-type", "empty", "not-utf8"],
+)
+def test_bad_files_go_to_failed_with_the_reason(
+    folder: tuple[ServerProcess, Path], name: str, content: str | bytes, needle: str
+) -> None:
+    srv, queue = folder
+    _drop(queue, name, content)
+    target = _wait_for(lambda: (queue / "failed" / name).exists() and queue / "failed" / name)
+    data = target.read_bytes()
+    assert data.startswith(content if isinstance(content, bytes) else content.encode())
+    result = result_of(data.decode("utf-8", "replace"))
+    assert result is not None and result["state"] == "rejected" and needle in result["error"]
+    # The watcher lives on: the next good file still runs.
+    _drop(queue, "after.md", "echo still alive\n")
+    assert _wait_for(lambda: (queue / "done" / "after.md").exists())
+
+
+def test_files_being_written_are_left_alone(folder: tuple[ServerProcess, Path]) -> None:
+    srv, queue = folder
+    for name in (".hidden.md", "draft.md.swp", "notes.md~", "partial.tmp"):
+        (queue / name).write_text("echo should not run\n")
+    time.sleep(1.5)
+    assert sorted(p.name for p in queue.iterdir() if p.is_file()) == [
+        ".hidden.md",
+        "draft.md.swp",
+        "notes.md~",
+        "partial.tmp",
+    ]
+    assert json.loads(srv.cli("jobs", "ls", "--json").stdout) == []
+
+
+def test_pickup_is_fast_and_a_burst_drains_in_priority_order(
+    folder: tuple[ServerProcess, Path],
+) -> None:
+    srv, queue = folder
+    start = time.monotonic()
+    _drop(queue, "first.md", "true\n")
+    _wait_for(
+        lambda: (queue / "running" / "first.md").exists() or (queue / "done" / "first.md").exists()
+    )
+    assert time.monotonic() - start < 1.0  # picked up within a second
+    # Pause so nothing runs while the burst is taken, then check lease order.
+    assert srv.cli("pause").returncode == 0
+    for i in range(60):
+        priority = [3, 0, 2][i % 3]
+        _drop(queue, f"burst-{i:03d}.md", f"---\npriority: {priority}\n---\ntrue\n")
+    _wait_for(lambda: len(list((queue / "running").glob("burst-*.md"))) == 60)
+    assert srv.cli("resume").returncode == 0
+    _wait_for(lambda: len(list((queue / "done").glob("burst-*.md"))) == 60, timeout=60)
+    with srv.http() as http:
+        jobs = http.get("/jobs", params={"limit": 500}).json()["jobs"]
+    burst = [j for j in jobs if (j["title"] or j["source_ref"] or "").count("burst-")]
+    assert len(burst) == 60 and {j["state"] for j in burst} == {"done"}
+    # One lease hands out up to 8 jobs at one timestamp, most urgent first.
+    by_start = sorted(burst, key=lambda j: (j["assigned_at"], j["priority"]))
+    priorities = [j["priority"] for j in by_start]
+    assert priorities == sorted(priorities)  # every P0 leased before any P2, P2 before P3
+
+
+def test_restart_reconciles_running_files(tmp_path: Path) -> None:
+    queue = tmp_path / "queue"
+    srv = start_server(tmp_path / "data", args=("--queue", str(queue)))
+    try:
+        _drop(queue, "long.md", "---\nmax_attempts: 2\n---\nsleep 2; echo survived\n")
+        _wait_for(lambda: (queue / "running" / "long.md").exists())
+        time.sleep(0.5)
+        srv.kill()
+    finally:
+        srv.stop()
+    again = start_server(tmp_path / "data", args=("--queue", str(queue)))
+    try:
+        target = _wait_for(
+            lambda: (queue / "done" / "long.md").exists() and queue / "done" / "long.md", timeout=40
+        )
+        result = result_of(target.read_text())
+        assert result is not None and result["state"] == "done"
+        jobs = json.loads(again.cli("jobs", "ls", "--json").stdout)
+        assert len(jobs) == 1  # the same job went on; nothing was submitted twice
+    finally:
+        again.stop()
