@@ -24,6 +24,7 @@ from functools import partial
 from pathlib import Path
 
 import cases
+import queue_case
 from cases import Result
 from rich.console import Console
 from rich.table import Table
@@ -162,6 +163,13 @@ async def main(plan: Plan, pg_base: str, only: str) -> list[Result]:
                     run.skip(f"(c) ingest, {layer}, PostgreSQL", "events/s", pg_reason)
             else:
                 await ingest(run, plan, root, "PostgreSQL", pg_base, None)
+        if "e" in only:
+            e_jobs = 200 if plan.throughput_jobs < 800 else 1000
+            await run.case(
+                "(e) queue folder",
+                "ms",
+                lambda: queue_case.queue_folder(root, 50, e_jobs, THROUGHPUT_SLOTS),
+            )
         if "d" in only:
             async with server(root, "d", env=OWN_RUNNER) as srv:
                 runner_id = await register(srv)
@@ -291,7 +299,7 @@ def cli() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="fewer samples (~30 s)")
-    parser.add_argument("--only", default="abcd", help="which benchmarks, e.g. --only ad")
+    parser.add_argument("--only", default="abcde", help="which benchmarks, e.g. --only ad")
     parser.add_argument(
         "--pg-url",
         default=os.environ.get("CORRAL_TEST_PG_URL", DEFAULT_PG),

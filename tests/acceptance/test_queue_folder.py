@@ -161,3 +161,28 @@ def test_restart_reconciles_running_files(tmp_path: Path) -> None:
         assert len(jobs) == 1  # the same job went on; nothing was submitted twice
     finally:
         again.stop()
+
+
+def test_kill_9_mid_burst_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    queue = tmp_path / "queue"
+    env = {"CORRAL_RUNNER__SLOTS": "4"}
+    srv = start_server(tmp_path / "data", args=("--queue", str(queue)), env=env)
+    try:
+        for i in range(80):
+            _drop(queue, f"b-{i:03d}.md", f"---\nmax_attempts: 3\n---\nsleep 0.0{i % 10}\n")
+        _wait_for(lambda: len(list((queue / "done").glob("b-*.md"))) >= 10)
+        srv.kill()
+    finally:
+        srv.stop()
+    again = start_server(tmp_path / "data", args=("--queue", str(queue)), env=env)
+    try:
+        _wait_for(lambda: len(list((queue / "done").glob("b-*.md"))) == 80, timeout=90)
+        names = sorted(p.name for p in (queue / "done").iterdir())
+        assert names == [f"b-{i:03d}.md" for i in range(80)]  # no b-001-2.md: no double finish
+        assert list((queue / "running").iterdir()) == [] and not list(queue.glob("b-*.md"))
+        with again.http() as http:
+            jobs = http.get("/jobs", params={"limit": 500}).json()["jobs"]
+        assert len(jobs) == 80 and {j["state"] for j in jobs} == {"done"}
+        assert len({j["source_ref"] for j in jobs}) == 80
+    finally:
+        again.stop()
