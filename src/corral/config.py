@@ -65,6 +65,9 @@ class ProviderSettings(BaseModel):
     tiers: dict[Literal["low", "medium", "high"], str] = Field(
         default_factory=dict, description="complexity_hint -> model."
     )
+    concurrency: int | None = Field(
+        None, ge=1, description="At most this many of its jobs active at once (others queue)."
+    )
 
     @property
     def is_local(self) -> bool:
@@ -140,6 +143,9 @@ class Settings(BaseSettings):
         description="[providers.NAME] tables; a local `shell` provider always exists.",
     )
     default_local: str = Field("shell", description="The local provider routing falls back to.")
+    max_running: int | None = Field(
+        None, ge=1, description="At most this many jobs active across all runners (others queue)."
+    )
     paused: bool = Field(
         False, description="Kill switch default when the database holds none: no new leases."
     )

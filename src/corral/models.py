@@ -35,6 +35,7 @@ class Job(BaseModel):
     complexity_hint: str | None = None
     route_rule: int | None = None
     route_reason: str | None = None
+    waiting: str | None = Field(None, description="Why a queued job is not running yet.")
     title: str | None = None
     prompt: str | None = None
     command: str | None = None

@@ -17,7 +17,7 @@ from corral.api.deps import Services
 from corral.api.limits import BodyLimit
 from corral.config import Settings, load_settings
 from corral.errors import CorralError
-from corral.store import RetryPolicy, Store
+from corral.store import Caps, RetryPolicy, Store
 from corral.store.keys import new_secret
 
 log = logging.getLogger(__name__)
@@ -31,8 +31,17 @@ def retry_policy(settings: Settings) -> RetryPolicy:
     )
 
 
+def caps(settings: Settings) -> Caps:
+    return Caps(
+        providers={n: p.concurrency for n, p in settings.providers.items() if p.concurrency},
+        total=settings.max_running,
+    )
+
+
 async def open_store(settings: Settings) -> Store:
-    return await Store.open(settings.effective_database_url, policy=retry_policy(settings))
+    return await Store.open(
+        settings.effective_database_url, policy=retry_policy(settings), caps=caps(settings)
+    )
 
 
 async def _watchdog(svc: Services) -> None:

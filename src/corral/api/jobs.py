@@ -82,7 +82,10 @@ async def list_jobs(
 
 @router.get("/jobs/{job_id}", response_model=Job)
 async def get_job(job_id: str, svc: Svc, who: Annotated[Principal, Depends(principal)]) -> Job:
-    return await _readable(svc, await svc.store.jobs.get(job_id), who)
+    job = await _readable(svc, await svc.store.jobs.get(job_id), who)
+    if job.state is JobState.QUEUED:
+        job = job.model_copy(update={"waiting": await svc.store.jobs.waiting(job)})
+    return job
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=Job)

@@ -77,6 +77,8 @@ def show(
         ("started", when(job.started_at)),
         ("finished", when(job.finished_at)),
     ]
+    if job.waiting:
+        rows.append(("waiting", job.waiting))
     if job.route_rule is not None:
         rows.append(("routed", f"rule {job.route_rule}: {job.route_reason}"))
     if job.runner_id:

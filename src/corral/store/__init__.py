@@ -10,7 +10,7 @@ from corral.bus.postgres import PostgresBus
 from corral.store import migrate
 from corral.store.db import Database
 from corral.store.events import Events
-from corral.store.jobs import Jobs, Lease, RetryPolicy
+from corral.store.jobs import Caps, Jobs, Lease, RetryPolicy
 from corral.store.keys import Keys, ServerSettings
 from corral.store.runners import Runners
 from corral.store.sessions import Sessions
@@ -20,9 +20,16 @@ class Store:
     """Repositories over one database, and the bus their commits publish to:
     in-process on SQLite, LISTEN/NOTIFY across replicas on PostgreSQL."""
 
-    def __init__(self, url: str, *, bus: Bus | None = None, policy: RetryPolicy | None = None):
+    def __init__(
+        self,
+        url: str,
+        *,
+        bus: Bus | None = None,
+        policy: RetryPolicy | None = None,
+        caps: Caps | None = None,
+    ):
         self.db = Database(url)
-        self.jobs = Jobs(self.db, policy)
+        self.jobs = Jobs(self.db, policy, caps)
         self.sessions = Sessions(self.db)
         self.events = Events(self.db)
         if bus is None and not self.db.is_sqlite:
@@ -57,13 +64,14 @@ class Store:
         *,
         bus: Bus | None = None,
         policy: RetryPolicy | None = None,
+        caps: Caps | None = None,
         migrate_schema: bool = True,
     ) -> Store:
-        store = cls(url, bus=bus, policy=policy)
+        store = cls(url, bus=bus, policy=policy, caps=caps)
         if migrate_schema:
             await store.migrate()
         await store.start()
         return store
 
 
-__all__ = ["Lease", "RetryPolicy", "Store"]
+__all__ = ["Caps", "Lease", "RetryPolicy", "Store"]

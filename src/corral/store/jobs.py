@@ -8,8 +8,8 @@ Module-level functions are transaction bodies (sync, given a ``Tx``); the
 from __future__ import annotations
 
 import builtins
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -41,6 +41,18 @@ class Lease:
 
 
 @dataclass(frozen=True, slots=True)
+class Caps:
+    """Concurrency caps: jobs beyond them wait in the queue, never dropped."""
+
+    providers: Mapping[str, int] = field(default_factory=dict)  # provider -> max active
+    total: int | None = None  # max active jobs across all runners
+
+    @property
+    def any(self) -> bool:
+        return bool(self.providers) or self.total is not None
+
+
+@dataclass(frozen=True, slots=True)
 class RetryPolicy:
     default_max_attempts: int = 1
     backoff_base: float = 2.0
@@ -54,7 +66,7 @@ def _candidates() -> sa.Select[Any]:
     Built once: constructing the alias per call costs more than running it."""
     other = jobs.alias("other")
     return (
-        sa.select(jobs.c.id, jobs.c.session_id)
+        sa.select(jobs.c.id, jobs.c.session_id, jobs.c.provider)
         .where(
             jobs.c.state == JobState.QUEUED.value,
             jobs.c.available_at <= sa.bindparam("now"),
@@ -74,6 +86,12 @@ def _candidates() -> sa.Select[Any]:
 
 
 _CANDIDATES = _candidates()
+_ACTIVE_BY_PROVIDER = (
+    sa.select(jobs.c.provider, sa.func.count())
+    .where(jobs.c.state.in_(_ACTIVE))
+    .group_by(jobs.c.provider)
+)
+_PG_LEASE_LOCK = 0x636F7272616D
 # The kill switch (Store.settings "paused"): no new leases while it is on.
 _PAUSED = sa.select(server_settings.c.value).where(server_settings.c.key == "paused")
 _CANDIDATES_LOCKED = _candidates().with_for_update(skip_locked=True)
@@ -152,6 +170,37 @@ def apply(
     return job
 
 
+def _assign(
+    tx: Tx, job_id: str, session_id: str, runner: Runner, now: datetime, ttl: float
+) -> Lease | None:
+    """Take the session's turn lock (bumping its epoch) and assign the job."""
+    srow = tx.conn.execute(
+        sa.update(sessions)
+        .where(sessions.c.id == session_id, sessions.c.active_job_id.is_(None))
+        .values(active_job_id=job_id, epoch=sessions.c.epoch + 1, updated_at=now)
+        .returning(*sessions.c)
+    ).one_or_none()
+    if srow is None:
+        return None
+    row = tx.conn.execute(
+        sa.update(jobs).where(jobs.c.id == job_id).values(epoch=srow.epoch).returning(*jobs.c)
+    ).one()
+    job = apply(
+        tx,
+        row,
+        Action.ASSIGN,
+        now=now,
+        values={
+            "runner_id": runner.id,
+            "assigned_at": now,
+            "lease_expires_at": now + timedelta(seconds=ttl),
+        },
+        note={"runner_id": runner.id},
+    )
+    # srow was read before apply() logged the "assigned" event.
+    return Lease(job, Session.model_validate({**srow._mapping, "last_seq": srow.last_seq + 1}))
+
+
 def lose(tx: Tx, row: Row, *, reason: str, error: str, now: datetime) -> Job:
     """The runner holding ``row`` is gone: bump the epoch so its writes are
     refused, then retry (attempts left) or fail the job."""
@@ -188,9 +237,12 @@ def _owned(tx: Tx, claims: WorkerClaims) -> Row:
 
 
 class Jobs:
-    def __init__(self, db: Database, policy: RetryPolicy | None = None) -> None:
+    def __init__(
+        self, db: Database, policy: RetryPolicy | None = None, caps: Caps | None = None
+    ) -> None:
         self.db = db
         self.policy = policy or RetryPolicy()
+        self.caps = caps or Caps()
 
     async def create(self, spec: JobCreate, route: Decision | None = None) -> tuple[Job, bool]:
         """Insert a job (a new session unless ``spec.session_id``), on the
@@ -396,9 +448,13 @@ class Jobs:
         value first, then oldest; one active turn per session, turns in order."""
         now = now_utc()
         skip_locked = not self.db.is_sqlite
+        caps = self.caps
 
         def body(tx: Tx) -> builtins.list[Lease]:
             conn = tx.conn
+            if caps.any and skip_locked:
+                # Caps count jobs across runners: lease one runner at a time.
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_LEASE_LOCK)))
             held = conn.execute(
                 sa.select(sa.func.count())
                 .select_from(jobs)
@@ -410,41 +466,39 @@ class Jobs:
             room = min(max_jobs, runner.slots - held)
             if room <= 0 or conn.execute(_PAUSED).scalar_one_or_none() == "true":
                 return []
+            active: dict[str, int] = {}
+            if caps.any:
+                active = {str(p): int(n) for p, n in conn.execute(_ACTIVE_BY_PROVIDER)}
+                if caps.total is not None:
+                    room = min(room, caps.total - sum(active.values()))
+            eligible = [
+                p
+                for p in runner.providers
+                if p not in caps.providers or active.get(p, 0) < caps.providers[p]
+            ]
+            if room <= 0 or not eligible:
+                return []
             stmt = _CANDIDATES_LOCKED if skip_locked else _CANDIDATES
-            rows = conn.execute(
-                stmt, {"now": now, "providers": runner.providers, "room": room}
-            ).all()
             leased: builtins.list[Lease] = []
-            for job_id, session_id in rows:
-                srow = conn.execute(
-                    sa.update(sessions)
-                    .where(sessions.c.id == session_id, sessions.c.active_job_id.is_(None))
-                    .values(active_job_id=job_id, epoch=sessions.c.epoch + 1, updated_at=now)
-                    .returning(*sessions.c)
-                ).one_or_none()
-                if srow is None:
-                    continue
-                row = conn.execute(
-                    sa.update(jobs)
-                    .where(jobs.c.id == job_id)
-                    .values(epoch=srow.epoch)
-                    .returning(*jobs.c)
-                ).one()
-                job = apply(
-                    tx,
-                    row,
-                    Action.ASSIGN,
-                    now=now,
-                    values={
-                        "runner_id": runner.id,
-                        "assigned_at": now,
-                        "lease_expires_at": now + timedelta(seconds=ttl),
-                    },
-                    note={"runner_id": runner.id},
-                )
-                # srow was read before apply() logged the "assigned" event.
-                session = Session.model_validate({**srow._mapping, "last_seq": srow.last_seq + 1})
-                leased.append(Lease(job, session))
+            while len(leased) < room and eligible:
+                rows = conn.execute(
+                    stmt, {"now": now, "providers": eligible, "room": room - len(leased)}
+                ).all()
+                filled = False
+                for job_id, session_id, provider in rows:
+                    cap = caps.providers.get(provider)
+                    if cap is not None and active.get(provider, 0) >= cap:
+                        # Filled during this lease: look again without it.
+                        if provider in eligible:
+                            eligible.remove(provider)
+                        filled = True
+                        continue
+                    lease = _assign(tx, job_id, session_id, runner, now, ttl)
+                    if lease is not None:
+                        leased.append(lease)
+                        active[provider] = active.get(provider, 0) + 1
+                if not filled:
+                    break
             return leased
 
         return await self.db.write(body)
@@ -556,6 +610,52 @@ class Jobs:
             ]
 
         return await self.db.write(body)
+
+    async def waiting(self, job: Job) -> str | None:
+        """Why a queued job is not running yet (None unless it is queued)."""
+        if job.state is not JobState.QUEUED:
+            return None
+        caps = self.caps
+        now = now_utc()
+
+        def body(conn: sa.Connection) -> str:
+            if conn.execute(_PAUSED).scalar_one_or_none() == "true":
+                return "paused: the kill switch is on (corral resume)"
+            if job.available_at > now:
+                return f"retry backoff until {job.available_at.isoformat(timespec='seconds')}"
+            before = conn.execute(
+                sa.select(jobs.c.turn, jobs.c.state)
+                .where(
+                    jobs.c.session_id == job.session_id,
+                    jobs.c.id != job.id,
+                    sa.or_(
+                        jobs.c.state.in_(_ACTIVE),
+                        sa.and_(jobs.c.state == JobState.QUEUED.value, jobs.c.turn < job.turn),
+                    ),
+                )
+                .order_by(jobs.c.turn)
+                .limit(1)
+            ).one_or_none()
+            if before is not None:
+                return f"turn lock: turn {before.turn} of its session is {before.state}"
+            active = {str(p): int(n) for p, n in conn.execute(_ACTIVE_BY_PROVIDER)}
+            cap = caps.providers.get(job.provider)
+            if cap is not None and active.get(job.provider, 0) >= cap:
+                return f"provider cap: {active[job.provider]}/{cap} {job.provider} jobs active"
+            if caps.total is not None and sum(active.values()) >= caps.total:
+                return f"global cap: {sum(active.values())}/{caps.total} jobs active"
+            serving = [
+                r
+                for r in conn.execute(
+                    sa.select(runners.c.providers).where(runners.c.status == "active")
+                ).scalars()
+                if job.provider in r
+            ]
+            if not serving:
+                return f"no active runner serves provider {job.provider!r}"
+            return "waiting for a free runner slot"
+
+        return await self.db.read(body)
 
     async def counts(self) -> dict[str, int]:
         stmt = sa.select(jobs.c.state, sa.func.count()).group_by(jobs.c.state)
