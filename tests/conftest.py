@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -39,19 +40,19 @@ async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'corral.db'}"
         return
-    reason = await pg_skip_reason()
-    if reason:
-        pytest.skip(reason)
-    url = await create_pg_database(PG_URL)
-    try:
+    async with fresh_pg() as url:
         yield url
-    finally:
-        await drop_pg_database(url)
 
 
 @pytest.fixture
 async def pg_url() -> AsyncIterator[str]:
     """A fresh PostgreSQL database (for tests that only make sense there)."""
+    async with fresh_pg() as url:
+        yield url
+
+
+@asynccontextmanager
+async def fresh_pg() -> AsyncIterator[str]:
     reason = await pg_skip_reason()
     if reason:
         pytest.skip(reason)

@@ -15,8 +15,9 @@ nobody hears of rows they cannot read yet.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -104,14 +105,8 @@ class Database:
             future = asyncio.ensure_future(self._pg_write(body))
         future.add_done_callback(self._published)
         self._pending.add(future)
-        try:
+        with _outages():
             result, _ = await asyncio.shield(future)
-        except (OperationalError, DBAPIError) as exc:
-            if _outage(exc):
-                raise StoreUnavailable(f"database error: {exc.orig}") from exc
-            raise
-        except OSError as exc:
-            raise StoreUnavailable(f"database unreachable: {exc}") from exc
         return result
 
     async def _pg_write(self, body: Callable[[Tx], T]) -> tuple[T, Tx]:
@@ -136,7 +131,7 @@ class Database:
 
     async def read(self, body: Callable[[sa.Connection], T]) -> T:
         """Run ``body`` on a read connection (no writes)."""
-        try:
+        with _outages():
             if self.is_sqlite:
 
                 def run() -> T:
@@ -146,12 +141,6 @@ class Database:
                 return await asyncio.get_running_loop().run_in_executor(self._read_threads, run)
             async with self.engine.connect() as conn:
                 return await conn.run_sync(body)
-        except (OperationalError, DBAPIError) as exc:
-            if _outage(exc):
-                raise StoreUnavailable(f"database error: {exc.orig}") from exc
-            raise
-        except OSError as exc:
-            raise StoreUnavailable(f"database unreachable: {exc}") from exc
 
     async def dispose(self) -> None:
         if self._pending:
@@ -167,8 +156,18 @@ class Database:
             await self.engine.dispose()
 
 
-def _outage(exc: DBAPIError) -> bool:
-    return isinstance(exc, OperationalError) or exc.connection_invalidated
+@contextmanager
+def _outages() -> Iterator[None]:
+    """Driver errors that mean "the database is not there" become
+    StoreUnavailable (503); the rest (integrity errors, ...) pass through."""
+    try:
+        yield
+    except DBAPIError as exc:
+        if isinstance(exc, OperationalError) or exc.connection_invalidated:
+            raise StoreUnavailable(f"database error: {exc.orig}") from exc
+        raise
+    except OSError as exc:
+        raise StoreUnavailable(f"database unreachable: {exc}") from exc
 
 
 def _sqlite_engine(url: sa.URL, *, writer: bool) -> sa.Engine:
