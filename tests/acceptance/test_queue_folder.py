@@ -196,3 +196,30 @@ def test_kill_9_mid_burst_loses_and_duplicates_nothing(tmp_path: Path) -> None:
         assert len({j["source_ref"] for j in jobs}) == 80
     finally:
         again.stop()
+
+
+def test_two_replicas_share_one_folder_and_finish_each_file_once(
+    tmp_path: Path, pg_url: str
+) -> None:
+    queue = tmp_path / "queue"
+    args = ("--queue", str(queue))
+    a = start_server(tmp_path / "a", database_url=pg_url, args=args)
+    b = start_server(tmp_path / "b", database_url=pg_url, args=args)
+    try:
+        for i in range(40):
+            _drop(queue, f"r-{i:02d}.md", f"sleep 0.0{i % 5}; echo {i}\n")
+        _wait_for(lambda: len(list((queue / "done").glob("r-*.md"))) == 40, timeout=60)
+        # One replica leads the folder; the other stands by. No file is finished twice.
+        time.sleep(0.5)
+        names = sorted(p.name for p in (queue / "done").iterdir())
+        assert names == [f"r-{i:02d}.md" for i in range(40)]
+        with a.http() as http:
+            jobs = http.get("/jobs", params={"limit": 100}).json()["jobs"]
+        assert len(jobs) == 40
+        # The leader goes away: the other replica takes the folder over.
+        a.stop()
+        _drop(queue, "after.md", "echo taken over\n")
+        _wait_for(lambda: (queue / "done" / "after.md").exists(), timeout=30)
+    finally:
+        a.stop()
+        b.stop()

@@ -37,9 +37,8 @@ Fetch = Callable[[str, int], Awaitable[list[Event]]]
 
 
 class PostgresBus:
-    def __init__(self, url: str, fetch: Fetch) -> None:
-        parsed = sa.make_url(url)
-        self._dsn = parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+    def __init__(self, dsn: str, fetch: Fetch) -> None:
+        self._dsn = dsn  # asyncpg's form: postgresql://...
         self._fetch = fetch
         self.origin = uuid.uuid4().hex
         self.local = MemoryBus()

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import ipaddress
 import logging
 import os
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -22,6 +24,13 @@ if TYPE_CHECKING:
     from corral.store import Store
 
 log = logging.getLogger(__name__)
+
+
+def embedded_runner_name(settings: Settings) -> str:
+    """Stable for one replica (a restart releases its old jobs at once), distinct
+    between replicas sharing a database (so they never release each other's)."""
+    where = hashlib.sha256(str(settings.data_dir.resolve()).encode()).hexdigest()[:8]
+    return f"embedded-{socket.gethostname()}-{where}"
 
 
 def is_loopback(host: str) -> bool:
@@ -119,7 +128,7 @@ async def run(settings: Settings) -> None:
                 url,
                 runner_key,
                 workdir=settings.data_dir,
-                name="embedded",
+                name=embedded_runner_name(settings),
                 slots=settings.runner.slots,
                 providers=settings.provider_kinds(settings.runner.providers),
                 lease_wait=settings.runner.lease_wait,
@@ -129,7 +138,12 @@ async def run(settings: Settings) -> None:
             server.on_exit = runner_task.cancel
         intake_task: asyncio.Task[None] | None = None
         if intake is not None:
-            intake_task = asyncio.create_task(intake.run(), name="corral-queue-folder")
+            from corral.store.leader import run_as_leader
+
+            # One replica watches a shared folder: the others stand by.
+            intake_task = asyncio.create_task(
+                run_as_leader(store, "queue-folder", intake.run), name="corral-queue-folder"
+            )
             err.print(f"queue folder: {settings.queue_dir}")
         await serving
         if intake_task is not None:

@@ -34,7 +34,8 @@ class Store:
         self.events = Events(self.db)
         if bus is None and not self.db.is_sqlite:
             pg = PostgresBus(
-                url, fetch=lambda sid, since: self.events.list(sid, since=since, internal=True)
+                self.db.asyncpg_dsn,
+                fetch=lambda sid, since: self.events.list(sid, since=since, internal=True),
             )
             self.db.before_commit = pg.notify_in
             bus = pg

@@ -53,6 +53,7 @@ class Database:
             parsed = sa.make_url(url)
         except sa.exc.ArgumentError as exc:
             raise ConfigError(f"invalid database_url {url!r}: {exc}") from exc
+        self.url = parsed
         self.dialect = parsed.get_backend_name()
         self.publish: Publish = publish or (lambda topic, message: None)
         # Runs inside each write transaction that queued messages (the PostgreSQL bus).
@@ -88,6 +89,11 @@ class Database:
     @property
     def is_sqlite(self) -> bool:
         return self.dialect == "sqlite"
+
+    @property
+    def asyncpg_dsn(self) -> str:
+        """The PostgreSQL URL as asyncpg takes it (for LISTEN and advisory locks)."""
+        return self.url.set(drivername="postgresql").render_as_string(hide_password=False)
 
     async def write(self, body: Callable[[Tx], T]) -> T:
         """Run ``body`` in one write transaction; publish its messages after commit.
