@@ -271,48 +271,6 @@ async def _phases(http: httpx.AsyncClient, limit: int) -> dict[str, float]:
 # --- (c) event ingest -------------------------------------------------------------------
 
 
-class Analyzer:
-    """Stands in for autovacuum on PostgreSQL: ``ANALYZE events`` every
-    ``every`` batches, outside the timed part. Without fresh statistics the
-    event-id dedup lookup keeps a cached sequential-scan plan and each batch
-    gets slower as the log grows (this PostgreSQL runs with autovacuum=off)."""
-
-    def __init__(self, url: str | None, every: int = 20) -> None:
-        self.url = url if url and url.startswith("postgresql") else None
-        self.every = every
-        self.autovacuum = "?"
-        self.runs = 0
-
-    async def maybe(self, batch: int) -> None:
-        if self.url is None or batch % self.every:
-            return
-        import asyncpg
-        import sqlalchemy as sa
-
-        u = sa.make_url(self.url)
-        conn = await asyncpg.connect(
-            user=u.username,
-            password=u.password,
-            host=u.host,
-            port=u.port or 5432,
-            database=u.database,
-        )
-        try:
-            self.autovacuum = str(await conn.fetchval("SHOW autovacuum"))
-            await conn.execute("ANALYZE events")
-            self.runs += 1
-        finally:
-            await conn.close()
-
-    @property
-    def note(self) -> str:
-        if not self.runs:
-            return ""
-        return (
-            f"; ANALYZE events every {self.every} batches, untimed (autovacuum={self.autovacuum})"
-        )
-
-
 def event_dicts(count: int, size: int) -> list[list[dict[str, Any]]]:
     """Output events as a runner's channel sends them: writer-minted ids, an 80-char line."""
     line = "x" * 80
@@ -348,11 +306,9 @@ async def store_ingest(
         await store.jobs.start(claims)
         for batch in event_batches(5, size):  # warm-up
             await store.jobs.append_events(claims, batch)
-        analyzer = Analyzer(url)
         per_batch: list[float] = []
         deadline = time.monotonic() + seconds
-        for i, batch in enumerate(event_batches(batches, size)):
-            await analyzer.maybe(i)
+        for batch in event_batches(batches, size):
             b0 = time.perf_counter()
             await store.jobs.append_events(claims, batch)
             per_batch.append(time.perf_counter() - b0)
@@ -369,7 +325,7 @@ async def store_ingest(
         target,
         True,
         samples=events,
-        note=f"append_events, batches of {size}, one writer{analyzer.note}",
+        note=f"append_events, batches of {size}, one writer",
         detail={"batch_p50_ms": ms(pct(per_batch, 50)), "batch_p99_ms": ms(pct(per_batch, 99))},
     )
 
@@ -427,12 +383,10 @@ async def http_ingest(
         bodies = [{"events": batch} for batch in event_dicts(batches + 5, size)]
         for body in bodies[:5]:  # warm-up
             check(await http.post("/worker/events", json=body, headers=w.headers))
-        analyzer = Analyzer(srv.env.get("CORRAL_DATABASE_URL"))
         per_batch: list[float] = []
         server_cpu = 0.0
         deadline = time.monotonic() + seconds
-        for i, body in enumerate(bodies[5:]):
-            await analyzer.maybe(i)
+        for body in bodies[5:]:
             cpu0, b0 = cpu_seconds(srv.proc.pid), time.perf_counter()
             check(await http.post("/worker/events", json=body, headers=w.headers))
             per_batch.append(time.perf_counter() - b0)
@@ -449,7 +403,7 @@ async def http_ingest(
         target,
         True,
         samples=events,
-        note=f"POST /worker/events, batches of {size}, one worker{analyzer.note}",
+        note=f"POST /worker/events, batches of {size}, one worker",
         detail={
             "batch_p50_ms": ms(pct(per_batch, 50)),
             "batch_p99_ms": ms(pct(per_batch, 99)),

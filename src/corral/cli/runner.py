@@ -42,6 +42,8 @@ def runner(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Run jobs for the server at --server (protocol v1 over HTTP)."""
+    if not server.startswith(("http://", "https://")):
+        raise ConfigError(f"--server must be an http(s) URL, not {server!r}")
     s = settings(config, data_dir)
     logs.setup(s.log_level, s.log_format)
     providers = provider or s.runner.providers
@@ -55,8 +57,6 @@ def runner(
         lease_wait=s.runner.lease_wait,
         kill_grace=s.runner.kill_grace,
     )
-    if not server.startswith(("http://", "https://")):
-        raise ConfigError(f"--server must be an http(s) URL, not {server!r}")
     err.print(
         f"runner {r.name}: {r.slots} slots, providers {', '.join(providers)}, server {server}"
     )

@@ -84,39 +84,18 @@ class ShellExecutor:
 
     def _outcome(self, rc: int | None, ctx: Context, tail: deque[str]) -> Outcome:
         text = "\n".join(tail)[-TAIL_CHARS:]
-        if self._stopping == "timeout":
-            return Outcome(
-                status="failed",
-                reason="timeout",
-                exit_code=rc,
-                result=text or None,
-                error=f"timed out after {ctx.job.timeout:g}s",
-            )
-        if self._stopping == "cancelled":
-            return Outcome(
-                status="failed",
-                reason="cancelled",
-                exit_code=rc,
-                error="cancelled",
-                result=text or None,
-            )
-        if rc == 0:
+        if rc == 0 and self._stopping is None:
             return Outcome(status="done", result=text, exit_code=0)
-        if rc is not None and rc < 0:
-            name = signal.Signals(-rc).name
-            return Outcome(
-                status="failed",
-                reason="signal",
-                exit_code=rc,
-                result=text or None,
-                error=f"killed by {name}",
-            )
+        if self._stopping == "timeout":
+            reason, error = "timeout", f"timed out after {ctx.job.timeout:g}s"
+        elif self._stopping == "cancelled":
+            reason, error = "cancelled", "cancelled"
+        elif rc is not None and rc < 0:
+            reason, error = "signal", f"killed by {signal.Signals(-rc).name}"
+        else:
+            reason, error = "exit_code", f"exit code {rc}"
         return Outcome(
-            status="failed",
-            reason="exit_code",
-            exit_code=rc,
-            result=text or None,
-            error=f"exit code {rc}",
+            status="failed", reason=reason, error=error, exit_code=rc, result=text or None
         )
 
     async def cancel(self) -> None:
