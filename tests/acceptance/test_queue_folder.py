@@ -223,3 +223,17 @@ def test_two_replicas_share_one_folder_and_finish_each_file_once(
     finally:
         a.stop()
         b.stop()
+
+
+def test_a_file_written_in_place_is_taken_only_once_complete(
+    folder: tuple[ServerProcess, Path],
+) -> None:
+    srv, queue = folder
+    with (queue / "slow.md").open("w") as f:
+        f.write("echo part-one")
+        f.flush()
+        time.sleep(0.12)  # shorter than the settle time, longer than the watcher's debounce
+        f.write("; echo part-two\n")
+    target = _wait_for(lambda: (queue / "done" / "slow.md").exists() and queue / "done" / "slow.md")
+    result = target.read_text()
+    assert "part-one" in result and "part-two" in result.split("## corral")[1]
