@@ -36,6 +36,7 @@ from corral.store import Store
 log = logging.getLogger(__name__)
 
 SETTLE_SECONDS = 0.2
+RETRY_SECONDS = 2.0  # after a database or disk error
 
 
 def wanted(name: str) -> bool:
@@ -69,18 +70,26 @@ class FolderIntake:
     async def run(self) -> None:
         self.prepare()
         with self.store.bus.subscribe("jobs", maxsize=100_000) as finished:
-            await self.reconcile()
-            await self.scan()
+            try:
+                await self.reconcile()
+            except (CorralError, OSError) as exc:
+                log.warning("queue folder: reconcile failed (%s); retrying later", exc)
+            await self._scan_safely()
             watcher = asyncio.create_task(self._watch(), name="corral-queue-watch")
             try:
                 while True:
                     messages = await finished.get(timeout=10.0)
-                    if finished.overflowed or not messages:
-                        finished.overflowed = False
-                        await self.reconcile()  # cheap insurance: lists running/
-                    for job_id in messages:
-                        if isinstance(job_id, str):
-                            await self._finish(await self.store.jobs.get(job_id))
+                    try:
+                        if finished.overflowed or not messages:
+                            finished.overflowed = False
+                            await self.reconcile()  # cheap insurance: lists running/
+                        for job_id in messages:
+                            if isinstance(job_id, str):
+                                await self._finish(await self.store.jobs.get(job_id))
+                    except (CorralError, OSError) as exc:
+                        # The database or the disk failed us: nothing is lost (the
+                        # file stays in running/); the next reconcile finishes it.
+                        log.warning("queue folder: %s; will reconcile", exc)
             finally:
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -93,7 +102,16 @@ class FolderIntake:
         async for _ in awatch(
             self.root, recursive=False, debounce=100, step=20, watch_filter=relevant
         ):
+            await self._scan_safely()
+
+    async def _scan_safely(self) -> None:
+        try:
             await self.scan()
+        except (CorralError, OSError) as exc:
+            # A file moved to running/ whose job could not be created yet is
+            # submitted by the next reconcile (same idempotency key).
+            log.warning("queue folder: scan failed (%s); retrying", exc)
+            self._schedule_rescan(retry=True)
 
     async def scan(self) -> None:
         """Take every settled file in the folder, most urgent first."""
@@ -130,15 +148,21 @@ class FolderIntake:
             if unsettled:
                 self._schedule_rescan()
 
-    def _schedule_rescan(self) -> None:
+    def _schedule_rescan(self, *, retry: bool = False) -> None:
         if self._rescan is None or self._rescan.cancelled():
             loop = asyncio.get_running_loop()
 
+            async def again() -> None:
+                if retry:
+                    with contextlib.suppress(CorralError, OSError):
+                        await self.reconcile()
+                await self._scan_safely()
+
             def fire() -> None:
                 self._rescan = None
-                asyncio.create_task(self.scan())
+                asyncio.create_task(again())
 
-            self._rescan = loop.call_later(SETTLE_SECONDS, fire)
+            self._rescan = loop.call_later(RETRY_SECONDS if retry else SETTLE_SECONDS, fire)
 
     def _reject(self, path: Path, raw: bytes, reason: str) -> None:
         target = _free(self.failed / path.name)
