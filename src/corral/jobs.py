@@ -49,11 +49,6 @@ _FROM: dict[Action, frozenset[JobState]] = {
 }
 
 
-def allowed_from(action: Action) -> frozenset[JobState]:
-    """The states ``action`` may be applied to."""
-    return _FROM[action]
-
-
 def transition(state: JobState, action: Action, *, attempt: int, max_attempts: int) -> JobState:
     """The state after ``action``; raises InvalidTransition when not allowed."""
     if state not in _FROM[action]:

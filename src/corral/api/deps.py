@@ -55,9 +55,6 @@ class Services:
         self._keys[digest] = (now + KEY_CACHE_SECONDS, principal)
         return principal
 
-    def forget_keys(self) -> None:
-        self._keys.clear()
-
 
 async def services(request: Request) -> Services:
     # async: FastAPI would run a plain function in its thread pool on every request.

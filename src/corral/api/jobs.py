@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
-from sse_starlette import EventSourceResponse
 
 from corral.api import stream
 from corral.api.deps import Reader, Svc, Writer, principal
@@ -15,7 +13,7 @@ from corral.api.schemas import EventPage, JobAccepted, JobPage, RouteDecision
 from corral.auth import Principal, Role
 from corral.errors import BadRequest, Forbidden
 from corral.jobs import JobState
-from corral.models import Event, Job, JobCreate
+from corral.models import Job, JobCreate
 
 router = APIRouter(tags=["jobs"])
 
@@ -112,7 +110,7 @@ async def job_events(
     accepts ``text/event-stream``."""
     job = await svc.store.jobs.get(job_id)
     if "text/event-stream" in request.headers.get("accept", ""):
-        start = _last_event_id(request, since)
+        start = stream.last_event_id(request, since)
         events = stream.follow(
             svc.store,
             job.session_id,
@@ -121,35 +119,9 @@ async def job_events(
             job_id=job_id,
             internal=internal,
         )
-        return _sse(events, svc)
+        return stream.response(events, ping=svc.settings.sse_ping)
     items = await svc.store.events.list(
         job.session_id, since=since, limit=limit, job_id=job_id, internal=internal
     )
     next_since = items[-1].seq if items and items[-1].seq else since
     return JSONResponse({"events": [e.to_dict() for e in items], "next_since": next_since})
-
-
-def _last_event_id(request: Request, since: int) -> int:
-    raw = request.headers.get("last-event-id")
-    if raw is None or not raw.strip():
-        return since
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest("Last-Event-ID must be an event seq (an integer)") from None
-    if value < 0:
-        raise BadRequest("Last-Event-ID must not be negative")
-    return max(value, since)
-
-
-def _sse(events: AsyncIterator[Event], svc: Svc) -> EventSourceResponse:
-    async def messages() -> AsyncIterator[dict[str, object]]:
-        async for ev in events:
-            yield stream.sse(ev)
-
-    return EventSourceResponse(
-        messages(),
-        ping=int(max(1, svc.settings.sse_ping)),
-        send_timeout=30,
-        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-    )

@@ -8,7 +8,6 @@ from fastapi import APIRouter, Query, Request, Response
 
 from corral.api import stream
 from corral.api.deps import Reader, Svc, Writer
-from corral.api.jobs import _last_event_id, _sse
 from corral.api.schemas import EventPage, JobAccepted, SessionCreate, SessionDetail, TurnCreate
 from corral.errors import BadRequest
 from corral.models import Session
@@ -70,8 +69,8 @@ async def session_stream(
     events = stream.follow(
         svc.store,
         session_id,
-        since=_last_event_id(request, since),
+        since=stream.last_event_id(request, since),
         buffer=svc.settings.sse_buffer,
         internal=internal,
     )
-    return _sse(events, svc)
+    return stream.response(events, ping=svc.settings.sse_ping)

@@ -11,6 +11,10 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 
+from fastapi import Request
+from sse_starlette import EventSourceResponse
+
+from corral.errors import BadRequest
 from corral.jobs import TERMINAL
 from corral.models import Event
 from corral.store import Store
@@ -104,3 +108,32 @@ async def follow(
                         break
                 if gap or not messages:
                     break  # back-fill (on timeout too: cheap insurance)
+
+
+def last_event_id(request: Request, since: int) -> int:
+    """Where a (re)connecting client resumes: its Last-Event-ID, or ``since``."""
+    raw = request.headers.get("last-event-id")
+    if raw is None or not raw.strip():
+        return since
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest("Last-Event-ID must be an event seq (an integer)") from None
+    if value < 0:
+        raise BadRequest("Last-Event-ID must not be negative")
+    return max(value, since)
+
+
+def response(events: AsyncIterator[Event], *, ping: float) -> EventSourceResponse:
+    """``events`` as a server-sent event stream with keep-alive comments."""
+
+    async def messages() -> AsyncIterator[dict[str, Any]]:
+        async for ev in events:
+            yield sse(ev)
+
+    return EventSourceResponse(
+        messages(),
+        ping=int(max(1, ping)),
+        send_timeout=30,
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )

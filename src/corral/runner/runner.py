@@ -221,8 +221,6 @@ class Runner:
             beats = asyncio.create_task(self._heartbeats(channel))
             try:
                 outcome = await executor.run(ctx)
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:  # an executor bug must not take the runner down
                 log.exception("executor %s failed", kind, extra=log_extra)
                 outcome = Outcome(
