@@ -94,6 +94,12 @@ class Client:
         self.close()
 
     def _request(self, method: str, path: str, **kw: Any) -> Any:
+        return self._send(method, path, **kw).json()
+
+    def _raw(self, method: str, path: str, **kw: Any) -> bytes:
+        return self._send(method, path, **kw).content
+
+    def _send(self, method: str, path: str, **kw: Any) -> httpx.Response:
         try:
             resp = self._http.request(method, path, **kw)
         except httpx.TransportError as exc:
@@ -101,7 +107,7 @@ class Client:
                 f"cannot reach corral at {self.url} ({exc}); is `corral serve` running?"
             ) from exc
         _raise_for(resp)
-        return resp.json()
+        return resp
 
     # jobs
     def submit(self, prompt: str | None = None, **fields: Any) -> dict[str, Any]:
@@ -160,6 +166,16 @@ class Client:
 
     def resume(self) -> bool:
         return bool(self._request("POST", "/admin/resume")["paused"])
+
+    def resume_provider(self, name: str) -> bool:
+        """Lift a quota pause of provider ``name`` now; True if it was paused."""
+        return bool(self._request("POST", f"/admin/providers/{name}/resume")["was_paused"])
+
+    def artifacts(self, job_id: str) -> builtins.list[dict[str, Any]]:
+        return list(self._request("GET", f"/jobs/{job_id}/artifacts"))
+
+    def artifact(self, job_id: str, name: str) -> bytes:
+        return self._raw("GET", f"/jobs/{job_id}/artifacts/{name}")
 
     def status(self) -> dict[str, Any]:
         return dict(self._request("GET", "/status"))

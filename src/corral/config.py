@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import contextvars
 import os
+import shlex
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -68,6 +69,48 @@ class ProviderSettings(BaseModel):
     concurrency: int | None = Field(
         None, ge=1, description="At most this many of its jobs active at once (others queue)."
     )
+    fallback: str | None = Field(
+        None, description="Provider that takes this one's jobs while a quota limit pauses it."
+    )
+    # Local agent CLIs (claude-code, codex):
+    command: list[str] | None = Field(
+        None,
+        description="The CLI to run, as a string or argv list (default: `claude` / `codex` "
+        "on PATH).",
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra environment of the agent process (e.g. ANTHROPIC_BASE_URL, "
+        "ANTHROPIC_API_KEY); the agent starts from a clean environment plus these.",
+    )
+    model: str | None = Field(None, description="Model passed to the CLI (a job's model wins).")
+    permission_mode: str | None = Field(
+        None, description="claude-code --permission-mode (e.g. acceptEdits)."
+    )
+    allowed_tools: list[str] = Field(
+        default_factory=list, description="claude-code --allowedTools (e.g. Bash, Edit, Write)."
+    )
+    sandbox: str = Field(
+        "workspace-write", description="codex --sandbox mode (read-only fails writes silently)."
+    )
+    max_turns: int | None = Field(None, ge=1, description="claude-code --max-turns.")
+    extra_args: list[str] = Field(
+        default_factory=list, description="More CLI arguments, appended as given."
+    )
+    startup_timeout: float = Field(
+        60.0, gt=0, description="Seconds the agent may take to print its first line."
+    )
+    stall_timeout: float = Field(
+        600.0, gt=0, description="Seconds without any output after which the agent is killed."
+    )
+    result_grace: float = Field(
+        5.0, ge=0, description="Seconds the agent may linger after its final result line."
+    )
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _split_command(cls, value: object) -> object:
+        return shlex.split(value) if isinstance(value, str) else value
 
     @property
     def is_local(self) -> bool:
@@ -146,6 +189,29 @@ class Settings(BaseSettings):
     max_running: int | None = Field(
         None, ge=1, description="At most this many jobs active across all runners (others queue)."
     )
+    repo_concurrency: int | None = Field(
+        None, ge=1, description="At most this many jobs active in one repository (others queue)."
+    )
+    max_infra_retries: int = Field(
+        3,
+        ge=0,
+        le=100,
+        description="Times a run lost to infrastructure (runner lost, hang guard) is re-queued "
+        "without consuming an attempt.",
+    )
+    quota_backoff: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds a provider is paused after a quota failure that gives no reset time.",
+    )
+    max_artifact_bytes: int = Field(
+        10_485_760, ge=1024, description="Largest artifact a runner may upload (413 beyond)."
+    )
+    workspace_gc_age: float = Field(
+        7 * 86400.0,
+        gt=0,
+        description="`corral workspaces gc` removes workspaces of sessions idle this many seconds.",
+    )
     paused: bool = Field(
         False, description="Kill switch default when the database holds none: no new leases."
     )
@@ -177,16 +243,25 @@ class Settings(BaseSettings):
             table[name] = Provider(name, p.kind, p.is_local, p.enabled, tiers)
         return table
 
-    def provider_kinds(self, names: list[str]) -> dict[str, str]:
-        """provider name -> executor kind, for a runner serving ``names``."""
-        table = self.provider_table()
+    def runner_providers(self, names: list[str]) -> dict[str, ProviderSettings]:
+        """provider name -> its settings, for a runner serving ``names``."""
+        table = {"shell": ProviderSettings(kind="shell"), **self.providers}
         unknown = [n for n in names if n not in table]
         if unknown:
             raise ConfigError(
                 f"runner providers {unknown} are not configured: add [providers.NAME] "
                 "tables to corral.toml"
             )
-        return {n: table[n].kind for n in names}
+        return {n: table[n] for n in names}
+
+    @model_validator(mode="after")
+    def _check_fallbacks(self) -> Settings:
+        for name, p in self.providers.items():
+            if p.fallback is not None and p.fallback not in self.provider_table():
+                raise ValueError(f"providers.{name}.fallback {p.fallback!r} is not a provider")
+            if p.fallback == name:
+                raise ValueError(f"providers.{name}.fallback cannot be the provider itself")
+        return self
 
     @model_validator(mode="after")
     def _check_default_local(self) -> Settings:

@@ -56,6 +56,12 @@ class JobNotFound(NotFound):
     code = "job_not_found"
 
 
+class ArtifactNotFound(NotFound):
+    """No such artifact."""
+
+    code = "artifact_not_found"
+
+
 class SessionNotFound(NotFound):
     """No such session."""
 

@@ -3,8 +3,12 @@
     queued -> assigned -> running -> done | failed | cancelled
 
 A failed attempt with attempts left goes back to ``queued`` (attempt + 1,
-after a backoff). Pure: values in, values out; the store applies the result
-as a compare-and-set update.
+after a backoff). Only the agent's own errors consume attempts: a run lost to
+the infrastructure (runner gone, hang guard) or to a provider's quota goes
+back to ``queued`` as the same attempt, and bad input fails at once.
+
+Pure: values in, values out; the store applies the result as a
+compare-and-set update.
 """
 
 from __future__ import annotations
@@ -29,8 +33,9 @@ class Action(StrEnum):
     ASSIGN = "assign"  # a runner leased it
     START = "start"  # the executor's process started
     SUCCEED = "succeed"
-    FAIL = "fail"  # the attempt failed; retried while attempts are left
-    LOSE = "lose"  # the runner stopped heartbeating; retried while attempts are left
+    FAIL = "fail"  # the agent failed: retried while attempts are left
+    LOSE = "lose"  # lost to infrastructure or quota: queued again, same attempt
+    REJECT = "reject"  # cannot succeed on retry (bad input, retry budget spent)
     CANCEL = "cancel"
     RETRY = "retry"  # an operator asks for one more attempt of an ended job
 
@@ -44,6 +49,7 @@ _FROM: dict[Action, frozenset[JobState]] = {
     Action.SUCCEED: ACTIVE,
     Action.FAIL: ACTIVE,
     Action.LOSE: ACTIVE,
+    Action.REJECT: ACTIVE,
     Action.CANCEL: frozenset({JobState.QUEUED}) | ACTIVE,
     Action.RETRY: frozenset({JobState.FAILED, JobState.CANCELLED}),
 }
@@ -59,8 +65,12 @@ def transition(state: JobState, action: Action, *, attempt: int, max_attempts: i
         return JobState.RUNNING
     if action is Action.SUCCEED:
         return JobState.DONE
-    if action in (Action.FAIL, Action.LOSE):
+    if action is Action.FAIL:
         return JobState.QUEUED if attempt < max_attempts else JobState.FAILED
+    if action is Action.LOSE:
+        return JobState.QUEUED
+    if action is Action.REJECT:
+        return JobState.FAILED
     if action is Action.CANCEL:
         return JobState.CANCELLED
     return JobState.QUEUED  # RETRY

@@ -4,6 +4,7 @@ the client and runner read."""
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,6 +21,21 @@ JSONDict = dict[str, Any]
 
 def new_id() -> str:
     return uuid.uuid4().hex
+
+
+_URL = re.compile(r"^(https?|ssh|git|file)://[^\s]+$|^[\w.-]+@[\w.-]+:[^\s]+$")
+
+
+def is_repo_ref(repo: str) -> bool:
+    """An absolute local path or a git URL (relative paths are resolved by the
+    client that knows the working directory)."""
+    return repo.startswith("/") or bool(_URL.match(repo))
+
+
+# Why a run failed, which decides what happens next: an agent error consumes an
+# attempt; infrastructure (process lost, hang guard, runner lost) and quota
+# (429/529, usage limit) re-queue the same attempt; bad input fails at once.
+FailureClass = Literal["agent", "infra", "quota", "input"]
 
 
 class Job(BaseModel):
@@ -39,6 +55,8 @@ class Job(BaseModel):
     title: str | None = None
     prompt: str | None = None
     command: str | None = None
+    repo: str | None = None
+    base: str | None = None
     priority: int
     attempt: int
     max_attempts: int
@@ -52,6 +70,8 @@ class Job(BaseModel):
     result: str | None = None
     error: str | None = None
     reason: str | None = None
+    failure: FailureClass | None = None
+    infra_retries: int = 0
     exit_code: int | None = None
     usage: JSONDict | None = None
     cost: float | None = None
@@ -157,9 +177,30 @@ class Outcome(BaseModel):
     result: str | None = None
     error: str | None = None
     reason: str | None = Field(None, max_length=64)
+    failure: FailureClass | None = Field(
+        None, description="For a failed run: agent (default), infra, quota or input."
+    )
+    retry_at: datetime | None = Field(
+        None, description="Quota failures: when the provider's limit resets."
+    )
     exit_code: int | None = None
     usage: JSONDict | None = None
     cost: float | None = None
+
+
+class Artifact(BaseModel):
+    job_id: str
+    name: str
+    media_type: str
+    size: int
+    created_at: datetime
+
+
+class ProviderPause(BaseModel):
+    provider: str
+    until: datetime
+    reason: str
+    fallback: str | None = None
 
 
 class Runner(BaseModel):
@@ -195,6 +236,20 @@ class JobCreate(BaseModel):
     )
     session_id: str | None = Field(
         None, max_length=64, description="Add the job as a turn of this session."
+    )
+    repo: str | None = Field(
+        None,
+        min_length=1,
+        max_length=2000,
+        description="Git repository (absolute local path or URL): the job runs in a "
+        "worktree of it on branch corral/<job-id>.",
+    )
+    base: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        pattern=r"^[^\s~^:?*\[\\]+$",
+        description="Branch, tag or commit the worktree starts from (default: the repo's HEAD).",
     )
     title: str | None = Field(None, max_length=500)
     preferred_ai: str | None = Field(
@@ -234,6 +289,13 @@ class JobCreate(BaseModel):
 
     @model_validator(mode="after")
     def _has_work(self) -> JobCreate:
+        if self.repo is not None and not is_repo_ref(self.repo):
+            raise ValueError(
+                f"repo {self.repo!r} must be an absolute path or a URL "
+                "(https://, ssh://, file://, git@host:path)"
+            )
+        if self.base is not None and self.repo is None:
+            raise ValueError("base needs a repo")
         if not (self.prompt and self.prompt.strip()) and not (
             self.command and self.command.strip()
         ):

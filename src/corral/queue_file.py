@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import difflib
 import json
+from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
 from corral.errors import InvalidInput
-from corral.models import Job, JobCreate
+from corral.models import Job, JobCreate, is_repo_ref
 
 # Front-matter keys and the JobCreate field each fills.
 KEYS: dict[str, str] = {
@@ -39,9 +40,11 @@ KEYS: dict[str, str] = {
     "session": "session_id",
     "command": "command",
     "idempotency_key": "idempotency_key",
+    "repo": "repo",
+    "base": "base",
 }
 # Known job fields this version cannot act on yet: refused rather than ignored.
-NOT_YET = {"repo", "base", "webhook"}
+NOT_YET = {"webhook"}
 
 
 class QueueFileError(InvalidInput):
@@ -61,8 +64,9 @@ def split(text: str) -> tuple[str | None, str]:
     raise QueueFileError("front matter starts with '---' but has no closing '---' line")
 
 
-def parse(text: str, *, source_ref: str | None = None) -> JobCreate:
-    """The job described by ``text``; raises QueueFileError saying what to fix."""
+def parse(text: str, *, source_ref: str | None = None, base_dir: Path | None = None) -> JobCreate:
+    """The job described by ``text``; raises QueueFileError saying what to fix.
+    A relative ``repo`` path is taken from ``base_dir`` (the file's folder)."""
     if not text.strip():
         raise QueueFileError("the file is empty: write a prompt (and optional front matter)")
     head, body = split(text)
@@ -93,6 +97,12 @@ def parse(text: str, *, source_ref: str | None = None) -> JobCreate:
     prompt = body.strip()
     if prompt:
         fields["prompt"] = prompt
+    repo = fields.get("repo")
+    if isinstance(repo, str) and repo and not is_repo_ref(repo):
+        path = Path(repo).expanduser()
+        if not path.is_absolute():
+            path = (base_dir or Path.cwd()) / path
+        fields["repo"] = str(path.resolve())
     try:
         return JobCreate.model_validate({**fields, "source": "folder", "source_ref": source_ref})
     except ValidationError as exc:

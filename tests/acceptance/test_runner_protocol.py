@@ -33,6 +33,7 @@ NO_RUNNER = {
     "CORRAL_RUNNER__EMBEDDED": "false",
     "CORRAL_LEASE_TTL": "2",
     "CORRAL_WATCHDOG_INTERVAL": "0.2",
+    "CORRAL_MAX_INFRA_RETRIES": "1",
     "CORRAL_PROVIDERS": json.dumps({name: {"kind": "shell"} for name in RUNNER_NAMES}),
 }
 
@@ -153,8 +154,9 @@ def test_reregistration_fences_the_old_epoch(api: httpx.Client) -> None:
     assert new_runner != old_runner
     job = get_job(api, job_id)
     assert job["state"] == "queued"
-    assert job["attempt"] == 2
-    assert job["reason"] == "runner_restarted"
+    # Lost to infrastructure, not the agent: the same attempt runs again.
+    assert job["attempt"] == 1 and job["infra_retries"] == 1
+    assert job["reason"] == "runner_restarted" and job["failure"] == "infra"
     assert job["epoch"] > old_epoch
 
     # The replaced registration may not lease any more.
@@ -200,26 +202,27 @@ def test_reregistration_fences_the_old_epoch(api: httpx.Client) -> None:
     )
     assert resp.status_code == 200, resp.text
     job = get_job(api, job_id)
-    assert job["state"] == "done" and job["result"] == "fresh" and job["attempt"] == 2
+    assert job["state"] == "done" and job["result"] == "fresh" and job["attempt"] == 1
     lines = output_lines(session_events(api, job["session_id"]))
     assert lines == ["attempt one", "attempt two"]  # nothing from the stale writer
 
 
 def test_expired_lease_is_requeued_and_old_token_gets_409(api: httpx.Client) -> None:
     runner_id = register(api, "sleepy")
-    job_id = submit(api, "echo sleepy", max_attempts=2, provider="sleepy")
+    job_id = submit(api, "echo sleepy", provider="sleepy")
     [item] = lease(api, runner_id)
     old_token, old_epoch = item["token"], item["epoch"]
     assert worker(api, "PUT", "/worker/state", old_token, {"state": "running"}).status_code == 200
     expired_before = api.get("/watchdog/status").json()["expired"]
 
-    # No heartbeats: the watchdog re-queues the job after the 2 s lease.
+    # No heartbeats: the watchdog re-queues the job after the 2 s lease, as the
+    # same attempt (a lost runner is not the agent's failure).
     job = wait_for(
-        lambda: (j := get_job(api, job_id))["attempt"] == 2 and j,
+        lambda: (j := get_job(api, job_id))["infra_retries"] == 1 and j,
         timeout=15,
         what="the watchdog to re-queue the job",
     )
-    assert job["state"] == "queued"
+    assert job["state"] == "queued" and job["attempt"] == 1
     assert job["reason"] == "runner_lost"
     assert job["epoch"] > old_epoch
     assert api.get("/watchdog/status").json()["expired"] >= expired_before + 1
@@ -241,17 +244,24 @@ def test_expired_lease_is_requeued_and_old_token_gets_409(api: httpx.Client) -> 
     )
     assert resp.status_code == 200, resp.text
     job = get_job(api, job_id)
-    assert job["state"] == "failed"  # no attempts left
-    assert job["error"] == "boom" and job["exit_code"] == 2
+    assert job["state"] == "failed"  # an agent error, and no attempts left
+    assert job["error"] == "boom" and job["exit_code"] == 2 and job["failure"] == "agent"
 
 
-def test_expired_lease_without_attempts_left_fails_the_job(api: httpx.Client) -> None:
+def test_expired_leases_past_the_infra_budget_fail_the_job(api: httpx.Client) -> None:
     runner_id = register(api, "sleepy-once")
     job_id = submit(api, "echo once", provider="sleepy-once")
+    [first] = lease(api, runner_id)
+    wait_for(
+        lambda: get_job(api, job_id)["infra_retries"] == 1,
+        timeout=15,
+        what="the first expired lease to re-queue the job",
+    )
     [item] = lease(api, runner_id)
     job = wait_job(api, job_id, timeout=15)
     assert job["state"] == "failed"
-    assert job["reason"] == "runner_lost"
+    assert job["reason"] == "runner_lost" and job["failure"] == "infra"
+    assert "1 infrastructure retries spent" in job["error"]
     assert job["attempt"] == 1
     assert_error(
         worker(api, "POST", "/worker/complete", item["token"], {"outcome": {"status": "done"}}),

@@ -88,7 +88,11 @@ def test_remote_runner_stop_and_crash(tmp_path: Path) -> None:
     m1, m2 = marker(), marker()
     workdir = tmp_path / "remote"
     with (
-        running_server(tmp_path / "data", env={"CORRAL_RUNNER__EMBEDDED": "false"}) as s,
+        # No infrastructure re-runs: a job lost with its runner fails, saying why.
+        running_server(
+            tmp_path / "data",
+            env={"CORRAL_RUNNER__EMBEDDED": "false", "CORRAL_MAX_INFRA_RETRIES": "0"},
+        ) as s,
         s.http() as http,
     ):
         key = create_key(s, "runner")
@@ -132,7 +136,7 @@ def test_remote_runner_stop_and_crash(tmp_path: Path) -> None:
             proc, log = start_runner(s, key, workdir, "--name", "remote", "--slots", "1")
             job = wait_job(http, job_id, timeout=20)
             assert job["state"] == "failed"
-            assert job["reason"] == "runner_restarted"
+            assert job["reason"] == "runner_restarted" and job["failure"] == "infra"
             wait_for(
                 lambda: not any(alive(p) for p in orphans),
                 timeout=10,

@@ -15,7 +15,7 @@ from corral.errors import (
 )
 from corral.jobs import JobState
 from corral.models import JobCreate, NewEvent, Outcome, Runner
-from corral.store import Store
+from corral.store import RetryPolicy, Store
 from corral.testing import worker_claims as claims
 
 
@@ -179,7 +179,9 @@ async def test_stale_epoch_and_inactive_jobs_refuse_writes(store: Store, runner:
     )
     requeued = await store.jobs.get(job.id)
     assert requeued.state is JobState.QUEUED and requeued.reason == "runner_restarted"
-    assert requeued.epoch > old.epoch and requeued.attempt == 2
+    # Infrastructure, not the agent: the same attempt runs again.
+    assert requeued.epoch > old.epoch and requeued.attempt == 1 and requeued.infra_retries == 1
+    assert requeued.failure == "infra"
     for write in (
         store.jobs.append_events(old, [NewEvent(type="output")]),
         store.jobs.heartbeat(old, 30),
@@ -196,21 +198,33 @@ async def test_stale_epoch_and_inactive_jobs_refuse_writes(store: Store, runner:
         await store.jobs.cancel(job.id)
 
 
-async def test_watchdog_requeues_expired_leases(store: Store, runner: Runner) -> None:
-    job, _ = await store.jobs.create(JobCreate(prompt="x", max_attempts=2))
-    c = claims((await store.jobs.lease(runner, 1, ttl=0.01))[0], runner)
-    await asyncio.sleep(0.05)
-    lost = await store.jobs.expire()
-    assert [j.id for j in lost] == [job.id]
-    assert lost[0].state is JobState.QUEUED and lost[0].reason == "runner_lost"
-    with pytest.raises(StaleEpoch):
-        await store.jobs.heartbeat(c, 30)
-    c2 = claims((await store.jobs.lease(runner, 1, ttl=0.01))[0], runner)
-    await asyncio.sleep(0.05)
-    (final,) = await store.jobs.expire()
-    assert final.state is JobState.FAILED and "stopped heartbeating" in (final.error or "")
-    assert c2.epoch > c.epoch
-    assert await store.jobs.expire() == []
+async def test_watchdog_requeues_expired_leases(db_url: str) -> None:
+    """A lost runner is infrastructure: the job runs again as the same attempt,
+    until the infrastructure retry budget (here 1) is spent."""
+    store = await Store.open(db_url, policy=RetryPolicy(max_infra_retries=1))
+    try:
+        runner = await store.runners.register(
+            name="r1", key_id="k1", hostname="h", providers=["shell"], labels=[], slots=4
+        )
+        job, _ = await store.jobs.create(JobCreate(prompt="x", max_attempts=1))
+        c = claims((await store.jobs.lease(runner, 1, ttl=0.01))[0], runner)
+        await asyncio.sleep(0.05)
+        lost = await store.jobs.expire()
+        assert [j.id for j in lost] == [job.id]
+        assert lost[0].state is JobState.QUEUED and lost[0].reason == "runner_lost"
+        assert lost[0].attempt == 1 and lost[0].infra_retries == 1
+        with pytest.raises(StaleEpoch):
+            await store.jobs.heartbeat(c, 30)
+        c2 = claims((await store.jobs.lease(runner, 1, ttl=0.01))[0], runner)
+        await asyncio.sleep(0.05)
+        (final,) = await store.jobs.expire()
+        assert final.state is JobState.FAILED and "stopped heartbeating" in (final.error or "")
+        assert "1 infrastructure retries spent" in (final.error or "")
+        assert final.failure == "infra" and final.attempt == 1
+        assert c2.epoch > c.epoch
+        assert await store.jobs.expire() == []
+    finally:
+        await store.close()
 
 
 async def test_heartbeat_extends_the_lease(store: Store, runner: Runner) -> None:

@@ -46,3 +46,10 @@ def test_every_cli_command_is_documented() -> None:
 def test_every_executor_kind_is_documented() -> None:
     for kind in kinds():
         assert f"`{kind}`" in README, kind
+
+
+def test_every_provider_setting_is_documented() -> None:
+    from corral.config import ProviderSettings
+
+    for name in ProviderSettings.model_fields:
+        assert f"`{name}`" in README, name

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -46,7 +48,8 @@ def test_no_front_matter_is_a_job_with_defaults() -> None:
         ("---\ntimeout: -1\n---\nbody", "timeout"),
         ("---\ntitle: only a title\n---\n", "prompt or command"),
         ("---\nprovider: a\nexecutor: b\n---\nbody", "alias"),
-        ("---\nrepo: /src/app\n---\nbody", "not supported"),
+        ("---\nwebhook: https://example.com/hook\n---\nbody", "not supported"),
+        ("---\nbase: main\n---\nbody", "base needs a repo"),
     ],
     ids=lambda v: v[:24] if isinstance(v, str) else v,
 )
@@ -112,3 +115,11 @@ def test_footer_is_readable_and_parseable() -> None:
     assert data["duration_s"] == 1.5 and data["usage"] == {"tokens": 7}
     assert result_of("no footer here") is None
     assert result_of("x" + rejection("bad yaml")) == {"state": "rejected", "error": "bad yaml"}
+
+
+def test_repo_paths_are_resolved_from_the_queue_folder(tmp_path: Path) -> None:
+    spec = parse("---\nrepo: ../app\nbase: main\n---\nfix it", base_dir=tmp_path / "queue")
+    assert spec.repo == str((tmp_path / "app").resolve()) and spec.base == "main"
+    assert parse("---\nrepo: /src/app\n---\nx").repo == "/src/app"
+    url = "https://example.com/org/app.git"
+    assert parse(f"---\nrepo: {url}\n---\nx").repo == url

@@ -1,5 +1,5 @@
 """The kill switch: paused means no new leases; running jobs finish and
-intake keeps accepting and queueing."""
+intake keeps accepting and queueing. Also: lift a provider's quota pause."""
 
 from __future__ import annotations
 
@@ -20,3 +20,9 @@ async def pause(svc: Svc, who: Admin) -> dict[str, bool]:
 async def resume(svc: Svc, who: Admin) -> dict[str, bool]:
     await svc.store.settings.set("paused", "false", notify="dispatch")
     return {"paused": False}
+
+
+@router.post("/admin/providers/{name}/resume")
+async def resume_provider(name: str, svc: Svc, who: Admin) -> dict[str, bool]:
+    """Lift the quota pause of a provider before its reset time."""
+    return {"was_paused": await svc.store.jobs.unpause(name)}

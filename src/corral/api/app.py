@@ -28,6 +28,9 @@ def retry_policy(settings: Settings) -> RetryPolicy:
         default_max_attempts=settings.default_max_attempts,
         backoff_base=settings.retry_backoff_base,
         backoff_max=settings.retry_backoff_max,
+        max_infra_retries=settings.max_infra_retries,
+        quota_backoff=settings.quota_backoff,
+        fallbacks={n: p.fallback for n, p in settings.providers.items() if p.fallback},
     )
 
 
@@ -35,6 +38,7 @@ def caps(settings: Settings) -> Caps:
     return Caps(
         providers={n: p.concurrency for n, p in settings.providers.items() if p.concurrency},
         total=settings.max_running,
+        repo=settings.repo_concurrency,
     )
 
 
@@ -106,7 +110,11 @@ def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
     errors.install(app)
     for module in (system, jobs, sessions, runners, admin):
         app.include_router(module.router)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=settings.max_body_bytes,
+        larger={"/worker/artifacts/": max(settings.max_artifact_bytes, settings.max_body_bytes)},
+    )
     return app
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from corral.api import stream
@@ -13,7 +13,7 @@ from corral.api.schemas import EventPage, JobAccepted, JobPage, RouteDecision
 from corral.auth import Principal, Role
 from corral.errors import BadRequest, Forbidden
 from corral.jobs import JobState
-from corral.models import Job, JobCreate
+from corral.models import Artifact, Job, JobCreate
 
 router = APIRouter(tags=["jobs"])
 
@@ -125,3 +125,25 @@ async def job_events(
     )
     next_since = items[-1].seq if items and items[-1].seq else since
     return JSONResponse({"events": [e.to_dict() for e in items], "next_since": next_since})
+
+
+ARTIFACT_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+ArtifactName = Annotated[
+    str, Path(pattern=ARTIFACT_NAME, description="Letters, digits, '.', '_', '-'; no paths.")
+]
+
+
+@router.get("/jobs/{job_id}/artifacts", response_model=list[Artifact])
+async def list_artifacts(job_id: str, svc: Svc, who: Reader) -> list[Artifact]:
+    """What the job left: diff.patch and changes.json for a worktree job."""
+    return await svc.store.jobs.artifacts(job_id)
+
+
+@router.get("/jobs/{job_id}/artifacts/{name}", response_class=Response)
+async def get_artifact(job_id: str, name: ArtifactName, svc: Svc, who: Reader) -> Response:
+    meta, data = await svc.store.jobs.artifact(job_id, name)
+    return Response(
+        data,
+        media_type=meta.media_type,
+        headers={"Content-Disposition": f'attachment; filename="{meta.name}"'},
+    )

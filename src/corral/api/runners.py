@@ -5,11 +5,13 @@ a stale epoch gets 409 and the runner stops that job."""
 from __future__ import annotations
 
 import time
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 
 from corral import auth
 from corral.api.deps import Reader, RunnerKey, Svc, Worker
+from corral.api.jobs import ARTIFACT_NAME
 from corral.api.schemas import (
     Completion,
     EventBatch,
@@ -24,7 +26,7 @@ from corral.api.schemas import (
 )
 from corral.auth import Role, WorkerClaims
 from corral.errors import Forbidden
-from corral.models import NewEvent, Runner
+from corral.models import Artifact, NewEvent, Runner
 from corral.store.runners import PROTOCOL_VERSION
 
 router = APIRouter(tags=["runners"])
@@ -120,6 +122,20 @@ async def worker_state(body: WorkerState, svc: Svc, claims: Worker) -> dict[str,
         claims, [NewEvent(type="worker.state", payload={"state": body.state, **body.details})]
     )
     return {"state": (await svc.store.jobs.get(claims.job_id)).state}
+
+
+@router.put("/worker/artifacts/{name}", response_model=Artifact)
+async def worker_artifact(
+    name: Annotated[str, Path(pattern=ARTIFACT_NAME)],
+    request: Request,
+    svc: Svc,
+    claims: Worker,
+) -> Artifact:
+    """Store a file the job produced (the raw body; its Content-Type is kept).
+    Limited to ``max_artifact_bytes``."""
+    data = await request.body()
+    media_type = request.headers.get("content-type", "application/octet-stream")[:128]
+    return await svc.store.jobs.put_artifact(claims, name, media_type, data)
 
 
 @router.post("/worker/heartbeat", response_model=Heartbeat)

@@ -25,6 +25,7 @@ async def status(svc: Svc, who: Reader) -> dict[str, Any]:
         "version": __version__,
         "database": svc.store.db.dialect,
         "paused": await svc.store.settings.get("paused") == "true",
+        "providers_paused": [p.model_dump(mode="json") for p in await svc.store.jobs.pauses()],
         "jobs": await svc.store.jobs.counts(),
         "runners": [r.model_dump(mode="json") for r in runners],
     }

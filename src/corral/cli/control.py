@@ -49,9 +49,23 @@ def pause(server: ServerOpt = None, token: TokenOpt = None) -> None:
     console.print("Paused: no job starts until `corral resume`.")
 
 
-def resume(server: ServerOpt = None, token: TokenOpt = None) -> None:
-    """Kill switch off: queued jobs start again."""
+def resume(
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    provider: Annotated[
+        str | None,
+        typer.Option(help="Lift this provider's quota pause instead of the kill switch."),
+    ] = None,
+) -> None:
+    """Kill switch off: queued jobs start again (or, with --provider, lift a quota pause)."""
     with client(server, token) as c:
+        if provider is not None:
+            was = c.resume_provider(provider)
+            console.print(
+                f"Provider {provider}: " + ("pause lifted." if was else "was not paused."),
+                markup=False,
+            )
+            return
         c.resume()
     console.print("Resumed: queued jobs start again.")
 
@@ -67,6 +81,12 @@ def status(server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = 
     console.print(f"corral {data['version']} on {data['database']}: {switch}")
     counts = ", ".join(f"{n} {s}" for s, n in sorted(data["jobs"].items())) or "no jobs"
     console.print(f"jobs: {counts}")
+    for p in data.get("providers_paused", []):
+        fallback = f"; jobs go to {p['fallback']}" if p.get("fallback") else ""
+        console.print(
+            f"provider {p['provider']} PAUSED until {p['until']} ({p['reason']}){fallback}",
+            markup=False,
+        )
     for r in data["runners"]:
         console.print(
             f"runner {r['name']}: {r['slots']} slots, providers {', '.join(r['providers'])}",

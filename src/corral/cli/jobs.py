@@ -1,15 +1,26 @@
-"""`corral jobs ls|show|wait|cancel|retry|logs`."""
+"""`corral jobs ls|show|artifact|wait|cancel|retry|logs`."""
 
 from __future__ import annotations
 
 import contextlib
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from corral.cli.common import JsonOpt, ServerOpt, TokenOpt, client, console, dump, state, when
+from corral.cli.common import (
+    JsonOpt,
+    ServerOpt,
+    TokenOpt,
+    client,
+    console,
+    dump,
+    err,
+    state,
+    when,
+)
 from corral.cli.submit import follow
 from corral.errors import ClientError
 from corral.jobs import JobState
@@ -60,6 +71,7 @@ def show(
     """Show one job: state, attempts, timings, result or error."""
     with client(server, token) as c:
         job = c.get(job_id)
+        artifacts = c.artifacts(job_id)
     if as_json:
         dump(job)
         return
@@ -81,6 +93,15 @@ def show(
         rows.append(("waiting", job.waiting))
     if job.route_rule is not None:
         rows.append(("routed", f"rule {job.route_rule}: {job.route_reason}"))
+    if job.repo:
+        rows.append(("repo", job.repo + (f" at {job.base}" if job.base else "")))
+    if job.cost is not None:
+        rows.append(("cost", f"${job.cost:.4f}"))
+    if job.usage:
+        tokens = ", ".join(f"{k} {v}" for k, v in job.usage.items() if isinstance(v, int))
+        rows.append(("usage", tokens or "-"))
+    if job.infra_retries:
+        rows.append(("re-runs", f"{job.infra_retries} after infrastructure failures"))
     if job.runner_id:
         rows.append(("runner", job.runner_id))
     if job.exit_code is not None:
@@ -88,14 +109,38 @@ def show(
     if job.error:
         why = f" ({job.reason})" if job.reason else ""
         label = "error" if job.state is JobState.FAILED else "last error"
-        rows.append((label, f"[red]{job.error}[/]{why}"))
-    if job.state is JobState.QUEUED and job.reason == "runner_lost":
-        rows.append(("note", "its runner was lost; it will run again"))
+        kind = f" [{job.failure}]" if job.failure else ""
+        rows.append((label, f"[red]{job.error}[/]{why}{kind}"))
+    if job.state is JobState.QUEUED and job.failure in ("infra", "quota"):
+        rows.append(("note", "not the agent's fault: it runs again as the same attempt"))
+    for a in artifacts:
+        rows.append(("artifact", f"{a['name']}  {a['size']} bytes  ({a['media_type']})"))
     for key, value in rows:
         console.print(f"[bold]{key:>10}[/]  {value}")
     if job.result:
         console.print("[bold]    result[/]")
         console.print(job.result, markup=False, highlight=False)
+
+
+@app.command()
+def artifact(
+    job_id: str,
+    name: str,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write to this file (default: stdout).")
+    ] = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Print (or save) one artifact of a job, e.g. diff.patch."""
+    with client(server, token) as c:
+        data = c.artifact(job_id, name)
+    if output is not None:
+        output.write_bytes(data)
+        err.print(f"wrote {len(data)} bytes to {output}")
+    else:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
 
 
 @app.command()

@@ -53,7 +53,7 @@ def runner(
         workdir=workdir or s.data_dir,
         name=name,
         slots=slots or s.runner.slots,
-        providers=s.provider_kinds(providers),
+        providers=s.runner_providers(providers),
         lease_wait=s.runner.lease_wait,
         kill_grace=s.runner.kill_grace,
     )

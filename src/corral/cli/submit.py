@@ -12,6 +12,7 @@ from corral.cli.common import JsonOpt, ServerOpt, TokenOpt, client, console, dum
 from corral.client import Client
 from corral.errors import BadRequest
 from corral.jobs import JobState
+from corral.models import is_repo_ref
 
 WaitOpt = Annotated[bool, typer.Option("--wait", "-w", help="Follow the output until it ends.")]
 
@@ -93,14 +94,25 @@ def submit(
     max_attempts: Annotated[int | None, typer.Option(min=1)] = None,
     label: Annotated[list[str] | None, typer.Option(help="Repeatable.")] = None,
     idempotency_key: Annotated[str | None, typer.Option()] = None,
+    repo: Annotated[
+        str | None,
+        typer.Option(help="Git repository (path or URL): run in a worktree on corral/<job-id>."),
+    ] = None,
+    base: Annotated[
+        str | None, typer.Option(help="Branch, tag or commit to start from (default: HEAD).")
+    ] = None,
     server: ServerOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Submit a job (shell by default); with --wait, print its output live."""
+    if repo is not None and not is_repo_ref(repo):
+        repo = str(Path(repo).expanduser().resolve())
     fields = {
         "prompt": _text(text, file),
         "provider": provider,
+        "repo": repo,
+        "base": base,
         "title": title,
         "priority": priority,
         "timeout": timeout,

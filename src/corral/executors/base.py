@@ -12,6 +12,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import ClassVar, Protocol
 
+from corral.config import ProviderSettings
 from corral.errors import ConfigError
 from corral.models import Job, Outcome, Session
 
@@ -37,7 +38,17 @@ class Context:
     emit: Emit
     started: Callable[[int], None]  # called with the pid once the process runs
     kill_grace: float = 5.0
-    settings: Mapping[str, object] = field(default_factory=dict)
+    provider: str = "shell"
+    settings: ProviderSettings = field(default_factory=lambda: ProviderSettings(kind="shell"))
+    # The executor's conversation handle from the session's previous turn
+    # (e.g. Claude Code's session id for --resume), and how to record a new one.
+    handle: str | None = None
+    save_handle: Callable[[str], None] = lambda handle: None
+    # A directory of the runner's own for this provider (config, caches).
+    state_dir: Path | None = None
+    # A marker in the agent's environment that every descendant inherits:
+    # lets the runner find and stop processes that left the process tree.
+    run_marker: str | None = None
 
 
 class Executor(Protocol):

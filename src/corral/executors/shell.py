@@ -16,7 +16,7 @@ from typing import ClassVar
 
 from corral.executors.base import Context
 from corral.models import Outcome
-from corral.runner.process import stop_tree
+from corral.runner.process import MARKER_VAR, stop_tree
 
 MAX_LINE = 16_384  # longer lines are split into several events
 TAIL_LINES = 50
@@ -34,6 +34,7 @@ class ShellExecutor:
         self._proc: asyncio.subprocess.Process | None = None
         self._grace = 5.0
         self._stopping: str | None = None  # "cancelled" or "timeout"
+        self._marker: str | None = None
 
     async def run(self, ctx: Context) -> Outcome:
         script = ctx.job.command or ctx.job.prompt or ""
@@ -44,6 +45,9 @@ class ShellExecutor:
             CORRAL_SESSION_ID=ctx.session.id,
             CORRAL_ATTEMPT=str(ctx.job.attempt),
         )
+        if ctx.run_marker:
+            env[MARKER_VAR] = ctx.run_marker
+        self._marker = ctx.run_marker
         proc = await asyncio.create_subprocess_exec(
             "/bin/sh",
             "-c",
@@ -66,9 +70,9 @@ class ShellExecutor:
             await asyncio.wait_for(proc.wait(), ctx.job.timeout)
         except TimeoutError:
             self._stopping = "timeout"
-            await stop_tree(proc, self._grace)
+            await stop_tree(proc, self._grace, self._marker)
         except asyncio.CancelledError:
-            await stop_tree(proc, self._grace)
+            await stop_tree(proc, self._grace, self._marker)
             raise
         finally:
             try:
@@ -101,7 +105,7 @@ class ShellExecutor:
     async def cancel(self) -> None:
         self._stopping = "cancelled"
         if self._proc is not None and self._proc.returncode is None:
-            await stop_tree(self._proc, self._grace)
+            await stop_tree(self._proc, self._grace, self._marker)
 
 
 async def _pump(stream: asyncio.StreamReader, name: str, ctx: Context, tail: deque[str]) -> None:

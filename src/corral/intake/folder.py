@@ -133,7 +133,9 @@ class FolderIntake:
                     continue  # gone already (another replica took it)
                 spec: JobCreate | str
                 try:
-                    spec = queue_file.parse(raw.decode("utf-8"), source_ref=entry.name)
+                    spec = queue_file.parse(
+                        raw.decode("utf-8"), source_ref=entry.name, base_dir=self.root
+                    )
                 except UnicodeDecodeError:
                     spec = "the file is not UTF-8 text"
                 except CorralError as exc:
@@ -201,7 +203,9 @@ class FolderIntake:
             job = await self.store.jobs.by_idempotency_key(idempotency_key(path.name, raw))
             if job is None:
                 try:
-                    spec = queue_file.parse(raw.decode("utf-8"), source_ref=path.name)
+                    spec = queue_file.parse(
+                        raw.decode("utf-8"), source_ref=path.name, base_dir=self.root
+                    )
                 except (UnicodeDecodeError, CorralError) as exc:
                     self._reject(path, raw, str(exc))
                     continue

@@ -69,8 +69,19 @@ class WorkerChannel:
 
     def started(self, started_at: datetime | None = None) -> None:
         at = (started_at or datetime.now(UTC)).isoformat()
-        self._state = {"state": "running", "started_at": at}
+        self._state = {**(self._state or {}), "state": "running", "started_at": at}
         self._wake.set()
+
+    def save_handle(self, handle: str) -> None:
+        """Record the executor's conversation handle on the session (sent
+        before the outcome, so the next turn can resume it)."""
+        self._state = {"state": "running", **(self._state or {}), "handle": handle}
+        self._wake.set()
+
+    async def put_artifact(self, name: str, media_type: str, data: bytes) -> None:
+        await self._send(
+            "PUT", f"/worker/artifacts/{name}", None, content=data, media_type=media_type
+        )
 
     async def heartbeat(self) -> None:
         data = await self._send("POST", "/worker/heartbeat", None)
@@ -127,7 +138,15 @@ class WorkerChannel:
     async def _send_events(self, batch: list[NewEvent]) -> None:
         await self._send("POST", "/worker/events", {"events": self._dump(batch)})
 
-    async def _send(self, method: str, path: str, body: Any) -> dict[str, Any] | None:
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        body: Any,
+        *,
+        content: bytes | None = None,
+        media_type: str = "application/octet-stream",
+    ) -> dict[str, Any] | None:
         if self.stale is not None:
             return None
         delay = 0.05
@@ -135,8 +154,11 @@ class WorkerChannel:
         deadline = loop.time() + GIVE_UP_SECONDS
         while True:
             try:
+                headers = {"Authorization": f"Bearer {self.token}"}
+                if content is not None:
+                    headers["Content-Type"] = media_type
                 resp = await self.http.request(
-                    method, path, json=body, headers={"Authorization": f"Bearer {self.token}"}
+                    method, path, json=body, content=content, headers=headers
                 )
             except httpx.TransportError as exc:
                 status, reason = None, f"{type(exc).__name__}: {exc}"

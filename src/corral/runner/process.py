@@ -51,6 +51,31 @@ def tree(pid: int) -> dict[int, int]:
     return found
 
 
+MARKER_VAR = "CORRAL_RUN"
+
+
+def marked(marker: str) -> dict[int, int]:
+    """Every process whose environment carries ``CORRAL_RUN=marker``, with its
+    start time. Descendants inherit the environment, so this finds the ones
+    that left the tree too (a daemonised child re-parented to init, a tool
+    that started its own session)."""
+    needle = f"{MARKER_VAR}={marker}".encode()
+    found: dict[int, int] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as handle:
+                env = handle.read()
+        except OSError:
+            continue
+        if needle in env.split(b"\0"):
+            t = start_time(int(entry.name))
+            if t is not None:
+                found[int(entry.name)] = t
+    return found
+
+
 def signal_tree(pgid: int, members: dict[int, int], sig: signal.Signals) -> None:
     """Send ``sig`` to the process group and to every known member still
     alive (same start time, so a recycled pid is never hit)."""
@@ -62,17 +87,37 @@ def signal_tree(pgid: int, members: dict[int, int], sig: signal.Signals) -> None
                 os.kill(pid, sig)
 
 
-async def stop_tree(proc: asyncio.subprocess.Process, grace: float) -> None:
-    """SIGTERM the whole tree, then SIGKILL whatever is left after ``grace``."""
-    members = tree(proc.pid)
-    signal_tree(proc.pid, members, signal.SIGTERM)
+async def stop_tree(
+    proc: asyncio.subprocess.Process, grace: float, marker: str | None = None
+) -> None:
+    """SIGTERM the whole tree, then SIGKILL whatever is left after ``grace``.
+    With ``marker``, every process carrying it counts as part of the tree."""
+
+    def members() -> dict[int, int]:
+        found = tree(proc.pid)
+        if marker is not None:
+            found.update(marked(marker))
+        return found
+
+    seen = members()
+    signal_tree(proc.pid, seen, signal.SIGTERM)
     if proc.returncode is None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(proc.wait(), grace)
-    members.update(tree(proc.pid))
-    signal_tree(proc.pid, members, signal.SIGKILL)
+    seen.update(members())
+    signal_tree(proc.pid, seen, signal.SIGKILL)
     if proc.returncode is None:
         await proc.wait()
+
+
+def kill_marked(marker: str) -> list[int]:
+    """SIGKILL every process still carrying ``marker`` (after a run ended)."""
+    found = marked(marker)
+    for pid, started in found.items():
+        if start_time(pid) == started:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+    return list(found)
 
 
 class PidRecords:
@@ -82,8 +127,8 @@ class PidRecords:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
 
-    def add(self, job_id: str, pid: int) -> None:
-        record = {"pid": pid, "start": start_time(pid)}
+    def add(self, job_id: str, pid: int, marker: str | None = None) -> None:
+        record = {"pid": pid, "start": start_time(pid), "marker": marker}
         tmp = self.dir / f".{job_id}.tmp"
         tmp.write_text(json.dumps(record))
         tmp.replace(self.dir / f"{job_id}.json")
@@ -105,5 +150,7 @@ class PidRecords:
             if started is not None and start_time(pid) == started:
                 signal_tree(pid, tree(pid), signal.SIGKILL)
                 killed.append(pid)
+            if record.get("marker"):
+                killed.extend(kill_marked(str(record["marker"])))
             path.unlink(missing_ok=True)
         return killed

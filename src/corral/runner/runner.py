@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import random
 import socket
+import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,11 +20,13 @@ from typing import Any
 
 import httpx
 
+from corral.config import ProviderSettings
 from corral.errors import ClientError, Unauthorized
 from corral.executors import base
-from corral.models import Job, Outcome, Session
+from corral.models import Job, Outcome, Session, new_id
 from corral.runner.channel import WorkerChannel
-from corral.runner.process import PidRecords
+from corral.runner.process import PidRecords, kill_marked
+from corral.runner.workspace import Workspace, WorkspaceError, Workspaces
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +59,7 @@ class Runner:
         workdir: Path,
         name: str | None = None,
         slots: int = 4,
-        providers: Mapping[str, str] | None = None,
+        providers: Mapping[str, ProviderSettings] | None = None,
         lease_wait: float = 20.0,
         kill_grace: float = 5.0,
         labels: list[str] | None = None,
@@ -64,21 +68,21 @@ class Runner:
         self.token = token
         self.name = name or default_name()
         self.slots = slots
-        # provider name -> executor kind
-        self.providers = dict(providers or {"shell": "shell"})
+        self.providers = dict(providers or {"shell": ProviderSettings(kind="shell")})
         self.lease_wait = lease_wait
         self.kill_grace = kill_grace
         self.labels = labels or []
         self.workdir = workdir
         self.pids = PidRecords(workdir / "runner" / "pids")
+        self.workspaces = Workspaces(workdir)
         self.runner_id: str | None = None
         self.heartbeat_interval = 5.0
         self._jobs: dict[str, asyncio.Task[None]] = {}
         self._executors: dict[str, base.Executor] = {}
         self._slot_freed = asyncio.Event()
         self._stopping = False  # set on the way out: stopped jobs were not cancelled by anyone
-        for kind in set(self.providers.values()):
-            base.load(kind)  # fail at start, not at the first job
+        for p in self.providers.values():
+            base.load(p.kind)  # fail at start, not at the first job
 
     async def run(self) -> None:
         """Run until cancelled; running jobs are stopped on the way out."""
@@ -192,10 +196,10 @@ class Runner:
         session = Session.model_validate(item["session"])
         log_extra = {"job_id": job.id, "session_id": session.id}
         try:
-            kind = self.providers.get(job.provider)
-            if kind is None:
+            settings = self.providers.get(job.provider)
+            if settings is None:
                 raise ClientError(f"this runner has no provider {job.provider!r}")
-            executor = base.load(kind)()
+            executor = base.load(settings.kind)()
             self._executors[job.id] = executor
 
             def stale(reason: str) -> None:
@@ -203,39 +207,60 @@ class Runner:
                 asyncio.create_task(executor.cancel())
 
             channel = WorkerChannel(http, item["token"], job_id=job.id, on_stale=stale)
-            workdir = self.workdir / "workspaces" / session.id
-            workdir.mkdir(parents=True, exist_ok=True)
+            try:
+                ws = await asyncio.to_thread(self.workspaces.prepare, job)
+            except WorkspaceError as exc:
+                await channel.complete(
+                    Outcome(status="failed", reason="workspace", failure="input", error=str(exc))
+                )
+                await channel.close()
+                return
+            marker = new_id()
 
             def started(pid: int) -> None:
-                self.pids.add(job.id, pid)
+                self.pids.add(job.id, pid, marker)
                 channel.started()
 
             ctx = base.Context(
                 job=job,
                 session=session,
-                workdir=workdir,
+                workdir=ws.path,
                 emit=channel.emit,
                 started=started,
                 kill_grace=self.kill_grace,
+                provider=job.provider,
+                settings=settings,
+                handle=item.get("resume_handle"),
+                save_handle=channel.save_handle,
+                state_dir=self.workdir / "providers" / job.provider,
+                run_marker=marker,
             )
             beats = asyncio.create_task(self._heartbeats(channel))
             try:
                 outcome = await executor.run(ctx)
             except Exception as exc:  # an executor bug must not take the runner down
-                log.exception("executor %s failed", kind, extra=log_extra)
+                log.exception("executor %s failed", settings.kind, extra=log_extra)
                 outcome = Outcome(
-                    status="failed", reason="executor_error", error=f"{type(exc).__name__}: {exc}"
+                    status="failed",
+                    reason="executor_error",
+                    failure="infra",
+                    error=f"{type(exc).__name__}: {exc}",
                 )
             finally:
                 beats.cancel()
+                # Whatever the agent left running (daemonised tool processes) dies with the run.
+                await asyncio.to_thread(kill_marked, marker)
                 self.pids.remove(job.id)
             if self._stopping and outcome.status == "failed":
                 outcome = outcome.model_copy(
                     update={
                         "reason": "runner_stopped",
+                        "failure": "infra",
                         "error": "the runner stopped while the job ran",
                     }
                 )
+            if ws.branch is not None and not self._stopping:
+                await self._artifacts(ws, channel, log_extra)
             await channel.complete(outcome)
             await channel.close()
         except Exception:
@@ -244,6 +269,26 @@ class Runner:
             self._executors.pop(job.id, None)
             self._jobs.pop(job.id, None)
             self._slot_freed.set()
+
+    async def _artifacts(
+        self, ws: Workspace, channel: WorkerChannel, log_extra: dict[str, str]
+    ) -> None:
+        """Record what the job changed in its worktree: the diff against the
+        base as ``diff.patch``, and branch, commit and files as ``changes.json``."""
+        try:
+            changes = await asyncio.to_thread(self.workspaces.changes, ws)
+        except (WorkspaceError, OSError, subprocess.SubprocessError) as exc:
+            log.warning("could not collect the changes of %s: %s", ws.path, exc, extra=log_extra)
+            channel.emit("workspace.error", {"error": str(exc)})
+            return
+        if changes is None:
+            return
+        summary = changes.summary()
+        channel.emit("workspace.changes", summary)
+        await channel.put_artifact("diff.patch", "text/x-diff", changes.patch)
+        await channel.put_artifact(
+            "changes.json", "application/json", json.dumps(summary, indent=2).encode()
+        )
 
     async def _heartbeats(self, channel: WorkerChannel) -> None:
         while channel.stale is None:

@@ -41,7 +41,7 @@ class Store:
             bus = pg
         self.bus: Bus = bus or MemoryBus()
         self.db.publish = self.bus.publish
-        self.runners = Runners(self.db)
+        self.runners = Runners(self.db, self.jobs.policy)
         self.keys = Keys(self.db)
         self.settings = ServerSettings(self.db)
 

@@ -16,14 +16,32 @@ from typing import Any
 import sqlalchemy as sa
 
 from corral.auth import WorkerClaims
-from corral.errors import Conflict, JobNotActive, JobNotFound, SessionNotFound, StaleEpoch
+from corral.errors import (
+    ArtifactNotFound,
+    Conflict,
+    JobNotActive,
+    JobNotFound,
+    SessionNotFound,
+    StaleEpoch,
+)
 from corral.jobs import ACTIVE, TERMINAL, Action, JobState, backoff, transition
-from corral.models import Event, Job, JobCreate, NewEvent, Outcome, Runner, Session, new_id
+from corral.models import (
+    Artifact,
+    Event,
+    Job,
+    JobCreate,
+    NewEvent,
+    Outcome,
+    ProviderPause,
+    Runner,
+    Session,
+    new_id,
+)
 from corral.routing import Decision
 from corral.store import events as event_log
 from corral.store import sessions as session_store
 from corral.store.db import Database, Tx
-from corral.store.schema import jobs, runners, sessions
+from corral.store.schema import artifacts, jobs, provider_pauses, runners, sessions
 from corral.store.schema import settings as server_settings
 
 Row = sa.Row[Any]
@@ -46,10 +64,11 @@ class Caps:
 
     providers: Mapping[str, int] = field(default_factory=dict)  # provider -> max active
     total: int | None = None  # max active jobs across all runners
+    repo: int | None = None  # max active jobs per repository
 
     @property
     def any(self) -> bool:
-        return bool(self.providers) or self.total is not None
+        return bool(self.providers) or self.total is not None or self.repo is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +76,13 @@ class RetryPolicy:
     default_max_attempts: int = 1
     backoff_base: float = 2.0
     backoff_max: float = 300.0
+    # Runs lost to infrastructure are re-queued without consuming an attempt,
+    # at most this many times per job (a job that keeps killing its runner stops).
+    max_infra_retries: int = 3
+    # A quota failure without a reset time pauses its provider this long.
+    quota_backoff: float = 60.0
+    # provider -> provider that takes its jobs while it is paused by a quota.
+    fallbacks: Mapping[str, str] = field(default_factory=dict)
 
 
 def _candidates() -> sa.Select[Any]:
@@ -66,11 +92,12 @@ def _candidates() -> sa.Select[Any]:
     Built once: constructing the alias per call costs more than running it."""
     other = jobs.alias("other")
     return (
-        sa.select(jobs.c.id, jobs.c.session_id, jobs.c.provider)
+        sa.select(jobs.c.id, jobs.c.session_id, jobs.c.provider, jobs.c.repo)
         .where(
             jobs.c.state == JobState.QUEUED.value,
             jobs.c.available_at <= sa.bindparam("now"),
             jobs.c.provider.in_(sa.bindparam("providers", expanding=True)),
+            sa.or_(jobs.c.repo.is_(None), jobs.c.repo.not_in(sa.bindparam("full", expanding=True))),
             ~sa.exists().where(
                 other.c.session_id == jobs.c.session_id,
                 other.c.id != jobs.c.id,
@@ -90,6 +117,14 @@ _ACTIVE_BY_PROVIDER = (
     sa.select(jobs.c.provider, sa.func.count())
     .where(jobs.c.state.in_(_ACTIVE))
     .group_by(jobs.c.provider)
+)
+_ACTIVE_BY_REPO = (
+    sa.select(jobs.c.repo, sa.func.count())
+    .where(jobs.c.state.in_(_ACTIVE), jobs.c.repo.is_not(None))
+    .group_by(jobs.c.repo)
+)
+_PAUSED_PROVIDERS = sa.select(provider_pauses.c.provider).where(
+    provider_pauses.c.until > sa.bindparam("now")
 )
 _PG_LEASE_LOCK = 0x636F7272616D
 # The kill switch (Store.settings "paused"): no new leases while it is on.
@@ -201,9 +236,12 @@ def _assign(
     return Lease(job, Session.model_validate({**srow._mapping, "last_seq": srow.last_seq + 1}))
 
 
-def lose(tx: Tx, row: Row, *, reason: str, error: str, now: datetime) -> Job:
+def lose(
+    tx: Tx, row: Row, *, reason: str, error: str, now: datetime, max_infra_retries: int
+) -> Job:
     """The runner holding ``row`` is gone: bump the epoch so its writes are
-    refused, then retry (attempts left) or fail the job."""
+    refused, then re-queue the job (same attempt) or, with the infrastructure
+    retry budget spent, fail it."""
     epoch = tx.conn.execute(
         sa.update(sessions)
         .where(sessions.c.id == row.session_id)
@@ -216,13 +254,80 @@ def lose(tx: Tx, row: Row, *, reason: str, error: str, now: datetime) -> Job:
         .values(epoch=epoch)
         .returning(*jobs.c)
     ).one()
-    return apply(
-        tx,
-        bumped,
-        Action.LOSE,
-        now=now,
-        values={"error": error, "reason": reason, "available_at": now},
+    return _infra(
+        tx, bumped, now=now, values={"error": error, "reason": reason}, budget=max_infra_retries
     )
+
+
+def _infra(tx: Tx, row: Row, *, now: datetime, values: dict[str, Any], budget: int) -> Job:
+    """An infrastructure failure: queued again at once as the same attempt,
+    unless the job already used up its infrastructure retries."""
+    values = {**values, "failure": "infra"}
+    if row.infra_retries >= budget:
+        values["error"] = (
+            f"{values['error']} (gave up: {row.infra_retries} infrastructure retries spent)"
+        )
+        return apply(tx, row, Action.REJECT, now=now, values=values)
+    values.update(available_at=now, attempt=row.attempt, infra_retries=row.infra_retries + 1)
+    return apply(tx, row, Action.LOSE, now=now, values=values)
+
+
+def paused_providers(conn: sa.Connection, now: datetime) -> set[str]:
+    return {str(p) for p in conn.execute(_PAUSED_PROVIDERS, {"now": now}).scalars()}
+
+
+def _fallback(
+    conn: sa.Connection, provider: str, fallbacks: Mapping[str, str], now: datetime
+) -> tuple[str, str | None]:
+    """Where a job for ``provider`` goes now: its fallback (followed as a chain)
+    while the provider is paused by a quota, else the provider itself."""
+    if provider not in fallbacks:
+        return provider, None
+    paused = paused_providers(conn, now)
+    seen = [provider]
+    while provider in paused and fallbacks.get(provider) and fallbacks[provider] not in seen:
+        provider = fallbacks[provider]
+        seen.append(provider)
+    if len(seen) == 1:
+        return provider, None
+    return provider, f"fallback: {' -> '.join(seen)} ({seen[0]} is paused by a quota limit)"
+
+
+def _pause_provider(
+    tx: Tx, provider: str, until: datetime, reason: str, fallbacks: Mapping[str, str], now: datetime
+) -> None:
+    """Pause ``provider`` until ``until`` and move its queued jobs to its fallback."""
+    values = {"until": until, "reason": reason}
+    updated = tx.conn.execute(
+        sa.update(provider_pauses).where(provider_pauses.c.provider == provider).values(values)
+    ).rowcount
+    if not updated:
+        tx.conn.execute(sa.insert(provider_pauses).values(provider=provider, **values))
+    target, why = _fallback(tx.conn, provider, fallbacks, now)
+    if why is None:
+        return
+    moved = tx.conn.execute(
+        sa.update(jobs)
+        .where(jobs.c.provider == provider, jobs.c.state == JobState.QUEUED.value)
+        .values(provider=target, route_reason=why, updated_at=now)
+        .returning(jobs.c.id, jobs.c.session_id, jobs.c.epoch)
+    ).all()
+    for job_id, session_id, epoch in moved:
+        event_log.append(
+            tx,
+            session_id,
+            [
+                NewEvent(
+                    type="job.routed",
+                    payload={"job_id": job_id, "provider": target, "from": provider, "reason": why},
+                )
+            ],
+            job_id=job_id,
+            epoch=epoch,
+            now=now,
+            dedup=False,
+        )
+        tx.notify("dispatch", job_id)
 
 
 def _owned(tx: Tx, claims: WorkerClaims) -> Row:
@@ -256,8 +361,12 @@ class Jobs:
         max_attempts = spec.max_attempts or self.policy.default_max_attempts
         provider = route.provider if route else spec.preferred_ai or "shell"
         model = route.model if route else spec.model
+        fallbacks = self.policy.fallbacks
+        repo, base = spec.repo, spec.base
 
         def body(tx: Tx) -> Job:
+            nonlocal repo, base
+            target, why = _fallback(tx.conn, provider, fallbacks, now)
             if spec.session_id is not None:
                 turn = tx.conn.execute(
                     sa.update(sessions)
@@ -268,6 +377,16 @@ class Jobs:
                 if turn is None:
                     raise SessionNotFound(f"no session {spec.session_id}")
                 session_id = spec.session_id
+                if repo is None:
+                    # A follow-up turn works in the session's workspace.
+                    first = tx.conn.execute(
+                        sa.select(jobs.c.repo, jobs.c.base)
+                        .where(jobs.c.session_id == session_id)
+                        .order_by(jobs.c.turn)
+                        .limit(1)
+                    ).one_or_none()
+                    if first is not None:
+                        repo, base = first
             else:
                 session_id = session_store.insert(tx, title=spec.title, now=now, turns=1)
                 turn = 1
@@ -279,17 +398,19 @@ class Jobs:
                     session_id=session_id,
                     turn=turn,
                     state=JobState.QUEUED,
-                    provider=provider,
-                    model=model,
+                    provider=target,
+                    model=model if why is None else None,
                     preferred_ai=spec.preferred_ai,
                     needs_local_agent=spec.needs_local_agent,
                     allow_delegation=spec.allow_delegation,
                     complexity_hint=spec.complexity_hint,
                     route_rule=route.rule if route else None,
-                    route_reason=route.reason if route else None,
+                    route_reason=why or (route.reason if route else None),
                     title=spec.title,
                     prompt=spec.prompt,
                     command=spec.command,
+                    repo=repo,
+                    base=base,
                     priority=spec.priority,
                     attempt=1,
                     max_attempts=max_attempts,
@@ -322,6 +443,18 @@ class Jobs:
                 if route
                 else []
             )
+            if why is not None:
+                routed.append(
+                    NewEvent(
+                        type="job.routed",
+                        payload={
+                            "job_id": job_id,
+                            "provider": target,
+                            "from": provider,
+                            "reason": why,
+                        },
+                    )
+                )
             event_log.append(
                 tx,
                 session_id,
@@ -433,6 +566,8 @@ class Jobs:
                     "result": None,
                     "error": None,
                     "reason": None,
+                    "failure": None,
+                    "infra_retries": 0,
                     "exit_code": None,
                     "finished_at": None,
                     "usage": None,
@@ -467,25 +602,32 @@ class Jobs:
             if room <= 0 or conn.execute(_PAUSED).scalar_one_or_none() == "true":
                 return []
             active: dict[str, int] = {}
+            by_repo: dict[str, int] = {}
             if caps.any:
                 active = {str(p): int(n) for p, n in conn.execute(_ACTIVE_BY_PROVIDER)}
                 if caps.total is not None:
                     room = min(room, caps.total - sum(active.values()))
+                if caps.repo is not None:
+                    by_repo = {str(r): int(n) for r, n in conn.execute(_ACTIVE_BY_REPO)}
+            paused = paused_providers(conn, now)
             eligible = [
                 p
                 for p in runner.providers
-                if p not in caps.providers or active.get(p, 0) < caps.providers[p]
+                if p not in paused
+                and (p not in caps.providers or active.get(p, 0) < caps.providers[p])
             ]
             if room <= 0 or not eligible:
                 return []
             stmt = _CANDIDATES_LOCKED if skip_locked else _CANDIDATES
             leased: builtins.list[Lease] = []
             while len(leased) < room and eligible:
+                full = [r for r, n in by_repo.items() if caps.repo is not None and n >= caps.repo]
                 rows = conn.execute(
-                    stmt, {"now": now, "providers": eligible, "room": room - len(leased)}
+                    stmt,
+                    {"now": now, "providers": eligible, "room": room - len(leased), "full": full},
                 ).all()
                 filled = False
-                for job_id, session_id, provider in rows:
+                for job_id, session_id, provider, repo in rows:
                     cap = caps.providers.get(provider)
                     if cap is not None and active.get(provider, 0) >= cap:
                         # Filled during this lease: look again without it.
@@ -493,10 +635,19 @@ class Jobs:
                             eligible.remove(provider)
                         filled = True
                         continue
+                    if (
+                        repo is not None
+                        and caps.repo is not None
+                        and by_repo.get(repo, 0) >= caps.repo
+                    ):
+                        filled = True  # filled during this lease: look again without it
+                        continue
                     lease = _assign(tx, job_id, session_id, runner, now, ttl)
                     if lease is not None:
                         leased.append(lease)
                         active[provider] = active.get(provider, 0) + 1
+                        if repo is not None:
+                            by_repo[repo] = by_repo.get(repo, 0) + 1
                 if not filled:
                     break
             return leased
@@ -575,9 +726,40 @@ class Jobs:
                 "cost": outcome.cost,
             }
             if outcome.status == "done":
-                values.update(error=None, reason=None)
+                values.update(error=None, reason=None, failure=None)
                 return apply(tx, row, Action.SUCCEED, now=now, values=values), duplicates
-            values.update(error=outcome.error or "failed", reason=outcome.reason or "error")
+            failure = outcome.failure or "agent"
+            values.update(
+                error=outcome.error or "failed", reason=outcome.reason or "error", failure=failure
+            )
+            if failure == "input":
+                return apply(tx, row, Action.REJECT, now=now, values=values), duplicates
+            if failure == "infra":
+                job = _infra(tx, row, now=now, values=values, budget=policy.max_infra_retries)
+                return job, duplicates
+            if failure == "quota":
+                until = outcome.retry_at or now + timedelta(seconds=policy.quota_backoff)
+                until = max(until, now + timedelta(seconds=1))
+                _pause_provider(tx, row.provider, until, values["error"], policy.fallbacks, now)
+                values.update(available_at=now, attempt=row.attempt)
+                job = apply(
+                    tx,
+                    row,
+                    Action.LOSE,
+                    now=now,
+                    values=values,
+                    note={"paused_until": until.isoformat()},
+                )
+                target, why = _fallback(tx.conn, job.provider, policy.fallbacks, now)
+                if why is not None:
+                    moved = tx.conn.execute(
+                        sa.update(jobs)
+                        .where(jobs.c.id == job.id, jobs.c.state == JobState.QUEUED.value)
+                        .values(provider=target, route_reason=why)
+                        .returning(*jobs.c)
+                    ).one()
+                    job = _job(moved)
+                return job, duplicates
             if row.attempt < row.max_attempts:
                 delay = backoff(row.attempt, base=policy.backoff_base, cap=policy.backoff_max)
                 values["available_at"] = now + timedelta(seconds=delay)
@@ -605,6 +787,7 @@ class Jobs:
                     reason="runner_lost",
                     now=now,
                     error=f"runner {row.runner_id} stopped heartbeating (lease expired)",
+                    max_infra_retries=self.policy.max_infra_retries,
                 )
                 for row in tx.conn.execute(stmt).all()
             ]
@@ -623,6 +806,16 @@ class Jobs:
                 return "paused: the kill switch is on (corral resume)"
             if job.available_at > now:
                 return f"retry backoff until {job.available_at.isoformat(timespec='seconds')}"
+            pause = conn.execute(
+                sa.select(provider_pauses.c.until).where(
+                    provider_pauses.c.provider == job.provider, provider_pauses.c.until > now
+                )
+            ).scalar_one_or_none()
+            if pause is not None:
+                return (
+                    f"provider {job.provider!r} is paused by a quota limit until "
+                    f"{pause.isoformat(timespec='seconds')}"
+                )
             before = conn.execute(
                 sa.select(jobs.c.turn, jobs.c.state)
                 .where(
@@ -642,6 +835,14 @@ class Jobs:
             cap = caps.providers.get(job.provider)
             if cap is not None and active.get(job.provider, 0) >= cap:
                 return f"provider cap: {active[job.provider]}/{cap} {job.provider} jobs active"
+            if job.repo is not None and caps.repo is not None:
+                n = conn.execute(
+                    sa.select(sa.func.count()).where(
+                        jobs.c.repo == job.repo, jobs.c.state.in_(_ACTIVE)
+                    )
+                ).scalar_one()
+                if n >= caps.repo:
+                    return f"repo cap: {n}/{caps.repo} jobs active in {job.repo}"
             if caps.total is not None and sum(active.values()) >= caps.total:
                 return f"global cap: {sum(active.values())}/{caps.total} jobs active"
             serving = [
@@ -662,3 +863,95 @@ class Jobs:
         return await self.db.read(
             lambda conn: {str(state): int(n) for state, n in conn.execute(stmt)}
         )
+
+    async def pauses(self) -> builtins.list[ProviderPause]:
+        """Providers paused by a quota limit, now."""
+        now = now_utc()
+        fallbacks = self.policy.fallbacks
+
+        def body(conn: sa.Connection) -> builtins.list[ProviderPause]:
+            rows = conn.execute(
+                sa.select(provider_pauses)
+                .where(provider_pauses.c.until > now)
+                .order_by(provider_pauses.c.provider)
+            ).all()
+            return [
+                ProviderPause(
+                    provider=r.provider,
+                    until=r.until,
+                    reason=r.reason,
+                    fallback=fallbacks.get(r.provider),
+                )
+                for r in rows
+            ]
+
+        return await self.db.read(body)
+
+    async def unpause(self, provider: str) -> bool:
+        def body(tx: Tx) -> bool:
+            gone = tx.conn.execute(
+                sa.delete(provider_pauses).where(provider_pauses.c.provider == provider)
+            ).rowcount
+            tx.notify("dispatch", provider)
+            return bool(gone)
+
+        return await self.db.write(body)
+
+    async def put_artifact(
+        self, claims: WorkerClaims, name: str, media_type: str, data: bytes
+    ) -> Artifact:
+        """Store (or replace) an artifact of the job the worker holds."""
+        now = now_utc()
+
+        def body(tx: Tx) -> Artifact:
+            _owned(tx, claims)
+            key = (artifacts.c.job_id == claims.job_id) & (artifacts.c.name == name)
+            tx.conn.execute(sa.delete(artifacts).where(key))
+            tx.conn.execute(
+                sa.insert(artifacts).values(
+                    job_id=claims.job_id,
+                    name=name,
+                    media_type=media_type,
+                    size=len(data),
+                    data=data,
+                    created_at=now,
+                )
+            )
+            return Artifact(
+                job_id=claims.job_id,
+                name=name,
+                media_type=media_type,
+                size=len(data),
+                created_at=now,
+            )
+
+        return await self.db.write(body)
+
+    async def artifacts(self, job_id: str) -> builtins.list[Artifact]:
+        await self.get(job_id)  # 404 for an unknown job
+        stmt = (
+            sa.select(
+                artifacts.c.job_id,
+                artifacts.c.name,
+                artifacts.c.media_type,
+                artifacts.c.size,
+                artifacts.c.created_at,
+            )
+            .where(artifacts.c.job_id == job_id)
+            .order_by(artifacts.c.name)
+        )
+        return await self.db.read(
+            lambda conn: [Artifact.model_validate(r._mapping) for r in conn.execute(stmt)]
+        )
+
+    async def artifact(self, job_id: str, name: str) -> tuple[Artifact, bytes]:
+        row = await self.db.read(
+            lambda conn: conn.execute(
+                sa.select(artifacts).where(artifacts.c.job_id == job_id, artifacts.c.name == name)
+            ).one_or_none()
+        )
+        if row is None:
+            await self.get(job_id)
+            raise ArtifactNotFound(f"job {job_id} has no artifact {name!r}")
+        meta = Artifact.model_validate(row._mapping)
+        return meta, bytes(row.data)

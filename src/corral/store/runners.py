@@ -10,15 +10,16 @@ from corral.errors import RunnerNotFound
 from corral.jobs import ACTIVE
 from corral.models import Runner, new_id
 from corral.store.db import Database, Tx
-from corral.store.jobs import lose, now_utc
+from corral.store.jobs import RetryPolicy, lose, now_utc
 from corral.store.schema import jobs, runners
 
 PROTOCOL_VERSION = "v1"
 
 
 class Runners:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, policy: RetryPolicy | None = None) -> None:
         self.db = db
+        self.policy = policy or RetryPolicy()
 
     async def register(
         self,
@@ -32,9 +33,10 @@ class Runners:
     ) -> Runner:
         """Register a runner. A runner registering again under the same name
         is a restart: the jobs its previous instance held are lost at once
-        (epoch bumped, retried or failed) instead of waiting for the watchdog."""
+        (epoch bumped, re-queued or failed) instead of waiting for the watchdog."""
         now = now_utc()
         runner_id = new_id()
+        budget = self.policy.max_infra_retries
 
         def body(tx: Tx) -> None:
             old = list(
@@ -57,6 +59,7 @@ class Runners:
                         reason="runner_restarted",
                         now=now,
                         error=f"runner {name!r} restarted while the job ran",
+                        max_infra_retries=budget,
                     )
                 tx.conn.execute(
                     sa.update(runners).where(runners.c.id.in_(old)).values(status="replaced")

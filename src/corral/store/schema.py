@@ -72,6 +72,8 @@ jobs = sa.Table(
     sa.Column("title", sa.Text),
     sa.Column("prompt", sa.Text),
     sa.Column("command", sa.Text),
+    sa.Column("repo", sa.Text),
+    sa.Column("base", sa.String(200)),
     sa.Column("priority", sa.Integer, nullable=False),
     sa.Column("attempt", sa.Integer, nullable=False),
     sa.Column("max_attempts", sa.Integer, nullable=False),
@@ -85,6 +87,8 @@ jobs = sa.Table(
     sa.Column("result", sa.Text),
     sa.Column("error", sa.Text),
     sa.Column("reason", sa.String(64)),
+    sa.Column("failure", sa.String(16)),
+    sa.Column("infra_retries", sa.Integer, nullable=False, server_default="0"),
     sa.Column("exit_code", sa.Integer),
     sa.Column("usage", JSON),
     sa.Column("cost", sa.Float),
@@ -114,6 +118,26 @@ events = sa.Table(
     sa.Column("internal", sa.Boolean, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Index(None, "job_id"),
+)
+
+artifacts = sa.Table(
+    "artifacts",
+    metadata,
+    sa.Column("job_id", sa.String(64), sa.ForeignKey("jobs.id"), primary_key=True),
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("media_type", sa.String(128), nullable=False),
+    sa.Column("size", sa.Integer, nullable=False),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+# A provider paused by a quota failure: no leases for it until ``until``.
+provider_pauses = sa.Table(
+    "provider_pauses",
+    metadata,
+    sa.Column("provider", sa.String(64), primary_key=True),
+    sa.Column("until", UTCDateTime, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
 )
 
 runners = sa.Table(

@@ -1,0 +1,185 @@
+"""codex: the real ``codex exec --json``, headless.
+
+``codex exec --json --skip-git-repo-check --sandbox workspace-write PROMPT``
+in the job's workspace; a follow-up turn runs ``codex exec --json ... resume
+THREAD_ID PROMPT`` (the id comes from the previous turn's ``thread.started``).
+Configuration goes through a per-provider ``CODEX_HOME/config.toml`` that
+corral writes: with ``OPENAI_BASE_URL`` in the provider's ``env``, a
+``model_providers.corral`` entry pointing there (Responses wire API, few
+retries); always with plugins and analytics off, so the CLI does not reach
+for outside hosts. Codex reports token usage but no cost."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+from corral.executors.agent import AgentExecutor, classify, clip, reset_time, usage_of
+from corral.executors.base import Context
+from corral.models import Outcome
+
+
+def _toml(value: object) -> str:
+    return json.dumps(value)  # a JSON string or number is a valid TOML value
+
+
+class CodexExecutor(AgentExecutor):
+    kind: ClassVar[str] = "codex"
+    default_command: ClassVar[str] = "codex"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.thread_id: str | None = None
+        self.messages: list[str] = []
+        self.usage: dict[str, Any] | None = None
+        self.failed: str | None = None
+        self.errors: list[str] = []
+
+    def argv(self, ctx: Context) -> list[str]:
+        s = ctx.settings
+        prompt = ctx.job.prompt or ctx.job.command or ""
+        args = [*self.command(ctx), "exec", "--json", "--skip-git-repo-check"]
+        args += ["--sandbox", s.sandbox]
+        model = ctx.job.model or s.model
+        if model:
+            args += ["--model", model]
+        args += list(s.extra_args)
+        if ctx.handle:
+            return [*args, "resume", ctx.handle, prompt]
+        return [*args, prompt]
+
+    def environment(self, ctx: Context, home: Path, tmp: Path) -> dict[str, str]:
+        codex_home = home.parent / "codex"
+        codex_home.mkdir(parents=True, exist_ok=True)
+        env = ctx.settings.env
+        lines = []
+        model = ctx.job.model or ctx.settings.model
+        if model:
+            lines.append(f"model = {_toml(model)}")
+        if env.get("OPENAI_BASE_URL"):
+            lines += [
+                'model_provider = "corral"',
+                "",
+                "[model_providers.corral]",
+                'name = "corral"',
+                f"base_url = {_toml(env['OPENAI_BASE_URL'])}",
+                'env_key = "OPENAI_API_KEY"',
+                'wire_api = "responses"',
+                "request_max_retries = 1",
+                "stream_max_retries = 1",
+            ]
+        lines += ["", "[features]", "plugins = false", "", "[analytics]", "enabled = false", ""]
+        (codex_home / "config.toml").write_text("\n".join(lines))
+        return {"CODEX_HOME": str(codex_home)}
+
+    def on_line(self, data: dict[str, Any], ctx: Context) -> None:
+        kind = data.get("type")
+        emit = ctx.emit
+        if kind == "thread.started":
+            self.thread_id = data.get("thread_id")
+            if self.thread_id:
+                ctx.save_handle(self.thread_id)
+            emit("agent.init", {"agent": "codex", "session_id": self.thread_id})
+        elif kind in ("item.started", "item.completed", "item.updated"):
+            self._item(kind, data.get("item") or {}, ctx)
+        elif kind == "turn.completed":
+            self.usage = usage_of(data.get("usage"))
+            self.finished = True
+            emit("agent.result", {"is_error": False, "usage": self.usage})
+        elif kind == "turn.failed":
+            error = data.get("error") or {}
+            self.failed = str(error.get("message") if isinstance(error, dict) else error)
+            self.finished = True
+            emit("agent.result", {"is_error": True, "error": clip(self.failed)})
+        elif kind == "error":
+            self.errors.append(str(data.get("message", "")))
+            emit("agent.error", {"error": clip(data.get("message"))})
+        elif kind == "turn.started":
+            emit("agent.turn", {}, ephemeral=True)
+        else:
+            emit("agent.event", {"raw": clip(data)})
+
+    def _item(self, kind: str, item: dict[str, Any], ctx: Context) -> None:
+        itype = item.get("type")
+        done = kind == "item.completed"
+        if itype == "agent_message":
+            if done:
+                self.messages.append(str(item.get("text", "")))
+                ctx.emit("agent.message", {"text": clip(item.get("text", ""))})
+        elif itype == "reasoning":
+            if done:
+                ctx.emit("agent.thinking", {"text": clip(item.get("text", ""))}, internal=True)
+        elif itype == "command_execution":
+            if not done:
+                ctx.emit(
+                    "agent.tool_call",
+                    {
+                        "id": item.get("id"),
+                        "name": "command",
+                        "input": {"command": item.get("command")},
+                    },
+                )
+            else:
+                ctx.emit(
+                    "agent.tool_result",
+                    {
+                        "id": item.get("id"),
+                        "is_error": item.get("exit_code") not in (0, None),
+                        "exit_code": item.get("exit_code"),
+                        "content": clip(item.get("aggregated_output")),
+                    },
+                )
+        elif itype == "file_change":
+            if done:
+                ctx.emit(
+                    "agent.file_change",
+                    {"id": item.get("id"), "changes": clip(item.get("changes"))},
+                )
+        elif itype == "mcp_tool_call":
+            name = f"{item.get('server')}.{item.get('tool')}"
+            ctx.emit(
+                "agent.tool_result" if done else "agent.tool_call",
+                {
+                    "id": item.get("id"),
+                    "name": name,
+                    "content": clip(item.get("result")),
+                    "status": item.get("status"),
+                },
+            )
+        elif itype == "error":
+            if done:
+                self.errors.append(str(item.get("message", "")))
+                ctx.emit("agent.error", {"error": clip(item.get("message"))})
+        elif done:
+            ctx.emit("agent.event", {"raw": clip(item)})
+
+    def outcome(self, returncode: int | None, ctx: Context) -> Outcome:
+        result = self.messages[-1] if self.messages else None
+        if self.finished and self.failed is None and returncode == 0:
+            return Outcome(status="done", result=result, exit_code=0, usage=self.usage)
+        if self.guard is not None and not self.finished:
+            return self.guard_outcome(ctx, returncode)
+        if self.failed is not None or self.errors:
+            message = self.failed or self.errors[-1]
+            failure = classify(message)
+            return Outcome(
+                status="failed",
+                reason="agent_error",
+                failure=failure,
+                error=message,
+                retry_at=reset_time(message) if failure == "quota" else None,
+                result=result,
+                exit_code=returncode,
+                usage=self.usage,
+            )
+        if self.finished and self.guard == "linger":
+            return Outcome(status="done", result=result, exit_code=returncode, usage=self.usage)
+        detail = self.stderr_text()[-2000:] or f"exit code {returncode}"
+        return Outcome(
+            status="failed",
+            reason="no_result",
+            failure="infra" if returncode in (None, 0) or (returncode or 0) < 0 else "agent",
+            error=f"codex exited without a result: {detail}",
+            exit_code=returncode,
+        )

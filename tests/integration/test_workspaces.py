@@ -1,0 +1,135 @@
+"""Workspaces: real git repositories and worktrees (no database needed)."""
+
+from __future__ import annotations
+
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from corral.jobs import JobState
+from corral.models import Job, new_id
+from corral.runner.workspace import WorkspaceError, Workspaces, git
+
+
+def make_repo(path: Path) -> Path:
+    path.mkdir(parents=True)
+    git("init", "--quiet", "-b", "main", cwd=path)
+    git("config", "user.email", "dev@example.com", cwd=path)
+    git("config", "user.name", "Dev", cwd=path)
+    (path / "README.md").write_text("hello\n")
+    (path / ".gitignore").write_text("*.log\n")
+    git("add", "-A", cwd=path)
+    git("commit", "--quiet", "-m", "first", cwd=path)
+    return path
+
+
+def job(session: str | None = None, **fields: object) -> Job:
+    now = datetime.now(UTC)
+    data: dict[str, object] = {
+        "id": new_id(),
+        "session_id": session or new_id(),
+        "turn": 1,
+        "state": JobState.ASSIGNED,
+        "provider": "shell",
+        "priority": 2,
+        "attempt": 1,
+        "max_attempts": 1,
+        "source": "api",
+        "epoch": 1,
+        "created_at": now,
+        "available_at": now,
+        "updated_at": now,
+        **fields,
+    }
+    return Job.model_validate(data)
+
+
+def test_worktree_per_session_and_changes(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    head = git("rev-parse", "HEAD", cwd=repo).strip()
+    spaces = Workspaces(tmp_path / "data")
+    j = job(repo=str(repo))
+    ws = spaces.prepare(j)
+    assert ws.kind == "worktree" and ws.branch == f"corral/{j.id}" and ws.base == head
+    assert ws.path == (tmp_path / "data" / "workspaces" / j.session_id).resolve()
+    assert (ws.path / "README.md").read_text() == "hello\n"
+    # The user's checkout is untouched and stays on its branch.
+    assert git("branch", "--show-current", cwd=repo).strip() == "main"
+
+    (ws.path / "README.md").write_text("hello\nworld\n")
+    (ws.path / "new.txt").write_text("new\n")
+    (ws.path / "debug.log").write_text("ignored\n")
+    changes = spaces.changes(ws)
+    assert changes is not None and changes.commit is None
+    assert sorted((f["status"], f["path"]) for f in changes.files) == [
+        ("A", "new.txt"),
+        ("M", "README.md"),
+    ]
+    assert b"+world" in changes.patch and b"debug.log" not in changes.patch
+    # The patch applies to the base in a clean checkout.
+    check = tmp_path / "check"
+    git("clone", "--quiet", str(repo), str(check))
+    subprocess.run(["git", "apply", "-"], cwd=check, input=changes.patch, check=True)
+    assert (check / "new.txt").read_text() == "new\n"
+    # The worktree's own index was not touched (nothing staged by corral).
+    assert git("diff", "--cached", "--name-only", cwd=ws.path) == ""
+
+    # A follow-up turn of the session reuses the worktree; a commit is reported.
+    git("-c", "user.email=a@b", "-c", "user.name=a", "commit", "-qam", "agent", cwd=ws.path)
+    again = spaces.prepare(job(session=j.session_id, repo=str(repo), turn=2))
+    assert again.path == ws.path and again.branch == ws.branch
+    changes = spaces.changes(again)
+    assert changes is not None
+    assert changes.commit == git("rev-parse", "HEAD", cwd=ws.path).strip() != head
+
+
+def test_base_and_bad_input(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    first = git("rev-parse", "HEAD", cwd=repo).strip()
+    (repo / "README.md").write_text("second\n")
+    git("commit", "--quiet", "-am", "second", cwd=repo)
+    git("tag", "v1", first, cwd=repo)
+    spaces = Workspaces(tmp_path / "data")
+    ws = spaces.prepare(job(repo=str(repo), base="v1"))
+    assert ws.base == first and (ws.path / "README.md").read_text() == "hello\n"
+    with pytest.raises(WorkspaceError, match="is not a commit"):
+        spaces.prepare(job(repo=str(repo), base="no-such-branch"))
+    with pytest.raises(WorkspaceError, match="does not exist"):
+        spaces.prepare(job(repo=str(tmp_path / "missing")))
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(WorkspaceError, match="not a git repository"):
+        spaces.prepare(job(repo=str(tmp_path / "plain")))
+    with pytest.raises(WorkspaceError, match="unsafe session id"):
+        spaces.prepare(job(session="../../etc"))
+
+
+def test_url_is_cloned_once_into_the_cache(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "upstream")
+    url = f"file://{repo}"
+    spaces = Workspaces(tmp_path / "data")
+    a = spaces.prepare(job(repo=url))
+    assert a.source is not None and Path(a.source).parent == tmp_path / "data" / "repos"
+    (repo / "later.txt").write_text("later\n")
+    git("add", "-A", cwd=repo)
+    git("commit", "--quiet", "-m", "later", cwd=repo)
+    b = spaces.prepare(job(repo=url))
+    assert b.source == a.source  # one clone, fetched again
+    assert (b.path / "later.txt").exists() and not (a.path / "later.txt").exists()
+
+
+def test_remove_only_touches_what_corral_made(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    git("branch", "feature", cwd=repo)
+    spaces = Workspaces(tmp_path / "data")
+    plain = spaces.prepare(job())
+    ws = spaces.prepare(job(repo=str(repo)))
+    assert {w.session_id for w in spaces.all()} == {plain.session_id, ws.session_id}
+    spaces.remove(ws, delete_branch=True)
+    spaces.remove(plain)
+    assert not ws.path.exists() and not plain.path.exists() and spaces.all() == []
+    branches = git("branch", "--format=%(refname:short)", cwd=repo).split()
+    assert sorted(branches) == ["feature", "main"]
+    assert git("worktree", "list", "--porcelain", cwd=repo).count("worktree ") == 1
+    assert (repo / "README.md").exists()
