@@ -20,6 +20,35 @@ from corral.models import Outcome
 MAX_PROMPT_BYTES = 120_000
 
 
+USAGE_KEYS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+)
+
+
+def run_cost(result: dict[str, Any]) -> float | None:
+    """The cost of this run. ``total_cost_usd`` adds up the whole session on a
+    resumed run; ``model_usage_since_last_result`` holds this run's share."""
+    since = result.get("model_usage_since_last_result")
+    if isinstance(since, dict) and since:
+        costs = [m.get("costUSD") for m in since.values() if isinstance(m, dict)]
+        numbers = [float(c) for c in costs if isinstance(c, int | float)]
+        if numbers and len(numbers) == len(costs):
+            return round(sum(numbers), 6)
+    total = result.get("total_cost_usd")
+    return float(total) if isinstance(total, int | float) else None
+
+
+def run_usage(result: dict[str, Any]) -> dict[str, Any] | None:
+    raw = usage_of(result.get("usage")) or {}
+    usage: dict[str, Any] = {k: raw[k] for k in USAGE_KEYS if k in raw}
+    if result.get("num_turns") is not None:
+        usage["num_turns"] = result["num_turns"]
+    return usage or None
+
+
 class ClaudeCodeExecutor(AgentExecutor):
     kind: ClassVar[str] = "claude-code"
     default_command: ClassVar[str] = "claude"
@@ -169,15 +198,11 @@ class ClaudeCodeExecutor(AgentExecutor):
                 error=f"claude exited without a result: {detail}",
                 exit_code=returncode,
             )
-        cost = r.get("total_cost_usd")
-        usage = usage_of(r.get("usage"))
-        if usage is not None and r.get("num_turns") is not None:
-            usage["num_turns"] = r["num_turns"]
         text = r.get("result")
         common: dict[str, Any] = {
             "exit_code": returncode,
-            "usage": usage,
-            "cost": float(cost) if isinstance(cost, int | float) else None,
+            "usage": run_usage(r),
+            "cost": run_cost(r),
         }
         if not r.get("is_error"):
             if self.denials:
@@ -188,7 +213,17 @@ class ClaudeCodeExecutor(AgentExecutor):
                 text = (text or "") + note
             return Outcome(status="done", result=text, **common)
         status = r.get("api_error_status")
-        message = str(text or r.get("subtype") or "error")
+        errors = r.get("errors")
+        detail = "; ".join(str(e) for e in errors) if isinstance(errors, list) else ""
+        message = str(text or detail or self.stderr_text()[-1000:] or r.get("subtype") or "error")
+        if ctx.handle and "No conversation found" in message:
+            return Outcome(
+                status="failed",
+                reason="resume_failed",
+                failure="input",
+                error=f"cannot resume session {ctx.handle}: {message}",
+                **common,
+            )
         error = f"{message} (API status {status})" if status else message
         if status in (429, 529):
             failure = "quota"
@@ -198,9 +233,15 @@ class ClaudeCodeExecutor(AgentExecutor):
             failure = "agent"
         else:
             failure = classify(message)
+        if status:
+            reason = f"api_error_{status}"
+        elif r.get("subtype") not in (None, "success"):
+            reason = str(r["subtype"])[:64]
+        else:
+            reason = str(r.get("terminal_reason") or "agent_error")[:64]
         return Outcome(
             status="failed",
-            reason=str(r.get("subtype") or "agent_error")[:64],
+            reason=reason,
             failure=failure,
             error=error,
             retry_at=reset_time(message) if failure == "quota" else None,
