@@ -290,7 +290,7 @@ class AgentExecutor:
                 status="failed",
                 reason="timeout",
                 failure="agent",
-                error=f"timed out after {ctx.job.timeout:g}s",
+                error=f"timed out after {ctx.job.timeout or 0:g}s",
                 exit_code=returncode,
             )
         return Outcome(
