@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
+import agent_case
 import cases
 import queue_case
 from cases import Result
@@ -104,12 +105,16 @@ class Runner:
         self.results: list[Result] = []
 
     async def case(
-        self, metric: str, unit: str, make: Callable[[], Awaitable[Result | list[Result]]]
+        self,
+        metric: str,
+        unit: str,
+        make: Callable[[], Awaitable[Result | list[Result]]],
+        timeout: float = CASE_TIMEOUT,
     ) -> None:
         console.print(f"[dim]running {metric} ...[/]")
         t0 = time.monotonic()
         try:
-            out = await asyncio.wait_for(make(), CASE_TIMEOUT)
+            out = await asyncio.wait_for(make(), timeout)
         except Exception as exc:  # report, keep going
             traceback.print_exc(file=sys.stderr)
             reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -169,6 +174,13 @@ async def main(plan: Plan, pg_base: str, only: str) -> list[Result]:
                 "(e) queue folder",
                 "ms",
                 lambda: queue_case.queue_folder(root, 50, e_jobs, THROUGHPUT_SLOTS),
+            )
+        if "f" in only:
+            await run.case(
+                "(f) agent executor overhead",
+                "ms",
+                lambda: agent_case.agent_overhead(root, 8 if plan.throughput_jobs < 800 else 20, 4),
+                timeout=180,
             )
         if "d" in only:
             async with server(root, "d", env=OWN_RUNNER) as srv:
@@ -299,7 +311,7 @@ def cli() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="fewer samples (~30 s)")
-    parser.add_argument("--only", default="abcde", help="which benchmarks, e.g. --only ad")
+    parser.add_argument("--only", default="abcdef", help="which benchmarks, e.g. --only ad")
     parser.add_argument(
         "--pg-url",
         default=os.environ.get("CORRAL_TEST_PG_URL", DEFAULT_PG),

@@ -14,6 +14,7 @@ from corral.config import ProviderSettings
 from corral.executors.agent import AgentExecutor, classify, reset_time
 from corral.executors.base import Context
 from corral.executors.claude_code import ClaudeCodeExecutor
+from corral.executors.codex import CodexExecutor
 from corral.jobs import JobState
 from corral.models import Job, Session, new_id
 
@@ -175,3 +176,54 @@ def test_classify() -> None:
     assert classify("Overloaded") == "quota"
     assert classify("Invalid API key") == "input"
     assert classify("tests failed") == "agent"
+    assert classify("exceeded retry limit, last status: 500 Internal Server Error") == "infra"
+
+
+def test_codex_command_run() -> None:
+    ctx, events, handles = context("codex")
+    ex = CodexExecutor()
+    replay(ex, ctx, "codex/command.jsonl")
+    assert handles == ["01a1fe9c-c6ca-7ec0-bde3-a76e37d8842a"]
+    types = [t for t, _ in events]
+    assert types == [
+        "agent.init",
+        "agent.turn",
+        "agent.message",
+        "agent.tool_call",
+        "agent.tool_result",
+        "agent.message",
+        "agent.result",
+    ]
+    assert events[4][1]["exit_code"] == 0 and events[4][1]["content"] == "hi\n"
+    out = ex.outcome(0, ctx)
+    assert out.status == "done" and out.result == "done" and out.cost is None
+    assert out.usage is not None and out.usage["input_tokens"] == 14396
+
+
+def test_codex_resume_usage_is_this_runs_share(tmp_path: Path) -> None:
+    ctx, _, _ = context("codex")
+    first = CodexExecutor()
+    first.totals_dir = tmp_path
+    replay(first, ctx, "codex/hello.jsonl")
+    second = CodexExecutor()
+    second.totals_dir = tmp_path
+    replay(second, ctx, "codex/resume.jsonl")
+    assert first.thread_id == second.thread_id
+    total = json.loads((FIXTURES / "codex/resume.jsonl").read_text().splitlines()[-1])["usage"]
+    assert first.usage is not None and second.usage is not None
+    assert second.usage["input_tokens"] == total["input_tokens"] - first.usage["input_tokens"]
+
+
+def test_codex_rate_limit_is_a_quota_failure() -> None:
+    ctx, _, _ = context("codex")
+    ex = CodexExecutor()
+    replay(ex, ctx, "codex/rate_limited.jsonl")
+    out = ex.outcome(1, ctx)
+    assert out.status == "failed" and out.failure == "quota" and "429" in (out.error or "")
+
+
+def test_codex_reconnecting_is_not_progress() -> None:
+    ctx, events, _ = context("codex")
+    ex = CodexExecutor()
+    ex._line(b'{"type":"error","message":"Reconnecting... waiting for network"}', ctx)
+    assert ex.idle_line is True and events[-1][0] == "agent.retry" and ex.errors == []

@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections import deque
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -47,6 +48,11 @@ QUOTA_WORDS = re.compile(
 )
 AUTH_WORDS = re.compile(
     r"\b401\b|\b403\b|authentication|invalid api key|unauthori[sz]ed|not logged in", re.I
+)
+SERVER_WORDS = re.compile(
+    r"\b50[0234]\b|internal server error|bad gateway|service unavailable|high demand|"
+    r"server_error|connection (refused|reset)|timed out",
+    re.I,
 )
 
 
@@ -89,11 +95,14 @@ def reset_time(text: str, now: datetime | None = None) -> datetime | None:
 
 
 def classify(text: str) -> FailureClass:
-    """An agent-reported error: quota, bad credentials (input) or the agent's own."""
+    """An agent-reported error: quota, bad credentials (input), the API's own
+    trouble (infra: another run may well succeed) or the agent's."""
     if QUOTA_WORDS.search(text):
         return "quota"
     if AUTH_WORDS.search(text):
         return "input"
+    if SERVER_WORDS.search(text):
+        return "infra"
     return "agent"
 
 
@@ -111,6 +120,9 @@ class AgentExecutor:
         self._cancelled = False
         self.guard: str | None = None  # which guard stopped the run
         self.finished = False  # the final result line was seen
+        # Set by on_line for a line that shows no progress (e.g. "Reconnecting..."):
+        # it does not reset the stall guard.
+        self.idle_line = False
         self.stderr: deque[str] = deque(maxlen=STDERR_TAIL)
 
     # -- to implement ----------------------------------------------------------
@@ -230,8 +242,11 @@ class AgentExecutor:
                 continue
             if not raw:
                 break  # stdout closed
-            seen_line, last = True, loop.time()
+            seen_line = True
+            self.idle_line = False
             self._line(raw, ctx)
+            if not self.idle_line:
+                last = loop.time()
             if self.finished and finished_at is None:
                 finished_at = loop.time()
         # Output is over; the process should exit now.
@@ -240,6 +255,8 @@ class AgentExecutor:
         except TimeoutError:
             self.guard = self.guard or "linger"
             ctx.emit("agent.guard", {"guard": "linger", "after": round(loop.time() - started, 3)})
+        else:
+            ctx.emit("agent.exited", {"exit_code": proc.returncode, "at": time.time()})
         # Whatever is left of the tree (also after a clean exit) is stopped.
         await stop_tree(proc, self._grace, self._marker)
 

@@ -1,13 +1,18 @@
 """codex: the real ``codex exec --json``, headless.
 
 ``codex exec --json --skip-git-repo-check --sandbox workspace-write PROMPT``
-in the job's workspace; a follow-up turn runs ``codex exec --json ... resume
-THREAD_ID PROMPT`` (the id comes from the previous turn's ``thread.started``).
-Configuration goes through a per-provider ``CODEX_HOME/config.toml`` that
-corral writes: with ``OPENAI_BASE_URL`` in the provider's ``env``, a
-``model_providers.corral`` entry pointing there (Responses wire API, few
-retries); always with plugins and analytics off, so the CLI does not reach
-for outside hosts. Codex reports token usage but no cost."""
+in the job's workspace; a follow-up turn runs ``codex exec --json ...
+--sandbox MODE resume THREAD_ID PROMPT`` (flags go before ``resume``; the id
+comes from the previous turn's ``thread.started``). Configuration goes
+through a per-provider ``CODEX_HOME/config.toml`` that corral writes: with
+``OPENAI_BASE_URL`` in the provider's ``env``, a ``model_providers.corral``
+entry pointing there (Responses wire API, few retries); always with the
+sandbox mode (a resume without it runs read-only) and plugins and analytics
+off (otherwise the CLI contacts github.com and chatgpt.com).
+
+Codex reports token usage but no cost, and ``turn.completed.usage`` is the
+thread's running total: this run's share is the difference to the total the
+previous turn saw (kept next to the provider's CODEX_HOME)."""
 
 from __future__ import annotations
 
@@ -35,6 +40,7 @@ class CodexExecutor(AgentExecutor):
         self.usage: dict[str, Any] | None = None
         self.failed: str | None = None
         self.errors: list[str] = []
+        self.totals_dir: Path | None = None
 
     def argv(self, ctx: Context) -> list[str]:
         s = ctx.settings
@@ -52,11 +58,10 @@ class CodexExecutor(AgentExecutor):
     def environment(self, ctx: Context, home: Path, tmp: Path) -> dict[str, str]:
         codex_home = home.parent / "codex"
         codex_home.mkdir(parents=True, exist_ok=True)
+        self.totals_dir = home.parent / "codex-usage"
         env = ctx.settings.env
-        lines = []
-        model = ctx.job.model or ctx.settings.model
-        if model:
-            lines.append(f"model = {_toml(model)}")
+        # The model goes on the command line: runs with other models share this file.
+        lines = [f"sandbox_mode = {_toml(ctx.settings.sandbox)}"]
         if env.get("OPENAI_BASE_URL"):
             lines += [
                 'model_provider = "corral"',
@@ -66,11 +71,17 @@ class CodexExecutor(AgentExecutor):
                 f"base_url = {_toml(env['OPENAI_BASE_URL'])}",
                 'env_key = "OPENAI_API_KEY"',
                 'wire_api = "responses"',
-                "request_max_retries = 1",
-                "stream_max_retries = 1",
+                # corral retries itself, by failure class (a 429 pauses the provider).
+                "request_max_retries = 0",
+                "stream_max_retries = 0",
             ]
         lines += ["", "[features]", "plugins = false", "", "[analytics]", "enabled = false", ""]
-        (codex_home / "config.toml").write_text("\n".join(lines))
+        config = "\n".join(lines)
+        path = codex_home / "config.toml"
+        if not path.exists() or path.read_text() != config:
+            tmp = codex_home / f".config.{ctx.job.id}.tmp"
+            tmp.write_text(config)
+            tmp.replace(path)
         return {"CODEX_HOME": str(codex_home)}
 
     def on_line(self, data: dict[str, Any], ctx: Context) -> None:
@@ -84,7 +95,7 @@ class CodexExecutor(AgentExecutor):
         elif kind in ("item.started", "item.completed", "item.updated"):
             self._item(kind, data.get("item") or {}, ctx)
         elif kind == "turn.completed":
-            self.usage = usage_of(data.get("usage"))
+            self.usage = self._this_run(usage_of(data.get("usage")))
             self.finished = True
             emit("agent.result", {"is_error": False, "usage": self.usage})
         elif kind == "turn.failed":
@@ -93,12 +104,31 @@ class CodexExecutor(AgentExecutor):
             self.finished = True
             emit("agent.result", {"is_error": True, "error": clip(self.failed)})
         elif kind == "error":
-            self.errors.append(str(data.get("message", "")))
-            emit("agent.error", {"error": clip(data.get("message"))})
+            message = str(data.get("message", ""))
+            if message.startswith("Reconnecting"):
+                # Retried forever when the API is unreachable: not progress.
+                self.idle_line = True
+                emit("agent.retry", {"message": clip(message)})
+            else:
+                self.errors.append(message)
+                emit("agent.error", {"error": clip(message)})
         elif kind == "turn.started":
             emit("agent.turn", {}, ephemeral=True)
         else:
             emit("agent.event", {"raw": clip(data)})
+
+    def _this_run(self, total: dict[str, Any] | None) -> dict[str, Any] | None:
+        """This run's usage from the thread's running total."""
+        if total is None or self.thread_id is None or self.totals_dir is None:
+            return total
+        self.totals_dir.mkdir(parents=True, exist_ok=True)
+        path = self.totals_dir / f"{self.thread_id.replace('/', '_')}.json"
+        try:
+            previous = json.loads(path.read_text())
+        except (OSError, ValueError):
+            previous = {}
+        path.write_text(json.dumps(total))
+        return {k: v - previous.get(k, 0) if isinstance(v, int) else v for k, v in total.items()}
 
     def _item(self, kind: str, item: dict[str, Any], ctx: Context) -> None:
         itype = item.get("type")
