@@ -28,12 +28,13 @@ from ._helpers import (
 # Each test's runner serves a provider named like it, so tests sharing the
 # server never lease each other's jobs; routing only sends jobs to
 # configured providers, hence the table.
-RUNNER_NAMES = ("manual-ok", "fenced", "sleepy", "sleepy-once", "poller")
+RUNNER_NAMES = ("manual-ok", "fenced", "sleepy", "sleepy-once", "poller", "artifacts")
 NO_RUNNER = {
     "CORRAL_RUNNER__EMBEDDED": "false",
     "CORRAL_LEASE_TTL": "2",
     "CORRAL_WATCHDOG_INTERVAL": "0.2",
     "CORRAL_MAX_INFRA_RETRIES": "1",
+    "CORRAL_MAX_ARTIFACT_BYTES": "2048",
     "CORRAL_PROVIDERS": json.dumps({name: {"kind": "shell"} for name in RUNNER_NAMES}),
 }
 
@@ -315,3 +316,44 @@ def test_no_embedded_runner_means_jobs_wait(api: httpx.Client) -> None:
     assert get_job(api, job_id)["state"] == "queued"
     resp = api.post(f"/jobs/{job_id}/cancel")
     assert resp.status_code == 200 and resp.json()["state"] == "cancelled"
+
+
+def test_artifacts_upload_list_download_and_limits(api: httpx.Client) -> None:
+    runner_id = register(api, "artifacts")
+    job_id = submit(api, "echo artifacts", provider="artifacts")
+    [item] = lease(api, runner_id)
+    token = item["token"]
+    auth = {"Authorization": f"Bearer {token}"}
+    patch = b"diff --git a/x b/x\n+\x00binary-safe\xff\n"
+    resp = api.put(
+        "/worker/artifacts/diff.patch",
+        content=patch,
+        headers={**auth, "Content-Type": "text/x-diff"},
+    )
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["size"] == len(patch)
+    # Over max_artifact_bytes (2048 here): 413, nothing stored.
+    big = api.put("/worker/artifacts/big.bin", content=b"x" * 4096, headers=auth)
+    assert_error(big, 413, "payload_too_large")
+    # Names are plain file names: no paths, no dot files.
+    for bad in ("..%2Fescape", ".hidden", "a%2Fb"):
+        resp = api.put(f"/worker/artifacts/{bad}", content=b"x", headers=auth)
+        assert resp.status_code in (404, 422), (bad, resp.status_code)
+    # Only the job's worker may write its artifacts.
+    assert_error(api.put("/worker/artifacts/x.txt", content=b"x"), 401)
+
+    listed = api.get(f"/jobs/{job_id}/artifacts").json()
+    assert [(a["name"], a["size"], a["media_type"]) for a in listed] == [
+        ("diff.patch", len(patch), "text/x-diff")
+    ]
+    got = api.get(f"/jobs/{job_id}/artifacts/diff.patch")
+    assert got.status_code == 200 and got.content == patch
+    assert got.headers["content-type"].startswith("text/x-diff")
+    assert_error(api.get(f"/jobs/{job_id}/artifacts/nope.txt"), 404, "artifact_not_found")
+    assert_error(api.get("/jobs/nope/artifacts"), 404, "job_not_found")
+
+    # Once the job has ended, its worker can no longer write.
+    done = worker(api, "POST", "/worker/complete", token, {"outcome": {"status": "done"}})
+    assert done.status_code == 200, done.text
+    late = api.put("/worker/artifacts/late.txt", content=b"x", headers=auth)
+    assert_error(late, 409, "job_not_active")

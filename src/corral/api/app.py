@@ -113,7 +113,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
     app.add_middleware(
         BodyLimit,
         max_bytes=settings.max_body_bytes,
-        larger={"/worker/artifacts/": max(settings.max_artifact_bytes, settings.max_body_bytes)},
+        larger={"/worker/artifacts/": settings.max_artifact_bytes},
     )
     return app
 

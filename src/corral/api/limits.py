@@ -9,8 +9,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class BodyLimit:
-    """Refuse bodies over ``max_bytes`` (or a larger limit for paths starting
-    with a prefix in ``larger``, e.g. artifact uploads) with a 413."""
+    """Refuse bodies over ``max_bytes`` (or the limit of their own for paths
+    starting with a prefix in ``larger``, e.g. artifact uploads) with a 413."""
 
     def __init__(self, app: ASGIApp, max_bytes: int, larger: dict[str, int] | None = None) -> None:
         self.app = app

@@ -51,6 +51,7 @@ async def register(body: RunnerRegister, svc: Svc, who: RunnerKey) -> RunnerRegi
         protocol=PROTOCOL_VERSION,
         lease_ttl=svc.settings.lease_ttl,
         heartbeat_interval=svc.settings.heartbeat_interval,
+        max_artifact_bytes=svc.settings.max_artifact_bytes,
     )
 
 

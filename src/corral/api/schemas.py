@@ -58,6 +58,7 @@ class RunnerRegistered(BaseModel):
     protocol: str
     lease_ttl: float
     heartbeat_interval: float
+    max_artifact_bytes: int
 
 
 class LeaseRequest(BaseModel):

@@ -77,6 +77,7 @@ class Runner:
         self.workspaces = Workspaces(workdir)
         self.runner_id: str | None = None
         self.heartbeat_interval = 5.0
+        self.max_artifact_bytes = 10_485_760
         self._jobs: dict[str, asyncio.Task[None]] = {}
         self._executors: dict[str, base.Executor] = {}
         self._slot_freed = asyncio.Event()
@@ -131,6 +132,7 @@ class Runner:
                     data = resp.json()
                     self.runner_id = data["runner_id"]
                     self.heartbeat_interval = float(data["heartbeat_interval"])
+                    self.max_artifact_bytes = int(data.get("max_artifact_bytes", 10_485_760))
                     log.info("runner %s registered as %s", self.name, self.runner_id)
                     return
                 if resp.status_code in (401, 403):
@@ -284,8 +286,17 @@ class Runner:
         if changes is None:
             return
         summary = changes.summary()
+        patch = changes.patch
+        if len(patch) > self.max_artifact_bytes:
+            # Too big for the server: say so; the branch in the worktree keeps it all.
+            note = (
+                f"the diff has {len(patch)} bytes, over the server's max_artifact_bytes "
+                f"({self.max_artifact_bytes}); see branch {changes.branch}"
+            )
+            summary["patch_omitted"] = note
+            patch = note.encode() + b"\n"
         channel.emit("workspace.changes", summary)
-        await channel.put_artifact("diff.patch", "text/x-diff", changes.patch)
+        await channel.put_artifact("diff.patch", "text/x-diff", patch)
         await channel.put_artifact(
             "changes.json", "application/json", json.dumps(summary, indent=2).encode()
         )
