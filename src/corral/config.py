@@ -117,6 +117,23 @@ class ProviderSettings(BaseModel):
         return self.local if self.local is not None else self.kind in LOCAL_KINDS
 
 
+class WebhookEndpointSettings(BaseModel):
+    """A server-wide webhook endpoint: ``[[webhooks]]`` in corral.toml."""
+
+    model_config = {"extra": "forbid"}
+
+    url: str = Field(pattern=r"^https?://\S+$", description="http(s) URL.")
+    secret: SecretStr | None = Field(
+        None, min_length=16, description="HMAC key (default: the server's webhook_secret)."
+    )
+    states: list[str] = Field(
+        default_factory=list, description="Job states to announce (default: every change)."
+    )
+    events: list[str] = Field(
+        default_factory=list, description="Event types to deliver too (e.g. agent.result)."
+    )
+
+
 class Settings(BaseSettings):
     """Effective configuration of a corral process."""
 
@@ -203,6 +220,27 @@ class Settings(BaseSettings):
         60.0,
         gt=0,
         description="Seconds a provider is paused after a quota failure that gives no reset time.",
+    )
+    webhook_secret: SecretStr | None = Field(
+        None,
+        min_length=16,
+        description="Signs deliveries of webhooks given without a secret. Default: generated "
+        "once and kept in the database (`corral webhooks secret` shows it).",
+    )
+    webhooks: list[WebhookEndpointSettings] = Field(
+        default_factory=list,
+        description="[[webhooks]] tables: server-wide endpoints told of every job's changes.",
+    )
+    webhook_timeout: float = Field(
+        10.0, gt=0, le=300, description="Seconds a webhook endpoint has to answer."
+    )
+    webhook_retry_horizon: float = Field(
+        86400.0,
+        gt=0,
+        description="Seconds after which a delivery that keeps failing is given up.",
+    )
+    webhook_concurrency: int = Field(
+        16, ge=1, le=1024, description="Deliveries in flight at once (at most 4 per URL)."
     )
     max_artifact_bytes: int = Field(
         10_485_760, ge=1024, description="Largest artifact a runner may upload (413 beyond)."
@@ -318,6 +356,13 @@ def masked(settings: Settings) -> dict[str, Any]:
     data["database_url"] = _mask_url(settings.effective_database_url)
     if settings.jwt_secret is not None:
         data["jwt_secret"] = "********"
+    if settings.webhook_secret is not None:
+        data["webhook_secret"] = "********"
+    for hook in data["webhooks"]:
+        if hook.get("secret"):
+            hook["secret"] = "********"
+    for provider in data["providers"].values():
+        provider["env"] = {k: "********" for k in provider.get("env", {})}
     return data
 
 

@@ -57,6 +57,8 @@ class Job(BaseModel):
     command: str | None = None
     repo: str | None = None
     base: str | None = None
+    webhook_url: str | None = Field(None, description="Where state changes are POSTed.")
+    webhook_events: list[str] | None = None
     priority: int
     attempt: int
     max_attempts: int
@@ -225,6 +227,32 @@ class ApiKey(BaseModel):
     revoked_at: datetime | None = None
 
 
+_WEBHOOK_URL = re.compile(r"^https?://[^\s/?#]+[^\s]*$")
+
+
+class WebhookSpec(BaseModel):
+    """Where to POST the job's state changes, signed with ``secret`` (default:
+    the server's webhook secret)."""
+
+    model_config = {"extra": "forbid"}
+
+    url: str = Field(max_length=2000, description="http(s) URL.")
+    secret: str | None = Field(
+        None, min_length=16, max_length=200, description="HMAC key of the signatures."
+    )
+    events: list[str] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Event types to deliver too (e.g. agent.result), besides state changes.",
+    )
+
+    @model_validator(mode="after")
+    def _check_url(self) -> WebhookSpec:
+        if not _WEBHOOK_URL.match(self.url):
+            raise ValueError(f"webhook url {self.url!r} must be an http:// or https:// URL")
+        return self
+
+
 class JobCreate(BaseModel):
     """A job as submitted (HTTP, CLI, later the queue folder, MCP, trackers)."""
 
@@ -243,6 +271,10 @@ class JobCreate(BaseModel):
         max_length=2000,
         description="Git repository (absolute local path or URL): the job runs in a "
         "worktree of it on branch corral/<job-id>.",
+    )
+    webhook: str | WebhookSpec | None = Field(
+        None,
+        description="A URL, or {url, secret, events}: state changes are POSTed there, signed.",
     )
     base: str | None = Field(
         None,
@@ -296,6 +328,8 @@ class JobCreate(BaseModel):
             )
         if self.base is not None and self.repo is None:
             raise ValueError("base needs a repo")
+        if isinstance(self.webhook, str):
+            self.webhook = WebhookSpec(url=self.webhook)
         if not (self.prompt and self.prompt.strip()) and not (
             self.command and self.command.strip()
         ):

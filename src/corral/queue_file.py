@@ -42,9 +42,10 @@ KEYS: dict[str, str] = {
     "idempotency_key": "idempotency_key",
     "repo": "repo",
     "base": "base",
+    "webhook": "webhook",
 }
 # Known job fields this version cannot act on yet: refused rather than ignored.
-NOT_YET = {"webhook"}
+NOT_YET: set[str] = set()
 
 
 class QueueFileError(InvalidInput):

@@ -48,7 +48,7 @@ def test_no_front_matter_is_a_job_with_defaults() -> None:
         ("---\ntimeout: -1\n---\nbody", "timeout"),
         ("---\ntitle: only a title\n---\n", "prompt or command"),
         ("---\nprovider: a\nexecutor: b\n---\nbody", "alias"),
-        ("---\nwebhook: https://example.com/hook\n---\nbody", "not supported"),
+        ("---\nwebhook: ftp://example.com/hook\n---\nbody", "http"),
         ("---\nbase: main\n---\nbody", "base needs a repo"),
     ],
     ids=lambda v: v[:24] if isinstance(v, str) else v,
@@ -123,3 +123,13 @@ def test_repo_paths_are_resolved_from_the_queue_folder(tmp_path: Path) -> None:
     assert parse("---\nrepo: /src/app\n---\nx").repo == "/src/app"
     url = "https://example.com/org/app.git"
     assert parse(f"---\nrepo: {url}\n---\nx").repo == url
+
+
+def test_webhook_in_front_matter() -> None:
+    spec = parse("---\nwebhook: https://example.com/hook\n---\nx")
+    assert spec.webhook is not None and not isinstance(spec.webhook, str)
+    assert spec.webhook.url == "https://example.com/hook" and spec.webhook.secret is None
+    text = "---\nwebhook:\n  url: http://h/x\n  secret: 0123456789abcdef\n---\nx"
+    spec = parse(text)
+    assert spec.webhook is not None and not isinstance(spec.webhook, str)
+    assert spec.webhook.secret == "0123456789abcdef"

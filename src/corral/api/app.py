@@ -12,13 +12,16 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from corral import __version__
-from corral.api import admin, errors, jobs, runners, sessions, system
+from corral.api import admin, errors, jobs, runners, sessions, system, webhooks
+from corral.api.delivery import Sender
 from corral.api.deps import Services
 from corral.api.limits import BodyLimit
 from corral.config import Settings, load_settings
 from corral.errors import CorralError
 from corral.store import Caps, RetryPolicy, Store
 from corral.store.keys import new_secret
+from corral.store.leader import run_as_leader
+from corral.webhooks import Endpoint, Rules
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +45,26 @@ def caps(settings: Settings) -> Caps:
     )
 
 
+def webhook_rules(settings: Settings) -> Rules:
+    return Rules(
+        endpoints=tuple(
+            Endpoint(
+                url=h.url,
+                secret=h.secret.get_secret_value() if h.secret else None,
+                states=frozenset(h.states),
+                events=frozenset(h.events),
+            )
+            for h in settings.webhooks
+        )
+    )
+
+
 async def open_store(settings: Settings) -> Store:
-    return await Store.open(
+    store = await Store.open(
         settings.effective_database_url, policy=retry_policy(settings), caps=caps(settings)
     )
+    store.db.webhooks = webhook_rules(settings)
+    return store
 
 
 async def _watchdog(svc: Services) -> None:
@@ -82,22 +101,41 @@ def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
             if settings.jwt_secret is not None
             else await st.settings.get_or_create("jwt_secret", new_secret)
         )
+        hook_secret = (
+            settings.webhook_secret.get_secret_value()
+            if settings.webhook_secret is not None
+            else await st.settings.get_or_create("webhook_secret", new_secret)
+        )
+        st.db.webhooks = webhook_rules(settings)
         svc = Services(
             settings=settings,
             store=st,
             jwt_secret=secret,
+            webhook_secret=hook_secret,
             providers=settings.provider_table(),
         )
         if await st.settings.get("paused") is None:  # the config's default, once
             await st.settings.set("paused", "true" if settings.paused else "false")
         app.state.services = svc
-        task = asyncio.create_task(_watchdog(svc), name="corral-watchdog")
+        sender = Sender(
+            st,
+            default_secret=hook_secret,
+            timeout=settings.webhook_timeout,
+            horizon=settings.webhook_retry_horizon,
+            concurrency=settings.webhook_concurrency,
+        )
+        tasks = [
+            asyncio.create_task(_watchdog(svc), name="corral-watchdog"),
+            asyncio.create_task(run_as_leader(st, "webhooks", sender.run), name="corral-webhooks"),
+        ]
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             if store is None:
                 await st.close()
 
@@ -108,7 +146,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
         description="Control plane for fleets of AI coding agents.",
     )
     errors.install(app)
-    for module in (system, jobs, sessions, runners, admin):
+    for module in (system, jobs, sessions, runners, admin, webhooks):
         app.include_router(module.router)
     app.add_middleware(
         BodyLimit,

@@ -34,6 +34,7 @@ class Services:
     settings: Settings
     store: Store
     jwt_secret: str
+    webhook_secret: str = ""
     watchdog: WatchdogStats = field(default_factory=WatchdogStats)
     providers: dict[str, Provider] = field(default_factory=dict)
 

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from corral import __version__
-from corral.cli import admin, control, jobs, keys, sessions, workspaces
+from corral.cli import admin, control, jobs, keys, sessions, webhooks, workspaces
 from corral.cli.common import err
 from corral.cli.runner import runner
 from corral.cli.serve import serve
@@ -54,6 +54,7 @@ app.add_typer(jobs.app, name="jobs")
 app.add_typer(sessions.app, name="sessions")
 app.add_typer(keys.app, name="keys")
 app.add_typer(workspaces.app, name="workspaces")
+app.add_typer(webhooks.app, name="webhooks")
 config_app = typer.Typer(help="Configuration.", no_args_is_help=True)
 config_app.command("show")(admin.config_show)
 app.add_typer(config_app, name="config")

@@ -12,6 +12,7 @@ from corral.store.db import Database
 from corral.store.events import Events
 from corral.store.jobs import Caps, Jobs, Lease, RetryPolicy
 from corral.store.keys import Keys, ServerSettings
+from corral.store.outbox import Outbox
 from corral.store.runners import Runners
 from corral.store.sessions import Sessions
 
@@ -44,6 +45,7 @@ class Store:
         self.runners = Runners(self.db, self.jobs.policy)
         self.keys = Keys(self.db)
         self.settings = ServerSettings(self.db)
+        self.outbox = Outbox(self.db)
 
     async def migrate(self) -> None:
         await migrate.upgrade(self.db)

@@ -27,6 +27,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from corral.errors import ConfigError, StoreUnavailable
+from corral.webhooks import Rules
 
 T = TypeVar("T")
 Publish = Callable[[str, Any], None]
@@ -35,13 +36,15 @@ READERS = 4
 
 
 class Tx:
-    """A write transaction: its connection and what to publish after commit."""
+    """A write transaction: its connection, what to publish after commit, and
+    the webhook rules its changes are announced by (the outbox)."""
 
-    __slots__ = ("conn", "messages")
+    __slots__ = ("conn", "messages", "webhooks")
 
-    def __init__(self, conn: sa.Connection) -> None:
+    def __init__(self, conn: sa.Connection, webhooks: Rules | None = None) -> None:
         self.conn = conn
         self.messages: list[tuple[str, Any]] = []
+        self.webhooks: Rules = webhooks or Rules()
 
     def notify(self, topic: str, message: Any) -> None:
         self.messages.append((topic, message))
@@ -56,6 +59,7 @@ class Database:
         self.url = parsed
         self.dialect = parsed.get_backend_name()
         self.publish: Publish = publish or (lambda topic, message: None)
+        self.webhooks = Rules()  # server-wide webhook endpoints, for the outbox
         # Runs inside each write transaction that queued messages (the PostgreSQL bus).
         self.before_commit: BeforeCommit | None = None
         self._pending: set[asyncio.Future[Any]] = set()
@@ -103,7 +107,7 @@ class Database:
 
             def run() -> tuple[T, Tx]:
                 with self.writer.begin() as conn:
-                    tx = Tx(conn)
+                    tx = Tx(conn, self.webhooks)
                     return body(tx), tx
 
             future: asyncio.Future[tuple[T, Tx]] = loop.run_in_executor(self._write_thread, run)
@@ -119,7 +123,7 @@ class Database:
         async with self.engine.begin() as conn:
 
             def run(sync_conn: sa.Connection) -> tuple[T, Tx]:
-                tx = Tx(sync_conn)
+                tx = Tx(sync_conn, self.webhooks)
                 result = body(tx)
                 if tx.messages and self.before_commit is not None:
                     self.before_commit(sync_conn, tx.messages)

@@ -39,6 +39,7 @@ from corral.models import (
 )
 from corral.routing import Decision
 from corral.store import events as event_log
+from corral.store import outbox
 from corral.store import sessions as session_store
 from corral.store.db import Database, Tx
 from corral.store.schema import artifacts, jobs, provider_pauses, runners, sessions
@@ -198,6 +199,7 @@ def apply(
         now=now,
         dedup=False,
     )
+    outbox.on_state(tx, updated, tx.webhooks, now)
     if new is JobState.QUEUED:
         tx.notify("dispatch", job.id)
     if new in TERMINAL:
@@ -363,6 +365,7 @@ class Jobs:
         model = route.model if route else spec.model
         fallbacks = self.policy.fallbacks
         repo, base = spec.repo, spec.base
+        hook = spec.webhook if not isinstance(spec.webhook, str) else None
 
         def body(tx: Tx) -> Job:
             nonlocal repo, base
@@ -411,6 +414,9 @@ class Jobs:
                     command=spec.command,
                     repo=repo,
                     base=base,
+                    webhook_url=hook.url if hook else None,
+                    webhook_secret=hook.secret if hook else None,
+                    webhook_events=hook.events if hook and hook.events else None,
                     priority=spec.priority,
                     attempt=1,
                     max_attempts=max_attempts,
@@ -475,6 +481,7 @@ class Jobs:
                 now=now,
                 dedup=False,
             )
+            outbox.on_state(tx, row, tx.webhooks, now)
             tx.notify("dispatch", job_id)
             return _job(row)
 
@@ -687,10 +694,12 @@ class Jobs:
         now = now_utc()
 
         def body(tx: Tx) -> tuple[builtins.list[Event], builtins.list[str]]:
-            _owned(tx, claims)
-            return event_log.append(
+            row = _owned(tx, claims)
+            stored, duplicates = event_log.append(
                 tx, claims.session_id, items, job_id=claims.job_id, epoch=claims.epoch, now=now
             )
+            outbox.on_events(tx, row, tx.webhooks, stored, now)
+            return stored, duplicates
 
         return await self.db.write(body)
 
@@ -711,7 +720,7 @@ class Jobs:
             row = _owned(tx, claims)
             duplicates: builtins.list[str] = []
             if items:
-                _, duplicates = event_log.append(
+                stored, duplicates = event_log.append(
                     tx,
                     claims.session_id,
                     items,
@@ -719,6 +728,7 @@ class Jobs:
                     epoch=claims.epoch,
                     now=now,
                 )
+                outbox.on_events(tx, row, tx.webhooks, stored, now)
             values: dict[str, Any] = {
                 "result": outcome.result,
                 "exit_code": outcome.exit_code,

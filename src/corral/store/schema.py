@@ -74,6 +74,9 @@ jobs = sa.Table(
     sa.Column("command", sa.Text),
     sa.Column("repo", sa.Text),
     sa.Column("base", sa.String(200)),
+    sa.Column("webhook_url", sa.Text),
+    sa.Column("webhook_secret", sa.Text),  # an HMAC key: needed in clear to sign
+    sa.Column("webhook_events", JSON),
     sa.Column("priority", sa.Integer, nullable=False),
     sa.Column("attempt", sa.Integer, nullable=False),
     sa.Column("max_attempts", sa.Integer, nullable=False),
@@ -129,6 +132,43 @@ artifacts = sa.Table(
     sa.Column("size", sa.Integer, nullable=False),
     sa.Column("data", sa.LargeBinary, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+# The webhook outbox: written in the transaction of the change it reports,
+# sent by one background sender (the leader), in order per job and URL.
+webhook_deliveries = sa.Table(
+    "webhook_deliveries",
+    metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("id", sa.String(64), nullable=False, unique=True),
+    sa.Column("job_id", sa.String(64), sa.ForeignKey("jobs.id"), nullable=False),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("secret", sa.Text),  # None: the server's default webhook secret
+    sa.Column("event", sa.String(64), nullable=False),
+    sa.Column("body", JSON, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # pending, delivered, failed
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("next_attempt_at", UTCDateTime, nullable=False),
+    sa.Column("last_status", sa.Integer),
+    sa.Column("last_error", sa.Text),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("delivered_at", UTCDateTime),
+    sa.Index(None, "state", "next_attempt_at"),
+    sa.Index(None, "job_id", "url", "seq"),
+)
+
+webhook_attempts = sa.Table(
+    "webhook_attempts",
+    metadata,
+    sa.Column(
+        "delivery_seq", sa.Integer, sa.ForeignKey("webhook_deliveries.seq"), primary_key=True
+    ),
+    sa.Column("n", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("status", sa.Integer),
+    sa.Column("latency_ms", sa.Float, nullable=False),
+    sa.Column("error", sa.Text),
 )
 
 # A provider paused by a quota failure: no leases for it until ``until``.

@@ -1,0 +1,45 @@
+"""Webhook deliveries: what was sent where, every attempt, and redelivery."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query
+
+from corral.api.deps import Admin, Reader, Svc, Writer
+
+router = APIRouter(tags=["webhooks"])
+
+DeliveryState = Literal["pending", "delivered", "failed"]
+
+
+@router.get("/jobs/{job_id}/deliveries")
+async def job_deliveries(job_id: str, svc: Svc, who: Reader) -> list[dict[str, Any]]:
+    """The job's webhook deliveries, newest first, each with its attempt log."""
+    await svc.store.jobs.get(job_id)  # 404 for an unknown job
+    return await svc.store.outbox.list(job_id=job_id, attempts=True, limit=1000)
+
+
+@router.get("/webhooks/deliveries")
+async def deliveries(
+    svc: Svc,
+    who: Reader,
+    state: DeliveryState | None = None,
+    job_id: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[dict[str, Any]]:
+    """Deliveries of every job, newest first."""
+    return await svc.store.outbox.list(job_id=job_id, state=state, limit=limit)
+
+
+@router.post("/webhooks/deliveries/{delivery_id}/redeliver")
+async def redeliver(delivery_id: str, svc: Svc, who: Writer) -> dict[str, Any]:
+    """Send a delivery again (it keeps its id: receivers may drop it as a duplicate)."""
+    return await svc.store.outbox.redeliver(delivery_id, datetime.now(UTC))
+
+
+@router.get("/admin/webhook-secret")
+async def webhook_secret(svc: Svc, who: Admin) -> dict[str, str]:
+    """The secret that signs deliveries of webhooks given without one."""
+    return {"secret": svc.webhook_secret}

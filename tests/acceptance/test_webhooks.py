@@ -1,0 +1,255 @@
+"""Signed webhooks and the Python client against a real `corral serve`:
+run() by webhook and by polling, deliveries to flaky, dead and absent
+endpoints, restart with pending deliveries, and the async event iterator."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from corral.client import AsyncClient, Client, RunTimeout
+from corral.testing import ServerProcess, free_port
+from corral.webhooks import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, verify
+
+from ._helpers import running_server, submit, wait_for, wait_job
+
+SECRET = "endpoint-secret-0123456789"
+ENV = {"CORRAL_WEBHOOK_TIMEOUT": "2"}
+
+
+class Endpoint:
+    """A webhook endpoint on loopback that answers with the scripted statuses
+    (then 200), or never answers (``hang``), and records what it accepted."""
+
+    def __init__(self, statuses: list[int] | None = None, *, hang: bool = False, port: int = 0):
+        self.statuses = list(statuses or [])
+        self.hang = hang
+        self.accepted: list[dict[str, Any]] = []
+        self.attempts = 0
+        self._release = threading.Event()
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                endpoint.attempts += 1
+                if endpoint.hang:
+                    endpoint._release.wait(30)
+                    return
+                status = endpoint.statuses.pop(0) if endpoint.statuses else 200
+                if status == 200:
+                    verify(body, self.headers[SIGNATURE_HEADER], SECRET)
+                    endpoint.accepted.append(
+                        {
+                            **json.loads(body),
+                            "delivery": self.headers[DELIVERY_HEADER],
+                            "event": self.headers[EVENT_HEADER],
+                            "received": time.monotonic(),
+                        }
+                    )
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def states(self, job_id: str) -> list[str]:
+        return [a["state"] for a in self.accepted if a["job_id"] == job_id]
+
+    def close(self) -> None:
+        self._release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    with running_server(tmp_path_factory.mktemp("hooks") / "data", env=ENV) as s:
+        yield s
+
+
+@pytest.fixture
+def http(srv: ServerProcess) -> Iterator[httpx.Client]:
+    with srv.http() as client:
+        yield client
+
+
+@pytest.fixture
+def client(srv: ServerProcess) -> Iterator[Client]:
+    with Client(srv.url, srv.admin_key) as c:
+        yield c
+
+
+def test_run_by_webhook(client: Client, http: httpx.Client) -> None:
+    result = client.run("echo pushed", timeout=30)
+    assert result.ok and result.via == "webhook" and result.result == "pushed"
+    assert result.attempts == 1 and result.started_at and result.finished_at
+    deliveries = http.get(f"/jobs/{result.job_id}/deliveries").json()
+    # Every state change was delivered once, in order, each on its first attempt.
+    assert [d["body"]["state"] for d in reversed(deliveries)] == [
+        "queued",
+        "assigned",
+        "running",
+        "done",
+    ]
+    assert {d["state"] for d in deliveries} == {"delivered"}
+    assert all(
+        len(d["attempt_log"]) == 1 and d["attempt_log"][0]["status"] == 204 for d in deliveries
+    )
+    assert "secret" not in json.dumps(deliveries)
+
+
+def test_run_by_polling_when_asked_or_unreachable(client: Client) -> None:
+    forced = client.run("echo polled", polling=True, timeout=30)
+    assert forced.ok and forced.via == "polling" and forced.result == "polled"
+    # The server cannot reach the advertised address: no delivery within the grace.
+    started = time.monotonic()
+    unreachable = client.run(
+        "echo fallback", advertise_host="unreachable.invalid", push_grace=1.0, timeout=30
+    )
+    assert unreachable.ok and unreachable.via == "polling" and unreachable.result == "fallback"
+    assert time.monotonic() - started < 10
+
+
+def test_run_timeout_leaves_the_job_or_cancels_it(client: Client) -> None:
+    with pytest.raises(RunTimeout) as info:
+        client.run("sleep 30", timeout=1.0)
+    assert client.get(info.value.job_id).state.value in ("queued", "assigned", "running")
+    client.cancel(info.value.job_id)
+    with pytest.raises(RunTimeout) as info:
+        client.run("sleep 30", timeout=1.0, cancel_on_timeout=True)
+    assert client.get(info.value.job_id).state.value == "cancelled"
+
+
+def test_flaky_endpoint_gets_every_delivery_once_in_order(http: httpx.Client) -> None:
+    endpoint = Endpoint([500, 503])
+    try:
+        job_id = submit(http, "echo flaky", webhook={"url": endpoint.url, "secret": SECRET})
+        wait_job(http, job_id)
+        wait_for(
+            lambda: endpoint.states(job_id)[-1:] == ["done"], timeout=30, what="all deliveries"
+        )
+        assert endpoint.states(job_id) == ["queued", "assigned", "running", "done"]
+        assert len({a["delivery"] for a in endpoint.accepted}) == 4
+        first = http.get(f"/jobs/{job_id}/deliveries").json()[-1]
+        assert [a["status"] for a in first["attempt_log"]] == [500, 503, 200]
+        assert first["state"] == "delivered" and first["attempts"] == 3
+    finally:
+        endpoint.close()
+
+
+def test_refusing_endpoint_stops_at_once(http: httpx.Client) -> None:
+    endpoint = Endpoint([410, 410, 410, 410])
+    try:
+        job_id = submit(http, "echo gone", webhook={"url": endpoint.url, "secret": SECRET})
+        wait_job(http, job_id)
+        rows = wait_for(
+            lambda: (
+                (r := http.get(f"/jobs/{job_id}/deliveries").json())
+                and all(d["state"] == "failed" for d in r)
+                and len(r) == 4
+                and r
+            ),
+            timeout=20,
+            what="the deliveries to be given up",
+        )
+        assert all(d["attempts"] == 1 and d["last_status"] == 410 for d in rows)
+    finally:
+        endpoint.close()
+
+
+def test_dead_endpoint_does_not_delay_others(http: httpx.Client) -> None:
+    dead, good = Endpoint(hang=True), Endpoint()
+    try:
+        slow_job = submit(http, "echo a", webhook={"url": dead.url, "secret": SECRET})
+        wait_job(http, slow_job)
+        wait_for(lambda: dead.attempts >= 1, timeout=10, what="the dead endpoint to be tried")
+        fast_job = submit(http, "echo b", webhook={"url": good.url, "secret": SECRET})
+        done_at = time.monotonic()
+        wait_job(http, fast_job)
+        wait_for(lambda: good.states(fast_job)[-1:] == ["done"], timeout=10, what="deliveries")
+        assert good.accepted[-1]["received"] - done_at < 3.0
+        pending = http.get(f"/jobs/{slow_job}/deliveries").json()
+        assert any(d["state"] == "pending" for d in pending)
+    finally:
+        dead.close()
+        good.close()
+
+
+def test_pending_deliveries_survive_a_restart(tmp_path: Path) -> None:
+    port = free_port()
+    data = tmp_path / "data"
+    with running_server(data, env=ENV) as s, s.http() as http:
+        job_id = submit(
+            http, "echo later", webhook={"url": f"http://127.0.0.1:{port}/hook", "secret": SECRET}
+        )
+        wait_job(http, job_id)
+        wait_for(
+            # In order: the first one is retried, the others wait behind it.
+            lambda: any(d["attempts"] >= 1 for d in http.get(f"/jobs/{job_id}/deliveries").json()),
+            timeout=10,
+            what="a first (failed) attempt",
+        )
+    endpoint = Endpoint(port=port)  # the receiver comes up while corral is down
+    try:
+        with running_server(data, env=ENV) as s, s.http() as http:
+            wait_for(
+                lambda: endpoint.states(job_id)[-1:] == ["done"],
+                timeout=60,
+                what="the pending deliveries after the restart",
+            )
+            assert endpoint.states(job_id) == ["queued", "assigned", "running", "done"]
+            # CLI: list, then redeliver one (same delivery id: a receiver can drop it).
+            out = s.cli("webhooks", "ls", "--job", job_id, "--json")
+            rows = json.loads(out.stdout)
+            assert {r["state"] for r in rows} == {"delivered"}, out.stderr
+            first = rows[-1]["id"]
+            again = s.cli("webhooks", "redeliver", first)
+            assert again.returncode == 0, again.stderr
+            wait_for(
+                lambda: [a["delivery"] for a in endpoint.accepted].count(first) == 2,
+                timeout=20,
+                what="the redelivery",
+            )
+    finally:
+        endpoint.close()
+
+
+async def test_async_client_events_survive_a_forced_disconnect(tmp_path: Path) -> None:
+    # A tiny SSE buffer: a slow reader is disconnected and must resume by itself.
+    env = {**ENV, "CORRAL_SSE_BUFFER": "10"}
+    with running_server(tmp_path / "data", env=env) as s:
+        async with AsyncClient(s.url, s.admin_key) as c:
+            accepted = await c.submit("for i in $(seq 1 300); do echo line $i; done")
+            seqs: list[int] = []
+            lines: list[str] = []
+            async for event in c.job_events(accepted["job_id"], timeout=60):
+                if event.seq is not None:
+                    seqs.append(event.seq)
+                if event.type == "output":
+                    lines.append(event.payload["line"])
+                if len(seqs) % 25 == 0:
+                    await asyncio.sleep(0.2)  # fall behind the server
+            assert lines == [f"line {i}" for i in range(1, 301)]
+            assert seqs == sorted(set(seqs)) and seqs == list(range(seqs[0], seqs[-1] + 1))
+            result = await c.run("echo async", timeout=30)
+            assert result.ok and result.via == "webhook" and result.result == "async"
+            job = await c.wait(result.job_id, timeout=5)
+            assert job.state.value == "done"
