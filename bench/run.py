@@ -25,6 +25,7 @@ from pathlib import Path
 
 import agent_case
 import cases
+import client_case
 import queue_case
 from cases import Result
 from rich.console import Console
@@ -182,6 +183,13 @@ async def main(plan: Plan, pg_base: str, only: str) -> list[Result]:
                 lambda: agent_case.agent_overhead(root, 8 if plan.throughput_jobs < 800 else 20, 4),
                 timeout=180,
             )
+        if "g" in only:
+            await run.case(
+                "(g) run() round trip",
+                "ms",
+                lambda: client_case.run_round_trip(root, 30 if plan.throughput_jobs < 800 else 100),
+                timeout=180,
+            )
         if "d" in only:
             async with server(root, "d", env=OWN_RUNNER) as srv:
                 runner_id = await register(srv)
@@ -311,7 +319,7 @@ def cli() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="fewer samples (~30 s)")
-    parser.add_argument("--only", default="abcdef", help="which benchmarks, e.g. --only ad")
+    parser.add_argument("--only", default="abcdefg", help="which benchmarks, e.g. --only ad")
     parser.add_argument(
         "--pg-url",
         default=os.environ.get("CORRAL_TEST_PG_URL", DEFAULT_PG),

@@ -126,6 +126,9 @@ def test_run_by_polling_when_asked_or_unreachable(client: Client) -> None:
     )
     assert unreachable.ok and unreachable.via == "polling" and unreachable.result == "fallback"
     assert time.monotonic() - started < 10
+    # The receiver cannot bind (not an address of this host): polling at once.
+    unbound = client.run("echo unbound", receiver_host="203.0.113.7", timeout=30)
+    assert unbound.ok and unbound.via == "polling" and unbound.result == "unbound"
 
 
 def test_run_timeout_leaves_the_job_or_cancels_it(client: Client) -> None:

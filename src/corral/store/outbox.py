@@ -230,7 +230,7 @@ class Outbox:
                 )
             )
             if outcome != "retry":
-                tx.notify("webhooks", seq)  # the next one of its job may be due now
+                tx.notify("webhooks", str(seq))  # the next one of its job may be due now
 
         await self.db.write(body)
 
