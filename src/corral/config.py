@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextvars
 import os
 import shlex
+import subprocess
 from pathlib import Path
 from typing import Any, Literal
 
@@ -106,8 +107,52 @@ class ProviderSettings(BaseModel):
     result_grace: float = Field(
         5.0, ge=0, description="Seconds the agent may linger after its final result line."
     )
+    # Remote chat providers (openai, anthropic):
+    base_url: str | None = Field(
+        None,
+        description="API base URL, e.g. http://gpu:11434/v1 (Ollama), http://gpu:8000/v1 (vLLM).",
+    )
+    api_key: SecretStr | None = Field(None, description="The API key (prefer api_key_env).")
+    api_key_env: str | None = Field(None, description="Environment variable holding the key.")
+    token_file: Path | None = Field(None, description="File holding the key (re-read per job).")
+    token_command: list[str] | None = Field(
+        None, description="Command printing the key (run per job), as a string or argv list."
+    )
+    embedding_model: str | None = Field(None, description="Model behind /api/embed.")
+    timeout: float = Field(600.0, gt=0, description="Seconds a remote request may take.")
+    max_retries: int = Field(
+        2,
+        ge=0,
+        le=20,
+        description="Retries of connection errors, 5xx and 429 (honouring Retry-After) "
+        "before a run fails.",
+    )
 
-    @field_validator("command", mode="before")
+    def credential(self) -> str | None:
+        """The API key, read afresh (token files and commands may rotate)."""
+        if self.api_key is not None:
+            return self.api_key.get_secret_value()
+        if self.api_key_env:
+            value = os.environ.get(self.api_key_env)
+            if not value:
+                raise ConfigError(f"environment variable {self.api_key_env} is not set")
+            return value
+        if self.token_file is not None:
+            try:
+                return self.token_file.expanduser().read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"cannot read token_file {self.token_file}: {exc}") from exc
+        if self.token_command:
+            try:
+                done = subprocess.run(
+                    self.token_command, capture_output=True, text=True, timeout=30, check=True
+                )
+            except (OSError, subprocess.SubprocessError) as exc:
+                raise ConfigError(f"token_command failed: {exc}") from exc
+            return done.stdout.strip()
+        return None
+
+    @field_validator("command", "token_command", mode="before")
     @classmethod
     def _split_command(cls, value: object) -> object:
         return shlex.split(value) if isinstance(value, str) else value
@@ -131,6 +176,17 @@ class WebhookEndpointSettings(BaseModel):
     )
     events: list[str] = Field(
         default_factory=list, description="Event types to deliver too (e.g. agent.result)."
+    )
+
+
+class OllamaSettings(BaseModel):
+    """The Ollama-compatible surface (/api/tags, /api/embed, /api/chat)."""
+
+    model_config = {"extra": "forbid"}
+
+    embed_provider: str | None = Field(None, description="Provider behind /api/embed.")
+    chat_timeout: float = Field(
+        600.0, gt=0, description="Seconds /api/chat waits for its job before a 504."
     )
 
 
@@ -253,6 +309,10 @@ class Settings(BaseSettings):
     paused: bool = Field(
         False, description="Kill switch default when the database holds none: no new leases."
     )
+    ollama: OllamaSettings = Field(
+        default_factory=lambda: OllamaSettings(),
+        description="[ollama] table: the Ollama-compatible endpoints.",
+    )
     runner: RunnerSettings = Field(
         default_factory=lambda: RunnerSettings(),
         description="The runner embedded in `corral serve`.",
@@ -280,6 +340,15 @@ class Settings(BaseSettings):
             tiers = {str(k): v for k, v in p.tiers.items()}
             table[name] = Provider(name, p.kind, p.is_local, p.enabled, tiers)
         return table
+
+    def embedded_providers(self) -> list[str]:
+        """What the runner in `corral serve` serves: ``runner.providers`` when
+        set, else `shell` plus every enabled remote provider (their work
+        happens on the remote server; the runner only drives it)."""
+        if "providers" in self.runner.model_fields_set:
+            return list(self.runner.providers)
+        remote = [n for n, p in self.providers.items() if p.enabled and not p.is_local]
+        return [*self.runner.providers, *sorted(remote)]
 
     def runner_providers(self, names: list[str]) -> dict[str, ProviderSettings]:
         """provider name -> its settings, for a runner serving ``names``."""

@@ -59,6 +59,11 @@ class Job(BaseModel):
     base: str | None = None
     webhook_url: str | None = Field(None, description="Where state changes are POSTed.")
     webhook_events: list[str] | None = None
+    messages: list[JSONDict] | None = None
+    tools: list[JSONDict] | None = None
+    options: JSONDict | None = None
+    think: bool | None = None
+    message: JSONDict | None = Field(None, description="A chat job's assistant message.")
     priority: int
     attempt: int
     max_attempts: int
@@ -188,6 +193,7 @@ class Outcome(BaseModel):
     exit_code: int | None = None
     usage: JSONDict | None = None
     cost: float | None = None
+    message: JSONDict | None = Field(None, description="Chat jobs: the assistant message.")
 
 
 class Artifact(BaseModel):
@@ -272,6 +278,22 @@ class JobCreate(BaseModel):
         description="Git repository (absolute local path or URL): the job runs in a "
         "worktree of it on branch corral/<job-id>.",
     )
+    messages: list[JSONDict] | None = Field(
+        None,
+        max_length=2000,
+        description="Chat jobs: OpenAI/Ollama-shaped messages ({role, content, ...}) "
+        "instead of a prompt.",
+    )
+    tools: list[JSONDict] | None = Field(
+        None, max_length=128, description="Chat jobs: tool definitions (OpenAI shape)."
+    )
+    options: JSONDict | None = Field(
+        None,
+        description="Chat jobs: sampling options (temperature, top_p, seed, stop, "
+        "num_predict / max_tokens).",
+    )
+    think: bool | None = Field(None, description="Chat jobs: ask the model to think first.")
+    stream: bool | None = Field(None, description="Accepted for Ollama compatibility; ignored.")
     webhook: str | WebhookSpec | None = Field(
         None,
         description="A URL, or {url, secret, events}: state changes are POSTed there, signed.",
@@ -330,8 +352,17 @@ class JobCreate(BaseModel):
             raise ValueError("base needs a repo")
         if isinstance(self.webhook, str):
             self.webhook = WebhookSpec(url=self.webhook)
+        if self.messages is not None:
+            for i, m in enumerate(self.messages):
+                if m.get("role") not in ("system", "user", "assistant", "tool", "developer"):
+                    raise ValueError(
+                        f"messages[{i}].role must be system, user, assistant, tool or developer"
+                    )
+            if not self.messages:
+                raise ValueError("messages must not be empty")
+            return self
         if not (self.prompt and self.prompt.strip()) and not (
             self.command and self.command.strip()
         ):
-            raise ValueError("a job needs a non-empty prompt or command")
+            raise ValueError("a job needs a non-empty prompt, command or messages")
         return self

@@ -169,6 +169,15 @@ class FakeAnthropic:
         with self._lock:
             self._script.append((match, _Hang()))
 
+    def _matched_step(self, body: dict[str, Any]) -> _Step:
+        raw = json.dumps(body)
+        with self._lock:
+            for i, (match, step) in enumerate(self._script):
+                if match is not None and match in raw:
+                    del self._script[i]
+                    return step
+            return _Reply([text("ok")])
+
     def _next_step(self, body: dict[str, Any]) -> _Step:
         raw = json.dumps(body)
         with self._lock:
@@ -307,7 +316,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._record(body, "main" if main else "aux")
         if not self._authorized():
             return self._send_error(401, "authentication_error", "invalid x-api-key")
-        step = self.fake._next_step(body) if main else _Reply([text("ok")])
+        # A request without tools (a side request of the CLI, or a plain chat
+        # job) only takes a step scripted with a ``match`` it contains.
+        step = self.fake._next_step(body) if main else self.fake._matched_step(body)
         if isinstance(step, _Hang):
             self.fake._closing.wait()
             self.close_connection = True

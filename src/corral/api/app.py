@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from corral import __version__
-from corral.api import admin, errors, jobs, runners, sessions, system, webhooks
+from corral.api import admin, errors, jobs, ollama, runners, sessions, system, webhooks
 from corral.api.delivery import Sender
 from corral.api.deps import Services
 from corral.api.limits import BodyLimit
@@ -146,7 +146,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
         description="Control plane for fleets of AI coding agents.",
     )
     errors.install(app)
-    for module in (system, jobs, sessions, runners, admin, webhooks):
+    for module in (system, jobs, sessions, runners, admin, webhooks, ollama):
         app.include_router(module.router)
     app.add_middleware(
         BodyLimit,

@@ -130,7 +130,7 @@ async def run(settings: Settings) -> None:
                 workdir=settings.data_dir,
                 name=embedded_runner_name(settings),
                 slots=settings.runner.slots,
-                providers=settings.runner_providers(settings.runner.providers),
+                providers=settings.runner_providers(settings.embedded_providers()),
                 lease_wait=settings.runner.lease_wait,
                 kill_grace=settings.runner.kill_grace,
             )

@@ -36,7 +36,9 @@ class Context:
     session: Session
     workdir: Path
     emit: Emit
-    started: Callable[[int], None]  # called with the pid once the process runs
+    # Called once the work runs: with the pid of a local process (recorded so
+    # a restarted runner can reap it), or None for remote work.
+    started: Callable[[int | None], None]
     kill_grace: float = 5.0
     provider: str = "shell"
     settings: ProviderSettings = field(default_factory=lambda: ProviderSettings(kind="shell"))

@@ -38,6 +38,14 @@ class ShellExecutor:
 
     async def run(self, ctx: Context) -> Outcome:
         script = ctx.job.command or ctx.job.prompt or ""
+        if not script.strip():
+            return Outcome(
+                status="failed",
+                reason="no_command",
+                failure="input",
+                error=f"provider {ctx.provider!r} runs shell commands; this job has none "
+                "(a chat job needs a chat provider: preferred_ai)",
+            )
         self._grace = ctx.kill_grace
         env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}
         env.update(

@@ -219,8 +219,9 @@ class Runner:
                 return
             marker = new_id()
 
-            def started(pid: int) -> None:
-                self.pids.add(job.id, pid, marker)
+            def started(pid: int | None) -> None:
+                if pid is not None:
+                    self.pids.add(job.id, pid, marker)
                 channel.started()
 
             ctx = base.Context(

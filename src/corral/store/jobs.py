@@ -417,6 +417,10 @@ class Jobs:
                     webhook_url=hook.url if hook else None,
                     webhook_secret=hook.secret if hook else None,
                     webhook_events=hook.events if hook and hook.events else None,
+                    messages=spec.messages,
+                    tools=spec.tools,
+                    options=spec.options,
+                    think=spec.think,
                     priority=spec.priority,
                     attempt=1,
                     max_attempts=max_attempts,
@@ -579,6 +583,7 @@ class Jobs:
                     "finished_at": None,
                     "usage": None,
                     "cost": None,
+                    "message": None,
                 },
                 note={"manual": True},
             )
@@ -734,6 +739,7 @@ class Jobs:
                 "exit_code": outcome.exit_code,
                 "usage": outcome.usage,
                 "cost": outcome.cost,
+                "message": outcome.message,
             }
             if outcome.status == "done":
                 values.update(error=None, reason=None, failure=None)

@@ -77,6 +77,11 @@ jobs = sa.Table(
     sa.Column("webhook_url", sa.Text),
     sa.Column("webhook_secret", sa.Text),  # an HMAC key: needed in clear to sign
     sa.Column("webhook_events", JSON),
+    sa.Column("messages", JSON),
+    sa.Column("tools", JSON),
+    sa.Column("options", JSON),
+    sa.Column("think", sa.Boolean),
+    sa.Column("message", JSON),
     sa.Column("priority", sa.Integer, nullable=False),
     sa.Column("attempt", sa.Integer, nullable=False),
     sa.Column("max_attempts", sa.Integer, nullable=False),

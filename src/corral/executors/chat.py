@@ -1,0 +1,312 @@
+"""Chat jobs on remote model servers, through the official SDKs.
+
+- ``openai``: any OpenAI-compatible server (OpenAI, Ollama's and vLLM's /v1,
+  llama.cpp server, LM Studio, OpenRouter) with ``base_url``.
+- ``anthropic``: the Anthropic Messages API.
+
+A job's ``messages`` (OpenAI/Ollama shape) are sent as they are; a prompt
+becomes one user message. Streaming deltas become ephemeral ``chat.delta``
+events; the final assistant message goes on the job (``message``, and its
+text as ``result``) with token usage. Cost is recorded only when the server
+reports it (OpenRouter does): unknown prices stay unknown, never guessed.
+
+The SDKs retry connection errors, 408/409/429 and 5xx with exponential
+backoff and jitter, honouring ``Retry-After`` (``max_retries`` of the
+provider). What still fails is classified: 429/529 is a quota (the provider
+pauses, its jobs go to its ``fallback``), 401/403 and other 4xx are bad input
+(failed at once with the server's message), the rest infrastructure."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar
+
+from corral.errors import ConfigError
+from corral.executors.agent import reset_time, usage_of
+from corral.executors.base import Context
+from corral.models import FailureClass, Outcome
+
+OPTION_NAMES = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "seed": "seed",
+    "stop": "stop",
+    "max_tokens": "max_tokens",
+    "num_predict": "max_tokens",  # Ollama's name
+    "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty",
+}
+
+
+def _failed(failure: FailureClass, reason: str, error: str, **kw: Any) -> Outcome:
+    return Outcome(status="failed", failure=failure, reason=reason, error=error, **kw)
+
+
+def classify_status(status: int | None) -> FailureClass:
+    if status in (429, 529):
+        return "quota"
+    if status is not None and 400 <= status < 500 and status not in (408, 409):
+        return "input"
+    return "infra"
+
+
+def _retry_at(headers: Any) -> datetime | None:
+    if headers is None:
+        return None
+    value = headers.get("retry-after")
+    if value:
+        with contextlib.suppress(ValueError):
+            return datetime.now(UTC) + timedelta(seconds=float(value))
+        return reset_time(str(value))
+    return None
+
+
+class ChatExecutor:
+    """Shared run/cancel logic; subclasses talk to their SDK."""
+
+    kind: ClassVar[str] = ""
+    package: ClassVar[str] = ""
+
+    def __init__(self) -> None:
+        self._inner: asyncio.Task[Outcome] | None = None
+        self._cancelled = False
+
+    async def run(self, ctx: Context) -> Outcome:
+        s = ctx.settings
+        model = ctx.job.model or s.model or (s.models[0] if s.models else None)
+        if not model:
+            return _failed(
+                "input", "no_model", f"provider {ctx.provider!r} has no model: set `model`"
+            )
+        try:
+            key = s.credential()
+        except ConfigError as exc:
+            return _failed("input", "credential", exc.message)
+        messages = ctx.job.messages or [
+            {"role": "user", "content": ctx.job.prompt or ctx.job.command or ""}
+        ]
+        ctx.started(None)
+        self._inner = asyncio.ensure_future(self.chat(ctx, model, key, messages))
+        try:
+            if ctx.job.timeout:
+                return await asyncio.wait_for(asyncio.shield(self._inner), ctx.job.timeout)
+            return await self._inner
+        except TimeoutError:
+            self._inner.cancel()
+            return _failed("agent", "timeout", f"timed out after {ctx.job.timeout:g}s")
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self._cancelled and not (task is not None and task.cancelling()):
+                return _failed("agent", "cancelled", "cancelled")
+            self._inner.cancel()
+            raise
+
+    async def cancel(self) -> None:
+        self._cancelled = True
+        if self._inner is not None:
+            self._inner.cancel()
+
+    async def chat(
+        self, ctx: Context, model: str, key: str | None, messages: list[dict[str, Any]]
+    ) -> Outcome:
+        raise NotImplementedError
+
+    @staticmethod
+    def options(ctx: Context) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, value in (ctx.job.options or {}).items():
+            if name in OPTION_NAMES:
+                out[OPTION_NAMES[name]] = value
+        return out
+
+    @staticmethod
+    def done(
+        ctx: Context,
+        model: str,
+        text: str,
+        tool_calls: list[dict[str, Any]],
+        finish: str | None,
+        usage: dict[str, Any] | None,
+        cost: float | None = None,
+    ) -> Outcome:
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if tool_calls:
+            message["tool_calls"] = tool_calls
+        usage = dict(usage or {})
+        usage["model"] = model
+        ctx.emit("chat.message", {"message": message, "finish_reason": finish, "usage": usage})
+        return Outcome(status="done", result=text, message=message, usage=usage, cost=cost)
+
+
+class OpenAIExecutor(ChatExecutor):
+    kind: ClassVar[str] = "openai"
+
+    async def chat(
+        self, ctx: Context, model: str, key: str | None, messages: list[dict[str, Any]]
+    ) -> Outcome:
+        try:
+            import openai
+        except ImportError:
+            return _failed("input", "missing_sdk", "pip install 'corral[remote]' (openai SDK)")
+        s = ctx.settings
+        client = openai.AsyncOpenAI(
+            base_url=s.base_url, api_key=key or "none", timeout=s.timeout, max_retries=s.max_retries
+        )
+        kwargs = self.options(ctx)
+        if ctx.job.tools:
+            kwargs["tools"] = ctx.job.tools
+        parts: list[str] = []
+        calls: dict[int, dict[str, Any]] = {}
+        finish: str | None = None
+        usage: dict[str, Any] | None = None
+        cost: float | None = None
+        try:
+            # The SDK's overloads want TypedDicts; jobs carry plain JSON.
+            create: Any = client.chat.completions.create
+            stream = await create(
+                model=model,
+                messages=messages,
+                stream=True,
+                stream_options={"include_usage": True},
+                **kwargs,
+            )
+            async for chunk in stream:
+                if chunk.usage is not None:
+                    raw = chunk.usage.model_dump()
+                    usage = usage_of(raw)
+                    if isinstance(raw.get("cost"), int | float):
+                        cost = float(raw["cost"])
+                for choice in chunk.choices:
+                    delta = choice.delta
+                    if delta.content:
+                        parts.append(delta.content)
+                        ctx.emit("chat.delta", {"content": delta.content}, ephemeral=True)
+                    for tc in delta.tool_calls or []:
+                        call = calls.setdefault(
+                            tc.index,
+                            {
+                                "id": None,
+                                "type": "function",
+                                "function": {"name": "", "arguments": ""},
+                            },
+                        )
+                        if tc.id:
+                            call["id"] = tc.id
+                        if tc.function is not None:
+                            call["function"]["name"] += tc.function.name or ""
+                            call["function"]["arguments"] += tc.function.arguments or ""
+                    if choice.finish_reason:
+                        finish = choice.finish_reason
+        except openai.APIStatusError as exc:
+            failure = classify_status(exc.status_code)
+            return _failed(
+                failure,
+                f"api_error_{exc.status_code}",
+                f"{ctx.provider}: HTTP {exc.status_code}: {_message(exc)}",
+                retry_at=_retry_at(exc.response.headers) if failure == "quota" else None,
+            )
+        except (openai.APIConnectionError, openai.APITimeoutError) as exc:
+            return _failed("infra", "unreachable", f"{ctx.provider}: {exc}")
+        finally:
+            await client.close()
+        tool_calls = [calls[i] for i in sorted(calls)]
+        return self.done(ctx, model, "".join(parts), tool_calls, finish, usage, cost)
+
+
+class AnthropicExecutor(ChatExecutor):
+    kind: ClassVar[str] = "anthropic"
+
+    async def chat(
+        self, ctx: Context, model: str, key: str | None, messages: list[dict[str, Any]]
+    ) -> Outcome:
+        try:
+            import anthropic
+        except ImportError:
+            return _failed("input", "missing_sdk", "pip install 'corral[remote]' (anthropic SDK)")
+        system = "\n\n".join(
+            str(m.get("content", "")) for m in messages if m.get("role") in ("system", "developer")
+        )
+        turns = [
+            {"role": m["role"], "content": m.get("content") or ""}
+            for m in messages
+            if m.get("role") in ("user", "assistant")
+        ]
+        if len(turns) != len([m for m in messages if m.get("role") not in ("system", "developer")]):
+            return _failed(
+                "input",
+                "bad_messages",
+                "the anthropic provider takes system, user and "
+                "assistant messages (tool messages: use the openai kind)",
+            )
+        s = ctx.settings
+        client = anthropic.AsyncAnthropic(
+            base_url=s.base_url, api_key=key, timeout=s.timeout, max_retries=s.max_retries
+        )
+        kwargs = self.options(ctx)
+        kwargs.setdefault("max_tokens", 4096)
+        if "stop" in kwargs:
+            stop = kwargs.pop("stop")
+            kwargs["stop_sequences"] = [stop] if isinstance(stop, str) else stop
+        for unsupported in ("seed", "presence_penalty", "frequency_penalty"):
+            kwargs.pop(unsupported, None)
+        if system:
+            kwargs["system"] = system
+        if ctx.job.tools:
+            kwargs["tools"] = [_anthropic_tool(t) for t in ctx.job.tools]
+        try:
+            open_stream: Any = client.messages.stream
+            async with open_stream(model=model, messages=turns, **kwargs) as stream:
+                async for text in stream.text_stream:
+                    ctx.emit("chat.delta", {"content": text}, ephemeral=True)
+                final = await stream.get_final_message()
+        except anthropic.APIStatusError as exc:
+            failure = classify_status(exc.status_code)
+            return _failed(
+                failure,
+                f"api_error_{exc.status_code}",
+                f"{ctx.provider}: HTTP {exc.status_code}: {_message(exc)}",
+                retry_at=_retry_at(exc.response.headers) if failure == "quota" else None,
+            )
+        except (anthropic.APIConnectionError, anthropic.APITimeoutError) as exc:
+            return _failed("infra", "unreachable", f"{ctx.provider}: {exc}")
+        finally:
+            await client.close()
+        text = "".join(b.text for b in final.content if b.type == "text")
+        tool_calls = [
+            {
+                "id": b.id,
+                "type": "function",
+                "function": {"name": b.name, "arguments": _json(b.input)},
+            }
+            for b in final.content
+            if b.type == "tool_use"
+        ]
+        usage = usage_of(final.usage.model_dump())
+        return self.done(ctx, model, text, tool_calls, final.stop_reason, usage)
+
+
+def _anthropic_tool(tool: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI-shaped tool definition as Anthropic takes it."""
+    fn = tool.get("function", tool)
+    return {
+        "name": fn.get("name"),
+        "description": fn.get("description", ""),
+        "input_schema": fn.get("parameters") or {"type": "object", "properties": {}},
+    }
+
+
+def _json(value: Any) -> str:
+    import json
+
+    return json.dumps(value)
+
+
+def _message(exc: Any) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])
+    return str(getattr(exc, "message", exc))

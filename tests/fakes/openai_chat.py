@@ -1,0 +1,250 @@
+"""A fake OpenAI-compatible chat server (what Ollama's /v1, vLLM and llama.cpp
+serve): ``POST /v1/chat/completions`` (JSON, or SSE chunks ending with
+``data: [DONE]``, usage in a last chunk when ``stream_options.include_usage``),
+``GET /v1/models`` and ``POST /v1/embeddings``, with bearer auth and
+scriptable replies and errors. A real HTTP server on loopback, in a thread.
+
+    with FakeOpenAI() as fake:
+        fake.reply("Paris", match="capital")
+        fake.fail(429, retry_after=30)
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class _Reply:
+    text: str
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    delay: float = 0.0  # seconds between streamed pieces
+
+
+@dataclass
+class _Failure:
+    status: int
+    message: str
+    retry_after: float | None = None
+
+
+class FakeOpenAI:
+    def __init__(self, api_key: str = "sk-fake", models: tuple[str, ...] = ("qwen2.5:7b",)) -> None:
+        self.api_key = api_key
+        self.models = models
+        self.requests: list[dict[str, Any]] = []  # chat request bodies
+        self.embed_requests: list[dict[str, Any]] = []
+        self._script: deque[tuple[str | None, _Reply | _Failure]] = deque()
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+
+    def reply(
+        self,
+        text: str,
+        *,
+        tool_calls: list[dict[str, Any]] | None = None,
+        delay: float = 0.0,
+        match: str | None = None,
+    ) -> None:
+        with self._lock:
+            self._script.append((match, _Reply(text, tool_calls or [], delay)))
+
+    def fail(
+        self,
+        status: int,
+        message: str = "fake error",
+        *,
+        retry_after: float | None = None,
+        match: str | None = None,
+    ) -> None:
+        with self._lock:
+            self._script.append((match, _Failure(status, message, retry_after)))
+
+    def _next(self, body: dict[str, Any]) -> _Reply | _Failure:
+        raw = json.dumps(body)
+        with self._lock:
+            self.requests.append(body)
+            for i, (match, step) in enumerate(self._script):
+                if match is None or match in raw:
+                    del self._script[i]
+                    return step
+        return _Reply("ok")
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    def start(self) -> FakeOpenAI:
+        handler = type("_Bound", (_Handler,), {"fake": self})
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def __enter__(self) -> FakeOpenAI:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _tokens(value: Any) -> int:
+    return max(1, len(json.dumps(value)) // 4)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    fake: FakeOpenAI
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def _json(self, status: int, data: Any, headers: dict[str, str] | None = None) -> None:
+        body = json.dumps(data).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _error(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        kind = {401: "invalid_api_key", 404: "not_found", 429: "rate_limit_exceeded"}
+        self._json(
+            status,
+            {
+                "error": {
+                    "message": message,
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": kind.get(status),
+                }
+            },
+            headers,
+        )
+
+    def _authorized(self) -> bool:
+        if self.headers.get("Authorization") != f"Bearer {self.fake.api_key}":
+            self._error(401, "Incorrect API key provided")
+            return False
+        return True
+
+    def do_GET(self) -> None:
+        if not self._authorized():
+            return
+        if self.path.rstrip("/") == "/v1/models":
+            data = [
+                {"id": m, "object": "model", "created": 1700000000, "owned_by": "fake"}
+                for m in self.fake.models
+            ]
+            return self._json(200, {"object": "list", "data": data})
+        self._error(404, f"no route {self.path}")
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length) or b"{}")
+        if not self._authorized():
+            return
+        path = self.path.split("?")[0].rstrip("/")
+        if path == "/v1/embeddings":
+            self.fake.embed_requests.append(body)
+            inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+            data = [
+                {
+                    "object": "embedding",
+                    "index": i,
+                    "embedding": [round((len(str(x)) + k) / 100, 3) for k in range(4)],
+                }
+                for i, x in enumerate(inputs)
+            ]
+            usage = {"prompt_tokens": _tokens(inputs), "total_tokens": _tokens(inputs)}
+            return self._json(
+                200, {"object": "list", "data": data, "model": body["model"], "usage": usage}
+            )
+        if path != "/v1/chat/completions":
+            return self._error(404, f"no route {self.path}")
+        if body.get("model") not in self.fake.models:
+            return self._error(404, f"model '{body.get('model')}' not found")
+        step = self.fake._next(body)
+        if isinstance(step, _Failure):
+            headers = {"retry-after": str(step.retry_after)} if step.retry_after else {}
+            return self._error(step.status, step.message, headers)
+        ident = f"chatcmpl-{uuid.uuid4().hex[:12]}"
+        created = int(time.time())
+        usage = {
+            "prompt_tokens": _tokens(body["messages"]),
+            "completion_tokens": _tokens(step.text),
+            "total_tokens": _tokens(body["messages"]) + _tokens(step.text),
+        }
+        message: dict[str, Any] = {"role": "assistant", "content": step.text}
+        finish = "stop"
+        if step.tool_calls:
+            message["tool_calls"] = step.tool_calls
+            finish = "tool_calls"
+        if not body.get("stream"):
+            return self._json(
+                200,
+                {
+                    "id": ident,
+                    "object": "chat.completion",
+                    "created": created,
+                    "model": body["model"],
+                    "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+                    "usage": usage,
+                },
+            )
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+
+        def chunk(
+            delta: dict[str, Any],
+            finish_reason: str | None = None,
+            use: dict[str, Any] | None = None,
+            choices: bool = True,
+        ) -> None:
+            data: dict[str, Any] = {
+                "id": ident,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": body["model"],
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]
+                if choices
+                else [],
+            }
+            if use is not None:
+                data["usage"] = use
+            raw = f"data: {json.dumps(data)}\n\n".encode()
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(raw), raw))
+            self.wfile.flush()
+
+        chunk({"role": "assistant", "content": ""})
+        words = step.text.split(" ")
+        for i, word in enumerate(words):
+            chunk({"content": word if i == 0 else " " + word})
+            if step.delay:
+                time.sleep(step.delay)
+        for i, call in enumerate(step.tool_calls):
+            chunk({"tool_calls": [{"index": i, **call}]})
+        chunk({}, finish)
+        if (body.get("stream_options") or {}).get("include_usage"):
+            chunk({}, use=usage, choices=False)
+        done = b"data: [DONE]\n\n"
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(done), done))
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
