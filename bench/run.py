@@ -25,6 +25,7 @@ from pathlib import Path
 
 import agent_case
 import cases
+import chat_case
 import client_case
 import queue_case
 from cases import Result
@@ -190,6 +191,15 @@ async def main(plan: Plan, pg_base: str, only: str) -> list[Result]:
                 lambda: client_case.run_round_trip(root, 30 if plan.throughput_jobs < 800 else 100),
                 timeout=180,
             )
+        if "h" in only:
+            await run.case(
+                "(h) chat jobs",
+                "ms",
+                lambda: chat_case.chat_jobs(
+                    root, 30 if plan.throughput_jobs < 800 else 100, 32, plan.seconds / 2
+                ),
+                timeout=180,
+            )
         if "d" in only:
             async with server(root, "d", env=OWN_RUNNER) as srv:
                 runner_id = await register(srv)
@@ -319,7 +329,7 @@ def cli() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="fewer samples (~30 s)")
-    parser.add_argument("--only", default="abcdefg", help="which benchmarks, e.g. --only ad")
+    parser.add_argument("--only", default="abcdefgh", help="which benchmarks, e.g. --only ad")
     parser.add_argument(
         "--pg-url",
         default=os.environ.get("CORRAL_TEST_PG_URL", DEFAULT_PG),

@@ -536,6 +536,21 @@ class AsyncClient:
     async def deliveries(self, job_id: str) -> builtins.list[dict[str, Any]]:
         return list(await self._request("GET", f"/jobs/{job_id}/deliveries"))
 
+    async def session(self, session_id: str) -> dict[str, Any]:
+        return dict(await self._request("GET", f"/sessions/{session_id}"))
+
+    async def turn(
+        self, session_id: str, prompt: str | None = None, **fields: Any
+    ) -> dict[str, Any]:
+        """A follow-up turn (a job) in a session."""
+        body = {"prompt": prompt, **fields}
+        data = await self._request(
+            "POST",
+            f"/sessions/{session_id}/turns",
+            json={k: v for k, v in body.items() if v is not None},
+        )
+        return dict(data)
+
     async def route(self, **fields: Any) -> dict[str, Any]:
         return dict(await self._request("POST", "/route", json=fields))
 

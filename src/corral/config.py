@@ -119,6 +119,9 @@ class ProviderSettings(BaseModel):
         None, description="Command printing the key (run per job), as a string or argv list."
     )
     embedding_model: str | None = Field(None, description="Model behind /api/embed.")
+    remote_provider: str | None = Field(
+        None, description="corral kind: the provider to ask the other corral for."
+    )
     timeout: float = Field(600.0, gt=0, description="Seconds a remote request may take.")
     max_retries: int = Field(
         2,

@@ -40,6 +40,23 @@ OPTION_NAMES = {
 }
 
 
+# SDK clients are reused across jobs (each one holds a connection pool and an
+# SSL context that cost tens of milliseconds to build), keyed by everything
+# that shapes them, the credential included: a rotated key gets a new client.
+_CLIENTS: dict[tuple[Any, ...], Any] = {}
+MAX_CLIENTS = 64
+
+
+def _client(factory: Any, **kwargs: Any) -> Any:
+    key = (factory, *sorted(kwargs.items()))
+    client = _CLIENTS.get(key)
+    if client is None:
+        if len(_CLIENTS) >= MAX_CLIENTS:
+            _CLIENTS.clear()  # old ones are closed by the garbage collector
+        client = _CLIENTS[key] = factory(**kwargs)
+    return client
+
+
 def _failed(failure: FailureClass, reason: str, error: str, **kw: Any) -> Outcome:
     return Outcome(status="failed", failure=failure, reason=reason, error=error, **kw)
 
@@ -151,8 +168,12 @@ class OpenAIExecutor(ChatExecutor):
         except ImportError:
             return _failed("input", "missing_sdk", "pip install 'corral[remote]' (openai SDK)")
         s = ctx.settings
-        client = openai.AsyncOpenAI(
-            base_url=s.base_url, api_key=key or "none", timeout=s.timeout, max_retries=s.max_retries
+        client = _client(
+            openai.AsyncOpenAI,
+            base_url=s.base_url,
+            api_key=key or "none",
+            timeout=s.timeout,
+            max_retries=s.max_retries,
         )
         kwargs = self.options(ctx)
         if ctx.job.tools:
@@ -209,8 +230,6 @@ class OpenAIExecutor(ChatExecutor):
             )
         except (openai.APIConnectionError, openai.APITimeoutError) as exc:
             return _failed("infra", "unreachable", f"{ctx.provider}: {exc}")
-        finally:
-            await client.close()
         tool_calls = [calls[i] for i in sorted(calls)]
         return self.done(ctx, model, "".join(parts), tool_calls, finish, usage, cost)
 
@@ -241,8 +260,12 @@ class AnthropicExecutor(ChatExecutor):
                 "assistant messages (tool messages: use the openai kind)",
             )
         s = ctx.settings
-        client = anthropic.AsyncAnthropic(
-            base_url=s.base_url, api_key=key, timeout=s.timeout, max_retries=s.max_retries
+        client = _client(
+            anthropic.AsyncAnthropic,
+            base_url=s.base_url,
+            api_key=key,
+            timeout=s.timeout,
+            max_retries=s.max_retries,
         )
         kwargs = self.options(ctx)
         kwargs.setdefault("max_tokens", 4096)
@@ -271,8 +294,6 @@ class AnthropicExecutor(ChatExecutor):
             )
         except (anthropic.APIConnectionError, anthropic.APITimeoutError) as exc:
             return _failed("infra", "unreachable", f"{ctx.provider}: {exc}")
-        finally:
-            await client.close()
         text = "".join(b.text for b in final.content if b.type == "text")
         tool_calls = [
             {

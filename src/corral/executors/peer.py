@@ -1,0 +1,166 @@
+"""corral: delegate a job to another corral through its jobs API.
+
+The remote job is submitted with an idempotency key derived from this job's
+id, so a submission repeated after a crash returns the same remote job
+instead of making a second one; its id is recorded at once as the session's
+handle (``{"job", "remote_job", "remote_session"}``). A runner that takes
+the job over after a crash finds the handle and follows the existing remote
+job: resumed, never re-submitted. A follow-up turn of the session becomes a
+turn of the remote session. The remote job's events are relayed as
+``remote.<type>`` events; its outcome (result, error, failure class, usage,
+cost) becomes this job's. Cancelling here cancels there."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any, ClassVar
+
+from corral.client import ApiError, AsyncClient
+from corral.errors import ClientError, ConfigError
+from corral.executors.base import Context
+from corral.jobs import TERMINAL, JobState
+from corral.models import Outcome
+
+# Fields of this job passed on to the remote one.
+PASSED_ON = ("prompt", "command", "title", "priority", "timeout", "labels", "model")
+PASSED_ON_CHAT = ("messages", "tools", "options", "think")
+
+
+def _failed(failure: Any, reason: str, error: str) -> Outcome:
+    return Outcome(status="failed", failure=failure, reason=reason, error=error)
+
+
+class CorralExecutor:
+    kind: ClassVar[str] = "corral"
+
+    def __init__(self) -> None:
+        self._remote: tuple[AsyncClient, str] | None = None
+        self._cancelled = False
+
+    async def run(self, ctx: Context) -> Outcome:
+        s = ctx.settings
+        if not s.base_url:
+            return _failed("input", "no_base_url", f"provider {ctx.provider!r} needs base_url")
+        try:
+            key = s.credential()
+        except ConfigError as exc:
+            return _failed("input", "credential", exc.message)
+        if not key:
+            return _failed("input", "credential", f"provider {ctx.provider!r} needs an api_key")
+        handle = _handle(ctx.handle)
+        ctx.started(None)
+        async with AsyncClient(s.base_url, key, timeout=s.timeout) as remote:
+            try:
+                if handle.get("job") == ctx.job.id and handle.get("remote_job"):
+                    remote_id = str(handle["remote_job"])
+                    ctx.emit("remote.resumed", {"remote_job": remote_id, "url": s.base_url})
+                else:
+                    remote_id = await self._submit(ctx, remote, handle.get("remote_session"))
+                self._remote = (remote, remote_id)
+                if self._cancelled:
+                    await remote.cancel(remote_id)
+                return await self._follow(ctx, remote, remote_id)
+            except ApiError as exc:
+                failure = "input" if 400 <= exc.status < 500 and exc.status != 429 else "infra"
+                if exc.status == 429:
+                    failure = "quota"
+                return _failed(failure, f"remote_{exc.code}", f"{s.base_url}: {exc.message}")
+            except ClientError as exc:
+                return _failed("infra", "remote_unreachable", exc.message)
+
+    async def _submit(self, ctx: Context, remote: AsyncClient, session: Any) -> str:
+        job = ctx.job
+        fields: dict[str, Any] = {
+            name: getattr(job, name) for name in PASSED_ON if getattr(job, name) is not None
+        }
+        if job.messages is not None:
+            fields.update(
+                {n: getattr(job, n) for n in PASSED_ON_CHAT if getattr(job, n) is not None}
+            )
+        if ctx.settings.model and "model" not in fields:
+            fields["model"] = ctx.settings.model
+        if ctx.settings.models and not fields.get("model"):
+            fields["model"] = ctx.settings.models[0]
+        remote_provider = ctx.settings.remote_provider
+        if remote_provider:
+            fields["preferred_ai"] = remote_provider
+        # Same key, same remote job: a submission repeated after a crash is not a second one.
+        fields["idempotency_key"] = f"corral-delegate:{job.id}"
+        fields["labels"] = [*fields.get("labels", []), f"delegated-from:{job.id}"][:32]
+        prompt = fields.pop("prompt", None)
+        if session:
+            accepted = await remote.turn(str(session), prompt, **fields)
+        else:
+            accepted = await remote.submit(prompt, **fields)
+        remote_id = str(accepted["job_id"])
+        ctx.save_handle(
+            json.dumps(
+                {"job": job.id, "remote_job": remote_id, "remote_session": accepted["session_id"]}
+            )
+        )
+        ctx.emit(
+            "remote.submitted",
+            {
+                "remote_job": remote_id,
+                "remote_session": accepted["session_id"],
+                "url": ctx.settings.base_url,
+                "created": accepted.get("created", True),
+            },
+        )
+        return remote_id
+
+    async def _follow(self, ctx: Context, remote: AsyncClient, remote_id: str) -> Outcome:
+        timeout = ctx.job.timeout
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    async for event in remote.job_events(remote_id, timeout=60):
+                        if event.type != "job.state" or event.job_id == remote_id:
+                            ctx.emit(f"remote.{event.type}"[:64], {"payload": event.payload})
+                    job = await remote.get(remote_id)
+                    if job.state in TERMINAL:
+                        break
+        except TimeoutError:
+            with contextlib.suppress(ClientError):
+                await remote.cancel(remote_id)
+            return _failed("agent", "timeout", f"timed out after {timeout:g}s (remote cancelled)")
+        if job.state is JobState.DONE:
+            return Outcome(
+                status="done",
+                result=job.result,
+                usage=job.usage,
+                cost=job.cost,
+                exit_code=job.exit_code,
+                message=job.message,
+            )
+        if job.state is JobState.CANCELLED and self._cancelled:
+            return _failed("agent", "cancelled", "cancelled")
+        return Outcome(
+            status="failed",
+            result=job.result,
+            error=f"remote job {remote_id}: {job.error or job.state.value}",
+            reason=job.reason or "remote_failed",
+            failure=job.failure or ("infra" if job.state is JobState.CANCELLED else "agent"),
+            exit_code=job.exit_code,
+            usage=job.usage,
+            cost=job.cost,
+        )
+
+    async def cancel(self) -> None:
+        self._cancelled = True
+        if self._remote is not None:
+            remote, remote_id = self._remote
+            with contextlib.suppress(ClientError):
+                await remote.cancel(remote_id)
+
+
+def _handle(raw: str | None) -> dict[str, Any]:
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
