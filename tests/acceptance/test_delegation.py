@@ -70,6 +70,11 @@ def test_kill9_mid_delegation_resumes_the_remote_job(remote: ServerProcess, tmp_
         types = [e["type"] for e in session_events(http, job["session_id"])]
         assert types.count("remote.submitted") == 1 and "remote.resumed" in types
         assert "remote.output" in types
+        status = http.get("/api/delegated/status").json()
+        assert status["in_flight"] == []
+        assert status["counters"]["resumed"] == 1 and status["counters"]["done"] == 1
+        assert status["counters"]["retried"] == 1  # re-run after the crash, same attempt
+        assert http.get("/watchdog/status").json()["delegated"] == status["counters"]
     [only] = remote_jobs(remote, job_id)  # the remote saw exactly one submission
     assert only["state"] == "done" and only["attempt"] == 1
     kill_leftovers(m)
@@ -102,6 +107,10 @@ def test_cancel_and_follow_up_turns_carry_over(remote: ServerProcess, tmp_path: 
                 timeout=30,
                 what="the remote job to run",
             )
+            [flight] = http.get("/api/delegated/status").json()["in_flight"]
+            assert flight["job_id"] == slow and flight["provider"] == "peer"
+            assert flight["remote_id"] == remote_jobs(remote, slow)[0]["id"]
+            assert flight["since"] and flight["last_poll"]
             assert http.post(f"/jobs/{slow}/cancel").status_code == 200
             assert wait_job(http, slow)["state"] == "cancelled"
             wait_for(

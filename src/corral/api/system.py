@@ -31,10 +31,23 @@ async def status(svc: Svc, who: Reader) -> dict[str, Any]:
     }
 
 
+def _remote_providers(svc: Svc) -> list[str]:
+    return [n for n, p in svc.settings.providers.items() if not p.is_local]
+
+
+@router.get("/api/delegated/status")
+async def delegated_status(svc: Svc, who: Reader) -> dict[str, Any]:
+    """Jobs on remote providers in flight (provider, remote id, since, last
+    poll) and counters (submitted, done, failed, cancelled, retried, resumed)."""
+    return await svc.store.jobs.delegated(_remote_providers(svc), svc.settings.lease_ttl)
+
+
 @router.get("/watchdog/status")
 async def watchdog_status(svc: Svc, who: Reader) -> dict[str, Any]:
     w = svc.watchdog
+    delegated = await svc.store.jobs.delegated(_remote_providers(svc), svc.settings.lease_ttl)
     return {
+        "delegated": delegated["counters"],
         "interval": svc.settings.watchdog_interval,
         "lease_ttl": svc.settings.lease_ttl,
         "sweeps": w.sweeps,

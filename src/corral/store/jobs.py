@@ -8,6 +8,8 @@ Module-level functions are transaction bodies (sync, given a ``Tx``); the
 from __future__ import annotations
 
 import builtins
+import contextlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -42,7 +44,7 @@ from corral.store import events as event_log
 from corral.store import outbox
 from corral.store import sessions as session_store
 from corral.store.db import Database, Tx
-from corral.store.schema import artifacts, jobs, provider_pauses, runners, sessions
+from corral.store.schema import artifacts, events, jobs, provider_pauses, runners, sessions
 from corral.store.schema import settings as server_settings
 
 Row = sa.Row[Any]
@@ -971,3 +973,80 @@ class Jobs:
             raise ArtifactNotFound(f"job {job_id} has no artifact {name!r}")
         meta = Artifact.model_validate(row._mapping)
         return meta, bytes(row.data)
+
+    async def delegated(self, providers: Sequence[str], lease_ttl: float) -> dict[str, Any]:
+        """Jobs on remote providers: the ones in flight and counters."""
+        names = list(providers)
+        if not names:
+            return {"in_flight": [], "counters": dict.fromkeys(_DELEGATED_COUNTERS, 0)}
+
+        def body(conn: sa.Connection) -> dict[str, Any]:
+            on_remote = jobs.c.provider.in_(names)
+            rows = conn.execute(
+                sa.select(
+                    jobs.c.id,
+                    jobs.c.provider,
+                    jobs.c.state,
+                    jobs.c.started_at,
+                    jobs.c.assigned_at,
+                    jobs.c.lease_expires_at,
+                    sessions.c.handle,
+                )
+                .join(sessions, sessions.c.id == jobs.c.session_id)
+                .where(on_remote, jobs.c.state.in_(_ACTIVE))
+                .order_by(jobs.c.assigned_at)
+            ).all()
+            by_state: dict[str, int] = {
+                str(state): int(n)
+                for state, n in conn.execute(
+                    sa.select(jobs.c.state, sa.func.count()).where(on_remote).group_by(jobs.c.state)
+                )
+            }
+            retried = conn.execute(
+                sa.select(sa.func.count()).where(
+                    on_remote, sa.or_(jobs.c.infra_retries > 0, jobs.c.attempt > 1)
+                )
+            ).scalar_one()
+            resumed = conn.execute(
+                sa.select(sa.func.count())
+                .select_from(events)
+                .where(events.c.type == "remote.resumed")
+            ).scalar_one()
+            in_flight = []
+            for r in rows:
+                remote_id = None
+                owner, _, raw = (r.handle or "").partition(":")  # handles are PROVIDER:VALUE
+                if owner == r.provider and raw.startswith("{"):
+                    with contextlib.suppress(ValueError):
+                        data = json.loads(raw)
+                        if data.get("job") == r.id:
+                            remote_id = data.get("remote_job")
+                last = (
+                    r.lease_expires_at - timedelta(seconds=lease_ttl)
+                    if r.lease_expires_at
+                    else None
+                )
+                in_flight.append(
+                    {
+                        "job_id": r.id,
+                        "provider": r.provider,
+                        "state": r.state,
+                        "remote_id": remote_id,
+                        "since": r.started_at or r.assigned_at,
+                        "last_poll": last,
+                    }
+                )
+            counters = {
+                "submitted": sum(by_state.values()),
+                "done": int(by_state.get("done", 0)),
+                "failed": int(by_state.get("failed", 0)),
+                "cancelled": int(by_state.get("cancelled", 0)),
+                "retried": int(retried),
+                "resumed": int(resumed),
+            }
+            return {"in_flight": in_flight, "counters": counters}
+
+        return await self.db.read(body)
+
+
+_DELEGATED_COUNTERS = ("submitted", "done", "failed", "cancelled", "retried", "resumed")
