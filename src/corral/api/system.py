@@ -5,9 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
+from fastapi.responses import PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 
 from corral import __version__
 from corral.api.deps import Reader, Svc
+from corral.jobs import JobState
 
 router = APIRouter(tags=["system"])
 
@@ -40,6 +43,52 @@ async def delegated_status(svc: Svc, who: Reader) -> dict[str, Any]:
     """Jobs on remote providers in flight (provider, remote id, since, last
     poll) and counters (submitted, done, failed, cancelled, retried, resumed)."""
     return await svc.store.jobs.delegated(_remote_providers(svc), svc.settings.lease_ttl)
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+async def metrics(svc: Svc, who: Reader) -> PlainTextResponse:
+    """Prometheus text format, read from the database at each scrape (so every
+    replica reports the same fleet-wide figures)."""
+    registry = CollectorRegistry()
+    jobs = Gauge("corral_jobs", "Jobs by state.", ["state"], registry=registry)
+    counts = await svc.store.jobs.counts()
+    for job_state in JobState:
+        jobs.labels(job_state.value).set(counts.get(job_state.value, 0))
+    runners = Gauge("corral_runners", "Active runners.", registry=registry)
+    runners.set(len(await svc.store.runners.list()))
+    paused = Gauge(
+        "corral_provider_paused",
+        "1 while a quota pauses the provider.",
+        ["provider"],
+        registry=registry,
+    )
+    for p in await svc.store.jobs.pauses():
+        paused.labels(p.provider).set(1)
+    delegated = await svc.store.jobs.delegated(_remote_providers(svc), svc.settings.lease_ttl)
+    counters = Gauge(
+        "corral_delegated_jobs",
+        "Jobs on remote providers, by outcome.",
+        ["outcome"],
+        registry=registry,
+    )
+    for name, n in delegated["counters"].items():
+        counters.labels(name).set(n)
+    Gauge("corral_delegated_in_flight", "Delegated jobs running now.", registry=registry).set(
+        len(delegated["in_flight"])
+    )
+    hooks = Gauge(
+        "corral_webhook_deliveries", "Webhook deliveries by state.", ["state"], registry=registry
+    )
+    for delivery_state, n in (await svc.store.outbox.counts()).items():
+        hooks.labels(delivery_state).set(n)
+    w = svc.watchdog
+    Gauge(
+        "corral_watchdog_expired", "Leases this replica's watchdog expired.", registry=registry
+    ).set(w.expired)
+    Gauge("corral_paused", "1 while the kill switch is on.", registry=registry).set(
+        1 if await svc.store.settings.get("paused") == "true" else 0
+    )
+    return PlainTextResponse(generate_latest(registry).decode(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/watchdog/status")

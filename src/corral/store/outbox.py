@@ -180,16 +180,11 @@ class Outbox:
             for r in rows
         ]
 
-    async def next_due_at(self) -> datetime | None:
-        stmt = sa.select(sa.func.min(webhook_deliveries.c.next_attempt_at)).where(
-            webhook_deliveries.c.state == "pending"
+    async def counts(self) -> dict[str, int]:
+        stmt = sa.select(webhook_deliveries.c.state, sa.func.count()).group_by(
+            webhook_deliveries.c.state
         )
-        value: datetime | None = await self.db.read(lambda conn: conn.execute(stmt).scalar())
-        if value is not None and value.tzinfo is None:
-            from datetime import UTC
-
-            value = value.replace(tzinfo=UTC)
-        return value
+        return await self.db.read(lambda conn: {str(s): int(n) for s, n in conn.execute(stmt)})
 
     async def record(
         self,
