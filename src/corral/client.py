@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import json
 import os
 import secrets
 import time
@@ -297,6 +298,53 @@ class Client:
     def route(self, **fields: Any) -> dict[str, Any]:
         """Where a job with ``fields`` would run, and why."""
         return dict(self._request("POST", "/route", json=fields))
+
+    # agent daemons
+    def agents(self) -> builtins.list[dict[str, Any]]:
+        return list(self._request("GET", "/agents"))
+
+    def agent(self, name: str) -> dict[str, Any]:
+        return dict(self._request("GET", f"/agents/{name}"))
+
+    def agent_action(self, name: str, action: str) -> dict[str, Any]:
+        """``start``, ``stop`` or ``restart`` an agent daemon."""
+        return dict(self._request("POST", f"/agents/{name}/{action}"))
+
+    def reload_agents(self) -> dict[str, builtins.list[str]]:
+        return dict(self._request("POST", "/agents/reload"))
+
+    def agent_logs(self, name: str, n: int = 200) -> builtins.list[dict[str, Any]]:
+        return list(self._request("GET", f"/agents/{name}/logs", params={"n": n}))
+
+    def follow_agent_logs(self, name: str, n: int = 0) -> Iterator[dict[str, Any]]:
+        """An agent's lines as they are written; resumes after a dropped connection."""
+        last: int | None = None
+        failures = 0
+        while True:
+            headers = {"Accept": "text/event-stream"}
+            if last is not None:
+                headers["Last-Event-ID"] = str(last)
+            try:
+                with connect_sse(
+                    self._http,
+                    "GET",
+                    f"/sse/agents/{name}/logs",
+                    params={"n": n if last is None else 0},
+                    headers=headers,
+                    timeout=httpx.Timeout(30.0, read=None),
+                ) as source:
+                    _raise_for_stream(source.response)
+                    failures = 0
+                    for sse in source.iter_sse():
+                        if sse.data:
+                            item = dict(json.loads(sse.data))
+                            last = int(item["offset"])
+                            yield item
+            except httpx.TransportError as exc:
+                failures += 1
+                if failures > 20:
+                    raise ClientError(f"lost the log stream from {self.url}: {exc}") from exc
+                time.sleep(min(0.05 * 2**failures, 2.0))
 
     # webhooks
     def deliveries(self, job_id: str) -> builtins.list[dict[str, Any]]:

@@ -10,11 +10,20 @@ from __future__ import annotations
 import contextvars
 import os
 import shlex
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -182,6 +191,53 @@ class WebhookEndpointSettings(BaseModel):
     )
 
 
+class DaemonSettings(BaseModel):
+    """``[agents.NAME]`` in corral.toml."""
+
+    model_config = {"extra": "forbid"}
+
+    command: list[str] = Field(description="argv list, or a shell string (split like a shell).")
+    cwd: Path | None = Field(None, description="Working directory (default: the data dir).")
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment.")
+    autostart: bool = Field(True, description="Start with `corral serve`.")
+    restart: Literal["always", "on-failure", "never"] = Field(
+        "on-failure", description="When to start it again after it ends."
+    )
+    restart_delay: float = Field(1.0, gt=0, description="First restart backoff (seconds).")
+    restart_delay_max: float = Field(60.0, gt=0, description="Cap on the restart backoff.")
+    stable_after: float = Field(
+        10.0, gt=0, description="Seconds up after which the backoff and failure count reset."
+    )
+    max_quick_failures: int = Field(
+        5, ge=1, description="Quick failures in a row before giving up (status fatal)."
+    )
+    stop_signal: str = Field("SIGTERM", description="Signal that asks it to stop.")
+    stop_timeout: float = Field(10.0, ge=0, description="Seconds before SIGKILL.")
+    runner: str = Field("embedded", description="Which runner hosts it (only `embedded` yet).")
+    log_max_bytes: int = Field(10_485_760, ge=1024, description="Rotate the log at this size.")
+    log_backups: int = Field(3, ge=0, le=100, description="Rotated log files kept.")
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        return shlex.split(value) if isinstance(value, str) else value
+
+    @field_validator("stop_signal")
+    @classmethod
+    def _signal(cls, value: str) -> str:
+        name = value.upper() if value.upper().startswith("SIG") else f"SIG{value.upper()}"
+        if name not in signal.Signals.__members__:
+            raise ValueError(f"unknown signal {value!r}")
+        return name
+
+    @field_validator("runner")
+    @classmethod
+    def _runner(cls, value: str) -> str:
+        if value != "embedded":
+            raise ValueError("agents run on the embedded runner of `corral serve` for now")
+        return value
+
+
 class OllamaSettings(BaseModel):
     """The Ollama-compatible surface (/api/tags, /api/embed, /api/chat)."""
 
@@ -316,6 +372,10 @@ class Settings(BaseSettings):
         default_factory=lambda: OllamaSettings(),
         description="[ollama] table: the Ollama-compatible endpoints.",
     )
+    agents: dict[str, DaemonSettings] = Field(
+        default_factory=dict,
+        description="[agents.NAME] tables: long-running agent daemons `corral serve` supervises.",
+    )
     runner: RunnerSettings = Field(
         default_factory=lambda: RunnerSettings(),
         description="The runner embedded in `corral serve`.",
@@ -382,6 +442,12 @@ class Settings(BaseSettings):
             )
         return self
 
+    _source: Path | None = PrivateAttr(None)  # the corral.toml read, for reloads
+
+    def reload_agents(self) -> dict[str, DaemonSettings]:
+        """``[agents.*]`` as the configuration file says now."""
+        return load_settings(self._source).agents if self._source else dict(self.agents)
+
     @property
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'corral.db'}"
@@ -416,6 +482,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         raise ConfigError(f"cannot read {path}: {exc}") from exc
     finally:
         _CONFIG_FILE.reset(token)
+    settings._source = path if path.is_file() else None
     if not settings.queue_dir.is_absolute():
         base = path.parent if path.is_file() else Path.cwd()
         settings.queue_dir = (base / settings.queue_dir).resolve()

@@ -12,11 +12,22 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from corral import __version__
-from corral.api import admin, errors, jobs, ollama, runners, sessions, system, webhooks
+from corral.api import (
+    admin,
+    agents,
+    errors,
+    jobs,
+    ollama,
+    runners,
+    sessions,
+    system,
+    webhooks,
+)
 from corral.api.delivery import Sender
 from corral.api.deps import Services
 from corral.api.limits import BodyLimit
 from corral.config import Settings, load_settings
+from corral.daemons import Supervisor
 from corral.errors import CorralError
 from corral.store import Caps, RetryPolicy, Store
 from corral.store.keys import new_secret
@@ -124,6 +135,10 @@ def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
             horizon=settings.webhook_retry_horizon,
             concurrency=settings.webhook_concurrency,
         )
+        if settings.runner.embedded:
+            svc.agents = Supervisor(dict(settings.agents), settings.data_dir)
+            for pid in await svc.agents.start():
+                log.warning("killed agent process tree %d left behind by a previous corral", pid)
         tasks = [
             asyncio.create_task(_watchdog(svc), name="corral-watchdog"),
             asyncio.create_task(run_as_leader(st, "webhooks", sender.run), name="corral-webhooks"),
@@ -131,6 +146,8 @@ def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
         try:
             yield
         finally:
+            if svc.agents is not None:
+                await svc.agents.close()
             for task in tasks:
                 task.cancel()
             for task in tasks:
@@ -146,7 +163,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
         description="Control plane for fleets of AI coding agents.",
     )
     errors.install(app)
-    for module in (system, jobs, sessions, runners, admin, webhooks, ollama):
+    for module in (system, jobs, sessions, runners, admin, webhooks, ollama, agents):
         app.include_router(module.router)
     app.add_middleware(
         BodyLimit,

@@ -10,7 +10,17 @@ from typing import Annotated
 import typer
 
 from corral import __version__
-from corral.cli import admin, control, jobs, keys, sessions, webhooks, workspaces
+from corral.cli import (
+    admin,
+    agents,
+    control,
+    jobs,
+    keys,
+    service,
+    sessions,
+    webhooks,
+    workspaces,
+)
 from corral.cli.common import err
 from corral.cli.runner import runner
 from corral.cli.serve import serve
@@ -55,6 +65,8 @@ app.add_typer(sessions.app, name="sessions")
 app.add_typer(keys.app, name="keys")
 app.add_typer(workspaces.app, name="workspaces")
 app.add_typer(webhooks.app, name="webhooks")
+app.add_typer(agents.app, name="agents")
+app.add_typer(service.app, name="service")
 config_app = typer.Typer(help="Configuration.", no_args_is_help=True)
 config_app.command("show")(admin.config_show)
 app.add_typer(config_app, name="config")

@@ -8,6 +8,7 @@ import hashlib
 import ipaddress
 import logging
 import os
+import signal
 import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -145,6 +146,15 @@ async def run(settings: Settings) -> None:
                 run_as_leader(store, "queue-folder", intake.run), name="corral-queue-folder"
             )
             err.print(f"queue folder: {settings.queue_dir}")
+
+        # SIGHUP: apply [agents.*] changes from the configuration file.
+        def reload_agents() -> None:
+            sup = app.state.services.agents
+            if sup is not None:
+                task = asyncio.create_task(sup.reload(settings.reload_agents()))
+                task.add_done_callback(_log_reload)
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_agents)
         await serving
         if intake_task is not None:
             intake_task.cancel()
@@ -156,6 +166,16 @@ async def run(settings: Settings) -> None:
                 await runner_task
     finally:
         await store.close()
+
+
+def _log_reload(task: asyncio.Task[dict[str, list[str]]]) -> None:
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        log.error("agents reload failed: %s", exc)
+    else:
+        log.info("agents reloaded: %s", task.result())
 
 
 def serve(

@@ -1,0 +1,130 @@
+"""`corral agents ls|show|start|stop|restart|reload|logs`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from corral.cli.common import JsonOpt, ServerOpt, TokenOpt, client, console, dump
+
+app = typer.Typer(help="Agent daemons (long-running, supervised).", no_args_is_help=True)
+
+STATUS_STYLE = {
+    "running": "green",
+    "starting": "cyan",
+    "backoff": "yellow",
+    "exited": "yellow",
+    "fatal": "red",
+    "stopped": "dim",
+}
+
+
+def _status(value: str) -> str:
+    return f"[{STATUS_STYLE.get(value, 'white')}]{value}[/]"
+
+
+def _uptime(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+@app.command("ls")
+def ls(server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
+    """Every agent: status, pid, uptime, restarts, last exit code."""
+    with client(server, token) as c:
+        rows = c.agents()
+    if as_json:
+        dump(rows)
+        return
+    if not rows:
+        console.print("no agents: add [agents.NAME] tables to corral.toml")
+        return
+    table = Table("agent", "status", "pid", "uptime", "restarts", "last exit", box=None)
+    for r in rows:
+        exit_code = r["last_exit_code"]
+        table.add_row(
+            r["name"],
+            _status(r["status"]),
+            str(r["pid"] or "-"),
+            _uptime(r["uptime"]),
+            str(r["restarts"]),
+            "-" if exit_code is None else str(exit_code),
+        )
+    console.print(table)
+
+
+@app.command()
+def show(
+    name: str, server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = False
+) -> None:
+    """One agent: status, configuration (env values masked), recent lines."""
+    with client(server, token) as c:
+        data = c.agent(name)
+    if as_json:
+        dump(data)
+        return
+    console.print(f"[bold]{data['name']}[/] {_status(data['status'])}  pid {data['pid'] or '-'}")
+    console.print(f"command: {' '.join(data['config']['command'])}", markup=False)
+    if data.get("message"):
+        console.print(f"[red]{data['message']}[/]")
+    for line in data["logs"][-20:]:
+        console.print(f"{line['stream']:>6} {line['line']}", markup=False, highlight=False)
+
+
+def _act(name: str, action: str, server: str | None, token: str | None) -> None:
+    with client(server, token) as c:
+        data = c.agent_action(name, action)
+    console.print(f"{data['name']}: {_status(data['status'])}  pid {data['pid'] or '-'}")
+
+
+@app.command()
+def start(name: str, server: ServerOpt = None, token: TokenOpt = None) -> None:
+    """Start an agent."""
+    _act(name, "start", server, token)
+
+
+@app.command()
+def stop(name: str, server: ServerOpt = None, token: TokenOpt = None) -> None:
+    """Stop an agent and its whole process tree."""
+    _act(name, "stop", server, token)
+
+
+@app.command()
+def restart(name: str, server: ServerOpt = None, token: TokenOpt = None) -> None:
+    """Restart an agent; returns once the new process runs."""
+    _act(name, "restart", server, token)
+
+
+@app.command()
+def reload(server: ServerOpt = None, token: TokenOpt = None) -> None:
+    """Apply [agents.*] changes from corral.toml (the server's): add, remove, restart."""
+    with client(server, token) as c:
+        result = c.reload_agents()
+    for key in ("added", "removed", "changed"):
+        console.print(f"{key}: {', '.join(result[key]) or '-'}")
+
+
+@app.command()
+def logs(
+    name: str,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new lines.")
+    ] = False,
+    n: Annotated[int, typer.Option("-n", min=0, max=1000, help="Lines to show first.")] = 50,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """An agent's output; -f follows it live."""
+    with client(server, token) as c:
+        if not follow:
+            for line in c.agent_logs(name, n):
+                console.print(line["line"], markup=False, highlight=False)
+            return
+        for line in c.follow_agent_logs(name, n):
+            console.print(line["line"], markup=False, highlight=False)

@@ -1,0 +1,84 @@
+"""`corral service install`: a systemd unit for `corral serve`."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from corral.cli.common import ConfigOpt, console, err
+
+app = typer.Typer(help="Run corral as a systemd service.", no_args_is_help=True)
+
+
+def unit(*, user: bool, config: Path | None, env_file: Path, workdir: Path) -> str:
+    argv = [sys.executable, "-m", "corral", "serve"]
+    if config is not None:
+        argv += ["--config", str(config)]
+    return "\n".join(
+        [
+            "[Unit]",
+            "Description=corral: control plane for fleets of AI coding agents",
+            "Wants=network-online.target",
+            "After=network-online.target postgresql.service",
+            "",
+            "[Service]",
+            "Type=simple",
+            f"ExecStart={shlex.join(argv)}",
+            f"WorkingDirectory={workdir}",
+            # Secrets (CORRAL_DATABASE_URL, provider keys) stay out of the unit.
+            f"EnvironmentFile=-{env_file}",
+            "Restart=always",
+            "RestartSec=2",
+            # SIGTERM to corral only: it stops the process trees of its jobs and agents.
+            "KillMode=mixed",
+            "TimeoutStopSec=30",
+            "",
+            "[Install]",
+            f"WantedBy={'default.target' if user else 'multi-user.target'}",
+            "",
+        ]
+    )
+
+
+@app.command()
+def install(
+    user: Annotated[
+        bool, typer.Option("--user", help="A user unit (~/.config/systemd/user).")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the unit; write nothing.")
+    ] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Write a systemd unit for `corral serve` (Restart=always, secrets from an
+    EnvironmentFile) and print the commands that enable it."""
+    config = (config or Path("corral.toml")).resolve()
+    conf = config if config.is_file() else None
+    base = conf.parent if conf else Path.cwd()
+    env_file = base / "corral.env"
+    text = unit(user=user, config=conf, env_file=env_file, workdir=base)
+    if dry_run:
+        sys.stdout.write(text)
+        return
+    if user:
+        target = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+        path = target / "systemd" / "user" / "corral.service"
+    else:
+        path = Path("/etc/systemd/system/corral.service")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    except PermissionError:
+        err.print(f"cannot write {path}: run as root, or use --user")
+        raise typer.Exit(1) from None
+    systemctl = "systemctl --user" if user else "systemctl"
+    console.print(f"wrote {path}", markup=False)
+    console.print(f"secrets (CORRAL_DATABASE_URL, API keys) go in {env_file} (mode 0600)")
+    console.print(f"enable it: {systemctl} daemon-reload && {systemctl} enable --now corral")
+    if user:
+        console.print("keep it running after logout: loginctl enable-linger $USER")

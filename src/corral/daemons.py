@@ -1,0 +1,359 @@
+"""Agent daemons: long-running processes (chat bots, watchers) that corral
+keeps running, declared as ``[agents.NAME]`` in corral.toml.
+
+Each daemon is a process in a session of its own, with a marker in its
+environment so stop and restart reach the whole tree (grandchildren that
+left it too), and a pid record so a restarted corral reaps what a crash
+left behind before starting anew. Its stdout and stderr lines go to a
+rotated log file and, straight from the pipe, to live subscribers.
+
+States: ``stopped`` -> ``starting`` -> ``running``; when the process ends:
+``exited`` (and ``backoff`` before a restart, per the restart policy), or
+``fatal`` after ``max_quick_failures`` failures in a row that each lived
+less than ``stable_after`` seconds. Every change is published on the bus
+topic ``agents`` as ``{agent_id, old_status, new_status, pid, exit_code, at}``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from corral.bus.memory import MemoryBus
+from corral.config import DaemonSettings
+from corral.errors import Conflict, NotFound
+from corral.models import new_id
+from corral.runner.process import MARKER_VAR, PidRecords, stop_tree
+
+Status = Literal["stopped", "starting", "running", "backoff", "exited", "fatal"]
+STATUS_TOPIC = "agents"
+LOG_TAIL = 1000  # lines kept in memory per daemon (the file has the rest)
+MAX_LINE = 16_384
+
+
+def log_topic(name: str) -> str:
+    return f"agent-log:{name}"
+
+
+class AgentNotFound(NotFound):
+    """No such agent daemon."""
+
+    code = "agent_not_found"
+
+
+class RotatingLog:
+    """Append-only log file rotated by size: NAME.log, NAME.log.1, ..."""
+
+    def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(path, "ab")  # noqa: SIM115 - kept open for the daemon's life
+        self._size = self._file.tell()
+
+    def write(self, line: bytes) -> None:
+        if self._size + len(line) > self.max_bytes and self._size > 0:
+            self._rotate()
+        self._file.write(line)
+        self._file.flush()
+        self._size += len(line)
+
+    def _rotate(self) -> None:
+        self._file.close()
+        if self.backups == 0:
+            self.path.unlink(missing_ok=True)
+        else:
+            for i in range(self.backups - 1, 0, -1):
+                older = self.path.with_name(f"{self.path.name}.{i}")
+                if older.exists():
+                    older.replace(self.path.with_name(f"{self.path.name}.{i + 1}"))
+            self.path.replace(self.path.with_name(f"{self.path.name}.1"))
+        self._file = open(self.path, "ab")  # noqa: SIM115
+        self._size = 0
+
+    def close(self) -> None:
+        self._file.close()
+
+
+@dataclass
+class Daemon:
+    name: str
+    settings: DaemonSettings
+    status: Status = "stopped"
+    pid: int | None = None
+    started_at: float | None = None
+    restarts: int = 0
+    last_exit_code: int | None = None
+    message: str | None = None
+    lines: deque[tuple[int, float, str, str]] = field(
+        default_factory=lambda: deque(maxlen=LOG_TAIL)
+    )  # (offset, time, stream, text)
+    offset: int = 0  # lines written since corral started it first
+    quick_failures: int = 0
+    task: asyncio.Task[None] | None = None
+    proc: asyncio.subprocess.Process | None = None
+    marker: str = field(default_factory=new_id)
+    wanted: bool = False  # should be running
+    running: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def view(self, now: float | None = None) -> dict[str, Any]:
+        now = now or time.time()
+        return {
+            "id": self.name,
+            "name": self.name,
+            "status": self.status,
+            "pid": self.pid,
+            "uptime": round(now - self.started_at, 3)
+            if self.started_at and self.status == "running"
+            else None,
+            "restarts": self.restarts,
+            "last_exit_code": self.last_exit_code,
+            "runner": self.settings.runner,
+            "message": self.message,
+        }
+
+
+class Supervisor:
+    def __init__(self, settings: dict[str, DaemonSettings], data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.logs = data_dir / "agents" / "logs"
+        self.pids = PidRecords(data_dir / "agents" / "pids")
+        # Lines and status changes go to subscribers in this process (the
+        # supervisor and the API serving its SSE share it).
+        self.bus = MemoryBus()
+        self.publish: Callable[[str, Any], None] = self.bus.publish
+        self.daemons: dict[str, Daemon] = {
+            name: Daemon(name, s) for name, s in sorted(settings.items())
+        }
+
+    # -- lifecycle of the supervisor ------------------------------------------
+
+    async def start(self) -> list[int]:
+        """Reap what a previous corral left running, then start autostart agents."""
+        reaped = await asyncio.to_thread(self.pids.reap)
+        for d in self.daemons.values():
+            if d.settings.autostart:
+                await self.start_agent(d.name)
+        return reaped
+
+    async def close(self) -> None:
+        await asyncio.gather(*(self.stop_agent(n) for n in self.daemons), return_exceptions=True)
+
+    # -- operations -------------------------------------------------------------
+
+    def get(self, name: str) -> Daemon:
+        d = self.daemons.get(name)
+        if d is None:
+            raise AgentNotFound(
+                f"no agent {name!r} (configured: {', '.join(self.daemons) or 'none'})"
+            )
+        return d
+
+    async def start_agent(self, name: str) -> Daemon:
+        d = self.get(name)
+        d.wanted = True
+        if d.task is None or d.task.done():
+            d.quick_failures = 0
+            d.message = None
+            self._set(d, "starting")
+            d.task = asyncio.create_task(self._keep(d), name=f"corral-agent-{name}")
+        return d
+
+    async def stop_agent(self, name: str) -> Daemon:
+        d = self.get(name)
+        d.wanted = False
+        task = d.task
+        if task is not None and not task.done():
+            if d.proc is not None and d.proc.returncode is None:
+                await self._stop_process(d)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if d.status != "stopped":
+            self._set(d, "stopped")
+        return d
+
+    async def restart_agent(self, name: str, timeout: float = 30.0) -> Daemon:
+        """Stop, start, and wait until it runs (or say why it does not)."""
+        await self.stop_agent(name)
+        d = await self.start_agent(name)
+        try:
+            await asyncio.wait_for(d.running.wait(), timeout)
+        except TimeoutError:
+            raise Conflict(
+                f"agent {name} is {d.status} after {timeout:g}s: {d.message or 'not running'}"
+            ) from None
+        return d
+
+    async def reload(self, settings: dict[str, DaemonSettings]) -> dict[str, list[str]]:
+        """Apply a new configuration: new agents start, removed ones stop,
+        changed ones restart, the rest keep running."""
+        added = sorted(set(settings) - set(self.daemons))
+        removed = sorted(set(self.daemons) - set(settings))
+        changed = sorted(
+            n for n in set(settings) & set(self.daemons) if settings[n] != self.daemons[n].settings
+        )
+        for name in removed:
+            await self.stop_agent(name)
+            del self.daemons[name]
+        for name in changed:
+            was_running = self.daemons[name].wanted
+            await self.stop_agent(name)
+            self.daemons[name].settings = settings[name]
+            if was_running or settings[name].autostart:
+                await self.start_agent(name)
+        for name in added:
+            self.daemons[name] = Daemon(name, settings[name])
+            if settings[name].autostart:
+                await self.start_agent(name)
+        self.daemons = dict(sorted(self.daemons.items()))
+        return {"added": added, "removed": removed, "changed": changed}
+
+    def tail(self, name: str, n: int = 200, after: int | None = None) -> list[dict[str, Any]]:
+        d = self.get(name)
+        lines = [x for x in d.lines if after is None or x[0] > after]
+        if after is None:
+            lines = lines[-n:] if n > 0 else []
+        return [{"offset": o, "at": t, "stream": s, "line": text} for o, t, s, text in lines]
+
+    # -- internals ----------------------------------------------------------------
+
+    def _set(self, d: Daemon, status: Status, exit_code: int | None = None) -> None:
+        old, d.status = d.status, status
+        if status == "running":
+            d.running.set()
+        else:
+            d.running.clear()
+        self.publish(
+            STATUS_TOPIC,
+            {
+                "agent_id": d.name,
+                "old_status": old,
+                "new_status": status,
+                "pid": d.pid,
+                "exit_code": exit_code,
+                "at": time.time(),
+            },
+        )
+
+    async def _keep(self, d: Daemon) -> None:
+        """Run the daemon, restarting it as its policy says, until stopped."""
+        s = d.settings
+        delay = s.restart_delay
+        log = RotatingLog(self.logs / f"{d.name}.log", s.log_max_bytes, s.log_backups)
+        try:
+            while d.wanted:
+                if d.status != "starting":
+                    self._set(d, "starting")
+                code = await self._run_once(d, log)
+                lived = time.time() - (d.started_at or time.time())
+                d.last_exit_code = code
+                d.pid = None
+                failed = code != 0
+                if lived >= s.stable_after:
+                    delay, d.quick_failures = s.restart_delay, 0
+                elif failed:
+                    d.quick_failures += 1
+                self._set(d, "exited", exit_code=code)
+                if not d.wanted:
+                    return
+                if s.restart == "never" or (s.restart == "on-failure" and not failed):
+                    return
+                if d.quick_failures >= s.max_quick_failures:
+                    d.message = (
+                        f"gave up after {d.quick_failures} quick failures (last exit code {code})"
+                    )
+                    self._set(d, "fatal", exit_code=code)
+                    d.wanted = False
+                    return
+                self._set(d, "backoff", exit_code=code)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, s.restart_delay_max)
+                d.restarts += 1
+        finally:
+            log.close()
+
+    async def _run_once(self, d: Daemon, log: RotatingLog) -> int | None:
+        s = d.settings
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
+        env.update(s.env)
+        env[MARKER_VAR] = d.marker
+        env["CORRAL_AGENT"] = d.name
+        cwd = s.cwd or self.data_dir
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *s.command,
+                cwd=cwd,
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            d.message = f"cannot start {s.command[0]!r}: {exc.strerror or exc}"
+            self._line(d, log, "stderr", f"corral: {d.message}")
+            return 127
+        d.proc, d.pid, d.started_at, d.message = proc, proc.pid, time.time(), None
+        self.pids.add(d.name, proc.pid, d.marker)
+        self._set(d, "running")
+        assert proc.stdout is not None and proc.stderr is not None
+        try:
+            await asyncio.gather(
+                self._pump(d, log, proc.stdout, "stdout"),
+                self._pump(d, log, proc.stderr, "stderr"),
+            )
+            return await proc.wait()
+        except asyncio.CancelledError:
+            await self._stop_process(d)
+            raise
+        finally:
+            self.pids.remove(d.name)
+            d.proc = None
+
+    async def _stop_process(self, d: Daemon) -> None:
+        proc = d.proc
+        if proc is None or proc.returncode is not None:
+            return
+        sig = signal.Signals[d.settings.stop_signal]
+        if sig is not signal.SIGTERM:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, sig)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), d.settings.stop_timeout)
+        await stop_tree(proc, d.settings.stop_timeout, d.marker)
+
+    async def _pump(
+        self, d: Daemon, log: RotatingLog, stream: asyncio.StreamReader, name: str
+    ) -> None:
+        pending = b""
+        while True:
+            chunk = await stream.read(65_536)
+            if not chunk:
+                break
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for raw in lines:
+                self._line(d, log, name, raw[:MAX_LINE].decode("utf-8", "replace").rstrip("\r"))
+            if len(pending) > MAX_LINE:
+                self._line(d, log, name, pending[:MAX_LINE].decode("utf-8", "replace"))
+                pending = b""
+        if pending:
+            self._line(d, log, name, pending.decode("utf-8", "replace"))
+
+    def _line(self, d: Daemon, log: RotatingLog, stream: str, text: str) -> None:
+        d.offset += 1
+        at = time.time()
+        d.lines.append((d.offset, at, stream, text))
+        log.write(f"{stream} {text}\n".encode())
+        self.publish(
+            log_topic(d.name), {"offset": d.offset, "at": at, "stream": stream, "line": text}
+        )
