@@ -24,6 +24,7 @@ from functools import partial
 from pathlib import Path
 
 import agent_case
+import agents_case
 import cases
 import chat_case
 import client_case
@@ -200,6 +201,15 @@ async def main(plan: Plan, pg_base: str, only: str) -> list[Result]:
                 ),
                 timeout=180,
             )
+        if "i" in only:
+            await run.case(
+                "(i) agent daemons",
+                "ms",
+                lambda: agents_case.agents_figures(
+                    root, 100 if plan.throughput_jobs < 800 else 500
+                ),
+                timeout=180,
+            )
         if "d" in only:
             async with server(root, "d", env=OWN_RUNNER) as srv:
                 runner_id = await register(srv)
@@ -329,7 +339,7 @@ def cli() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="fewer samples (~30 s)")
-    parser.add_argument("--only", default="abcdefgh", help="which benchmarks, e.g. --only ad")
+    parser.add_argument("--only", default="abcdefghi", help="which benchmarks, e.g. --only ad")
     parser.add_argument(
         "--pg-url",
         default=os.environ.get("CORRAL_TEST_PG_URL", DEFAULT_PG),
