@@ -46,7 +46,7 @@ def test_no_front_matter_is_a_job_with_defaults() -> None:
         ("---\npriority: urgent\n---\nbody", "priority"),
         ("---\npriority: 12\n---\nbody", "priority"),
         ("---\ntimeout: -1\n---\nbody", "timeout"),
-        ("---\ntitle: only a title\n---\n", "prompt or command"),
+        ("---\ntitle: only a title\n---\n", "prompt, command or messages"),
         ("---\nprovider: a\nexecutor: b\n---\nbody", "alias"),
         ("---\nwebhook: ftp://example.com/hook\n---\nbody", "http"),
         ("---\nbase: main\n---\nbody", "base needs a repo"),
