@@ -299,6 +299,22 @@ class Client:
         """Where a job with ``fields`` would run, and why."""
         return dict(self._request("POST", "/route", json=fields))
 
+    # the Ollama-compatible endpoints
+    def tags(self) -> builtins.list[dict[str, Any]]:
+        """The models of the server's chat providers (``GET /api/tags``)."""
+        return list(self._request("GET", "/api/tags")["models"])
+
+    def embed(self, input: str | builtins.list[str], model: str | None = None) -> Any:
+        """Embeddings from the server's embedding provider (``POST /api/embed``)."""
+        body = {"input": input, **({"model": model} if model else {})}
+        return self._request("POST", "/api/embed", json=body)["embeddings"]
+
+    def chat(self, model: str, messages: builtins.list[dict[str, Any]], **kw: Any) -> Any:
+        """One chat turn through a queued chat job (``POST /api/chat``); the
+        assistant message."""
+        body = {"model": model, "messages": messages, "stream": False, **kw}
+        return self._request("POST", "/api/chat", json=body, timeout=None)["message"]
+
     # agent daemons
     def agents(self) -> builtins.list[dict[str, Any]]:
         return list(self._request("GET", "/agents"))
@@ -583,6 +599,17 @@ class AsyncClient:
 
     async def deliveries(self, job_id: str) -> builtins.list[dict[str, Any]]:
         return list(await self._request("GET", f"/jobs/{job_id}/deliveries"))
+
+    async def tags(self) -> builtins.list[dict[str, Any]]:
+        return list((await self._request("GET", "/api/tags"))["models"])
+
+    async def embed(self, input: str | builtins.list[str], model: str | None = None) -> Any:
+        body = {"input": input, **({"model": model} if model else {})}
+        return (await self._request("POST", "/api/embed", json=body))["embeddings"]
+
+    async def chat(self, model: str, messages: builtins.list[dict[str, Any]], **kw: Any) -> Any:
+        body = {"model": model, "messages": messages, "stream": False, **kw}
+        return (await self._request("POST", "/api/chat", json=body, timeout=None))["message"]
 
     async def session(self, session_id: str) -> dict[str, Any]:
         return dict(await self._request("GET", f"/sessions/{session_id}"))

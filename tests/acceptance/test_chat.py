@@ -194,3 +194,14 @@ def test_metrics(srv: ServerProcess, http: httpx.Client) -> None:
     assert float(lines['corral_delegated_jobs{outcome="done"}']) >= 3
     assert float(lines["corral_runners"]) == 1
     assert lines["corral_paused"] == "0.0"
+
+
+def test_python_client_ollama_methods(srv: ServerProcess, gpu: FakeOpenAI) -> None:
+    from corral.client import Client
+
+    with Client(srv.url, srv.admin_key) as c:
+        assert [m["name"] for m in c.tags()] == ["qwen2.5:7b", "claude-haiku-4-5"]
+        assert len(c.embed(["one", "two"])) == 2
+        gpu.reply("Blue.", match="colour of the sky")
+        message = c.chat("qwen2.5:7b", [{"role": "user", "content": "colour of the sky?"}])
+        assert message == {"role": "assistant", "content": "Blue."}
