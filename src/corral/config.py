@@ -500,8 +500,8 @@ def masked(settings: Settings) -> dict[str, Any]:
     for hook in data["webhooks"]:
         if hook.get("secret"):
             hook["secret"] = "********"
-    for provider in data["providers"].values():
-        provider["env"] = {k: "********" for k in provider.get("env", {})}
+    for table in (*data["providers"].values(), *data["agents"].values()):
+        table["env"] = dict.fromkeys(table.get("env", {}), "********")
     return data
 
 

@@ -73,3 +73,18 @@ def test_secrets_are_masked() -> None:
     shown = str(masked(s))
     assert "hunter2" not in shown and "s3cret" not in shown
     assert "postgresql+asyncpg://u:********@db/corral" in shown
+
+
+def test_provider_agent_and_webhook_secrets_are_masked() -> None:
+    s = load_settings(
+        providers={
+            "gpu": {"kind": "openai", "api_key": "sk-topsecret", "env": {"X": "envsecret"}},
+        },
+        agents={"bot": {"command": "run-bot", "env": {"BOT_TOKEN": "botsecret"}}},
+        webhooks=[{"url": "http://h/x", "secret": "hooksecret-0123456789"}],
+        webhook_secret="defaultsecret-0123",
+    )
+    shown = str(masked(s))
+    for secret in ("sk-topsecret", "envsecret", "botsecret", "hooksecret", "defaultsecret"):
+        assert secret not in shown, secret
+    assert "BOT_TOKEN" in shown and "http://h/x" in shown
