@@ -16,8 +16,7 @@ from typing import Any
 
 from cases import Result, pct, ts
 
-from corral.runner.workspace import git
-from corral.testing import start_server
+from corral.testing import git_repo, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -49,19 +48,10 @@ def _config(root: Path, fake: FakeAnthropic, slots: int) -> Path:
     return config
 
 
-def _repo(path: Path) -> Path:
-    path.mkdir(parents=True)
-    git("init", "--quiet", "-b", "main", cwd=path)
-    (path / "README.md").write_text("hello\n")
-    git("add", "-A", cwd=path)
-    git("-c", "user.email=b@b", "-c", "user.name=b", "commit", "-qm", "init", cwd=path)
-    return path
-
-
 async def agent_overhead(root: Path, runs: int, agents: int) -> list[Result]:
     if not (AGENTS_BIN / "claude").exists():
         raise RuntimeError("the claude CLI is not installed: npm ci --prefix agents")
-    repo = _repo(root / "f-repo")
+    repo = git_repo(root / "f-repo")
     with FakeAnthropic() as fake:
         config = _config(root, fake, max(agents, 2))
         srv = await asyncio.to_thread(

@@ -208,3 +208,19 @@ async def pg_available(base_url: str = DEFAULT_PG) -> str | None:
         return f"no PostgreSQL at {url.host}:{url.port or 5432} ({exc})"
     await conn.close()
     return None
+
+
+def git_repo(path: Path, files: dict[str, str] | None = None) -> Path:
+    """A new git repository at ``path`` on branch main with one commit of
+    ``files`` (default: a README)."""
+    from corral.runner.workspace import git
+
+    path.mkdir(parents=True)
+    git("init", "--quiet", "-b", "main", cwd=path)
+    for name, text in (files or {"README.md": "hello\n"}).items():
+        (path / name).write_text(text)
+    git("add", "-A", cwd=path)
+    git(
+        "-c", "user.email=dev@example.com", "-c", "user.name=Dev", "commit", "-qm", "init", cwd=path
+    )
+    return path

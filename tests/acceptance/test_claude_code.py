@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from corral.runner.workspace import git
-from corral.testing import ServerProcess
+from corral.testing import ServerProcess, git_repo
 from tests.fakes import agent_bin
 from tests.fakes.anthropic import FakeAnthropic, text, tool_use
 
@@ -96,15 +96,6 @@ def http(srv: ServerProcess) -> Iterator[httpx.Client]:
         yield client
 
 
-def make_repo(path: Path) -> Path:
-    path.mkdir(parents=True)
-    git("init", "--quiet", "-b", "main", cwd=path)
-    (path / "README.md").write_text("hello\n")
-    git("add", "-A", cwd=path)
-    git("-c", "user.email=d@e", "-c", "user.name=d", "commit", "--quiet", "-m", "init", cwd=path)
-    return path
-
-
 def submit(http: httpx.Client, prompt: str, **fields: Any) -> str:
     resp = http.post("/jobs", json={"prompt": prompt, "provider": "claude", **fields})
     assert resp.status_code == 202, resp.text
@@ -147,7 +138,7 @@ def workspace(srv: ServerProcess, job: dict[str, Any]) -> Path:
 def test_edit_in_a_worktree_gives_a_diff_cost_and_usage(
     srv: ServerProcess, http: httpx.Client, fake: FakeAnthropic, tmp_path: Path
 ) -> None:
-    repo = make_repo(tmp_path / "repo")
+    repo = git_repo(tmp_path / "repo")
     prompt = unique("write hello.txt")
     fake.reply(
         text("Writing it."),
@@ -195,7 +186,7 @@ def test_follow_up_turn_resumes_the_agent_session(
     first_prompt = unique("remember the word heron")
     fake.reply(text("Noted: heron."), match=first_prompt)
     first = wait_job(
-        http, submit(http, first_prompt, repo=str(make_repo(tmp_path / "r"))), timeout=60
+        http, submit(http, first_prompt, repo=str(git_repo(tmp_path / "r"))), timeout=60
     )
     assert first["state"] == "done", first
     session = http.get(f"/sessions/{first['session_id']}").json()
@@ -303,7 +294,7 @@ def test_429_pauses_the_provider_and_falls_back(
 def test_two_jobs_in_two_worktrees_of_one_repo(
     srv: ServerProcess, http: httpx.Client, fake: FakeAnthropic, tmp_path: Path
 ) -> None:
-    repo = make_repo(tmp_path / "shared")
+    repo = git_repo(tmp_path / "shared")
     prompts = {name: unique(f"write {name}.txt") for name in ("a", "b")}
     for name, prompt in prompts.items():
         fake.reply(tool_use("Bash", {"command": f"echo {name} > {name}.txt"}), match=prompt)

@@ -13,8 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from corral.runner.workspace import git
-from corral.testing import ServerProcess
+from corral.testing import ServerProcess, git_repo
 from tests.fakes import agent_bin
 from tests.fakes.openai_responses import FakeResponses, shell, text
 
@@ -89,12 +88,7 @@ def test_hello_then_resume(http: httpx.Client, fake: FakeResponses) -> None:
 
 
 def test_command_in_a_worktree(http: httpx.Client, fake: FakeResponses, tmp_path: Path) -> None:
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    git("init", "--quiet", "-b", "main", cwd=repo)
-    (repo / "README.md").write_text("hi\n")
-    git("add", "-A", cwd=repo)
-    git("-c", "user.email=a@b", "-c", "user.name=a", "commit", "-qm", "init", cwd=repo)
+    repo = git_repo(tmp_path / "repo")
     fake.reply(text("writing"), shell("echo hi > a.txt && cat a.txt"))
     fake.reply(text("done"))
     job = wait_job(http, submit(http, "write hi to a.txt", repo=str(repo)), timeout=60)

@@ -18,8 +18,7 @@ import httpx
 import pytest
 
 from corral.executors.t3 import project_id, thread_id
-from corral.runner.workspace import git
-from corral.testing import ServerProcess, start_server
+from corral.testing import ServerProcess, git_repo, start_server
 from tests.fakes.t3 import FakeT3
 
 from ._helpers import running_server, session_events, wait_for, wait_job
@@ -57,13 +56,7 @@ def config(root: Path, fake: FakeT3, token_file: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def repo(root: Path) -> Path:
-    path = root / "repo"
-    path.mkdir()
-    git("init", "--quiet", "-b", "main", cwd=path)
-    (path / "README.md").write_text("hello\n")
-    git("add", "-A", cwd=path)
-    git("-c", "user.email=a@b", "-c", "user.name=a", "commit", "-qm", "init", cwd=path)
-    return path
+    return git_repo(root / "repo")
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from corral.runner.workspace import git
-from corral.testing import ServerProcess
+from corral.testing import ServerProcess, git_repo
 
 from ._helpers import kill_leftovers, marker, pids_matching, running_server, submit, wait_job
 
@@ -45,15 +45,6 @@ def http(srv: ServerProcess) -> Iterator[httpx.Client]:
         yield client
 
 
-def make_repo(path: Path) -> Path:
-    path.mkdir(parents=True)
-    git("init", "--quiet", "-b", "main", cwd=path)
-    (path / "README.md").write_text("hello\n")
-    git("add", "-A", cwd=path)
-    git("-c", "user.email=a@b", "-c", "user.name=a", "commit", "-qm", "init", cwd=path)
-    return path
-
-
 def ws_ls(srv: ServerProcess) -> list[dict[str, Any]]:
     out = srv.cli("workspaces", "ls", "--json", "--data-dir", str(srv.data_dir))
     assert out.returncode == 0, out.stderr
@@ -70,7 +61,7 @@ def gc(srv: ServerProcess, *args: str) -> str:
 def test_shell_job_in_a_worktree_and_gc(
     srv: ServerProcess, http: httpx.Client, tmp_path: Path
 ) -> None:
-    repo = make_repo(tmp_path / "repo")
+    repo = git_repo(tmp_path / "repo")
     git("branch", "mine", cwd=repo)
     job = wait_job(http, submit(http, "echo hi > x.txt && git status --short", repo=str(repo)))
     assert job["state"] == "done" and "?? x.txt" in job["result"], job

@@ -11,18 +11,11 @@ import pytest
 from corral.jobs import JobState
 from corral.models import Job, new_id
 from corral.runner.workspace import WorkspaceError, Workspaces, git
+from corral.testing import git_repo
 
 
 def make_repo(path: Path) -> Path:
-    path.mkdir(parents=True)
-    git("init", "--quiet", "-b", "main", cwd=path)
-    git("config", "user.email", "dev@example.com", cwd=path)
-    git("config", "user.name", "Dev", cwd=path)
-    (path / "README.md").write_text("hello\n")
-    (path / ".gitignore").write_text("*.log\n")
-    git("add", "-A", cwd=path)
-    git("commit", "--quiet", "-m", "first", cwd=path)
-    return path
+    return git_repo(path, {"README.md": "hello\n", ".gitignore": "*.log\n"})
 
 
 def job(session: str | None = None, **fields: object) -> Job:

@@ -6,15 +6,18 @@ Executors register under the entry point group ``corral.executors`` by their
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 from corral.config import ProviderSettings
 from corral.errors import ConfigError
-from corral.models import Job, Outcome, Session
+from corral.models import FailureClass, Job, Outcome, Session
 
 
 class Emit(Protocol):
@@ -78,3 +81,45 @@ def load(kind: str) -> type[Executor]:
 
 def kinds() -> list[str]:
     return sorted(ep.name for ep in entry_points(group=GROUP))
+
+
+def failed(failure: FailureClass, reason: str, error: str, **fields: Any) -> Outcome:
+    """A failed run's outcome, with its class."""
+    return Outcome(status="failed", failure=failure, reason=reason, error=error, **fields)
+
+
+def json_handle(raw: str | None) -> dict[str, Any]:
+    """A session handle stored as a JSON object (remote executors), or {}."""
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def classify_http(status: int | None) -> FailureClass:
+    """The failure class of an HTTP status from a remote service: 429/529 a
+    quota, other 4xx (but 408/409) bad input, the rest infrastructure."""
+    if status in (429, 529):
+        return "quota"
+    if status is not None and 400 <= status < 500 and status not in (408, 409):
+        return "input"
+    return "infra"
+
+
+def retry_at(headers: Mapping[str, str] | None) -> datetime | None:
+    """When a refused request may be tried again, from its Retry-After header
+    (seconds or an HTTP date)."""
+    value = headers.get("retry-after") if headers is not None else None
+    if not value:
+        return None
+    try:
+        return datetime.now(UTC) + timedelta(seconds=float(value))
+    except ValueError:
+        pass
+    try:
+        return parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None

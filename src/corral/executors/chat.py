@@ -19,14 +19,12 @@ pauses, its jobs go to its ``fallback``), 401/403 and other 4xx are bad input
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 from corral.errors import ConfigError
-from corral.executors.agent import reset_time, usage_of
-from corral.executors.base import Context
-from corral.models import FailureClass, Outcome
+from corral.executors.agent import usage_of
+from corral.executors.base import Context, classify_http, failed, retry_at
+from corral.models import Outcome
 
 OPTION_NAMES = {
     "temperature": "temperature",
@@ -57,29 +55,6 @@ def _client(factory: Any, **kwargs: Any) -> Any:
     return client
 
 
-def _failed(failure: FailureClass, reason: str, error: str, **kw: Any) -> Outcome:
-    return Outcome(status="failed", failure=failure, reason=reason, error=error, **kw)
-
-
-def classify_status(status: int | None) -> FailureClass:
-    if status in (429, 529):
-        return "quota"
-    if status is not None and 400 <= status < 500 and status not in (408, 409):
-        return "input"
-    return "infra"
-
-
-def _retry_at(headers: Any) -> datetime | None:
-    if headers is None:
-        return None
-    value = headers.get("retry-after")
-    if value:
-        with contextlib.suppress(ValueError):
-            return datetime.now(UTC) + timedelta(seconds=float(value))
-        return reset_time(str(value))
-    return None
-
-
 class ChatExecutor:
     """Shared run/cancel logic; subclasses talk to their SDK."""
 
@@ -94,13 +69,13 @@ class ChatExecutor:
         s = ctx.settings
         model = ctx.job.model or s.model or (s.models[0] if s.models else None)
         if not model:
-            return _failed(
+            return failed(
                 "input", "no_model", f"provider {ctx.provider!r} has no model: set `model`"
             )
         try:
             key = s.credential()
         except ConfigError as exc:
-            return _failed("input", "credential", exc.message)
+            return failed("input", "credential", exc.message)
         messages = ctx.job.messages or [
             {"role": "user", "content": ctx.job.prompt or ctx.job.command or ""}
         ]
@@ -112,11 +87,11 @@ class ChatExecutor:
             return await self._inner
         except TimeoutError:
             self._inner.cancel()
-            return _failed("agent", "timeout", f"timed out after {ctx.job.timeout:g}s")
+            return failed("agent", "timeout", f"timed out after {ctx.job.timeout:g}s")
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if self._cancelled and not (task is not None and task.cancelling()):
-                return _failed("agent", "cancelled", "cancelled")
+                return failed("agent", "cancelled", "cancelled")
             self._inner.cancel()
             raise
 
@@ -166,7 +141,7 @@ class OpenAIExecutor(ChatExecutor):
         try:
             import openai
         except ImportError:
-            return _failed("input", "missing_sdk", "pip install 'corral[remote]' (openai SDK)")
+            return failed("input", "missing_sdk", "pip install 'corral[remote]' (openai SDK)")
         s = ctx.settings
         client = _client(
             openai.AsyncOpenAI,
@@ -221,15 +196,15 @@ class OpenAIExecutor(ChatExecutor):
                     if choice.finish_reason:
                         finish = choice.finish_reason
         except openai.APIStatusError as exc:
-            failure = classify_status(exc.status_code)
-            return _failed(
+            failure = classify_http(exc.status_code)
+            return failed(
                 failure,
                 f"api_error_{exc.status_code}",
                 f"{ctx.provider}: HTTP {exc.status_code}: {_message(exc)}",
-                retry_at=_retry_at(exc.response.headers) if failure == "quota" else None,
+                retry_at=retry_at(exc.response.headers) if failure == "quota" else None,
             )
         except (openai.APIConnectionError, openai.APITimeoutError) as exc:
-            return _failed("infra", "unreachable", f"{ctx.provider}: {exc}")
+            return failed("infra", "unreachable", f"{ctx.provider}: {exc}")
         tool_calls = [calls[i] for i in sorted(calls)]
         return self.done(ctx, model, "".join(parts), tool_calls, finish, usage, cost)
 
@@ -243,7 +218,7 @@ class AnthropicExecutor(ChatExecutor):
         try:
             import anthropic
         except ImportError:
-            return _failed("input", "missing_sdk", "pip install 'corral[remote]' (anthropic SDK)")
+            return failed("input", "missing_sdk", "pip install 'corral[remote]' (anthropic SDK)")
         system = "\n\n".join(
             str(m.get("content", "")) for m in messages if m.get("role") in ("system", "developer")
         )
@@ -253,7 +228,7 @@ class AnthropicExecutor(ChatExecutor):
             if m.get("role") in ("user", "assistant")
         ]
         if len(turns) != len([m for m in messages if m.get("role") not in ("system", "developer")]):
-            return _failed(
+            return failed(
                 "input",
                 "bad_messages",
                 "the anthropic provider takes system, user and "
@@ -285,15 +260,15 @@ class AnthropicExecutor(ChatExecutor):
                     ctx.emit("chat.delta", {"content": text}, ephemeral=True)
                 final = await stream.get_final_message()
         except anthropic.APIStatusError as exc:
-            failure = classify_status(exc.status_code)
-            return _failed(
+            failure = classify_http(exc.status_code)
+            return failed(
                 failure,
                 f"api_error_{exc.status_code}",
                 f"{ctx.provider}: HTTP {exc.status_code}: {_message(exc)}",
-                retry_at=_retry_at(exc.response.headers) if failure == "quota" else None,
+                retry_at=retry_at(exc.response.headers) if failure == "quota" else None,
             )
         except (anthropic.APIConnectionError, anthropic.APITimeoutError) as exc:
-            return _failed("infra", "unreachable", f"{ctx.provider}: {exc}")
+            return failed("infra", "unreachable", f"{ctx.provider}: {exc}")
         text = "".join(b.text for b in final.content if b.type == "text")
         tool_calls = [
             {

@@ -19,17 +19,13 @@ from typing import Any, ClassVar
 
 from corral.client import ApiError, AsyncClient
 from corral.errors import ClientError, ConfigError
-from corral.executors.base import Context
+from corral.executors.base import Context, classify_http, failed, json_handle
 from corral.jobs import TERMINAL, JobState
 from corral.models import Outcome
 
 # Fields of this job passed on to the remote one.
 PASSED_ON = ("prompt", "command", "title", "priority", "timeout", "labels", "model")
 PASSED_ON_CHAT = ("messages", "tools", "options", "think")
-
-
-def _failed(failure: Any, reason: str, error: str) -> Outcome:
-    return Outcome(status="failed", failure=failure, reason=reason, error=error)
 
 
 class CorralExecutor:
@@ -42,14 +38,14 @@ class CorralExecutor:
     async def run(self, ctx: Context) -> Outcome:
         s = ctx.settings
         if not s.base_url:
-            return _failed("input", "no_base_url", f"provider {ctx.provider!r} needs base_url")
+            return failed("input", "no_base_url", f"provider {ctx.provider!r} needs base_url")
         try:
             key = s.credential()
         except ConfigError as exc:
-            return _failed("input", "credential", exc.message)
+            return failed("input", "credential", exc.message)
         if not key:
-            return _failed("input", "credential", f"provider {ctx.provider!r} needs an api_key")
-        handle = _handle(ctx.handle)
+            return failed("input", "credential", f"provider {ctx.provider!r} needs an api_key")
+        handle = json_handle(ctx.handle)
         ctx.started(None)
         async with AsyncClient(s.base_url, key, timeout=s.timeout) as remote:
             try:
@@ -63,12 +59,11 @@ class CorralExecutor:
                     await remote.cancel(remote_id)
                 return await self._follow(ctx, remote, remote_id)
             except ApiError as exc:
-                failure = "input" if 400 <= exc.status < 500 and exc.status != 429 else "infra"
-                if exc.status == 429:
-                    failure = "quota"
-                return _failed(failure, f"remote_{exc.code}", f"{s.base_url}: {exc.message}")
+                return failed(
+                    classify_http(exc.status), f"remote_{exc.code}", f"{s.base_url}: {exc.message}"
+                )
             except ClientError as exc:
-                return _failed("infra", "remote_unreachable", exc.message)
+                return failed("infra", "remote_unreachable", exc.message)
 
     async def _submit(self, ctx: Context, remote: AsyncClient, session: Any) -> str:
         job = ctx.job
@@ -125,7 +120,7 @@ class CorralExecutor:
         except TimeoutError:
             with contextlib.suppress(ClientError):
                 await remote.cancel(remote_id)
-            return _failed("agent", "timeout", f"timed out after {timeout:g}s (remote cancelled)")
+            return failed("agent", "timeout", f"timed out after {timeout:g}s (remote cancelled)")
         if job.state is JobState.DONE:
             return Outcome(
                 status="done",
@@ -136,7 +131,7 @@ class CorralExecutor:
                 message=job.message,
             )
         if job.state is JobState.CANCELLED and self._cancelled:
-            return _failed("agent", "cancelled", "cancelled")
+            return failed("agent", "cancelled", "cancelled")
         return Outcome(
             status="failed",
             result=job.result,
@@ -154,13 +149,3 @@ class CorralExecutor:
             remote, remote_id = self._remote
             with contextlib.suppress(ClientError):
                 await remote.cancel(remote_id)
-
-
-def _handle(raw: str | None) -> dict[str, Any]:
-    if not raw:
-        return {}
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}

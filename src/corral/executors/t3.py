@@ -84,9 +84,8 @@ from typing import Any, ClassVar
 import httpx
 
 from corral.errors import ConfigError
-from corral.executors.base import Context
-from corral.executors.chat import _retry_at, classify_status
-from corral.models import FailureClass, Job, Outcome
+from corral.executors.base import Context, classify_http, failed, json_handle, retry_at
+from corral.models import Job, Outcome
 
 DISPATCH = "/api/orchestration/dispatch"
 SNAPSHOT = "/api/orchestration/snapshot"
@@ -115,10 +114,6 @@ class _Failed(Exception):
     def __init__(self, outcome: Outcome) -> None:
         super().__init__(outcome.error)
         self.outcome = outcome
-
-
-def _failed(failure: FailureClass, reason: str, error: str, **kw: Any) -> Outcome:
-    return Outcome(status="failed", failure=failure, reason=reason, error=error, **kw)
 
 
 def _now() -> str:
@@ -153,7 +148,7 @@ class _Api:
         try:
             return self.settings.credential()
         except ConfigError as exc:
-            raise _Failed(_failed("input", "credential", exc.message)) from None
+            raise _Failed(failed("input", "credential", exc.message)) from None
 
     async def request(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
         for attempt in range(2):
@@ -163,27 +158,27 @@ class _Api:
                 resp = await self.http.request(method, path, json=body, headers=headers)
             except httpx.HTTPError as exc:
                 raise _Failed(
-                    _failed("infra", "unreachable", f"{self.name}: {type(exc).__name__}: {exc}")
+                    failed("infra", "unreachable", f"{self.name}: {type(exc).__name__}: {exc}")
                 ) from None
             # A token rotated while the request was in flight: once more with the new one.
             if resp.status_code in (401, 403) and attempt == 0 and self._credential() != token:
                 continue
             break
         if resp.status_code >= 400:
-            failure = classify_status(resp.status_code)
+            failure = classify_http(resp.status_code)
             raise _Failed(
-                _failed(
+                failed(
                     failure,
                     f"api_error_{resp.status_code}",
                     f"{self.name}: HTTP {resp.status_code}: {_error_text(resp)}",
-                    retry_at=_retry_at(resp.headers) if failure == "quota" else None,
+                    retry_at=retry_at(resp.headers) if failure == "quota" else None,
                 )
             )
         try:
             return resp.json()
         except ValueError:
             raise _Failed(
-                _failed("infra", "bad_response", f"{self.name}: {path} answered no JSON")
+                failed("infra", "bad_response", f"{self.name}: {path} answered no JSON")
             ) from None
 
     async def snapshot(self) -> dict[str, Any]:
@@ -201,7 +196,7 @@ class _Api:
             if not isinstance(data, dict):
                 break
             return data
-        raise _Failed(_failed("infra", "bad_response", f"{self.name}: malformed snapshot"))
+        raise _Failed(failed("infra", "bad_response", f"{self.name}: malformed snapshot"))
 
     async def dispatch(self, command: dict[str, Any]) -> int | None:
         data = await self.request("POST", DISPATCH, command)
@@ -222,17 +217,17 @@ class T3Executor:
     async def run(self, ctx: Context) -> Outcome:
         s = ctx.settings
         if not s.base_url:
-            return _failed("input", "no_base_url", f"provider {ctx.provider!r} needs base_url")
+            return failed("input", "no_base_url", f"provider {ctx.provider!r} needs base_url")
         try:
             s.credential()
         except ConfigError as exc:
-            return _failed("input", "credential", exc.message)
+            return failed("input", "credential", exc.message)
         text = _prompt(ctx.job)
         if not text:
-            return _failed("input", "no_prompt", "a t3 job needs a prompt")
+            return failed("input", "no_prompt", "a t3 job needs a prompt")
         provider, model = _model(ctx)
         if not model:
-            return _failed(
+            return failed(
                 "input",
                 "no_model",
                 f"provider {ctx.provider!r}: no default model for T3 provider {provider!r}: "
@@ -250,13 +245,13 @@ class T3Executor:
             except TimeoutError:
                 self._inner.cancel()
                 await self._interrupt()
-                return _failed(
+                return failed(
                     "agent", "timeout", f"timed out after {ctx.job.timeout:g}s (turn interrupted)"
                 )
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if self._cancelled and not (task is not None and task.cancelling()):
-                    return _failed("agent", "cancelled", "cancelled")
+                    return failed("agent", "cancelled", "cancelled")
                 self._inner.cancel()
                 raise
             finally:
@@ -293,7 +288,7 @@ class T3Executor:
     async def _start_or_resume(self, ctx: Context, text: str, provider: str, model: str) -> Outcome:
         assert self._api is not None
         api, job, url = self._api, ctx.job, ctx.settings.base_url
-        handle = _handle(ctx.handle)
+        handle = json_handle(ctx.handle)
         message = message_id(job)
         earlier = handle.get("thread") if isinstance(handle.get("thread"), str) else None
         thread_ref = earlier or thread_id(job.id)
@@ -414,7 +409,7 @@ class T3Executor:
             snap = await self._api.snapshot()
             thread = _by_id(snap.get("threads"), thread_ref)
             if thread is None or thread.get("deletedAt"):
-                return _failed("agent", "thread_deleted", f"T3 thread {thread_ref} was deleted")
+                return failed("agent", "thread_deleted", f"T3 thread {thread_ref} was deleted")
             view = _turn_view(thread, message)
             if view.turn is not None:
                 self._turn = view.turn
@@ -425,13 +420,13 @@ class T3Executor:
             if view.state == "done":
                 return Outcome(status="done", result=view.text)
             if view.state == "error":
-                return _failed(
+                return failed(
                     "agent", "t3_turn_error", view.error or f"T3 turn {view.turn} errored"
                 )
             if view.state == "interrupted":
                 if self._cancelled:
-                    return _failed("agent", "cancelled", "cancelled")
-                return _failed("agent", "t3_interrupted", f"T3 turn {view.turn} was interrupted")
+                    return failed("agent", "cancelled", "cancelled")
+                return failed("agent", "t3_interrupted", f"T3 turn {view.turn} was interrupted")
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, POLL_MAX)
 
@@ -572,13 +567,3 @@ def _error_text(resp: httpx.Response) -> str:
         if err:
             return str(err)
     return json.dumps(body)[:500]
-
-
-def _handle(raw: str | None) -> dict[str, Any]:
-    if not raw:
-        return {}
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
