@@ -48,7 +48,10 @@ def srv(
         "fallback = 'haiku'\n\n"
         "[providers.haiku]\nkind = 'anthropic'\n"
         f"base_url = {json.dumps(claude.url)}\napi_key = {json.dumps(claude.api_key)}\n"
-        "models = ['claude-haiku-4-5']\n"
+        "models = ['claude-haiku-4-5']\n\n"
+        "[providers.steady]\nkind = 'openai'\n"
+        f"base_url = {json.dumps(gpu.url)}\napi_key_env = 'GPU_KEY'\n"
+        "models = ['nomic-embed-text']\nmax_retries = 2\n"
     )
     env = {"GPU_KEY": gpu.api_key}
     with running_server(root / "data", args=("--config", str(config)), env=env) as s:
@@ -151,7 +154,7 @@ def test_ollama_client_against_corral(srv: ServerProcess, gpu: FakeOpenAI) -> No
     headers = {"Authorization": f"Bearer {srv.admin_key}"}
     with ollama.Client(host=srv.url, headers=headers) as client:
         names = [m.model for m in client.list().models]
-        assert names == ["qwen2.5:7b", "claude-haiku-4-5"]
+        assert names == ["qwen2.5:7b", "claude-haiku-4-5", "nomic-embed-text"]
 
         gpu.reply("Four.", match="two plus two")
         reply = client.chat(
@@ -200,8 +203,25 @@ def test_python_client_ollama_methods(srv: ServerProcess, gpu: FakeOpenAI) -> No
     from corral.client import Client
 
     with Client(srv.url, srv.admin_key) as c:
-        assert [m["name"] for m in c.tags()] == ["qwen2.5:7b", "claude-haiku-4-5"]
+        assert [m["name"] for m in c.tags()] == [
+            "qwen2.5:7b",
+            "claude-haiku-4-5",
+            "nomic-embed-text",
+        ]
         assert len(c.embed(["one", "two"])) == 2
         gpu.reply("Blue.", match="colour of the sky")
         message = c.chat("qwen2.5:7b", [{"role": "user", "content": "colour of the sky?"}])
         assert message == {"role": "assistant", "content": "Blue."}
+
+
+def test_transient_errors_are_retried_with_backoff(http: httpx.Client, gpu: FakeOpenAI) -> None:
+    # 503 and a 429 with Retry-After: the SDK retries (max_retries = 2), the job succeeds.
+    gpu.fail(503, "overloaded", match="steady please")
+    gpu.fail(429, "slow down", retry_after=1, match="steady please")
+    gpu.reply("steady answer", match="steady please")
+    started = len(gpu.requests)
+    job = wait_job(http, submit(http, prompt="steady please", preferred_ai="steady"))
+    assert job["state"] == "done" and job["result"] == "steady answer", job
+    assert job["attempt"] == 1 and job["infra_retries"] == 0
+    sent = [r for r in gpu.requests[started:] if "steady please" in json.dumps(r)]
+    assert len(sent) == 3
