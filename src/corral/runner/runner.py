@@ -209,61 +209,13 @@ class Runner:
                 asyncio.create_task(executor.cancel())
 
             channel = WorkerChannel(http, item["token"], job_id=job.id, on_stale=stale)
-            try:
-                ws = await asyncio.to_thread(self.workspaces.prepare, job)
-            except WorkspaceError as exc:
-                await channel.complete(
-                    Outcome(status="failed", reason="workspace", failure="input", error=str(exc))
-                )
-                await channel.close()
-                return
-            marker = new_id()
-
-            def started(pid: int | None) -> None:
-                if pid is not None:
-                    self.pids.add(job.id, pid, marker)
-                channel.started()
-
-            ctx = base.Context(
-                job=job,
-                session=session,
-                workdir=ws.path,
-                emit=channel.emit,
-                started=started,
-                kill_grace=self.kill_grace,
-                provider=job.provider,
-                settings=settings,
-                handle=_own_handle(item.get("resume_handle"), job.provider),
-                save_handle=lambda handle: channel.save_handle(f"{job.provider}:{handle}"),
-                state_dir=self.workdir / "providers" / job.provider,
-                run_marker=marker,
-            )
+            # Heartbeats from the start: making a worktree (a first clone) and
+            # collecting a large diff may take longer than a lease.
             beats = asyncio.create_task(self._heartbeats(channel))
             try:
-                outcome = await executor.run(ctx)
-            except Exception as exc:  # an executor bug must not take the runner down
-                log.exception("executor %s failed", settings.kind, extra=log_extra)
-                outcome = Outcome(
-                    status="failed",
-                    reason="executor_error",
-                    failure="infra",
-                    error=f"{type(exc).__name__}: {exc}",
-                )
+                outcome = await self._run_job(job, session, item, settings, executor, channel)
             finally:
                 beats.cancel()
-                # Whatever the agent left running (daemonised tool processes) dies with the run.
-                await asyncio.to_thread(kill_marked, marker)
-                self.pids.remove(job.id)
-            if self._stopping and outcome.status == "failed":
-                outcome = outcome.model_copy(
-                    update={
-                        "reason": "runner_stopped",
-                        "failure": "infra",
-                        "error": "the runner stopped while the job ran",
-                    }
-                )
-            if ws.branch is not None and not self._stopping:
-                await self._artifacts(ws, channel, log_extra)
             await channel.complete(outcome)
             await channel.close()
         except Exception:
@@ -272,6 +224,68 @@ class Runner:
             self._executors.pop(job.id, None)
             self._jobs.pop(job.id, None)
             self._slot_freed.set()
+
+    async def _run_job(
+        self,
+        job: Job,
+        session: Session,
+        item: dict[str, Any],
+        settings: ProviderSettings,
+        executor: base.Executor,
+        channel: WorkerChannel,
+    ) -> Outcome:
+        """Prepare the workspace, run the executor, record the artifacts."""
+        log_extra = {"job_id": job.id, "session_id": session.id}
+        try:
+            ws = await asyncio.to_thread(self.workspaces.prepare, job)
+        except WorkspaceError as exc:
+            return Outcome(status="failed", reason="workspace", failure="input", error=str(exc))
+        marker = new_id()
+
+        def started(pid: int | None) -> None:
+            if pid is not None:
+                self.pids.add(job.id, pid, marker)
+            channel.started()
+
+        ctx = base.Context(
+            job=job,
+            session=session,
+            workdir=ws.path,
+            emit=channel.emit,
+            started=started,
+            kill_grace=self.kill_grace,
+            provider=job.provider,
+            settings=settings,
+            handle=_own_handle(item.get("resume_handle"), job.provider),
+            save_handle=lambda handle: channel.save_handle(f"{job.provider}:{handle}"),
+            state_dir=self.workdir / "providers" / job.provider,
+            run_marker=marker,
+        )
+        try:
+            outcome = await executor.run(ctx)
+        except Exception as exc:  # an executor bug must not take the runner down
+            log.exception("executor %s failed", settings.kind, extra=log_extra)
+            outcome = Outcome(
+                status="failed",
+                reason="executor_error",
+                failure="infra",
+                error=f"{type(exc).__name__}: {exc}",
+            )
+        finally:
+            # Whatever the agent left running (daemonised tool processes) dies with the run.
+            await asyncio.to_thread(kill_marked, marker)
+            self.pids.remove(job.id)
+        if self._stopping and outcome.status == "failed":
+            outcome = outcome.model_copy(
+                update={
+                    "reason": "runner_stopped",
+                    "failure": "infra",
+                    "error": "the runner stopped while the job ran",
+                }
+            )
+        if ws.branch is not None and not self._stopping:
+            await self._artifacts(ws, channel, log_extra)
+        return outcome
 
     async def _artifacts(
         self, ws: Workspace, channel: WorkerChannel, log_extra: dict[str, str]
