@@ -154,6 +154,7 @@ def test_flaky_endpoint_gets_every_delivery_once_in_order(http: httpx.Client) ->
         first = http.get(f"/jobs/{job_id}/deliveries").json()[-1]
         assert [a["status"] for a in first["attempt_log"]] == [500, 503, 200]
         assert first["state"] == "delivered" and first["attempts"] == 3
+        assert endpoint.attempts == 6  # 3 for the first, then one each: none sent twice
     finally:
         endpoint.close()
 
@@ -174,6 +175,7 @@ def test_refusing_endpoint_stops_at_once(http: httpx.Client) -> None:
             what="the deliveries to be given up",
         )
         assert all(d["attempts"] == 1 and d["last_status"] == 410 for d in rows)
+        assert endpoint.attempts == 4  # none sent twice
     finally:
         endpoint.close()
 

@@ -56,6 +56,9 @@ class Sender:
         self._inflight: dict[int, asyncio.Task[None]] = {}
         self._per_url: dict[str, int] = {}
         self._busy_jobs: set[tuple[str, str]] = set()
+        # Sends that finished while the outbox was being read: the read may
+        # predate their outcome, so they must not be taken from it again.
+        self._finished_during_read: set[int] = set()
         self._wake = asyncio.Event()
 
     async def run(self) -> None:
@@ -85,6 +88,7 @@ class Sender:
         room = self.concurrency - len(self._inflight)
         if room <= 0:
             return
+        self._finished_during_read.clear()
         try:
             due = await self.outbox.due(datetime.now(UTC), limit=room + len(self._inflight) + 32)
         except CorralError as exc:
@@ -96,6 +100,8 @@ class Sender:
             key = (d.job_id, d.url)
             if d.seq in self._inflight or key in self._busy_jobs:
                 continue
+            if d.seq in self._finished_during_read:
+                continue  # sent already: its row was read before its outcome was recorded
             if self._per_url.get(d.url, 0) >= PER_URL:
                 continue
             self._busy_jobs.add(key)
@@ -106,6 +112,7 @@ class Sender:
 
     def _done(self, d: Due, _task: asyncio.Task[None]) -> None:
         self._inflight.pop(d.seq, None)
+        self._finished_during_read.add(d.seq)
         self._busy_jobs.discard((d.job_id, d.url))
         self._per_url[d.url] -= 1
         if not self._per_url[d.url]:
