@@ -225,3 +225,11 @@ def test_transient_errors_are_retried_with_backoff(http: httpx.Client, gpu: Fake
     assert job["attempt"] == 1 and job["infra_retries"] == 0
     sent = [r for r in gpu.requests[started:] if "steady please" in json.dumps(r)]
     assert len(sent) == 3
+
+
+def test_cli_submit_wait_prints_the_reply(srv: ServerProcess, gpu: FakeOpenAI) -> None:
+    gpu.reply("streamed words arrive live", match="cli question")
+    out = srv.cli("submit", "cli question", "--provider", "gpu", "--wait")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "streamed words arrive live"
+    assert "done" in out.stderr

@@ -31,15 +31,33 @@ def _text(text: str | None, file: Path | None) -> str:
 
 
 def follow(c: Client, job_id: str, *, as_json: bool) -> None:
-    """Print a job's output live, then its outcome; exit 1 unless done."""
+    """Print a job's output live (shell lines, an agent's messages and tool
+    calls, a chat reply as it streams), then its outcome; exit 1 unless done."""
+    printed = False
+    streaming = False  # in the middle of a streamed chat reply
     for event in c.job_events(job_id):
         if as_json:
             continue
+        if event.type == "chat.delta":
+            sys.stdout.write(str(event.payload.get("content", "")))
+            sys.stdout.flush()
+            printed = streaming = True
+            continue
+        if streaming:
+            sys.stdout.write("\n")
+            streaming = False
         if event.type == "output":
             line = str(event.payload.get("line", ""))
             stream = sys.stderr if event.payload.get("stream") == "stderr" else sys.stdout
             stream.write(line + "\n")
             stream.flush()
+            printed = True
+        elif event.type == "agent.message":
+            sys.stdout.write(str(event.payload.get("text", "")) + "\n")
+            sys.stdout.flush()
+            printed = True
+        elif event.type == "agent.tool_call":
+            err.print(f"[dim]-> {event.payload.get('name')}[/]", highlight=False)
         elif (
             event.type == "job.state"
             and event.payload.get("to") == "queued"
@@ -49,10 +67,16 @@ def follow(c: Client, job_id: str, *, as_json: bool) -> None:
                 f"[dim]attempt {event.payload.get('attempt')} queued "
                 f"({event.payload.get('error', 'retry')})[/]"
             )
+    if streaming:
+        sys.stdout.write("\n")
     job = c.get(job_id)
     if as_json:
         dump(job)
     else:
+        if not printed and job.result:
+            # Nothing streamed (e.g. a delegated job): the result itself.
+            sys.stdout.write(job.result.rstrip("\n") + "\n")
+            sys.stdout.flush()
         line = f"{state(job.state.value)}  job {job.id}  attempt {job.attempt}"
         if job.error:
             line += f"  [red]{job.error}[/]"
