@@ -109,6 +109,20 @@ def classify_http(status: int | None) -> FailureClass:
     return "infra"
 
 
+def http_failed(
+    who: str, status: int, message: str, headers: Mapping[str, str] | None = None
+) -> Outcome:
+    """A request a remote service refused, classified by its status (a quota
+    carries the reset time its Retry-After names)."""
+    failure = classify_http(status)
+    return failed(
+        failure,
+        f"api_error_{status}",
+        f"{who}: HTTP {status}: {message}",
+        retry_at=retry_at(headers) if failure == "quota" else None,
+    )
+
+
 def retry_at(headers: Mapping[str, str] | None) -> datetime | None:
     """When a refused request may be tried again, from its Retry-After header
     (seconds or an HTTP date)."""

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 from corral.errors import ConfigError
 from corral.executors.agent import usage_of
-from corral.executors.base import Context, classify_http, failed, retry_at
+from corral.executors.base import Context, failed, http_failed
 from corral.models import Outcome
 
 OPTION_NAMES = {
@@ -196,13 +196,7 @@ class OpenAIExecutor(ChatExecutor):
                     if choice.finish_reason:
                         finish = choice.finish_reason
         except openai.APIStatusError as exc:
-            failure = classify_http(exc.status_code)
-            return failed(
-                failure,
-                f"api_error_{exc.status_code}",
-                f"{ctx.provider}: HTTP {exc.status_code}: {_message(exc)}",
-                retry_at=retry_at(exc.response.headers) if failure == "quota" else None,
-            )
+            return http_failed(ctx.provider, exc.status_code, _message(exc), exc.response.headers)
         except (openai.APIConnectionError, openai.APITimeoutError) as exc:
             return failed("infra", "unreachable", f"{ctx.provider}: {exc}")
         tool_calls = [calls[i] for i in sorted(calls)]
@@ -260,13 +254,7 @@ class AnthropicExecutor(ChatExecutor):
                     ctx.emit("chat.delta", {"content": text}, ephemeral=True)
                 final = await stream.get_final_message()
         except anthropic.APIStatusError as exc:
-            failure = classify_http(exc.status_code)
-            return failed(
-                failure,
-                f"api_error_{exc.status_code}",
-                f"{ctx.provider}: HTTP {exc.status_code}: {_message(exc)}",
-                retry_at=retry_at(exc.response.headers) if failure == "quota" else None,
-            )
+            return http_failed(ctx.provider, exc.status_code, _message(exc), exc.response.headers)
         except (anthropic.APIConnectionError, anthropic.APITimeoutError) as exc:
             return failed("infra", "unreachable", f"{ctx.provider}: {exc}")
         text = "".join(b.text for b in final.content if b.type == "text")

@@ -84,7 +84,7 @@ from typing import Any, ClassVar
 import httpx
 
 from corral.errors import ConfigError
-from corral.executors.base import Context, classify_http, failed, json_handle, retry_at
+from corral.executors.base import Context, failed, http_failed, json_handle
 from corral.models import Job, Outcome
 
 DISPATCH = "/api/orchestration/dispatch"
@@ -165,15 +165,7 @@ class _Api:
                 continue
             break
         if resp.status_code >= 400:
-            failure = classify_http(resp.status_code)
-            raise _Failed(
-                failed(
-                    failure,
-                    f"api_error_{resp.status_code}",
-                    f"{self.name}: HTTP {resp.status_code}: {_error_text(resp)}",
-                    retry_at=retry_at(resp.headers) if failure == "quota" else None,
-                )
-            )
+            raise _Failed(http_failed(self.name, resp.status_code, _error_text(resp), resp.headers))
         try:
             return resp.json()
         except ValueError:
