@@ -23,7 +23,7 @@ import httpx
 from corral.config import ProviderSettings
 from corral.errors import ClientError, Unauthorized
 from corral.executors import base
-from corral.models import Job, Outcome, Session, new_id
+from corral.models import Job, Outcome, Session, new_id, own_handle
 from corral.runner.channel import WorkerChannel
 from corral.runner.process import PidRecords, kill_marked
 from corral.runner.workspace import Workspace, WorkspaceError, Workspaces
@@ -256,7 +256,7 @@ class Runner:
             kill_grace=self.kill_grace,
             provider=job.provider,
             settings=settings,
-            handle=_own_handle(item.get("resume_handle"), job.provider),
+            handle=own_handle(item.get("resume_handle"), job.provider),
             save_handle=lambda handle: channel.save_handle(f"{job.provider}:{handle}"),
             state_dir=self.workdir / "providers" / job.provider,
             run_marker=marker,
@@ -320,15 +320,6 @@ class Runner:
         while channel.stale is None:
             await asyncio.sleep(self.heartbeat_interval)
             await channel.heartbeat()
-
-
-def _own_handle(handle: str | None, provider: str) -> str | None:
-    """The session's conversation handle if ``provider`` recorded it (handles
-    are stored as PROVIDER:ID; another provider's id means nothing here)."""
-    if handle is None or ":" not in handle:
-        return None
-    owner, _, value = handle.partition(":")
-    return value if owner == provider and value else None
 
 
 def _message(resp: httpx.Response) -> str:

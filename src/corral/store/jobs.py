@@ -38,6 +38,7 @@ from corral.models import (
     Runner,
     Session,
     new_id,
+    own_handle,
 )
 from corral.routing import Decision
 from corral.store import events as event_log
@@ -1015,8 +1016,8 @@ class Jobs:
             in_flight = []
             for r in rows:
                 remote_id = None
-                owner, _, raw = (r.handle or "").partition(":")  # handles are PROVIDER:VALUE
-                if owner == r.provider and raw.startswith("{"):
+                raw = own_handle(r.handle, r.provider)
+                if raw is not None and raw.startswith("{"):
                     with contextlib.suppress(ValueError):
                         data = json.loads(raw)
                         if data.get("job") == r.id:
