@@ -12,7 +12,6 @@ Authenticated like every endpoint. Errors use Ollama's shape
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import time
@@ -270,26 +269,26 @@ async def chat(request: Request, svc: Svc, who: Writer) -> Response:
 
 
 async def _deltas(svc: Services, sub: Any, job_id: str, timeout: float) -> AsyncIterator[str]:
-    """The job's streamed text pieces, until it ends (also when it ended already)."""
+    """The job's streamed text pieces, until it ends (also when it ended already).
+    The bus says when it ends; the job is read from the database only when the
+    bus has been quiet for a second (an end it did not carry is caught there)."""
     deadline = time.monotonic() + timeout
+    quiet = True  # before the first wait: the job may have ended already
     while True:
-        if (await svc.store.jobs.get(job_id)).state in TERMINAL:
+        if quiet and (await svc.store.jobs.get(job_id)).state in TERMINAL:
             return
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError
-        for message in await sub.get(timeout=min(remaining, 1.0)):
-            batch = message if isinstance(message, list) else [message]
-            ended = False
-            for event in batch:
+        messages = await sub.get(timeout=min(remaining, 1.0))
+        quiet = not messages
+        for message in messages:
+            if message == job_id:
+                return  # the "jobs" topic: this job ended
+            for event in message if isinstance(message, list) else ():
                 if not isinstance(event, Event) or event.job_id != job_id:
-                    if message == job_id:
-                        ended = True  # the "jobs" topic: this job ended
                     continue
                 if event.type == "chat.delta" and event.payload.get("content"):
                     yield str(event.payload["content"])
                 elif event.type == "job.state" and event.payload.get("to") in TERMINAL:
-                    ended = True
-            if ended:
-                return
-        await asyncio.sleep(0)
+                    return
