@@ -20,6 +20,7 @@ before trusting anything in the body::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -60,8 +61,9 @@ class Rules:
 
     endpoints: tuple[Endpoint, ...] = ()
 
-    @property
+    @functools.cached_property
     def event_types(self) -> frozenset[str]:
+        """Every event type an endpoint asks for (read on each event batch)."""
         return frozenset().union(*(ep.events for ep in self.endpoints))
 
 
