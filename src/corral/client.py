@@ -198,14 +198,7 @@ class Client:
         limit: int = 50,
         before: str | None = None,
     ) -> builtins.list[Job]:
-        params: dict[str, Any] = {"limit": limit}
-        if state:
-            params["state"] = state
-        if session_id:
-            params["session_id"] = session_id
-        if before:
-            params["before"] = before
-        data = self._request("GET", "/jobs", params=params)
+        data = self._request("GET", "/jobs", params=_job_params(limit, state, session_id, before))
         return [Job.model_validate(j) for j in data["jobs"]]
 
     def cancel(self, job_id: str) -> Job:
@@ -453,42 +446,25 @@ class Client:
     def _follow(
         self, path: str, since: int, timeout: float | None, job_id: str | None
     ) -> Iterator[Event]:
-        last = since
-        ended = False
+        cursor = _Cursor(since, job_id)
         deadline = None if timeout is None else time.monotonic() + timeout
         failures = 0
         while True:
-            headers = {"Accept": "text/event-stream"}
-            if last:
-                headers["Last-Event-ID"] = str(last)
-            read_timeout = 60.0 if deadline is None else max(0.1, deadline - time.monotonic())
             try:
                 with connect_sse(
                     self._http,
                     "GET",
                     path,
-                    headers=headers,
-                    timeout=httpx.Timeout(30.0, read=read_timeout),
+                    headers=cursor.headers(),
+                    timeout=_stream_timeout(deadline),
                 ) as source:
                     _raise_for_stream(source.response)
                     failures = 0
                     for sse in source.iter_sse():
-                        if not sse.data:
-                            continue
-                        event = Event.from_json(sse.data)
-                        if event.seq is not None:
-                            if event.seq <= last:
-                                continue
-                            last = event.seq
-                        if (
-                            job_id is not None
-                            and event.type == "job.state"
-                            and event.job_id == job_id
-                            and event.payload.get("to") in TERMINAL
-                        ):
-                            ended = True
-                        yield event
-                    if ended:
+                        event = cursor.take(sse.data)
+                        if event is not None:
+                            yield event
+                    if cursor.ended:
                         return  # the server ends a job's stream once the job ends
             except httpx.TransportError as exc:
                 failures += 1
@@ -497,6 +473,58 @@ class Client:
                 time.sleep(min(0.05 * 2**failures, 2.0))
             if deadline is not None and time.monotonic() > deadline:
                 return
+
+
+class _Cursor:
+    """Where an event stream stands: the last seq yielded (the Last-Event-ID
+    of a reconnect, so no event comes twice) and whether its job ended."""
+
+    def __init__(self, since: int, job_id: str | None) -> None:
+        self.last = since
+        self.job_id = job_id
+        self.ended = False
+
+    def headers(self) -> dict[str, str]:
+        headers = {"Accept": "text/event-stream"}
+        if self.last:
+            headers["Last-Event-ID"] = str(self.last)
+        return headers
+
+    def take(self, data: str) -> Event | None:
+        """The event in an SSE ``data`` field, or None (a keep-alive, or one already seen)."""
+        if not data:
+            return None
+        event = Event.from_json(data)
+        if event.seq is not None:
+            if event.seq <= self.last:
+                return None
+            self.last = event.seq
+        if (
+            self.job_id is not None
+            and event.type == "job.state"
+            and event.job_id == self.job_id
+            and event.payload.get("to") in TERMINAL
+        ):
+            self.ended = True
+        return event
+
+
+def _stream_timeout(deadline: float | None) -> httpx.Timeout:
+    read = 60.0 if deadline is None else max(0.1, deadline - time.monotonic())
+    return httpx.Timeout(30.0, read=read)
+
+
+def _job_params(
+    limit: int, state: builtins.list[str] | None, session_id: str | None, before: str | None
+) -> dict[str, Any]:
+    params: dict[str, Any] = {"limit": limit}
+    if state:
+        params["state"] = state
+    if session_id:
+        params["session_id"] = session_id
+    if before:
+        params["before"] = before
+    return params
 
 
 def _raise_for_stream(resp: httpx.Response) -> None:
@@ -575,13 +603,7 @@ class AsyncClient:
         limit: int = 50,
         before: str | None = None,
     ) -> builtins.list[Job]:
-        params: dict[str, Any] = {"limit": limit}
-        if state:
-            params["state"] = state
-        if session_id:
-            params["session_id"] = session_id
-        if before:
-            params["before"] = before
+        params = _job_params(limit, state, session_id, before)
         data = await self._request("GET", "/jobs", params=params)
         return [Job.model_validate(j) for j in data["jobs"]]
 
@@ -732,44 +754,27 @@ class AsyncClient:
     async def _follow(
         self, path: str, since: int, timeout: float | None, job_id: str | None
     ) -> AsyncIterator[Event]:
-        last = since
+        cursor = _Cursor(since, job_id)
         deadline = None if timeout is None else time.monotonic() + timeout
         failures = 0
         while True:
-            headers = {"Accept": "text/event-stream"}
-            if last:
-                headers["Last-Event-ID"] = str(last)
-            read_timeout = 60.0 if deadline is None else max(0.1, deadline - time.monotonic())
-            ended = False
             try:
                 async with aconnect_sse(
                     self._http,
                     "GET",
                     path,
-                    headers=headers,
-                    timeout=httpx.Timeout(30.0, read=read_timeout),
+                    headers=cursor.headers(),
+                    timeout=_stream_timeout(deadline),
                 ) as source:
                     if source.response.status_code >= 400:
                         await source.response.aread()
                         _raise_for(source.response)
                     failures = 0
                     async for sse in source.aiter_sse():
-                        if not sse.data:
-                            continue
-                        event = Event.from_json(sse.data)
-                        if event.seq is not None:
-                            if event.seq <= last:
-                                continue
-                            last = event.seq
-                        if (
-                            job_id is not None
-                            and event.type == "job.state"
-                            and event.job_id == job_id
-                            and event.payload.get("to") in TERMINAL
-                        ):
-                            ended = True
-                        yield event
-                    if ended:
+                        event = cursor.take(sse.data)
+                        if event is not None:
+                            yield event
+                    if cursor.ended:
                         return
             except httpx.TransportError as exc:
                 failures += 1
