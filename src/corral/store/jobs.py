@@ -1008,10 +1008,15 @@ class Jobs:
                     on_remote, sa.or_(jobs.c.infra_retries > 0, jobs.c.attempt > 1)
                 )
             ).scalar_one()
+            # Only the events of delegated jobs (ix_events_job_id): the whole
+            # log has no index on type, and this runs on every /metrics scrape.
             resumed = conn.execute(
                 sa.select(sa.func.count())
                 .select_from(events)
-                .where(events.c.type == "remote.resumed")
+                .where(
+                    events.c.job_id.in_(sa.select(jobs.c.id).where(on_remote)),
+                    events.c.type == "remote.resumed",
+                )
             ).scalar_one()
             in_flight = []
             for r in rows:
