@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextvars
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -191,6 +192,9 @@ class WebhookEndpointSettings(BaseModel):
     )
 
 
+AGENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
 class DaemonSettings(BaseModel):
     """``[agents.NAME]`` in corral.toml."""
 
@@ -213,7 +217,13 @@ class DaemonSettings(BaseModel):
     )
     stop_signal: str = Field("SIGTERM", description="Signal that asks it to stop.")
     stop_timeout: float = Field(10.0, ge=0, description="Seconds before SIGKILL.")
-    runner: str = Field("embedded", description="Which runner hosts it (only `embedded` yet).")
+    runner: str = Field(
+        "embedded",
+        min_length=1,
+        max_length=200,
+        description="Name of the runner that hosts it (`corral runner --name`); "
+        "`embedded`: the runner inside `corral serve`.",
+    )
     log_max_bytes: int = Field(10_485_760, ge=1024, description="Rotate the log at this size.")
     log_backups: int = Field(3, ge=0, le=100, description="Rotated log files kept.")
 
@@ -229,13 +239,6 @@ class DaemonSettings(BaseModel):
         if name not in signal.Signals.__members__:
             raise ValueError(f"unknown signal {value!r}")
         return name
-
-    @field_validator("runner")
-    @classmethod
-    def _runner(cls, value: str) -> str:
-        if value != "embedded":
-            raise ValueError("agents run on the embedded runner of `corral serve` for now")
-        return value
 
 
 class OllamaSettings(BaseModel):
@@ -374,7 +377,8 @@ class Settings(BaseSettings):
     )
     agents: dict[str, DaemonSettings] = Field(
         default_factory=dict,
-        description="[agents.NAME] tables: long-running agent daemons `corral serve` supervises.",
+        description="[agents.NAME] tables: long-running agent daemons, supervised by the "
+        "runner each names (default: the one embedded in `corral serve`).",
     )
     runner: RunnerSettings = Field(
         default_factory=lambda: RunnerSettings(),
@@ -432,6 +436,16 @@ class Settings(BaseSettings):
             if p.fallback == name:
                 raise ValueError(f"providers.{name}.fallback cannot be the provider itself")
         return self
+
+    @field_validator("agents")
+    @classmethod
+    def _agent_names(cls, value: dict[str, DaemonSettings]) -> dict[str, DaemonSettings]:
+        for name in value:
+            if not AGENT_NAME.fullmatch(name):
+                raise ValueError(
+                    f"agent name {name!r}: use letters, digits, '.', '_' and '-' (up to 64)"
+                )
+        return value
 
     @model_validator(mode="after")
     def _check_default_local(self) -> Settings:

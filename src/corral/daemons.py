@@ -5,47 +5,39 @@ Each daemon is a process in a session of its own, with a marker in its
 environment so stop and restart reach the whole tree (grandchildren that
 left it too), and a pid record so a restarted corral reaps what a crash
 left behind before starting anew. Its stdout and stderr lines go to a
-rotated log file and, straight from the pipe, to live subscribers.
+rotated log file and, straight from the pipe, to ``publish`` (the runner's
+agent host, which reports them to the control plane: runner/agents.py).
 
 States: ``stopped`` -> ``starting`` -> ``running``; when the process ends:
 ``exited`` (and ``backoff`` before a restart, per the restart policy), or
 ``fatal`` after ``max_quick_failures`` failures in a row that each lived
-less than ``stable_after`` seconds. Every change is published on the bus
-topic ``agents`` as ``{agent_id, old_status, new_status, pid, exit_code, at}``."""
+less than ``stable_after`` seconds. Every change is published on topic
+``agents`` as ``{agent_id, old_status, new_status, pid, exit_code, at}``; each
+line on ``agent-log:NAME``; a stdout line ``{"corral": {"messages": N}}`` also
+on ``agent-messages`` (the agent counts what it handled: GET /agents shows the
+sum over 24 h)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from corral.bus.memory import MemoryBus
 from corral.config import DaemonSettings
-from corral.errors import Conflict, NotFound
 from corral.models import new_id
 from corral.runner.process import MARKER_VAR, PidRecords, stop_tree
+from corral.store.agents import STATUS_TOPIC, log_topic
 
 Status = Literal["stopped", "starting", "running", "backoff", "exited", "fatal"]
-STATUS_TOPIC = "agents"
-LOG_TAIL = 1000  # lines kept in memory per daemon (the file has the rest)
+MESSAGES_TOPIC = "agent-messages"
 MAX_LINE = 16_384
-
-
-def log_topic(name: str) -> str:
-    return f"agent-log:{name}"
-
-
-class AgentNotFound(NotFound):
-    """No such agent daemon."""
-
-    code = "agent_not_found"
 
 
 class RotatingLog:
@@ -93,69 +85,55 @@ class Daemon:
     restarts: int = 0
     last_exit_code: int | None = None
     message: str | None = None
-    lines: deque[tuple[int, float, str, str]] = field(
-        default_factory=lambda: deque(maxlen=LOG_TAIL)
-    )  # (offset, time, stream, text)
-    offset: int = 0  # lines written since corral started it first
+    offset: int = 0  # lines written since corral started it first (kept by the server)
+    applied_seq: int = 0  # operator actions applied (numbered by the server)
     quick_failures: int = 0
     task: asyncio.Task[None] | None = None
     proc: asyncio.subprocess.Process | None = None
     marker: str = field(default_factory=new_id)
     wanted: bool = False  # should be running
-    running: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def view(self, now: float | None = None) -> dict[str, Any]:
-        now = now or time.time()
+    def state(self) -> dict[str, Any]:
+        """What the host reports about it."""
         return {
-            "id": self.name,
-            "name": self.name,
             "status": self.status,
             "pid": self.pid,
-            "uptime": round(now - self.started_at, 3)
-            if self.started_at and self.status == "running"
-            else None,
+            "started_at": self.started_at,
             "restarts": self.restarts,
             "last_exit_code": self.last_exit_code,
-            "runner": self.settings.runner,
             "message": self.message,
+            "applied_seq": self.applied_seq,
         }
 
 
 class Supervisor:
-    def __init__(self, settings: dict[str, DaemonSettings], data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, publish: Callable[[str, Any], None]) -> None:
         self.data_dir = data_dir
         self.logs = data_dir / "agents" / "logs"
         self.pids = PidRecords(data_dir / "agents" / "pids")
-        # Lines and status changes go to subscribers in this process (the
-        # supervisor and the API serving its SSE share it).
-        self.bus = MemoryBus()
-        self.publish: Callable[[str, Any], None] = self.bus.publish
-        self.daemons: dict[str, Daemon] = {
-            name: Daemon(name, s) for name, s in sorted(settings.items())
-        }
+        self.publish = publish
+        self.daemons: dict[str, Daemon] = {}
 
-    # -- lifecycle of the supervisor ------------------------------------------
-
-    async def start(self) -> list[int]:
-        """Reap what a previous corral left running, then start autostart agents."""
-        reaped = await asyncio.to_thread(self.pids.reap)
-        for d in self.daemons.values():
-            if d.settings.autostart:
-                await self.start_agent(d.name)
-        return reaped
+    async def reap(self) -> list[int]:
+        """Kill what a previous supervisor here left running (a crash)."""
+        return await asyncio.to_thread(self.pids.reap)
 
     async def close(self) -> None:
         await asyncio.gather(*(self.stop_agent(n) for n in self.daemons), return_exceptions=True)
 
     # -- operations -------------------------------------------------------------
 
-    def get(self, name: str) -> Daemon:
-        d = self.daemons.get(name)
-        if d is None:
-            raise AgentNotFound(
-                f"no agent {name!r} (configured: {', '.join(self.daemons) or 'none'})"
-            )
+    def add(self, name: str, settings: DaemonSettings, *, offset: int = 0, seq: int = 0) -> Daemon:
+        d = self.daemons[name] = Daemon(name, settings, offset=offset, applied_seq=seq)
         return d
+
+    async def remove(self, name: str) -> None:
+        if name in self.daemons:
+            await self.stop_agent(name)
+            self.daemons.pop(name, None)
+
+    def get(self, name: str) -> Daemon:
+        return self.daemons[name]
 
     async def start_agent(self, name: str) -> Daemon:
         d = self.get(name)
@@ -181,57 +159,14 @@ class Supervisor:
             self._set(d, "stopped")
         return d
 
-    async def restart_agent(self, name: str, timeout: float = 30.0) -> Daemon:
-        """Stop, start, and wait until it runs (or say why it does not)."""
+    async def restart_agent(self, name: str) -> Daemon:
         await self.stop_agent(name)
-        d = await self.start_agent(name)
-        try:
-            await asyncio.wait_for(d.running.wait(), timeout)
-        except TimeoutError:
-            raise Conflict(
-                f"agent {name} is {d.status} after {timeout:g}s: {d.message or 'not running'}"
-            ) from None
-        return d
-
-    async def reload(self, settings: dict[str, DaemonSettings]) -> dict[str, list[str]]:
-        """Apply a new configuration: new agents start, removed ones stop,
-        changed ones restart, the rest keep running."""
-        added = sorted(set(settings) - set(self.daemons))
-        removed = sorted(set(self.daemons) - set(settings))
-        changed = sorted(
-            n for n in set(settings) & set(self.daemons) if settings[n] != self.daemons[n].settings
-        )
-        for name in removed:
-            await self.stop_agent(name)
-            del self.daemons[name]
-        for name in changed:
-            was_running = self.daemons[name].wanted
-            await self.stop_agent(name)
-            self.daemons[name].settings = settings[name]
-            if was_running or settings[name].autostart:
-                await self.start_agent(name)
-        for name in added:
-            self.daemons[name] = Daemon(name, settings[name])
-            if settings[name].autostart:
-                await self.start_agent(name)
-        self.daemons = dict(sorted(self.daemons.items()))
-        return {"added": added, "removed": removed, "changed": changed}
-
-    def tail(self, name: str, n: int = 200, after: int | None = None) -> list[dict[str, Any]]:
-        d = self.get(name)
-        lines = [x for x in d.lines if after is None or x[0] > after]
-        if after is None:
-            lines = lines[-n:] if n > 0 else []
-        return [{"offset": o, "at": t, "stream": s, "line": text} for o, t, s, text in lines]
+        return await self.start_agent(name)
 
     # -- internals ----------------------------------------------------------------
 
     def _set(self, d: Daemon, status: Status, exit_code: int | None = None) -> None:
         old, d.status = d.status, status
-        if status == "running":
-            d.running.set()
-        else:
-            d.running.clear()
         self.publish(
             STATUS_TOPIC,
             {
@@ -352,8 +287,21 @@ class Supervisor:
     def _line(self, d: Daemon, log: RotatingLog, stream: str, text: str) -> None:
         d.offset += 1
         at = time.time()
-        d.lines.append((d.offset, at, stream, text))
         log.write(f"{stream} {text}\n".encode())
         self.publish(
             log_topic(d.name), {"offset": d.offset, "at": at, "stream": stream, "line": text}
         )
+        if stream == "stdout" and text.startswith('{"corral"'):
+            n = _messages(text)
+            if n:
+                self.publish(MESSAGES_TOPIC, (d.name, n, at))
+
+
+def _messages(text: str) -> int:
+    """N of a ``{"corral": {"messages": N}}`` line (0 for anything else)."""
+    try:
+        data = json.loads(text)
+        n = data["corral"]["messages"]
+    except (ValueError, TypeError, KeyError):
+        return 0
+    return n if isinstance(n, int) and not isinstance(n, bool) and 0 < n <= 1_000_000 else 0

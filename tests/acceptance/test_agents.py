@@ -268,7 +268,10 @@ def test_crash_reaps_and_fifty_daemons(tmp_path: Path) -> None:
         assert all(alive(p) for p in old)
         with running_server(data, args=args) as again, again.http() as http:
             wait_for(
-                lambda: all(a["status"] == "running" for a in http.get("/agents").json()),
+                lambda: all(
+                    a["status"] == "running" and a["pid"] not in old
+                    for a in http.get("/agents").json()
+                ),
                 timeout=60,
                 what="50 daemons running again",
             )

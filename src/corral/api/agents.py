@@ -1,53 +1,69 @@
-"""Agent daemons over HTTP: status, start/stop/restart, reload, logs (JSON
-and SSE straight from the pipes), and an SSE feed of status changes."""
+"""Agent daemons over HTTP.
+
+For people: status, start/stop/restart, reload, logs (JSON, and SSE as lines
+arrive) and an SSE feed of status changes. For runners (runner key): the long
+poll for the agents a runner hosts, and the report of what they do. The
+database is between the two (store/agents.py), so any replica answers for any
+agent, and a control plane that restarts leaves a remote runner's daemons
+running."""
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from sse_starlette import EventSourceResponse
 
 from corral.api import stream
-from corral.api.deps import Reader, Svc, Writer
-from corral.daemons import STATUS_TOPIC, Supervisor, log_topic
-from corral.errors import ConfigError, CorralError, InvalidInput
+from corral.api.deps import Reader, RunnerKey, Svc, Writer
+from corral.api.runners import owned_runner
+from corral.errors import ConfigError, Conflict, InvalidInput
+from corral.store.agents import (
+    DESIRED_TOPIC,
+    STATUS_TOPIC,
+    AgentRecord,
+    log_topic,
+    state_topic,
+)
 
 router = APIRouter(tags=["agents"])
 
-
-class AgentsDisabled(CorralError):
-    """Agent daemons run inside `corral serve` (this app has no supervisor)."""
-
-    status = 404
-    code = "agents_disabled"
-
-
-def _sup(svc: Svc) -> Supervisor:
-    if svc.agents is None:
-        raise AgentsDisabled()
-    return svc.agents
+# A waiting poll claims again this often: an `embedded` agent whose host went
+# away is taken over by another embedded runner.
+RECHECK_SECONDS = 5.0
+START_WAIT = 10.0
+RESTART_WAIT = 30.0
+NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 
-def _config(sup: Supervisor, name: str) -> dict[str, Any]:
-    data = sup.get(name).settings.model_dump(mode="json")
-    data["env"] = dict.fromkeys(data["env"], "********")  # values may be secrets
+def _view(rec: AgentRecord) -> dict[str, Any]:
+    return rec.view()
+
+
+def _config(rec: AgentRecord) -> dict[str, Any]:
+    data = dict(rec.config)
+    data["env"] = dict.fromkeys(data.get("env", {}), "********")  # values may be secrets
     return data
 
 
 @router.get("/agents")
 async def list_agents(svc: Svc, who: Reader) -> list[dict[str, Any]]:
-    """Every configured agent: status, pid, uptime, restarts, last exit code."""
-    return [d.view() for d in _sup(svc).daemons.values()]
+    """Every configured agent: status, pid, uptime, restarts, last exit code,
+    runner, whether its runner is connected, messages handled in 24 h."""
+    return [_view(r) for r in await svc.store.agents.list()]
 
 
 @router.get("/agents/{name}")
 async def get_agent(name: str, svc: Svc, who: Reader) -> dict[str, Any]:
     """One agent: status, its configuration (env values masked), last 200 lines."""
-    sup = _sup(svc)
-    return {**sup.get(name).view(), "config": _config(sup, name), "logs": sup.tail(name, 200)}
+    rec = await svc.store.agents.get(name)
+    return {**_view(rec), "config": _config(rec), "logs": await svc.store.agents.lines(name, 200)}
 
 
 @router.post("/agents/reload")
@@ -55,27 +71,70 @@ async def reload_agents(svc: Svc, who: Writer) -> dict[str, list[str]]:
     """Read the configuration again: new agents start, removed ones stop,
     changed ones restart, the rest keep running (also on SIGHUP)."""
     try:
-        wanted = svc.reload_agents()
+        return await svc.reload_agents()
     except ConfigError as exc:
         raise InvalidInput(exc.message) from exc
-    return await _sup(svc).reload(wanted)
 
 
-@router.post("/agents/{name}/start")
-async def start_agent(name: str, svc: Svc, who: Writer) -> dict[str, Any]:
-    return (await _sup(svc).start_agent(name)).view()
+async def _act(
+    svc: Svc, name: str, action: str, done: Callable[[AgentRecord], bool], wait: float
+) -> AgentRecord:
+    """Record the action, then wait (up to ``wait`` seconds) until the host has
+    applied it and ``done`` holds. Returns at once if the host is away."""
+    with svc.store.bus.subscribe(state_topic(name), maxsize=100) as sub:
+        rec = await svc.store.agents.act(name, action)
+        seq = rec.seq
+        deadline = time.monotonic() + wait
+        while rec.connected and not (rec.applied_seq >= seq and done(rec)):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            await sub.get(timeout=min(remaining, 1.0))
+            rec = await svc.store.agents.get(name)
+    return rec
 
 
-@router.post("/agents/{name}/stop")
-async def stop_agent(name: str, svc: Svc, who: Writer) -> dict[str, Any]:
+def _answer(rec: AgentRecord) -> Any:
+    """200 once applied; 202 while the host has not applied it (yet)."""
+    if rec.applied_seq < rec.seq:
+        return JSONResponse(_view(rec), status_code=202)
+    return _view(rec)
+
+
+@router.post(
+    "/agents/{name}/start",
+    responses={202: {"description": "Recorded; its runner applies it when it connects."}},
+)
+async def start_agent(name: str, svc: Svc, who: Writer) -> Any:
+    """Start it (also out of ``fatal``); answers once its runner started it."""
+    return _answer(await _act(svc, name, "start", lambda r: True, START_WAIT))
+
+
+@router.post(
+    "/agents/{name}/stop",
+    responses={202: {"description": "Recorded; its runner applies it when it connects."}},
+)
+async def stop_agent(name: str, svc: Svc, who: Writer) -> Any:
     """Stop it and its whole process tree (stop_signal, SIGKILL after stop_timeout)."""
-    return (await _sup(svc).stop_agent(name)).view()
+    rec = await svc.store.agents.get(name)
+    wait = float(rec.config.get("stop_timeout", 10.0)) + START_WAIT
+    stopped = ("stopped", "exited", "fatal")
+    return _answer(await _act(svc, name, "stop", lambda r: r.status in stopped, wait))
 
 
 @router.post("/agents/{name}/restart")
 async def restart_agent(name: str, svc: Svc, who: Writer) -> dict[str, Any]:
-    """Stop, start, and answer once the new process runs (409 saying why if it does not)."""
-    return (await _sup(svc).restart_agent(name)).view()
+    """Stop, start, and answer once the new process runs (409 saying why if it
+    does not, or if its runner is not connected)."""
+    rec = await svc.store.agents.get(name)
+    wait = float(rec.config.get("stop_timeout", 10.0)) + RESTART_WAIT
+    rec = await _act(svc, name, "restart", lambda r: r.status != "starting", wait)
+    if not rec.connected:
+        where = f"runner {rec.host or rec.runner!r}"
+        raise Conflict(f"agent {name}: {where} is not connected; it restarts when it connects")
+    if rec.applied_seq < rec.seq or rec.status != "running":
+        raise Conflict(f"agent {name} is {rec.status}: {rec.message or 'not running'}")
+    return _view(rec)
 
 
 @router.get("/agents/{name}/logs")
@@ -83,7 +142,7 @@ async def agent_logs(
     name: str, svc: Svc, who: Reader, n: Annotated[int, Query(ge=0, le=1000)] = 200
 ) -> list[dict[str, Any]]:
     """The last ``n`` lines (``offset``, ``at``, ``stream``, ``line``)."""
-    return _sup(svc).tail(name, n)
+    return await svc.store.agents.lines(name, n)
 
 
 @router.get("/sse/agents/{name}/logs")
@@ -96,19 +155,36 @@ async def follow_logs(
 ) -> EventSourceResponse:
     """Lines as they are written (``id`` is the line offset: reconnect with
     Last-Event-ID to resume); first the last ``n`` lines."""
-    sup = _sup(svc)
-    sup.get(name)
+    agents = svc.store.agents
+    await agents.get(name)
     after = stream.last_event_id(request, 0) if request.headers.get("last-event-id") else None
 
     async def lines() -> AsyncIterator[dict[str, Any]]:
-        with sup.bus.subscribe(log_topic(name), maxsize=svc.settings.sse_buffer) as sub:
-            sent = 0
-            for item in sup.tail(name, n, after=after):
-                sent = item["offset"]
+        with svc.store.bus.subscribe(log_topic(name), maxsize=svc.settings.sse_buffer) as sub:
+            if after is None:
+                sent = (await agents.get(name)).log_offset
+                backlog = await agents.lines(name, n) if n else []
+            else:
+                sent, backlog = after, await agents.lines(name, after=after)
+            for item in backlog:
                 yield {"id": str(item["offset"]), "data": json.dumps(item)}
+            if backlog:
+                sent = max(sent, backlog[-1]["offset"])
             while not sub.overflowed:
                 got: list[Any] = await sub.get(timeout=svc.settings.sse_ping)
-                for item in got:
+                fresh: list[dict[str, Any]] = []
+                gap = not got  # a quiet while: look in the database (a lost notification)
+                for message in got:
+                    inline = json.loads(message).get("lines")  # else {"upto": N}: too big
+                    expect = fresh[-1]["offset"] if fresh else sent
+                    new = [x for x in inline or () if x["offset"] > expect]
+                    if inline is None or (new and new[0]["offset"] != expect + 1):
+                        gap = True
+                        break
+                    fresh += new
+                if gap:
+                    fresh = await agents.lines(name, after=sent)
+                for item in fresh:
                     if item["offset"] > sent:
                         sent = item["offset"]
                         yield {"id": str(sent), "data": json.dumps(item)}
@@ -119,14 +195,12 @@ async def follow_logs(
 @router.get("/sse/status")
 async def follow_status(svc: Svc, who: Reader) -> EventSourceResponse:
     """Status changes of every agent, as they happen."""
-    sup = _sup(svc)
 
     async def changes() -> AsyncIterator[dict[str, Any]]:
-        with sup.bus.subscribe(STATUS_TOPIC, maxsize=svc.settings.sse_buffer) as sub:
+        with svc.store.bus.subscribe(STATUS_TOPIC, maxsize=svc.settings.sse_buffer) as sub:
             while not sub.overflowed:
-                changes_now: list[Any] = await sub.get(timeout=svc.settings.sse_ping)
-                for change in changes_now:
-                    yield {"event": "status", "data": json.dumps(change)}
+                for change in await sub.get(timeout=svc.settings.sse_ping):
+                    yield {"event": "status", "data": change}
 
     return _sse(changes(), svc)
 
@@ -138,3 +212,91 @@ def _sse(messages: AsyncIterator[dict[str, Any]], svc: Svc) -> EventSourceRespon
         send_timeout=30,
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
+
+
+# -- the runner side ------------------------------------------------------------------
+
+
+class AgentPoll(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    version: str | None = Field(None, max_length=128)
+    wait: float = Field(20.0, ge=0, le=120)
+    aliases: list[Annotated[str, Field(max_length=200)]] = Field(
+        default_factory=list, max_length=8
+    )
+    hosting: list[Annotated[str, Field(max_length=64)]] | None = Field(
+        None, max_length=10_000, description="The agents the runner supervises now."
+    )
+
+
+class AgentState(BaseModel):
+    status: str = Field(pattern=r"^(stopped|starting|running|backoff|exited|fatal)$")
+    pid: int | None = None
+    started_at: float | None = None
+    restarts: int = Field(0, ge=0)
+    last_exit_code: int | None = None
+    message: str | None = Field(None, max_length=4000)
+    applied_seq: int = Field(0, ge=0)
+
+
+class StatusChange(BaseModel):
+    agent_id: str = Field(pattern=NAME)
+    old_status: str = Field(max_length=16)
+    new_status: str = Field(max_length=16)
+    pid: int | None = None
+    exit_code: int | None = None
+    at: float
+
+
+class LogLine(BaseModel):
+    agent: str = Field(pattern=NAME)
+    offset: int = Field(ge=1)
+    at: float
+    stream: str = Field(pattern=r"^(stdout|stderr)$")
+    line: str = Field(max_length=65_536)
+
+
+class AgentReport(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    states: dict[str, AgentState] = Field(default_factory=dict, max_length=10_000)
+    changes: list[StatusChange] = Field(default_factory=list, max_length=10_000)
+    lines: list[LogLine] = Field(default_factory=list, max_length=5_000)
+    messages: dict[str, dict[int, Annotated[int, Field(ge=0)]]] = Field(default_factory=dict)
+
+
+@router.post("/runners/{runner_id}/agents")
+async def poll_agents(
+    runner_id: str, body: AgentPoll, request: Request, svc: Svc, who: RunnerKey
+) -> dict[str, Any]:
+    """Long-poll (up to ``wait`` seconds) for the agents this runner hosts:
+    answers when they differ from ``version``."""
+    runner = await owned_runner(runner_id, svc, who)
+    deadline = time.monotonic() + body.wait
+    with svc.store.bus.subscribe(DESIRED_TOPIC, maxsize=1000) as sub:
+        while True:
+            desired = await svc.store.agents.desired(runner.name, body.aliases, body.hosting)
+            digest = hashlib.sha256(json.dumps(desired, sort_keys=True).encode()).hexdigest()
+            remaining = deadline - time.monotonic()
+            if digest != body.version or remaining <= 0 or await request.is_disconnected():
+                return {"version": digest, "agents": desired}
+            await sub.get(timeout=min(remaining, RECHECK_SECONDS))
+
+
+@router.post("/runners/{runner_id}/agents/report")
+async def report_agents(
+    runner_id: str, body: AgentReport, svc: Svc, who: RunnerKey
+) -> dict[str, list[str]]:
+    """Status, status changes, log lines and message counts of the agents this
+    runner hosts. Names it does not host are listed back in ``not_hosted``."""
+    runner = await owned_runner(runner_id, svc, who)
+    not_hosted = await svc.store.agents.report(
+        runner.name,
+        {k: v.model_dump() for k, v in body.states.items()},
+        [c.model_dump() for c in body.changes],
+        [x.model_dump() for x in body.lines],
+        body.messages,
+    )
+    return {"not_hosted": not_hosted}
+

@@ -27,7 +27,6 @@ from corral.api.delivery import Sender
 from corral.api.deps import Services
 from corral.api.limits import BodyLimit
 from corral.config import Settings, load_settings
-from corral.daemons import Supervisor
 from corral.errors import CorralError
 from corral.store import Caps, RetryPolicy, Store
 from corral.store.keys import new_secret
@@ -135,10 +134,9 @@ def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
             horizon=settings.webhook_retry_horizon,
             concurrency=settings.webhook_concurrency,
         )
-        if settings.runner.embedded:
-            svc.agents = Supervisor(dict(settings.agents), settings.data_dir)
-            for pid in await svc.agents.start():
-                log.warning("killed agent process tree %d left behind by a previous corral", pid)
+        # The [agents.*] tables, for the runners that host them (every
+        # replica writes the same: it is idempotent).
+        await st.agents.configure(dict(settings.agents))
         tasks = [
             asyncio.create_task(_watchdog(svc), name="corral-watchdog"),
             asyncio.create_task(run_as_leader(st, "webhooks", sender.run), name="corral-webhooks"),
@@ -146,8 +144,6 @@ def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
         try:
             yield
         finally:
-            if svc.agents is not None:
-                await svc.agents.close()
             for task in tasks:
                 task.cancel()
             for task in tasks:

@@ -11,7 +11,6 @@ from fastapi import Depends, Request
 from corral import auth
 from corral.auth import Principal, WorkerClaims
 from corral.config import DaemonSettings, Settings
-from corral.daemons import Supervisor
 from corral.errors import Unauthorized
 from corral.models import JobCreate
 from corral.routing import Decision, Provider, decide
@@ -36,10 +35,11 @@ class Services:
     store: Store
     jwt_secret: str
     webhook_secret: str = ""
-    agents: Supervisor | None = None
 
-    def reload_agents(self) -> dict[str, DaemonSettings]:
-        return self.settings.reload_agents()
+    async def reload_agents(self) -> dict[str, list[str]]:
+        """Read ``[agents.*]`` from the configuration file again and apply it."""
+        declared: dict[str, DaemonSettings] = self.settings.reload_agents()
+        return await self.store.agents.configure(declared)
 
     watchdog: WatchdogStats = field(default_factory=WatchdogStats)
     providers: dict[str, Provider] = field(default_factory=dict)

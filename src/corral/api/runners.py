@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Request
 
 from corral import auth
-from corral.api.deps import Reader, RunnerKey, Svc, Worker
+from corral.api.deps import Reader, RunnerKey, Services, Svc, Worker
 from corral.api.jobs import ARTIFACT_NAME
 from corral.api.schemas import (
     Completion,
@@ -24,7 +24,7 @@ from corral.api.schemas import (
     RunnerRegistered,
     WorkerState,
 )
-from corral.auth import Role, WorkerClaims
+from corral.auth import Principal, Role, WorkerClaims
 from corral.errors import Forbidden
 from corral.models import Artifact, NewEvent, Runner
 from corral.store.runners import PROTOCOL_VERSION
@@ -60,17 +60,23 @@ async def list_runners(svc: Svc, who: Reader) -> list[Runner]:
     return await svc.store.runners.list()
 
 
+async def owned_runner(runner_id: str, svc: Services, who: Principal) -> Runner:
+    """The active runner ``runner_id``, if ``who`` registered it (or is an admin)."""
+    runner = await svc.store.runners.get(runner_id)
+    if runner.key_id != who.key_id and who.role is not Role.ADMIN:
+        raise Forbidden("this runner was registered with another key")
+    if runner.status != "active":
+        raise Forbidden("this runner was replaced by a newer registration; register again")
+    return runner
+
+
 @router.post("/runners/{runner_id}/lease", response_model=LeaseResponse)
 async def lease(
     runner_id: str, body: LeaseRequest, request: Request, svc: Svc, who: RunnerKey
 ) -> LeaseResponse:
     """Long-poll for work (up to ``wait`` seconds) and for cancellations of
     jobs this runner holds."""
-    runner = await svc.store.runners.get(runner_id)
-    if runner.key_id != who.key_id and who.role is not Role.ADMIN:
-        raise Forbidden("this runner was registered with another key")
-    if runner.status != "active":
-        raise Forbidden("this runner was replaced by a newer registration; register again")
+    runner = await owned_runner(runner_id, svc, who)
     deadline = time.monotonic() + body.wait
     with svc.store.bus.subscribe("dispatch", f"runner:{runner_id}", maxsize=10_000) as sub:
         cancel: list[str] = []

@@ -67,6 +67,7 @@ async def run(settings: Settings) -> None:
 
     from corral.api.app import create_app, open_store
     from corral.runner import Runner
+    from corral.store.agents import EMBEDDED
 
     class _Server(uvicorn.Server):
         on_exit: Any = None
@@ -134,6 +135,7 @@ async def run(settings: Settings) -> None:
                 providers=settings.runner_providers(settings.embedded_providers()),
                 lease_wait=settings.runner.lease_wait,
                 kill_grace=settings.runner.kill_grace,
+                agent_aliases=[EMBEDDED],
             )
             runner_task = asyncio.create_task(runner.run(), name="corral-embedded-runner")
             server.on_exit = runner_task.cancel
@@ -149,10 +151,8 @@ async def run(settings: Settings) -> None:
 
         # SIGHUP: apply [agents.*] changes from the configuration file.
         def reload_agents() -> None:
-            sup = app.state.services.agents
-            if sup is not None:
-                task = asyncio.create_task(sup.reload(settings.reload_agents()))
-                task.add_done_callback(_log_reload)
+            task = asyncio.create_task(app.state.services.reload_agents())
+            task.add_done_callback(_log_reload)
 
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_agents)
         await serving

@@ -24,6 +24,7 @@ from corral.config import ProviderSettings
 from corral.errors import ClientError, Unauthorized
 from corral.executors import base
 from corral.models import Job, Outcome, Session, new_id, own_handle
+from corral.runner.agents import AgentHost
 from corral.runner.channel import WorkerChannel
 from corral.runner.process import PidRecords, kill_marked
 from corral.runner.workspace import Workspace, WorkspaceError, Workspaces
@@ -63,6 +64,7 @@ class Runner:
         lease_wait: float = 20.0,
         kill_grace: float = 5.0,
         labels: list[str] | None = None,
+        agent_aliases: list[str] | None = None,
     ) -> None:
         self.server = server.rstrip("/")
         self.token = token
@@ -75,6 +77,9 @@ class Runner:
         self.workdir = workdir
         self.pids = PidRecords(workdir / "runner" / "pids")
         self.workspaces = Workspaces(workdir)
+        # Agent daemons the server assigns to this runner (by its name, or by
+        # an alias: the embedded runner hosts `runner = "embedded"` agents).
+        self.agents = AgentHost(workdir, aliases=agent_aliases, poll_wait=lease_wait)
         self.runner_id: str | None = None
         self.heartbeat_interval = 5.0
         self.max_artifact_bytes = 10_485_760
@@ -96,10 +101,18 @@ class Runner:
         async with httpx.AsyncClient(
             base_url=self.server, headers=headers, timeout=timeout, limits=limits
         ) as http:
+            hosting: asyncio.Task[None] | None = None
             try:
                 await self._register(http)
+                hosting = asyncio.create_task(
+                    self.agents.run(http, lambda: self.runner_id), name="corral-agent-host"
+                )
                 await self._lease_loop(http)
             finally:
+                if hosting is not None:
+                    hosting.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await hosting
                 self._stopping = True
                 tasks = list(self._jobs.values())
                 for executor in list(self._executors.values()):

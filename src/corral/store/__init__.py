@@ -8,6 +8,7 @@ from __future__ import annotations
 from corral.bus import Bus, MemoryBus
 from corral.bus.postgres import PostgresBus
 from corral.store import migrate
+from corral.store.agents import Agents
 from corral.store.db import Database
 from corral.store.events import Events
 from corral.store.jobs import Caps, Jobs, Lease, RetryPolicy
@@ -46,6 +47,7 @@ class Store:
         self.keys = Keys(self.db)
         self.settings = ServerSettings(self.db)
         self.outbox = Outbox(self.db)
+        self.agents = Agents(self.db)
 
     async def migrate(self) -> None:
         await migrate.upgrade(self.db)

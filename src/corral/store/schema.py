@@ -219,3 +219,47 @@ settings = sa.Table(
     sa.Column("key", sa.String(128), primary_key=True),
     sa.Column("value", sa.Text, nullable=False),
 )
+
+# Agent daemons (store/agents.py): what the configuration declares and the
+# operators asked for, written by the control plane; what the hosting runner
+# reports (status, pid, ...), written by it.
+agents = sa.Table(
+    "agents",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("runner", sa.String(200), nullable=False),  # configured host (or "embedded")
+    sa.Column("host", sa.String(200)),  # the runner hosting it now
+    sa.Column("config", JSON, nullable=False),
+    sa.Column("wanted", sa.Boolean, nullable=False),
+    sa.Column("seq", sa.Integer, nullable=False),  # operator actions so far
+    sa.Column("action", sa.String(16)),  # the latest: start, stop, restart
+    sa.Column("applied_seq", sa.Integer, nullable=False),  # the host has applied up to
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("pid", sa.Integer),
+    sa.Column("started_at", sa.Float),
+    sa.Column("restarts", sa.Integer, nullable=False),
+    sa.Column("last_exit_code", sa.Integer),
+    sa.Column("message", sa.Text),
+    sa.Column("log_offset", sa.Integer, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# The last lines of each agent's log (the host keeps the full, rotated file).
+agent_lines = sa.Table(
+    "agent_lines",
+    metadata,
+    sa.Column("agent", sa.String(64), primary_key=True),
+    sa.Column("offset", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("stream", sa.String(8), nullable=False),
+    sa.Column("line", sa.Text, nullable=False),
+)
+
+# Messages an agent reported handling, per minute (GET /agents: last 24 h).
+agent_messages = sa.Table(
+    "agent_messages",
+    metadata,
+    sa.Column("agent", sa.String(64), primary_key=True),
+    sa.Column("minute", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("count", sa.Integer, nullable=False),
+)
