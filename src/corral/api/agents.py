@@ -37,6 +37,9 @@ router = APIRouter(tags=["agents"])
 # A waiting poll claims again this often: an `embedded` agent whose host went
 # away is taken over by another embedded runner.
 RECHECK_SECONDS = 5.0
+# How long a report trusts what the last one learnt of its runner (its
+# registration and the agents it hosts) before reading it again.
+HOST_CACHE_SECONDS = 5.0
 START_WAIT = 10.0
 RESTART_WAIT = 30.0
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -290,13 +293,29 @@ async def report_agents(
 ) -> dict[str, list[str]]:
     """Status, status changes, log lines and message counts of the agents this
     runner hosts. Names it does not host are listed back in ``not_hosted``."""
-    runner = await owned_runner(runner_id, svc, who)
-    not_hosted = await svc.store.agents.report(
-        runner.name,
+    now = time.monotonic()
+    known = svc.agent_hosts.get((runner_id, who.key_id))
+    if known is not None and known[0] > now:
+        name, hosted = known[1], known[2]
+        # Lines of agents it is known to host go to this replica's followers
+        # now; storing them (and telling other replicas) follows.
+        by_agent: dict[str, list[dict[str, Any]]] = {}
+        for x in body.lines:
+            if x.agent in hosted:
+                by_agent.setdefault(x.agent, []).append(x.model_dump())
+        for agent, batch in by_agent.items():
+            svc.store.bus.publish(log_topic(agent), json.dumps({"lines": batch}))
+    else:
+        name = (await owned_runner(runner_id, svc, who)).name
+    not_hosted, hosted = await svc.store.agents.report(
+        name,
         {k: v.model_dump() for k, v in body.states.items()},
         [c.model_dump() for c in body.changes],
         [x.model_dump() for x in body.lines],
         body.messages,
     )
+    if len(svc.agent_hosts) > 10_000:
+        svc.agent_hosts.clear()
+    svc.agent_hosts[(runner_id, who.key_id)] = (now + HOST_CACHE_SECONDS, name, hosted)
     return {"not_hosted": not_hosted}
 

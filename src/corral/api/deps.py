@@ -49,6 +49,9 @@ class Services:
         return decide(spec.route(), self.providers, self.settings.default_local)
 
     _keys: dict[str, tuple[float, Principal]] = field(default_factory=dict)
+    # runner id, key id -> (until, runner name, the agents it hosts): agent
+    # reports skip a database read each, and lines go out before they are stored.
+    agent_hosts: dict[tuple[str, str], tuple[float, str, set[str]]] = field(default_factory=dict)
 
     async def authenticate(self, key: str) -> Principal:
         digest = auth.hash_key(key)

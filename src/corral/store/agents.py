@@ -334,21 +334,17 @@ class Agents:
         changes: builtins.list[dict[str, Any]],
         lines: builtins.list[dict[str, Any]],
         messages: dict[str, dict[int, int]],
-    ) -> builtins.list[str]:
-        """Store what host ``runner`` reports; returns the agents it named
-        that it does not host (any more): it should stop them."""
+    ) -> tuple[builtins.list[str], set[str]]:
+        """Store what host ``runner`` reports. Returns the agents it named that
+        it does not host (any more), and those it hosts."""
         now = now_utc()
 
-        def body(tx: Tx) -> builtins.list[str]:
+        def body(tx: Tx) -> tuple[builtins.list[str], set[str]]:
             conn = tx.conn
             named = set(states) | {c["agent_id"] for c in changes} | {x["agent"] for x in lines}
             named |= set(messages)
             hosted = set(
-                conn.execute(
-                    sa.select(agents.c.name).where(
-                        agents.c.host == runner, agents.c.name.in_(named)
-                    )
-                ).scalars()
+                conn.execute(sa.select(agents.c.name).where(agents.c.host == runner)).scalars()
             )
             by_agent: dict[str, builtins.list[dict[str, Any]]] = {}
             for x in lines:
@@ -411,7 +407,7 @@ class Agents:
             for change in changes:
                 if change["agent_id"] in hosted:
                     tx.notify(STATUS_TOPIC, json.dumps(change))
-            return sorted(set(states) - hosted)
+            return sorted(named - hosted), hosted
 
         return await self.db.write(body)
 
