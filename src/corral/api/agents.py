@@ -267,6 +267,7 @@ class AgentReport(BaseModel):
     changes: list[StatusChange] = Field(default_factory=list, max_length=10_000)
     lines: list[LogLine] = Field(default_factory=list, max_length=5_000)
     messages: dict[str, dict[int, Annotated[int, Field(ge=0)]]] = Field(default_factory=dict)
+    release: bool = Field(False, description="The runner is stopping: free its agents.")
 
 
 @router.post("/runners/{runner_id}/agents")
@@ -313,9 +314,13 @@ async def report_agents(
         [c.model_dump() for c in body.changes],
         [x.model_dump() for x in body.lines],
         body.messages,
+        release=body.release,
     )
     if len(svc.agent_hosts) > 10_000:
         svc.agent_hosts.clear()
-    svc.agent_hosts[(runner_id, who.key_id)] = (now + HOST_CACHE_SECONDS, name, hosted)
+    if body.release:
+        svc.agent_hosts.pop((runner_id, who.key_id), None)
+    else:
+        svc.agent_hosts[(runner_id, who.key_id)] = (now + HOST_CACHE_SECONDS, name, hosted)
     return {"not_hosted": not_hosted}
 

@@ -36,7 +36,7 @@ def _uptime(seconds: float | None) -> str:
 
 @app.command("ls")
 def ls(server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
-    """Every agent: status, pid, uptime, restarts, last exit code."""
+    """Every agent: status, pid, uptime, restarts, last exit code, runner, messages."""
     with client(server, token) as c:
         rows = c.agents()
     if as_json:
@@ -45,9 +45,12 @@ def ls(server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = Fals
     if not rows:
         console.print("no agents: add [agents.NAME] tables to corral.toml")
         return
-    table = Table("agent", "status", "pid", "uptime", "restarts", "last exit", box=None)
+    table = Table(
+        "agent", "status", "pid", "uptime", "restarts", "last exit", "runner", "msgs/24h", box=None
+    )
     for r in rows:
         exit_code = r["last_exit_code"]
+        where = r["runner"]
         table.add_row(
             r["name"],
             _status(r["status"]),
@@ -55,6 +58,8 @@ def ls(server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = Fals
             _uptime(r["uptime"]),
             str(r["restarts"]),
             "-" if exit_code is None else str(exit_code),
+            where if r["connected"] else f"[yellow]{where} (not connected)[/]",
+            "-" if r["messages_24h"] is None else str(r["messages_24h"]),
         )
     console.print(table)
 
@@ -71,6 +76,11 @@ def show(
         return
     console.print(f"[bold]{data['name']}[/] {_status(data['status'])}  pid {data['pid'] or '-'}")
     console.print(f"command: {' '.join(data['config']['command'])}", markup=False)
+    host = data["host"] or "-"
+    state = "connected" if data["connected"] else "[yellow]not connected[/]"
+    console.print(f"runner: {data['runner']} (host {host}, {state})")
+    if data.get("pending"):
+        console.print("[yellow]an action waits for its runner[/]")
     if data.get("message"):
         console.print(f"[red]{data['message']}[/]")
     for line in data["logs"][-20:]:
@@ -81,6 +91,9 @@ def _act(name: str, action: str, server: str | None, token: str | None) -> None:
     with client(server, token) as c:
         data = c.agent_action(name, action)
     console.print(f"{data['name']}: {_status(data['status'])}  pid {data['pid'] or '-'}")
+    if data.get("pending"):
+        where = data["host"] or data["runner"]
+        console.print(f"[yellow]recorded: runner {where} applies it when it connects[/]")
 
 
 @app.command()

@@ -71,11 +71,19 @@ async def run(settings: Settings) -> None:
     from corral.store.agents import EMBEDDED
 
     class _Server(uvicorn.Server):
-        on_exit: Any = None
+        # The embedded runner stops first, while this server still answers:
+        # its stopped jobs and agent daemons are reported, and its agents
+        # released to another replica's runner. A second signal does not wait.
+        runner: asyncio.Task[None] | None = None
+        _stopping = False
 
         def handle_exit(self, sig: int, frame: Any) -> None:
-            if self.on_exit is not None:
-                self.on_exit()
+            runner = self.runner
+            if runner is not None and not runner.done() and not self._stopping:
+                self._stopping = True
+                runner.cancel()
+                runner.add_done_callback(lambda _: super(_Server, self).handle_exit(sig, frame))
+                return
             super().handle_exit(sig, frame)
 
     store = await open_store(settings)
@@ -142,7 +150,7 @@ async def run(settings: Settings) -> None:
                 agent_aliases=[EMBEDDED],
             )
             runner_task = asyncio.create_task(runner.run(), name="corral-embedded-runner")
-            server.on_exit = runner_task.cancel
+            server.runner = runner_task
         intake_task: asyncio.Task[None] | None = None
         if intake is not None:
             from corral.store.leader import run_as_leader

@@ -18,6 +18,7 @@ stays what it was. Only this runner stopping stops its daemons."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Callable
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 MAX_PENDING_LINES = 20_000
 BATCH_LINES = 2_000
+FINAL_REPORT = 3.0  # seconds a stopping runner tries to report its stopped daemons
 
 
 class AgentHost:
@@ -63,6 +65,11 @@ class AgentHost:
                 task.cancel()
             await asyncio.gather(*self._work, return_exceptions=True)
             await self.sup.close()
+            # Say so, and let another runner take them, if the server hears it.
+            self._dirty.update(self.sup.daemons)
+            final = {**self._take(), "release": True}
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._send(http, runner_id, final), FINAL_REPORT)
 
     # -- desired state -------------------------------------------------------------
 

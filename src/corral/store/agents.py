@@ -108,9 +108,7 @@ class Agents:
         now = now_utc()
 
         def body(tx: Tx) -> dict[str, builtins.list[str]]:
-            have = {
-                r.name: r for r in tx.conn.execute(sa.select(agents.c.name, agents.c.config))
-            }
+            have = {r.name: r for r in tx.conn.execute(sa.select(agents.c.name, agents.c.config))}
             added = sorted(set(wanted_config) - set(have))
             removed = sorted(set(have) - set(wanted_config))
             changed = sorted(
@@ -198,8 +196,7 @@ class Agents:
                 stmt = stmt.order_by(agent_lines.c.offset.desc()).limit(n)
                 rows = list(conn.execute(stmt))[::-1]
             return [
-                {"offset": r.offset, "at": r.at, "stream": r.stream, "line": r.line}
-                for r in rows
+                {"offset": r.offset, "at": r.at, "stream": r.stream, "line": r.line} for r in rows
             ]
 
         return await self.db.read(body)
@@ -211,9 +208,7 @@ class Agents:
             .where(runners.c.status == "active", runners.c.last_seen_at >= seen_after)
             .scalar_subquery()
         )
-        stmt = sa.select(agents, agents.c.host.in_(live).label("connected")).order_by(
-            agents.c.name
-        )
+        stmt = sa.select(agents, agents.c.host.in_(live).label("connected")).order_by(agents.c.name)
         if name is not None:
             stmt = stmt.where(agents.c.name == name)
         rows = list(conn.execute(stmt))
@@ -277,6 +272,13 @@ class Agents:
 
         def body(tx: Tx) -> builtins.list[dict[str, Any]]:
             conn = tx.conn
+            active = conn.execute(
+                sa.select(runners.c.id).where(
+                    runners.c.name == runner, runners.c.status == "active"
+                )
+            ).first()
+            if active is None:
+                return []  # stopped (or replaced) meanwhile: it claims nothing
             live = set(
                 conn.execute(
                     sa.select(runners.c.name).where(
@@ -285,9 +287,7 @@ class Agents:
                 ).scalars()
             )
             rows = list(
-                conn.execute(
-                    sa.select(agents).where(agents.c.runner.in_(hosts)).with_for_update()
-                )
+                conn.execute(sa.select(agents).where(agents.c.runner.in_(hosts)).with_for_update())
             )
             mine = []
             for r in rows:
@@ -334,9 +334,12 @@ class Agents:
         changes: builtins.list[dict[str, Any]],
         lines: builtins.list[dict[str, Any]],
         messages: dict[str, dict[int, int]],
+        *,
+        release: bool = False,
     ) -> tuple[builtins.list[str], set[str]]:
         """Store what host ``runner`` reports. Returns the agents it named that
-        it does not host (any more), and those it hosts."""
+        it does not host (any more), and those it hosts. ``release``: the
+        runner is stopping; its agents are free for another to claim."""
         now = now_utc()
 
         def body(tx: Tx) -> tuple[builtins.list[str], set[str]]:
@@ -407,6 +410,16 @@ class Agents:
             for change in changes:
                 if change["agent_id"] in hosted:
                     tx.notify(STATUS_TOPIC, json.dumps(change))
+            if release:
+                # It is going away: no poll of it still in flight claims again.
+                conn.execute(
+                    sa.update(runners)
+                    .where(runners.c.name == runner, runners.c.status == "active")
+                    .values(status="stopped")
+                )
+                if hosted:
+                    conn.execute(sa.update(agents).where(agents.c.host == runner).values(host=None))
+                    tx.notify(DESIRED_TOPIC, "released")
             return sorted(named - hosted), hosted
 
         return await self.db.write(body)

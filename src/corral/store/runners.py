@@ -42,7 +42,7 @@ class Runners:
             old = list(
                 tx.conn.execute(
                     sa.select(runners.c.id).where(
-                        runners.c.name == name, runners.c.status == "active"
+                        runners.c.name == name, runners.c.status.in_(("active", "stopped"))
                     )
                 ).scalars()
             )
