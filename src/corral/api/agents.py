@@ -225,9 +225,7 @@ class AgentPoll(BaseModel):
 
     version: str | None = Field(None, max_length=128)
     wait: float = Field(20.0, ge=0, le=120)
-    aliases: list[Annotated[str, Field(max_length=200)]] = Field(
-        default_factory=list, max_length=8
-    )
+    aliases: list[Annotated[str, Field(max_length=200)]] = Field(default_factory=list, max_length=8)
     hosting: list[Annotated[str, Field(max_length=64)]] | None = Field(
         None, max_length=10_000, description="The agents the runner supervises now."
     )
@@ -281,7 +279,9 @@ async def poll_agents(
     with svc.store.bus.subscribe(DESIRED_TOPIC, maxsize=1000) as sub:
         while True:
             desired = await svc.store.agents.desired(runner.name, body.aliases, body.hosting)
-            digest = hashlib.sha256(json.dumps(desired, sort_keys=True).encode()).hexdigest()
+            # log_offset moves with every line: not a change for the host.
+            fixed = [{k: v for k, v in a.items() if k != "log_offset"} for a in desired]
+            digest = hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()
             remaining = deadline - time.monotonic()
             if digest != body.version or remaining <= 0 or await request.is_disconnected():
                 return {"version": digest, "agents": desired}
@@ -323,4 +323,3 @@ async def report_agents(
     else:
         svc.agent_hosts[(runner_id, who.key_id)] = (now + HOST_CACHE_SECONDS, name, hosted)
     return {"not_hosted": not_hosted}
-

@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import ValidationError
 
 from corral.config import DaemonSettings
-from corral.daemons import MESSAGES_TOPIC, Supervisor
+from corral.runner.daemons import MESSAGES_TOPIC, Supervisor
 from corral.store.agents import STATUS_TOPIC
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class AgentHost:
         self._dropped = 0
         self._wake = asyncio.Event()
         self._locks: dict[str, asyncio.Lock] = {}
+        self._fresh: set[str] = set()  # added, not started yet
         self._work: set[asyncio.Task[None]] = set()
 
     async def run(self, http: httpx.AsyncClient, runner_id: Callable[[], str | None]) -> None:
@@ -110,14 +112,20 @@ class AgentHost:
         for name in set(self.sup.daemons) - set(wanted):
             self._spawn(name, self._remove(name))
         for name, spec in wanted.items():
-            if name not in self.sup.daemons:
-                # New here (or this runner restarted): its lines continue the
-                # server's numbering; past actions are history, `wanted` decides.
+            try:
                 settings = DaemonSettings.model_validate(spec["config"])
-                self.sup.add(name, settings, offset=spec["log_offset"], seq=spec["seq"])
-                self._spawn(name, self._begin(name, spec["wanted"]))
-            else:
-                self._spawn(name, self._reconcile(spec))
+            except ValidationError as exc:  # a server newer than this runner
+                log.error("agent %s: cannot run its configuration here: %s", name, exc)
+                continue
+            if name not in self.sup.daemons:
+                self._add(name, settings, spec)  # now: the next poll says it is hosted here
+            self._spawn(name, self._reconcile(spec, settings))
+
+    def _add(self, name: str, settings: DaemonSettings, spec: dict[str, Any]) -> None:
+        # New here (or this runner restarted): its lines continue the server's
+        # numbering; past actions are history, `wanted` decides.
+        self.sup.add(name, settings, offset=spec["log_offset"], seq=spec["seq"])
+        self._fresh.add(name)
 
     def _spawn(self, name: str, work: Any) -> None:
         lock = self._locks.setdefault(name, asyncio.Lock())
@@ -138,17 +146,17 @@ class AgentHost:
         self._dirty.discard(name)
         log.info("agent %s is no longer hosted here", name)
 
-    async def _begin(self, name: str, wanted: bool) -> None:
-        if wanted:
-            await self.sup.start_agent(name)
-        self._mark(name)
-
-    async def _reconcile(self, spec: dict[str, Any]) -> None:
+    async def _reconcile(self, spec: dict[str, Any], settings: DaemonSettings) -> None:
         name = spec["name"]
-        settings = DaemonSettings.model_validate(spec["config"])
-        d = self.sup.daemons.get(name)
-        if d is None:
-            return  # removed meanwhile
+        if name not in self.sup.daemons:  # removed meanwhile, and wanted back
+            self._add(name, settings, spec)
+        d = self.sup.daemons[name]
+        if name in self._fresh:
+            self._fresh.discard(name)
+            if spec["wanted"]:
+                await self.sup.start_agent(name)
+            self._mark(name)
+            return
         if d.settings != settings:
             await self.sup.stop_agent(name)
             d.settings = settings
