@@ -246,7 +246,7 @@ class Client:
         receiver = None if polling else _open_receiver(receiver_host, advertise_host)
         try:
             if receiver is not None:
-                fields["webhook"] = {"url": receiver.url, "secret": receiver.secret}
+                fields["webhook"] = _run_webhook(receiver)
             job_id = str(self.submit(prompt, **fields)["job_id"])
             try:
                 via = "polling"
@@ -533,6 +533,13 @@ def _raise_for_stream(resp: httpx.Response) -> None:
         _raise_for(resp)
 
 
+def _run_webhook(receiver: Receiver) -> dict[str, Any]:
+    """run()'s own webhook: `queued` proves the server reaches the receiver,
+    then only the end (no deliveries for assigned and running to wait behind)."""
+    states = ["queued", "done", "failed", "cancelled"]
+    return {"url": receiver.url, "secret": receiver.secret, "states": states}
+
+
 def _remaining(deadline: float | None, cap: float) -> float:
     if deadline is None:
         return cap
@@ -685,7 +692,7 @@ class AsyncClient:
         receiver = None if polling else _open_receiver(receiver_host, advertise_host)
         try:
             if receiver is not None:
-                fields["webhook"] = {"url": receiver.url, "secret": receiver.secret}
+                fields["webhook"] = _run_webhook(receiver)
             job_id = str((await self.submit(prompt, **fields))["job_id"])
             try:
                 via = "polling"

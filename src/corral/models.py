@@ -65,6 +65,7 @@ class Job(BaseModel):
     repo: str | None = None
     base: str | None = None
     webhook_url: str | None = Field(None, description="Where state changes are POSTed.")
+    webhook_states: list[JobState] | None = None
     webhook_events: list[str] | None = None
     messages: list[JSONDict] | None = None
     tools: list[JSONDict] | None = None
@@ -253,6 +254,11 @@ class WebhookSpec(BaseModel):
     secret: str | None = Field(
         None, min_length=16, max_length=200, description="HMAC key of the signatures."
     )
+    states: list[JobState] = Field(
+        default_factory=list,
+        max_length=8,
+        description="States to announce (default: every change), e.g. [done, failed, cancelled].",
+    )
     events: list[str] = Field(
         default_factory=list,
         max_length=32,
@@ -303,7 +309,8 @@ class JobCreate(BaseModel):
     stream: bool | None = Field(None, description="Accepted for Ollama compatibility; ignored.")
     webhook: str | WebhookSpec | None = Field(
         None,
-        description="A URL, or {url, secret, events}: state changes are POSTed there, signed.",
+        description="A URL, or {url, secret, states, events}: state changes (those in "
+        "`states`, default all) are POSTed there, signed.",
     )
     base: str | None = Field(
         None,

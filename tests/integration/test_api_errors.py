@@ -236,6 +236,30 @@ def _cases(api: Api) -> list[tuple[str, str, str, dict[str, Any], int, str]]:
             422,
             "invalid_input",
         ),
+        (
+            "unknown webhook state",
+            "POST",
+            "/jobs",
+            {"json": {"prompt": "x", "webhook": {"url": "http://h/x", "states": ["finished"]}}},
+            422,
+            "invalid_input",
+        ),
+        (
+            "agent report with a bad line",
+            "POST",
+            "/runners/nope/agents/report",
+            {"json": {"lines": [{"agent": "../x", "offset": 0, "at": 1, "stream": "tty"}]}},
+            422,
+            "invalid_input",
+        ),
+        (
+            "agent poll of an unknown runner",
+            "POST",
+            "/runners/nope/agents",
+            {"json": {"wait": 0}},
+            404,
+            "runner_not_found",
+        ),
     ]
 
 
@@ -297,3 +321,19 @@ async def test_a_runner_key_reads_only_the_jobs_its_runner_holds(api: Api) -> No
     other = (await api.http.post("/jobs", json={"prompt": "z"}, headers=api.auth("admin"))).json()
     refused = await api.http.get(f"/jobs/{other['job_id']}", headers=runner)
     assert refused.status_code == 403 and refused.json()["error"]["code"] == "forbidden"
+
+
+async def test_only_the_embedded_runner_key_hosts_embedded_agents(api: Api) -> None:
+    runner = api.auth("runner")  # a key named "runner", as `corral keys create` makes
+    registered = await api.http.post(
+        "/runners/register",
+        json={"name": "box", "providers": ["shell"], "slots": 1},
+        headers=runner,
+    )
+    runner_id = registered.json()["runner_id"]
+    body = {"wait": 0, "aliases": ["embedded"]}
+    refused = await api.http.post(f"/runners/{runner_id}/agents", json=body, headers=runner)
+    assert refused.status_code == 403, refused.text
+    assert "embedded" in refused.json()["error"]["message"]
+    mine = await api.http.post(f"/runners/{runner_id}/agents", json={"wait": 0}, headers=runner)
+    assert mine.status_code == 200 and mine.json()["agents"] == []

@@ -84,3 +84,18 @@ async def test_due_in_order_per_job_and_url_with_attempts(store: Store) -> None:
     again = await store.outbox.redeliver(first.id, now)
     assert again["state"] == "pending"
     assert await store.outbox.list(state="failed") == []
+
+
+async def test_a_job_webhook_announces_only_its_states(store: Store) -> None:
+    runner = await store.runners.register(
+        name="r", key_id="k", hostname=None, providers=["shell"], labels=[], slots=1
+    )
+    hook = WebhookSpec(url="http://a/hook", states=["queued", "done"])
+    job, _ = await store.jobs.create(JobCreate(prompt="x", webhook=hook))
+    (lease,) = await store.jobs.lease(runner, 1, ttl=30)
+    c = claims(lease, runner)
+    await store.jobs.start(c)
+    await store.jobs.complete(c, Outcome(status="done", result="fine"))
+    sent = [d["body"]["state"] for d in reversed(await store.outbox.list(job_id=job.id))]
+    assert sent == ["queued", "done"]
+    assert (await store.jobs.get(job.id)).webhook_states == ["queued", "done"]

@@ -23,9 +23,12 @@ from sse_starlette import EventSourceResponse
 from corral.api import stream
 from corral.api.deps import Reader, RunnerKey, Svc, Writer
 from corral.api.runners import owned_runner
-from corral.errors import ConfigError, Conflict, InvalidInput
+from corral.auth import Role
+from corral.errors import ConfigError, Conflict, Forbidden, InvalidInput
 from corral.store.agents import (
     DESIRED_TOPIC,
+    EMBEDDED,
+    EMBEDDED_KEY,
     STATUS_TOPIC,
     AgentRecord,
     log_topic,
@@ -275,6 +278,8 @@ async def poll_agents(
     """Long-poll (up to ``wait`` seconds) for the agents this runner hosts:
     answers when they differ from ``version``."""
     runner = await owned_runner(runner_id, svc, who)
+    if EMBEDDED in body.aliases and who.name != EMBEDDED_KEY and who.role is not Role.ADMIN:
+        raise Forbidden(f"only the embedded runner of `corral serve` hosts {EMBEDDED!r} agents")
     deadline = time.monotonic() + body.wait
     with svc.store.bus.subscribe(DESIRED_TOPIC, maxsize=1000) as sub:
         while True:

@@ -68,7 +68,7 @@ async def run(settings: Settings) -> None:
 
     from corral.api.app import create_app, open_store
     from corral.runner import Runner
-    from corral.store.agents import EMBEDDED
+    from corral.store.agents import EMBEDDED, EMBEDDED_KEY
 
     class _Server(uvicorn.Server):
         # The embedded runner stops first, while this server still answers:
@@ -98,7 +98,7 @@ async def run(settings: Settings) -> None:
         runner_key = None
         if settings.runner.embedded:
             runner_key = await local_key(
-                store, settings.data_dir / "runner.key", name="embedded runner", role=Role.RUNNER
+                store, settings.data_dir / "runner.key", name=EMBEDDED_KEY, role=Role.RUNNER
             )
         app = create_app(settings, store=store)
         intake = None

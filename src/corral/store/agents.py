@@ -34,6 +34,9 @@ DESIRED_TOPIC = "agents-desired"
 KEEP_LINES = 1000  # per agent, in the database
 CONNECTED_WITHIN = 15.0  # seconds since a host's last lease: still connected
 EMBEDDED = "embedded"  # `runner` of agents any embedded runner may host
+# The name of the key `corral serve` makes for its embedded runner: only such
+# keys may claim `embedded` agents (their env may hold the servers' secrets).
+EMBEDDED_KEY = "embedded runner"
 _INLINE_MAX = 6000  # bytes of lines carried in a bus message (PostgreSQL: 8000)
 
 

@@ -420,6 +420,7 @@ class Jobs:
                     webhook_url=hook.url if hook else None,
                     webhook_secret=hook.secret if hook else None,
                     webhook_events=hook.events if hook and hook.events else None,
+                    webhook_states=[str(x) for x in hook.states] if hook and hook.states else None,
                     messages=spec.messages,
                     tools=spec.tools,
                     options=spec.options,

@@ -30,7 +30,7 @@ class DeliveryNotFound(NotFound):
 
 def _targets_for_state(row: Row, rules: Rules, state: str) -> list[tuple[str, str | None]]:
     targets: list[tuple[str, str | None]] = []
-    if row.webhook_url:
+    if row.webhook_url and (not row.webhook_states or state in row.webhook_states):
         targets.append((row.webhook_url, row.webhook_secret))
     for ep in rules.endpoints:
         if not ep.states or state in ep.states:

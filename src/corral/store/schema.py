@@ -77,6 +77,7 @@ jobs = sa.Table(
     sa.Column("webhook_url", sa.Text),
     sa.Column("webhook_secret", sa.Text),  # an HMAC key: needed in clear to sign
     sa.Column("webhook_events", JSON),
+    sa.Column("webhook_states", JSON),
     sa.Column("messages", JSON),
     sa.Column("tools", JSON),
     sa.Column("options", JSON),
