@@ -108,6 +108,9 @@ class Session(BaseModel):
     turns: int
     active_job_id: str | None = None
     handle: str | None = None
+    host: str | None = Field(
+        None, description="The runner holding its workspace and agent conversation."
+    )
 
 
 class NewEvent(BaseModel):

@@ -52,6 +52,7 @@ def caps(settings: Settings) -> Caps:
         providers={n: p.concurrency for n, p in settings.providers.items() if p.concurrency},
         total=settings.max_running,
         repo=settings.repo_concurrency,
+        local=frozenset(n for n, p in settings.provider_table().items() if p.local),
     )
 
 

@@ -64,11 +64,15 @@ class Lease:
 
 @dataclass(frozen=True, slots=True)
 class Caps:
-    """Concurrency caps: jobs beyond them wait in the queue, never dropped."""
+    """Dispatch limits. Concurrency caps: jobs beyond them wait in the queue,
+    never dropped. Session affinity: a turn on a ``local`` provider (its
+    workspace and the agent CLI's conversation live on one host) goes to the
+    runner that ran the session's last one while that runner is alive."""
 
     providers: Mapping[str, int] = field(default_factory=dict)  # provider -> max active
     total: int | None = None  # max active jobs across all runners
     repo: int | None = None  # max active jobs per repository
+    local: frozenset[str] = frozenset()  # providers whose sessions stay on their runner
 
     @property
     def any(self) -> bool:
@@ -95,13 +99,22 @@ def _candidates() -> sa.Select[Any]:
     Walks ix_jobs_state_priority_created_at_id in order, stops at the limit.
     Built once: constructing the alias per call costs more than running it."""
     other = jobs.alias("other")
+    host = sa.select(sessions.c.host).where(sessions.c.id == jobs.c.session_id).scalar_subquery()
     return (
-        sa.select(jobs.c.id, jobs.c.session_id, jobs.c.provider, jobs.c.repo)
+        sa.select(jobs.c.id, jobs.c.session_id, jobs.c.provider, jobs.c.repo, host)
         .where(
             jobs.c.state == JobState.QUEUED.value,
             jobs.c.available_at <= sa.bindparam("now"),
             jobs.c.provider.in_(sa.bindparam("providers", expanding=True)),
             sa.or_(jobs.c.repo.is_(None), jobs.c.repo.not_in(sa.bindparam("full", expanding=True))),
+            # Session affinity: not a turn whose session another live runner holds.
+            sa.or_(
+                jobs.c.provider.not_in(sa.bindparam("local", expanding=True)),
+                ~sa.exists().where(
+                    sessions.c.id == jobs.c.session_id,
+                    sessions.c.host.in_(sa.bindparam("others", expanding=True)),
+                ),
+            ),
             ~sa.exists().where(
                 other.c.session_id == jobs.c.session_id,
                 other.c.id != jobs.c.id,
@@ -211,13 +224,30 @@ def apply(
 
 
 def _assign(
-    tx: Tx, job_id: str, session_id: str, runner: Runner, now: datetime, ttl: float
+    tx: Tx,
+    job_id: str,
+    session_id: str,
+    runner: Runner,
+    now: datetime,
+    ttl: float,
+    *,
+    local: bool = False,
+    host: str | None = None,
 ) -> Lease | None:
-    """Take the session's turn lock (bumping its epoch) and assign the job."""
+    """Take the session's turn lock (bumping its epoch) and assign the job.
+    ``local``: the turn runs where its workspace is; this runner now holds
+    the session. ``host``: the runner that held it until now."""
+    values: dict[str, Any] = {
+        "active_job_id": job_id,
+        "epoch": sessions.c.epoch + 1,
+        "updated_at": now,
+    }
+    if local:
+        values["host"] = runner.name
     srow = tx.conn.execute(
         sa.update(sessions)
         .where(sessions.c.id == session_id, sessions.c.active_job_id.is_(None))
-        .values(active_job_id=job_id, epoch=sessions.c.epoch + 1, updated_at=now)
+        .values(**values)
         .returning(*sessions.c)
     ).one_or_none()
     if srow is None:
@@ -237,8 +267,29 @@ def _assign(
         },
         note={"runner_id": runner.id},
     )
-    # srow was read before apply() logged the "assigned" event.
-    return Lease(job, Session.model_validate({**srow._mapping, "last_seq": srow.last_seq + 1}))
+    session = {**srow._mapping, "last_seq": srow.last_seq + 1}  # + the "assigned" event
+    if local and host is not None and host != runner.name:
+        # Its runner is gone: this one starts the conversation afresh, in a
+        # new workspace (the old handle means nothing here).
+        note = (
+            f"the session's runner {host!r} is gone: this turn runs on {runner.name!r} "
+            "in a new workspace and starts a new conversation"
+        )
+        event_log.append(
+            tx,
+            session_id,
+            [
+                NewEvent(
+                    type="session.moved", payload={"from": host, "to": runner.name, "note": note}
+                )
+            ],
+            job_id=job_id,
+            epoch=job.epoch,
+            now=now,
+            dedup=False,
+        )
+        session.update(last_seq=srow.last_seq + 2, handle=None)
+    return Lease(job, Session.model_validate(session))
 
 
 def lose(
@@ -611,9 +662,13 @@ class Jobs:
                 .select_from(jobs)
                 .where(jobs.c.runner_id == runner.id, jobs.c.state.in_(_ACTIVE))
             ).scalar_one()
-            conn.execute(
-                sa.update(runners).where(runners.c.id == runner.id).values(last_seen_at=now)
-            )
+            seen = conn.execute(
+                sa.update(runners)
+                .where(runners.c.id == runner.id, runners.c.status == "active")
+                .values(last_seen_at=now)
+            ).rowcount
+            if not seen:
+                return []  # stopped or replaced since the request began: nothing for it
             room = min(max_jobs, runner.slots - held)
             if room <= 0 or conn.execute(_PAUSED).scalar_one_or_none() == "true":
                 return []
@@ -626,6 +681,18 @@ class Jobs:
                 if caps.repo is not None:
                     by_repo = {str(r): int(n) for r, n in conn.execute(_ACTIVE_BY_REPO)}
             paused = paused_providers(conn, now)
+            others: builtins.list[str] = []
+            if caps.local:
+                alive_after = now - timedelta(seconds=ttl)
+                others = list(
+                    conn.execute(
+                        sa.select(runners.c.name).where(
+                            runners.c.status == "active",
+                            runners.c.last_seen_at >= alive_after,
+                            runners.c.name != runner.name,
+                        )
+                    ).scalars()
+                )
             eligible = [
                 p
                 for p in runner.providers
@@ -638,12 +705,17 @@ class Jobs:
             leased: builtins.list[Lease] = []
             while len(leased) < room and eligible:
                 full = [r for r, n in by_repo.items() if caps.repo is not None and n >= caps.repo]
-                rows = conn.execute(
-                    stmt,
-                    {"now": now, "providers": eligible, "room": room - len(leased), "full": full},
-                ).all()
+                params = {
+                    "now": now,
+                    "providers": eligible,
+                    "room": room - len(leased),
+                    "full": full,
+                    "local": sorted(caps.local),
+                    "others": others,
+                }
+                rows = conn.execute(stmt, params).all()
                 filled = False
-                for job_id, session_id, provider, repo in rows:
+                for job_id, session_id, provider, repo, host in rows:
                     cap = caps.providers.get(provider)
                     if cap is not None and active.get(provider, 0) >= cap:
                         # Filled during this lease: look again without it.
@@ -658,7 +730,10 @@ class Jobs:
                     ):
                         filled = True  # filled during this lease: look again without it
                         continue
-                    lease = _assign(tx, job_id, session_id, runner, now, ttl)
+                    local = provider in caps.local
+                    lease = _assign(
+                        tx, job_id, session_id, runner, now, ttl, local=local, host=host
+                    )
                     if lease is not None:
                         leased.append(lease)
                         active[provider] = active.get(provider, 0) + 1

@@ -52,6 +52,8 @@ sessions = sa.Table(
     sa.Column("turns", sa.Integer, nullable=False),
     sa.Column("active_job_id", sa.String(64)),
     sa.Column("handle", sa.Text),
+    # The runner holding its workspace and CLI conversation (local providers).
+    sa.Column("host", sa.String(200)),
 )
 
 jobs = sa.Table(

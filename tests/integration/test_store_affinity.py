@@ -1,0 +1,100 @@
+"""Session affinity, on SQLite and PostgreSQL: a turn on a local provider
+goes to the runner holding its session while that runner is alive; when it is
+gone, another runner takes it, afresh (a session.moved event, no handle)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from corral.models import JobCreate, Outcome, Runner
+from corral.store import Caps, Store
+from corral.store.db import Tx
+from corral.store.jobs import now_utc
+from corral.store.schema import runners
+from corral.testing import worker_claims as claims
+
+
+@pytest.fixture
+async def st(db_url: str) -> AsyncIterator[Store]:
+    store = await Store.open(db_url, caps=Caps(local=frozenset({"shell", "claude"})))
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def _runner(st: Store, name: str) -> Runner:
+    return await st.runners.register(
+        name=name,
+        key_id="k",
+        hostname=None,
+        providers=["shell", "claude", "api"],
+        labels=[],
+        slots=4,
+    )
+
+
+async def _quiet(st: Store, name: str) -> None:
+    def body(tx: Tx) -> None:
+        tx.conn.execute(
+            sa.update(runners)
+            .where(runners.c.name == name)
+            .values(last_seen_at=now_utc() - timedelta(minutes=5))
+        )
+
+    await st.db.write(body)
+
+
+async def _finish(st: Store, runner: Runner, handle: str | None = None) -> str:
+    (lease,) = await st.jobs.lease(runner, 1, ttl=30)
+    c = claims(lease, runner)
+    await st.jobs.start(c)
+    if handle is not None:
+        await st.jobs.set_handle(c, handle)
+    await st.jobs.complete(c, Outcome(status="done"))
+    return lease.session.id
+
+
+async def test_turns_follow_the_runner_holding_the_session(st: Store) -> None:
+    a, b = await _runner(st, "a"), await _runner(st, "b")
+    first, _ = await st.jobs.create(JobCreate(prompt="1", provider="claude"))
+    session_id = await _finish(st, a, handle="claude:conv-1")
+    assert (await st.sessions.get(session_id)).host == "a"
+
+    second, _ = await st.jobs.create(
+        JobCreate(prompt="2", provider="claude", session_id=session_id)
+    )
+    other, _ = await st.jobs.create(JobCreate(prompt="x", provider="claude"))
+    # b may take other work, not the turn a's session waits for.
+    assert [lease.job.id for lease in await st.jobs.lease(b, 4, ttl=30)] == [other.id]
+    (lease,) = await st.jobs.lease(a, 4, ttl=30)
+    assert lease.job.id == second.id and lease.session.handle == "claude:conv-1"
+    events = await st.events.list(session_id)
+    assert "session.moved" not in [e.type for e in events]
+
+
+async def test_a_gone_runner_lets_another_take_the_turn_afresh(st: Store) -> None:
+    a, b = await _runner(st, "a"), await _runner(st, "b")
+    await st.jobs.create(JobCreate(prompt="1", provider="claude"))
+    session_id = await _finish(st, a, handle="claude:conv-1")
+    turn, _ = await st.jobs.create(JobCreate(prompt="2", provider="claude", session_id=session_id))
+    await _quiet(st, "a")
+    (lease,) = await st.jobs.lease(b, 4, ttl=30)
+    assert lease.job.id == turn.id
+    assert lease.session.handle is None and lease.session.host == "b"
+    moved = [e for e in await st.events.list(session_id) if e.type == "session.moved"]
+    assert [(e.payload["from"], e.payload["to"], e.job_id) for e in moved] == [("a", "b", turn.id)]
+    assert lease.session.last_seq == (await st.sessions.get(session_id)).last_seq
+
+
+async def test_remote_providers_are_not_pinned(st: Store) -> None:
+    a, b = await _runner(st, "a"), await _runner(st, "b")
+    await st.jobs.create(JobCreate(prompt="1", provider="api"))
+    session_id = await _finish(st, a)
+    assert (await st.sessions.get(session_id)).host is None
+    turn, _ = await st.jobs.create(JobCreate(prompt="2", provider="api", session_id=session_id))
+    assert [lease.job.id for lease in await st.jobs.lease(b, 4, ttl=30)] == [turn.id]
