@@ -190,6 +190,9 @@ def test_ollama_client_against_corral(srv: ServerProcess, gpu: FakeOpenAI) -> No
 
 def test_metrics(srv: ServerProcess, http: httpx.Client) -> None:
     assert httpx.get(f"{srv.url}/metrics").status_code == 401
+    for _ in range(3):  # its own jobs: the test does not depend on the others
+        job = wait_job(http, submit(http, prompt="count me", preferred_ai="gpu"))
+        assert job["state"] == "done", job
     resp = http.get("/metrics")
     assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/plain")
     lines = dict(line.rsplit(" ", 1) for line in resp.text.splitlines() if line and line[0] != "#")
