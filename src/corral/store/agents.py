@@ -215,22 +215,15 @@ class Agents:
         if name is not None:
             stmt = stmt.where(agents.c.name == name)
         rows = list(conn.execute(stmt))
-        minute = int(time.time() // 60)
-        counts_stmt = (
-            sa.select(agent_messages.c.agent, sa.func.sum(agent_messages.c.count))
-            .where(agent_messages.c.minute > minute - 24 * 60)
-            .group_by(agent_messages.c.agent)
-        )
+        # Per agent that ever reported messages: the sum over the last 24 h.
+        recent = agent_messages.c.minute > int(time.time() // 60) - 24 * 60
+        counts_stmt = sa.select(
+            agent_messages.c.agent,
+            sa.func.sum(sa.case((recent, agent_messages.c.count), else_=0)),
+        ).group_by(agent_messages.c.agent)
         if name is not None:
             counts_stmt = counts_stmt.where(agent_messages.c.agent == name)
         counts = {a: int(c) for a, c in conn.execute(counts_stmt)}
-        reporting = set(
-            conn.execute(sa.select(agent_messages.c.agent).distinct()).scalars()
-            if name is None
-            else conn.execute(
-                sa.select(agent_messages.c.agent).where(agent_messages.c.agent == name).limit(1)
-            ).scalars()
-        )
         return [
             AgentRecord(
                 name=r.name,
@@ -249,7 +242,7 @@ class Agents:
                 message=r.message,
                 log_offset=r.log_offset,
                 connected=bool(r.connected),
-                messages_24h=counts.get(r.name, 0) if r.name in reporting else None,
+                messages_24h=counts.get(r.name),
             )
             for r in rows
         ]
