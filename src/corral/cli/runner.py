@@ -1,4 +1,5 @@
-"""`corral runner`: lease and run jobs for a server on another host."""
+"""`corral runner`: lease and run jobs for a server on another host, and host
+the agent daemons configured for its name."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def runner(
         str | None,
         typer.Option(
             help="Stable name; a runner restarting under the same name releases its old jobs "
-            "at once. Default: HOST-PID."
+            "at once, and [agents.*] with `runner = NAME` run here. Default: HOST-PID."
         ),
     ] = None,
     slots: Annotated[int | None, typer.Option(min=1, help="Jobs run at once.")] = None,
@@ -41,7 +42,7 @@ def runner(
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
-    """Run jobs for the server at --server (protocol v1 over HTTP)."""
+    """Run jobs (and host agent daemons) for the server at --server (protocol v1 over HTTP)."""
     if not server.startswith(("http://", "https://")):
         raise ConfigError(f"--server must be an http(s) URL, not {server!r}")
     s = settings(config, data_dir)

@@ -102,10 +102,14 @@ class AgentHost:
                 log.warning("agents poll refused (%s): %s", resp.status_code, resp.text[:200])
                 await asyncio.sleep(1.0)
                 continue
-            data = resp.json()
-            if data["version"] != version:
-                version = data["version"]
-                self._apply(data["agents"])
+            try:
+                data = resp.json()
+                if data["version"] != version:
+                    self._apply(data["agents"])
+                    version = data["version"]
+            except (ValueError, KeyError, TypeError) as exc:  # not what this runner speaks
+                log.error("agents poll: unexpected answer (%r): %s", exc, resp.text[:200])
+                await asyncio.sleep(5.0)
 
     def _apply(self, specs: list[dict[str, Any]]) -> None:
         wanted = {s["name"]: s for s in specs}
@@ -230,8 +234,6 @@ class AgentHost:
                     log.debug("agents report: %s; retrying", exc)
                 else:
                     if resp.status_code == 200:
-                        for name in resp.json().get("not_hosted", []):
-                            log.info("agent %s: the server says another runner hosts it", name)
                         return
                     if 400 <= resp.status_code < 500 and resp.status_code not in (403, 404, 429):
                         log.error("agents report refused (%s): %s", resp.status_code, resp.text)
