@@ -4,6 +4,7 @@ runner: leases, worker JWTs, and epoch fencing (a stale write gets 409)."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -28,7 +29,7 @@ from ._helpers import (
 # Each test's runner serves a provider named like it, so tests sharing the
 # server never lease each other's jobs; routing only sends jobs to
 # configured providers, hence the table.
-RUNNER_NAMES = ("manual-ok", "fenced", "sleepy", "sleepy-once", "poller", "artifacts")
+RUNNER_NAMES = ("manual-ok", "fenced", "sleepy", "sleepy-once", "poller", "artifacts", "vanished")
 NO_RUNNER = {
     "CORRAL_RUNNER__EMBEDDED": "false",
     "CORRAL_LEASE_TTL": "2",
@@ -357,3 +358,42 @@ def test_artifacts_upload_list_download_and_limits(api: httpx.Client) -> None:
     assert done.status_code == 200, done.text
     late = api.put("/worker/artifacts/late.txt", content=b"x", headers=auth)
     assert_error(late, 409, "job_not_active")
+
+
+def test_a_lease_its_runner_never_receives_goes_back_at_once(
+    api: httpx.Client, bare: ServerProcess
+) -> None:
+    """The runner's connection closes while its long poll waits; a job arriving
+    then is leased, the answer cannot reach anyone: the job is queued again at
+    once (no lease_ttl to wait out, no retry spent)."""
+    runner_id = register(api, "vanished")
+    request = (
+        f"POST /runners/{runner_id}/lease HTTP/1.1\r\nHost: corral\r\n"
+        f"Authorization: Bearer {bare.admin_key}\r\nContent-Type: application/json\r\n"
+    ).encode()
+    body = json.dumps({"max_jobs": 1, "wait": 30}).encode()
+    undelivered = 0
+    for _ in range(3):  # the server may notice the closed socket first: try again
+        sock = socket.create_connection(("127.0.0.1", bare.port))
+        sock.sendall(request + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        time.sleep(0.3)  # the long poll is waiting
+        sock.close()
+        job_id = submit(api, "echo nobody", preferred_ai="vanished")
+        deadline = time.monotonic() + 3
+        job = get_job(api, job_id)
+        while job["reason"] != "lease_undelivered" and time.monotonic() < deadline:
+            time.sleep(0.05)
+            job = get_job(api, job_id)
+        # Either given back at once, or never leased (the server saw the
+        # socket close first): never held by the vanished runner.
+        assert job["state"] == "queued", job
+        assert job["infra_retries"] == 0 and job["attempt"] == 1, job
+        if job["reason"] == "lease_undelivered":
+            undelivered += 1
+            events = session_events(api, job["session_id"])
+            states = [e["payload"]["to"] for e in events if e["type"] == "job.state"]
+            assert states == ["queued", "assigned", "queued"], states
+        api.post(f"/jobs/{job_id}/cancel")
+        if undelivered:
+            break
+    assert undelivered, "the closed connection was never leased to"

@@ -10,6 +10,7 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
+from corral.errors import Conflict
 from corral.models import JobCreate, Outcome, Runner
 from corral.store import Caps, Store
 from corral.store.db import Tx
@@ -98,3 +99,19 @@ async def test_remote_providers_are_not_pinned(st: Store) -> None:
     assert (await st.sessions.get(session_id)).host is None
     turn, _ = await st.jobs.create(JobCreate(prompt="2", provider="api", session_id=session_id))
     assert [lease.job.id for lease in await st.jobs.lease(b, 4, ttl=30)] == [turn.id]
+
+
+async def test_an_undelivered_lease_goes_back_with_nothing_spent(st: Store) -> None:
+    a, b = await _runner(st, "a"), await _runner(st, "b")
+    job, _ = await st.jobs.create(JobCreate(prompt="1", provider="claude"))
+    (lease,) = await st.jobs.lease(a, 1, ttl=30)
+    assert (await st.sessions.get(job.session_id)).host == "a"
+    (back,) = await st.jobs.unlease([job.id], a)
+    assert (back.state, back.attempt, back.infra_retries) == ("queued", 1, 0)
+    assert back.reason == "lease_undelivered" and back.runner_id is None
+    assert (await st.sessions.get(job.session_id)).host is None  # a first turn: not a's
+    with pytest.raises(Conflict):  # had it arrived after all, a's writes are refused
+        await st.jobs.start(claims(lease, a))
+    assert await st.jobs.unlease([job.id], a) == []  # already back: nothing to do
+    (again,) = await st.jobs.lease(b, 1, ttl=30)  # b may take it at once
+    assert again.job.id == job.id and again.job.attempt == 1

@@ -88,6 +88,10 @@ async def lease(
             for message in await sub.get(timeout=min(remaining, RECHECK_SECONDS)):
                 if isinstance(message, str) and message.startswith("cancel:"):
                     cancel.append(message.removeprefix("cancel:"))
+    if leases and await request.is_disconnected():
+        # The runner went away meanwhile (killed, network): nobody would run them.
+        await svc.store.jobs.unlease([lease.job.id for lease in leases], runner)
+        return LeaseResponse(jobs=[], cancel=cancel)
     jobs = []
     for lease in leases:
         claims = WorkerClaims(

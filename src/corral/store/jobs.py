@@ -862,6 +862,45 @@ class Jobs:
 
         return await self.db.write(body)
 
+    async def unlease(self, job_ids: Sequence[str], runner: Runner) -> builtins.list[Job]:
+        """Leases ``runner`` never received (it went away while its lease
+        request was answered): queued again at once, the same attempt, with
+        nothing spent; the epoch moves on, so the runner's writes are refused
+        if it got them after all. A first turn lets go of its session too."""
+        now = now_utc()
+
+        def body(tx: Tx) -> builtins.list[Job]:
+            back = []
+            for job_id in job_ids:
+                row = _locked(tx, job_id)
+                if row.state != JobState.ASSIGNED.value or row.runner_id != runner.id:
+                    continue
+                epoch = tx.conn.execute(
+                    sa.update(sessions)
+                    .where(sessions.c.id == row.session_id)
+                    .values(epoch=sessions.c.epoch + 1)
+                    .returning(sessions.c.epoch)
+                ).scalar_one()
+                if row.turn == 1:
+                    tx.conn.execute(
+                        sa.update(sessions)
+                        .where(sessions.c.id == row.session_id, sessions.c.host == runner.name)
+                        .values(host=None)
+                    )
+                bumped = tx.conn.execute(
+                    sa.update(jobs)
+                    .where(jobs.c.id == row.id, jobs.c.epoch == row.epoch)
+                    .values(epoch=epoch)
+                    .returning(*jobs.c)
+                ).one()
+                error = f"runner {runner.name!r} went away before it received the job"
+                values = {"available_at": now, "attempt": row.attempt, "error": error}
+                values["reason"] = "lease_undelivered"
+                back.append(apply(tx, bumped, Action.LOSE, now=now, values=values))
+            return back
+
+        return await self.db.write(body)
+
     async def expire(self) -> builtins.list[Job]:
         """Watchdog: jobs whose lease ran out lose their runner."""
         now = now_utc()
