@@ -66,7 +66,7 @@ async def owned_runner(runner_id: str, svc: Services, who: Principal) -> Runner:
     if runner.key_id != who.key_id and who.role is not Role.ADMIN:
         raise Forbidden("this runner was registered with another key")
     if runner.status != "active":
-        raise Forbidden(f"this runner is {runner.status} (stopped, or registered again): register")
+        raise Forbidden(f"runner {runner.name!r} is {runner.status}: register again")
     return runner
 
 
