@@ -9,8 +9,10 @@ supervisor, and writes back the reported side (``report``): status, pid,
 restarts, the sequence number it has applied, its log lines (the last
 ``KEEP_LINES`` are kept here, the host keeps the full rotated file) and the
 messages it counted. Both sides announce changes on the bus: ``agents``
-(status changes, for SSE), ``agent-log:NAME`` (new lines) and
-``agents-desired`` (hosts long-polling for work)."""
+(status changes, for SSE), ``agent-log:NAME`` (new lines), ``agent-state:NAME``
+(each report: operators' actions wait on it) and ``agents-desired`` (hosts
+long-polling for work). Times reported (``started_at``, line ``at``) are the
+host's clock."""
 
 from __future__ import annotations
 
