@@ -72,6 +72,8 @@ async def test_turns_follow_the_runner_holding_the_session(st: Store) -> None:
     other, _ = await st.jobs.create(JobCreate(prompt="x", provider="claude"))
     # b may take other work, not the turn a's session waits for.
     assert [lease.job.id for lease in await st.jobs.lease(b, 4, ttl=30)] == [other.id]
+    why = await st.jobs.waiting(await st.jobs.get(second.id))
+    assert why is not None and why.startswith("session affinity: waiting for runner 'a'")
     (lease,) = await st.jobs.lease(a, 4, ttl=30)
     assert lease.job.id == second.id and lease.session.handle == "claude:conv-1"
     events = await st.events.list(session_id)

@@ -979,6 +979,18 @@ class Jobs:
                     return f"repo cap: {n}/{caps.repo} jobs active in {job.repo}"
             if caps.total is not None and sum(active.values()) >= caps.total:
                 return f"global cap: {sum(active.values())}/{caps.total} jobs active"
+            if job.provider in caps.local:
+                host = conn.execute(
+                    sa.select(sessions.c.host)
+                    .join(runners, runners.c.name == sessions.c.host)
+                    .where(sessions.c.id == job.session_id, runners.c.status == "active")
+                    .limit(1)
+                ).scalar_one_or_none()
+                if host is not None:
+                    return (
+                        f"session affinity: waiting for runner {host!r}, which holds the "
+                        "session's workspace and conversation"
+                    )
             serving = [
                 r
                 for r in conn.execute(
