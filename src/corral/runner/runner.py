@@ -109,10 +109,9 @@ class Runner:
                 )
                 await self._lease_loop(http)
             finally:
+                # Agent daemons and jobs stop side by side.
                 if hosting is not None:
                     hosting.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await hosting
                 self._stopping = True
                 tasks = list(self._jobs.values())
                 for executor in list(self._executors.values()):
@@ -124,6 +123,10 @@ class Runner:
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
+                if hosting is not None:
+                    (ended,) = await asyncio.gather(hosting, return_exceptions=True)
+                    if isinstance(ended, Exception):
+                        log.error("agent host failed: %r", ended)
 
     async def _register(self, http: httpx.AsyncClient) -> None:
         body = {
