@@ -267,7 +267,9 @@ class AgentReport(BaseModel):
     states: dict[str, AgentState] = Field(default_factory=dict, max_length=10_000)
     changes: list[StatusChange] = Field(default_factory=list, max_length=10_000)
     lines: list[LogLine] = Field(default_factory=list, max_length=5_000)
-    messages: dict[str, dict[int, Annotated[int, Field(ge=0)]]] = Field(default_factory=dict)
+    messages: dict[
+        str, Annotated[dict[int, Annotated[int, Field(ge=0)]], Field(max_length=24 * 60)]
+    ] = Field(default_factory=dict, max_length=10_000, description="Per agent: minute -> count.")
     release: bool = Field(False, description="The runner is stopping: free its agents.")
 
 
