@@ -15,6 +15,8 @@ from cases import Result, cpu_seconds, pct
 
 from corral.testing import start_server
 
+FLOOD_LINES = 100_000
+FLOOD = f"import time\nfor i in range({FLOOD_LINES}): print(i)\ntime.sleep(3600)\n"
 TICKER = (
     "import time\nwhile True:\n    print(repr(time.time()), flush=True)\n    time.sleep(0.02)\n"
 )
@@ -35,7 +37,10 @@ async def agents_figures(root: Path, lines: int) -> list[Result]:
     agents = {"ticker": [sys.executable, "-u", "-c", TICKER]}
     agents.update({f"idle{i:02d}": ["sleep", "3600"] for i in range(50)})
     config = root / "i.toml"
-    config.write_text(_toml(agents))
+    flood = "[agents.flood]\nautostart = false\ncommand = " + json.dumps(
+        [sys.executable, "-c", FLOOD]
+    )
+    config.write_text(_toml(agents) + "\n" + flood + "\n")
     srv = await asyncio.to_thread(
         start_server,
         root / "i",
@@ -73,6 +78,17 @@ async def agents_figures(root: Path, lines: int) -> list[Result]:
                 resp.raise_for_status()
                 restarts.append(time.monotonic() - started)
             restarts.sort()
+            # A daemon printing 100,000 lines at once: until the last is stored.
+            cpu0 = cpu_seconds(srv.proc.pid)
+            flood_started = time.monotonic()
+            (await http.post("/agents/flood/start")).raise_for_status()
+            while time.monotonic() - flood_started < 120:
+                tail = (await http.get("/agents/flood/logs", params={"n": 1})).json()
+                if tail and tail[-1]["offset"] >= FLOOD_LINES:
+                    break
+                await asyncio.sleep(0.02)
+            flood_seconds = time.monotonic() - flood_started
+            flood_cpu = cpu_seconds(srv.proc.pid) - cpu0
     finally:
         await asyncio.to_thread(srv.stop)
     return [
@@ -108,5 +124,11 @@ async def agents_figures(root: Path, lines: int) -> list[Result]:
             round(pct(restarts, 99) * 1000, 1),
             "ms",
             samples=len(restarts),
+        ),
+        Result(
+            "(i) 100,000 log lines at once → all stored",
+            round(flood_seconds, 2),
+            "s",
+            note=f"server CPU {flood_cpu:.2f} s (start included)",
         ),
     ]
