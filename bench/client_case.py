@@ -33,7 +33,7 @@ async def run_round_trip(root: Path, samples: int) -> list[Result]:
             for polling in (False, True):
                 await asyncio.to_thread(_runs, client, 5, polling)  # warm up
                 lat = sorted(await asyncio.to_thread(_runs, client, samples, polling))
-                how = "polling (0.5 s, backing off)" if polling else "webhook"
+                how = "polling (0.05 s, ×1.5 up to 5 s)" if polling else "webhook"
                 for p in (50, 99):
                     rows.append(
                         Result(

@@ -226,7 +226,7 @@ class Client:
         *,
         timeout: float | None = None,
         polling: bool = False,
-        poll_interval: float = 0.5,
+        poll_interval: float = 0.05,
         push_grace: float = 5.0,
         cancel_on_timeout: bool = False,
         receiver_host: str = "127.0.0.1",
@@ -237,8 +237,9 @@ class Client:
 
         Push first: a receiver on a free port of ``receiver_host`` (advertised
         as ``advertise_host``, e.g. this host's name as the server sees it) is
-        the job's webhook, with a fresh secret. Polling (every
-        ``poll_interval`` seconds, backing off to 5 s) when the receiver
+        the job's webhook, with a fresh secret. Polling (first after
+        ``poll_interval`` seconds, then 1.5 times longer each time up to 5 s:
+        a short job is seen soon, a long one costs few requests) when the receiver
         cannot bind, when ``polling=True``, or when nothing is delivered within
         ``push_grace`` seconds. On ``timeout`` raises RunTimeout; the job goes
         on unless ``cancel_on_timeout``."""
@@ -680,7 +681,7 @@ class AsyncClient:
         *,
         timeout: float | None = None,
         polling: bool = False,
-        poll_interval: float = 0.5,
+        poll_interval: float = 0.05,
         push_grace: float = 5.0,
         cancel_on_timeout: bool = False,
         receiver_host: str = "127.0.0.1",
