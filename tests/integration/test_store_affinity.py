@@ -117,3 +117,19 @@ async def test_an_undelivered_lease_goes_back_with_nothing_spent(st: Store) -> N
     assert await st.jobs.unlease([job.id], a) == []  # already back: nothing to do
     (again,) = await st.jobs.lease(b, 1, ttl=30)  # b may take it at once
     assert again.job.id == job.id and again.job.attempt == 1
+
+
+async def test_a_holder_that_no_longer_serves_the_provider_lets_go(st: Store) -> None:
+    a, b = await _runner(st, "a"), await _runner(st, "b")
+    await st.jobs.create(JobCreate(prompt="1", provider="claude"))
+    session_id = await _finish(st, a, handle="claude:conv-1")
+    # a comes back without claude (reconfigured); it is alive, but cannot run the turn.
+    await st.runners.register(
+        name="a", key_id="k", hostname=None, providers=["shell"], labels=[], slots=4
+    )
+    turn, _ = await st.jobs.create(JobCreate(prompt="2", provider="claude", session_id=session_id))
+    assert await st.jobs.waiting(await st.jobs.get(turn.id)) == "waiting for a free runner slot"
+    (lease,) = await st.jobs.lease(b, 4, ttl=30)
+    assert lease.job.id == turn.id and lease.session.handle is None
+    moved = [e for e in await st.events.list(session_id) if e.type == "session.moved"]
+    assert [(e.payload["from"], e.payload["to"]) for e in moved] == [("a", "b")]

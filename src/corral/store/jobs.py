@@ -93,6 +93,9 @@ class RetryPolicy:
     fallbacks: Mapping[str, str] = field(default_factory=dict)
 
 
+SEP = "\x1f"  # between a provider and a runner name in the session-affinity filter
+
+
 def _candidates() -> sa.Select[Any]:
     """Queued jobs a runner may take, most urgent first. The turn lock: no
     other turn of the session is active, and no earlier one still waits.
@@ -107,12 +110,15 @@ def _candidates() -> sa.Select[Any]:
             jobs.c.available_at <= sa.bindparam("now"),
             jobs.c.provider.in_(sa.bindparam("providers", expanding=True)),
             sa.or_(jobs.c.repo.is_(None), jobs.c.repo.not_in(sa.bindparam("full", expanding=True))),
-            # Session affinity: not a turn whose session another live runner holds.
+            # Session affinity: not a turn whose session another live runner
+            # holds, if that runner serves the turn's provider.
             sa.or_(
                 jobs.c.provider.not_in(sa.bindparam("local", expanding=True)),
                 ~sa.exists().where(
                     sessions.c.id == jobs.c.session_id,
-                    sessions.c.host.in_(sa.bindparam("others", expanding=True)),
+                    (jobs.c.provider + SEP + sessions.c.host).in_(
+                        sa.bindparam("holders", expanding=True)
+                    ),
                 ),
             ),
             ~sa.exists().where(
@@ -681,18 +687,17 @@ class Jobs:
                 if caps.repo is not None:
                     by_repo = {str(r): int(n) for r, n in conn.execute(_ACTIVE_BY_REPO)}
             paused = paused_providers(conn, now)
-            others: builtins.list[str] = []
+            holders: builtins.list[str] = []  # provider SEP runner, of the other live runners
             if caps.local:
                 alive_after = now - timedelta(seconds=ttl)
-                others = list(
-                    conn.execute(
-                        sa.select(runners.c.name).where(
-                            runners.c.status == "active",
-                            runners.c.last_seen_at >= alive_after,
-                            runners.c.name != runner.name,
-                        )
-                    ).scalars()
-                )
+                for name, served in conn.execute(
+                    sa.select(runners.c.name, runners.c.providers).where(
+                        runners.c.status == "active",
+                        runners.c.last_seen_at >= alive_after,
+                        runners.c.name != runner.name,
+                    )
+                ):
+                    holders += [f"{p}{SEP}{name}" for p in served if p in caps.local]
             eligible = [
                 p
                 for p in runner.providers
@@ -711,7 +716,7 @@ class Jobs:
                     "room": room - len(leased),
                     "full": full,
                     "local": sorted(caps.local),
-                    "others": others,
+                    "holders": holders,
                 }
                 rows = conn.execute(stmt, params).all()
                 filled = False
@@ -980,12 +985,18 @@ class Jobs:
             if caps.total is not None and sum(active.values()) >= caps.total:
                 return f"global cap: {sum(active.values())}/{caps.total} jobs active"
             if job.provider in caps.local:
-                host = conn.execute(
-                    sa.select(sessions.c.host)
-                    .join(runners, runners.c.name == sessions.c.host)
-                    .where(sessions.c.id == job.session_id, runners.c.status == "active")
-                    .limit(1)
-                ).scalar_one_or_none()
+                host = next(
+                    (
+                        name
+                        for name, served in conn.execute(
+                            sa.select(runners.c.name, runners.c.providers)
+                            .join(sessions, runners.c.name == sessions.c.host)
+                            .where(sessions.c.id == job.session_id, runners.c.status == "active")
+                        )
+                        if job.provider in served
+                    ),
+                    None,
+                )
                 if host is not None:
                     return (
                         f"session affinity: waiting for runner {host!r}, which holds the "
