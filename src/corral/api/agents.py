@@ -48,10 +48,6 @@ RESTART_WAIT = 30.0
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 
-def _view(rec: AgentRecord) -> dict[str, Any]:
-    return rec.view()
-
-
 def _config(rec: AgentRecord) -> dict[str, Any]:
     data = dict(rec.config)
     data["env"] = dict.fromkeys(data.get("env", {}), "********")  # values may be secrets
@@ -62,14 +58,14 @@ def _config(rec: AgentRecord) -> dict[str, Any]:
 async def list_agents(svc: Svc, who: Reader) -> list[dict[str, Any]]:
     """Every configured agent: status, pid, uptime, restarts, last exit code,
     runner, whether its runner is connected, messages handled in 24 h."""
-    return [_view(r) for r in await svc.store.agents.list()]
+    return [r.view() for r in await svc.store.agents.list()]
 
 
 @router.get("/agents/{name}")
 async def get_agent(name: str, svc: Svc, who: Reader) -> dict[str, Any]:
     """One agent: status, its configuration (env values masked), last 200 lines."""
     rec = await svc.store.agents.get(name)
-    return {**_view(rec), "config": _config(rec), "logs": await svc.store.agents.lines(name, 200)}
+    return {**rec.view(), "config": _config(rec), "logs": await svc.store.agents.lines(name, 200)}
 
 
 @router.post("/agents/reload")
@@ -103,8 +99,8 @@ async def _act(
 def _answer(rec: AgentRecord) -> Any:
     """200 once applied; 202 while the host has not applied it (yet)."""
     if rec.applied_seq < rec.seq:
-        return JSONResponse(_view(rec), status_code=202)
-    return _view(rec)
+        return JSONResponse(rec.view(), status_code=202)
+    return rec.view()
 
 
 @router.post(
@@ -140,7 +136,7 @@ async def restart_agent(name: str, svc: Svc, who: Writer) -> dict[str, Any]:
         raise Conflict(f"agent {name}: {where} is not connected; it restarts when it connects")
     if rec.applied_seq < rec.seq or rec.status != "running":
         raise Conflict(f"agent {name} is {rec.status}: {rec.message or 'not running'}")
-    return _view(rec)
+    return rec.view()
 
 
 @router.get("/agents/{name}/logs")

@@ -79,13 +79,13 @@ class AgentRecord:
 
     def view(self, now: float | None = None) -> dict[str, Any]:
         now = now or time.time()
-        running = self.status == "running" and self.started_at is not None
+        up = self.started_at if self.status == "running" else None
         return {
             "id": self.name,
             "name": self.name,
             "status": self.status,
             "pid": self.pid,
-            "uptime": round(now - self.started_at, 3) if running and self.started_at else None,
+            "uptime": None if up is None else round(now - up, 3),
             "restarts": self.restarts,
             "last_exit_code": self.last_exit_code,
             "runner": self.runner,

@@ -304,21 +304,30 @@ def lose(
     """The runner holding ``row`` is gone: bump the epoch so its writes are
     refused, then re-queue the job (same attempt) or, with the infrastructure
     retry budget spent, fail it."""
+    return _infra(
+        tx,
+        _fence(tx, row),
+        now=now,
+        values={"error": error, "reason": reason},
+        budget=max_infra_retries,
+    )
+
+
+def _fence(tx: Tx, row: Row) -> Row:
+    """Bump the session's epoch and the job's with it: writes carrying the
+    old one (its runner's) are refused from now on."""
     epoch = tx.conn.execute(
         sa.update(sessions)
         .where(sessions.c.id == row.session_id)
         .values(epoch=sessions.c.epoch + 1)
         .returning(sessions.c.epoch)
     ).scalar_one()
-    bumped = tx.conn.execute(
+    return tx.conn.execute(
         sa.update(jobs)
         .where(jobs.c.id == row.id, jobs.c.epoch == row.epoch)
         .values(epoch=epoch)
         .returning(*jobs.c)
     ).one()
-    return _infra(
-        tx, bumped, now=now, values={"error": error, "reason": reason}, budget=max_infra_retries
-    )
 
 
 def _infra(tx: Tx, row: Row, *, now: datetime, values: dict[str, Any], budget: int) -> Job:
@@ -880,24 +889,13 @@ class Jobs:
                 row = _locked(tx, job_id)
                 if row.state != JobState.ASSIGNED.value or row.runner_id != runner.id:
                     continue
-                epoch = tx.conn.execute(
-                    sa.update(sessions)
-                    .where(sessions.c.id == row.session_id)
-                    .values(epoch=sessions.c.epoch + 1)
-                    .returning(sessions.c.epoch)
-                ).scalar_one()
+                bumped = _fence(tx, row)
                 if row.turn == 1:
                     tx.conn.execute(
                         sa.update(sessions)
                         .where(sessions.c.id == row.session_id, sessions.c.host == runner.name)
                         .values(host=None)
                     )
-                bumped = tx.conn.execute(
-                    sa.update(jobs)
-                    .where(jobs.c.id == row.id, jobs.c.epoch == row.epoch)
-                    .values(epoch=epoch)
-                    .returning(*jobs.c)
-                ).one()
                 error = f"runner {runner.name!r} went away before it received the job"
                 values = {"available_at": now, "attempt": row.attempt, "error": error}
                 values["reason"] = "lease_undelivered"
