@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from corral.api.app import create_app
 from corral.cli import app as cli_app
 from corral.config import RunnerSettings, Settings, load_settings
@@ -53,3 +55,19 @@ def test_every_provider_setting_is_documented() -> None:
 
     for name in ProviderSettings.model_fields:
         assert f"`{name}`" in README, name
+
+
+DOCS = Path(__file__).parents[2] / "docs"
+
+
+def test_generated_reference_pages_are_current(capsys: pytest.CaptureFixture[str]) -> None:
+    """The reference pages are generated from the code (settings models, the
+    typer app, the routes); regenerate with `cog -r -I docs docs/reference/*.md`."""
+    from cogapp import Cog
+
+    pages = sorted(str(p) for p in (DOCS / "reference").glob("*.md"))
+    assert pages
+    status = Cog().main(["cog", "--check", "--diff", "-I", str(DOCS), *pages])
+    assert status == 0, (
+        "stale docs: run `cog -r -I docs docs/reference/*.md`\n" + capsys.readouterr().out
+    )

@@ -90,16 +90,26 @@ async def principal(request: Request, svc: Svc) -> Principal:
     return await svc.authenticate(_bearer(request))
 
 
+# The least role that holds each permission: the docs' HTTP reference reads the
+# `corral_role` of a route's dependencies, so the table cannot drift from the code.
+_ROLE_OF = {"read": "viewer", "write": "operator", "admin": "admin", "run": "runner"}
+
+
 def require(permission: str) -> object:
     async def check(p: Annotated[Principal, Depends(principal)]) -> Principal:
         p.require(permission)
         return p
 
+    check.corral_role = _ROLE_OF[permission]  # type: ignore[attr-defined]
     return Depends(check)
 
 
 async def worker(request: Request, svc: Svc) -> WorkerClaims:
     return auth.verify_worker_token(_bearer(request), svc.jwt_secret)
+
+
+principal.corral_role = "any key"  # type: ignore[attr-defined]
+worker.corral_role = "worker JWT"  # type: ignore[attr-defined]
 
 
 Reader = Annotated[Principal, require("read")]
