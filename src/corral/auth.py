@@ -14,8 +14,6 @@ import time
 from dataclasses import dataclass
 from enum import StrEnum
 
-import jwt
-
 from corral.errors import Forbidden, Unauthorized
 
 
@@ -92,10 +90,14 @@ def issue_worker_token(claims: WorkerClaims, secret: str, ttl: float) -> str:
         "exp": now + int(ttl),
         "typ": "corral-worker-v1",
     }
+    import jwt  # not at import: the CLI imports this module for Role
+
     return jwt.encode(payload, secret, algorithm="HS256")
 
 
 def verify_worker_token(token: str, secret: str) -> WorkerClaims:
+    import jwt
+
     try:
         data = jwt.decode(
             token,

@@ -30,7 +30,7 @@ from corral.errors import CorralError
 app = typer.Typer(
     help="corral: a control plane for fleets of AI coding agents.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 _verbose = False
@@ -74,7 +74,7 @@ app.add_typer(config_app, name="config")
 
 def main() -> None:
     try:
-        app()
+        app(prog_name="corral")
     except CorralError as exc:
         if _verbose:
             traceback.print_exc()

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from corral.cli.common import ConfigOpt, DataDirOpt, JsonOpt, console, dump, settings
-from corral.config import masked
 
 
 def migrate(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
     """Apply database migrations (also done at every start)."""
+    import asyncio
+
     s = settings(config, data_dir)
 
     async def go() -> str | None:
@@ -23,6 +22,8 @@ def migrate(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
         finally:
             await store.close()
 
+    from corral.config import masked
+
     revision = asyncio.run(go())
     console.print(f"Database at revision {revision} ({masked(s)['database_url']}).")
 
@@ -31,6 +32,8 @@ def config_show(
     config: ConfigOpt = None, data_dir: DataDirOpt = None, as_json: JsonOpt = False
 ) -> None:
     """Print the effective configuration, secrets masked."""
+    from corral.config import masked
+
     data = masked(settings(config, data_dir))
     if as_json:
         dump(data)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from corral.cli.common import JsonOpt, ServerOpt, TokenOpt, client, console, dump
 
@@ -45,6 +44,8 @@ def ls(server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = Fals
     if not rows:
         console.print("no agents: add [agents.NAME] tables to corral.toml")
         return
+    from rich.table import Table
+
     table = Table(
         "agent", "status", "pid", "uptime", "restarts", "last exit", "runner", "msgs/24h", box=None
     )

@@ -1,4 +1,8 @@
-"""Options and output helpers shared by the CLI's command groups."""
+"""Options and output helpers shared by the CLI's command groups.
+
+Every `corral` command imports the CLI modules, so they import only typer
+and the standard library at start; the client, settings, models and rich
+load when a command uses them (`corral --version` stays fast)."""
 
 from __future__ import annotations
 
@@ -6,18 +10,34 @@ import json
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
-from pydantic import BaseModel
-from rich.console import Console
 
-from corral.client import Client
-from corral.config import Settings, load_settings
-from corral.models import Event
+if TYPE_CHECKING:
+    from rich.console import Console
 
-console = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+    from corral.client import Client
+    from corral.config import Settings
+
+
+class _LazyConsole:
+    """A rich Console made on first use."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._console: Console | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._options)
+        return getattr(self._console, name)
+
+
+console = cast("Console", _LazyConsole(highlight=False, soft_wrap=True))
+err = cast("Console", _LazyConsole(stderr=True, highlight=False, soft_wrap=True))
 
 ServerOpt = Annotated[
     str | None,
@@ -42,15 +62,22 @@ DataDirOpt = Annotated[
 
 
 def settings(config: Path | None = None, data_dir: Path | None = None) -> Settings:
+    from corral.config import load_settings
+
     return load_settings(config, data_dir=data_dir)
 
 
 def client(server: str | None, token: str | None) -> Client:
+    from corral.client import Client
+
     return Client(server, token)
 
 
 def dump(data: Any) -> None:
     """Print ``data`` as JSON on stdout."""
+    from pydantic import BaseModel
+
+    from corral.models import Event
 
     def plain(item: Any) -> Any:
         if isinstance(item, BaseModel):

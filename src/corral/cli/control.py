@@ -8,7 +8,6 @@ from typing import Annotated
 
 import typer
 
-from corral import queue_file
 from corral.cli.common import JsonOpt, ServerOpt, TokenOpt, client, console, dump
 from corral.errors import BadRequest
 
@@ -28,6 +27,8 @@ def route(
             text = Path(file).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise BadRequest(f"cannot read {file}: {exc}") from exc
+    from corral import queue_file
+
     spec = queue_file.parse(text, source_ref=file)
     with client(server, token) as c:
         decision = c.route(**spec.model_dump(exclude_none=True, exclude={"source_ref"}))

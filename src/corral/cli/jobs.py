@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from corral.cli.common import (
     JsonOpt,
@@ -46,6 +45,8 @@ def ls(
     if not jobs:
         console.print("No jobs. Submit one: corral submit 'echo hello' --wait")
         return
+    from rich.table import Table
+
     table = Table(box=None)
     table.add_column("ID", no_wrap=True)
     for name in ("STATE", "PROVIDER", "ATTEMPT", "CREATED"):

@@ -3,18 +3,16 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
 from corral.auth import Role
 from corral.cli.common import ConfigOpt, DataDirOpt, JsonOpt, console, dump, err, settings, when
-from corral.models import ApiKey
 
 if TYPE_CHECKING:
+    from corral.models import ApiKey
     from corral.store import Store
 
 
@@ -36,6 +34,7 @@ def create(
     as_json: JsonOpt = False,
 ) -> None:
     """Create a key; it is printed once and stored only as a hash."""
+    import asyncio
 
     async def go() -> tuple[ApiKey, str]:
         store = await _open(config, data_dir)
@@ -57,6 +56,7 @@ def create(
 @app.command("ls")
 def ls(config: ConfigOpt = None, data_dir: DataDirOpt = None, as_json: JsonOpt = False) -> None:
     """List keys (never their secrets)."""
+    import asyncio
 
     async def go() -> list[ApiKey]:
         store = await _open(config, data_dir)
@@ -69,6 +69,8 @@ def ls(config: ConfigOpt = None, data_dir: DataDirOpt = None, as_json: JsonOpt =
     if as_json:
         dump(keys)
         return
+    from rich.table import Table
+
     table = Table("ID", "ROLE", "NAME", "CREATED", "REVOKED", box=None)
     for k in keys:
         table.add_row(k.id, k.role, k.name, when(k.created_at), when(k.revoked_at))
@@ -78,6 +80,7 @@ def ls(config: ConfigOpt = None, data_dir: DataDirOpt = None, as_json: JsonOpt =
 @app.command()
 def revoke(key_id: str, config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
     """Revoke a key (servers stop accepting it within 5 seconds)."""
+    import asyncio
 
     async def go() -> ApiKey:
         store = await _open(config, data_dir)

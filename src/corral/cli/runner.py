@@ -3,18 +3,19 @@ the agent daemons configured for its name."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import signal
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from corral.cli import logs
 from corral.cli.common import ConfigOpt, DataDirOpt, err, settings
 from corral.errors import ConfigError
-from corral.runner import Runner
+
+if TYPE_CHECKING:
+    from corral.runner import Runner
 
 
 def runner(
@@ -43,11 +44,15 @@ def runner(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Run jobs (and host agent daemons) for the server at --server (protocol v1 over HTTP)."""
+    import asyncio
+
     if not server.startswith(("http://", "https://")):
         raise ConfigError(f"--server must be an http(s) URL, not {server!r}")
     s = settings(config, data_dir)
     logs.setup(s.log_level, s.log_format)
     providers = provider or s.runner.providers
+    from corral.runner import Runner
+
     r = Runner(
         server,
         token,
@@ -68,6 +73,8 @@ def runner(
 async def _run_until_signalled(r: Runner) -> None:
     """Run until SIGTERM or SIGINT, then stop: cancelling ``r.run()`` stops the
     process trees of running jobs instead of leaving them orphaned."""
+    import asyncio
+
     task = asyncio.current_task()
     assert task is not None
     loop = asyncio.get_running_loop()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import gc
 import hashlib
@@ -16,13 +15,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from corral.auth import Role
 from corral.cli import logs
 from corral.cli.common import ConfigOpt, DataDirOpt, err
-from corral.config import Settings, load_settings
 from corral.errors import ConfigError
 
 if TYPE_CHECKING:
+    import asyncio
+
+    from corral.auth import Role
+    from corral.config import Settings
     from corral.store import Store
 
 log = logging.getLogger(__name__)
@@ -64,9 +65,12 @@ async def local_key(store: Store, path: Path, *, name: str, role: Role) -> str:
 
 async def run(settings: Settings) -> None:
     # The server stack loads here, not when any `corral` command starts.
+    import asyncio
+
     import uvicorn
 
     from corral.api.app import create_app, open_store
+    from corral.auth import Role
     from corral.runner import Runner
     from corral.store.agents import EMBEDDED, EMBEDDED_KEY
 
@@ -208,11 +212,15 @@ def serve(
         "data_dir": data_dir,
         "log_format": log_format,
     }
+    from corral.config import load_settings
+
     settings = load_settings(config, **overrides)
     if no_runner:
         settings.runner.embedded = False
     if no_queue:
         settings.queue_enabled = False
+    import asyncio
+
     logs.setup(settings.log_level, settings.log_format)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run(settings))

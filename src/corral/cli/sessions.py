@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from corral.cli.common import JsonOpt, ServerOpt, TokenOpt, client, console, dump, state, when
-from corral.models import Event
+
+if TYPE_CHECKING:
+    from corral.models import Event
 
 app = typer.Typer(
     help="Inspect sessions (conversations whose turns are jobs).", no_args_is_help=True

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from corral.cli.common import JsonOpt, ServerOpt, TokenOpt, client, console, dump, err, state
-from corral.client import Client
 from corral.errors import BadRequest
 from corral.jobs import JobState
-from corral.models import is_repo_ref
+
+if TYPE_CHECKING:
+    from corral.client import Client
 
 WaitOpt = Annotated[bool, typer.Option("--wait", "-w", help="Follow the output until it ends.")]
 
@@ -130,6 +131,8 @@ def submit(
     as_json: JsonOpt = False,
 ) -> None:
     """Submit a job (shell by default); with --wait, print its output live."""
+    from corral.models import is_repo_ref
+
     if repo is not None and not is_repo_ref(repo):
         repo = str(Path(repo).expanduser().resolve())
     fields = {

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from corral.cli.common import JsonOpt, ServerOpt, TokenOpt, client, console, dump
 
@@ -32,6 +31,8 @@ def ls(
     if not rows:
         console.print("no deliveries")
         return
+    from rich.table import Table
+
     table = Table("delivery", "job", "event", "state", "tries", "last", "url", box=None)
     for r in rows:
         last = str(r["last_status"] or r["last_error"] or "-")[:40]

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
 from corral.cli.common import (
     ConfigOpt,
@@ -22,7 +21,9 @@ from corral.cli.common import (
     settings,
 )
 from corral.errors import BadRequest, NotFound
-from corral.runner.workspace import Workspace, WorkspaceError, Workspaces
+
+if TYPE_CHECKING:
+    from corral.runner.workspace import Workspace
 
 app = typer.Typer(
     help="Workspaces (git worktrees and directories) of this host.", no_args_is_help=True
@@ -61,6 +62,8 @@ def _row(ws: Workspace, now: float) -> dict[str, object]:
 @app.command("ls")
 def ls(config: ConfigOpt = None, data_dir: DataDirOpt = None, as_json: JsonOpt = False) -> None:
     """List the workspaces under the data dir."""
+    from corral.runner.workspace import Workspaces
+
     spaces = Workspaces(settings(config, data_dir).data_dir)
     now = time.time()
     rows = [_row(ws, now) for ws in spaces.all()]
@@ -70,6 +73,8 @@ def ls(config: ConfigOpt = None, data_dir: DataDirOpt = None, as_json: JsonOpt =
     if not rows:
         console.print("no workspaces")
         return
+    from rich.table import Table
+
     table = Table("session", "kind", "idle", "branch", "path", box=None, pad_edge=False)
     for r in rows:
         table.add_row(
@@ -101,6 +106,8 @@ def gc(
 
     A session with a queued or running turn is kept; only what corral made is
     removed (never the repository's own checkout, never a branch it did not make)."""
+    from corral.runner.workspace import WorkspaceError, Workspaces
+
     s = settings(config, data_dir)
     limit = parse_age(older_than) if older_than is not None else s.workspace_gc_age
     spaces = Workspaces(s.data_dir)
