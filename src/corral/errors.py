@@ -93,6 +93,16 @@ class InvalidTransition(Conflict):
     code = "invalid_transition"
 
 
+class AmbiguousId(Conflict):
+    """That id prefix matches more than one; give more characters."""
+
+    code = "ambiguous_id"
+
+    def __init__(self, message: str | None = None, candidates: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.candidates = candidates or []
+
+
 class StaleEpoch(Conflict):
     """This worker no longer owns the job (stale epoch); stop working on it."""
 

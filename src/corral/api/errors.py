@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from corral.errors import CorralError
+from corral.errors import AmbiguousId, CorralError
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,8 @@ def install(app: FastAPI) -> None:
     async def _corral(_: Request, exc: CorralError) -> JSONResponse:
         if exc.status >= 500:
             log.error("request failed: %s", exc.message)
+        if isinstance(exc, AmbiguousId):
+            return error_response(exc.status, exc.code, exc.message, candidates=exc.candidates)
         return error_response(exc.status, exc.code, exc.message)
 
     @app.exception_handler(RequestValidationError)

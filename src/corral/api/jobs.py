@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 
 from corral.api import stream
 from corral.api.deps import Reader, Svc, Writer, principal
+from corral.api.ids import JobId, SessionFilter
 from corral.api.schemas import EventPage, JobAccepted, JobPage, RouteDecision
 from corral.auth import Principal, Role
 from corral.errors import BadRequest, Forbidden
@@ -62,8 +63,8 @@ async def route(spec: JobCreate, svc: Svc, who: Reader) -> RouteDecision:
 async def list_jobs(
     svc: Svc,
     who: Reader,
+    session_id: SessionFilter,
     state: Annotated[list[str], Query()] = [],  # noqa: B006 - FastAPI query default
-    session_id: str | None = None,
     provider: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     before: str | None = None,
@@ -79,7 +80,7 @@ async def list_jobs(
 
 
 @router.get("/jobs/{job_id}", response_model=Job)
-async def get_job(job_id: str, svc: Svc, who: Annotated[Principal, Depends(principal)]) -> Job:
+async def get_job(svc: Svc, who: Annotated[Principal, Depends(principal)], job_id: JobId) -> Job:
     job = await _readable(svc, await svc.store.jobs.get(job_id), who)
     if job.state is JobState.QUEUED:
         job = job.model_copy(update={"waiting": await svc.store.jobs.waiting(job)})
@@ -87,21 +88,21 @@ async def get_job(job_id: str, svc: Svc, who: Annotated[Principal, Depends(princ
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=Job)
-async def cancel_job(job_id: str, svc: Svc, who: Writer) -> Job:
+async def cancel_job(svc: Svc, who: Writer, job_id: JobId) -> Job:
     return await svc.store.jobs.cancel(job_id, by=who.name)
 
 
 @router.post("/jobs/{job_id}/retry", response_model=Job)
-async def retry_job(job_id: str, svc: Svc, who: Writer) -> Job:
+async def retry_job(svc: Svc, who: Writer, job_id: JobId) -> Job:
     return await svc.store.jobs.retry(job_id)
 
 
 @router.get("/jobs/{job_id}/events", response_model=EventPage)
 async def job_events(
-    job_id: str,
     request: Request,
     svc: Svc,
     who: Reader,
+    job_id: JobId,
     since: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
     internal: bool = False,
@@ -134,13 +135,13 @@ ArtifactName = Annotated[
 
 
 @router.get("/jobs/{job_id}/artifacts", response_model=list[Artifact])
-async def list_artifacts(job_id: str, svc: Svc, who: Reader) -> list[Artifact]:
+async def list_artifacts(svc: Svc, who: Reader, job_id: JobId) -> list[Artifact]:
     """What the job left: diff.patch and changes.json for a worktree job."""
     return await svc.store.jobs.artifacts(job_id)
 
 
 @router.get("/jobs/{job_id}/artifacts/{name}", response_class=Response)
-async def get_artifact(job_id: str, name: ArtifactName, svc: Svc, who: Reader) -> Response:
+async def get_artifact(svc: Svc, who: Reader, job_id: JobId, name: ArtifactName) -> Response:
     meta, data = await svc.store.jobs.artifact(job_id, name)
     return Response(
         data,

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from corral.api import stream
 from corral.api.deps import Reader, Svc, Writer
+from corral.api.ids import SessionId
 from corral.api.schemas import EventPage, JobAccepted, SessionCreate, SessionDetail, TurnCreate
 from corral.errors import BadRequest
 from corral.models import Session
@@ -21,7 +22,7 @@ async def create_session(body: SessionCreate, svc: Svc, who: Writer) -> Session:
 
 
 @router.get("/sessions/{session_id}", response_model=SessionDetail)
-async def get_session(session_id: str, svc: Svc, who: Reader) -> SessionDetail:
+async def get_session(svc: Svc, who: Reader, session_id: SessionId) -> SessionDetail:
     session = await svc.store.sessions.get(session_id)
     jobs = await svc.store.jobs.list(session_id=session_id, limit=500)
     return SessionDetail(**session.model_dump(), jobs=sorted(jobs, key=lambda j: j.turn))
@@ -29,7 +30,7 @@ async def get_session(session_id: str, svc: Svc, who: Reader) -> SessionDetail:
 
 @router.post("/sessions/{session_id}/turns", status_code=202, response_model=JobAccepted)
 async def add_turn(
-    session_id: str, body: TurnCreate, svc: Svc, who: Writer, response: Response
+    body: TurnCreate, svc: Svc, who: Writer, session_id: SessionId, response: Response
 ) -> JobAccepted:
     if body.session_id not in (None, session_id):
         raise BadRequest("session_id in the body differs from the path")
@@ -42,9 +43,9 @@ async def add_turn(
 
 @router.get("/sessions/{session_id}/events", response_model=EventPage)
 async def session_events(
-    session_id: str,
     svc: Svc,
     who: Reader,
+    session_id: SessionId,
     since: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
     internal: bool = False,
@@ -57,10 +58,10 @@ async def session_events(
 
 @router.get("/sessions/{session_id}/stream")
 async def session_stream(
-    session_id: str,
     request: Request,
     svc: Svc,
     who: Reader,
+    session_id: SessionId,
     since: Annotated[int, Query(ge=0)] = 0,
     internal: bool = False,
 ) -> Response:

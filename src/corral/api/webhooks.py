@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 
 from corral.api.deps import Admin, Reader, Svc, Writer
+from corral.api.ids import JobId
 
 router = APIRouter(tags=["webhooks"])
 
@@ -15,7 +16,7 @@ DeliveryState = Literal["pending", "delivered", "failed"]
 
 
 @router.get("/jobs/{job_id}/deliveries")
-async def job_deliveries(job_id: str, svc: Svc, who: Reader) -> list[dict[str, Any]]:
+async def job_deliveries(svc: Svc, who: Reader, job_id: JobId) -> list[dict[str, Any]]:
     """The job's webhook deliveries, newest first, each with its attempt log."""
     await svc.store.jobs.get(job_id)  # 404 for an unknown job
     return await svc.store.outbox.list(job_id=job_id, attempts=True, limit=1000)

@@ -21,7 +21,7 @@ from corral.cli import (
     webhooks,
     workspaces,
 )
-from corral.cli.common import err
+from corral.cli.common import err, esc
 from corral.cli.runner import runner
 from corral.cli.serve import serve
 from corral.cli.submit import submit, turn
@@ -78,5 +78,5 @@ def main() -> None:
     except CorralError as exc:
         if _verbose:
             traceback.print_exc()
-        err.print(f"[red]error:[/] {exc.message}", markup=True, highlight=False)
+        err.print(f"[red]error:[/] {esc(exc.message)}", markup=True, highlight=False)
         sys.exit(1)

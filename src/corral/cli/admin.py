@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from corral.cli.common import ConfigOpt, DataDirOpt, JsonOpt, console, dump, settings
+from corral.cli.common import ConfigOpt, DataDirOpt, JsonOpt, console, dump, esc, settings
 
 
 def migrate(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
@@ -25,7 +25,7 @@ def migrate(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
     from corral.config import masked
 
     revision = asyncio.run(go())
-    console.print(f"Database at revision {revision} ({masked(s)['database_url']}).")
+    console.print(f"Database at revision {revision} ({esc(masked(s)['database_url'])}).")
 
 
 def config_show(

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from corral.cli.common import JsonOpt, ServerOpt, TokenOpt, client, console, dump
+from corral.cli.common import JsonOpt, ServerOpt, TokenOpt, client, console, dump, esc
 
 app = typer.Typer(help="Agent daemons (long-running, supervised).", no_args_is_help=True)
 
@@ -42,7 +42,7 @@ def ls(server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = Fals
         dump(rows)
         return
     if not rows:
-        console.print("no agents: add [agents.NAME] tables to corral.toml")
+        console.print("no agents: add [agents.NAME] tables to corral.toml", markup=False)
         return
     from rich.table import Table
 
@@ -53,13 +53,13 @@ def ls(server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = Fals
         exit_code = r["last_exit_code"]
         where = r["runner"]
         table.add_row(
-            r["name"],
+            esc(r["name"]),
             _status(r["status"]),
             str(r["pid"] or "-"),
             _uptime(r["uptime"]),
             str(r["restarts"]),
             "-" if exit_code is None else str(exit_code),
-            where if r["connected"] else f"[yellow]{where} (not connected)[/]",
+            esc(where) if r["connected"] else f"[yellow]{esc(where)} (not connected)[/]",
             "-" if r["messages_24h"] is None else str(r["messages_24h"]),
         )
     console.print(table)
@@ -75,15 +75,17 @@ def show(
     if as_json:
         dump(data)
         return
-    console.print(f"[bold]{data['name']}[/] {_status(data['status'])}  pid {data['pid'] or '-'}")
+    console.print(
+        f"[bold]{esc(data['name'])}[/] {_status(data['status'])}  pid {data['pid'] or '-'}"
+    )
     console.print(f"command: {' '.join(data['config']['command'])}", markup=False)
     host = data["host"] or "-"
     state = "connected" if data["connected"] else "[yellow]not connected[/]"
-    console.print(f"runner: {data['runner']} (host {host}, {state})")
+    console.print(f"runner: {esc(data['runner'])} (host {esc(host)}, {state})")
     if data.get("pending"):
         console.print("[yellow]an action waits for its runner[/]")
     if data.get("message"):
-        console.print(f"[red]{data['message']}[/]")
+        console.print(f"[red]{esc(data['message'])}[/]")
     for line in data["logs"][-20:]:
         console.print(f"{line['stream']:>6} {line['line']}", markup=False, highlight=False)
 
@@ -91,10 +93,10 @@ def show(
 def _act(name: str, action: str, server: str | None, token: str | None) -> None:
     with client(server, token) as c:
         data = c.agent_action(name, action)
-    console.print(f"{data['name']}: {_status(data['status'])}  pid {data['pid'] or '-'}")
+    console.print(f"{esc(data['name'])}: {_status(data['status'])}  pid {data['pid'] or '-'}")
     if data.get("pending"):
         where = data["host"] or data["runner"]
-        console.print(f"[yellow]recorded: runner {where} applies it when it connects[/]")
+        console.print(f"[yellow]recorded: runner {esc(where)} applies it when it connects[/]")
 
 
 @app.command()
@@ -121,7 +123,7 @@ def reload(server: ServerOpt = None, token: TokenOpt = None) -> None:
     with client(server, token) as c:
         result = c.reload_agents()
     for key in ("added", "removed", "changed"):
-        console.print(f"{key}: {', '.join(result[key]) or '-'}")
+        console.print(f"{key}: {', '.join(result[key]) or '-'}", markup=False)
 
 
 @app.command()

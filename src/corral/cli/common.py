@@ -90,6 +90,14 @@ def dump(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
+def esc(value: object) -> str:
+    """``value`` as text that rich prints as is: user data (an error such as
+    ``[agent] ...``, a title, a path) is never read as markup."""
+    from rich.markup import escape
+
+    return escape(str(value))
+
+
 def when(value: datetime | None) -> str:
     if value is None:
         return "-"

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from corral.cli.common import JsonOpt, ServerOpt, TokenOpt, client, console, dump
+from corral.cli.common import JsonOpt, ServerOpt, TokenOpt, client, console, dump, esc
 from corral.errors import BadRequest
 
 
@@ -35,9 +35,10 @@ def route(
     if as_json:
         dump(decision)
         return
-    model = f" (model {decision['model']})" if decision.get("model") else ""
+    model = f" (model {esc(decision['model'])})" if decision.get("model") else ""
     console.print(
-        f"[bold]{decision['provider']}[/]{model} by rule {decision['rule']}: {decision['reason']}"
+        f"[bold]{esc(decision['provider'])}[/]{model} by rule {decision['rule']}: "
+        f"{esc(decision['reason'])}"
     )
     for line in decision["skipped"]:
         console.print(f"  not rule {line}", markup=False)
@@ -79,9 +80,9 @@ def status(server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = 
         dump(data)
         return
     switch = "[red]PAUSED[/] (corral resume)" if data["paused"] else "[green]running[/]"
-    console.print(f"corral {data['version']} on {data['database']}: {switch}")
+    console.print(f"corral {data['version']} on {esc(data['database'])}: {switch}")
     counts = ", ".join(f"{n} {s}" for s, n in sorted(data["jobs"].items())) or "no jobs"
-    console.print(f"jobs: {counts}")
+    console.print(f"jobs: {counts}", markup=False)
     for p in data.get("providers_paused", []):
         fallback = f"; jobs go to {p['fallback']}" if p.get("fallback") else ""
         console.print(

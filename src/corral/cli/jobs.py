@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -17,6 +17,7 @@ from corral.cli.common import (
     console,
     dump,
     err,
+    esc,
     state,
     when,
 )
@@ -24,7 +25,18 @@ from corral.cli.submit import follow
 from corral.errors import ClientError
 from corral.jobs import JobState
 
+if TYPE_CHECKING:
+    from corral.models import Job
+
 app = typer.Typer(help="Inspect and control jobs.", no_args_is_help=True)
+
+# What a failed run's class means for the job (``failure``).
+FAILURE_MEANING = {
+    "agent": "the agent reported an error; it costs an attempt",
+    "infra": "the infrastructure failed (runner lost, hang guard); not the agent's fault",
+    "quota": "the provider's quota ran out; the provider is paused until it resets",
+    "input": "the job cannot run as given; it is not retried",
+}
 
 
 @app.command("ls")
@@ -43,26 +55,41 @@ def ls(
         dump(jobs)
         return
     if not jobs:
-        console.print("No jobs. Submit one: corral submit 'echo hello' --wait")
+        console.print("No jobs. Submit one: corral submit 'echo hello' --wait", markup=False)
         return
     from rich.table import Table
 
-    table = Table(box=None)
-    table.add_column("ID", no_wrap=True)
-    for name in ("STATE", "PROVIDER", "ATTEMPT", "CREATED"):
-        table.add_column(name, no_wrap=True)
-    table.add_column("TITLE / PROMPT", no_wrap=True, overflow="ellipsis", max_width=50)
-    for j in jobs:
-        text = (j.title or j.prompt or j.command or "").splitlines()[0:1]
-        table.add_row(
-            j.id,
-            state(j.state.value),
-            j.provider,
-            f"{j.attempt}/{j.max_attempts}",
-            when(j.created_at),
-            (text[0] if text else "")[:60],
-        )
+    # The key columns keep their full width; the title or prompt gets what is
+    # left of the line (80 columns when piped) and is cut there.
+    header = ("ID", "STATE", "PROVIDER", "ATTEMPT", "CREATED")
+    rows = [
+        (j.id[:SHORT_ID], j.state.value, j.provider, f"{j.attempt}/{j.max_attempts}", _created(j))
+        for j in jobs
+    ]
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
+    room = max(console.width - sum(widths) - 2 * len(widths), 12)
+    table = Table(box=None, pad_edge=False)
+    for name, width in zip(header, widths, strict=True):
+        table.add_column(name, no_wrap=True, min_width=width)
+    table.add_column("TITLE / PROMPT", no_wrap=True, overflow="ellipsis", max_width=room)
+    for j, row in zip(jobs, rows, strict=True):
+        text = (j.title or j.prompt or j.command or "").strip().splitlines()[0:1]
+        title = text[0] if text else ""
+        if len(title) > room:
+            title = title[: room - 1] + "…"
+        cells = [esc(cell) for cell in row]
+        cells[1] = state(row[1])
+        table.add_row(*cells, esc(title))
     console.print(table)
+
+
+# Ids in tables: as many leading characters as identify a job in practice
+# (every command takes a unique prefix of 4 or more).
+SHORT_ID = 12
+
+
+def _created(job: Job) -> str:
+    return job.created_at.astimezone().strftime("%m-%d %H:%M:%S")
 
 
 @app.command()
@@ -77,45 +104,47 @@ def show(
         dump(job)
         return
     rows = [
-        ("job", job.id),
+        ("job", esc(job.id)),
+        *([("title", esc(job.title))] if job.title else []),
         ("state", state(job.state.value)),
-        ("session", job.session_id),
+        ("session", esc(job.session_id)),
         ("turn", str(job.turn)),
-        ("provider", job.provider + (f" (model {job.model})" if job.model else "")),
+        ("provider", esc(job.provider + (f" (model {job.model})" if job.model else ""))),
         ("attempt", f"{job.attempt} of {job.max_attempts}"),
         ("priority", str(job.priority)),
-        ("source", job.source + (f" ({job.source_ref})" if job.source_ref else "")),
+        ("source", esc(job.source + (f" ({job.source_ref})" if job.source_ref else ""))),
         ("created", when(job.created_at)),
         ("assigned", when(job.assigned_at)),
         ("started", when(job.started_at)),
         ("finished", when(job.finished_at)),
     ]
     if job.waiting:
-        rows.append(("waiting", job.waiting))
+        rows.append(("waiting", esc(job.waiting)))
     if job.route_rule is not None:
-        rows.append(("routed", f"rule {job.route_rule}: {job.route_reason}"))
+        rows.append(("routed", esc(f"rule {job.route_rule}: {job.route_reason}")))
     if job.repo:
-        rows.append(("repo", job.repo + (f" at {job.base}" if job.base else "")))
+        rows.append(("repo", esc(job.repo + (f" at {job.base}" if job.base else ""))))
     if job.cost is not None:
         rows.append(("cost", f"${job.cost:.4f}"))
     if job.usage:
         tokens = ", ".join(f"{k} {v}" for k, v in job.usage.items() if isinstance(v, int))
-        rows.append(("usage", tokens or "-"))
+        rows.append(("usage", esc(tokens or "-")))
     if job.infra_retries:
         rows.append(("re-runs", f"{job.infra_retries} after infrastructure failures"))
     if job.runner_id:
-        rows.append(("runner", job.runner_id))
+        rows.append(("runner", esc(job.runner_id)))
     if job.exit_code is not None:
         rows.append(("exit code", str(job.exit_code)))
     if job.error:
-        why = f" ({job.reason})" if job.reason else ""
+        why = f" ({esc(job.reason)})" if job.reason else ""
         label = "error" if job.state is JobState.FAILED else "last error"
-        kind = f" [{job.failure}]" if job.failure else ""
-        rows.append((label, f"[red]{job.error}[/]{why}{kind}"))
+        rows.append((label, f"[red]{esc(job.error)}[/]{why}"))
+    if job.failure:
+        rows.append(("failure", f"{esc(job.failure)}: {FAILURE_MEANING.get(job.failure, '')}"))
     if job.state is JobState.QUEUED and job.failure in ("infra", "quota"):
         rows.append(("note", "not the agent's fault: it runs again as the same attempt"))
     for a in artifacts:
-        rows.append(("artifact", f"{a['name']}  {a['size']} bytes  ({a['media_type']})"))
+        rows.append(("artifact", esc(f"{a['name']}  {a['size']} bytes  ({a['media_type']})")))
     for key, value in rows:
         console.print(f"[bold]{key:>10}[/]  {value}")
     if job.result:
@@ -138,7 +167,7 @@ def artifact(
         data = c.artifact(job_id, name)
     if output is not None:
         output.write_bytes(data)
-        err.print(f"wrote {len(data)} bytes to {output}")
+        err.print(f"wrote {len(data)} bytes to {output}", markup=False)
     else:
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
@@ -154,12 +183,12 @@ def wait(
 ) -> None:
     """Wait until a job ends; exit 1 unless it is done."""
     with client(server, token) as c:
-        job = c.wait(job_id, timeout=timeout)
+        job = c.wait(c.get(job_id).id, timeout=timeout)  # the whole id of a prefix
     if as_json:
         dump(job)
     else:
         error = f"  {job.error}" if job.error else ""
-        console.print(f"{state(job.state.value)}  job {job.id}{error}")
+        console.print(f"{state(job.state.value)}  job {job.id}{esc(error)}")
     if job.state is not JobState.DONE:
         raise typer.Exit(1)
 
@@ -174,7 +203,7 @@ def cancel(
     if as_json:
         dump(job)
     else:
-        console.print(f"Cancelled job {job.id}. Retry it: corral jobs retry {job.id}")
+        console.print(f"Cancelled job {job.id}. Retry it: corral jobs retry {job.id}", markup=False)
 
 
 @app.command()
@@ -203,9 +232,11 @@ def logs(
 ) -> None:
     """Print a job's output (and with -f, follow it until the job ends)."""
     with client(server, token) as c:
+        if follow_:
+            job_id = c.get(job_id).id  # the stream ends on the whole id's last state
         if follow_ and not as_json:
             with contextlib.suppress(typer.Exit):
-                follow(c, job_id, as_json=False)
+                follow(c, job_id, as_json=False, connect=lambda: client(server, token))
             return
         if follow_:
             for event in c.job_events(job_id):

@@ -9,7 +9,17 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from corral.auth import Role
-from corral.cli.common import ConfigOpt, DataDirOpt, JsonOpt, console, dump, err, settings, when
+from corral.cli.common import (
+    ConfigOpt,
+    DataDirOpt,
+    JsonOpt,
+    console,
+    dump,
+    err,
+    esc,
+    settings,
+    when,
+)
 
 if TYPE_CHECKING:
     from corral.models import ApiKey
@@ -49,7 +59,9 @@ def create(
         return
     console.print(secret, markup=False)
     err.print(
-        f"Created {key.role} key {key.id}. It is shown only now; use it as CORRAL_TOKEN or --token."
+        f"Created {key.role} key {key.id}. It is shown only now; "
+        "use it as CORRAL_TOKEN or --token.",
+        markup=False,
     )
 
 
@@ -73,7 +85,9 @@ def ls(config: ConfigOpt = None, data_dir: DataDirOpt = None, as_json: JsonOpt =
 
     table = Table("ID", "ROLE", "NAME", "CREATED", "REVOKED", box=None)
     for k in keys:
-        table.add_row(k.id, k.role, k.name, when(k.created_at), when(k.revoked_at))
+        table.add_row(
+            *(esc(v) for v in (k.id, k.role, k.name)), when(k.created_at), when(k.revoked_at)
+        )
     console.print(table)
 
 
@@ -90,4 +104,4 @@ def revoke(key_id: str, config: ConfigOpt = None, data_dir: DataDirOpt = None) -
             await store.close()
 
     key = asyncio.run(go())
-    console.print(f"Revoked key {key.id} ({key.role}, {key.name}).")
+    console.print(f"Revoked key {key.id} ({key.role}, {key.name}).", markup=False)

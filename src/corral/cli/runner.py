@@ -64,7 +64,8 @@ def runner(
         kill_grace=s.runner.kill_grace,
     )
     err.print(
-        f"runner {r.name}: {r.slots} slots, providers {', '.join(providers)}, server {server}"
+        f"runner {r.name}: {r.slots} slots, providers {', '.join(providers)}, server {server}",
+        markup=False,
     )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_run_until_signalled(r))

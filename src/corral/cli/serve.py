@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from corral.cli import logs
-from corral.cli.common import ConfigOpt, DataDirOpt, err
+from corral.cli.common import ConfigOpt, DataDirOpt, err, esc
 from corral.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -135,10 +135,11 @@ async def run(settings: Settings) -> None:
         # What start-up made lives as long as the process: out of the
         # collector's sight, full collections stay short (latency tails).
         gc.freeze()
-        err.print(f"corral {store.db.dialect} listening on [bold]{url}[/]")
+        err.print(f"corral {store.db.dialect} listening on [bold]{esc(url)}[/]")
         if is_loopback(settings.host):
             err.print(
-                f"admin key: {settings.admin_key_file}  (try: corral submit 'echo hi' --wait)"
+                f"admin key: {settings.admin_key_file}  (try: corral submit 'echo hi' --wait)",
+                markup=False,
             )
         runner_task: asyncio.Task[None] | None = None
         if runner_key is not None:
@@ -163,7 +164,7 @@ async def run(settings: Settings) -> None:
             intake_task = asyncio.create_task(
                 run_as_leader(store, "queue-folder", intake.run), name="corral-queue-folder"
             )
-            err.print(f"queue folder: {settings.queue_dir}")
+            err.print(f"queue folder: {settings.queue_dir}", markup=False)
 
         # SIGHUP: apply [agents.*] changes from the configuration file.
         def reload_agents() -> None:

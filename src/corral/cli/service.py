@@ -74,11 +74,15 @@ def install(
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
     except PermissionError:
-        err.print(f"cannot write {path}: run as root, or use --user")
+        err.print(f"cannot write {path}: run as root, or use --user", markup=False)
         raise typer.Exit(1) from None
     systemctl = "systemctl --user" if user else "systemctl"
     console.print(f"wrote {path}", markup=False)
-    console.print(f"secrets (CORRAL_DATABASE_URL, API keys) go in {env_file} (mode 0600)")
-    console.print(f"enable it: {systemctl} daemon-reload && {systemctl} enable --now corral")
+    console.print(
+        f"secrets (CORRAL_DATABASE_URL, API keys) go in {env_file} (mode 0600)", markup=False
+    )
+    console.print(
+        f"enable it: {systemctl} daemon-reload && {systemctl} enable --now corral", markup=False
+    )
     if user:
         console.print("keep it running after logout: loginctl enable-linger $USER")

@@ -6,7 +6,17 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from corral.cli.common import JsonOpt, ServerOpt, TokenOpt, client, console, dump, state, when
+from corral.cli.common import (
+    JsonOpt,
+    ServerOpt,
+    TokenOpt,
+    client,
+    console,
+    dump,
+    esc,
+    state,
+    when,
+)
 
 if TYPE_CHECKING:
     from corral.models import Event
@@ -27,16 +37,16 @@ def show(
         dump(data)
         return
     console.print(
-        f"[bold]session[/] {data['id']}  turns {data['turns']}  "
+        f"[bold]session[/] {esc(data['id'])}  turns {data['turns']}  "
         f"events {data['last_seq']}  epoch {data['epoch']}"
     )
     for job in data["jobs"]:
         prompt = (job.get("prompt") or job.get("command") or "").splitlines()[:1]
         console.print(
-            f"  turn {job['turn']:>3}  {state(job['state'])}  {job['id']}  "
-            f"{(prompt[0] if prompt else '')[:60]}"
+            f"  turn {job['turn']:>3}  {state(job['state'])}  {esc(job['id'])}  "
+            f"{esc((prompt[0] if prompt else '')[:60])}"
         )
-    console.print(f"Add a turn: corral turn {data['id']} 'TEXT' --wait")
+    console.print(f"Add a turn: corral turn {data['id']} 'TEXT' --wait", markup=False)
 
 
 def _line(e: Event) -> str:

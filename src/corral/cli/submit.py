@@ -3,17 +3,30 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from corral.cli.common import JsonOpt, ServerOpt, TokenOpt, client, console, dump, err, state
+from corral.cli.common import (
+    JsonOpt,
+    ServerOpt,
+    TokenOpt,
+    client,
+    console,
+    dump,
+    err,
+    esc,
+    state,
+)
 from corral.errors import BadRequest
 from corral.jobs import JobState
 
 if TYPE_CHECKING:
+    from corral.cli.waiting import Waiting
     from corral.client import Client
+    from corral.models import Event
 
 WaitOpt = Annotated[bool, typer.Option("--wait", "-w", help="Follow the output until it ends.")]
 
@@ -31,14 +44,54 @@ def _text(text: str | None, file: Path | None) -> str:
     return text
 
 
-def follow(c: Client, job_id: str, *, as_json: bool) -> None:
+def follow(
+    c: Client, job_id: str, *, as_json: bool, connect: Callable[[], Client] | None = None
+) -> None:
     """Print a job's output live (shell lines, an agent's messages and tool
-    calls, a chat reply as it streams), then its outcome; exit 1 unless done."""
+    calls, a chat reply as it streams), then its outcome; exit 1 unless done.
+    With ``connect`` (a second client), while the job is queued, why it waits."""
+    from corral.cli.waiting import Waiting
+
+    waiting = Waiting(connect, job_id) if connect is not None and not as_json else None
+    try:
+        printed = _print_events(c, job_id, as_json=as_json, waiting=waiting)
+    finally:
+        if waiting is not None:
+            waiting.close()
+    job = c.get(job_id)
+    if as_json:
+        dump(job)
+    else:
+        if not printed and job.result:
+            # Nothing streamed (e.g. a delegated job): the result itself.
+            sys.stdout.write(job.result.rstrip("\n") + "\n")
+            sys.stdout.flush()
+        line = f"{state(job.state.value)}  job {job.id}  attempt {job.attempt}"
+        if job.error:
+            line += f"  [red]{esc(job.error)}[/]"
+        err.print(line)
+    if job.state is not JobState.DONE:
+        raise typer.Exit(1)
+
+
+# Events whose text follow() prints.
+_PRINTED = frozenset({"chat.delta", "output", "agent.message", "agent.tool_call"})
+
+
+def _started(event: Event) -> bool:
+    return event.type == "job.state" and event.payload.get("to") not in (None, "queued")
+
+
+def _print_events(c: Client, job_id: str, *, as_json: bool, waiting: Waiting | None) -> bool:
+    """The job's events as they come, until it ends; whether any output was printed."""
     printed = False
     streaming = False  # in the middle of a streamed chat reply
     for event in c.job_events(job_id):
         if as_json:
             continue
+        requeued = event.type == "job.state" and event.payload.get("to") == "queued"
+        if waiting is not None and (event.type in _PRINTED or _started(event)):
+            waiting.hide()  # the job runs: its output owns the screen
         if event.type == "chat.delta":
             sys.stdout.write(str(event.payload.get("content", "")))
             sys.stdout.flush()
@@ -58,36 +111,28 @@ def follow(c: Client, job_id: str, *, as_json: bool) -> None:
             sys.stdout.flush()
             printed = True
         elif event.type == "agent.tool_call":
-            err.print(f"[dim]-> {event.payload.get('name')}[/]", highlight=False)
-        elif (
-            event.type == "job.state"
-            and event.payload.get("to") == "queued"
-            and event.payload.get("from") is not None
-        ):
+            err.print(f"[dim]-> {esc(event.payload.get('name'))}[/]", highlight=False)
+        elif requeued and event.payload.get("from") is not None:
+            if waiting is not None:
+                waiting.hide()
             err.print(
                 f"[dim]attempt {event.payload.get('attempt')} queued "
-                f"({event.payload.get('error', 'retry')})[/]"
+                f"({esc(event.payload.get('error', 'retry'))})[/]"
             )
+            if waiting is not None:
+                waiting.show()
     if streaming:
         sys.stdout.write("\n")
-    job = c.get(job_id)
-    if as_json:
-        dump(job)
-    else:
-        if not printed and job.result:
-            # Nothing streamed (e.g. a delegated job): the result itself.
-            sys.stdout.write(job.result.rstrip("\n") + "\n")
-            sys.stdout.flush()
-        line = f"{state(job.state.value)}  job {job.id}  attempt {job.attempt}"
-        if job.error:
-            line += f"  [red]{job.error}[/]"
-        err.print(line)
-    if job.state is not JobState.DONE:
-        raise typer.Exit(1)
+    return printed
 
 
 def _submit(
-    c: Client, fields: dict[str, Any], wait: bool, as_json: bool, session: str | None
+    c: Client,
+    fields: dict[str, Any],
+    wait: bool,
+    as_json: bool,
+    session: str | None,
+    connect: Callable[[], Client] | None = None,
 ) -> None:
     body = {k: v for k, v in fields.items() if v not in (None, [], ())}
     accepted = c.turn(session, **body) if session else c.submit(**body)
@@ -95,14 +140,14 @@ def _submit(
     if wait:
         if not as_json:
             err.print(f"[dim]job {job_id} (session {accepted['session_id']})[/]")
-        follow(c, job_id, as_json=as_json)
+        follow(c, job_id, as_json=as_json, connect=connect)
         return
     if as_json:
         dump(accepted)
         return
     verb = "Submitted" if accepted["created"] else "Already submitted (same idempotency key):"
-    console.print(f"{verb} job [bold]{job_id}[/] in session {accepted['session_id']}.")
-    console.print(f"Follow it: corral jobs logs -f {job_id}")
+    console.print(f"{verb} job [bold]{job_id}[/] in session {esc(accepted['session_id'])}.")
+    console.print(f"Follow it: corral jobs logs -f {job_id}", markup=False)
 
 
 def submit(
@@ -149,7 +194,7 @@ def submit(
         "source": "cli",
     }
     with client(server, token) as c:
-        _submit(c, fields, wait, as_json, session)
+        _submit(c, fields, wait, as_json, session, lambda: client(server, token))
 
 
 def turn(
@@ -171,4 +216,4 @@ def turn(
         "source": "cli",
     }
     with client(server, token) as c:
-        _submit(c, fields, wait, as_json, session)
+        _submit(c, fields, wait, as_json, session, lambda: client(server, token))

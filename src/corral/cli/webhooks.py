@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from corral.cli.common import JsonOpt, ServerOpt, TokenOpt, client, console, dump
+from corral.cli.common import JsonOpt, ServerOpt, TokenOpt, client, console, dump, esc
 
 app = typer.Typer(help="Webhook deliveries.", no_args_is_help=True)
 
@@ -38,9 +38,8 @@ def ls(
         last = str(r["last_status"] or r["last_error"] or "-")[:40]
         body_state = r["body"].get("state", "")
         event = r["event"] + (f" {body_state}" if r["event"] == "job.state" else "")
-        table.add_row(
-            r["id"], r["job_id"][:12], event, r["state"], str(r["attempts"]), last, r["url"]
-        )
+        cells = (r["id"], r["job_id"][:12], event, r["state"], r["attempts"], last, r["url"])
+        table.add_row(*(esc(c) for c in cells))
     console.print(table)
 
 

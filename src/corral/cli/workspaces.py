@@ -18,6 +18,7 @@ from corral.cli.common import (
     console,
     dump,
     err,
+    esc,
     settings,
 )
 from corral.errors import BadRequest, NotFound
@@ -78,11 +79,11 @@ def ls(config: ConfigOpt = None, data_dir: DataDirOpt = None, as_json: JsonOpt =
     table = Table("session", "kind", "idle", "branch", "path", box=None, pad_edge=False)
     for r in rows:
         table.add_row(
-            str(r["session_id"]),
-            str(r["kind"]),
+            esc(r["session_id"]),
+            esc(r["kind"]),
             _age(float(str(r["idle_seconds"]))),
-            str(r["branch"] or "-"),
-            str(r["path"]),
+            esc(r["branch"] or "-"),
+            esc(r["path"]),
         )
     console.print(table)
 

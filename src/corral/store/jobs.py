@@ -42,7 +42,7 @@ from corral.models import (
 )
 from corral.routing import Decision
 from corral.store import events as event_log
-from corral.store import outbox
+from corral.store import ids, outbox
 from corral.store import sessions as session_store
 from corral.store.db import Database, Tx
 from corral.store.schema import artifacts, events, jobs, provider_pauses, runners, sessions
@@ -577,6 +577,10 @@ class Jobs:
             ).one_or_none()
         )
         return None if row is None else _job(row)
+
+    async def resolve(self, ref: str) -> str:
+        """The job id ``ref`` names: a whole id, or a unique prefix of 4+ hex digits."""
+        return await ids.resolve(self.db, jobs, ref, "job", JobNotFound)
 
     async def get(self, job_id: str) -> Job:
         row = await self.db.read(

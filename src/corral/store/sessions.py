@@ -8,6 +8,7 @@ import sqlalchemy as sa
 
 from corral.errors import SessionNotFound
 from corral.models import Session, new_id
+from corral.store import ids
 from corral.store.db import Database, Tx
 from corral.store.schema import sessions
 
@@ -40,6 +41,10 @@ class Sessions:
         now = datetime.now(UTC)
         session_id = await self.db.write(lambda tx: insert(tx, title=title, now=now))
         return await self.get(session_id)
+
+    async def resolve(self, ref: str) -> str:
+        """The session id ``ref`` names: a whole id, or a unique prefix of 4+ hex digits."""
+        return await ids.resolve(self.db, sessions, ref, "session", SessionNotFound)
 
     async def get(self, session_id: str) -> Session:
         row = await self.db.read(
