@@ -29,6 +29,7 @@ from httpx_sse import aconnect_sse, connect_sse
 from pydantic import BaseModel, Field
 
 from corral.config import Settings, load_settings
+from corral.discovery import recorded
 from corral.errors import ClientError, CorralError
 from corral.jobs import TERMINAL, JobState
 from corral.models import Event, Job, Session
@@ -108,12 +109,13 @@ def resolve(
     url: str | None = None, token: str | None = None, settings: Settings | None = None
 ) -> tuple[str, str]:
     """The server URL and token: arguments, then CORRAL_URL / CORRAL_TOKEN,
-    then the local server's address and admin key file."""
+    then what the server using the data dir recorded (else ``host``/``port``)
+    and its admin key file."""
     url = url or os.environ.get("CORRAL_URL")
     token = token or os.environ.get("CORRAL_TOKEN")
     if url is None or token is None:
         settings = settings or load_settings()
-        url = url or settings.local_url()
+        url = url or recorded(settings.data_dir) or settings.local_url()
         if token is None:
             key_file = settings.admin_key_file
             try:
@@ -121,7 +123,8 @@ def resolve(
             except FileNotFoundError:
                 raise ClientError(
                     f"no API key: pass --token or set CORRAL_TOKEN (no admin key at {key_file}; "
-                    "`corral serve` writes one on first start)"
+                    "`corral serve` writes one on first start; a server with another "
+                    "--data-dir: set CORRAL_DATA_DIR)"
                 ) from None
             except OSError as exc:
                 raise ClientError(f"cannot read the admin key {key_file}: {exc}") from exc

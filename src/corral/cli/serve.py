@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from corral import discovery
 from corral.cli import logs
 from corral.cli.common import ConfigOpt, DataDirOpt, err, esc
 from corral.errors import ConfigError
@@ -82,6 +83,9 @@ async def run(settings: Settings) -> None:
         _stopping = False
 
         def handle_exit(self, sig: int, frame: Any) -> None:
+            # Now, not after serving: uvicorn re-raises the signal once it has
+            # stopped, which ends the process before any `finally` here runs.
+            discovery.forget(settings.data_dir)
             runner = self.runner
             if runner is not None and not runner.done() and not self._stopping:
                 self._stopping = True
@@ -135,6 +139,7 @@ async def run(settings: Settings) -> None:
         # What start-up made lives as long as the process: out of the
         # collector's sight, full collections stay short (latency tails).
         gc.freeze()
+        discovery.record(settings.data_dir, url)  # the CLI finds this server by its data dir
         err.print(f"corral {store.db.dialect} listening on [bold]{esc(url)}[/]")
         if is_loopback(settings.host):
             err.print(
@@ -182,6 +187,7 @@ async def run(settings: Settings) -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await runner_task
     finally:
+        discovery.forget(settings.data_dir)
         await store.close()
 
 

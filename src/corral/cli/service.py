@@ -10,15 +10,23 @@ from typing import Annotated
 
 import typer
 
-from corral.cli.common import ConfigOpt, console, err
+from corral.cli.common import ConfigOpt, DataDirOpt, console, err
 
 app = typer.Typer(help="Run corral as a systemd service.", no_args_is_help=True)
 
 
-def unit(*, user: bool, config: Path | None, env_file: Path, workdir: Path) -> str:
+def unit(
+    *,
+    user: bool,
+    config: Path | None,
+    env_file: Path,
+    workdir: Path,
+    serve_args: list[str] | None = None,
+) -> str:
     argv = [sys.executable, "-m", "corral", "serve"]
     if config is not None:
         argv += ["--config", str(config)]
+    argv += serve_args or []
     return "\n".join(
         [
             "[Unit]",
@@ -54,14 +62,30 @@ def install(
         bool, typer.Option("--dry-run", help="Print the unit; write nothing.")
     ] = False,
     config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    host: Annotated[
+        str | None, typer.Option(envvar="CORRAL_HOST", help="`corral serve --host` in the unit.")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(envvar="CORRAL_PORT", help="`corral serve --port` in the unit.")
+    ] = None,
 ) -> None:
     """Write a systemd unit for `corral serve` (Restart=always, secrets from an
-    EnvironmentFile) and print the commands that enable it."""
+    EnvironmentFile) and print the commands that enable it. --data-dir, --host
+    and --port (or CORRAL_DATA_DIR, CORRAL_HOST, CORRAL_PORT) go into its
+    command line, so the service serves what `corral serve` would here."""
     config = (config or Path("corral.toml")).resolve()
     conf = config if config.is_file() else None
     base = conf.parent if conf else Path.cwd()
     env_file = base / "corral.env"
-    text = unit(user=user, config=conf, env_file=env_file, workdir=base)
+    serve_args: list[str] = []
+    if data_dir is not None:
+        serve_args += ["--data-dir", str(data_dir.expanduser().resolve())]
+    if host is not None:
+        serve_args += ["--host", host]
+    if port is not None:
+        serve_args += ["--port", str(port)]
+    text = unit(user=user, config=conf, env_file=env_file, workdir=base, serve_args=serve_args)
     if dry_run:
         sys.stdout.write(text)
         return
