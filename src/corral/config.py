@@ -40,6 +40,44 @@ _CONFIG_FILE: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
 )
 
 
+_SHELL_OPERATOR = frozenset("();<>|&")
+_EXPANSION = re.compile(r"\$[({A-Za-z_]|`")
+
+
+def split_command(value: object) -> object:
+    """A command setting as an argv list: a list as given; a string split into
+    words like a shell splits them (``shlex.split``: quotes and backslashes),
+    and never run by a shell, so a string using what only a shell does (``;``,
+    ``&&``, ``|``, redirections, ``$VAR``, ``$(...)``) is refused rather than
+    passed on as literal words."""
+    if not isinstance(value, str):
+        return value
+    words = re.sub(r"\\.", "x", value)  # escaped characters are plain ones
+    lexer = shlex.shlex(words, posix=False, punctuation_chars=True)  # quotes stay on words
+    lexer.whitespace_split = True
+    try:
+        tokens = list(lexer)
+        argv = shlex.split(value)
+    except ValueError as exc:
+        raise ValueError(f"cannot split {value!r} into words: {exc}") from None
+    syntax = [
+        t
+        for t in tokens
+        if all(c in _SHELL_OPERATOR for c in t) or (not t.startswith("'") and _EXPANSION.search(t))
+    ]
+    if syntax:
+        raise ValueError(
+            f"{value!r} uses shell syntax ({' '.join(dict.fromkeys(syntax))}) but a command "
+            "is run directly, not by a shell; to use a shell, say so: "
+            f'["sh", "-c", {_toml_string(value)}]'
+        )
+    return argv
+
+
+def _toml_string(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "corral"
@@ -86,8 +124,8 @@ class ProviderSettings(BaseModel):
     # Local agent CLIs (claude-code, codex):
     command: list[str] | None = Field(
         None,
-        description="The CLI to run, as a string or argv list (default: `claude` / `codex` "
-        "on PATH).",
+        description="The CLI to run (default: `claude` / `codex` on PATH): an argv list, or a "
+        "string split into words like a shell would (never run by a shell).",
     )
     env: dict[str, str] = Field(
         default_factory=dict,
@@ -126,7 +164,9 @@ class ProviderSettings(BaseModel):
     api_key_env: str | None = Field(None, description="Environment variable holding the key.")
     token_file: Path | None = Field(None, description="File holding the key (re-read per job).")
     token_command: list[str] | None = Field(
-        None, description="Command printing the key (run per job), as a string or argv list."
+        None,
+        description="Command printing the key (run per job): an argv list, or a string split "
+        "into words like a shell would (never run by a shell).",
     )
     embedding_model: str | None = Field(None, description="Model behind /api/embed.")
     remote_provider: str | None = Field(
@@ -168,7 +208,7 @@ class ProviderSettings(BaseModel):
     @field_validator("command", "token_command", mode="before")
     @classmethod
     def _split_command(cls, value: object) -> object:
-        return shlex.split(value) if isinstance(value, str) else value
+        return split_command(value)
 
     @property
     def is_local(self) -> bool:
@@ -200,7 +240,10 @@ class DaemonSettings(BaseModel):
 
     model_config = {"extra": "forbid"}
 
-    command: list[str] = Field(description="argv list, or a shell string (split like a shell).")
+    command: list[str] = Field(
+        description="An argv list, or a string split into words like a shell would (never "
+        'run by a shell: for `;`, `|`, `$VAR` write ["sh", "-c", "..."]).'
+    )
     cwd: Path | None = Field(None, description="Working directory (default: the data dir).")
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment.")
     autostart: bool = Field(True, description="Start with `corral serve`.")
@@ -230,7 +273,7 @@ class DaemonSettings(BaseModel):
     @field_validator("command", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
-        return shlex.split(value) if isinstance(value, str) else value
+        return split_command(value)
 
     @field_validator("stop_signal")
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,44 @@ def test_provider_agent_and_webhook_secrets_are_masked() -> None:
     for secret in ("sk-topsecret", "envsecret", "botsecret", "hooksecret", "defaultsecret"):
         assert secret not in shown, secret
     assert "BOT_TOKEN" in shown and "http://h/x" in shown
+
+
+def test_a_command_string_is_split_into_words_never_run_by_a_shell(tmp_path: Path) -> None:
+    (tmp_path / "corral.toml").write_text(
+        "[agents.bot]\ncommand = \"python -m 'my bot' --flag=a\\\\ b\"\n\n"
+        "[agents.listed]\ncommand = ['echo', 'x;', '$HOME']\n\n"
+        "[providers.claude]\nkind = 'claude-code'\ncommand = \"node '/opt/claude cli/cli.js'\"\n"
+        "token_command = \"pass show 'claude key'\"\n"
+    )
+    s = load_settings()
+    assert s.agents["bot"].command == ["python", "-m", "my bot", "--flag=a b"]
+    assert s.agents["listed"].command == ["echo", "x;", "$HOME"]  # a list: as given
+    assert s.providers["claude"].command == ["node", "/opt/claude cli/cli.js"]
+    assert s.providers["claude"].token_command == ["pass", "show", "claude key"]
+
+
+@pytest.mark.parametrize(
+    ("table", "command", "shown"),
+    [
+        ("agents.bot", "echo x; sleep 1000", "(;)"),
+        ("agents.bot", "run | tee log", "(|)"),
+        ("agents.bot", "a && b > out", "(&& >)"),
+        ("agents.bot", "echo $HOME", "($HOME)"),
+        ("providers.c", "claude $(cat flags)", "("),
+        ("providers.t", "cat `ls key*`", "(`ls key*`)"),
+    ],
+)
+def test_a_command_string_with_shell_syntax_is_refused(
+    tmp_path: Path, table: str, command: str, shown: str
+) -> None:
+    kind = {"agents.bot": "", "providers.c": "kind = 'claude-code'\n"}.get(
+        table, "kind = 'openai'\n"
+    )
+    field = "token_command" if table == "providers.t" else "command"
+    (tmp_path / "corral.toml").write_text(f"[{table}]\n{kind}{field} = {json.dumps(command)}\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    message = info.value.message
+    assert f"uses shell syntax {shown}" in message, message
+    assert "not by a shell" in message
+    assert f'["sh", "-c", {json.dumps(command)}]' in message
