@@ -285,13 +285,19 @@ class DaemonSettings(BaseModel):
 
 
 class OllamaSettings(BaseModel):
-    """The Ollama-compatible surface (/api/tags, /api/embed, /api/chat)."""
+    """The Ollama-compatible surface (/api/tags, /api/chat, /api/generate, /api/embed...)."""
 
     model_config = {"extra": "forbid"}
 
     embed_provider: str | None = Field(None, description="Provider behind /api/embed.")
     chat_timeout: float = Field(
-        600.0, gt=0, description="Seconds /api/chat waits for its job before a 504."
+        600.0, gt=0, description="Seconds /api/chat and /api/generate wait for their job (504)."
+    )
+    version: str = Field(
+        "0.12.6",
+        min_length=1,
+        description="The Ollama version /api/version reports (clients check it before "
+        "they use an endpoint).",
     )
 
 

@@ -34,6 +34,19 @@ def error_response(status: int, code: str, message: str, **extra: Any) -> JSONRe
     return JSONResponse({"error": body}, status_code=status)
 
 
+def is_ollama(request: Request) -> bool:
+    """Ollama's paths (/api/*, but corral's own /api/delegated/*) answer errors
+    in Ollama's shape, ``{"error": "..."}``: that is what Ollama clients read."""
+    path = request.url.path
+    return path.startswith("/api/") and not path.startswith("/api/delegated/")
+
+
+def _shaped(request: Request, status: int, code: str, message: str, **extra: Any) -> JSONResponse:
+    if is_ollama(request):
+        return JSONResponse({"error": message}, status_code=status)
+    return error_response(status, code, message, **extra)
+
+
 def _where(loc: tuple[Any, ...]) -> str:
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
     return ".".join(parts) or str(loc[0] if loc else "request")
@@ -41,31 +54,31 @@ def _where(loc: tuple[Any, ...]) -> str:
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(CorralError)
-    async def _corral(_: Request, exc: CorralError) -> JSONResponse:
+    async def _corral(request: Request, exc: CorralError) -> JSONResponse:
         if exc.status >= 500:
             log.error("request failed: %s", exc.message)
         if isinstance(exc, AmbiguousId):
             return error_response(exc.status, exc.code, exc.message, candidates=exc.candidates)
-        return error_response(exc.status, exc.code, exc.message)
+        return _shaped(request, exc.status, exc.code, exc.message)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errors):
-            return error_response(400, "malformed_json", "the request body is not valid JSON")
+            return _shaped(request, 400, "malformed_json", "the request body is not valid JSON")
         details = [{"field": _where(tuple(e["loc"])), "message": e["msg"]} for e in errors]
         message = "; ".join(f"{d['field']}: {d['message']}" for d in details[:5])
-        return error_response(422, "invalid_input", message, details=details)
+        return _shaped(request, 422, "invalid_input", message, details=details)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "http_error")
-        response = error_response(exc.status_code, code, str(exc.detail))
+        response = _shaped(request, exc.status_code, code, str(exc.detail))
         for key, value in (exc.headers or {}).items():
             response.headers[key] = value
         return response
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error")
-        return error_response(500, "internal_error", "internal server error")
+        return _shaped(request, 500, "internal_error", "internal server error")

@@ -5,10 +5,15 @@ get a queue and auth in front of their model servers:
 - ``POST /api/embed``: proxied straight to the ``[ollama] embed_provider``
   (not queued);
 - ``POST /api/chat``: a synchronous facade over a chat job (non-streaming, or
-  NDJSON streaming from the job's ``chat.delta`` events).
+  NDJSON streaming from the job's ``chat.delta`` events);
+- ``POST /api/generate``: the same for a prompt, in generate's shape;
+- ``POST /api/show``: a model's provider, capabilities and provider-listed details;
+- ``GET /api/ps``: the models with a chat job running; ``GET /api/version``;
+- ``POST /api/embeddings``: the legacy one-prompt form of /api/embed.
 
 Authenticated like every endpoint. Errors use Ollama's shape
-(``{"error": "..."}``) here, because that is what its clients parse."""
+(``{"error": "..."}``) here (api/errors.py does the same for every /api/
+path), because that is what its clients parse."""
 
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field, ValidationError
 
+from corral import __version__
 from corral.api.deps import Reader, Services, Svc, Writer
 from corral.config import ProviderSettings
 from corral.errors import ConfigError, CorralError
@@ -59,31 +65,36 @@ def provider_for(svc: Services, model: str) -> str | None:
     return None
 
 
+def _details(provider: str) -> dict[str, Any]:
+    return {
+        "parent_model": "",
+        "format": "",
+        "family": "",
+        "families": None,
+        "parameter_size": "",
+        "quantization_level": "",
+        "provider": provider,
+    }
+
+
+def _entry(provider: str, model: str) -> dict[str, Any]:
+    """A model as /api/tags and /api/ps list it."""
+    return {
+        "name": model,
+        "model": model,
+        "modified_at": STARTED,
+        "size": 0,
+        "digest": hashlib.sha256(f"{provider}/{model}".encode()).hexdigest(),
+        "details": _details(provider),
+    }
+
+
 @router.get("/api/tags")
 async def tags(svc: Svc, who: Reader) -> dict[str, Any]:
     """The models of the enabled chat providers, in Ollama's shape."""
-    models = []
-    for name, p in _chat_providers(svc).items():
-        for m in _models(p):
-            models.append(
-                {
-                    "name": m,
-                    "model": m,
-                    "modified_at": STARTED,
-                    "size": 0,
-                    "digest": hashlib.sha256(f"{name}/{m}".encode()).hexdigest(),
-                    "details": {
-                        "parent_model": "",
-                        "format": "",
-                        "family": "",
-                        "families": None,
-                        "parameter_size": "",
-                        "quantization_level": "",
-                        "provider": name,
-                    },
-                }
-            )
-    return {"models": models}
+    return {
+        "models": [_entry(name, m) for name, p in _chat_providers(svc).items() for m in _models(p)]
+    }
 
 
 class EmbedRequest(BaseModel):
@@ -102,13 +113,34 @@ async def embed(request: Request, svc: Svc, who: Writer) -> Response:
         body = EmbedRequest.model_validate(await request.json())
     except (ValueError, ValidationError) as exc:
         return _error(400, f"invalid request: {exc}")
+    started = time.perf_counter_ns()
+    done = await _embeddings(svc, body.model, body.input, body.dimensions)
+    if isinstance(done, Response):
+        return done
+    model, vectors, prompt_tokens = done
+    return JSONResponse(
+        {
+            "model": model,
+            "embeddings": vectors,
+            "total_duration": time.perf_counter_ns() - started,
+            "load_duration": 0,
+            "prompt_eval_count": prompt_tokens,
+        }
+    )
+
+
+async def _embeddings(
+    svc: Services, model: str | None, inputs: str | list[str], dimensions: int | None
+) -> tuple[str, list[list[float]], int] | Response:
+    """The embed provider's vectors for ``inputs`` (model, vectors, prompt
+    tokens), or the error response to give."""
     name = svc.settings.ollama.embed_provider
     provider = svc.settings.providers.get(name or "")
     if provider is None or provider.kind != "openai":
         return _error(
             501, "no embedding provider: set [ollama] embed_provider to an openai provider"
         )
-    model = body.model or provider.embedding_model
+    model = model or provider.embedding_model
     if not model:
         return _error(400, "no model: pass model or set embedding_model of the provider")
     try:
@@ -125,25 +157,17 @@ async def embed(request: Request, svc: Svc, who: Writer) -> Response:
         timeout=provider.timeout,
         max_retries=provider.max_retries,
     )
-    started = time.perf_counter_ns()
     try:
-        extra: dict[str, Any] = {"dimensions": body.dimensions} if body.dimensions else {}
-        result = await client.embeddings.create(model=model, input=body.input, **extra)
+        extra: dict[str, Any] = {"dimensions": dimensions} if dimensions else {}
+        result = await client.embeddings.create(model=model, input=inputs, **extra)
     except openai.APIStatusError as exc:
         return _error(exc.status_code if exc.status_code < 500 else 502, f"{name}: {exc.message}")
     except (openai.APIConnectionError, openai.APITimeoutError) as exc:
         return _error(502, f"{name}: {exc}")
     finally:
         await client.close()
-    return JSONResponse(
-        {
-            "model": model,
-            "embeddings": [d.embedding for d in result.data],
-            "total_duration": time.perf_counter_ns() - started,
-            "load_duration": 0,
-            "prompt_eval_count": result.usage.prompt_tokens if result.usage else 0,
-        }
-    )
+    vectors = [list(d.embedding) for d in result.data]
+    return model, vectors, result.usage.prompt_tokens if result.usage else 0
 
 
 class ChatRequest(BaseModel):
@@ -292,3 +316,314 @@ async def _deltas(svc: Services, sub: Any, job_id: str, timeout: float) -> Async
                     yield str(event.payload["content"])
                 elif event.type == "job.state" and event.payload.get("to") in TERMINAL:
                     return
+
+
+# --- /api/version, /api/show, /api/ps, /api/generate, /api/embeddings -----------------------
+
+
+@router.get("/api/version")
+async def version(svc: Svc, who: Reader) -> dict[str, str]:
+    """The Ollama version whose API this surface follows (``[ollama] version``;
+    clients probe it first), and corral's own."""
+    return {"version": svc.settings.ollama.version, "corral": __version__}
+
+
+class ShowRequest(BaseModel):
+    model: str = Field(min_length=1)
+    verbose: bool | None = None
+    name: str | None = None  # older clients' spelling of model
+
+
+@router.post("/api/show", response_model=None)
+async def show(request: Request, svc: Svc, who: Reader) -> Response:
+    """A model's details: what corral's configuration says, and what its
+    provider's model list says of it (``model_info``)."""
+    try:
+        raw = await request.json()
+        if isinstance(raw, dict) and "model" not in raw and raw.get("name"):
+            raw = {**raw, "model": raw["name"]}
+        body = ShowRequest.model_validate(raw)
+    except (ValueError, ValidationError) as exc:
+        return _error(400, f"invalid request: {exc}")
+    found = _known_model(svc, body.model)
+    if found is None:
+        return _error(404, f"model '{body.model}' not found")
+    name, provider, capabilities = found
+    listed = await _provider_model(name, provider, body.model)
+    if isinstance(listed, Response):
+        return listed
+    info: dict[str, Any] = {"corral.provider": name, "corral.kind": provider.kind}
+    info.update({f"{provider.kind}.{k}": v for k, v in listed.items() if _scalar(v)})
+    return JSONResponse(
+        {
+            "modelfile": "",
+            "parameters": "",
+            "template": "",
+            "details": _details(name),
+            "model_info": info,
+            "capabilities": capabilities,
+            "modified_at": _modified(listed),
+        }
+    )
+
+
+def _known_model(svc: Services, model: str) -> tuple[str, ProviderSettings, list[str]] | None:
+    """The provider serving ``model`` and what the model does here: a chat
+    provider's model, or the embed provider's embedding model."""
+    name = provider_for(svc, model)
+    if name is not None:
+        return name, svc.settings.providers[name], ["completion", "tools"]
+    embedder = svc.settings.ollama.embed_provider or ""
+    provider = svc.settings.providers.get(embedder)
+    if provider is not None and provider.enabled and provider.embedding_model == model:
+        return embedder, provider, ["embedding"]
+    return None
+
+
+def _scalar(value: Any) -> bool:
+    return value is None or isinstance(value, str | int | float | bool)
+
+
+def _modified(listed: dict[str, Any]) -> str:
+    created = listed.get("created") or listed.get("created_at")
+    if isinstance(created, int | float) and not isinstance(created, bool):
+        return datetime.fromtimestamp(created, UTC).isoformat()
+    if isinstance(created, str) and created:
+        return created
+    if isinstance(created, datetime):
+        return created.isoformat()
+    return STARTED
+
+
+# How long /api/show waits for a provider's model list.
+SHOW_TIMEOUT = 10.0
+
+
+async def _provider_model(
+    name: str, provider: ProviderSettings, model: str
+) -> dict[str, Any] | Response:
+    """The entry for ``model`` in the provider's own model list ({} when it does
+    not list it, e.g. an alias), or the error response to give when it cannot
+    be asked."""
+    try:
+        key = provider.credential()
+    except ConfigError as exc:
+        return _error(500, f"{name}: {exc.message}")
+    timeout = min(provider.timeout, SHOW_TIMEOUT)
+    try:
+        if provider.kind == "anthropic":
+            import anthropic
+
+            a_client = anthropic.AsyncAnthropic(
+                base_url=provider.base_url, api_key=key, timeout=timeout, max_retries=0
+            )
+            try:
+                a_page = await a_client.models.list(limit=1000)
+                entries = [m.model_dump(mode="json") for m in a_page.data]
+            except anthropic.APIStatusError as exc:
+                return _error(502, f"{name}: listing models failed: {exc.message}")
+            except anthropic.APIError as exc:
+                return _error(502, f"{name}: listing models failed: {exc}")
+            finally:
+                await a_client.close()
+        else:
+            import openai
+
+            o_client = openai.AsyncOpenAI(
+                base_url=provider.base_url, api_key=key or "none", timeout=timeout, max_retries=0
+            )
+            try:
+                o_page = await o_client.models.list()
+                entries = [m.model_dump(mode="json") for m in o_page.data]
+            except openai.APIStatusError as exc:
+                return _error(502, f"{name}: listing models failed: {exc.message}")
+            except openai.APIError as exc:
+                return _error(502, f"{name}: listing models failed: {exc}")
+            finally:
+                await o_client.close()
+    except ImportError:
+        return _error(501, "the provider SDKs are not installed: pip install 'corral[remote]'")
+    for entry in entries:
+        if entry.get("id") == model:
+            return {k: v for k, v in entry.items() if k not in ("id", "object", "type")}
+    return {}
+
+
+@router.get("/api/ps")
+async def ps(svc: Svc, who: Reader) -> dict[str, Any]:
+    """The models busy now: those with a chat job assigned or running (a remote
+    model is never "loaded" here; it is in use while a job runs on it)."""
+    chat = _chat_providers(svc)
+    active = await svc.store.jobs.list(states=[JobState.ASSIGNED, JobState.RUNNING], limit=500)
+    seen: dict[tuple[str, str], None] = {}
+    for job in active:
+        provider = chat.get(job.provider)
+        if provider is None:
+            continue
+        # The model its executor uses (executors/chat.py).
+        model = job.model or provider.model or (provider.models[0] if provider.models else None)
+        if model:
+            seen[(job.provider, model)] = None
+    now = _now()
+    return {
+        "models": [
+            {**_entry(name, model), "expires_at": now, "size_vram": 0} for name, model in seen
+        ]
+    }
+
+
+class GenerateRequest(BaseModel):
+    model: str = Field(min_length=1)
+    prompt: str | None = None
+    system: str | None = None
+    stream: bool = True
+    options: dict[str, Any] | None = None
+    think: bool | None = None
+    format: Any = None
+    keep_alive: Any = None
+    # Ollama's, for a raw model on Ollama itself: refused when given (a chat job has none).
+    suffix: str | None = None
+    template: str | None = None
+    context: list[int] | None = None
+    raw: bool | None = None
+    images: list[str] | None = None
+
+
+_NO_CHAT_EQUIVALENT = ("suffix", "template", "context", "raw", "images")
+
+
+@router.post("/api/generate", response_model=None)
+async def generate(request: Request, svc: Svc, who: Writer) -> Response:
+    """A completion in Ollama's shape: a chat job of the prompt (and ``system``),
+    answered when it ends; NDJSON pieces as it streams unless ``stream`` is false."""
+    try:
+        body = GenerateRequest.model_validate(await request.json())
+    except (ValueError, ValidationError) as exc:
+        return _error(400, f"invalid request: {exc}")
+    unsupported = [f for f in _NO_CHAT_EQUIVALENT if getattr(body, f)]
+    if unsupported:
+        return _error(
+            400, f"not supported by corral (a chat job has none): {', '.join(unsupported)}"
+        )
+    provider = provider_for(svc, body.model)
+    if provider is None:
+        return _error(404, f'model "{body.model}" not found, try pulling it first')
+    if not body.prompt:
+        # Ollama loads (or, with keep_alive 0, unloads) the model: nothing to load here.
+        reason = "unload" if body.keep_alive in (0, "0", "0s") else "load"
+        return JSONResponse(
+            {
+                "model": body.model,
+                "created_at": _now(),
+                "response": "",
+                "done": True,
+                "done_reason": reason,
+            }
+        )
+    messages = [{"role": "system", "content": body.system}] if body.system else []
+    messages.append({"role": "user", "content": body.prompt})
+    try:
+        spec = JobCreate(
+            messages=messages,
+            options=body.options,
+            think=body.think,
+            model=body.model,
+            preferred_ai=provider,
+            source="api",
+            title="ollama /api/generate",
+        )
+    except ValidationError as exc:
+        return _error(400, f"invalid request: {exc.errors()[0]['msg']}")
+    started = time.perf_counter_ns()
+    job, sub = await _start_chat_job(svc, spec)
+    timeout = svc.settings.ollama.chat_timeout
+    if not body.stream:
+        try:
+            async for _ in _deltas(svc, sub, job.id, timeout):
+                pass
+        except TimeoutError:
+            return _error(504, f"job {job.id} did not end within {timeout:g}s")
+        finally:
+            sub.close()
+        job = await svc.store.jobs.get(job.id)
+        if job.state is not JobState.DONE:
+            return _error(500, job.error or f"job {job.id} {job.state.value}")
+        return JSONResponse(_generated(job, body.model, started, job.result or ""))
+
+    async def lines() -> AsyncIterator[bytes]:
+        try:
+            async for delta in _deltas(svc, sub, job.id, timeout):
+                piece = {
+                    "model": body.model,
+                    "created_at": _now(),
+                    "response": delta,
+                    "done": False,
+                }
+                yield (json.dumps(piece) + "\n").encode()
+        except TimeoutError:
+            yield (json.dumps({"error": f"job {job.id} did not end in time"}) + "\n").encode()
+            return
+        finally:
+            sub.close()
+        final = await svc.store.jobs.get(job.id)
+        if final.state is not JobState.DONE:
+            error = final.error or f"job {final.id} {final.state.value}"
+            yield (json.dumps({"error": error}) + "\n").encode()
+            return
+        yield (json.dumps(_generated(final, body.model, started, "")) + "\n").encode()
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+
+async def _start_chat_job(svc: Services, spec: JobCreate) -> tuple[Job, Any]:
+    """A chat job in a session of its own, and a subscription to its events
+    (made before the job, so no piece is missed)."""
+    session = await svc.store.sessions.create(title=spec.title)
+    spec.session_id = session.id
+    sub = svc.store.bus.subscribe(f"session:{session.id}", "jobs", maxsize=100_000)
+    try:
+        job, _ = await svc.store.jobs.create(spec, svc.route(spec))
+    except CorralError:
+        sub.close()
+        raise
+    return job, sub
+
+
+def _generated(job: Job, model: str, started: int, text: str) -> dict[str, Any]:
+    """The last /api/generate object (``context`` omitted: no token ids here)."""
+    return {
+        "model": model,
+        "created_at": _now(),
+        "response": text,
+        "done": True,
+        "done_reason": "stop",
+        "total_duration": time.perf_counter_ns() - started,
+        "load_duration": 0,
+        "prompt_eval_duration": 0,
+        "eval_duration": 0,
+        **_counts(job),
+    }
+
+
+class EmbeddingsRequest(BaseModel):
+    model: str | None = None
+    prompt: str | None = None
+    options: dict[str, Any] | None = None
+    keep_alive: Any = None
+
+
+@router.post("/api/embeddings", response_model=None)
+async def embeddings(request: Request, svc: Svc, who: Writer) -> Response:
+    """Ollama's legacy embeddings endpoint (one ``prompt``, one ``embedding``),
+    proxied like /api/embed."""
+    try:
+        body = EmbeddingsRequest.model_validate(await request.json())
+    except (ValueError, ValidationError) as exc:
+        return _error(400, f"invalid request: {exc}")
+    if not body.prompt:
+        return JSONResponse({"embedding": []})
+    done = await _embeddings(svc, body.model, body.prompt, None)
+    if isinstance(done, Response):
+        return done
+    _, vectors, _ = done
+    return JSONResponse({"embedding": vectors[0] if vectors else []})
