@@ -1,5 +1,5 @@
 """(g) ``Client.run()`` round trip on a trivial job, by webhook and by
-polling: the wall time of ``run("true")`` (submit, learn that it ended, read
+polling: the wall time of ``run(command="true")`` (submit, learn that it ended, read
 the job and its artifacts), p50/p99."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ def _runs(client: Client, n: int, polling: bool) -> list[float]:
     times = []
     for _ in range(n):
         started = time.monotonic()
-        result = client.run("true", polling=polling, timeout=30)
+        result = client.run(command="true", polling=polling, timeout=30)
         times.append(time.monotonic() - started)
         if not result.ok:
             raise RuntimeError(f"job {result.job_id} {result.state.value}: {result.error}")
@@ -41,7 +41,7 @@ async def run_round_trip(root: Path, samples: int) -> list[Result]:
                             round(pct(lat, p) * 1000, 1),
                             "ms",
                             samples=len(lat),
-                            note="sequential client.run('true') against one server",
+                            note="sequential client.run(command='true') against one server",
                         )
                     )
     finally:

@@ -35,7 +35,7 @@ async def queue_folder(root: Path, pickups: int, burst: int, slots: int) -> list
             dropped: dict[str, float] = {}
             for i in range(pickups):
                 name = f"pick-{i:04d}.md"
-                dropped[name] = _drop(queue, name, "true\n")
+                dropped[name] = _drop(queue, name, "---\ncommand: 'true'\n---\n")
                 await asyncio.sleep(0.05)
             jobs: list[dict[str, Any]] = []
             deadline = time.monotonic() + 30
@@ -47,7 +47,7 @@ async def queue_folder(root: Path, pickups: int, burst: int, slots: int) -> list
             lat = sorted(ts(j["created_at"]) - dropped[Path(j["source_ref"]).name] for j in jobs)
             start = time.monotonic()
             for i in range(burst):
-                _drop(queue, f"burst-{i:04d}.md", f"---\npriority: {i % 4}\n---\ntrue\n")
+                _drop(queue, f"burst-{i:04d}.md", f"---\npriority: {i % 4}\ncommand: 'true'\n---\n")
             done = queue / "done"
             while len(list(done.glob("burst-*.md"))) < burst:
                 if time.monotonic() - start > 300:

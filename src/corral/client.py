@@ -184,8 +184,12 @@ class Client:
         return resp
 
     # jobs
-    def submit(self, prompt: str | None = None, **fields: Any) -> dict[str, Any]:
-        body = {"prompt": prompt, **fields}
+    def submit(
+        self, prompt: str | None = None, *, command: str | None = None, **fields: Any
+    ) -> dict[str, Any]:
+        """Submit a job: a ``prompt`` for an agent (routing picks the provider)
+        or a shell ``command``; ``fields`` are the other job fields."""
+        body = {"prompt": prompt, "command": command, **fields}
         return dict(
             self._request("POST", "/jobs", json={k: v for k, v in body.items() if v is not None})
         )
@@ -227,6 +231,7 @@ class Client:
         self,
         prompt: str | None = None,
         *,
+        command: str | None = None,
         timeout: float | None = None,
         polling: bool = False,
         poll_interval: float = 0.05,
@@ -236,7 +241,8 @@ class Client:
         advertise_host: str | None = None,
         **fields: Any,
     ) -> Result:
-        """Submit a job and block until it ends; returns its ``Result``.
+        """Submit a job (a ``prompt``, or a shell ``command``) and block until
+        it ends; returns its ``Result``.
 
         Push first: a receiver on a free port of ``receiver_host`` (advertised
         as ``advertise_host``, e.g. this host's name as the server sees it) is
@@ -251,7 +257,7 @@ class Client:
         try:
             if receiver is not None:
                 fields["webhook"] = _run_webhook(receiver)
-            job_id = str(self.submit(prompt, **fields)["job_id"])
+            job_id = str(self.submit(prompt, command=command, **fields)["job_id"])
             try:
                 via = "polling"
                 if receiver is not None and self._pushed(receiver, job_id, deadline, push_grace):
@@ -596,8 +602,10 @@ class AsyncClient:
     async def _request(self, method: str, path: str, **kw: Any) -> Any:
         return (await self._send(method, path, **kw)).json()
 
-    async def submit(self, prompt: str | None = None, **fields: Any) -> dict[str, Any]:
-        body = {"prompt": prompt, **fields}
+    async def submit(
+        self, prompt: str | None = None, *, command: str | None = None, **fields: Any
+    ) -> dict[str, Any]:
+        body = {"prompt": prompt, "command": command, **fields}
         data = await self._request(
             "POST", "/jobs", json={k: v for k, v in body.items() if v is not None}
         )
@@ -682,6 +690,7 @@ class AsyncClient:
         self,
         prompt: str | None = None,
         *,
+        command: str | None = None,
         timeout: float | None = None,
         polling: bool = False,
         poll_interval: float = 0.05,
@@ -697,7 +706,7 @@ class AsyncClient:
         try:
             if receiver is not None:
                 fields["webhook"] = _run_webhook(receiver)
-            job_id = str((await self.submit(prompt, **fields))["job_id"])
+            job_id = str((await self.submit(prompt, command=command, **fields))["job_id"])
             try:
                 via = "polling"
                 if receiver is not None and await self._pushed(

@@ -89,7 +89,9 @@ class RunnerSettings(BaseModel):
     embedded: bool = Field(True, description="Run a runner inside `corral serve`.")
     slots: int = Field(4, ge=1, le=1024, description="Jobs a runner runs at once.")
     providers: list[str] = Field(
-        default_factory=lambda: ["shell"], description="Providers this runner serves."
+        default_factory=lambda: ["shell"],
+        description="Providers this runner serves; the embedded runner also serves every "
+        "enabled remote provider not assigned to another runner (`runner` of the provider).",
     )
     lease_wait: float = Field(
         20.0, gt=0, le=120, description="Seconds a lease request long-polls for work."
@@ -98,6 +100,8 @@ class RunnerSettings(BaseModel):
         5.0, ge=0, description="Seconds between SIGTERM and SIGKILL when a job is stopped."
     )
 
+
+EMBEDDED_RUNNER = "embedded"  # `runner` of a provider served by the runner in `corral serve`
 
 # Executor kinds that drive a process on the runner's host.
 LOCAL_KINDS = frozenset({"shell", "claude-code", "codex", "gemini"})
@@ -120,6 +124,13 @@ class ProviderSettings(BaseModel):
     )
     fallback: str | None = Field(
         None, description="Provider that takes this one's jobs while a quota limit pauses it."
+    )
+    runner: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="Remote providers: the name of the runner that serves it (`corral runner "
+        "--name`); default (or `embedded`): the runner inside `corral serve`.",
     )
     # Local agent CLIs (claude-code, codex):
     command: list[str] | None = Field(
@@ -299,6 +310,13 @@ class OllamaSettings(BaseModel):
         description="The Ollama version /api/version reports (clients check it before "
         "they use an endpoint).",
     )
+    unserved_wait: float = Field(
+        5.0,
+        ge=0,
+        le=600,
+        description="Seconds /api/chat waits for a runner serving the model's provider to "
+        "connect before a 503 saying none does.",
+    )
 
 
 class Settings(BaseSettings):
@@ -369,7 +387,16 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="[providers.NAME] tables; a local `shell` provider always exists.",
     )
-    default_local: str = Field("shell", description="The local provider routing falls back to.")
+    default_provider: str | None = Field(
+        None,
+        description="Where a prompt that names no provider goes: an enabled agent provider "
+        "(any kind but shell). Without one, such a prompt is refused (422) saying so.",
+    )
+    default_local: str | None = Field(
+        None,
+        description="The local agent provider for jobs that must stay local "
+        "(needs_local_agent, allow_delegation false). Default: default_provider if it is local.",
+    )
     max_running: int | None = Field(
         None, ge=1, description="At most this many jobs active across all runners (others queue)."
     )
@@ -458,13 +485,21 @@ class Settings(BaseSettings):
         return table
 
     def embedded_providers(self) -> list[str]:
-        """What the runner in `corral serve` serves: ``runner.providers`` when
-        set, else `shell` plus every enabled remote provider (their work
+        """What the runner in `corral serve` serves: ``runner.providers`` plus
+        every enabled remote provider that names no other runner (their work
         happens on the remote server; the runner only drives it)."""
-        if "providers" in self.runner.model_fields_set:
-            return list(self.runner.providers)
-        remote = [n for n, p in self.providers.items() if p.enabled and not p.is_local]
-        return [*self.runner.providers, *sorted(remote)]
+        return self.runner_serves(self.runner.providers, EMBEDDED_RUNNER)
+
+    def runner_serves(self, listed: list[str], name: str | None) -> list[str]:
+        """What a runner called ``name`` that lists ``listed`` serves: those,
+        plus the enabled remote providers assigned to it (``runner = NAME``;
+        the embedded runner: those assigned to no runner)."""
+        assigned = sorted(
+            n
+            for n, p in self.providers.items()
+            if p.enabled and not p.is_local and (p.runner or EMBEDDED_RUNNER) == name
+        )
+        return [*listed, *(n for n in assigned if n not in listed)]
 
     def runner_providers(self, names: list[str]) -> dict[str, ProviderSettings]:
         """provider name -> its settings, for a runner serving ``names``."""
@@ -497,12 +532,38 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _check_default_local(self) -> Settings:
-        default = self.provider_table().get(self.default_local)
-        if default is None or not default.local or not default.enabled:
-            raise ValueError(
-                f"default_local {self.default_local!r} must name an enabled local provider"
+    def _check_defaults(self) -> Settings:
+        table = self.provider_table()
+        for setting in ("default_provider", "default_local"):
+            name = getattr(self, setting)
+            if name is None:
+                continue
+            provider = table.get(name)
+            where = "local agent provider" if setting == "default_local" else "agent provider"
+            if provider is None:
+                problem = "is not a configured provider"
+            elif not provider.enabled:
+                problem = "is disabled"
+            elif provider.kind == "shell":
+                problem = "is a shell, which runs only explicit commands, never prompts"
+            elif setting == "default_local" and not provider.local:
+                problem = "is remote"
+            else:
+                continue
+            agents = sorted(
+                n for n, p in table.items() if p.agent and (p.local or setting != "default_local")
             )
+            raise ValueError(
+                f"{setting} {name!r} {problem}: name an enabled {where} "
+                f"({', '.join(agents) or 'none configured'})"
+            )
+        for name, p in self.providers.items():
+            if p.runner is not None and p.is_local:
+                raise ValueError(
+                    f"providers.{name}.runner: only a remote provider is assigned to a runner; "
+                    "a local one is served by the runners that list it (runner.providers, "
+                    "corral runner --provider)"
+                )
         return self
 
     _source: Path | None = PrivateAttr(None)  # the corral.toml read, for reloads

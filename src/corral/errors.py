@@ -29,6 +29,13 @@ class InvalidInput(CorralError):
     code = "invalid_input"
 
 
+class Unroutable(CorralError):
+    """No provider may run this job; name one, or configure a default."""
+
+    status = 422
+    code = "unroutable"
+
+
 class Unauthorized(CorralError):
     """Missing or invalid credentials."""
 

@@ -282,7 +282,10 @@ class JobCreate(BaseModel):
 
     prompt: str | None = Field(None, max_length=262_144, description="What to do.")
     command: str | None = Field(
-        None, max_length=65_536, description="Shell provider: the command (default: the prompt)."
+        None,
+        max_length=65_536,
+        description="A shell command: routed to the shell provider (or the shell-kind "
+        "provider named). A prompt never runs in a shell unless a shell provider is named.",
     )
     session_id: str | None = Field(
         None, max_length=64, description="Add the job as a turn of this session."
@@ -356,6 +359,7 @@ class JobCreate(BaseModel):
             allow_delegation=self.allow_delegation,
             complexity_hint=self.complexity_hint,
             model=self.model,
+            command=bool(self.command and self.command.strip()),
         )
 
     @model_validator(mode="after")

@@ -76,7 +76,8 @@ def ts(value: str) -> datetime:
 
 
 def submit(http: httpx.Client, command: str, **fields: Any) -> str:
-    resp = http.post("/jobs", json={"prompt": command, **fields})
+    """Submit a shell command (explicitly: prose never runs in a shell)."""
+    resp = http.post("/jobs", json={"command": command, **fields})
     assert resp.status_code == 202, resp.text
     job_id: str = resp.json()["job_id"]
     return job_id

@@ -22,7 +22,7 @@ from ._helpers import (
 
 
 def _turn(http: httpx.Client, session_id: str, command: str) -> dict:
-    resp = http.post(f"/sessions/{session_id}/turns", json={"prompt": command})
+    resp = http.post(f"/sessions/{session_id}/turns", json={"command": command})
     assert resp.status_code == 202, resp.text
     return wait_job(http, resp.json()["job_id"], timeout=30)
 

@@ -58,7 +58,7 @@ def test_no_credential_is_401(anon: httpx.Client, path: str) -> None:
 )
 def test_bad_credential_is_401(anon: httpx.Client, header: dict[str, str]) -> None:
     assert_error(anon.get("/jobs", headers=header), 401, "unauthorized")
-    assert_error(anon.post("/jobs", headers=header, json={"prompt": "echo no"}), 401)
+    assert_error(anon.post("/jobs", headers=header, json={"command": "echo no"}), 401)
 
 
 def test_a_real_key_with_a_wrong_secret_is_401(srv: ServerProcess, anon: httpx.Client) -> None:
@@ -86,7 +86,7 @@ def test_viewer_reads_but_cannot_write(
         assert viewer.get(f"/jobs/{job_id}").json()["state"] == "done"
         assert viewer.get(f"/sessions/{job['session_id']}/events").status_code == 200
         assert viewer.get("/runners").status_code == 200
-        err = assert_error(viewer.post("/jobs", json={"prompt": "echo nope"}), 403, "forbidden")
+        err = assert_error(viewer.post("/jobs", json={"command": "echo nope"}), 403, "forbidden")
         assert "viewer" in err["message"]
         assert_error(viewer.post(f"/jobs/{job_id}/retry"), 403, "forbidden")
         assert_error(viewer.post(f"/jobs/{job_id}/cancel"), 403, "forbidden")
@@ -102,7 +102,7 @@ def test_viewer_reads_but_cannot_write(
 
 def test_operator_submits_but_cannot_run(srv: ServerProcess, keys: dict[str, str]) -> None:
     with srv.http(keys["operator"]) as op:
-        resp = op.post("/jobs", json={"prompt": "echo from operator"})
+        resp = op.post("/jobs", json={"command": "echo from operator"})
         assert resp.status_code == 202, resp.text
         assert wait_job(op, resp.json()["job_id"])["state"] == "done"
         assert_error(
@@ -119,7 +119,7 @@ def test_runner_key_cannot_read_or_submit(
     wait_job(http, job_id)
     with srv.http(keys["runner"]) as runner:
         assert_error(runner.get("/jobs"), 403, "forbidden")
-        assert_error(runner.post("/jobs", json={"prompt": "echo nope"}), 403, "forbidden")
+        assert_error(runner.post("/jobs", json={"command": "echo nope"}), 403, "forbidden")
         # A job it never held is not its business.
         assert_error(runner.get(f"/jobs/{job_id}"), 403, "forbidden")
         # What it may do: register (and lease for its own runner).

@@ -122,7 +122,7 @@ def test_cancel_a_queued_job_with_the_cli(srv: ServerProcess, http: httpx.Client
     m = marker()
     first = submit(http, f"sleep 30.{m}")
     session = get_job(http, first)["session_id"]
-    resp = http.post(f"/sessions/{session}/turns", json={"prompt": "echo never"})
+    resp = http.post(f"/sessions/{session}/turns", json={"command": "echo never"})
     job_id = resp.json()["job_id"]
     assert get_job(http, job_id)["state"] == "queued"
     res = srv.cli("jobs", "cancel", job_id)

@@ -16,7 +16,8 @@ def test_provider_cap_holds_under_load(tmp_path: Path) -> None:
     try:
         with srv.http() as http:
             ids = [
-                http.post("/jobs", json={"prompt": "sleep 0.4"}).json()["job_id"] for _ in range(10)
+                http.post("/jobs", json={"command": "sleep 0.4"}).json()["job_id"]
+                for _ in range(10)
             ]
             most, reason = 0, None
             deadline = time.monotonic() + 60

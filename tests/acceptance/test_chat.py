@@ -7,7 +7,11 @@ client and the real `ollama` client package."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -236,3 +240,62 @@ def test_cli_submit_wait_prints_the_reply(srv: ServerProcess, gpu: FakeOpenAI) -
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "streamed words arrive live"
     assert "done" in out.stderr
+
+
+def test_remote_providers_are_served_with_a_restricted_embedded_runner(
+    tmp_path: Path, gpu: FakeOpenAI
+) -> None:
+    """`[runner] providers = [...]` (the README's Claude/Codex example) lists
+    local providers; remote ones are still served by the embedded runner,
+    unless assigned to another runner: then /api/chat (and /api/generate)
+    answer 503 with the reason after `[ollama] unserved_wait`, instead of hanging."""
+    config = tmp_path / "corral.toml"
+    config.write_text(
+        "[runner]\nproviders = ['shell']\n\n[ollama]\nunserved_wait = 1\n\n"
+        "[providers.gpu]\nkind = 'openai'\n"
+        f"base_url = {json.dumps(gpu.url)}\napi_key = {json.dumps(gpu.api_key)}\n"
+        "models = ['qwen2.5:7b']\n\n"
+        "[providers.far]\nkind = 'openai'\nrunner = 'gpu-box'\n"
+        f"base_url = {json.dumps(gpu.url)}\napi_key = {json.dumps(gpu.api_key)}\n"
+        "models = ['far-model']\n"
+    )
+    shown = subprocess.run(
+        [sys.executable, "-m", "corral", "config", "show", "--config", str(config), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(shown.stdout)["runner"]["serves"] == ["shell", "gpu"]
+    with running_server(tmp_path / "data", args=("--config", str(config), "--no-queue")) as srv:
+        status = srv.cli("status")
+        assert "embedded runner serves: shell, gpu" in status.stdout, status.stdout
+        headers = {"Authorization": f"Bearer {srv.admin_key}"}
+        with ollama.Client(host=srv.url, headers=headers) as client:
+            gpu.reply("Served.", match="are you served")
+            reply = client.chat(
+                model="qwen2.5:7b", messages=[{"role": "user", "content": "are you served"}]
+            )
+            assert reply.message.content == "Served."
+            for stream in (False, True):
+                started = time.monotonic()
+                with pytest.raises(ollama.ResponseError) as info:
+                    messages = [{"role": "user", "content": "anyone?"}]
+                    if stream:
+                        list(client.chat(model="far-model", messages=messages, stream=True))
+                    else:
+                        client.chat(model="far-model", messages=messages)
+                assert info.value.status_code == 503
+                assert "no active runner serves provider 'far'" in info.value.error
+                assert "corral runner --name gpu-box" in info.value.error
+                assert time.monotonic() - started < 30  # not chat_timeout (600 s)
+            with pytest.raises(ollama.ResponseError) as info:
+                client.generate(model="far-model", prompt="anyone?", stream=False)
+            assert info.value.status_code == 503 and "provider 'far'" in info.value.error
+        with srv.http() as http:
+            job_id = submit(http, prompt="queued for far", preferred_ai="far")
+            assert http.get(f"/jobs/{job_id}").json()["waiting"] == (
+                "no active runner serves provider 'far'"
+            )
+            chats = http.get("/jobs", params={"provider": "far"}).json()["jobs"]
+            states = sorted(j["state"] for j in chats)
+            assert states == ["cancelled", "cancelled", "cancelled", "queued"]

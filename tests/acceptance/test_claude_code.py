@@ -209,6 +209,32 @@ def test_follow_up_turn_resumes_the_agent_session(
     assert first_prompt in json.dumps(request["messages"])
 
 
+def test_a_follow_up_turn_naming_no_provider_stays_on_the_agent(
+    srv: ServerProcess, http: httpx.Client, fake: FakeAnthropic
+) -> None:
+    """The README's `corral turn SESSION "now add a test"`: the turn inherits
+    the session's provider and resumes the agent; it never reaches /bin/sh."""
+    first_prompt = unique("remember the word ibis")
+    fake.reply(text("Noted: ibis."), match=first_prompt)
+    first = wait_job(http, submit(http, first_prompt), timeout=60)
+    assert first["state"] == "done", first
+    follow = unique("now add a test")
+    fake.reply(text("ibis"), match=follow)
+    out = srv.cli("turn", first["session_id"], follow, "--wait", "--json", timeout=90)
+    assert out.returncode == 0, out.stderr
+    second = json.loads(out.stdout)
+    assert (second["provider"], second["state"], second["result"]) == ("claude", "done", "ibis")
+    assert "inherited from the session" in second["route_reason"]
+    [init1], [init2] = events_of(http, first, "agent.init"), events_of(http, second, "agent.init")
+    assert init2["session_id"] == init1["session_id"]  # resumed, not a shell
+    assert events_of(http, second, "output") == []  # nothing ran in a shell
+    # Explicitly a command: that one runs in the shell, in the same session.
+    out = srv.cli("turn", first["session_id"], "--shell", "echo from-sh", "--wait", "--json")
+    assert out.returncode == 0, out.stderr
+    third = json.loads(out.stdout)
+    assert (third["provider"], third["result"]) == ("shell", "from-sh")
+
+
 def test_hang_after_result_is_killed_and_the_result_kept(
     srv: ServerProcess, http: httpx.Client, fake: FakeAnthropic, linger: str
 ) -> None:

@@ -12,14 +12,14 @@ from ._helpers import cli_many, submit, wait_job
 
 
 def test_submit_wait_prints_output_and_exits_0(srv: ServerProcess) -> None:
-    res = srv.cli("submit", "echo hello; echo bye", "--wait")
+    res = srv.cli("submit", "--shell", "echo hello; echo bye", "--wait")
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines() == ["hello", "bye"]
     assert "done" in res.stderr
 
 
 def test_submit_wait_failing_command_exits_1(srv: ServerProcess) -> None:
-    res = srv.cli("submit", "echo oops; echo bad >&2; exit 3", "--wait")
+    res = srv.cli("submit", "--shell", "echo oops; echo bad >&2; exit 3", "--wait")
     assert res.returncode == 1
     assert "oops" in res.stdout
     assert "bad" in res.stderr  # stderr lines go to stderr
@@ -28,7 +28,7 @@ def test_submit_wait_failing_command_exits_1(srv: ServerProcess) -> None:
 
 
 def test_jobs_ls_show_logs_wait(srv: ServerProcess, http: httpx.Client) -> None:
-    res = srv.cli("submit", "echo alpha; echo beta", "--json", "--title", "cli-job")
+    res = srv.cli("submit", "--command", "echo alpha; echo beta", "--json", "--title", "cli-job")
     assert res.returncode == 0, res.stderr
     accepted = json.loads(res.stdout)
     job_id = accepted["job_id"]

@@ -27,7 +27,8 @@ def remote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 def config_for(remote: ServerProcess, root: Path) -> Path:
     config = root / "corral.toml"
     config.write_text(
-        "[providers.peer]\nkind = 'corral'\n"
+        # The remote corral runs the delegated prompts in its shell: named explicitly.
+        "[providers.peer]\nkind = 'corral'\nremote_provider = 'shell'\n"
         f"base_url = {json.dumps(remote.url)}\napi_key = {json.dumps(remote.admin_key)}\n"
     )
     return config

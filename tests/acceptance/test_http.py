@@ -15,7 +15,7 @@ def test_submit_poll_until_done(http: httpx.Client) -> None:
     resp = http.post(
         "/jobs",
         json={
-            "prompt": "echo one; echo two; echo three >&2",
+            "command": "echo one; echo two; echo three >&2",
             "title": "http job",
             "labels": ["x", "y"],
         },
@@ -106,7 +106,7 @@ def test_list_jobs_filters_and_pages(http: httpx.Client) -> None:
 
 
 def test_idempotency_key_returns_the_same_job(http: httpx.Client) -> None:
-    body = {"prompt": "echo once", "idempotency_key": f"deploy-{uuid.uuid4()}"}
+    body = {"command": "echo once", "idempotency_key": f"deploy-{uuid.uuid4()}"}
     first = http.post("/jobs", json=body)
     assert first.status_code == 202, first.text
     assert first.json()["created"] is True
@@ -117,7 +117,7 @@ def test_idempotency_key_returns_the_same_job(http: httpx.Client) -> None:
     assert second.json()["session_id"] == first.json()["session_id"]
 
     wait_job(http, first.json()["job_id"])
-    third = http.post("/jobs", json={**body, "prompt": "echo something else"})
+    third = http.post("/jobs", json={**body, "command": "echo something else"})
     assert third.status_code == 200
     assert third.json()["job_id"] == first.json()["job_id"]
     # Only one job was made: the session has a single turn.

@@ -43,13 +43,18 @@ def _drop(queue: Path, name: str, text: str | bytes) -> None:
     os.rename(tmp, queue / name)
 
 
+def _shell(body: str, front: str = "") -> str:
+    """A queue file whose body runs in a shell: it says so (provider: shell)."""
+    return f"---\nprovider: shell\n{front}---\n{body}"
+
+
 def test_files_become_jobs_and_come_back_with_a_footer(
     folder: tuple[ServerProcess, Path],
 ) -> None:
     srv, queue = folder
-    _drop(queue, "hello.md", "---\ntitle: greet\npriority: 1\n---\necho hello from a file\n")
-    _drop(queue, "plain.md", "echo no front matter\n")
-    _drop(queue, "boom.md", "exit 3\n")
+    _drop(queue, "hello.md", "---\ntitle: greet\npriority: 1\nprovider: shell\n---\necho hello\n")
+    _drop(queue, "plain.md", "---\ncommand: echo no prompt\n---\n")
+    _drop(queue, "boom.md", _shell("exit 3\n"))
     done = _wait_for(
         lambda: (
             (queue / "done" / "hello.md").exists()
@@ -60,7 +65,7 @@ def test_files_become_jobs_and_come_back_with_a_footer(
     assert done
     text = (queue / "done" / "hello.md").read_text()
     assert text.startswith("---\ntitle: greet")  # the original is kept
-    assert "## corral: done" in text and "hello from a file" in text
+    assert "## corral: done" in text and "hello" in text.split("## corral")[1]
     result = result_of(text)
     assert result is not None and result["state"] == "done" and result["attempts"] == 1
     failed = result_of((queue / "failed" / "boom.md").read_text())
@@ -94,8 +99,29 @@ def test_bad_files_go_to_failed_with_the_reason(
     result = result_of(data.decode("utf-8", "replace"))
     assert result is not None and result["state"] == "rejected" and needle in result["error"]
     # The watcher lives on: the next good file still runs.
-    _drop(queue, "after.md", "echo still alive\n")
+    _drop(queue, "after.md", _shell("echo still alive\n"))
     assert _wait_for(lambda: (queue / "done" / "after.md").exists())
+
+
+def test_prose_never_runs_in_a_shell(folder: tuple[ServerProcess, Path], tmp_path: Path) -> None:
+    """A file with no routing is a prompt: with no default_provider it goes to
+    failed/ saying how to configure one; a misspelt provider is named, not
+    replaced by the shell. Neither reaches /bin/sh."""
+    srv, queue = folder
+    marker = tmp_path / "ran-in-a-shell"
+    _drop(queue, "prose.md", f"Tidy the README, then\ntouch {marker}\n")
+    _drop(queue, "claud.md", f"---\nprovider: claud\n---\ntouch {marker}\n")
+    for name, needles in (
+        ("prose.md", ["no default_provider is configured", 'set default_provider = "NAME"']),
+        ("claud.md", ["provider 'claud' is not configured; the enabled providers are: shell"]),
+    ):
+        path = queue / "failed" / name
+        target = _wait_for(lambda path=path: path.exists() and path)
+        result = result_of(target.read_text())
+        assert result is not None and result["state"] == "rejected", result
+        assert all(n in result["error"] for n in needles), result["error"]
+    assert json.loads(srv.cli("jobs", "ls", "--json").stdout) == []
+    assert not marker.exists() and list((queue / "running").iterdir()) == []
 
 
 def test_files_being_written_are_left_alone(folder: tuple[ServerProcess, Path]) -> None:
@@ -117,7 +143,7 @@ def test_pickup_is_fast_and_a_burst_drains_in_priority_order(
 ) -> None:
     srv, queue = folder
     start = time.monotonic()
-    _drop(queue, "first.md", "true\n")
+    _drop(queue, "first.md", _shell("true\n"))
     _wait_for(
         lambda: (queue / "running" / "first.md").exists() or (queue / "done" / "first.md").exists()
     )
@@ -127,7 +153,7 @@ def test_pickup_is_fast_and_a_burst_drains_in_priority_order(
     burst = 1000
     for i in range(burst):
         priority = [3, 0, 2][i % 3]
-        _drop(queue, f"burst-{i:04d}.md", f"---\npriority: {priority}\n---\ntrue\n")
+        _drop(queue, f"burst-{i:04d}.md", _shell("true\n", f"priority: {priority}\n"))
     _wait_for(lambda: len(list((queue / "running").glob("burst-*.md"))) == burst, timeout=60)
     assert not list(queue.glob("burst-*.md"))  # all taken
     assert srv.cli("resume").returncode == 0
@@ -154,7 +180,7 @@ def test_restart_reconciles_running_files(tmp_path: Path) -> None:
     queue = tmp_path / "queue"
     srv = start_server(tmp_path / "data", args=("--queue", str(queue)))
     try:
-        _drop(queue, "long.md", "---\nmax_attempts: 2\n---\nsleep 2; echo survived\n")
+        _drop(queue, "long.md", _shell("sleep 2; echo survived\n", "max_attempts: 2\n"))
         _wait_for(lambda: (queue / "running" / "long.md").exists())
         time.sleep(0.5)
         srv.kill()
@@ -179,7 +205,7 @@ def test_kill_9_mid_burst_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     srv = start_server(tmp_path / "data", args=("--queue", str(queue)), env=env)
     try:
         for i in range(80):
-            _drop(queue, f"b-{i:03d}.md", f"---\nmax_attempts: 3\n---\nsleep 0.0{i % 10}\n")
+            _drop(queue, f"b-{i:03d}.md", _shell(f"sleep 0.0{i % 10}\n", "max_attempts: 3\n"))
         _wait_for(lambda: len(list((queue / "done").glob("b-*.md"))) >= 10)
         srv.kill()
     finally:
@@ -207,7 +233,7 @@ def test_two_replicas_share_one_folder_and_finish_each_file_once(
     b = start_server(tmp_path / "b", database_url=pg_url, args=args)
     try:
         for i in range(40):
-            _drop(queue, f"r-{i:02d}.md", f"sleep 0.0{i % 5}; echo {i}\n")
+            _drop(queue, f"r-{i:02d}.md", _shell(f"sleep 0.0{i % 5}; echo {i}\n"))
         _wait_for(lambda: len(list((queue / "done").glob("r-*.md"))) == 40, timeout=60)
         # One replica leads the folder; the other stands by. No file is finished twice.
         time.sleep(0.5)
@@ -218,7 +244,7 @@ def test_two_replicas_share_one_folder_and_finish_each_file_once(
         assert len(jobs) == 40
         # The leader goes away: the other replica takes the folder over.
         a.stop()
-        _drop(queue, "after.md", "echo taken over\n")
+        _drop(queue, "after.md", _shell("echo taken over\n"))
         _wait_for(lambda: (queue / "done" / "after.md").exists(), timeout=30)
     finally:
         a.stop()
@@ -230,7 +256,7 @@ def test_a_file_written_in_place_is_taken_only_once_complete(
 ) -> None:
     srv, queue = folder
     with (queue / "slow.md").open("w") as f:
-        f.write("echo part-one")
+        f.write(_shell("echo part-one"))
         f.flush()
         time.sleep(0.12)  # shorter than the settle time, longer than the watcher's debounce
         f.write("; echo part-two\n")

@@ -13,10 +13,10 @@ from corral.testing import free_port, start_server
 def test_everything_behaves_the_same_on_postgresql(tmp_path: Path, pg_url: str) -> None:
     srv = start_server(tmp_path / "data", database_url=pg_url)
     try:
-        done = srv.cli("submit", "echo hello; echo bye", "--wait")
+        done = srv.cli("submit", "--shell", "echo hello; echo bye", "--wait")
         assert done.returncode == 0, done.stderr
         assert done.stdout.splitlines() == ["hello", "bye"]
-        failed = srv.cli("submit", "echo oops >&2; exit 4", "--wait")
+        failed = srv.cli("submit", "--shell", "echo oops >&2; exit 4", "--wait")
         assert failed.returncode == 1 and "exit code 4" in failed.stderr
         listed = srv.cli("jobs", "ls", "--json")
         states = sorted(j["state"] for j in json.loads(listed.stdout))
@@ -42,7 +42,7 @@ def test_two_replicas_share_one_postgresql_database(tmp_path: Path, pg_url: str)
     try:
         with b.http(a.admin_key) as http:  # keys live in the shared database
             accepted = http.post(
-                "/jobs", json={"prompt": "echo from-a; sleep 0.5; echo end"}
+                "/jobs", json={"command": "echo from-a; sleep 0.5; echo end"}
             ).json()
             lines = []
             with http.stream(

@@ -15,7 +15,7 @@ def test_follow_up_turn_shares_the_workspace(http: httpx.Client) -> None:
     assert job1["state"] == "done", job1
     session_id = job1["session_id"]
 
-    resp = http.post(f"/sessions/{session_id}/turns", json={"prompt": "cat note.txt; pwd"})
+    resp = http.post(f"/sessions/{session_id}/turns", json={"command": "cat note.txt; pwd"})
     assert resp.status_code == 202, resp.text
     assert resp.json()["session_id"] == session_id
     job2 = wait_job(http, resp.json()["job_id"])
@@ -46,7 +46,7 @@ def test_turns_run_one_at_a_time_in_order(http: httpx.Client) -> None:
     ]
     ids = []
     for script in scripts:  # all queued at once; the embedded runner has 4 free slots
-        resp = http.post(f"/sessions/{sid}/turns", json={"prompt": script})
+        resp = http.post(f"/sessions/{sid}/turns", json={"command": script})
         assert resp.status_code == 202, resp.text
         ids.append(resp.json()["job_id"])
     jobs = [wait_job(http, job_id) for job_id in ids]
@@ -69,7 +69,7 @@ def test_turns_run_one_at_a_time_in_order(http: httpx.Client) -> None:
 
 def test_turn_with_cli(srv: ServerProcess, http: httpx.Client) -> None:
     job1 = wait_job(http, submit(http, "echo 41 > n.txt"))
-    res = srv.cli("turn", job1["session_id"], "echo $(( $(cat n.txt) + 1 ))", "--wait")
+    res = srv.cli("turn", job1["session_id"], "--shell", "echo $(( $(cat n.txt) + 1 ))", "--wait")
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "42"
     assert http.get(f"/sessions/{job1['session_id']}").json()["turns"] == 2
@@ -77,11 +77,11 @@ def test_turn_with_cli(srv: ServerProcess, http: httpx.Client) -> None:
 
 def test_turn_errors(http: httpx.Client) -> None:
     assert_error(
-        http.post("/sessions/nope/turns", json={"prompt": "echo x"}), 404, "session_not_found"
+        http.post("/sessions/nope/turns", json={"command": "echo x"}), 404, "session_not_found"
     )
     sid = get_job(http, submit(http, "true"))["session_id"]
     assert_error(
-        http.post(f"/sessions/{sid}/turns", json={"prompt": "echo x", "session_id": "other"}),
+        http.post(f"/sessions/{sid}/turns", json={"command": "echo x", "session_id": "other"}),
         400,
         "bad_request",
     )

@@ -98,7 +98,7 @@ def client(srv: ServerProcess) -> Iterator[Client]:
 
 
 def test_run_by_webhook(client: Client, http: httpx.Client) -> None:
-    result = client.run("echo pushed", timeout=30)
+    result = client.run(command="echo pushed", timeout=30)
     assert result.ok and result.via == "webhook" and result.result == "pushed"
     assert result.attempts == 1 and result.started_at and result.finished_at
     deliveries = http.get(f"/jobs/{result.job_id}/deliveries").json()
@@ -113,27 +113,27 @@ def test_run_by_webhook(client: Client, http: httpx.Client) -> None:
 
 
 def test_run_by_polling_when_asked_or_unreachable(client: Client) -> None:
-    forced = client.run("echo polled", polling=True, timeout=30)
+    forced = client.run(command="echo polled", polling=True, timeout=30)
     assert forced.ok and forced.via == "polling" and forced.result == "polled"
     # The server cannot reach the advertised address: no delivery within the grace.
     started = time.monotonic()
     unreachable = client.run(
-        "echo fallback", advertise_host="unreachable.invalid", push_grace=1.0, timeout=30
+        command="echo fallback", advertise_host="unreachable.invalid", push_grace=1.0, timeout=30
     )
     assert unreachable.ok and unreachable.via == "polling" and unreachable.result == "fallback"
     assert time.monotonic() - started < 10
     # The receiver cannot bind (not an address of this host): polling at once.
-    unbound = client.run("echo unbound", receiver_host="203.0.113.7", timeout=30)
+    unbound = client.run(command="echo unbound", receiver_host="203.0.113.7", timeout=30)
     assert unbound.ok and unbound.via == "polling" and unbound.result == "unbound"
 
 
 def test_run_timeout_leaves_the_job_or_cancels_it(client: Client) -> None:
     with pytest.raises(RunTimeout) as info:
-        client.run("sleep 30", timeout=1.0)
+        client.run(command="sleep 30", timeout=1.0)
     assert client.get(info.value.job_id).state.value in ("queued", "assigned", "running")
     client.cancel(info.value.job_id)
     with pytest.raises(RunTimeout) as info:
-        client.run("sleep 30", timeout=1.0, cancel_on_timeout=True)
+        client.run(command="sleep 30", timeout=1.0, cancel_on_timeout=True)
     assert client.get(info.value.job_id).state.value == "cancelled"
 
 
@@ -238,7 +238,7 @@ async def test_async_client_events_survive_a_forced_disconnect(tmp_path: Path) -
     env = {**ENV, "CORRAL_SSE_BUFFER": "10"}
     with running_server(tmp_path / "data", env=env) as s:
         async with AsyncClient(s.url, s.admin_key) as c:
-            accepted = await c.submit("for i in $(seq 1 300); do echo line $i; done")
+            accepted = await c.submit(command="for i in $(seq 1 300); do echo line $i; done")
             seqs: list[int] = []
             lines: list[str] = []
             async for event in c.job_events(accepted["job_id"], timeout=60):
@@ -250,7 +250,7 @@ async def test_async_client_events_survive_a_forced_disconnect(tmp_path: Path) -
                     await asyncio.sleep(0.2)  # fall behind the server
             assert lines == [f"line {i}" for i in range(1, 301)]
             assert seqs == sorted(set(seqs)) and seqs == list(range(seqs[0], seqs[-1] + 1))
-            result = await c.run("echo async", timeout=30)
+            result = await c.run(command="echo async", timeout=30)
             assert result.ok and result.via == "webhook" and result.result == "async"
             job = await c.wait(result.job_id, timeout=5)
             assert job.state.value == "done"

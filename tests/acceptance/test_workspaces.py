@@ -120,7 +120,8 @@ def test_bad_repo_fails_at_once_with_the_reason(http: httpx.Client, tmp_path: Pa
 def test_agent_that_never_starts_is_killed(
     srv: ServerProcess, http: httpx.Client, mute: str
 ) -> None:
-    job = wait_job(http, submit(http, "hello", provider="mute"), timeout=30)
+    accepted = http.post("/jobs", json={"prompt": "hello", "provider": "mute"}).json()
+    job = wait_job(http, accepted["job_id"], timeout=30)
     assert job["state"] == "failed" and job["reason"] == "hang_startup", job
     assert job["failure"] == "infra" and "startup_timeout" in job["error"]
     assert pids_matching(mute) == []

@@ -41,9 +41,9 @@ async def api(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> A
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://corral") as http:
             admin = {"Authorization": f"Bearer {keys['admin']}"}
-            done = (await http.post("/jobs", json={"prompt": "x"}, headers=admin)).json()
+            done = (await http.post("/jobs", json={"command": "x"}, headers=admin)).json()
             await http.post(f"/jobs/{done['job_id']}/cancel", headers=admin)
-            queued = (await http.post("/jobs", json={"prompt": "y"}, headers=admin)).json()
+            queued = (await http.post("/jobs", json={"command": "y"}, headers=admin)).json()
             yield Api(http, keys, done["job_id"], queued["job_id"], queued["session_id"])
 
 
@@ -158,6 +158,30 @@ def _cases(api: Api) -> list[tuple[str, str, str, dict[str, Any], int, str]]:
             {},
             409,
             "invalid_transition",
+        ),
+        (
+            "unknown provider",
+            "POST",
+            "/jobs",
+            {"json": {"prompt": "x", "provider": "claud"}},
+            422,
+            "unroutable",
+        ),
+        (
+            "prose, no default provider",
+            "POST",
+            "/jobs",
+            {"json": {"prompt": "x"}},
+            422,
+            "unroutable",
+        ),
+        (
+            "route of a turn, unknown provider",
+            "POST",
+            "/route",
+            {"json": {"prompt": "x", "provider": "nope", "session_id": api.session}},
+            422,
+            "unroutable",
         ),
         ("unknown session", "GET", "/sessions/nope", {}, 404, "session_not_found"),
         (
@@ -296,7 +320,7 @@ async def test_health_needs_no_credential_and_docs_exist(api: Api) -> None:
 
 
 async def test_idempotent_submit_is_200_with_the_same_job(api: Api) -> None:
-    body = {"prompt": "x", "idempotency_key": "same"}
+    body = {"command": "x", "idempotency_key": "same"}
     first = await api.http.post("/jobs", json=body, headers=api.auth("operator"))
     second = await api.http.post("/jobs", json=body, headers=api.auth("operator"))
     assert (first.status_code, second.status_code) == (202, 200)
@@ -318,7 +342,7 @@ async def test_a_runner_key_reads_only_the_jobs_its_runner_holds(api: Api) -> No
     (item,) = leased.json()["jobs"]
     own = await api.http.get(f"/jobs/{item['job']['id']}", headers=runner)
     assert own.status_code == 200 and own.json()["state"] == "assigned"
-    other = (await api.http.post("/jobs", json={"prompt": "z"}, headers=api.auth("admin"))).json()
+    other = (await api.http.post("/jobs", json={"command": "z"}, headers=api.auth("admin"))).json()
     refused = await api.http.get(f"/jobs/{other['job_id']}", headers=runner)
     assert refused.status_code == 403 and refused.json()["error"]["code"] == "forbidden"
 

@@ -20,7 +20,11 @@ async def test_a_failed_submit_is_recovered_by_reconcile(
 ) -> None:
     store = await Store.open(db_url)
     try:
-        intake = FolderIntake(tmp_path / "queue", store, route=lambda spec: None)  # type: ignore[arg-type,return-value]
+
+        async def unrouted(spec: object) -> None:
+            return None  # store.jobs.create without a decision
+
+        intake = FolderIntake(tmp_path / "queue", store, route=unrouted)  # type: ignore[arg-type]
         intake.prepare()
         (tmp_path / "queue" / "task.md").write_text("echo hi\n")
         create = store.jobs.create

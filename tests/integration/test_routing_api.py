@@ -21,11 +21,19 @@ PROVIDERS = {
 
 
 @pytest.fixture
+def defaults() -> dict[str, str]:
+    return {"default_provider": "claude"}
+
+
+@pytest.fixture
 async def http(
-    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, defaults: dict[str, str]
 ) -> AsyncIterator[httpx.AsyncClient]:
     monkeypatch.chdir(tmp_path)
-    app = create_app(load_settings(data_dir=tmp_path, database_url=db_url, providers=PROVIDERS))
+    settings = load_settings(
+        data_dir=tmp_path, database_url=db_url, providers=PROVIDERS, **defaults
+    )
+    app = create_app(settings)
     async with app.router.lifespan_context(app):
         store = app.state.services.store
         keys = {r: (await store.keys.create(name=r.value, role=r))[1] for r in Role}
@@ -45,15 +53,25 @@ async def _submit(http: httpx.AsyncClient, **body: object) -> dict[str, object]:
 @pytest.mark.parametrize(
     ("body", "provider", "rule", "model"),
     [
-        ({}, "shell", 5, None),
+        ({}, "claude", 5, None),
+        ({"command": "echo hi"}, "shell", 0, None),
+        ({"command": "echo hi", "provider": "shell"}, "shell", 0, None),
+        ({"provider": "shell"}, "shell", 2, None),
         ({"preferred_ai": "gpu"}, "gpu", 4, None),
-        ({"provider": "gpu", "allow_delegation": False}, "shell", 3, None),
+        ({"provider": "gpu", "allow_delegation": False}, "claude", 3, None),
         ({"executor": "claude", "complexity_hint": "high"}, "claude", 2, "opus"),
-        ({"needs_claude_code": True, "preferred_ai": "gpu"}, "shell", 1, None),
-        ({"preferred_ai": "off"}, "shell", 5, None),
-        ({"preferred_ai": "nope"}, "shell", 5, None),
+        ({"needs_claude_code": True, "preferred_ai": "gpu"}, "claude", 1, None),
     ],
-    ids=["none", "remote", "no-delegation", "local-tier", "needs-local", "disabled", "unknown"],
+    ids=[
+        "none",
+        "command",
+        "command-on-shell",
+        "shell-named",
+        "remote",
+        "no-delegation",
+        "local-tier",
+        "needs-local",
+    ],
 )
 async def test_submit_routes_and_records_the_decision(
     http: httpx.AsyncClient,
@@ -68,13 +86,76 @@ async def test_submit_routes_and_records_the_decision(
     events = (await http.get(f"/jobs/{job['id']}/events")).json()["events"]
     routed = [e for e in events if e["type"] == "job.routed"]
     assert len(routed) == 1 and routed[0]["payload"]["provider"] == provider
-    assert len(routed[0]["payload"]["skipped"]) == rule - 1
+    assert len(routed[0]["payload"]["skipped"]) == rule
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ({"preferred_ai": "claud"}, "provider 'claud' is not configured"),
+        ({"provider": "off"}, "provider 'off' is disabled"),
+        ({"command": "ls", "provider": "claude"}, "a command runs only on a shell provider"),
+    ],
+    ids=["unknown", "disabled", "command-on-an-agent"],
+)
+async def test_a_named_provider_is_used_or_refused_never_replaced(
+    http: httpx.AsyncClient, body: dict[str, object], says: str
+) -> None:
+    for path in ("/jobs", "/route"):
+        resp = await http.post(path, json={"prompt": "now add a test", **body})
+        assert resp.status_code == 422, resp.text
+        error = resp.json()["error"]
+        assert error["code"] == "unroutable" and says in error["message"]
+        if "provider" in body and body.get("command") is None:
+            assert "enabled providers are: claude, gpu, shell" in error["message"]
+    assert (await http.get("/jobs")).json()["jobs"] == []  # nothing was queued
+
+
+@pytest.mark.parametrize("defaults", [{}], ids=["no-default"])
+async def test_prose_with_no_default_provider_is_refused_with_the_how_to(
+    http: httpx.AsyncClient,
+) -> None:
+    for path in ("/jobs", "/route"):
+        resp = await http.post(path, json={"prompt": "echo pwned > /tmp/x"})
+        assert resp.status_code == 422, resp.text
+        message = resp.json()["error"]["message"]
+        assert 'set default_provider = "NAME" in corral.toml (one of: claude, gpu)' in message
+        assert "--shell" in message
+    assert (await http.get("/jobs")).json()["jobs"] == []
+    # What is explicitly a command still runs on the shell, and so does a named shell.
+    assert (await _submit(http, command="echo hi"))["provider"] == "shell"
+    assert (await _submit(http, provider="shell"))["provider"] == "shell"
+
+
+@pytest.mark.parametrize("defaults", [{}], ids=["no-default"])
+async def test_a_follow_up_turn_inherits_its_sessions_provider(http: httpx.AsyncClient) -> None:
+    first = await _submit(http, provider="claude")
+    session = first["session_id"]
+    for path, body in (
+        (f"/sessions/{session}/turns", {"prompt": "now add a test"}),
+        ("/jobs", {"prompt": "and a changelog entry", "session_id": session}),
+    ):
+        accepted = (await http.post(path, json=body)).json()
+        turn = (await http.get(f"/jobs/{accepted['job_id']}")).json()
+        assert (turn["provider"], turn["route_rule"]) == ("claude", 2)
+        assert "inherited from the session" in turn["route_reason"]
+    # It may still name another provider, or send a command.
+    other = (
+        await http.post(f"/sessions/{session}/turns", json={"prompt": "x", "provider": "gpu"})
+    ).json()
+    assert (await http.get(f"/jobs/{other['job_id']}")).json()["provider"] == "gpu"
+    cmd = (await http.post(f"/sessions/{session}/turns", json={"command": "ls"})).json()
+    assert (await http.get(f"/jobs/{cmd['job_id']}")).json()["provider"] == "shell"
+    # The latest turn ran on a shell: prose does not follow it there.
+    refused = await http.post(f"/sessions/{session}/turns", json={"prompt": "now add a test"})
+    assert refused.status_code == 422
+    assert "its session's provider shell runs only commands" in refused.json()["error"]["message"]
 
 
 async def test_route_explains_without_storing(http: httpx.AsyncClient) -> None:
-    decision = (await http.post("/route", json={"prompt": "x", "preferred_ai": "nope"})).json()
-    assert decision["provider"] == "shell" and decision["rule"] == 5
-    assert any("not a configured provider" in line for line in decision["skipped"])
+    decision = (await http.post("/route", json={"prompt": "x", "preferred_ai": "gpu"})).json()
+    assert decision["provider"] == "gpu" and decision["rule"] == 4
+    assert decision["skipped"][2] == "2: preferred_ai gpu is remote"
     assert (await http.get("/jobs")).json()["jobs"] == []
     viewer = {"Authorization": f"Bearer {http.keys[Role.VIEWER]}"}  # type: ignore[attr-defined]
     assert (await http.post("/route", json={"prompt": "x"}, headers=viewer)).status_code == 200
@@ -88,7 +169,7 @@ async def test_kill_switch_stops_leases_until_resumed(http: httpx.AsyncClient) -
     ).json()["runner_id"]
     assert (await http.get("/status")).json()["paused"] is False
     assert (await http.post("/admin/pause")).json() == {"paused": True}
-    job = await _submit(http)
+    job = await _submit(http, command="true")
     assert job["state"] == "queued"  # intake still accepts and queues
     lease = (
         await http.post(f"/runners/{runner_id}/lease", json={"max_jobs": 1, "wait": 0.2})

@@ -29,6 +29,7 @@ def test_defaults() -> None:
     assert (s.host, s.port) == ("127.0.0.1", 8487)
     assert s.effective_database_url == f"sqlite:///{s.data_dir / 'corral.db'}"
     assert s.runner.providers == ["shell"]
+    assert (s.default_provider, s.default_local) == (None, None)  # prose is refused, not run
 
 
 def test_toml_then_env_then_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -65,6 +66,60 @@ def test_bad_config_says_what_to_fix(tmp_path: Path, text: str, needle: str) -> 
     (tmp_path / "corral.toml").write_text(text)
     with pytest.raises(ConfigError, match=needle):
         load_settings()
+
+
+AGENTS = """
+[providers.claude]
+kind = "claude-code"
+[providers.gpu]
+kind = "openai"
+[providers.off]
+kind = "codex"
+enabled = false
+[providers.sh]
+kind = "shell"
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ('default_provider = "claud"\n', "default_provider 'claud' is not a configured provider"),
+        ('default_provider = "off"\n', "default_provider 'off' is disabled"),
+        ('default_provider = "shell"\n', "default_provider 'shell' is a shell"),
+        ('default_provider = "sh"\n', "default_provider 'sh' is a shell"),
+        ('default_local = "gpu"\n', "default_local 'gpu' is remote"),
+        ('default_local = "shell"\n', "name an enabled local agent provider \\(claude\\)"),
+        ("[providers.cc]\nkind = 'codex'\nrunner = 'box'\n", "only a remote provider is assigned"),
+    ],
+    ids=["unknown", "disabled", "builtin-shell", "shell-kind", "remote-local", "local", "runner"],
+)
+def test_defaults_must_name_enabled_agents(tmp_path: Path, text: str, needle: str) -> None:
+    (tmp_path / "corral.toml").write_text(text + AGENTS)
+    with pytest.raises(ConfigError, match=needle):
+        load_settings()
+
+
+def test_default_provider_may_be_local_or_remote(tmp_path: Path) -> None:
+    (tmp_path / "corral.toml").write_text(
+        'default_provider = "gpu"\ndefault_local = "claude"\n' + AGENTS
+    )
+    s = load_settings()
+    assert (s.default_provider, s.default_local) == ("gpu", "claude")
+
+
+def test_the_embedded_runner_serves_remote_providers_unless_assigned(tmp_path: Path) -> None:
+    """Listing local providers in [runner] providers does not drop the remote ones."""
+    (tmp_path / "corral.toml").write_text(
+        '[runner]\nproviders = ["shell", "claude"]\n'
+        + AGENTS
+        + '[providers.t3]\nkind = "t3"\n[providers.far]\nkind = "openai"\nrunner = "box"\n'
+        + '[providers.here]\nkind = "openai"\nrunner = "embedded"\n'
+    )
+    s = load_settings()
+    assert s.embedded_providers() == ["shell", "claude", "gpu", "here", "t3"]
+    assert s.runner_serves(["shell"], "box") == ["shell", "far"]
+    assert load_settings().runner_serves(["gpu"], "embedded") == ["gpu", "here", "t3"]
 
 
 def test_secrets_are_masked() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -44,9 +44,23 @@ class Services:
     watchdog: WatchdogStats = field(default_factory=WatchdogStats)
     providers: dict[str, Provider] = field(default_factory=dict)
 
-    def route(self, spec: JobCreate) -> Decision:
-        """Where ``spec`` would run (routing.decide over the configured providers)."""
-        return decide(spec.route(), self.providers, self.settings.default_local)
+    async def route(self, spec: JobCreate) -> Decision:
+        """Where ``spec`` would run (routing.decide over the configured
+        providers); a follow-up turn that names no provider prefers the one
+        its session's latest turn ran on. Raises ``Unroutable``."""
+        job = spec.route()
+        if spec.session_id is not None and job.preferred_ai is None and not job.command:
+            latest = await self.store.jobs.list(session_id=spec.session_id, limit=1)
+            if latest:
+                job = replace(job, session_provider=latest[0].provider)
+            else:
+                await self.store.sessions.get(spec.session_id)  # 404 before a refusal
+        return decide(
+            job,
+            self.providers,
+            default_provider=self.settings.default_provider,
+            default_local=self.settings.default_local,
+        )
 
     _keys: dict[str, tuple[float, Principal]] = field(default_factory=dict)
     # runner id, key id -> (until, runner name, the agents it hosts): agent

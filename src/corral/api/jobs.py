@@ -44,7 +44,7 @@ def _states(raw: list[str]) -> list[JobState]:
 
 @router.post("/jobs", status_code=202, response_model=JobAccepted)
 async def submit(spec: JobCreate, svc: Svc, who: Writer, response: Response) -> JobAccepted:
-    job, created = await svc.store.jobs.create(spec, svc.route(spec))
+    job, created = await svc.store.jobs.create(spec, await svc.route(spec))
     if not created:
         response.status_code = 200
     return JobAccepted(job_id=job.id, session_id=job.session_id, state=job.state, created=created)
@@ -53,7 +53,7 @@ async def submit(spec: JobCreate, svc: Svc, who: Writer, response: Response) -> 
 @router.post("/route", response_model=RouteDecision)
 async def route(spec: JobCreate, svc: Svc, who: Reader) -> RouteDecision:
     """Where this job would run, the rule that fired and why earlier rules did not."""
-    d = svc.route(spec)
+    d = await svc.route(spec)
     return RouteDecision(
         provider=d.provider, model=d.model, rule=d.rule, reason=d.reason, skipped=list(d.skipped)
     )

@@ -17,6 +17,8 @@ path), because that is what its clients parse."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import time
@@ -245,14 +247,10 @@ async def chat(request: Request, svc: Svc, who: Writer) -> Response:
     except ValidationError as exc:
         return _error(400, f"invalid request: {exc.errors()[0]['msg']}")
     started = time.perf_counter_ns()
-    session = await svc.store.sessions.create(title="ollama /api/chat")
-    spec.session_id = session.id
-    sub = svc.store.bus.subscribe(f"session:{session.id}", "jobs", maxsize=100_000)
-    try:
-        job, _ = await svc.store.jobs.create(spec, svc.route(spec))
-    except CorralError:
-        sub.close()
-        raise
+    begun = await _start_chat_job(svc, spec)
+    if isinstance(begun, Response):
+        return begun
+    job, sub = begun
     timeout = svc.settings.ollama.chat_timeout
     if not body.stream:
         try:
@@ -290,6 +288,33 @@ async def chat(request: Request, svc: Svc, who: Writer) -> Response:
         yield (json.dumps(_final(final, body.model, started, "")) + "\n").encode()
 
     return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+
+async def _unserved(svc: Services, job: Job, wait: float) -> str | None:
+    """Why no runner will take ``job``: None as soon as an active runner serves
+    its provider (or it left the queue); after ``wait`` seconds without one,
+    the job is cancelled and the reason returned."""
+    deadline = time.monotonic() + wait
+    while True:
+        runners = await svc.store.runners.list()
+        if any(job.provider in r.providers for r in runners):
+            return None
+        job = await svc.store.jobs.get(job.id)
+        if job.state is not JobState.QUEUED:
+            return None
+        if time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+    unserved = f"no active runner serves provider {job.provider!r}"
+    reason = await svc.store.jobs.waiting(job)
+    if reason and reason != unserved:
+        unserved = f"{reason}; and {unserved}"
+    with contextlib.suppress(CorralError):  # it may have ended meanwhile
+        await svc.store.jobs.cancel(job.id, by="ollama /api/chat (no runner serves it)")
+    settings = svc.settings.providers.get(job.provider)
+    assigned = settings.runner if settings is not None else None
+    start = f"corral runner --name {assigned}" if assigned else "a runner that serves it"
+    return f"{unserved}: start {start} (job {job.id} cancelled)"
 
 
 async def _deltas(svc: Services, sub: Any, job_id: str, timeout: float) -> AsyncIterator[str]:
@@ -535,7 +560,10 @@ async def generate(request: Request, svc: Svc, who: Writer) -> Response:
     except ValidationError as exc:
         return _error(400, f"invalid request: {exc.errors()[0]['msg']}")
     started = time.perf_counter_ns()
-    job, sub = await _start_chat_job(svc, spec)
+    begun = await _start_chat_job(svc, spec)
+    if isinstance(begun, Response):
+        return begun
+    job, sub = begun
     timeout = svc.settings.ollama.chat_timeout
     if not body.stream:
         try:
@@ -575,17 +603,22 @@ async def generate(request: Request, svc: Svc, who: Writer) -> Response:
     return StreamingResponse(lines(), media_type="application/x-ndjson")
 
 
-async def _start_chat_job(svc: Services, spec: JobCreate) -> tuple[Job, Any]:
+async def _start_chat_job(svc: Services, spec: JobCreate) -> tuple[Job, Any] | Response:
     """A chat job in a session of its own, and a subscription to its events
-    (made before the job, so no piece is missed)."""
+    (made before the job, so no piece is missed); or the 503 saying that no
+    runner serves its provider (after ``[ollama] unserved_wait``)."""
     session = await svc.store.sessions.create(title=spec.title)
     spec.session_id = session.id
     sub = svc.store.bus.subscribe(f"session:{session.id}", "jobs", maxsize=100_000)
     try:
-        job, _ = await svc.store.jobs.create(spec, svc.route(spec))
+        job, _ = await svc.store.jobs.create(spec, await svc.route(spec))
+        unserved = await _unserved(svc, job, svc.settings.ollama.unserved_wait)
     except CorralError:
         sub.close()
         raise
+    if unserved is not None:
+        sub.close()
+        return _error(503, unserved)
     return job, sub
 
 

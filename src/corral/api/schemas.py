@@ -25,7 +25,7 @@ class JobPage(BaseModel):
 class RouteDecision(BaseModel):
     provider: str
     model: str | None
-    rule: int = Field(description="1..5: which rule of the routing precedence fired.")
+    rule: int = Field(description="0..5: which rule of the routing precedence fired.")
     reason: str
     skipped: list[str] = Field(description="Why each earlier rule did not fire.")
 

@@ -35,7 +35,7 @@ async def add_turn(
     if body.session_id not in (None, session_id):
         raise BadRequest("session_id in the body differs from the path")
     spec = body.model_copy(update={"session_id": session_id})
-    job, created = await svc.store.jobs.create(spec, svc.route(spec))
+    job, created = await svc.store.jobs.create(spec, await svc.route(spec))
     if not created:
         response.status_code = 200
     return JobAccepted(job_id=job.id, session_id=job.session_id, state=job.state, created=created)

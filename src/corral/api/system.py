@@ -31,6 +31,10 @@ async def status(svc: Svc, who: Reader) -> dict[str, Any]:
         "providers_paused": [p.model_dump(mode="json") for p in await svc.store.jobs.pauses()],
         "jobs": await svc.store.jobs.counts(),
         "runners": [r.model_dump(mode="json") for r in runners],
+        # What this replica's embedded runner serves ([] without one).
+        "embedded_providers": (
+            svc.settings.embedded_providers() if svc.settings.runner.embedded else []
+        ),
     }
 
 

@@ -34,7 +34,10 @@ def config_show(
     """Print the effective configuration, secrets masked."""
     from corral.config import masked
 
-    data = masked(settings(config, data_dir))
+    s = settings(config, data_dir)
+    data = masked(s)
+    # Derived, not a setting: what the runner in `corral serve` serves.
+    data["runner"]["serves"] = s.embedded_providers() if s.runner.embedded else []
     if as_json:
         dump(data)
         return

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from corral.cli.common import JsonOpt, ServerOpt, TokenOpt, client, console, dump, esc
-from corral.errors import BadRequest
+from corral.errors import BadRequest, CorralError
 
 
 def route(
@@ -31,7 +31,16 @@ def route(
 
     spec = queue_file.parse(text, source_ref=file)
     with client(server, token) as c:
-        decision = c.route(**spec.model_dump(exclude_none=True, exclude={"source_ref"}))
+        try:
+            decision = c.route(**spec.model_dump(exclude_none=True, exclude={"source_ref"}))
+        except CorralError as exc:  # the server's refusal, as the client raises it
+            if exc.code != "unroutable":
+                raise
+            if as_json:
+                dump({"error": {"code": exc.code, "message": exc.message}})
+            else:
+                console.print(f"refused (422): {exc.message}", markup=False)
+            raise typer.Exit(1) from None
     if as_json:
         dump(decision)
         return
@@ -89,6 +98,10 @@ def status(server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = 
             f"provider {p['provider']} PAUSED until {p['until']} ({p['reason']}){fallback}",
             markup=False,
         )
+    embedded = data.get("embedded_providers")
+    if embedded is not None:
+        served = ", ".join(embedded) if embedded else "none (no embedded runner)"
+        console.print(f"embedded runner serves: {served}", markup=False)
     for r in data["runners"]:
         console.print(
             f"runner {r['name']}: {r['slots']} slots, providers {', '.join(r['providers'])}",

@@ -50,7 +50,12 @@ def runner(
         raise ConfigError(f"--server must be an http(s) URL, not {server!r}")
     s = settings(config, data_dir)
     logs.setup(s.log_level, s.log_format)
-    providers = provider or s.runner.providers
+    # Remote providers assigned to this runner by name (`runner = NAME`) come too.
+    providers = (
+        s.runner_serves(provider or s.runner.providers, name)
+        if name
+        else (provider or s.runner.providers)
+    )
     from corral.runner import Runner
 
     r = Runner(

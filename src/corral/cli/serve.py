@@ -143,7 +143,8 @@ async def run(settings: Settings) -> None:
         err.print(f"corral {store.db.dialect} listening on [bold]{esc(url)}[/]")
         if is_loopback(settings.host):
             err.print(
-                f"admin key: {settings.admin_key_file}  (try: corral submit 'echo hi' --wait)",
+                f"admin key: {settings.admin_key_file}  "
+                "(try: corral submit --shell 'echo hi' --wait)",
                 markup=False,
             )
         runner_task: asyncio.Task[None] | None = None

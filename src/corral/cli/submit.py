@@ -29,6 +29,19 @@ if TYPE_CHECKING:
     from corral.models import Event
 
 WaitOpt = Annotated[bool, typer.Option("--wait", "-w", help="Follow the output until it ends.")]
+ShellOpt = Annotated[
+    bool,
+    typer.Option(
+        "--shell",
+        "--command",
+        help="TEXT is a shell command (run by the shell provider); without this it is a "
+        "prompt for an agent, and never runs in a shell.",
+    ),
+]
+
+
+def _work(text: str, shell: bool) -> dict[str, str]:
+    return {"command": text} if shell else {"prompt": text}
 
 
 def _text(text: str | None, file: Path | None) -> str:
@@ -151,8 +164,11 @@ def _submit(
 
 
 def submit(
-    text: Annotated[str | None, typer.Argument(help="What to run ('-' for stdin).")] = None,
+    text: Annotated[
+        str | None, typer.Argument(help="The prompt (with --shell: the command; '-': stdin).")
+    ] = None,
     file: Annotated[Path | None, typer.Option("--file", "-f", help="Read it from a file.")] = None,
+    shell: ShellOpt = False,
     wait: WaitOpt = False,
     provider: Annotated[
         str | None, typer.Option(help="Preferred provider (routing decides; see corral route).")
@@ -175,13 +191,14 @@ def submit(
     token: TokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Submit a job (shell by default); with --wait, print its output live."""
+    """Submit a job: a prompt for an agent (routing picks the provider; see corral
+    route), or with --shell a shell command; with --wait, print its output live."""
     from corral.models import is_repo_ref
 
     if repo is not None and not is_repo_ref(repo):
         repo = str(Path(repo).expanduser().resolve())
     fields = {
-        "prompt": _text(text, file),
+        **_work(_text(text, file), shell),
         "provider": provider,
         "repo": repo,
         "base": base,
@@ -201,16 +218,20 @@ def turn(
     session: Annotated[str, typer.Argument(help="Session id.")],
     text: Annotated[str | None, typer.Argument(help="The follow-up ('-' for stdin).")] = None,
     file: Annotated[Path | None, typer.Option("--file", "-f")] = None,
+    shell: ShellOpt = False,
     wait: WaitOpt = False,
-    provider: Annotated[str | None, typer.Option(help="Preferred provider.")] = None,
+    provider: Annotated[
+        str | None, typer.Option(help="Preferred provider (default: the session's).")
+    ] = None,
     timeout: Annotated[float | None, typer.Option()] = None,
     server: ServerOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Add a follow-up turn to a session."""
+    """Add a follow-up turn to a session (on the session's provider unless
+    --provider names another; --shell: TEXT is a shell command)."""
     fields = {
-        "prompt": _text(text, file),
+        **_work(_text(text, file), shell),
         "provider": provider,
         "timeout": timeout,
         "source": "cli",

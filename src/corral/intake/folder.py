@@ -21,7 +21,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from watchfiles import Change, awatch
@@ -52,7 +52,9 @@ def idempotency_key(name: str, raw: bytes) -> str:
 
 
 class FolderIntake:
-    def __init__(self, root: Path, store: Store, route: Callable[[JobCreate], Decision]) -> None:
+    def __init__(
+        self, root: Path, store: Store, route: Callable[[JobCreate], Awaitable[Decision]]
+    ) -> None:
         self.root = root
         self.running = root / "running"
         self.done = root / "done"
@@ -180,14 +182,22 @@ class FolderIntake:
             return
         await self._ensure_job(dest, raw, spec)
 
-    async def _ensure_job(self, path: Path, raw: bytes, spec: JobCreate) -> Job:
+    async def _ensure_job(self, path: Path, raw: bytes, spec: JobCreate) -> Job | None:
         spec = spec.model_copy(
             update={
                 "idempotency_key": idempotency_key(path.name, raw),
                 "source_ref": str(path),
             }
         )
-        job, _ = await self.store.jobs.create(spec, self.route(spec))
+        try:
+            job, _ = await self.store.jobs.create(spec, await self.route(spec))
+        except CorralError as exc:
+            if not 400 <= exc.status < 500:
+                raise  # the database: nothing lost, the next reconcile retries
+            # The file itself is wrong: prose naming no provider with no default
+            # (Unroutable), an unknown provider or session...
+            self._reject(path, raw, exc.message)
+            return None
         if job.state in TERMINAL:
             await self._finish(job)
         return job
