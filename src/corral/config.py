@@ -99,6 +99,16 @@ class RunnerSettings(BaseModel):
     kill_grace: float = Field(
         5.0, ge=0, description="Seconds between SIGTERM and SIGKILL when a job is stopped."
     )
+    sandbox: Literal["auto", "bwrap", "none"] = Field(
+        "auto",
+        description="Where local jobs and agent daemons run: `bwrap` (bubblewrap: the host "
+        "read-only, the runner's data dir, keys, database and configuration hidden), `none`, "
+        "or `auto` (bwrap when it works here, else none with a loud warning).",
+    )
+    sandbox_hide: list[Path] = Field(
+        default_factory=list,
+        description="More paths sandboxed jobs must not see (e.g. ~/.ssh, ~/.aws).",
+    )
 
 
 EMBEDDED_RUNNER = "embedded"  # `runner` of a provider served by the runner in `corral serve`
@@ -165,6 +175,9 @@ class ProviderSettings(BaseModel):
     )
     result_grace: float = Field(
         5.0, ge=0, description="Seconds the agent may linger after its final result line."
+    )
+    network: bool = Field(
+        True, description="Local jobs reach the network (false: only a loopback of their own)."
     )
     # Remote chat providers (openai, anthropic):
     base_url: str | None = Field(
@@ -255,8 +268,11 @@ class DaemonSettings(BaseModel):
         description="An argv list, or a string split into words like a shell would (never "
         'run by a shell: for `;`, `|`, `$VAR` write ["sh", "-c", "..."]).'
     )
-    cwd: Path | None = Field(None, description="Working directory (default: the data dir).")
+    cwd: Path | None = Field(
+        None, description="Working directory (default: a directory of its own in the workdir)."
+    )
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment.")
+    network: bool = Field(True, description="Reaches the network (false: only a loopback).")
     autostart: bool = Field(True, description="Start with `corral serve`.")
     restart: Literal["always", "on-failure", "never"] = Field(
         "on-failure", description="When to start it again after it ends."
@@ -579,6 +595,25 @@ class Settings(BaseSettings):
     @property
     def admin_key_file(self) -> Path:
         return self.data_dir / "admin.key"
+
+    @property
+    def config_file(self) -> Path | None:
+        """The corral.toml these settings were read from, if any."""
+        return self._source
+
+    def sandbox_hidden(self) -> list[Path]:
+        """What sandboxed jobs of a runner with these settings must not see:
+        the data dir (keys, database, runner state, workspaces), the
+        configuration file, the SQLite database wherever it is, the queue
+        folder, and ``runner.sandbox_hide``."""
+        paths = [self.data_dir, self.admin_key_file, self.data_dir / "runner.key", self.queue_dir]
+        if self._source is not None:
+            paths.append(self._source)
+        url = self.effective_database_url
+        if url.startswith("sqlite") and ":///" in url:
+            db = Path(url.split(":///", 1)[1].split("?", 1)[0])
+            paths += [db, *(db.with_name(db.name + end) for end in ("-wal", "-shm", "-journal"))]
+        return [*paths, *self.runner.sandbox_hide]
 
     def local_url(self) -> str:
         host = self.host

@@ -230,6 +230,7 @@ class Runner(BaseModel):
     providers: list[str]
     labels: list[str] = Field(default_factory=list)
     slots: int
+    sandbox: str | None = None  # bwrap | none: where its local jobs run
     status: str
     version: str
     registered_at: datetime

@@ -159,6 +159,12 @@ def pids_matching(text: str) -> list[int]:
     ]
 
 
+def job_pids(text: str) -> list[int]:
+    """Like ``pids_matching``, without the sandbox's own processes (bwrap and
+    its child carry the job's command line too): one per process of the job."""
+    return [p for p in pids_matching(text) if Path(live_processes()[p][0]).name != "bwrap"]
+
+
 def pids_exact(*argv: str) -> list[int]:
     """Live processes whose argv is exactly ``argv``."""
     want = list(argv)

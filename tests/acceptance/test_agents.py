@@ -73,6 +73,7 @@ def base_agents(mark: str) -> dict[str, dict[str, Any]]:
         "chatty": {
             "command": [
                 sys.executable,
+                "-u",  # its environment has no PYTHONUNBUFFERED of the runner's
                 "-c",
                 "for i in range(400): print('x' * 99)\nimport time; time.sleep(300)",
             ],
@@ -255,8 +256,11 @@ def test_crash_reaps_and_fifty_daemons(tmp_path: Path) -> None:
     )
     data = tmp_path / "data"
     args = ("--config", str(config), "--no-queue")
+    # Daemons outlive a crash only unsandboxed: a sandbox dies with its
+    # runner (test_sandbox.py). This is the reaping of what a crash left.
+    env = {"CORRAL_RUNNER__SANDBOX": "none"}
     try:
-        srv = start_server(data, args=args)
+        srv = start_server(data, args=args, env=env)
         with srv.http() as http:
             wait_for(
                 lambda: all(a["status"] == "running" for a in http.get("/agents").json()),
@@ -266,7 +270,7 @@ def test_crash_reaps_and_fifty_daemons(tmp_path: Path) -> None:
             old = sorted(a["pid"] for a in http.get("/agents").json())
         srv.kill()  # kill -9: the daemons outlive it (sessions of their own)
         assert all(alive(p) for p in old)
-        with running_server(data, args=args) as again, again.http() as http:
+        with running_server(data, args=args, env=env) as again, again.http() as http:
             wait_for(
                 lambda: all(
                     a["status"] == "running" and a["pid"] not in old

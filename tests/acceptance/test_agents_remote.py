@@ -16,6 +16,7 @@ from corral.testing import ServerProcess, free_port, start_server
 from ._helpers import (
     alive,
     create_key,
+    job_pids,
     kill_leftovers,
     marker,
     pids_matching,
@@ -87,7 +88,10 @@ def test_remote_runner_hosts_agents_across_a_control_plane_restart(tmp_path: Pat
     )
     data, workdir, port = tmp_path / "data", tmp_path / "box", free_port()
     args = ("--config", str(config), "--no-queue")
-    srv = start_server(data, port=port, args=args)
+    # The embedded runner's daemon outlives a crash only unsandboxed (a
+    # sandbox dies with its runner: test_sandbox.py); the remote one is sandboxed.
+    env = {"CORRAL_RUNNER__SANDBOX": "none"}
+    srv = start_server(data, port=port, args=args, env=env)
     proc = None
     try:
         with srv.http() as http:
@@ -126,7 +130,7 @@ def test_remote_runner_hosts_agents_across_a_control_plane_restart(tmp_path: Pat
         # (and is reaped at the restart), the remote runner's keeps running.
         srv.kill()
         assert alive(bot["pid"]) and alive(home["pid"])
-        srv = start_server(data, port=port, args=args)
+        srv = start_server(data, port=port, args=args, env=env)
         with srv.http() as http:
             again = wait_for(lambda: running(http, "bot"), timeout=30, what="bot reported")
             assert again["pid"] == bot["pid"] and again["restarts"] == 0
@@ -190,7 +194,7 @@ def test_replicas_run_an_embedded_agent_once_and_take_it_over(tmp_path: Path, pg
         with a.http() as ha, b.http() as hb:
             solo = wait_for(lambda: running(ha, "solo"), timeout=30, what="solo running")
             assert running(hb, "solo", pid=solo["pid"], host=solo["host"])
-            assert len(pids_matching(f"solo.{m}")) == 1
+            assert len(job_pids(f"solo.{m}")) == 1
             host_is_a = (a.data_dir / "agents" / "logs" / "solo.log").exists()
             host, spare = (a, b) if host_is_a else (b, a)
             # Followed through the replica that does not host it (pg_notify).
@@ -205,7 +209,7 @@ def test_replicas_run_an_embedded_agent_once_and_take_it_over(tmp_path: Path, pg
                 what="the other replica to take the agent over",
             )
             assert moved["host"] != solo["host"]
-            assert len(pids_matching(f"solo.{m}")) == 1
+            assert len(job_pids(f"solo.{m}")) == 1
     finally:
         a.stop()
         b.stop()

@@ -27,6 +27,9 @@ from ._helpers import (
 )
 
 ENV = {"CORRAL_HEARTBEAT_INTERVAL": "1"}
+# Unsandboxed: a crash leaves the jobs running and the restart reaps them (a
+# sandbox dies with its runner: test_sandbox.py); the jobs' flags are in /tmp.
+CRASH_ENV = {**ENV, "CORRAL_RUNNER__SANDBOX": "none"}
 
 
 def _crash_mid_job(
@@ -35,7 +38,7 @@ def _crash_mid_job(
     """Start a server, submit ``scripts`` (name -> (command, max_attempts)), wait
     until each one's `sleep` runs, then kill -9 the server. Returns the job ids and
     the pids of each job's processes (shell and sleep)."""
-    srv = start_server(data_dir, env=ENV)
+    srv = start_server(data_dir, env=CRASH_ENV)
     try:
         with srv.http() as http:
             ids = {}
@@ -82,7 +85,7 @@ def test_kill9_mid_job_then_restart_recovers_the_jobs(tmp_path: Path) -> None:
             data_dir,
             {"retry": (script("retry", retry_mark), 2), "once": (script("once", once_mark), None)},
         )
-        with running_server(data_dir, env=ENV) as srv, srv.http() as http:
+        with running_server(data_dir, env=CRASH_ENV) as srv, srv.http() as http:
             job = wait_job(http, ids["retry"], timeout=30)
             assert job["state"] == "done", job
             assert job["attempt"] == 1 and job["infra_retries"] == 1

@@ -114,7 +114,12 @@ def test_remote_runner_stop_and_crash(tmp_path: Path) -> None:
             # Started again under its name, the job it held is not left running: the
             # stopping runner reported it if it could, else the new registration
             # released it. Either way nobody "cancelled" it.
-            proc, log = start_runner(s, key, workdir, "--name", "remote", "--slots", "1")
+            # Unsandboxed, so that its job outlives the kill -9 below (a sandbox
+            # dies with its runner: test_sandbox.py) and the restart must reap it.
+            unsandboxed = ("--sandbox", "none")
+            proc, log = start_runner(
+                s, key, workdir, "--name", "remote", "--slots", "1", *unsandboxed
+            )
             job = wait_job(http, job_id, timeout=20)
             assert job["state"] == "failed", job
             assert job["reason"] in ("runner_stopped", "runner_restarted"), job

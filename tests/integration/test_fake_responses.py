@@ -52,12 +52,16 @@ class Codex:
     fake: FakeResponses
     home: Path
     cwd: Path
+    tmp: Path
 
     def run(self, *args: str, api_key: str | None = None, timeout: float = 30) -> Run:
         env = {
             "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
             "HOME": str(self.home),
             "CODEX_HOME": str(self.home / "codex"),
+            # As corral gives each run: with a system bwrap, codex refuses to
+            # set up its sandbox helper when CODEX_HOME is under $TMPDIR (/tmp).
+            "TMPDIR": str(self.tmp),
             "FAKE_API_KEY": api_key or self.fake.api_key,
         }
         started = time.monotonic()
@@ -89,11 +93,12 @@ def fake() -> Iterator[FakeResponses]:
 
 @pytest.fixture
 def codex(fake: FakeResponses, tmp_path: Path) -> Codex:
-    home, cwd = tmp_path / "home", tmp_path / "work"
+    home, cwd, tmp = tmp_path / "home", tmp_path / "work", tmp_path / "tmp"
     (home / "codex").mkdir(parents=True)
     cwd.mkdir()
+    tmp.mkdir()
     (home / "codex" / "config.toml").write_text(codex_config(fake.url))
-    return Codex(fake, home, cwd)
+    return Codex(fake, home, cwd, tmp)
 
 
 def test_hello_streams_agent_message_and_usage(fake: FakeResponses, codex: Codex) -> None:

@@ -45,6 +45,7 @@ async def register(body: RunnerRegister, svc: Svc, who: RunnerKey) -> RunnerRegi
         providers=body.providers,
         labels=body.labels,
         slots=body.slots,
+        sandbox=body.sandbox,
     )
     return RunnerRegistered(
         runner_id=runner.id,

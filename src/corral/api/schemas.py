@@ -50,6 +50,9 @@ class RunnerRegister(BaseModel):
     providers: list[str] = Field(min_length=1, max_length=64)
     labels: list[str] = Field(default_factory=list, max_length=64)
     slots: int = Field(ge=1, le=1024)
+    sandbox: Literal["bwrap", "none"] | None = Field(
+        None, description="Where the runner's local jobs run (runner/sandbox.py)."
+    )
     protocol: Literal["v1"] = "v1"
 
 

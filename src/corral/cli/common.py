@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     from corral.client import Client
     from corral.config import Settings
+    from corral.runner.sandbox import Sandbox
 
 
 class _LazyConsole:
@@ -65,6 +66,17 @@ def settings(config: Path | None = None, data_dir: Path | None = None) -> Settin
     from corral.config import load_settings
 
     return load_settings(config, data_dir=data_dir)
+
+
+def say_sandbox(sandbox: Sandbox) -> None:
+    """Where a runner's jobs run: one line, loud when they are not sandboxed."""
+    from corral.runner.sandbox import warn_unsandboxed
+
+    warning = warn_unsandboxed(sandbox)
+    if warning is not None:
+        err.print(f"[bold red]WARNING: {esc(warning)}[/]")
+    else:
+        err.print(f"sandbox: {sandbox.describe()}", markup=False)
 
 
 def client(server: str | None, token: str | None) -> Client:

@@ -104,6 +104,12 @@ def status(server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = 
         console.print(f"embedded runner serves: {served}", markup=False)
     for r in data["runners"]:
         console.print(
-            f"runner {r['name']}: {r['slots']} slots, providers {', '.join(r['providers'])}",
+            f"runner {r['name']}: {r['slots']} slots, providers {', '.join(r['providers'])}, "
+            f"sandbox {r.get('sandbox') or 'unknown'}",
             markup=False,
         )
+        if r.get("sandbox") == "none":
+            console.print(
+                f"[bold red]runner {esc(r['name'])}: jobs are NOT sandboxed[/] "
+                "(install bubblewrap on its host)"
+            )

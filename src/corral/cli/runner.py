@@ -6,12 +6,12 @@ from __future__ import annotations
 import contextlib
 import signal
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 
 from corral.cli import logs
-from corral.cli.common import ConfigOpt, DataDirOpt, err, settings
+from corral.cli.common import ConfigOpt, DataDirOpt, err, say_sandbox, settings
 from corral.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -40,6 +40,13 @@ def runner(
     workdir: Annotated[
         Path | None, typer.Option(help="Workspaces and runner state (default: the data dir).")
     ] = None,
+    sandbox: Annotated[
+        str | None,
+        typer.Option(
+            help="Where local jobs run: auto (bwrap when it works here), bwrap, or none "
+            "(default: [runner] sandbox)."
+        ),
+    ] = None,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
@@ -57,21 +64,34 @@ def runner(
         else (provider or s.runner.providers)
     )
     from corral.runner import Runner
+    from corral.runner.sandbox import Mode
+    from corral.runner.sandbox import make as make_sandbox
 
+    mode = sandbox or s.runner.sandbox
+    if mode not in ("auto", "bwrap", "none"):
+        raise ConfigError(f"--sandbox must be auto, bwrap or none, not {mode!r}")
+    workdir = workdir or s.data_dir
+    box = make_sandbox(
+        cast(Mode, mode),
+        hidden=[*s.sandbox_hidden(), workdir],
+        state_dir=workdir / "runner",
+    )
     r = Runner(
         server,
         token,
-        workdir=workdir or s.data_dir,
+        workdir=workdir,
         name=name,
         slots=slots or s.runner.slots,
         providers=s.runner_providers(providers),
         lease_wait=s.runner.lease_wait,
         kill_grace=s.runner.kill_grace,
+        sandbox=box,
     )
     err.print(
         f"runner {r.name}: {r.slots} slots, providers {', '.join(providers)}, server {server}",
         markup=False,
     )
+    say_sandbox(box)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_run_until_signalled(r))
 

@@ -17,7 +17,7 @@ import typer
 
 from corral import discovery
 from corral.cli import logs
-from corral.cli.common import ConfigOpt, DataDirOpt, err, esc
+from corral.cli.common import ConfigOpt, DataDirOpt, err, esc, say_sandbox
 from corral.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -73,6 +73,7 @@ async def run(settings: Settings) -> None:
     from corral.api.app import create_app, open_store
     from corral.auth import Role
     from corral.runner import Runner
+    from corral.runner.sandbox import make as make_sandbox
     from corral.store.agents import EMBEDDED, EMBEDDED_KEY
 
     class _Server(uvicorn.Server):
@@ -103,10 +104,17 @@ async def run(settings: Settings) -> None:
                 f"refusing to listen on {settings.host} with no API keys: create one with "
                 "`corral keys create --role admin` and keep it safe, then start again"
             )
-        runner_key = None
+        runner_key = sandbox = None
         if settings.runner.embedded:
             runner_key = await local_key(
                 store, settings.data_dir / "runner.key", name=EMBEDDED_KEY, role=Role.RUNNER
+            )
+            # Before listening: `sandbox = "bwrap"` without a working bwrap stops here.
+            sandbox = await asyncio.to_thread(
+                make_sandbox,
+                settings.runner.sandbox,
+                hidden=settings.sandbox_hidden(),
+                state_dir=settings.data_dir / "runner",
             )
         app = create_app(settings, store=store)
         intake = None
@@ -148,7 +156,8 @@ async def run(settings: Settings) -> None:
                 markup=False,
             )
         runner_task: asyncio.Task[None] | None = None
-        if runner_key is not None:
+        if runner_key is not None and sandbox is not None:
+            say_sandbox(sandbox)
             runner = Runner(
                 url,
                 runner_key,
@@ -159,6 +168,7 @@ async def run(settings: Settings) -> None:
                 lease_wait=settings.runner.lease_wait,
                 kill_grace=settings.runner.kill_grace,
                 agent_aliases=[EMBEDDED],
+                sandbox=sandbox,
             )
             runner_task = asyncio.create_task(runner.run(), name="corral-embedded-runner")
             server.runner = runner_task

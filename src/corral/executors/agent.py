@@ -2,8 +2,9 @@
 
 Shared by the claude-code and codex executors. The agent starts from a clean
 environment (PATH, locale, a HOME and TMPDIR of its own, the provider's
-``env``), with stdin closed, in a session of its own. Four guards make sure
-no run hangs:
+``env``), with stdin closed, in a session of its own, in the runner's sandbox
+(its workspace, provider state dir and TMPDIR writable). Four guards make
+sure no run hangs:
 
 - start-up: no first line within ``startup_timeout``;
 - stall: no line for ``stall_timeout``;
@@ -20,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import re
 import shutil
 import tempfile
@@ -34,14 +34,13 @@ from typing import Any, ClassVar
 
 from corral.executors.base import Context
 from corral.models import FailureClass, Outcome
-from corral.runner.process import MARKER_VAR, stop_tree
+from corral.runner.process import stop_tree
+from corral.runner.sandbox import found
 
 # One JSON line may carry a whole file (a tool result): allow big lines.
 LINE_LIMIT = 32 * 1024 * 1024
 STDERR_TAIL = 40
 MAX_FIELD = 16_384  # long strings in events are cut to this many characters
-# Variables copied from the runner's environment; everything else is dropped.
-PASS_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "SSL_CERT_FILE", "SSL_CERT_DIR")
 
 QUOTA_WORDS = re.compile(
     r"rate.?limit|usage.?limit|quota|overloaded|too many requests|\b429\b|\b529\b", re.I
@@ -137,6 +136,10 @@ class AgentExecutor:
     def on_line(self, data: dict[str, Any], ctx: Context) -> None:
         raise NotImplementedError
 
+    def read_only(self, ctx: Context) -> list[Path]:
+        """Paths the runner's sandbox keeps read-only for this run."""
+        return []
+
     def outcome(self, returncode: int | None, ctx: Context) -> Outcome:
         raise NotImplementedError
 
@@ -153,26 +156,27 @@ class AgentExecutor:
         home.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f"corral-{ctx.job.id[:8]}-"))
         try:
-            return await self._run(ctx, home, tmp)
+            return await self._run(ctx, state, home, tmp)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    async def _run(self, ctx: Context, home: Path, tmp: Path) -> Outcome:
-        env = {k: v for k, v in os.environ.items() if k in PASS_ENV}
-        env.update(HOME=str(home), TMPDIR=str(tmp))
-        env.update(self.environment(ctx, home, tmp))
-        env.update(ctx.settings.env)
-        env.update(
-            CORRAL_JOB_ID=ctx.job.id,
-            CORRAL_SESSION_ID=ctx.session.id,
-            CORRAL_ATTEMPT=str(ctx.job.attempt),
-        )
-        if self._marker:
-            env[MARKER_VAR] = self._marker
+    async def _run(self, ctx: Context, state: Path, home: Path, tmp: Path) -> Outcome:
+        env = ctx.environment(home, {"TMPDIR": str(tmp), **self.environment(ctx, home, tmp)})
         argv = self.argv(ctx)
+        # Found here, not by the sandbox: a missing CLI is the operator's to fix.
+        if not found(argv[0], env, ctx.workdir):
+            return Outcome(
+                status="failed",
+                reason="agent_not_found",
+                failure="input",
+                error=f"cannot start {argv[0]!r}: not found (set `command` of "
+                f"provider {ctx.provider!r})",
+            )
         try:
             proc = await asyncio.create_subprocess_exec(
-                *argv,
+                *ctx.confine(
+                    argv, cwd=ctx.workdir, writable=[state, tmp], read_only=self.read_only(ctx)
+                ),
                 cwd=ctx.workdir,
                 env=env,
                 stdin=asyncio.subprocess.DEVNULL,
@@ -191,7 +195,10 @@ class AgentExecutor:
             )
         self._proc = proc
         ctx.started(proc.pid)
-        ctx.emit("agent.started", {"pid": proc.pid, "argv": [clip(a, 200) for a in argv]})
+        ctx.emit(
+            "agent.started",
+            {"pid": proc.pid, "argv": [clip(a, 200) for a in argv], "sandbox": ctx.confine.kind},
+        )
         assert proc.stdout is not None and proc.stderr is not None
         errors = asyncio.create_task(self._drain_stderr(proc.stderr))
         try:

@@ -7,17 +7,27 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from corral.config import ProviderSettings
 from corral.errors import ConfigError
 from corral.models import FailureClass, Job, Outcome, Session
+
+if TYPE_CHECKING:
+    from corral.runner.sandbox import Confine
+
+
+def _unconfined() -> Confine:
+    from corral.runner.sandbox import Confine
+
+    return Confine()
 
 
 class Emit(Protocol):
@@ -54,6 +64,31 @@ class Context:
     # A marker in the agent's environment that every descendant inherits:
     # lets the runner find and stop processes that left the process tree.
     run_marker: str | None = None
+    # Wraps the argv of the job's process in the runner's sandbox (its
+    # workspace and provider state dir writable, the runner's secrets hidden).
+    confine: Confine = field(default_factory=_unconfined)
+
+    def environment(self, home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The environment of the job's process: the runner's allowlisted
+        variables (PATH, locale, ...), ``HOME``, ``extra`` (the executor's
+        own), this provider's ``env`` and credential (its ``api_key_env``
+        variable), the job's ids and the run marker. Nothing else of the
+        runner's: no ``CORRAL_*`` setting, no other provider's key."""
+        from corral.runner.process import MARKER_VAR
+        from corral.runner.sandbox import job_environment
+
+        ours = {**(extra or {}), **self.settings.env}
+        key_env = self.settings.api_key_env
+        if key_env and key_env in os.environ:
+            ours[key_env] = os.environ[key_env]
+        ours.update(
+            CORRAL_JOB_ID=self.job.id,
+            CORRAL_SESSION_ID=self.session.id,
+            CORRAL_ATTEMPT=str(self.job.attempt),
+        )
+        if self.run_marker:
+            ours[MARKER_VAR] = self.run_marker
+        return job_environment(os.environ, home=home, extra=ours)
 
 
 class Executor(Protocol):

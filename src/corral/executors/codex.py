@@ -10,6 +10,14 @@ entry pointing there (Responses wire API, few retries); always with the
 sandbox mode (a resume without it runs read-only) and plugins and analytics
 off (otherwise the CLI contacts github.com and chatgpt.com).
 
+codex's own sandbox (bubblewrap) cannot nest in the runner's: in there it
+has no capabilities to make namespaces, and every command would fail. Inside
+the runner's sandbox corral runs codex with ``danger-full-access`` and lets
+its own sandbox confine the commands as the provider's ``sandbox`` says:
+``workspace-write`` (the workspace writable, the host read-only, the
+runner's secrets hidden) or ``read-only`` (the workspace read-only too).
+Unlike codex's, corral's keeps the network (codex itself runs in it).
+
 Codex reports token usage but no cost, and ``turn.completed.usage`` is the
 thread's running total: this run's share is the difference to the total the
 previous turn saw (kept next to the provider's CODEX_HOME)."""
@@ -46,7 +54,7 @@ class CodexExecutor(AgentExecutor):
         s = ctx.settings
         prompt = ctx.job.prompt or ctx.job.command or ""
         args = [*self.command(ctx), "exec", "--json", "--skip-git-repo-check"]
-        args += ["--sandbox", s.sandbox]
+        args += ["--sandbox", self.mode(ctx)]
         model = ctx.job.model or s.model
         if model:
             args += ["--model", model]
@@ -61,7 +69,7 @@ class CodexExecutor(AgentExecutor):
         self.totals_dir = home.parent / "codex-usage"
         env = ctx.settings.env
         # The model goes on the command line: runs with other models share this file.
-        lines = [f"sandbox_mode = {_toml(ctx.settings.sandbox)}"]
+        lines = [f"sandbox_mode = {_toml(self.mode(ctx))}"]
         if env.get("OPENAI_BASE_URL"):
             lines += [
                 'model_provider = "corral"',
@@ -83,6 +91,14 @@ class CodexExecutor(AgentExecutor):
             tmp.write_text(config)
             tmp.replace(path)
         return {"CODEX_HOME": str(codex_home)}
+
+    def mode(self, ctx: Context) -> str:
+        """codex's own sandbox mode: none inside the runner's sandbox, which
+        then does what the provider's ``sandbox`` asks."""
+        return "danger-full-access" if ctx.confine.kind == "bwrap" else ctx.settings.sandbox
+
+    def read_only(self, ctx: Context) -> list[Path]:
+        return [ctx.workdir] if ctx.settings.sandbox == "read-only" else []
 
     def on_line(self, data: dict[str, Any], ctx: Context) -> None:
         kind = data.get("type")

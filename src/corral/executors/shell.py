@@ -1,9 +1,11 @@
 """shell: run the job's ``command`` (or its prompt) with ``/bin/sh -c``.
 
-The process starts in a new session (its own process group); stdout and
-stderr lines become ``output`` events as they are written. Exit 0 is done with
-the tail of the output as the result; anything else fails with the exit code.
-A timeout or a cancel stops the whole tree: SIGTERM, then SIGKILL."""
+The process starts in a new session (its own process group), in the runner's
+sandbox, with the job's environment (an allowlist of the runner's, a HOME of
+the provider's own, the provider's ``env``); stdout and stderr lines become
+``output`` events as they are written. Exit 0 is done with the tail of the
+output as the result; anything else fails with the exit code. A timeout or a
+cancel stops the whole tree: SIGTERM, then SIGKILL."""
 
 from __future__ import annotations
 
@@ -16,15 +18,13 @@ from typing import ClassVar
 
 from corral.executors.base import Context
 from corral.models import Outcome
-from corral.runner.process import MARKER_VAR, stop_tree
+from corral.runner.process import stop_tree
 
 MAX_LINE = 16_384  # longer lines are split into several events
 TAIL_LINES = 50
 TAIL_CHARS = 4_000
 # After the shell exits, background children may still hold its pipes open.
 DRAIN_SECONDS = 0.5
-# Variables of the runner that a job must not see.
-PRIVATE_ENV = ("CORRAL_TOKEN", "CORRAL_RUNNER_TOKEN", "CORRAL_JWT_SECRET", "CORRAL_DATABASE_URL")
 
 
 class ShellExecutor:
@@ -47,19 +47,13 @@ class ShellExecutor:
                 "(a chat job needs a chat provider: preferred_ai)",
             )
         self._grace = ctx.kill_grace
-        env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}
-        env.update(
-            CORRAL_JOB_ID=ctx.job.id,
-            CORRAL_SESSION_ID=ctx.session.id,
-            CORRAL_ATTEMPT=str(ctx.job.attempt),
-        )
-        if ctx.run_marker:
-            env[MARKER_VAR] = ctx.run_marker
+        home = (ctx.state_dir or ctx.workdir / ".corral") / "home"
+        home.mkdir(parents=True, exist_ok=True)
+        env = ctx.environment(home)
         self._marker = ctx.run_marker
+        argv = ctx.confine(["/bin/sh", "-c", script], cwd=ctx.workdir, writable=[home])
         proc = await asyncio.create_subprocess_exec(
-            "/bin/sh",
-            "-c",
-            script,
+            *argv,
             cwd=ctx.workdir,
             env=env,
             stdin=asyncio.subprocess.DEVNULL,

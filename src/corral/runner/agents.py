@@ -30,6 +30,7 @@ from pydantic import ValidationError
 
 from corral.config import DaemonSettings
 from corral.runner.daemons import MESSAGES_TOPIC, Supervisor
+from corral.runner.sandbox import Sandbox
 from corral.store.agents import STATUS_TOPIC
 
 log = logging.getLogger(__name__)
@@ -41,11 +42,16 @@ FINAL_REPORT = 3.0  # seconds a stopping runner tries to report its stopped daem
 
 class AgentHost:
     def __init__(
-        self, workdir: Path, *, aliases: list[str] | None = None, poll_wait: float = 20.0
+        self,
+        workdir: Path,
+        *,
+        aliases: list[str] | None = None,
+        poll_wait: float = 20.0,
+        sandbox: Sandbox | None = None,
     ) -> None:
         self.aliases = aliases or []
         self.poll_wait = poll_wait
-        self.sup = Supervisor(workdir, self._publish)
+        self.sup = Supervisor(workdir, self._publish, sandbox)
         self._changes: list[dict[str, Any]] = []
         self._lines: list[dict[str, Any]] = []
         self._messages: dict[str, dict[int, int]] = {}

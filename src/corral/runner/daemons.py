@@ -1,10 +1,12 @@
 """Agent daemons: long-running processes (chat bots, watchers) that corral
 keeps running, declared as ``[agents.NAME]`` in corral.toml.
 
-Each daemon is a process in a session of its own, with a marker in its
-environment so stop and restart reach the whole tree (grandchildren that
-left it too), and a pid record so a restarted corral reaps what a crash
-left behind before starting anew. Its stdout and stderr lines go to a
+Each daemon is a process in a session of its own, in the runner's sandbox
+(its ``cwd`` and a home of its own writable), with the allowlisted
+environment of a job plus its ``env``, a marker in its environment so stop
+and restart reach the whole tree (grandchildren that left it too), and a pid
+record so a restarted corral reaps what a crash left behind before starting
+anew. Its stdout and stderr lines go to a
 rotated log file and, straight from the pipe, to ``publish`` (the runner's
 agent host, which reports them to the control plane: runner/agents.py).
 
@@ -33,6 +35,7 @@ from typing import Any, Literal
 from corral.config import DaemonSettings
 from corral.models import new_id
 from corral.runner.process import MARKER_VAR, PidRecords, stop_tree
+from corral.runner.sandbox import Sandbox, found, job_environment, rw
 from corral.store.agents import STATUS_TOPIC, log_topic
 
 Status = Literal["stopped", "starting", "running", "backoff", "exited", "fatal"]
@@ -107,11 +110,18 @@ class Daemon:
 
 
 class Supervisor:
-    def __init__(self, data_dir: Path, publish: Callable[[str, Any], None]) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        publish: Callable[[str, Any], None],
+        sandbox: Sandbox | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.logs = data_dir / "agents" / "logs"
+        self.homes = data_dir / "agents" / "home"
         self.pids = PidRecords(data_dir / "agents" / "pids")
         self.publish = publish
+        self.sandbox = sandbox or Sandbox()
         self.daemons: dict[str, Daemon] = {}
 
     async def reap(self) -> list[int]:
@@ -218,14 +228,20 @@ class Supervisor:
 
     async def _run_once(self, d: Daemon, log: RotatingLog) -> int | None:
         s = d.settings
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
-        env.update(s.env)
-        env[MARKER_VAR] = d.marker
-        env["CORRAL_AGENT"] = d.name
-        cwd = s.cwd or self.data_dir
+        home = self.homes / d.name
+        home.mkdir(parents=True, exist_ok=True)
+        cwd = s.cwd or home
+        env = job_environment(
+            os.environ, home=home, extra={**s.env, MARKER_VAR: d.marker, "CORRAL_AGENT": d.name}
+        )
+        if not found(s.command[0], env, cwd):
+            d.message = f"cannot start {s.command[0]!r}: not found"
+            self._line(d, log, "stderr", f"corral: {d.message}")
+            return 127
+        argv = self.sandbox.confine(rw(cwd, home), network=s.network)(s.command, cwd=cwd)
         try:
             proc = await asyncio.create_subprocess_exec(
-                *s.command,
+                *argv,
                 cwd=cwd,
                 env=env,
                 stdin=asyncio.subprocess.DEVNULL,

@@ -27,6 +27,7 @@ from corral.models import Job, Outcome, Session, new_id, own_handle
 from corral.runner.agents import AgentHost
 from corral.runner.channel import WorkerChannel
 from corral.runner.process import PidRecords, kill_marked
+from corral.runner.sandbox import Sandbox, warn_unsandboxed
 from corral.runner.workspace import Workspace, WorkspaceError, Workspaces
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class Runner:
         kill_grace: float = 5.0,
         labels: list[str] | None = None,
         agent_aliases: list[str] | None = None,
+        sandbox: Sandbox | None = None,
     ) -> None:
         self.server = server.rstrip("/")
         self.token = token
@@ -77,9 +79,13 @@ class Runner:
         self.workdir = workdir
         self.pids = PidRecords(workdir / "runner" / "pids")
         self.workspaces = Workspaces(workdir)
+        # Local jobs and agent daemons run in it (runner/sandbox.py).
+        self.sandbox = sandbox or Sandbox()
         # Agent daemons the server assigns to this runner (by its name, or by
         # an alias: the embedded runner hosts `runner = "embedded"` agents).
-        self.agents = AgentHost(workdir, aliases=agent_aliases, poll_wait=lease_wait)
+        self.agents = AgentHost(
+            workdir, aliases=agent_aliases, poll_wait=lease_wait, sandbox=self.sandbox
+        )
         self.runner_id: str | None = None
         self.heartbeat_interval = 5.0
         self.max_artifact_bytes = 10_485_760
@@ -93,6 +99,9 @@ class Runner:
     async def run(self) -> None:
         """Run until cancelled; running jobs are stopped on the way out."""
         _watch_children_with_pidfd()
+        warning = warn_unsandboxed(self.sandbox)
+        if warning is not None:
+            log.warning("runner %s: %s", self.name, warning)
         for pid in self.pids.reap():
             log.warning("killed process tree %d left behind by a previous runner", pid)
         timeout = httpx.Timeout(30.0, read=self.lease_wait + 30.0)
@@ -135,6 +144,7 @@ class Runner:
             "slots": self.slots,
             "providers": sorted(self.providers),
             "labels": self.labels,
+            "sandbox": self.sandbox.kind,
             "protocol": "v1",
         }
         delay = 0.02
@@ -254,7 +264,8 @@ class Runner:
         log_extra = {"job_id": job.id, "session_id": session.id}
         try:
             ws = await asyncio.to_thread(self.workspaces.prepare, job)
-        except WorkspaceError as exc:
+            mounts = await asyncio.to_thread(self.workspaces.mounts, ws)
+        except (WorkspaceError, OSError) as exc:
             return Outcome(status="failed", reason="workspace", failure="input", error=str(exc))
         marker = new_id()
 
@@ -276,6 +287,7 @@ class Runner:
             save_handle=lambda handle: channel.save_handle(f"{job.provider}:{handle}"),
             state_dir=self.workdir / "providers" / job.provider,
             run_marker=marker,
+            confine=self.sandbox.confine(mounts, network=settings.network),
         )
         try:
             outcome = await executor.run(ctx)

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from corral.models import Job
+from corral.runner.sandbox import Mount, ro, rw
 
 SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 GIT_TIMEOUT = 300.0
@@ -46,6 +47,11 @@ class Workspace:
     source: str | None = None  # the git directory worktrees are made from
     branch: str | None = None
     base: str | None = None  # the commit the branch started from
+    # The worktree's own git directory and the repository's common one, found
+    # when corral made it: the runner's git calls name them rather than trust
+    # the worktree's `.git` file, which the job can rewrite.
+    gitdir: str | None = None
+    common: str | None = None
     created_at: float = field(default_factory=time.time)
     used_at: float = field(default_factory=time.time)
 
@@ -74,8 +80,12 @@ class Changes:
         }
 
 
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in _GIT_ENV_DROP}
+
+
 def git(*args: str, cwd: Path | str | None = None, env: dict[str, str] | None = None) -> str:
-    full = {k: v for k, v in os.environ.items() if k not in _GIT_ENV_DROP}
+    full = _clean_env()
     full.update(env or {})
     full.setdefault("GIT_TERMINAL_PROMPT", "0")
     try:
@@ -148,6 +158,8 @@ class Workspaces:
                     f"the session's workspace is a worktree of {ws.repo}, not {job.repo}"
                 )
             ws.used_at = time.time()
+            if ws.branch is not None and ws.gitdir is None:  # a record of an older corral
+                ws.gitdir, ws.common = _git_dirs(ws.path)
             self.save(ws)
             return ws
         if job.repo is None:
@@ -171,6 +183,7 @@ class Workspaces:
             if path.exists() and any(path.iterdir()):
                 raise WorkspaceError(f"workspace {path} exists and is not a worktree of corral's")
             git("worktree", "add", "--quiet", "-b", branch, str(path), base.strip(), cwd=source)
+            gitdir, common = _git_dirs(path)
         return Workspace(
             session_id=job.session_id,
             path=path,
@@ -178,6 +191,8 @@ class Workspaces:
             source=str(source),
             branch=branch,
             base=base.strip(),
+            gitdir=gitdir,
+            common=common,
         )
 
     def _source(self, repo: str) -> Path:
@@ -188,12 +203,11 @@ class Workspaces:
             if not path.is_dir():
                 raise WorkspaceError(f"repo {repo} does not exist on this runner")
             try:
-                top = git("rev-parse", "--git-common-dir", cwd=path).strip()
+                git("rev-parse", "--git-common-dir", cwd=path)
             except WorkspaceError as exc:
                 raise WorkspaceError(f"repo {repo} is not a git repository") from exc
             if not git("rev-parse", "--verify", "--quiet", "HEAD", cwd=path).strip():
                 raise WorkspaceError(f"repo {repo} has no commits")
-            del top
             return path
         self.cache.mkdir(parents=True, exist_ok=True)
         clone = self.cache / (hashlib.sha256(repo.encode()).hexdigest()[:20] + ".git")
@@ -222,6 +236,30 @@ class Workspaces:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    # -- the sandbox ---------------------------------------------------------
+
+    def mounts(self, ws: Workspace) -> list[Mount]:
+        """What a sandboxed job in ``ws`` reaches besides the host's read-only
+        view: the workspace, writable; for a worktree also what a commit
+        needs — the repository's git directory read-only, with its objects
+        (but the packs), the ``corral/*`` branches and this worktree's own
+        git directory writable. The repository's config and hooks stay
+        read-only: git on the host (the runner's, the user's) would run what
+        they name."""
+        own = rw(ws.path)
+        if ws.gitdir is None or ws.common is None:
+            return own
+        common, gitdir = Path(ws.common), Path(ws.gitdir)
+        branches = [common / "refs/heads/corral", common / "logs/refs/heads/corral"]
+        for d in branches:
+            d.mkdir(parents=True, exist_ok=True)
+        return [
+            *ro(common),
+            *rw(common / "objects", *branches, gitdir),
+            *ro(common / "objects" / "pack", gitdir / "commondir", gitdir / "gitdir"),
+            *own,
+        ]
+
     # -- results -------------------------------------------------------------
 
     def changes(self, ws: Workspace) -> Changes | None:
@@ -231,20 +269,21 @@ class Workspaces:
         left alone: a throwaway index holds the snapshot."""
         if ws.branch is None or ws.base is None or not ws.path.is_dir():
             return None
+        dirs = _git_env(ws)
         with tempfile.TemporaryDirectory(prefix="corral-index-") as tmp:
-            env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+            env = {**dirs, "GIT_INDEX_FILE": str(Path(tmp) / "index")}
             git("read-tree", "HEAD", cwd=ws.path, env=env)
             git("add", "-A", cwd=ws.path, env=env)
             patch = subprocess.run(
                 ["git", "diff", "--cached", "--binary", ws.base],
                 cwd=ws.path,
-                env={**os.environ, **env},
+                env={**_clean_env(), **env},
                 capture_output=True,
                 check=True,
                 timeout=GIT_TIMEOUT,
             ).stdout
             status = git("diff", "--cached", "--name-status", "-z", ws.base, cwd=ws.path, env=env)
-        head = git("rev-parse", "HEAD", cwd=ws.path).strip()
+        head = git("rev-parse", "HEAD", cwd=ws.path, env=dirs).strip()
         return Changes(
             branch=ws.branch,
             base=ws.base,
@@ -273,6 +312,22 @@ class Workspaces:
         if path.exists():
             shutil.rmtree(path)
         (self.meta_dir / f"{ws.session_id}.json").unlink(missing_ok=True)
+
+
+def _git_dirs(worktree: Path) -> tuple[str, str]:
+    """A worktree's own git directory and its repository's common one."""
+    gitdir = git("rev-parse", "--absolute-git-dir", cwd=worktree).strip()
+    common = git("rev-parse", "--git-common-dir", cwd=worktree).strip()
+    return gitdir, str((worktree / common).resolve())
+
+
+def _git_env(ws: Workspace) -> dict[str, str]:
+    """Git's view of ``ws`` from what corral recorded (never from files the
+    job could have rewritten: its `.git` file, its git directory's
+    `commondir`)."""
+    if ws.gitdir is None or ws.common is None:
+        return {}
+    return {"GIT_DIR": ws.gitdir, "GIT_COMMON_DIR": ws.common, "GIT_WORK_TREE": str(ws.path)}
 
 
 def _name_status(raw: str) -> list[dict[str, str]]:

@@ -30,6 +30,7 @@ class Runners:
         providers: list[str],
         labels: list[str],
         slots: int,
+        sandbox: str | None = None,
     ) -> Runner:
         """Register a runner. A runner registering again under the same name
         is a restart: the jobs its previous instance held are lost at once
@@ -73,6 +74,7 @@ class Runners:
                     providers=providers,
                     labels=labels,
                     slots=slots,
+                    sandbox=sandbox,
                     status="active",
                     version=PROTOCOL_VERSION,
                     registered_at=now,

@@ -202,6 +202,7 @@ runners = sa.Table(
     sa.Column("version", sa.String(16), nullable=False),
     sa.Column("registered_at", UTCDateTime, nullable=False),
     sa.Column("last_seen_at", UTCDateTime, nullable=False),
+    sa.Column("sandbox", sa.String(16)),
     sa.Index(None, "name"),
 )
 

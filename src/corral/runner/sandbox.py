@@ -1,0 +1,300 @@
+"""What a job (or an agent daemon) the runner starts can see and touch.
+
+**Files.** With ``bwrap`` (bubblewrap, Linux) a process runs in new mount,
+PID, IPC and UTS namespaces with every capability dropped:
+
+- the host's file system read-only (``--ro-bind / /``), a fresh ``/dev``, a
+  ``/proc`` of its own PID namespace (the runner's and server's processes,
+  their environments and command lines are not there), a private ``/tmp``;
+- hidden, with an empty directory or an unreadable empty file mounted over:
+  the runner's data dir and workdir (keys, database, runner state, other
+  sessions' workspaces), the configuration file, the database file, the
+  queue folder, the host's well-known server sockets, and any path of
+  ``[runner] sandbox_hide``;
+- then, in order, the job's own paths bound back: its workspace and its
+  provider's state dir writable (HOME, the agent's config), and for a git
+  worktree what a commit needs (see ``Workspaces.mounts``);
+- the network shared (agents call their APIs) unless the provider says
+  ``network = false`` (then only a loopback of its own).
+
+``--die-with-parent``: the sandbox dies with the runner. Killing bwrap's
+child, PID 1 of the namespace, kills everything inside: no process of a job
+outlives it, whatever sessions or process groups it made. No
+``--new-session``: the runner starts the sandbox in a session of its own
+(no controlling terminal to inject into), and its process-group signals
+must reach the job's processes. ``--cap-drop ALL`` matters when the runner
+is root: with capabilities, root in the sandbox could unmount what hides
+the secrets.
+
+**Environment.** ``job_environment``: an allowlist of the runner's variables
+plus what the caller adds; nothing else of the runner's (``CORRAL_*``
+settings, other providers' keys) reaches a job."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from corral.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["auto", "bwrap", "none"]
+
+# Variables of the runner's environment a job may see; everything else is dropped.
+ENV_ALLOW = frozenset(
+    {"PATH", "LANG", "LANGUAGE", "TZ", "TERM", "USER", "LOGNAME"}
+    # How this host reaches the network: agents need it to call their APIs.
+    | {"SSL_CERT_FILE", "SSL_CERT_DIR", "NODE_EXTRA_CA_CERTS", "REQUESTS_CA_BUNDLE"}
+    | {"CURL_CA_BUNDLE", "GIT_SSL_CAINFO"}
+    | {"HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY"}
+    | {"http_proxy", "https_proxy", "no_proxy", "all_proxy"}
+)
+ENV_ALLOW_PREFIXES = ("LC_",)
+
+# Unix sockets of services a server host commonly runs; hidden when present
+# (a read-only bind does not stop connect() on a socket).
+HOST_SOCKETS = (
+    "/run/postgresql",
+    "/var/run/postgresql",
+    "/run/mysqld",
+    "/var/run/mysqld",
+    "/run/redis",
+    "/var/run/redis",
+    "/run/docker.sock",
+    "/var/run/docker.sock",
+    "/run/containerd",
+    "/run/podman",
+    "/run/user",
+)
+
+
+def job_environment(
+    base: Mapping[str, str], *, home: Path, extra: Mapping[str, str] = {}
+) -> dict[str, str]:
+    """A job's environment: the allowlisted variables of ``base`` (the
+    runner's), ``HOME``, then ``extra`` (the job's ids, its provider's ``env``
+    and credential, an agent's own settings)."""
+    env = {k: v for k, v in base.items() if k in ENV_ALLOW or k.startswith(ENV_ALLOW_PREFIXES)}
+    env["HOME"] = str(home)
+    env.update(extra)
+    return env
+
+
+def found(command: str, env: Mapping[str, str], cwd: Path) -> bool:
+    """Whether ``command`` names an executable as exec would find it in
+    ``cwd`` with ``env``'s PATH (inside a sandbox a missing program is only
+    bwrap's exit status: look first, to say what is missing)."""
+    if "/" in command:
+        return os.access(cwd / command, os.X_OK)
+    return shutil.which(command, path=env.get("PATH", os.defpath)) is not None
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A path bound into the sandbox at the same place, writable or not."""
+
+    path: Path
+    writable: bool = True
+
+
+def rw(*paths: Path) -> list[Mount]:
+    return [Mount(p, True) for p in paths]
+
+
+def ro(*paths: Path) -> list[Mount]:
+    return [Mount(p, False) for p in paths]
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """The runner's sandbox: ``kind`` is ``bwrap`` or ``none``; ``hidden`` the
+    paths no job sees; ``why`` says why there is none (for the warnings)."""
+
+    kind: Literal["bwrap", "none"] = "none"
+    mode: Mode = "none"  # what was asked for
+    bwrap: str | None = None
+    hidden: tuple[Path, ...] = ()
+    void: Path | None = None  # an empty file of mode 000, mounted over hidden files
+    why: str | None = None
+
+    def confine(self, mounts: Sequence[Mount] = (), *, network: bool = True) -> Confine:
+        """The sandbox of one job: ``mounts`` (its workspace, ...) bound back."""
+        return Confine(self, tuple(mounts), network)
+
+    def describe(self) -> str:
+        """One line for logs and start-up output."""
+        if self.kind == "bwrap":
+            return f"bwrap ({self.bwrap})"
+        return f"none: {self.why}" if self.why else "none"
+
+    def argv(
+        self, command: Sequence[str], *, cwd: Path, mounts: Iterable[Mount], network: bool
+    ) -> list[str]:
+        """``command`` wrapped in bwrap (or as given without a sandbox)."""
+        if self.kind == "none" or self.bwrap is None:
+            return list(command)
+        binds = _normalised(mounts)
+        hidden = sorted({_real(p) for p in self.hidden if os.path.lexists(p)})
+        args = [
+            self.bwrap,
+            "--die-with-parent",
+            "--unshare-pid",
+            "--unshare-ipc",
+            "--unshare-uts",
+            "--unshare-cgroup-try",
+            "--cap-drop",
+            "ALL",
+        ]
+        if not network:
+            args.append("--unshare-net")
+        args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+        args += self._hide(hidden, under=None)
+        for m in binds:
+            args += ["--bind" if m.writable else "--ro-bind", str(m.path), str(m.path)]
+        # A secret inside a path bound back (a config file in the job's repo) stays hidden.
+        args += self._hide(hidden, under=[m.path for m in binds])
+        args += ["--chdir", str(cwd), "--", *command]
+        return args
+
+    def _hide(self, hidden: list[Path], *, under: list[Path] | None) -> list[str]:
+        args: list[str] = []
+        done: list[Path] = []
+        for path in hidden:
+            if under is not None and not any(path.is_relative_to(b) for b in under):
+                continue
+            if any(path.is_relative_to(d) for d in done):
+                continue  # inside a directory already hidden
+            if path.is_dir():
+                args += ["--tmpfs", str(path)]
+                done.append(path)
+            elif self.void is not None:
+                args += ["--ro-bind", str(self.void), str(path)]
+        return args
+
+
+@dataclass(frozen=True)
+class Confine:
+    """One job's sandbox: call it with an argv to get the argv to run."""
+
+    sandbox: Sandbox = field(default_factory=Sandbox)
+    mounts: tuple[Mount, ...] = ()
+    network: bool = True
+
+    @property
+    def kind(self) -> str:
+        return self.sandbox.kind
+
+    def __call__(
+        self,
+        command: Sequence[str],
+        *,
+        cwd: Path,
+        writable: Sequence[Path] = (),
+        read_only: Sequence[Path] = (),
+    ) -> list[str]:
+        """``command`` to run in ``cwd``, with ``writable`` (e.g. a TMPDIR)
+        writable besides this job's mounts, and ``read_only`` not."""
+        mounts = [*self.mounts, *rw(*writable), *ro(*read_only)]
+        return self.sandbox.argv(command, cwd=cwd, mounts=mounts, network=self.network)
+
+
+def _real(path: Path) -> Path:
+    return Path(os.path.realpath(path))
+
+
+def _normalised(mounts: Iterable[Mount]) -> list[Mount]:
+    """Existing paths, resolved (bwrap binds what a path points to), in the
+    given order: a later mount inside an earlier one overrides it."""
+    seen: dict[tuple[Path, bool], None] = {}
+    for m in mounts:
+        if os.path.exists(m.path):
+            seen.setdefault((_real(m.path), m.writable), None)
+    return [Mount(p, w) for p, w in seen]
+
+
+def probe(bwrap: str) -> str | None:
+    """None if ``bwrap`` can make a sandbox here, else why not."""
+    try:
+        done = subprocess.run(
+            [
+                bwrap,
+                "--die-with-parent",
+                "--unshare-pid",
+                "--cap-drop",
+                "ALL",
+                "--ro-bind",
+                "/",
+                "/",
+                "--dev",
+                "/dev",
+                "--proc",
+                "/proc",
+                "--tmpfs",
+                "/tmp",
+                "--",
+                "true",
+            ],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"{bwrap} cannot run: {exc}"
+    if done.returncode != 0:
+        detail = done.stderr.decode(errors="replace").strip() or f"exit {done.returncode}"
+        return f"{bwrap} cannot make a sandbox here ({detail}); are user namespaces enabled?"
+    return None
+
+
+def make(mode: Mode, *, hidden: Iterable[Path], state_dir: Path) -> Sandbox:
+    """The sandbox ``mode`` asks for on this host. ``bwrap`` without a working
+    bwrap is a configuration error; ``auto`` then runs jobs without one (and
+    says why: the caller warns loudly)."""
+    if mode == "none":
+        return Sandbox("none", "none", why="sandbox = none")
+    path = shutil.which("bwrap")
+    why = "bwrap is not installed (Debian: apt-get install bubblewrap)" if path is None else None
+    if path is not None:
+        why = probe(path)
+    if why is not None:
+        if mode == "bwrap":
+            raise ConfigError(f"runner sandbox = 'bwrap', but {why}")
+        return Sandbox("none", mode, why=why)
+    assert path is not None
+    state_dir.mkdir(parents=True, exist_ok=True)
+    void = state_dir / "void"
+    if not void.exists():
+        void.touch()
+    void.chmod(0)
+    return Sandbox("bwrap", mode, bwrap=path, hidden=tuple(_hidden_set(hidden)), void=void)
+
+
+def _hidden_set(paths: Iterable[Path]) -> list[Path]:
+    extra = [Path(p) for p in HOST_SOCKETS]
+    out: dict[Path, None] = {}
+    for p in [*paths, *extra]:
+        out.setdefault(Path(os.path.abspath(os.path.expanduser(p))), None)
+    return list(out)
+
+
+WARNING = (
+    "JOBS ARE NOT SANDBOXED ({why}): a job can read this runner's keys, database "
+    "and configuration. Install bubblewrap, or set [runner] sandbox = 'none' to "
+    "accept this."
+)
+
+
+def warn_unsandboxed(sandbox: Sandbox) -> str | None:
+    """The loud warning for ``auto`` without bwrap (None when sandboxed or when
+    ``none`` was chosen)."""
+    if sandbox.kind == "bwrap" or sandbox.mode == "none":
+        return None
+    return WARNING.format(why=sandbox.why)

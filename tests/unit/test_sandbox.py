@@ -1,0 +1,205 @@
+"""The sandbox's pieces: the job environment allowlist, the bwrap argv (what
+is hidden, what is bound back, in which order), and choosing a sandbox."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from corral.config import ProviderSettings
+from corral.errors import ConfigError
+from corral.executors.base import Context
+from corral.jobs import JobState
+from corral.models import Job, Session
+from corral.runner import sandbox
+from corral.runner.process import MARKER_VAR
+from corral.runner.sandbox import Mount, Sandbox, job_environment, ro, rw
+
+RUNNER_ENV = {
+    "PATH": "/usr/bin:/bin",
+    "LANG": "C.UTF-8",
+    "LC_ALL": "C.UTF-8",
+    "TERM": "xterm",
+    "HOME": "/root",
+    "CORRAL_WEBHOOK_SECRET": "whsec-server",
+    "CORRAL_PROVIDERS": '{"gpu": {"kind": "openai", "api_key": "sk-gpu"}}',
+    "CORRAL_TOKEN": "tok",
+    "CORRAL_JOB_ID": "spoofed",
+    "ANTHROPIC_API_KEY": "sk-ant-server",
+    "OTHER_KEY": "sk-other",
+    "MY_KEY": "sk-mine",
+    "SSH_AUTH_SOCK": "/run/user/0/agent.sock",
+    "AWS_SECRET_ACCESS_KEY": "aws",
+}
+
+
+def test_job_environment_keeps_only_the_allowlist() -> None:
+    env = job_environment(RUNNER_ENV, home=Path("/h"), extra={"X": "1"})
+    assert env == {
+        "PATH": "/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "TERM": "xterm",
+        "HOME": "/h",
+        "X": "1",
+    }
+
+
+def _context(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, **settings: object) -> Context:
+    monkeypatch.setattr("os.environ", dict(RUNNER_ENV))
+    now = datetime.now(UTC)
+    job = Job(
+        id="job1",
+        session_id="ses1",
+        turn=1,
+        state=JobState.RUNNING,
+        provider="box",
+        priority=2,
+        attempt=2,
+        max_attempts=2,
+        source="api",
+        epoch=1,
+        created_at=now,
+        available_at=now,
+        updated_at=now,
+    )
+    session = Session(id="ses1", created_at=now, updated_at=now, epoch=1, last_seq=0, turns=1)
+    return Context(
+        job=job,
+        session=session,
+        workdir=tmp_path,
+        emit=lambda *a, **k: None,
+        started=lambda pid: None,
+        provider="box",
+        settings=ProviderSettings(kind="shell", **settings),  # type: ignore[arg-type]
+        run_marker="m1",
+    )
+
+
+def test_a_jobs_environment_has_its_providers_env_and_key_and_nothing_else(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    ctx = _context(
+        monkeypatch,
+        tmp_path,
+        env={"TOOL_URL": "http://tool", "LANG": "de_DE.UTF-8"},
+        api_key_env="MY_KEY",
+    )
+    env = ctx.environment(tmp_path / "home", {"TMPDIR": "/tmp/t"})
+    assert env == {
+        "PATH": "/usr/bin:/bin",
+        "LANG": "de_DE.UTF-8",  # the provider's env wins over the runner's
+        "LC_ALL": "C.UTF-8",
+        "TERM": "xterm",
+        "HOME": str(tmp_path / "home"),
+        "TMPDIR": "/tmp/t",
+        "TOOL_URL": "http://tool",
+        "MY_KEY": "sk-mine",
+        "CORRAL_JOB_ID": "job1",
+        "CORRAL_SESSION_ID": "ses1",
+        "CORRAL_ATTEMPT": "2",
+        MARKER_VAR: "m1",
+    }
+
+
+def test_a_provider_cannot_override_the_jobs_ids(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    ctx = _context(monkeypatch, tmp_path, env={"CORRAL_JOB_ID": "x", MARKER_VAR: "y"})
+    env = ctx.environment(tmp_path)
+    assert env["CORRAL_JOB_ID"] == "job1" and env[MARKER_VAR] == "m1"
+
+
+def _box(tmp_path: Path, *hidden: Path) -> Sandbox:
+    void = tmp_path / "void"
+    void.touch()
+    return Sandbox("bwrap", "bwrap", bwrap="/usr/bin/bwrap", hidden=hidden, void=void)
+
+
+def test_no_sandbox_runs_the_command_as_given(tmp_path: Path) -> None:
+    confine = Sandbox().confine(rw(tmp_path))
+    assert confine(["/bin/sh", "-c", "true"], cwd=tmp_path) == ["/bin/sh", "-c", "true"]
+    assert confine.kind == "none"
+
+
+def test_bwrap_argv_hides_then_binds_back_in_order(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    ws = data / "workspaces" / "s1"
+    home = data / "providers" / "shell" / "home"
+    for d in (ws, home):
+        d.mkdir(parents=True)
+    config = tmp_path / "etc" / "corral.toml"
+    config.parent.mkdir()
+    config.write_text("")
+    box = _box(tmp_path, data, config, data / "admin.key", tmp_path / "absent")
+    argv = box.confine(rw(ws))(["/bin/sh", "-c", "id"], cwd=ws, writable=[home])
+    real = tmp_path.resolve()
+    w, h, d = str(ws.resolve()), str(home.resolve()), str(data.resolve())
+    assert argv[:8] == [
+        "/usr/bin/bwrap",
+        "--die-with-parent",
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--cap-drop",
+        "ALL",
+    ]
+    rest = argv[8:]
+    assert rest == [
+        "--ro-bind", "/", "/",
+        "--dev", "/dev",
+        "--proc", "/proc",
+        "--tmpfs", "/tmp",
+        "--tmpfs", d,  # the data dir (admin.key inside it needs nothing more)
+        "--ro-bind", str(box.void), str(real / "etc" / "corral.toml"),
+        "--bind", w, w,
+        "--bind", h, h,
+        "--chdir", str(ws),
+        "--", "/bin/sh", "-c", "id",
+    ]  # fmt: skip
+
+
+def test_a_secret_inside_a_path_bound_back_stays_hidden(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    (repo / ".git").mkdir(parents=True)
+    secret = repo / ".git" / "token"
+    secret.write_text("x")
+    box = _box(tmp_path, secret)
+    argv = box.confine([*ro(repo), Mount(repo / ".git", True)], network=False)(["true"], cwd=repo)
+    s, g = str(secret.resolve()), str((repo / ".git").resolve())
+    assert "--unshare-net" in argv
+    tail = argv[argv.index("--tmpfs") + 2 :]
+    assert tail == [
+        "--ro-bind", str(box.void), s,
+        "--ro-bind", str(repo.resolve()), str(repo.resolve()),
+        "--bind", g, g,
+        "--ro-bind", str(box.void), s,
+        "--chdir", str(repo),
+        "--", "true",
+    ]  # fmt: skip
+
+
+def test_found_looks_where_exec_would(tmp_path: Path) -> None:
+    tool = tmp_path / "bin" / "tool"
+    tool.parent.mkdir()
+    tool.write_text("#!/bin/sh\n")
+    tool.chmod(0o755)
+    assert sandbox.found("tool", {"PATH": str(tool.parent)}, tmp_path)
+    assert not sandbox.found("tool", {"PATH": "/nonexistent"}, tmp_path)
+    assert sandbox.found("./bin/tool", {}, tmp_path)
+    assert not sandbox.found("./bin/tool", {}, tool.parent)
+
+
+def test_choosing_a_sandbox(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    none = sandbox.make("none", hidden=[], state_dir=tmp_path)
+    assert none.kind == "none" and sandbox.warn_unsandboxed(none) is None
+    monkeypatch.setenv("PATH", str(tmp_path))  # no bwrap here
+    auto = sandbox.make("auto", hidden=[], state_dir=tmp_path)
+    assert auto.kind == "none" and auto.mode == "auto"
+    warning = sandbox.warn_unsandboxed(auto)
+    assert warning is not None and "NOT SANDBOXED" in warning and "bubblewrap" in warning
+    with pytest.raises(ConfigError, match="bwrap is not installed"):
+        sandbox.make("bwrap", hidden=[], state_dir=tmp_path)
