@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import cases
 from cases import Result, pct, ts
 
 from corral.testing import git_repo, start_server
@@ -58,7 +59,7 @@ async def agent_overhead(root: Path, runs: int, agents: int) -> list[Result]:
             start_server,
             root / "f",
             args=("--config", str(config), "--no-queue"),
-            env={"CORRAL_LOG_LEVEL": "WARNING"},
+            env=cases.SERVER_ENV,
         )
         try:
             with srv.http() as http:

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import cases
 import httpx
 from cases import Result, cpu_seconds, pct
 
@@ -45,7 +46,7 @@ async def agents_figures(root: Path, lines: int) -> list[Result]:
         start_server,
         root / "i",
         args=("--config", str(config), "--no-queue"),
-        env={"CORRAL_LOG_LEVEL": "WARNING"},
+        env=cases.SERVER_ENV,
     )
     try:
         headers = {"Authorization": f"Bearer {srv.admin_key}", "Accept": "text/event-stream"}

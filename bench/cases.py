@@ -27,6 +27,8 @@ from corral.testing import ServerProcess
 
 TERMINAL = ("done", "failed", "cancelled")
 SSE_HEADERS = {"Accept": "text/event-stream"}
+# The environment of every server the benchmarks start (run.py --sandbox adds to it).
+SERVER_ENV: dict[str, str] = {"CORRAL_LOG_LEVEL": "WARNING"}
 
 
 @dataclass
@@ -107,8 +109,8 @@ def check_stream(resp: httpx.Response) -> None:
 # --- (a) submit -> process started ------------------------------------------------------
 
 
-async def _one_submit(http: httpx.AsyncClient) -> dict[str, Any]:
-    """Submit ``true`` into a fresh session whose stream is already open, wait
+async def one_submit(http: httpx.AsyncClient, command: str = "true") -> dict[str, Any]:
+    """Submit ``command`` into a fresh session whose stream is already open, wait
     for the job's terminal state on that stream, return the job and the submit time.
     Watching the stream (not polling) keeps the server otherwise idle."""
     session = check(await http.post("/sessions", json={}))
@@ -116,7 +118,8 @@ async def _one_submit(http: httpx.AsyncClient) -> dict[str, Any]:
     async with aconnect_sse(http, "GET", path, headers=SSE_HEADERS) as source:
         check_stream(source.response)
         submitted = time.time()
-        job = check(await http.post("/jobs", json={"command": "true", "session_id": session["id"]}))
+        body = {"command": command, "session_id": session["id"]}
+        job = check(await http.post("/jobs", json=body))
         async for sse in source.aiter_sse():
             ev = json.loads(sse.data)
             if ev["type"] == "job.state" and ev["payload"].get("to") in TERMINAL:
@@ -137,7 +140,7 @@ async def submit_latency(
         for i in range(warmup + samples):
             if time.monotonic() > deadline:
                 break
-            job = await _one_submit(http)
+            job = await one_submit(http)
             if i < warmup:
                 continue
             if job["state"] != "done" or not job["started_at"]:

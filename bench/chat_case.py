@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import cases
 import openai
 from cases import Result, pct
 
@@ -65,7 +66,7 @@ async def chat_jobs(root: Path, samples: int, clients: int, seconds: float) -> l
             start_server,
             root / "h",
             args=("--config", str(config), "--no-queue"),
-            env={"CORRAL_LOG_LEVEL": "WARNING"},
+            env=cases.SERVER_ENV,
         )
         try:
             await _direct(fake, 5)

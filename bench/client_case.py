@@ -8,6 +8,7 @@ import asyncio
 import time
 from pathlib import Path
 
+import cases
 from cases import Result, pct
 
 from corral.client import Client
@@ -26,7 +27,7 @@ def _runs(client: Client, n: int, polling: bool) -> list[float]:
 
 
 async def run_round_trip(root: Path, samples: int) -> list[Result]:
-    srv = await asyncio.to_thread(start_server, root / "g", env={"CORRAL_LOG_LEVEL": "WARNING"})
+    srv = await asyncio.to_thread(start_server, root / "g", env=cases.SERVER_ENV)
     rows = []
     try:
         with Client(srv.url, srv.admin_key) as client:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import cases
 from cases import Result, pct, ts
 
 from corral.testing import start_server
@@ -28,7 +29,7 @@ async def queue_folder(root: Path, pickups: int, burst: int, slots: int) -> list
         start_server,
         root / "e",
         args=("--queue", str(queue)),
-        env={"CORRAL_LOG_LEVEL": "WARNING", "CORRAL_RUNNER__SLOTS": str(slots)},
+        env={**cases.SERVER_ENV, "CORRAL_RUNNER__SLOTS": str(slots)},
     )
     try:
         with srv.http() as http:

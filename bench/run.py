@@ -29,6 +29,7 @@ import cases
 import chat_case
 import client_case
 import queue_case
+import sandbox_case
 from cases import Result
 from rich.console import Console
 from rich.table import Table
@@ -79,7 +80,7 @@ class Plan:
 async def server(
     root: Path, name: str, *, database_url: str | None = None, env: dict[str, str] | None = None
 ) -> AsyncIterator[ServerProcess]:
-    env = {"CORRAL_LOG_LEVEL": "WARNING", **(env or {})}
+    env = {**cases.SERVER_ENV, **(env or {})}
     srv = await asyncio.to_thread(start_server, root / name, database_url=database_url, env=env)
     try:
         yield srv
@@ -210,6 +211,15 @@ async def main(plan: Plan, pg_base: str, only: str) -> list[Result]:
                 ),
                 timeout=180,
             )
+        if "j" in only:
+            await run.case(
+                "(j) sandbox cost",
+                "ms",
+                lambda: sandbox_case.sandbox_cost(
+                    root, plan.latency_samples, plan.latency_warmup, plan.seconds * 2
+                ),
+                timeout=180,
+            )
         if "d" in only:
             async with server(root, "d", env=OWN_RUNNER) as srv:
                 runner_id = await register(srv)
@@ -321,6 +331,7 @@ def write(
         "started_at": started.isoformat(),
         "seconds": round(seconds, 1),
         "plan": asdict(plan),
+        "server_env": cases.SERVER_ENV,
         "source": source_version(),
         "host": {
             "cpus": os.cpu_count(),
@@ -339,13 +350,20 @@ def cli() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="fewer samples (~30 s)")
-    parser.add_argument("--only", default="abcdefghi", help="which benchmarks, e.g. --only ad")
+    parser.add_argument("--only", default="abcdefghij", help="which benchmarks, e.g. --only ad")
+    parser.add_argument(
+        "--sandbox",
+        choices=("auto", "bwrap", "none"),
+        help="runner.sandbox of every server started (default: the servers' own, auto)",
+    )
     parser.add_argument(
         "--pg-url",
         default=os.environ.get("CORRAL_TEST_PG_URL", DEFAULT_PG),
         help=f"PostgreSQL server to create a scratch database on ({DEFAULT_PG})",
     )
     args = parser.parse_args()
+    if args.sandbox:
+        cases.SERVER_ENV["CORRAL_RUNNER__SANDBOX"] = args.sandbox
     plan = Plan.of(args.quick)
     started = datetime.now(UTC)
     t0 = time.monotonic()

@@ -161,7 +161,9 @@ class ProviderSettings(BaseModel):
         default_factory=list, description="claude-code --allowedTools (e.g. Bash, Edit, Write)."
     )
     sandbox: str = Field(
-        "workspace-write", description="codex --sandbox mode (read-only fails writes silently)."
+        "workspace-write",
+        description="codex --sandbox mode (read-only fails writes silently); inside the "
+        "runner's bwrap sandbox that sandbox enforces it and codex runs without its own.",
     )
     max_turns: int | None = Field(None, ge=1, description="claude-code --max-turns.")
     extra_args: list[str] = Field(

@@ -264,7 +264,9 @@ class Runner:
         log_extra = {"job_id": job.id, "session_id": session.id}
         try:
             ws = await asyncio.to_thread(self.workspaces.prepare, job)
-            mounts = await asyncio.to_thread(self.workspaces.mounts, ws)
+            mounts = []
+            if self.sandbox.kind == "bwrap":
+                mounts = await asyncio.to_thread(self.workspaces.mounts, ws)
         except (WorkspaceError, OSError) as exc:
             return Outcome(status="failed", reason="workspace", failure="input", error=str(exc))
         marker = new_id()

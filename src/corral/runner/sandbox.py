@@ -132,7 +132,9 @@ class Sandbox:
         """One line for logs and start-up output."""
         if self.kind == "bwrap":
             return f"bwrap ({self.bwrap})"
-        return f"none: {self.why}" if self.why else "none"
+        if self.mode == "none":
+            return "none (runner.sandbox = none: jobs see all that this runner can)"
+        return f"none: {self.why}"
 
     def argv(
         self, command: Sequence[str], *, cwd: Path, mounts: Iterable[Mount], network: bool
