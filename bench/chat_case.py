@@ -82,7 +82,7 @@ async def chat_jobs(root: Path, samples: int, clients: int, seconds: float) -> l
                     nonlocal done
                     while time.monotonic() < stop:
                         job = await c.submit(messages=MESSAGES, preferred_ai="gpu")
-                        await c.wait(job["job_id"], timeout=60)
+                        await c.wait(job.job_id, timeout=60)
                         done += 1
 
                 started = time.monotonic()

@@ -245,6 +245,123 @@ class ApiKey(BaseModel):
     revoked_at: datetime | None = None
 
 
+# -- answers of the HTTP API: the server sends them, the client reads them ------
+
+
+class JobAccepted(BaseModel):
+    """A submission's answer (``POST /jobs``, ``POST /sessions/{id}/turns``)."""
+
+    job_id: str
+    session_id: str
+    state: JobState
+    created: bool = Field(description="False: the idempotency key named an existing job.")
+
+
+class JobPage(BaseModel):
+    jobs: list[Job]
+    next: str | None = Field(None, description="Pass as `before` for the next page.")
+
+
+class RouteDecision(BaseModel):
+    provider: str
+    model: str | None
+    rule: int = Field(description="0..5: which rule of the routing precedence fired.")
+    reason: str
+    skipped: list[str] = Field(description="Why each earlier rule did not fire.")
+
+
+class SessionDetail(Session):
+    jobs: list[Job] = Field(default_factory=list)
+
+
+class Agent(BaseModel):
+    """An agent daemon as ``GET /agents`` shows it."""
+
+    id: str
+    name: str
+    status: str = Field(description="starting, running, backoff, exited, fatal or stopped.")
+    pid: int | None = None
+    uptime: float | None = Field(None, description="Seconds since it started, while running.")
+    restarts: int
+    last_exit_code: int | None = None
+    runner: str = Field(description="The runner that hosts it (`embedded`: any embedded one).")
+    host: str | None = Field(None, description="The runner hosting it now.")
+    connected: bool = Field(description="Whether its runner is connected.")
+    wanted: bool
+    pending: bool = Field(description="An action its runner has not applied yet.")
+    message: str | None = None
+    messages_24h: int | None = Field(None, description="Messages handled in the last 24 h.")
+
+
+class AgentLine(BaseModel):
+    offset: int
+    at: float = Field(description="Unix time.")
+    stream: str = Field(description="stdout or stderr.")
+    line: str
+
+
+class AgentDetail(Agent):
+    config: JSONDict = Field(description="Its configuration (env values masked).")
+    logs: list[AgentLine]
+
+
+class AgentsReloaded(BaseModel):
+    added: list[str]
+    removed: list[str]
+    changed: list[str]
+
+
+class DeliveryAttempt(BaseModel):
+    n: int
+    at: datetime
+    status: int | None = None
+    latency_ms: float
+    error: str | None = None
+
+
+class Delivery(BaseModel):
+    """A webhook delivery: where, what, its state and (for one job's) its attempts."""
+
+    id: str
+    job_id: str
+    url: str
+    event: str
+    state: Literal["pending", "delivered", "failed"]
+    attempts: int
+    next_attempt_at: datetime | None = None
+    last_status: int | None = None
+    last_error: str | None = None
+    created_at: datetime
+    delivered_at: datetime | None = None
+    body: JSONDict
+    attempt_log: list[DeliveryAttempt] | None = None
+
+
+class Status(BaseModel):
+    """``GET /status``."""
+
+    version: str
+    database: str
+    paused: bool = Field(description="The kill switch.")
+    providers_paused: list[ProviderPause]
+    jobs: dict[str, int] = Field(description="Jobs by state.")
+    runners: list[Runner]
+    embedded_providers: list[str] | None = Field(
+        None, description="What this replica's embedded runner serves ([] without one)."
+    )
+
+
+class ModelTag(BaseModel):
+    """A model of a chat provider, in Ollama's ``/api/tags`` shape."""
+
+    name: str
+    model: str
+    modified_at: str
+    size: int
+    digest: str
+    details: JSONDict
+
+
 _WEBHOOK_URL = re.compile(r"^https?://[^\s/?#]+[^\s]*$")
 
 

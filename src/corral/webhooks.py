@@ -16,21 +16,17 @@ before trusting anything in the body::
         verify(request_body, request.headers.get("X-Corral-Signature"), SECRET)
     except WebhookVerificationError as exc:
         return 400, str(exc)
+
+``corral.client.Receiver`` (a thread) and ``AsyncReceiver`` (asyncio) are ready ones.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import hmac
-import json
-import socket
-import threading
 import time
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from corral.errors import CorralError
 
@@ -124,123 +120,3 @@ def verify(
         matched |= hmac.compare_digest(expected, candidate)
     if not matched:
         raise WebhookVerificationError("signature does not match (wrong secret or altered body)")
-
-
-class Receiver:
-    """A small webhook receiver on a free port (a thread of its own): checks
-    each delivery's signature, drops duplicates by delivery id, and lets
-    callers wait for a job's deliveries. ``Client.run()`` uses one to learn
-    that a job ended without polling.
-
-        with Receiver(secret) as r:
-            client.submit(..., webhook={"url": r.url, "secret": secret})
-            body = r.wait(job_id, lambda b: b["state"] in ("done", "failed"), timeout=60)
-    """
-
-    def __init__(
-        self,
-        secret: str,
-        *,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        advertise: str | None = None,
-        tolerance: float = DEFAULT_TOLERANCE,
-    ) -> None:
-        self.secret = secret
-        self.tolerance = tolerance
-        self.rejected = 0
-        self._seen: set[str] = set()
-        self._bodies: dict[str, list[dict[str, object]]] = {}
-        self._cond = threading.Condition()
-        handler = type("_Handler", (_ReceiverHandler,), {"receiver": self})
-        self._server = ThreadingHTTPServer((host, port), handler)  # OSError if it cannot bind
-        self._server.daemon_threads = True
-        bound_port = self._server.server_address[1]
-        self._address = (host, bound_port)
-        self.url = f"http://{advertise or host}:{bound_port}/corral-webhook"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.1},
-            name="corral-webhook-receiver",
-            daemon=True,
-        )
-        self._thread.start()
-
-    def close(self) -> None:
-        # shutdown() waits for serve_forever to look at its flag, which it does
-        # after each request or poll interval: connecting wakes it at once
-        # (Client.run() returned ~85 ms late waiting for the interval).
-        stopper = threading.Thread(target=self._server.shutdown, daemon=True)
-        stopper.start()
-        deadline = time.monotonic() + 5
-        while stopper.is_alive() and time.monotonic() < deadline:
-            with contextlib.suppress(OSError):
-                socket.create_connection(self._address, timeout=0.2).close()
-            stopper.join(0.005)
-        self._server.server_close()
-        self._thread.join(timeout=5)
-
-    def __enter__(self) -> Receiver:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def deliveries(self, job_id: str) -> list[dict[str, object]]:
-        with self._cond:
-            return list(self._bodies.get(job_id, ()))
-
-    def wait(
-        self,
-        job_id: str,
-        until: Callable[[dict[str, object]], bool],
-        timeout: float | None,
-    ) -> dict[str, object] | None:
-        """The first delivery about ``job_id`` for which ``until`` holds
-        (already received or arriving within ``timeout``), else None."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for body in self._bodies.get(job_id, ()):
-                    if until(body):
-                        return body
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return None
-                self._cond.wait(remaining)
-
-    def _accept(self, body: bytes, headers: Mapping[str, str]) -> int:
-        try:
-            verify(body, headers.get(SIGNATURE_HEADER), self.secret, self.tolerance)
-            data = json.loads(body)
-            job_id = str(data["job_id"])
-        except (WebhookVerificationError, ValueError, KeyError, TypeError):
-            with self._cond:
-                self.rejected += 1
-            return 400
-        delivery = headers.get(DELIVERY_HEADER) or str(data.get("delivery_id"))
-        with self._cond:
-            if delivery not in self._seen:
-                self._seen.add(delivery)
-                self._bodies.setdefault(job_id, []).append(data)
-                self._cond.notify_all()
-        return 204
-
-
-class _ReceiverHandler(BaseHTTPRequestHandler):
-    receiver: Receiver
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-    def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > 4 * 1024 * 1024:
-            status = 413
-        else:
-            body = self.rfile.read(length)
-            status = self.receiver._accept(body, {k: v for k, v in self.headers.items()})
-        self.send_response(status)
-        self.send_header("Content-Length", "0")
-        self.end_headers()

@@ -210,7 +210,7 @@ def test_python_client_ollama_methods(srv: ServerProcess, gpu: FakeOpenAI) -> No
     from corral.client import Client
 
     with Client(srv.url, srv.admin_key) as c:
-        assert [m["name"] for m in c.tags()] == [
+        assert [m.name for m in c.tags()] == [
             "qwen2.5:7b",
             "claude-haiku-4-5",
             "nomic-embed-text",

@@ -241,7 +241,7 @@ async def test_async_client_events_survive_a_forced_disconnect(tmp_path: Path) -
             accepted = await c.submit(command="for i in $(seq 1 300); do echo line $i; done")
             seqs: list[int] = []
             lines: list[str] = []
-            async for event in c.job_events(accepted["job_id"], timeout=60):
+            async for event in c.job_events(accepted.job_id, timeout=60):
                 if event.seq is not None:
                     seqs.append(event.seq)
                 if event.type == "output":

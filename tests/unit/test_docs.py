@@ -71,3 +71,11 @@ def test_generated_reference_pages_are_current(capsys: pytest.CaptureFixture[str
     assert status == 0, (
         "stale docs: run `cog -r -I docs docs/reference/*.md`\n" + capsys.readouterr().out
     )
+
+
+def test_every_client_method_is_documented() -> None:
+    from corral.client import Client
+
+    for name in dir(Client):
+        if not name.startswith("_"):
+            assert re.search(rf"`{name}[`(]", README), name

@@ -10,11 +10,11 @@ from fastapi.responses import JSONResponse
 from corral.api import stream
 from corral.api.deps import Reader, Svc, Writer, principal
 from corral.api.ids import JobId, SessionFilter
-from corral.api.schemas import EventPage, JobAccepted, JobPage, RouteDecision
+from corral.api.schemas import EventPage
 from corral.auth import Principal, Role
 from corral.errors import BadRequest, Forbidden
 from corral.jobs import JobState
-from corral.models import Artifact, Job, JobCreate
+from corral.models import Artifact, Job, JobAccepted, JobCreate, JobPage, RouteDecision
 
 router = APIRouter(tags=["jobs"])
 

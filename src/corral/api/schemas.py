@@ -10,33 +10,9 @@ from pydantic import BaseModel, Field
 from corral.models import Job, JobCreate, NewEvent, Outcome, Session
 
 
-class JobAccepted(BaseModel):
-    job_id: str
-    session_id: str
-    state: str
-    created: bool
-
-
-class JobPage(BaseModel):
-    jobs: list[Job]
-    next: str | None = Field(None, description="Pass as `before` for the next page.")
-
-
-class RouteDecision(BaseModel):
-    provider: str
-    model: str | None
-    rule: int = Field(description="0..5: which rule of the routing precedence fired.")
-    reason: str
-    skipped: list[str] = Field(description="Why each earlier rule did not fire.")
-
-
 class SessionCreate(BaseModel):
     model_config = {"extra": "forbid"}
     title: str | None = Field(None, max_length=500)
-
-
-class SessionDetail(Session):
-    jobs: list[Job] = Field(default_factory=list)
 
 
 class TurnCreate(JobCreate):

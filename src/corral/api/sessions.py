@@ -9,9 +9,9 @@ from fastapi import APIRouter, Query, Request, Response
 from corral.api import stream
 from corral.api.deps import Reader, Svc, Writer
 from corral.api.ids import SessionId
-from corral.api.schemas import EventPage, JobAccepted, SessionCreate, SessionDetail, TurnCreate
+from corral.api.schemas import EventPage, SessionCreate, TurnCreate
 from corral.errors import BadRequest
-from corral.models import Session
+from corral.models import JobAccepted, Session, SessionDetail
 
 router = APIRouter(tags=["sessions"])
 

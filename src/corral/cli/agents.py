@@ -50,17 +50,16 @@ def ls(server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = Fals
         "agent", "status", "pid", "uptime", "restarts", "last exit", "runner", "msgs/24h", box=None
     )
     for r in rows:
-        exit_code = r["last_exit_code"]
-        where = r["runner"]
+        exit_code = r.last_exit_code
         table.add_row(
-            esc(r["name"]),
-            _status(r["status"]),
-            str(r["pid"] or "-"),
-            _uptime(r["uptime"]),
-            str(r["restarts"]),
+            esc(r.name),
+            _status(r.status),
+            str(r.pid or "-"),
+            _uptime(r.uptime),
+            str(r.restarts),
             "-" if exit_code is None else str(exit_code),
-            esc(where) if r["connected"] else f"[yellow]{esc(where)} (not connected)[/]",
-            "-" if r["messages_24h"] is None else str(r["messages_24h"]),
+            esc(r.runner) if r.connected else f"[yellow]{esc(r.runner)} (not connected)[/]",
+            "-" if r.messages_24h is None else str(r.messages_24h),
         )
     console.print(table)
 
@@ -75,27 +74,25 @@ def show(
     if as_json:
         dump(data)
         return
-    console.print(
-        f"[bold]{esc(data['name'])}[/] {_status(data['status'])}  pid {data['pid'] or '-'}"
-    )
-    console.print(f"command: {' '.join(data['config']['command'])}", markup=False)
-    host = data["host"] or "-"
-    state = "connected" if data["connected"] else "[yellow]not connected[/]"
-    console.print(f"runner: {esc(data['runner'])} (host {esc(host)}, {state})")
-    if data.get("pending"):
+    console.print(f"[bold]{esc(data.name)}[/] {_status(data.status)}  pid {data.pid or '-'}")
+    console.print(f"command: {' '.join(data.config['command'])}", markup=False)
+    host = data.host or "-"
+    state = "connected" if data.connected else "[yellow]not connected[/]"
+    console.print(f"runner: {esc(data.runner)} (host {esc(host)}, {state})")
+    if data.pending:
         console.print("[yellow]an action waits for its runner[/]")
-    if data.get("message"):
-        console.print(f"[red]{esc(data['message'])}[/]")
-    for line in data["logs"][-20:]:
-        console.print(f"{line['stream']:>6} {line['line']}", markup=False, highlight=False)
+    if data.message:
+        console.print(f"[red]{esc(data.message)}[/]")
+    for line in data.logs[-20:]:
+        console.print(f"{line.stream:>6} {line.line}", markup=False, highlight=False)
 
 
 def _act(name: str, action: str, server: str | None, token: str | None) -> None:
     with client(server, token) as c:
         data = c.agent_action(name, action)
-    console.print(f"{esc(data['name'])}: {_status(data['status'])}  pid {data['pid'] or '-'}")
-    if data.get("pending"):
-        where = data["host"] or data["runner"]
+    console.print(f"{esc(data.name)}: {_status(data.status)}  pid {data.pid or '-'}")
+    if data.pending:
+        where = data.host or data.runner
         console.print(f"[yellow]recorded: runner {esc(where)} applies it when it connects[/]")
 
 
@@ -122,8 +119,12 @@ def reload(server: ServerOpt = None, token: TokenOpt = None) -> None:
     """Apply [agents.*] changes from corral.toml (the server's): add, remove, restart."""
     with client(server, token) as c:
         result = c.reload_agents()
-    for key in ("added", "removed", "changed"):
-        console.print(f"{key}: {', '.join(result[key]) or '-'}", markup=False)
+    for key, names in (
+        ("added", result.added),
+        ("removed", result.removed),
+        ("changed", result.changed),
+    ):
+        console.print(f"{key}: {', '.join(names) or '-'}", markup=False)
 
 
 @app.command()
@@ -140,7 +141,7 @@ def logs(
     with client(server, token) as c:
         if not follow:
             for line in c.agent_logs(name, n):
-                console.print(line["line"], markup=False, highlight=False)
+                console.print(line.line, markup=False, highlight=False)
             return
         for line in c.follow_agent_logs(name, n):
-            console.print(line["line"], markup=False, highlight=False)
+            console.print(line.line, markup=False, highlight=False)

@@ -44,12 +44,11 @@ def route(
     if as_json:
         dump(decision)
         return
-    model = f" (model {esc(decision['model'])})" if decision.get("model") else ""
+    model = f" (model {esc(decision.model)})" if decision.model else ""
     console.print(
-        f"[bold]{esc(decision['provider'])}[/]{model} by rule {decision['rule']}: "
-        f"{esc(decision['reason'])}"
+        f"[bold]{esc(decision.provider)}[/]{model} by rule {decision.rule}: {esc(decision.reason)}"
     )
-    for line in decision["skipped"]:
+    for line in decision.skipped:
         console.print(f"  not rule {line}", markup=False)
 
 
@@ -88,28 +87,28 @@ def status(server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = 
     if as_json:
         dump(data)
         return
-    switch = "[red]PAUSED[/] (corral resume)" if data["paused"] else "[green]running[/]"
-    console.print(f"corral {data['version']} on {esc(data['database'])}: {switch}")
-    counts = ", ".join(f"{n} {s}" for s, n in sorted(data["jobs"].items())) or "no jobs"
+    switch = "[red]PAUSED[/] (corral resume)" if data.paused else "[green]running[/]"
+    console.print(f"corral {data.version} on {esc(data.database)}: {switch}")
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(data.jobs.items())) or "no jobs"
     console.print(f"jobs: {counts}", markup=False)
-    for p in data.get("providers_paused", []):
-        fallback = f"; jobs go to {p['fallback']}" if p.get("fallback") else ""
+    for p in data.providers_paused:
+        fallback = f"; jobs go to {p.fallback}" if p.fallback else ""
+        until = p.until.isoformat()
         console.print(
-            f"provider {p['provider']} PAUSED until {p['until']} ({p['reason']}){fallback}",
-            markup=False,
+            f"provider {p.provider} PAUSED until {until} ({p.reason}){fallback}", markup=False
         )
-    embedded = data.get("embedded_providers")
+    embedded = data.embedded_providers
     if embedded is not None:
         served = ", ".join(embedded) if embedded else "none (no embedded runner)"
         console.print(f"embedded runner serves: {served}", markup=False)
-    for r in data["runners"]:
+    for r in data.runners:
         console.print(
-            f"runner {r['name']}: {r['slots']} slots, providers {', '.join(r['providers'])}, "
-            f"sandbox {r.get('sandbox') or 'unknown'}",
+            f"runner {r.name}: {r.slots} slots, providers {', '.join(r.providers)}, "
+            f"sandbox {r.sandbox or 'unknown'}",
             markup=False,
         )
-        if r.get("sandbox") == "none":
+        if r.sandbox == "none":
             console.print(
-                f"[bold red]runner {esc(r['name'])}: jobs are NOT sandboxed[/] "
+                f"[bold red]runner {esc(r.name)}: jobs are NOT sandboxed[/] "
                 "(install bubblewrap on its host)"
             )

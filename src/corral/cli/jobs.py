@@ -144,7 +144,7 @@ def show(
     if job.state is JobState.QUEUED and job.failure in ("infra", "quota"):
         rows.append(("note", "not the agent's fault: it runs again as the same attempt"))
     for a in artifacts:
-        rows.append(("artifact", esc(f"{a['name']}  {a['size']} bytes  ({a['media_type']})")))
+        rows.append(("artifact", esc(f"{a.name}  {a.size} bytes  ({a.media_type})")))
     for key, value in rows:
         console.print(f"[bold]{key:>10}[/]  {value}")
     if job.result:

@@ -37,16 +37,16 @@ def show(
         dump(data)
         return
     console.print(
-        f"[bold]session[/] {esc(data['id'])}  turns {data['turns']}  "
-        f"events {data['last_seq']}  epoch {data['epoch']}"
+        f"[bold]session[/] {esc(data.id)}  turns {data.turns}  "
+        f"events {data.last_seq}  epoch {data.epoch}"
     )
-    for job in data["jobs"]:
-        prompt = (job.get("prompt") or job.get("command") or "").splitlines()[:1]
+    for job in data.jobs:
+        prompt = (job.prompt or job.command or "").splitlines()[:1]
         console.print(
-            f"  turn {job['turn']:>3}  {state(job['state'])}  {esc(job['id'])}  "
+            f"  turn {job.turn:>3}  {state(job.state.value)}  {esc(job.id)}  "
             f"{esc((prompt[0] if prompt else '')[:60])}"
         )
-    console.print(f"Add a turn: corral turn {data['id']} 'TEXT' --wait", markup=False)
+    console.print(f"Add a turn: corral turn {data.id} 'TEXT' --wait", markup=False)
 
 
 def _line(e: Event) -> str:

@@ -149,17 +149,17 @@ def _submit(
 ) -> None:
     body = {k: v for k, v in fields.items() if v not in (None, [], ())}
     accepted = c.turn(session, **body) if session else c.submit(**body)
-    job_id = accepted["job_id"]
+    job_id = accepted.job_id
     if wait:
         if not as_json:
-            err.print(f"[dim]job {job_id} (session {accepted['session_id']})[/]")
+            err.print(f"[dim]job {job_id} (session {accepted.session_id})[/]")
         follow(c, job_id, as_json=as_json, connect=connect)
         return
     if as_json:
         dump(accepted)
         return
-    verb = "Submitted" if accepted["created"] else "Already submitted (same idempotency key):"
-    console.print(f"{verb} job [bold]{job_id}[/] in session {esc(accepted['session_id'])}.")
+    verb = "Submitted" if accepted.created else "Already submitted (same idempotency key):"
+    console.print(f"{verb} job [bold]{job_id}[/] in session {esc(accepted.session_id)}.")
     console.print(f"Follow it: corral jobs logs -f {job_id}", markup=False)
 
 

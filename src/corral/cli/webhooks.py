@@ -24,7 +24,7 @@ def ls(
     with client(server, token) as c:
         rows = c.deliveries(job) if job else c.all_deliveries(state=state, limit=limit)
     if job and state:
-        rows = [r for r in rows if r["state"] == state]
+        rows = [r for r in rows if r.state == state]
     if as_json:
         dump(rows)
         return
@@ -35,10 +35,10 @@ def ls(
 
     table = Table("delivery", "job", "event", "state", "tries", "last", "url", box=None)
     for r in rows:
-        last = str(r["last_status"] or r["last_error"] or "-")[:40]
-        body_state = r["body"].get("state", "")
-        event = r["event"] + (f" {body_state}" if r["event"] == "job.state" else "")
-        cells = (r["id"], r["job_id"][:12], event, r["state"], r["attempts"], last, r["url"])
+        last = str(r.last_status or r.last_error or "-")[:40]
+        body_state = r.body.get("state", "")
+        event = r.event + (f" {body_state}" if r.event == "job.state" else "")
+        cells = (r.id, r.job_id[:12], event, r.state, r.attempts, last, r.url)
         table.add_row(*(esc(c) for c in cells))
     console.print(table)
 
@@ -48,7 +48,7 @@ def redeliver(delivery_id: str, server: ServerOpt = None, token: TokenOpt = None
     """Send a delivery again (same delivery id: receivers may drop it as a duplicate)."""
     with client(server, token) as c:
         row = c.redeliver(delivery_id)
-    console.print(f"delivery {row['id']} to {row['url']} queued again", markup=False)
+    console.print(f"delivery {row.id} to {row.url} queued again", markup=False)
 
 
 @app.command()

@@ -107,6 +107,7 @@ def gc(
 
     A session with a queued or running turn is kept; only what corral made is
     removed (never the repository's own checkout, never a branch it did not make)."""
+    from corral.jobs import TERMINAL
     from corral.runner.workspace import WorkspaceError, Workspaces
 
     s = settings(config, data_dir)
@@ -121,9 +122,7 @@ def gc(
                 continue
             try:
                 session = c.session(ws.session_id)
-                active = [
-                    j for j in session["jobs"] if j["state"] in ("queued", "assigned", "running")
-                ]
+                active = [j for j in session.jobs if j.state not in TERMINAL]
             except NotFound:
                 active = []  # the server no longer knows it
             if active:

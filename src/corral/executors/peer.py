@@ -89,19 +89,19 @@ class CorralExecutor:
             accepted = await remote.turn(str(session), prompt, **fields)
         else:
             accepted = await remote.submit(prompt, **fields)
-        remote_id = str(accepted["job_id"])
+        remote_id = accepted.job_id
         ctx.save_handle(
             json.dumps(
-                {"job": job.id, "remote_job": remote_id, "remote_session": accepted["session_id"]}
+                {"job": job.id, "remote_job": remote_id, "remote_session": accepted.session_id}
             )
         )
         ctx.emit(
             "remote.submitted",
             {
                 "remote_job": remote_id,
-                "remote_session": accepted["session_id"],
+                "remote_session": accepted.session_id,
                 "url": ctx.settings.base_url,
-                "created": accepted.get("created", True),
+                "created": accepted.created,
             },
         )
         return remote_id
