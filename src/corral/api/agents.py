@@ -25,6 +25,7 @@ from corral.api.deps import Reader, RunnerKey, Svc, Writer
 from corral.api.runners import owned_runner
 from corral.auth import Role
 from corral.errors import ConfigError, Conflict, Forbidden, InvalidInput
+from corral.models import Agent, AgentDetail, AgentLine, AgentsReloaded
 from corral.store.agents import (
     DESIRED_TOPIC,
     EMBEDDED,
@@ -54,21 +55,21 @@ def _config(rec: AgentRecord) -> dict[str, Any]:
     return data
 
 
-@router.get("/agents")
+@router.get("/agents", response_model=list[Agent])
 async def list_agents(svc: Svc, who: Reader) -> list[dict[str, Any]]:
     """Every configured agent: status, pid, uptime, restarts, last exit code,
     runner, whether its runner is connected, messages handled in 24 h."""
     return [r.view() for r in await svc.store.agents.list()]
 
 
-@router.get("/agents/{name}")
+@router.get("/agents/{name}", response_model=AgentDetail)
 async def get_agent(name: str, svc: Svc, who: Reader) -> dict[str, Any]:
     """One agent: status, its configuration (env values masked), last 200 lines."""
     rec = await svc.store.agents.get(name)
     return {**rec.view(), "config": _config(rec), "logs": await svc.store.agents.lines(name, 200)}
 
 
-@router.post("/agents/reload")
+@router.post("/agents/reload", response_model=AgentsReloaded)
 async def reload_agents(svc: Svc, who: Writer) -> dict[str, list[str]]:
     """Read the configuration again: new agents start, removed ones stop,
     changed ones restart, the rest keep running (also on SIGHUP)."""
@@ -105,6 +106,7 @@ def _answer(rec: AgentRecord) -> Any:
 
 @router.post(
     "/agents/{name}/start",
+    response_model=Agent,
     responses={202: {"description": "Recorded; its runner applies it when it connects."}},
 )
 async def start_agent(name: str, svc: Svc, who: Writer) -> Any:
@@ -114,6 +116,7 @@ async def start_agent(name: str, svc: Svc, who: Writer) -> Any:
 
 @router.post(
     "/agents/{name}/stop",
+    response_model=Agent,
     responses={202: {"description": "Recorded; its runner applies it when it connects."}},
 )
 async def stop_agent(name: str, svc: Svc, who: Writer) -> Any:
@@ -124,7 +127,7 @@ async def stop_agent(name: str, svc: Svc, who: Writer) -> Any:
     return _answer(await _act(svc, name, "stop", lambda r: r.status in stopped, wait))
 
 
-@router.post("/agents/{name}/restart")
+@router.post("/agents/{name}/restart", response_model=Agent)
 async def restart_agent(name: str, svc: Svc, who: Writer) -> dict[str, Any]:
     """Stop, start, and answer once the new process runs (409 saying why if it
     does not, or if its runner is not connected)."""
@@ -139,7 +142,7 @@ async def restart_agent(name: str, svc: Svc, who: Writer) -> dict[str, Any]:
     return rec.view()
 
 
-@router.get("/agents/{name}/logs")
+@router.get("/agents/{name}/logs", response_model=list[AgentLine])
 async def agent_logs(
     name: str, svc: Svc, who: Reader, n: Annotated[int, Query(ge=0, le=1000)] = 200
 ) -> list[dict[str, Any]]:

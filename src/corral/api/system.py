@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, gen
 from corral import __version__
 from corral.api.deps import Reader, Svc
 from corral.jobs import JobState
+from corral.models import Status
 
 router = APIRouter(tags=["system"])
 
@@ -21,7 +22,7 @@ async def health() -> dict[str, str]:
     return {"status": "ok", "version": __version__}
 
 
-@router.get("/status")
+@router.get("/status", response_model=Status)
 async def status(svc: Svc, who: Reader) -> dict[str, Any]:
     runners = await svc.store.runners.list()
     return {

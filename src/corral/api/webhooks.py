@@ -9,20 +9,23 @@ from fastapi import APIRouter, Query
 
 from corral.api.deps import Admin, Reader, Svc, Writer
 from corral.api.ids import JobId
+from corral.models import Delivery
 
 router = APIRouter(tags=["webhooks"])
 
 DeliveryState = Literal["pending", "delivered", "failed"]
 
 
-@router.get("/jobs/{job_id}/deliveries")
+@router.get("/jobs/{job_id}/deliveries", response_model=list[Delivery])
 async def job_deliveries(svc: Svc, who: Reader, job_id: JobId) -> list[dict[str, Any]]:
     """The job's webhook deliveries, newest first, each with its attempt log."""
     await svc.store.jobs.get(job_id)  # 404 for an unknown job
     return await svc.store.outbox.list(job_id=job_id, attempts=True, limit=1000)
 
 
-@router.get("/webhooks/deliveries")
+@router.get(
+    "/webhooks/deliveries", response_model=list[Delivery], response_model_exclude_unset=True
+)
 async def deliveries(
     svc: Svc,
     who: Reader,
@@ -34,7 +37,11 @@ async def deliveries(
     return await svc.store.outbox.list(job_id=job_id, state=state, limit=limit)
 
 
-@router.post("/webhooks/deliveries/{delivery_id}/redeliver")
+@router.post(
+    "/webhooks/deliveries/{delivery_id}/redeliver",
+    response_model=Delivery,
+    response_model_exclude_unset=True,
+)
 async def redeliver(delivery_id: str, svc: Svc, who: Writer) -> dict[str, Any]:
     """Send a delivery again (it keeps its id: receivers may drop it as a duplicate)."""
     return await svc.store.outbox.redeliver(delivery_id, datetime.now(UTC))
