@@ -108,7 +108,16 @@ def test_cancel_and_follow_up_turns_carry_over(remote: ServerProcess, tmp_path: 
                 timeout=30,
                 what="the remote job to run",
             )
-            [flight] = http.get("/api/delegated/status").json()["in_flight"]
+            # The runner records the remote id (the session handle) soon after submitting.
+            [flight] = wait_for(
+                lambda: [
+                    f
+                    for f in http.get("/api/delegated/status").json()["in_flight"]
+                    if f["remote_id"]
+                ],
+                timeout=10,
+                what="the remote id to be recorded",
+            )
             assert flight["job_id"] == slow and flight["provider"] == "peer"
             assert flight["remote_id"] == remote_jobs(remote, slow)[0]["id"]
             assert flight["since"] and flight["last_poll"]
