@@ -65,7 +65,7 @@ def events(
 ) -> None:
     """Print a session's event log (with -f, follow it live)."""
     with client(server, token) as c:
-        items = c.events(session_id, since) if follow else c.session_events(session_id, since)
+        items = c.events(session_id, since, follow=follow)
         for e in items:
             if as_json:
                 print(e.to_json(), flush=True)  # one JSON object per line
