@@ -607,7 +607,7 @@ class Settings(BaseSettings):
         """What sandboxed jobs of a runner with these settings must not see:
         the data dir (keys, database, runner state, workspaces), the
         configuration file, the SQLite database wherever it is, the queue
-        folder, and ``runner.sandbox_hide``."""
+        folder, providers' ``token_file``s, and ``runner.sandbox_hide``."""
         paths = [self.data_dir, self.admin_key_file, self.data_dir / "runner.key", self.queue_dir]
         if self._source is not None:
             paths.append(self._source)
@@ -615,7 +615,8 @@ class Settings(BaseSettings):
         if url.startswith("sqlite") and ":///" in url:
             db = Path(url.split(":///", 1)[1].split("?", 1)[0])
             paths += [db, *(db.with_name(db.name + end) for end in ("-wal", "-shm", "-journal"))]
-        return [*paths, *self.runner.sandbox_hide]
+        tokens = [p.token_file.expanduser() for p in self.providers.values() if p.token_file]
+        return [*paths, *tokens, *self.runner.sandbox_hide]
 
     def local_url(self) -> str:
         host = self.host

@@ -185,3 +185,30 @@ def test_a_command_string_with_shell_syntax_is_refused(
     assert f"uses shell syntax {shown}" in message, message
     assert "not by a shell" in message
     assert f'["sh", "-c", {json.dumps(command)}]' in message
+
+
+def test_what_sandboxed_jobs_must_not_see(tmp_path: Path) -> None:
+    config = tmp_path / "etc" / "corral.toml"
+    config.parent.mkdir()
+    config.write_text(
+        "[runner]\nsandbox_hide = ['/srv/secrets']\n\n"
+        "[providers.gpu]\nkind = 'openai'\ntoken_file = '/etc/corral/gpu.token'\n"
+    )
+    s = load_settings(
+        config, data_dir=tmp_path / "data", database_url=f"sqlite:///{tmp_path}/db/c.db"
+    )
+    db = tmp_path / "db" / "c.db"
+    assert s.sandbox_hidden() == [
+        tmp_path / "data",
+        tmp_path / "data" / "admin.key",
+        tmp_path / "data" / "runner.key",
+        tmp_path / "etc" / "queue",
+        config,
+        db,
+        db.with_name("c.db-wal"),
+        db.with_name("c.db-shm"),
+        db.with_name("c.db-journal"),
+        Path("/etc/corral/gpu.token"),
+        Path("/srv/secrets"),
+    ]
+    assert s.runner.sandbox == "auto"
