@@ -1,14 +1,29 @@
-"""Process trees: descendants are found and stopped; pid records reap orphans."""
+"""Process trees: descendants are found and stopped; pid records reap orphans.
+
+All through psutil: the tree-kill logic runs here with every Python-level
+access to ``/proc`` refused (psutil pointed at the same file system under
+another path), as on a host without ``/proc``."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import builtins
+import io
 import os
 import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from corral.runner import process
+import psutil
+import pytest
+
+from corral.executors import process
+
+SRC = Path(__file__).parents[2] / "src" / "corral"
 
 
 def _wait_for(pred, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
@@ -22,13 +37,41 @@ def _wait_for(pred, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-de
 
 def _alive(pid: int) -> bool:
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    return state != "Z"
 
 
-async def test_stop_tree_reaches_grandchildren_even_in_their_own_group() -> None:
+@pytest.fixture
+def no_proc(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """``/proc`` refused to every open, scandir and listdir of this process;
+    on Linux psutil reads the same file system through another path."""
+
+    def refuse(path: Any) -> None:
+        text = os.fsdecode(path) if isinstance(path, str | bytes | os.PathLike) else ""
+        if text == "/proc" or text.startswith("/proc/"):
+            raise PermissionError(f"no /proc here: {text}")
+
+    def guarded(real: Any) -> Any:
+        def call(path: Any, *args: Any, **kwargs: Any) -> Any:
+            refuse(path)
+            return real(path, *args, **kwargs)
+
+        return call
+
+    for owner, name in [(builtins, "open"), (io, "open"), (os, "open")]:
+        monkeypatch.setattr(owner, name, guarded(getattr(owner, name)))
+    monkeypatch.setattr(os, "scandir", guarded(os.scandir))
+    monkeypatch.setattr(os, "listdir", guarded(os.listdir))
+    if sys.platform.startswith("linux"):
+        (tmp_path / "procfs").symlink_to("/proc")
+        monkeypatch.setattr(psutil, "PROCFS_PATH", str(tmp_path / "procfs"))
+    with pytest.raises(PermissionError):
+        Path("/proc/self/stat").read_text()
+    yield
+
+
+async def test_stop_tree_reaches_grandchildren_even_in_their_own_group(no_proc: None) -> None:
     # The grandchild calls setsid, so killing the process group alone would miss it.
     proc = await asyncio.create_subprocess_exec(
         "/bin/sh",
@@ -38,19 +81,85 @@ async def test_stop_tree_reaches_grandchildren_even_in_their_own_group() -> None
     )
     assert _wait_for(lambda: len(process.tree(proc.pid)) >= 3)
     members = process.tree(proc.pid)
+    sessions = {os.getsid(p) for p in members}
+    assert len(sessions) == 2  # the setsid grandchild is in a session of its own
     await process.stop_tree(proc, grace=0.5)
     assert _wait_for(lambda: not any(_alive(p) for p in members))
 
 
-def test_pid_records_reap_what_a_crash_left(tmp_path: Path) -> None:
+async def test_stop_tree_finds_what_left_the_tree_by_its_marker(no_proc: None) -> None:
+    # A daemonised grandchild (double fork + setsid) is re-parented away from
+    # the tree; only the marker in its environment ties it to the run.
+    env = {**os.environ, process.MARKER_VAR: "run-1"}
+    proc = await asyncio.create_subprocess_exec(
+        "/bin/sh",
+        "-c",
+        "(setsid sleep 300 &) ; sleep 300",
+        env=env,
+        start_new_session=True,
+    )
+
+    def stray() -> list[int]:
+        return [p for p in process.marked("run-1") if p not in process.tree(proc.pid)]
+
+    assert _wait_for(lambda: len(stray()) == 1)
+    (orphan,) = stray()
+    assert psutil.Process(orphan).ppid() != proc.pid
+    await process.stop_tree(proc, grace=0.5, marker="run-1")
+    assert _wait_for(lambda: not _alive(orphan) and not _alive(proc.pid))
+    assert process.marked("run-1") == {}
+
+
+def test_kill_marked_kills_only_the_marked(no_proc: None) -> None:
+    marked = subprocess.Popen(
+        ["sleep", "300"], env={**os.environ, process.MARKER_VAR: "run-2"}, start_new_session=True
+    )
+    other = subprocess.Popen(
+        ["sleep", "300"], env={**os.environ, process.MARKER_VAR: "run-3"}, start_new_session=True
+    )
+    try:
+        assert _wait_for(lambda: marked.pid in process.marked("run-2"))
+        assert process.kill_marked("run-2") == [marked.pid]
+        assert marked.wait(5) == -9
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait(5)
+
+
+def test_pid_records_reap_what_a_crash_left(tmp_path: Path, no_proc: None) -> None:
     child = subprocess.Popen(["sleep", "300"], start_new_session=True)
-    records = process.PidRecords(tmp_path)
+    records = process.PidRecords(tmp_path / "pids")
     records.add("job1", child.pid)
     assert records.reap() == [child.pid]
     assert child.wait(5) == -9
-    assert list(tmp_path.glob("*.json")) == []
+    assert list((tmp_path / "pids").glob("*.json")) == []
 
 
 def test_a_recycled_pid_is_left_alone(tmp_path: Path) -> None:
     (tmp_path / "job.json").write_text(f'{{"pid": {os.getpid()}, "start": 1}}')
     assert process.PidRecords(tmp_path).reap() == []
+
+
+def test_a_record_of_a_process_gone_is_dropped(tmp_path: Path) -> None:
+    child = subprocess.Popen(["true"])
+    child.wait(5)
+    records = process.PidRecords(tmp_path)
+    (tmp_path / "job.json").write_text(f'{{"pid": {child.pid}, "start": 1.5}}')
+    assert records.reap() == []
+    assert list(tmp_path.glob("*.json")) == []
+
+
+def test_no_module_reads_proc_itself() -> None:
+    """Process trees go through psutil: no string in corral names a path
+    under /proc, but the sandbox's bwrap arguments (a /proc mount of the
+    sandbox's own PID namespace, never read by corral)."""
+    found = []
+    for path in sorted(SRC.rglob("*.py")):
+        if path == SRC / "runner" / "sandbox.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            text = node.value if isinstance(node, ast.Constant) else None
+            if isinstance(text, str) and (text.startswith("/proc") or "/proc/" in text):
+                found.append(f"{path.relative_to(SRC)}:{node.lineno}")
+    assert found == []

@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from corral.executors.base import Context
+from corral.executors.process import stop_tree
 from corral.models import FailureClass, Outcome
-from corral.runner.process import stop_tree
 from corral.runner.sandbox import found
 
 # One JSON line may carry a whole file (a tool result): allow big lines.

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from corral.config import ProviderSettings
 from corral.errors import ConfigError
+from corral.executors.process import MARKER_VAR
 from corral.models import FailureClass, Job, Outcome, Session
 
 if TYPE_CHECKING:
@@ -74,7 +75,6 @@ class Context:
         own), this provider's ``env`` and credential (its ``api_key_env``
         variable), the job's ids and the run marker. Nothing else of the
         runner's: no ``CORRAL_*`` setting, no other provider's key."""
-        from corral.runner.process import MARKER_VAR
         from corral.runner.sandbox import job_environment
 
         ours = {**(extra or {}), **self.settings.env}

@@ -17,8 +17,8 @@ from collections import deque
 from typing import ClassVar
 
 from corral.executors.base import Context
+from corral.executors.process import stop_tree
 from corral.models import Outcome
-from corral.runner.process import stop_tree
 
 MAX_LINE = 16_384  # longer lines are split into several events
 TAIL_LINES = 50

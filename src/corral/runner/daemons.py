@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from corral.config import DaemonSettings
+from corral.executors.process import MARKER_VAR, PidRecords, stop_tree
 from corral.models import new_id
-from corral.runner.process import MARKER_VAR, PidRecords, stop_tree
 from corral.runner.sandbox import Sandbox, found, job_environment, rw
 from corral.store.agents import STATUS_TOPIC, log_topic
 

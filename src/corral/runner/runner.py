@@ -23,10 +23,10 @@ import httpx
 from corral.config import ProviderSettings
 from corral.errors import ClientError, Unauthorized
 from corral.executors import base
+from corral.executors.process import PidRecords, kill_marked
 from corral.models import Job, Outcome, Session, new_id, own_handle
 from corral.runner.agents import AgentHost
 from corral.runner.channel import WorkerChannel
-from corral.runner.process import PidRecords, kill_marked
 from corral.runner.sandbox import Sandbox, warn_unsandboxed
 from corral.runner.workspace import Workspace, WorkspaceError, Workspaces
 
