@@ -31,7 +31,7 @@ async def api(
     db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[tuple[httpx.AsyncClient, dict[str, str], Store]]:
     # Every job and session id made here starts with "abcd": prefixes collide.
-    monkeypatch.setattr("corral.store.jobs.new_id", lambda: _ids_starting("abcd"))
+    monkeypatch.setattr("corral.store.jobs.create.new_id", lambda: _ids_starting("abcd"))
     monkeypatch.setattr("corral.store.sessions.new_id", lambda: _ids_starting("abcd"))
     monkeypatch.chdir(tmp_path)
     app = create_app(load_settings(data_dir=tmp_path, database_url=db_url))

@@ -84,6 +84,11 @@ async def test_quota_pauses_the_provider_and_falls_back(st: Store) -> None:
     assert again.state is JobState.QUEUED and again.attempt == 1
     assert again.provider == "codex" and "claude is paused" in (again.route_reason or "")
     assert (await st.jobs.get(waiting.id)).provider == "codex"
+    for job in (first, waiting):  # every job moved says so in its session
+        [routed] = [
+            e.payload for e in await st.events.list(job.session_id) if e.type == "job.routed"
+        ]
+        assert (routed["job_id"], routed["from"], routed["provider"]) == (job.id, "claude", "codex")
     [pause] = await st.jobs.pauses()
     assert pause.provider == "claude" and pause.fallback == "codex"
     assert abs((pause.until - reset).total_seconds()) < 1

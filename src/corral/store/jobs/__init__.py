@@ -1,0 +1,210 @@
+"""Jobs in the database, by concern:
+
+- ``state``: the compare-and-set core (``apply``) every state change goes
+  through, in the same transaction as its ``job.state`` event;
+- ``create``: queueing a job; ``lifecycle``: what operators and workers do
+  to it after, and what happens when its runner goes away;
+- ``rules`` and ``dispatch``: the dispatch rules, the lease built from them,
+  and ``waiting()`` explained by them;
+- ``quota``: quota pauses and fallbacks; ``artifacts``; ``report``: the
+  delegation report; ``reads``.
+
+Module functions are transaction bodies (sync, given a ``Tx`` or a
+connection); the ``Jobs`` facade runs each in one hop with ``Database.write``
+or ``Database.read``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from corral.auth import WorkerClaims
+from corral.errors import ArtifactNotFound, JobNotFound
+from corral.jobs import JobState
+from corral.models import Artifact, Event, Job, JobCreate, NewEvent, Outcome, ProviderPause, Runner
+from corral.routing import Decision
+from corral.store import ids
+from corral.store.db import Database
+from corral.store.jobs import artifacts, create, dispatch, lifecycle, quota, reads, report
+from corral.store.jobs.dispatch import Lease
+from corral.store.jobs.lifecycle import lose
+from corral.store.jobs.policy import Caps, RetryPolicy
+from corral.store.jobs.state import now_utc, to_job
+from corral.store.schema import jobs as jobs_table
+
+__all__ = ["Caps", "Jobs", "Lease", "RetryPolicy", "lose", "now_utc"]
+
+
+class Jobs:
+    """The jobs repository: ``store.jobs.create(...)``, ``.get``, ``.lease``..."""
+
+    def __init__(
+        self, db: Database, policy: RetryPolicy | None = None, caps: Caps | None = None
+    ) -> None:
+        self.db = db
+        self.policy = policy or RetryPolicy()
+        self.caps = caps or Caps()
+
+    async def create(self, spec: JobCreate, route: Decision | None = None) -> tuple[Job, bool]:
+        """Insert a job (a new session unless ``spec.session_id``), on the
+        provider ``route`` chose (without one: as if routing did not exist).
+        Returns ``(job, created)``; an existing idempotency key returns that job."""
+        if spec.idempotency_key is not None:
+            existing = await self.by_idempotency_key(spec.idempotency_key)
+            if existing is not None:
+                return existing, False
+        now, policy = now_utc(), self.policy
+        try:
+            return await self.db.write(
+                lambda tx: create.create(tx, spec, route, policy=policy, now=now)
+            ), True
+        except sa.exc.IntegrityError:
+            if spec.idempotency_key is None:
+                raise
+            # A concurrent submit with the same key won the race.
+            existing = await self.by_idempotency_key(spec.idempotency_key)
+            if existing is None:
+                raise
+            return existing, False
+
+    async def by_idempotency_key(self, key: str) -> Job | None:
+        return await self.db.read(lambda conn: reads.by_idempotency_key(conn, key))
+
+    async def resolve(self, ref: str) -> str:
+        """The job id ``ref`` names: a whole id, or a unique prefix of 4+ hex digits."""
+        return await ids.resolve(self.db, jobs_table, ref, "job", JobNotFound)
+
+    async def get(self, job_id: str) -> Job:
+        row = await self.db.read(lambda conn: reads.by_id(conn, job_id))
+        if row is None:
+            raise JobNotFound(f"no job {job_id}")
+        return to_job(row)
+
+    async def cancel(self, job_id: str, *, by: str = "operator") -> Job:
+        now = now_utc()
+        return await self.db.write(lambda tx: lifecycle.cancel(tx, job_id, by=by, now=now))
+
+    async def retry(self, job_id: str) -> Job:
+        now = now_utc()
+        return await self.db.write(lambda tx: lifecycle.retry(tx, job_id, now=now))
+
+    async def lease(self, runner: Runner, max_jobs: int, ttl: float) -> list[Lease]:
+        """Assign up to ``max_jobs`` queued jobs to ``runner``: lowest priority
+        value first, then oldest; one active turn per session, turns in order."""
+        now, caps, skip_locked = now_utc(), self.caps, not self.db.is_sqlite
+        return await self.db.write(
+            lambda tx: dispatch.lease(
+                tx, runner, max_jobs, ttl, caps=caps, skip_locked=skip_locked, now=now
+            )
+        )
+
+    async def start(self, claims: WorkerClaims, *, started_at: datetime | None = None) -> Job:
+        now = now_utc()
+        return await self.db.write(
+            lambda tx: lifecycle.start(tx, claims, started_at=started_at, now=now)
+        )
+
+    async def heartbeat(self, claims: WorkerClaims, ttl: float) -> Job:
+        now = now_utc()
+        return await self.db.write(lambda tx: lifecycle.heartbeat(tx, claims, ttl=ttl, now=now))
+
+    async def append_events(
+        self, claims: WorkerClaims, items: Sequence[NewEvent]
+    ) -> tuple[list[Event], list[str]]:
+        now = now_utc()
+        return await self.db.write(lambda tx: lifecycle.append_events(tx, claims, items, now=now))
+
+    async def set_handle(self, claims: WorkerClaims, handle: str | None) -> None:
+        await self.db.write(lambda tx: lifecycle.set_handle(tx, claims, handle))
+
+    async def complete(
+        self, claims: WorkerClaims, outcome: Outcome, items: Sequence[NewEvent] = ()
+    ) -> tuple[Job, list[str]]:
+        now, policy = now_utc(), self.policy
+        return await self.db.write(
+            lambda tx: lifecycle.complete(tx, claims, outcome, items, policy=policy, now=now)
+        )
+
+    async def unlease(self, job_ids: Sequence[str], runner: Runner) -> list[Job]:
+        """Leases ``runner`` never received: queued again at once, nothing spent."""
+        now = now_utc()
+        return await self.db.write(lambda tx: lifecycle.unlease(tx, job_ids, runner, now=now))
+
+    async def expire(self) -> list[Job]:
+        """Watchdog: jobs whose lease ran out lose their runner."""
+        now, budget, skip_locked = now_utc(), self.policy.max_infra_retries, not self.db.is_sqlite
+        return await self.db.write(
+            lambda tx: lifecycle.expire(
+                tx, max_infra_retries=budget, skip_locked=skip_locked, now=now
+            )
+        )
+
+    async def waiting(self, job: Job) -> str | None:
+        """Why a queued job is not running yet (None unless it is queued)."""
+        if job.state is not JobState.QUEUED:
+            return None
+        now, caps = now_utc(), self.caps
+        return await self.db.read(lambda conn: dispatch.waiting(conn, job, caps=caps, now=now))
+
+    async def counts(self) -> dict[str, int]:
+        return await self.db.read(reads.counts)
+
+    async def pauses(self) -> list[ProviderPause]:
+        """Providers paused by a quota limit, now."""
+        now, fallbacks = now_utc(), self.policy.fallbacks
+        return await self.db.read(lambda conn: quota.pauses(conn, fallbacks, now))
+
+    async def unpause(self, provider: str) -> bool:
+        return await self.db.write(lambda tx: quota.unpause(tx, provider))
+
+    async def put_artifact(
+        self, claims: WorkerClaims, name: str, media_type: str, data: bytes
+    ) -> Artifact:
+        """Store (or replace) an artifact of the job the worker holds."""
+        now = now_utc()
+        return await self.db.write(
+            lambda tx: artifacts.put(tx, claims, name, media_type, data, now=now)
+        )
+
+    async def artifacts(self, job_id: str) -> list[Artifact]:
+        await self.get(job_id)  # 404 for an unknown job
+        return await self.db.read(lambda conn: artifacts.listed(conn, job_id))
+
+    async def artifact(self, job_id: str, name: str) -> tuple[Artifact, bytes]:
+        row = await self.db.read(lambda conn: artifacts.one(conn, job_id, name))
+        if row is None:
+            await self.get(job_id)
+            raise ArtifactNotFound(f"job {job_id} has no artifact {name!r}")
+        return Artifact.model_validate(row._mapping), bytes(row.data)
+
+    async def delegated(self, providers: Sequence[str], lease_ttl: float) -> dict[str, Any]:
+        """Jobs on remote providers: the ones in flight and counters."""
+        if not providers:
+            return report.nothing()
+        return await self.db.read(lambda conn: report.delegated(conn, providers, lease_ttl))
+
+    # Last: from here on in the class body, ``list`` names this method, not the builtin.
+    async def list(
+        self,
+        *,
+        states: Sequence[JobState] = (),
+        session_id: str | None = None,
+        provider: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> list[Job]:
+        """Newest first; ``before`` is the id of the last job of the previous page."""
+        after = None if before is None else await self.get(before)
+        return await self.db.read(
+            lambda conn: reads.page(
+                conn,
+                states=states,
+                session_id=session_id,
+                provider=provider,
+                limit=limit,
+                after=after,
+            )
+        )

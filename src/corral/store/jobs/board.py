@@ -1,0 +1,128 @@
+"""What the dispatch rules look at, read lazily in the lease's (or
+``waiting()``'s) transaction: a lease that stops at a shut gate reads no more."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from functools import cached_property
+
+import sqlalchemy as sa
+
+from corral.models import Runner
+from corral.store.jobs import quota
+from corral.store.jobs.policy import Caps
+from corral.store.jobs.state import ACTIVE_STATES
+from corral.store.schema import jobs, runners
+from corral.store.schema import settings as server_settings
+
+SEP = "\x1f"  # between a provider and a runner name in the session-affinity filter
+
+# The kill switch (Store.settings "paused"): no new leases while it is on.
+_KILL_SWITCH = sa.select(server_settings.c.value).where(server_settings.c.key == "paused")
+_ACTIVE_BY_PROVIDER = (
+    sa.select(jobs.c.provider, sa.func.count())
+    .where(jobs.c.state.in_(ACTIVE_STATES))
+    .group_by(jobs.c.provider)
+)
+_ACTIVE_BY_REPO = (
+    sa.select(jobs.c.repo, sa.func.count())
+    .where(jobs.c.state.in_(ACTIVE_STATES), jobs.c.repo.is_not(None))
+    .group_by(jobs.c.repo)
+)
+_HELD = (
+    sa.select(sa.func.count())
+    .select_from(jobs)
+    .where(jobs.c.runner_id == sa.bindparam("runner_id"), jobs.c.state.in_(ACTIVE_STATES))
+)
+
+
+class Board:
+    """What the rules look at, for a lease by ``runner`` (asking for up to
+    ``max_jobs``, its leases lasting ``ttl``) or, without a runner, for
+    ``waiting()``: then no runner has a free slot, every active runner
+    serves, and every active runner holds its sessions."""
+
+    def __init__(
+        self,
+        conn: sa.Connection,
+        caps: Caps,
+        now: datetime,
+        *,
+        runner: Runner | None = None,
+        max_jobs: int = 0,
+        ttl: float = 0.0,
+    ) -> None:
+        self.conn = conn
+        self.caps = caps
+        self.now = now
+        self.runner = runner
+        self.max_jobs = max_jobs
+        self.ttl = ttl
+
+    @cached_property
+    def killed(self) -> bool:
+        return self.conn.execute(_KILL_SWITCH).scalar_one_or_none() == "true"
+
+    @cached_property
+    def paused(self) -> dict[str, datetime]:
+        """Providers paused by a quota, and until when."""
+        return quota.paused(self.conn, self.now)
+
+    @cached_property
+    def active(self) -> dict[str, int]:
+        """Active jobs by provider."""
+        return {str(p): int(n) for p, n in self.conn.execute(_ACTIVE_BY_PROVIDER)}
+
+    @cached_property
+    def by_repo(self) -> dict[str, int]:
+        """Active jobs by repository."""
+        return {str(r): int(n) for r, n in self.conn.execute(_ACTIVE_BY_REPO)}
+
+    @cached_property
+    def free(self) -> int:
+        """Jobs the runner may take now."""
+        if self.runner is None:
+            return 0
+        held = self.conn.execute(_HELD, {"runner_id": self.runner.id}).scalar_one()
+        return min(self.max_jobs, self.runner.slots - int(held))
+
+    @cached_property
+    def serving(self) -> tuple[str, ...]:
+        """Providers served: the runner's, or those of every active runner."""
+        if self.runner is not None:
+            return tuple(self.runner.providers)
+        served = self.conn.execute(
+            sa.select(runners.c.providers).where(runners.c.status == "active")
+        ).scalars()
+        return tuple({p for providers in served for p in providers})
+
+    @cached_property
+    def holders(self) -> list[str]:
+        """``provider SEP runner`` for each local provider of the runners whose
+        sessions stay theirs: for a lease, the other runners seen within the
+        lease ttl; for ``waiting()``, every active runner."""
+        if not self.caps.local:
+            return []
+        stmt = sa.select(runners.c.name, runners.c.providers).where(runners.c.status == "active")
+        if self.runner is not None:
+            stmt = stmt.where(
+                runners.c.last_seen_at >= self.now - timedelta(seconds=self.ttl),
+                runners.c.name != self.runner.name,
+            )
+        return [
+            f"{p}{SEP}{name}"
+            for name, served in self.conn.execute(stmt)
+            for p in served
+            if p in self.caps.local
+        ]
+
+    def repo_full(self, repo: str) -> bool:
+        return self.caps.repo is not None and self.by_repo.get(repo, 0) >= self.caps.repo
+
+    def take(self, provider: str, repo: str | None) -> None:
+        """Count a job this lease just assigned in the counts already read
+        (a count read later sees it in the table)."""
+        if "active" in self.__dict__:
+            self.active[provider] = self.active.get(provider, 0) + 1
+        if repo is not None and "by_repo" in self.__dict__:
+            self.by_repo[repo] = self.by_repo.get(repo, 0) + 1

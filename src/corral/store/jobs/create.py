@@ -1,0 +1,179 @@
+"""Queueing a job: a new session or the next turn of one, on the provider
+routing chose (or its quota fallback), with its first events."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from corral.errors import SessionNotFound
+from corral.jobs import JobState
+from corral.models import Job, JobCreate, NewEvent, new_id
+from corral.routing import Decision
+from corral.store import events as event_log
+from corral.store import outbox
+from corral.store import sessions as session_store
+from corral.store.db import Tx
+from corral.store.jobs import quota
+from corral.store.jobs.policy import RetryPolicy
+from corral.store.jobs.state import Row, to_job
+from corral.store.schema import jobs, sessions
+
+
+@dataclass(frozen=True, slots=True)
+class Place:
+    """Where a job runs: its session and turn, its workspace, its provider."""
+
+    session_id: str
+    turn: int
+    repo: str | None
+    base: str | None
+    asked: str  # the provider routing chose
+    provider: str  # the one the job is queued for: ``asked`` or its quota fallback
+    fallback: str | None  # why ``provider`` is not ``asked``
+
+
+def create(
+    tx: Tx, spec: JobCreate, route: Decision | None, *, policy: RetryPolicy, now: datetime
+) -> Job:
+    """Insert a job (a new session unless ``spec.session_id``) on the provider
+    ``route`` chose (without one: as if routing did not exist)."""
+    place = _place(tx, spec, route, policy, now)
+    row = _insert(tx, spec, route, place, policy, now)
+    event_log.append(
+        tx,
+        place.session_id,
+        [
+            *_routed(row, route, place),
+            NewEvent(
+                type="job.state",
+                payload={"job_id": row.id, "from": None, "to": "queued", "attempt": 1},
+            ),
+        ],
+        job_id=row.id,
+        epoch=0,
+        now=now,
+        dedup=False,
+    )
+    outbox.on_state(tx, row, tx.webhooks, now)
+    tx.notify("dispatch", row.id)
+    return to_job(row)
+
+
+def _place(
+    tx: Tx, spec: JobCreate, route: Decision | None, policy: RetryPolicy, now: datetime
+) -> Place:
+    asked = route.provider if route else spec.preferred_ai or "shell"
+    provider, why = quota.fallback(tx.conn, asked, policy.fallbacks, now)
+    if spec.session_id is None:
+        session_id = session_store.insert(tx, title=spec.title, now=now, turns=1)
+        return Place(session_id, 1, spec.repo, spec.base, asked, provider, why)
+    turn = tx.conn.execute(
+        sa.update(sessions)
+        .where(sessions.c.id == spec.session_id)
+        .values(turns=sessions.c.turns + 1, updated_at=now)
+        .returning(sessions.c.turns)
+    ).scalar_one_or_none()
+    if turn is None:
+        raise SessionNotFound(f"no session {spec.session_id}")
+    repo, base = spec.repo, spec.base
+    if repo is None:
+        # A follow-up turn works in the session's workspace.
+        first = tx.conn.execute(
+            sa.select(jobs.c.repo, jobs.c.base)
+            .where(jobs.c.session_id == spec.session_id)
+            .order_by(jobs.c.turn)
+            .limit(1)
+        ).one_or_none()
+        if first is not None:
+            repo, base = first
+    return Place(spec.session_id, turn, repo, base, asked, provider, why)
+
+
+def _insert(
+    tx: Tx,
+    spec: JobCreate,
+    route: Decision | None,
+    place: Place,
+    policy: RetryPolicy,
+    now: datetime,
+) -> Row:
+    model = route.model if route else spec.model
+    return tx.conn.execute(
+        sa.insert(jobs)
+        .values(
+            id=new_id(),
+            session_id=place.session_id,
+            turn=place.turn,
+            state=JobState.QUEUED,
+            provider=place.provider,
+            model=model if place.fallback is None else None,
+            preferred_ai=spec.preferred_ai,
+            needs_local_agent=spec.needs_local_agent,
+            allow_delegation=spec.allow_delegation,
+            complexity_hint=spec.complexity_hint,
+            route_rule=route.rule if route else None,
+            route_reason=place.fallback or (route.reason if route else None),
+            title=spec.title,
+            prompt=spec.prompt,
+            command=spec.command,
+            repo=place.repo,
+            base=place.base,
+            **_webhook(spec),
+            messages=spec.messages,
+            tools=spec.tools,
+            options=spec.options,
+            think=spec.think,
+            priority=spec.priority,
+            attempt=1,
+            max_attempts=spec.max_attempts or policy.default_max_attempts,
+            timeout=spec.timeout,
+            labels=spec.labels,
+            idempotency_key=spec.idempotency_key,
+            source=spec.source,
+            source_ref=spec.source_ref,
+            epoch=0,
+            created_at=now,
+            available_at=now,
+            updated_at=now,
+        )
+        .returning(*jobs.c)
+    ).one()
+
+
+def _webhook(spec: JobCreate) -> dict[str, Any]:
+    hook = spec.webhook if not isinstance(spec.webhook, str) else None
+    return {
+        "webhook_url": hook.url if hook else None,
+        "webhook_secret": hook.secret if hook else None,
+        "webhook_events": hook.events if hook and hook.events else None,
+        "webhook_states": [str(x) for x in hook.states] if hook and hook.states else None,
+    }
+
+
+def _routed(row: Row, route: Decision | None, place: Place) -> list[NewEvent]:
+    """The ``job.routed`` events of a new job: routing's decision, then the
+    quota fallback that overrode it."""
+    routed = []
+    if route is not None:
+        payload = {
+            "job_id": row.id,
+            "provider": route.provider,
+            "model": route.model,
+            "rule": route.rule,
+            "reason": route.reason,
+            "skipped": list(route.skipped),
+        }
+        routed.append(NewEvent(type="job.routed", payload=payload))
+    if place.fallback is not None:
+        payload = {
+            "job_id": row.id,
+            "provider": place.provider,
+            "from": place.asked,
+            "reason": place.fallback,
+        }
+        routed.append(NewEvent(type="job.routed", payload=payload))
+    return routed

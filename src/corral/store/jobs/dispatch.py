@@ -1,0 +1,174 @@
+"""Dispatch: which queued jobs a runner gets (the lease), and why a queued
+job waits. Both come from the same rules (``rules.RULES``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from corral.jobs import Action, JobState
+from corral.models import Job, NewEvent, Runner, Session
+from corral.store import events as event_log
+from corral.store.db import Tx
+from corral.store.jobs import rules
+from corral.store.jobs.board import Board
+from corral.store.jobs.policy import Caps
+from corral.store.jobs.state import apply
+from corral.store.schema import jobs, runners, sessions
+
+_PG_LEASE_LOCK = 0x636F7272616D
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    job: Job
+    session: Session
+
+
+def _candidates() -> sa.Select[Any]:
+    """Queued jobs a runner may take, most urgent first: on the providers the
+    provider rules admit, meeting every row rule. Walks
+    ix_jobs_state_priority_created_at_id in order, stops at the limit.
+    Built once: constructing it per call costs more than running it."""
+    return (
+        sa.select(jobs.c.id, jobs.c.session_id, jobs.c.provider, jobs.c.repo, rules.HOST)
+        .where(
+            jobs.c.state == JobState.QUEUED.value,
+            jobs.c.provider.in_(sa.bindparam("providers", expanding=True)),
+            *(rule.where for rule in rules.ROW_RULES),
+        )
+        .order_by(jobs.c.priority, jobs.c.created_at, jobs.c.id)
+        .limit(sa.bindparam("room"))
+    )
+
+
+_CANDIDATES = _candidates()
+_CANDIDATES_LOCKED = _candidates().with_for_update(skip_locked=True)
+
+
+def lease(
+    tx: Tx,
+    runner: Runner,
+    max_jobs: int,
+    ttl: float,
+    *,
+    caps: Caps,
+    skip_locked: bool,
+    now: datetime,
+) -> list[Lease]:
+    """Assign up to ``max_jobs`` queued jobs to ``runner``: lowest priority
+    value first, then oldest; one active turn per session, turns in order."""
+    conn = tx.conn
+    if caps.any and skip_locked:
+        # Caps count jobs across runners: lease one runner at a time.
+        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_LEASE_LOCK)))
+    seen = conn.execute(
+        sa.update(runners)
+        .where(runners.c.id == runner.id, runners.c.status == "active")
+        .values(last_seen_at=now)
+    ).rowcount
+    if not seen:
+        return []  # stopped or replaced since the request began: nothing for it
+    board = Board(conn, caps, now, runner=runner, max_jobs=max_jobs, ttl=ttl)
+    room = rules.room(board)
+    eligible = rules.providers(board) if room > 0 else []
+    stmt = _CANDIDATES_LOCKED if skip_locked else _CANDIDATES
+    leased: list[Lease] = []
+    while len(leased) < room and eligible:
+        params = {"providers": eligible, "room": room - len(leased), **rules.params(board)}
+        filled = False
+        for row in conn.execute(stmt, params).all():
+            if not rules.admits(board, row):
+                filled = True  # a cap filled during this lease: look again without it
+                continue
+            local = row.provider in caps.local
+            taken = _assign(
+                tx, row.id, row.session_id, runner, now, ttl, local=local, host=row.host
+            )
+            if taken is not None:
+                leased.append(taken)
+                board.take(row.provider, row.repo)
+        if not filled:
+            break
+        eligible = rules.providers(board)
+    return leased
+
+
+def _assign(
+    tx: Tx,
+    job_id: str,
+    session_id: str,
+    runner: Runner,
+    now: datetime,
+    ttl: float,
+    *,
+    local: bool = False,
+    host: str | None = None,
+) -> Lease | None:
+    """Take the session's turn lock (bumping its epoch) and assign the job.
+    ``local``: the turn runs where its workspace is; this runner now holds
+    the session. ``host``: the runner that held it until now."""
+    values: dict[str, Any] = {
+        "active_job_id": job_id,
+        "epoch": sessions.c.epoch + 1,
+        "updated_at": now,
+    }
+    if local:
+        values["host"] = runner.name
+    srow = tx.conn.execute(
+        sa.update(sessions)
+        .where(sessions.c.id == session_id, sessions.c.active_job_id.is_(None))
+        .values(**values)
+        .returning(*sessions.c)
+    ).one_or_none()
+    if srow is None:
+        return None
+    row = tx.conn.execute(
+        sa.update(jobs).where(jobs.c.id == job_id).values(epoch=srow.epoch).returning(*jobs.c)
+    ).one()
+    job = apply(
+        tx,
+        row,
+        Action.ASSIGN,
+        now=now,
+        values={
+            "runner_id": runner.id,
+            "assigned_at": now,
+            "lease_expires_at": now + timedelta(seconds=ttl),
+        },
+        note={"runner_id": runner.id},
+    )
+    session = {**srow._mapping, "last_seq": srow.last_seq + 1}  # + the "assigned" event
+    if local and host is not None and host != runner.name:
+        # Its runner is gone: this one starts the conversation afresh, in a
+        # new workspace (the old handle means nothing here).
+        note = (
+            f"the session's runner {host!r} is gone: this turn runs on {runner.name!r} "
+            "in a new workspace and starts a new conversation"
+        )
+        event_log.append(
+            tx,
+            session_id,
+            [
+                NewEvent(
+                    type="session.moved", payload={"from": host, "to": runner.name, "note": note}
+                )
+            ],
+            job_id=job_id,
+            epoch=job.epoch,
+            now=now,
+            dedup=False,
+        )
+        session.update(last_seq=srow.last_seq + 2, handle=None)
+    return Lease(job, Session.model_validate(session))
+
+
+def waiting(conn: sa.Connection, job: Job, *, caps: Caps, now: datetime) -> str | None:
+    """Why a queued job is not running yet (None unless it is queued): the
+    first dispatch rule that holds it, seen from no runner in particular."""
+    if job.state is not JobState.QUEUED:
+        return None
+    return rules.waiting(Board(conn, caps, now), job)

@@ -1,0 +1,90 @@
+"""The delegation report: jobs on remote providers, in flight and counted."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from corral.models import own_handle
+from corral.store.jobs.state import ACTIVE_STATES
+from corral.store.schema import events, jobs, sessions
+
+COUNTERS = ("submitted", "done", "failed", "cancelled", "retried", "resumed")
+
+
+def nothing() -> dict[str, Any]:
+    """The report when no provider is remote."""
+    return {"in_flight": [], "counters": dict.fromkeys(COUNTERS, 0)}
+
+
+def delegated(conn: sa.Connection, providers: Sequence[str], lease_ttl: float) -> dict[str, Any]:
+    """Jobs on the remote ``providers``: the ones in flight and counters."""
+    on_remote = jobs.c.provider.in_(list(providers))
+    rows = conn.execute(
+        sa.select(
+            jobs.c.id,
+            jobs.c.provider,
+            jobs.c.state,
+            jobs.c.started_at,
+            jobs.c.assigned_at,
+            jobs.c.lease_expires_at,
+            sessions.c.handle,
+        )
+        .join(sessions, sessions.c.id == jobs.c.session_id)
+        .where(on_remote, jobs.c.state.in_(ACTIVE_STATES))
+        .order_by(jobs.c.assigned_at)
+    ).all()
+    by_state: dict[str, int] = {
+        str(state): int(n)
+        for state, n in conn.execute(
+            sa.select(jobs.c.state, sa.func.count()).where(on_remote).group_by(jobs.c.state)
+        )
+    }
+    retried = conn.execute(
+        sa.select(sa.func.count()).where(
+            on_remote, sa.or_(jobs.c.infra_retries > 0, jobs.c.attempt > 1)
+        )
+    ).scalar_one()
+    # Only the events of delegated jobs (ix_events_job_id): the whole
+    # log has no index on type, and this runs on every /metrics scrape.
+    resumed = conn.execute(
+        sa.select(sa.func.count())
+        .select_from(events)
+        .where(
+            events.c.job_id.in_(sa.select(jobs.c.id).where(on_remote)),
+            events.c.type == "remote.resumed",
+        )
+    ).scalar_one()
+    counters = {
+        "submitted": sum(by_state.values()),
+        "done": int(by_state.get("done", 0)),
+        "failed": int(by_state.get("failed", 0)),
+        "cancelled": int(by_state.get("cancelled", 0)),
+        "retried": int(retried),
+        "resumed": int(resumed),
+    }
+    return {"in_flight": [_in_flight(r._mapping, lease_ttl) for r in rows], "counters": counters}
+
+
+def _in_flight(r: sa.RowMapping, lease_ttl: float) -> dict[str, Any]:
+    remote_id = None
+    raw = own_handle(r["handle"], r["provider"])
+    if raw is not None and raw.startswith("{"):
+        with contextlib.suppress(ValueError):
+            data = json.loads(raw)
+            if data.get("job") == r["id"]:
+                remote_id = data.get("remote_job")
+    expires = r["lease_expires_at"]
+    return {
+        "job_id": r["id"],
+        "provider": r["provider"],
+        "state": r["state"],
+        "remote_id": remote_id,
+        "since": r["started_at"] or r["assigned_at"],
+        "last_poll": expires - timedelta(seconds=lease_ttl) if expires else None,
+    }

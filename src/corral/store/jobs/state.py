@@ -1,0 +1,130 @@
+"""The compare-and-set core every concern of the jobs store writes through:
+a state change is ``corral.jobs.transition`` applied as ``UPDATE ... WHERE id
+AND state AND epoch``, in the same transaction as its ``job.state`` event."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from corral.auth import WorkerClaims
+from corral.errors import Conflict, JobNotActive, JobNotFound, StaleEpoch
+from corral.jobs import ACTIVE, TERMINAL, Action, JobState, transition
+from corral.models import Job, NewEvent
+from corral.store import events as event_log
+from corral.store import outbox
+from corral.store.db import Tx
+from corral.store.schema import jobs, sessions
+
+Row = sa.Row[Any]
+ACTIVE_STATES = [s.value for s in ACTIVE]
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def to_job(row: Row) -> Job:
+    return Job.model_validate(row._mapping)
+
+
+def locked(tx: Tx, job_id: str) -> Row:
+    """The job's row, locked until the transaction ends."""
+    row = tx.conn.execute(
+        sa.select(jobs).where(jobs.c.id == job_id).with_for_update()
+    ).one_or_none()
+    if row is None:
+        raise JobNotFound(f"no job {job_id}")
+    return row
+
+
+def owned(tx: Tx, claims: WorkerClaims) -> Row:
+    """The row of the job a worker holds; refused if the worker was fenced off."""
+    row = locked(tx, claims.job_id)
+    if row.epoch != claims.epoch or row.runner_id != claims.runner_id:
+        raise StaleEpoch(
+            f"job {row.id} is at epoch {row.epoch}, this worker holds epoch {claims.epoch}"
+        )
+    if JobState(row.state) not in ACTIVE:
+        raise JobNotActive(f"job {row.id} is {row.state}; stop working on it")
+    return row
+
+
+def apply(
+    tx: Tx,
+    row: Row,
+    action: Action,
+    *,
+    now: datetime,
+    values: dict[str, Any] | None = None,
+    note: dict[str, Any] | None = None,
+) -> Job:
+    """Apply ``action`` to the job in ``row`` (compare-and-set) and log it."""
+    old = JobState(row.state)
+    new = transition(old, action, attempt=row.attempt, max_attempts=row.max_attempts)
+    changes: dict[str, Any] = {"state": new, "updated_at": now, **(values or {})}
+    if new is JobState.QUEUED and old is not JobState.QUEUED:
+        changes.setdefault("attempt", row.attempt + 1)
+        changes.update(runner_id=None, assigned_at=None, started_at=None, lease_expires_at=None)
+    if new in TERMINAL:
+        changes.setdefault("finished_at", now)
+        changes["lease_expires_at"] = None
+    updated = tx.conn.execute(
+        sa.update(jobs)
+        .where(jobs.c.id == row.id, jobs.c.state == old, jobs.c.epoch == row.epoch)
+        .values(**changes)
+        .returning(*jobs.c)
+    ).one_or_none()
+    if updated is None:
+        raise Conflict(f"job {row.id} changed concurrently; try again")
+    if old in ACTIVE and new not in ACTIVE:
+        tx.conn.execute(
+            sa.update(sessions)
+            .where(sessions.c.id == row.session_id, sessions.c.active_job_id == row.id)
+            .values(active_job_id=None)
+        )
+    job = to_job(updated)
+    payload: dict[str, Any] = {
+        "job_id": job.id,
+        "from": old.value,
+        "to": new.value,
+        "attempt": job.attempt,
+    }
+    if new in (JobState.FAILED, JobState.QUEUED, JobState.CANCELLED) and job.error:
+        payload["error"] = job.error
+        payload["reason"] = job.reason
+    payload.update(note or {})
+    event_log.append(
+        tx,
+        job.session_id,
+        [NewEvent(type="job.state", payload=payload)],
+        job_id=job.id,
+        epoch=job.epoch,
+        now=now,
+        dedup=False,
+    )
+    outbox.on_state(tx, updated, tx.webhooks, now)
+    if new is JobState.QUEUED:
+        tx.notify("dispatch", job.id)
+    if new in TERMINAL:
+        tx.notify("jobs", job.id)  # sinks (queue folder, ...) wait on this
+    return job
+
+
+def fence(tx: Tx, row: Row) -> Row:
+    """Bump the session's epoch and the job's with it: writes carrying the
+    old one (its runner's) are refused from now on."""
+    epoch = tx.conn.execute(
+        sa.update(sessions)
+        .where(sessions.c.id == row.session_id)
+        .values(epoch=sessions.c.epoch + 1)
+        .returning(sessions.c.epoch)
+    ).scalar_one()
+    return tx.conn.execute(
+        sa.update(jobs)
+        .where(jobs.c.id == row.id, jobs.c.epoch == row.epoch)
+        .values(epoch=epoch)
+        .returning(*jobs.c)
+    ).one()
