@@ -62,6 +62,22 @@ def test_kill9_mid_delegation_resumes_the_remote_job(remote: ServerProcess, tmp_
                 timeout=30,
                 what="the remote job to run",
             )
+            # The runner records the remote id (the session handle) and its
+            # remote.submitted event soon after submitting: a crash before
+            # that is a crash before the submission was known (resubmitted).
+            session_id = http.get(f"/jobs/{job_id}").json()["session_id"]
+            wait_for(
+                lambda: (
+                    [
+                        f
+                        for f in http.get("/api/delegated/status").json()["in_flight"]
+                        if f["remote_id"]
+                    ]
+                    and "remote.submitted" in [e["type"] for e in session_events(http, session_id)]
+                ),
+                timeout=10,
+                what="the remote id and the remote.submitted event to be recorded",
+            )
     finally:
         local.kill()  # kill -9 while the remote job runs
     with running_server(data, args=args, env=env) as again, again.http() as http:
