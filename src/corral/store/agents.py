@@ -16,7 +16,6 @@ host's clock."""
 
 from __future__ import annotations
 
-import builtins
 import json
 import time
 from dataclasses import dataclass
@@ -112,7 +111,7 @@ class Agents:
         wanted_config = {n: s.model_dump(mode="json") for n, s in declared.items()}
         now = now_utc()
 
-        def body(tx: Tx) -> dict[str, builtins.list[str]]:
+        def body(tx: Tx) -> dict[str, list[str]]:
             have = {r.name: r for r in tx.conn.execute(sa.select(agents.c.name, agents.c.config))}
             added = sorted(set(wanted_config) - set(have))
             removed = sorted(set(have) - set(wanted_config))
@@ -173,9 +172,6 @@ class Agents:
 
     # -- reading ------------------------------------------------------------------
 
-    async def list(self) -> builtins.list[AgentRecord]:
-        return await self.db.read(lambda conn: self._records(conn, None))
-
     async def get(self, name: str) -> AgentRecord:
         def body(conn: sa.Connection) -> AgentRecord:
             found = self._records(conn, name)
@@ -187,10 +183,10 @@ class Agents:
 
     async def lines(
         self, name: str, n: int = 200, after: int | None = None
-    ) -> builtins.list[dict[str, Any]]:
+    ) -> list[dict[str, Any]]:
         """The last ``n`` lines, or every kept line after offset ``after``."""
 
-        def body(conn: sa.Connection) -> builtins.list[dict[str, Any]]:
+        def body(conn: sa.Connection) -> list[dict[str, Any]]:
             if conn.execute(sa.select(agents.c.name).where(agents.c.name == name)).first() is None:
                 raise self._not_found(conn, name)
             stmt = sa.select(agent_lines).where(agent_lines.c.agent == name)
@@ -206,7 +202,7 @@ class Agents:
 
         return await self.db.read(body)
 
-    def _records(self, conn: sa.Connection, name: str | None) -> builtins.list[AgentRecord]:
+    def _records(self, conn: sa.Connection, name: str | None) -> list[AgentRecord]:
         seen_after = now_utc() - timedelta(seconds=CONNECTED_WITHIN)
         live = (
             sa.select(runners.c.name)
@@ -257,8 +253,8 @@ class Agents:
     # -- the hosting side (runners) -------------------------------------------------
 
     async def desired(
-        self, runner: str, aliases: builtins.list[str], hosting: builtins.list[str] | None = None
-    ) -> builtins.list[dict[str, Any]]:
+        self, runner: str, aliases: list[str], hosting: list[str] | None = None
+    ) -> list[dict[str, Any]]:
         """The agents runner ``runner`` hosts: those configured for it by name,
         and those configured for one of its ``aliases`` (``embedded``) that no
         connected runner hosts yet: it claims them. ``hosting``: the agents it
@@ -268,7 +264,7 @@ class Agents:
         now = now_utc()
         seen_after = now - timedelta(seconds=CONNECTED_WITHIN)
 
-        def body(tx: Tx) -> builtins.list[dict[str, Any]]:
+        def body(tx: Tx) -> list[dict[str, Any]]:
             conn = tx.conn
             active = conn.execute(
                 sa.select(runners.c.id).where(
@@ -329,25 +325,25 @@ class Agents:
         self,
         runner: str,
         states: dict[str, dict[str, Any]],
-        changes: builtins.list[dict[str, Any]],
-        lines: builtins.list[dict[str, Any]],
+        changes: list[dict[str, Any]],
+        lines: list[dict[str, Any]],
         messages: dict[str, dict[int, int]],
         *,
         release: bool = False,
-    ) -> tuple[builtins.list[str], set[str]]:
+    ) -> tuple[list[str], set[str]]:
         """Store what host ``runner`` reports. Returns the agents it named that
         it does not host (any more), and those it hosts. ``release``: the
         runner is stopping; its agents are free for another to claim."""
         now = now_utc()
 
-        def body(tx: Tx) -> tuple[builtins.list[str], set[str]]:
+        def body(tx: Tx) -> tuple[list[str], set[str]]:
             conn = tx.conn
             named = set(states) | {c["agent_id"] for c in changes} | {x["agent"] for x in lines}
             named |= set(messages)
             hosted = set(
                 conn.execute(sa.select(agents.c.name).where(agents.c.host == runner)).scalars()
             )
-            by_agent: dict[str, builtins.list[dict[str, Any]]] = {}
+            by_agent: dict[str, list[dict[str, Any]]] = {}
             for x in lines:
                 if x["agent"] in hosted:
                     by_agent.setdefault(x["agent"], []).append(x)
@@ -421,6 +417,10 @@ class Agents:
             return sorted(named - hosted), hosted
 
         return await self.db.write(body)
+
+    # Last: from here on in the class body, ``list`` names this method, not the builtin.
+    async def list(self) -> list[AgentRecord]:
+        return await self.db.read(lambda conn: self._records(conn, None))
 
 
 def _add_messages(conn: sa.Connection, name: str, per_minute: dict[int, int]) -> None:

@@ -4,7 +4,6 @@ live but never stored (and carry no seq)."""
 
 from __future__ import annotations
 
-import builtins
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -114,6 +113,7 @@ class Events:
     def __init__(self, db: Database) -> None:
         self.db = db
 
+    # Last: from here on in the class body, ``list`` names this method, not the builtin.
     async def list(
         self,
         session_id: str,
@@ -122,7 +122,7 @@ class Events:
         limit: int = 1000,
         job_id: str | None = None,
         internal: bool = False,
-    ) -> builtins.list[Event]:
+    ) -> list[Event]:
         stmt = (
             sa.select(events)
             .where(events.c.session_id == session_id, events.c.seq > since)

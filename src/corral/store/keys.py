@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import builtins
 import contextlib
 import secrets
 from collections.abc import Callable
@@ -46,12 +45,6 @@ class Keys:
         if found is None:
             await self.create(name=name, role=role, key=key)
 
-    async def list(self) -> builtins.list[ApiKey]:
-        stmt = sa.select(api_keys).order_by(api_keys.c.created_at)
-        return await self.db.read(
-            lambda conn: [ApiKey.model_validate(r._mapping) for r in conn.execute(stmt)]
-        )
-
     async def count_active(self) -> int:
         stmt = (
             sa.select(sa.func.count()).select_from(api_keys).where(api_keys.c.revoked_at.is_(None))
@@ -82,6 +75,13 @@ class Keys:
         if not auth.key_matches(key, stored) or row is None or row.revoked_at is not None:
             raise Unauthorized("invalid or revoked API key")
         return Principal(key_id=row.id, role=Role(row.role), name=row.name)
+
+    # Last: from here on in the class body, ``list`` names this method, not the builtin.
+    async def list(self) -> list[ApiKey]:
+        stmt = sa.select(api_keys).order_by(api_keys.c.created_at)
+        return await self.db.read(
+            lambda conn: [ApiKey.model_validate(r._mapping) for r in conn.execute(stmt)]
+        )
 
 
 class ServerSettings:

@@ -5,7 +5,6 @@ without happening nor happens without being announced; the sender
 
 from __future__ import annotations
 
-import builtins
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -147,7 +146,7 @@ _DUE = (
 )
 
 
-def _public(row: Row, attempts: builtins.list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def _public(row: Row, attempts: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     data = {
         "id": row.id,
         "job_id": row.job_id,
@@ -171,7 +170,7 @@ class Outbox:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def due(self, now: datetime, limit: int) -> builtins.list[Due]:
+    async def due(self, now: datetime, limit: int) -> list[Due]:
         rows = await self.db.read(
             lambda conn: conn.execute(_DUE, {"now": now, "limit": limit}).all()
         )
@@ -229,6 +228,24 @@ class Outbox:
 
         await self.db.write(body)
 
+    async def redeliver(self, delivery_id: str, now: datetime) -> dict[str, Any]:
+        """Send a delivery again (whatever its state), as soon as its turn comes."""
+
+        def body(tx: Tx) -> dict[str, Any]:
+            row = tx.conn.execute(
+                sa.update(webhook_deliveries)
+                .where(webhook_deliveries.c.id == delivery_id)
+                .values(state="pending", next_attempt_at=now, updated_at=now, delivered_at=None)
+                .returning(*webhook_deliveries.c)
+            ).one_or_none()
+            if row is None:
+                raise DeliveryNotFound(f"no webhook delivery {delivery_id}")
+            tx.notify("webhooks", row.job_id)
+            return _public(row)
+
+        return await self.db.write(body)
+
+    # Last: from here on in the class body, ``list`` names this method, not the builtin.
     async def list(
         self,
         *,
@@ -236,16 +253,16 @@ class Outbox:
         state: str | None = None,
         limit: int = 100,
         attempts: bool = False,
-    ) -> builtins.list[dict[str, Any]]:
+    ) -> list[dict[str, Any]]:
         stmt = sa.select(webhook_deliveries).order_by(webhook_deliveries.c.seq.desc()).limit(limit)
         if job_id is not None:
             stmt = stmt.where(webhook_deliveries.c.job_id == job_id)
         if state is not None:
             stmt = stmt.where(webhook_deliveries.c.state == state)
 
-        def body(conn: sa.Connection) -> builtins.list[dict[str, Any]]:
+        def body(conn: sa.Connection) -> list[dict[str, Any]]:
             rows = conn.execute(stmt).all()
-            logs: dict[int, builtins.list[dict[str, Any]]] = {}
+            logs: dict[int, list[dict[str, Any]]] = {}
             if attempts and rows:
                 for a in conn.execute(
                     sa.select(webhook_attempts)
@@ -264,20 +281,3 @@ class Outbox:
             return [_public(r, logs.get(r.seq, []) if attempts else None) for r in rows]
 
         return await self.db.read(body)
-
-    async def redeliver(self, delivery_id: str, now: datetime) -> dict[str, Any]:
-        """Send a delivery again (whatever its state), as soon as its turn comes."""
-
-        def body(tx: Tx) -> dict[str, Any]:
-            row = tx.conn.execute(
-                sa.update(webhook_deliveries)
-                .where(webhook_deliveries.c.id == delivery_id)
-                .values(state="pending", next_attempt_at=now, updated_at=now, delivered_at=None)
-                .returning(*webhook_deliveries.c)
-            ).one_or_none()
-            if row is None:
-                raise DeliveryNotFound(f"no webhook delivery {delivery_id}")
-            tx.notify("webhooks", row.job_id)
-            return _public(row)
-
-        return await self.db.write(body)
