@@ -75,6 +75,6 @@ async def _measure(
             samples=len(running),
             note=note,
             detail=detail,
-        ),  # fmt: skip
+        ),
         Result(f"{label} p99", ms(pct(running, 99)), "ms", samples=len(running)),
     ]

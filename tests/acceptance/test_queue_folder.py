@@ -91,7 +91,7 @@ def test_files_become_jobs_and_come_back_with_a_footer(
 def test_bad_files_go_to_failed_with_the_reason(
     folder: tuple[ServerProcess, Path], name: str, content: str | bytes, needle: str
 ) -> None:
-    srv, queue = folder
+    _, queue = folder
     _drop(queue, name, content)
     target = _wait_for(lambda: (queue / "failed" / name).exists() and queue / "failed" / name)
     data = target.read_bytes()
@@ -254,7 +254,7 @@ def test_two_replicas_share_one_folder_and_finish_each_file_once(
 def test_a_file_written_in_place_is_taken_only_once_complete(
     folder: tuple[ServerProcess, Path],
 ) -> None:
-    srv, queue = folder
+    _, queue = folder
     with (queue / "slow.md").open("w") as f:
         f.write(_shell("echo part-one"))
         f.flush()

@@ -253,7 +253,7 @@ def test_expired_lease_is_requeued_and_old_token_gets_409(api: httpx.Client) -> 
 def test_expired_leases_past_the_infra_budget_fail_the_job(api: httpx.Client) -> None:
     runner_id = register(api, "sleepy-once")
     job_id = submit(api, "echo once", provider="sleepy-once")
-    [first] = lease(api, runner_id)
+    [_first] = lease(api, runner_id)
     wait_for(
         lambda: get_job(api, job_id)["infra_retries"] == 1,
         timeout=15,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import httpx
 
 from corral.testing import ServerProcess
@@ -52,7 +54,7 @@ def test_turns_run_one_at_a_time_in_order(http: httpx.Client) -> None:
     jobs = [wait_job(http, job_id) for job_id in ids]
     assert [j["state"] for j in jobs] == ["done"] * 4, jobs
     assert [j["turn"] for j in jobs] == [1, 2, 3, 4]
-    for earlier, later in zip(jobs, jobs[1:], strict=False):
+    for earlier, later in itertools.pairwise(jobs):
         assert ts(earlier["finished_at"]) <= ts(later["started_at"]), (earlier, later)
     assert jobs[3]["result"].splitlines() == ["one", "two", "three"]
     assert jobs[1]["result"].splitlines() == ["one"]

@@ -62,7 +62,7 @@ async def _finish(st: Store, runner: Runner, handle: str | None = None) -> str:
 
 async def test_turns_follow_the_runner_holding_the_session(st: Store) -> None:
     a, b = await _runner(st, "a"), await _runner(st, "b")
-    first, _ = await st.jobs.create(JobCreate(prompt="1", provider="claude"))
+    _first, _ = await st.jobs.create(JobCreate(prompt="1", provider="claude"))
     session_id = await _finish(st, a, handle="claude:conv-1")
     assert (await st.sessions.get(session_id)).host == "a"
 

@@ -38,7 +38,7 @@ async def _runner(st: Store, *providers: str):  # type: ignore[no-untyped-def]
 
 async def test_only_agent_errors_consume_attempts(st: Store) -> None:
     runner = await _runner(st, "shell")
-    job, _ = await st.jobs.create(JobCreate(prompt="x", max_attempts=2))
+    _job, _ = await st.jobs.create(JobCreate(prompt="x", max_attempts=2))
     for n in (1, 2):
         [lease] = await st.jobs.lease(runner, 1, ttl=30)
         infra = Outcome(status="failed", failure="infra", reason="stalled", error="no output")

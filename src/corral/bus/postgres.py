@@ -47,6 +47,7 @@ class PostgresBus:
         self._conn: asyncpg.Connection | None = None
         self._task: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
+        self._catching_up: set[asyncio.Task[None]] = set()
 
     # Bus protocol
     def publish(self, topic: str, message: list[Event] | str) -> None:
@@ -88,6 +89,9 @@ class PostgresBus:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        for task in list(self._catching_up):
+            task.cancel()
+        await asyncio.gather(*self._catching_up, return_exceptions=True)
         if self._conn is not None and not self._conn.is_closed():
             await self._conn.close()
 
@@ -124,7 +128,9 @@ class PostgresBus:
         if "e" in data:
             self.local.publish(topic, [Event.from_dict(e) for e in data["e"]])
         if "s" in data and topic.startswith("session:"):
-            asyncio.create_task(self._catch_up(topic, int(data["s"])))
+            task = asyncio.create_task(self._catch_up(topic, int(data["s"])))
+            self._catching_up.add(task)  # the loop keeps only a weak reference
+            task.add_done_callback(self._catching_up.discard)
 
     async def _catch_up(self, topic: str, upto: int) -> None:
         session_id = topic.removeprefix("session:")

@@ -273,7 +273,7 @@ class AsyncFace(ABC):
     def _iterate(self, items: Items[T]) -> AsyncIterator[T]: ...
 
 
-class endpoint(Generic[P, T]):  # noqa: N801 (used as a decorator-like declaration)
+class endpoint(Generic[P, T]):  # lower case: used like a decorator
     """A method of both faces from one declaration: ``build`` turns the
     arguments into a ``Call`` or a flow; ``Client`` takes it and returns the
     answer, ``AsyncClient`` returns a coroutine of it."""
@@ -312,7 +312,7 @@ class endpoint(Generic[P, T]):  # noqa: N801 (used as a decorator-like declarati
         raise TypeError(f"{self.name} belongs to Client and AsyncClient, not {owner.__name__}")
 
 
-class stream(Generic[P, T]):  # noqa: N801
+class stream(Generic[P, T]):  # lower case: used like a decorator
     """A stream method of both faces from one declaration: an iterator on
     ``Client``, an async iterator on ``AsyncClient``."""
 

@@ -62,6 +62,7 @@ class FolderIntake:
         self.store = store
         self.route = route
         self._rescan: asyncio.TimerHandle | None = None
+        self._rescans: set[asyncio.Task[None]] = set()
         self._scan_lock = asyncio.Lock()
 
     def prepare(self) -> None:
@@ -96,6 +97,11 @@ class FolderIntake:
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
+                if self._rescan is not None:
+                    self._rescan.cancel()
+                for task in list(self._rescans):
+                    task.cancel()
+                await asyncio.gather(*self._rescans, return_exceptions=True)
 
     async def _watch(self) -> None:
         def relevant(change: Change, path: str) -> bool:
@@ -164,7 +170,9 @@ class FolderIntake:
 
             def fire() -> None:
                 self._rescan = None
-                asyncio.create_task(again())
+                task = asyncio.create_task(again(), name="corral-queue-rescan")
+                self._rescans.add(task)  # the loop keeps only a weak reference
+                task.add_done_callback(self._rescans.discard)
 
             self._rescan = loop.call_later(RETRY_SECONDS if retry else SETTLE_SECONDS, fire)
 

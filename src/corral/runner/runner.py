@@ -91,6 +91,8 @@ class Runner:
         self.max_artifact_bytes = 10_485_760
         self._jobs: dict[str, asyncio.Task[None]] = {}
         self._executors: dict[str, base.Executor] = {}
+        # Cancellations in flight (the loop keeps only weak references to tasks).
+        self._cancels: set[asyncio.Task[None]] = set()
         self._slot_freed = asyncio.Event()
         self._stopping = False  # set on the way out: stopped jobs were not cancelled by anyone
         for p in self.providers.values():
@@ -212,7 +214,7 @@ class Runner:
                 executor = self._executors.get(job_id)
                 if executor is not None:
                     log.info("cancelling job %s", job_id, extra={"job_id": job_id})
-                    asyncio.create_task(executor.cancel())
+                    self._cancel(executor)
             for item in data["jobs"]:
                 job_id = item["job"]["id"]
                 self._jobs[job_id] = asyncio.create_task(
@@ -232,7 +234,7 @@ class Runner:
 
             def stale(reason: str) -> None:
                 log.warning("job %s: stopping, server says %s", job.id, reason, extra=log_extra)
-                asyncio.create_task(executor.cancel())
+                self._cancel(executor)
 
             channel = WorkerChannel(http, item["token"], job_id=job.id, on_stale=stale)
             # Heartbeats from the start: making a worktree (a first clone) and
@@ -250,6 +252,11 @@ class Runner:
             self._executors.pop(job.id, None)
             self._jobs.pop(job.id, None)
             self._slot_freed.set()
+
+    def _cancel(self, executor: base.Executor) -> None:
+        task = asyncio.create_task(executor.cancel())
+        self._cancels.add(task)
+        task.add_done_callback(self._cancels.discard)
 
     async def _run_job(
         self,
