@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from corral.runner.sandbox import ENV_ALLOW
+from corral.executors.sandbox import ENV_ALLOW
 from corral.testing import ServerProcess, start_server
 from tests.fakes import agent_bin
 from tests.fakes.anthropic import FakeAnthropic, text, tool_use

@@ -10,12 +10,12 @@ import pytest
 
 from corral.config import ProviderSettings
 from corral.errors import ConfigError
+from corral.executors import sandbox
 from corral.executors.base import Context
 from corral.executors.process import MARKER_VAR
+from corral.executors.sandbox import Mount, Sandbox, job_environment, ro, rw
 from corral.jobs import JobState
 from corral.models import Job, Session
-from corral.runner import sandbox
-from corral.runner.sandbox import Mount, Sandbox, job_environment, ro, rw
 
 RUNNER_ENV = {
     "PATH": "/usr/bin:/bin",

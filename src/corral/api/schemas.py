@@ -27,7 +27,7 @@ class RunnerRegister(BaseModel):
     labels: list[str] = Field(default_factory=list, max_length=64)
     slots: int = Field(ge=1, le=1024)
     sandbox: Literal["bwrap", "none"] | None = Field(
-        None, description="Where the runner's local jobs run (runner/sandbox.py)."
+        None, description="Where the runner's local jobs run (executors/sandbox.py)."
     )
     protocol: Literal["v1"] = "v1"
 

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
     from corral.client import Client
     from corral.config import Settings
-    from corral.runner.sandbox import Sandbox
+    from corral.executors.sandbox import Sandbox
 
 
 class _LazyConsole:
@@ -70,7 +70,7 @@ def settings(config: Path | None = None, data_dir: Path | None = None) -> Settin
 
 def say_sandbox(sandbox: Sandbox) -> None:
     """Where a runner's jobs run: one line, loud when they are not sandboxed."""
-    from corral.runner.sandbox import warn_unsandboxed
+    from corral.executors.sandbox import warn_unsandboxed
 
     warning = warn_unsandboxed(sandbox)
     if warning is not None:

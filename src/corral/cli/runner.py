@@ -63,9 +63,9 @@ def runner(
         if name
         else (provider or s.runner.providers)
     )
+    from corral.executors.sandbox import Mode
+    from corral.executors.sandbox import make as make_sandbox
     from corral.runner import Runner
-    from corral.runner.sandbox import Mode
-    from corral.runner.sandbox import make as make_sandbox
 
     mode = sandbox or s.runner.sandbox
     if mode not in ("auto", "bwrap", "none"):

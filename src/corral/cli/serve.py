@@ -72,8 +72,8 @@ async def run(settings: Settings) -> None:
 
     from corral.api.app import create_app, open_store
     from corral.auth import Role
+    from corral.executors.sandbox import make as make_sandbox
     from corral.runner import Runner
-    from corral.runner.sandbox import make as make_sandbox
     from corral.store.agents import EMBEDDED, EMBEDDED_KEY
 
     class _Server(uvicorn.Server):

@@ -34,8 +34,8 @@ from typing import Any, ClassVar
 
 from corral.executors.base import Context
 from corral.executors.process import stop_tree
+from corral.executors.sandbox import found
 from corral.models import FailureClass, Outcome
-from corral.runner.sandbox import found
 
 # One JSON line may carry a whole file (a tool result): allow big lines.
 LINE_LIMIT = 32 * 1024 * 1024

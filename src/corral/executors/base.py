@@ -14,21 +14,13 @@ from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 from corral.config import ProviderSettings
 from corral.errors import ConfigError
 from corral.executors.process import MARKER_VAR
+from corral.executors.sandbox import Confine, job_environment
 from corral.models import FailureClass, Job, Outcome, Session
-
-if TYPE_CHECKING:
-    from corral.runner.sandbox import Confine
-
-
-def _unconfined() -> Confine:
-    from corral.runner.sandbox import Confine
-
-    return Confine()
 
 
 class Emit(Protocol):
@@ -67,7 +59,7 @@ class Context:
     run_marker: str | None = None
     # Wraps the argv of the job's process in the runner's sandbox (its
     # workspace and provider state dir writable, the runner's secrets hidden).
-    confine: Confine = field(default_factory=_unconfined)
+    confine: Confine = field(default_factory=Confine)
 
     def environment(self, home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         """The environment of the job's process: the runner's allowlisted
@@ -75,8 +67,6 @@ class Context:
         own), this provider's ``env`` and credential (its ``api_key_env``
         variable), the job's ids and the run marker. Nothing else of the
         runner's: no ``CORRAL_*`` setting, no other provider's key."""
-        from corral.runner.sandbox import job_environment
-
         ours = {**(extra or {}), **self.settings.env}
         key_env = self.settings.api_key_env
         if key_env and key_env in os.environ:

@@ -29,8 +29,8 @@ import httpx
 from pydantic import ValidationError
 
 from corral.config import DaemonSettings
+from corral.executors.sandbox import Sandbox
 from corral.runner.daemons import MESSAGES_TOPIC, Supervisor
-from corral.runner.sandbox import Sandbox
 from corral.store.agents import STATUS_TOPIC
 
 log = logging.getLogger(__name__)

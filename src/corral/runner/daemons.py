@@ -34,8 +34,8 @@ from typing import Any, Literal
 
 from corral.config import DaemonSettings
 from corral.executors.process import MARKER_VAR, PidRecords, stop_tree
+from corral.executors.sandbox import Sandbox, found, job_environment, rw
 from corral.models import new_id
-from corral.runner.sandbox import Sandbox, found, job_environment, rw
 from corral.store.agents import STATUS_TOPIC, log_topic
 
 Status = Literal["stopped", "starting", "running", "backoff", "exited", "fatal"]

@@ -24,10 +24,10 @@ from corral.config import ProviderSettings
 from corral.errors import ClientError, Unauthorized
 from corral.executors import base
 from corral.executors.process import PidRecords, kill_marked
+from corral.executors.sandbox import Sandbox, warn_unsandboxed
 from corral.models import Job, Outcome, Session, new_id, own_handle
 from corral.runner.agents import AgentHost
 from corral.runner.channel import WorkerChannel
-from corral.runner.sandbox import Sandbox, warn_unsandboxed
 from corral.runner.workspace import Workspace, WorkspaceError, Workspaces
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ class Runner:
         self.workdir = workdir
         self.pids = PidRecords(workdir / "runner" / "pids")
         self.workspaces = Workspaces(workdir)
-        # Local jobs and agent daemons run in it (runner/sandbox.py).
+        # Local jobs and agent daemons run in it (executors/sandbox.py).
         self.sandbox = sandbox or Sandbox()
         # Agent daemons the server assigns to this runner (by its name, or by
         # an alias: the embedded runner hosts `runner = "embedded"` agents).

@@ -26,8 +26,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from corral.executors.sandbox import Mount, ro, rw
 from corral.models import Job
-from corral.runner.sandbox import Mount, ro, rw
 
 SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 GIT_TIMEOUT = 300.0
