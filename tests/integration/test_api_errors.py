@@ -11,9 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
-from corral.api.app import create_app
 from corral.auth import Role
 from corral.config import load_settings
+from corral.server import Server
 
 
 @dataclass
@@ -32,9 +32,9 @@ class Api:
 async def api(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Api]:
     monkeypatch.chdir(tmp_path)
     settings = load_settings(data_dir=tmp_path, database_url=db_url, max_body_bytes=4096)
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        store = app.state.services.store
+    async with Server(settings) as server:
+        app = server.app
+        store = server.store
         keys = {
             role.value: (await store.keys.create(name=role.value, role=role))[1] for role in Role
         }

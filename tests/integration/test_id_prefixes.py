@@ -13,10 +13,10 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from corral.api.app import create_app
 from corral.auth import Role
 from corral.config import load_settings
 from corral.errors import AmbiguousId, JobNotFound, SessionNotFound
+from corral.server import Server
 from corral.store import Store
 from corral.store.db import Tx
 from corral.store.schema import sessions
@@ -34,9 +34,9 @@ async def api(
     monkeypatch.setattr("corral.store.jobs.create.new_id", lambda: _ids_starting("abcd"))
     monkeypatch.setattr("corral.store.sessions.new_id", lambda: _ids_starting("abcd"))
     monkeypatch.chdir(tmp_path)
-    app = create_app(load_settings(data_dir=tmp_path, database_url=db_url))
-    async with app.router.lifespan_context(app):
-        store: Store = app.state.services.store
+    async with Server(load_settings(data_dir=tmp_path, database_url=db_url)) as server:
+        app = server.app
+        store: Store = server.store
         await store.settings.set("paused", "true")  # the jobs stay queued
         keys = {
             role.value: (await store.keys.create(name=role.value, role=role))[1] for role in Role

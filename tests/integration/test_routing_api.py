@@ -9,9 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from corral.api.app import create_app
 from corral.auth import Role
 from corral.config import load_settings
+from corral.server import Server
 
 PROVIDERS = {
     "claude": {"kind": "claude-code", "tiers": {"high": "opus"}},
@@ -33,9 +33,9 @@ async def http(
     settings = load_settings(
         data_dir=tmp_path, database_url=db_url, providers=PROVIDERS, **defaults
     )
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        store = app.state.services.store
+    async with Server(settings) as server:
+        app = server.app
+        store = server.store
         keys = {r: (await store.keys.create(name=r.value, role=r))[1] for r in Role}
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://corral") as client:
@@ -186,12 +186,10 @@ async def test_config_default_pauses_a_new_database(
     db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    app = create_app(load_settings(data_dir=tmp_path, database_url=db_url, paused=True))
-    async with app.router.lifespan_context(app):
-        store = app.state.services.store
+    async with Server(load_settings(data_dir=tmp_path, database_url=db_url, paused=True)) as server:
+        store = server.store
         assert await store.settings.get("paused") == "true"
         await store.settings.set("paused", "false")
     # The database's value wins over the config default from then on.
-    app = create_app(load_settings(data_dir=tmp_path, database_url=db_url, paused=True))
-    async with app.router.lifespan_context(app):
-        assert await app.state.services.store.settings.get("paused") == "false"
+    async with Server(load_settings(data_dir=tmp_path, database_url=db_url, paused=True)) as server:
+        assert await server.store.settings.get("paused") == "false"

@@ -26,6 +26,7 @@ from corral.api.runners import owned_runner
 from corral.auth import Role
 from corral.errors import ConfigError, Conflict, Forbidden, InvalidInput
 from corral.models import Agent, AgentDetail, AgentLine, AgentsReloaded
+from corral.services import STOPPING
 from corral.store.agents import (
     DESIRED_TOPIC,
     EMBEDDED,
@@ -282,14 +283,16 @@ async def poll_agents(
     if EMBEDDED in body.aliases and who.name != EMBEDDED_KEY and who.role is not Role.ADMIN:
         raise Forbidden(f"only the embedded runner of `corral serve` hosts {EMBEDDED!r} agents")
     deadline = time.monotonic() + body.wait
-    with svc.store.bus.subscribe(DESIRED_TOPIC, maxsize=1000) as sub:
+    with svc.store.bus.subscribe(DESIRED_TOPIC, STOPPING, maxsize=1000) as sub:
         while True:
             desired = await svc.store.agents.desired(runner.name, body.aliases, body.hosting)
             # log_offset moves with every line: not a change for the host.
             fixed = [{k: v for k, v in a.items() if k != "log_offset"} for a in desired]
             digest = hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()
             remaining = deadline - time.monotonic()
-            if digest != body.version or remaining <= 0 or await request.is_disconnected():
+            # Stopping: answer now, the runner's next poll goes to another replica.
+            stop = svc.stopping or await request.is_disconnected()
+            if digest != body.version or remaining <= 0 or stop:
                 return {"version": digest, "agents": desired}
             await sub.get(timeout=min(remaining, RECHECK_SECONDS))
 

@@ -31,11 +31,12 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field, ValidationError
 
 from corral import __version__
-from corral.api.deps import Reader, Services, Svc, Writer
+from corral.api.deps import Reader, Svc, Writer
 from corral.config import ProviderSettings
 from corral.errors import ConfigError, CorralError
 from corral.jobs import TERMINAL, JobState
 from corral.models import Event, Job, JobCreate
+from corral.services import Services
 
 router = APIRouter(tags=["ollama"])
 

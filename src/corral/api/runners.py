@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Request
 
 from corral import auth
-from corral.api.deps import Reader, RunnerKey, Services, Svc, Worker
+from corral.api.deps import Reader, RunnerKey, Svc, Worker
 from corral.api.jobs import ARTIFACT_NAME
 from corral.api.schemas import (
     Completion,
@@ -27,6 +27,7 @@ from corral.api.schemas import (
 from corral.auth import Principal, Role, WorkerClaims
 from corral.errors import Forbidden
 from corral.models import Artifact, NewEvent, Runner
+from corral.services import STOPPING, Services
 from corral.store.runners import PROTOCOL_VERSION
 
 router = APIRouter(tags=["runners"])
@@ -79,12 +80,16 @@ async def lease(
     jobs this runner holds."""
     runner = await owned_runner(runner_id, svc, who)
     deadline = time.monotonic() + body.wait
-    with svc.store.bus.subscribe("dispatch", f"runner:{runner_id}", maxsize=10_000) as sub:
+    with svc.store.bus.subscribe(
+        "dispatch", f"runner:{runner_id}", STOPPING, maxsize=10_000
+    ) as sub:
         cancel: list[str] = []
         while True:
             leases = await svc.store.jobs.lease(runner, body.max_jobs, svc.settings.lease_ttl)
             remaining = deadline - time.monotonic()
-            if leases or cancel or remaining <= 0 or await request.is_disconnected():
+            # Stopping: answer now, the runner's next poll goes to another replica.
+            stop = svc.stopping or await request.is_disconnected()
+            if leases or cancel or remaining <= 0 or stop:
                 break
             for message in await sub.get(timeout=min(remaining, RECHECK_SECONDS)):
                 if isinstance(message, str) and message.startswith("cancel:"):

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 
 async def _open(config: Path | None, data_dir: Path | None) -> Store:
-    from corral.api.app import open_store  # the database stack loads only when needed
+    from corral.server.build import open_store  # the database stack loads only when needed
 
     return await open_store(settings(config, data_dir))
 

@@ -51,6 +51,12 @@ def idempotency_key(name: str, raw: bytes) -> str:
     return f"folder:{name}:{hashlib.sha256(raw).hexdigest()[:32]}"
 
 
+def prepare(root: Path) -> None:
+    """Create the folders (before the server says it is up)."""
+    for d in (root, root / "running", root / "done", root / "failed"):
+        d.mkdir(parents=True, exist_ok=True)
+
+
 class FolderIntake:
     def __init__(
         self, root: Path, store: Store, route: Callable[[JobCreate], Awaitable[Decision]]
@@ -66,9 +72,7 @@ class FolderIntake:
         self._scan_lock = asyncio.Lock()
 
     def prepare(self) -> None:
-        """Create the folders (before the server says it is up)."""
-        for d in (self.root, self.running, self.done, self.failed):
-            d.mkdir(parents=True, exist_ok=True)
+        prepare(self.root)
 
     async def run(self) -> None:
         self.prepare()

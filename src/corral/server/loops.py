@@ -1,0 +1,72 @@
+"""The loops a control plane runs beside its routes, and how they are named.
+
+A loop is ``async def fn(services) -> None`` that runs until cancelled. A
+``leader`` loop runs on one replica at a time (``store.leader``); an
+``intake`` loop takes new work in, so it is the first thing stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from corral.api.delivery import Sender
+from corral.errors import CorralError
+from corral.intake.folder import FolderIntake
+from corral.services import Services
+
+log = logging.getLogger(__name__)
+
+LoopFn = Callable[[Services], Coroutine[Any, Any, None]]
+
+
+@dataclass(frozen=True)
+class Loop:
+    name: str
+    fn: LoopFn
+    leader: bool = False
+    intake: bool = False
+
+
+async def watchdog(svc: Services) -> None:
+    """Re-queue the jobs whose runner stopped heartbeating (see ``/watchdog/status``)."""
+    while True:
+        await asyncio.sleep(svc.settings.watchdog_interval)
+        try:
+            lost = await svc.store.jobs.expire()
+            svc.watchdog.last_error = None
+        except CorralError as exc:
+            svc.watchdog.last_error = exc.message
+            log.warning("watchdog sweep failed: %s", exc.message)
+            continue
+        svc.watchdog.sweeps += 1
+        svc.watchdog.last_sweep_at = time.time()
+        svc.watchdog.expired += len(lost)
+        for job in lost:
+            log.warning(
+                "job %s lost its runner; now %s",
+                job.id,
+                job.state.value,
+                extra={"job_id": job.id, "session_id": job.session_id},
+            )
+
+
+async def webhooks(svc: Services) -> None:
+    """Send what the webhook outbox holds (``api/delivery.py``)."""
+    settings = svc.settings
+    sender = Sender(
+        svc.store,
+        default_secret=svc.webhook_secret,
+        timeout=settings.webhook_timeout,
+        horizon=settings.webhook_retry_horizon,
+        concurrency=settings.webhook_concurrency,
+    )
+    await sender.run()
+
+
+async def queue_folder(svc: Services) -> None:
+    """Every ``*.md`` file dropped in the queue folder becomes a job."""
+    await FolderIntake(svc.settings.queue_dir, svc.store, svc.route).run()

@@ -1,0 +1,91 @@
+"""What a running control plane hands to its routes, intake sources and sinks.
+
+``corral.server`` builds one ``Services`` per process (store, secrets, the
+provider table); routes receive it as ``Svc`` (``api/deps.py``), intake
+sources submit through it (``intake/submit.py``). It lives outside
+``server/`` so that those layers need not import the composition root."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+
+from corral import auth
+from corral.auth import Principal
+from corral.config import DaemonSettings, Settings
+from corral.models import JobCreate
+from corral.routing import Decision, Provider, decide
+from corral.store import Store
+
+# A verified key is trusted this long before the database is asked again, so a
+# revocation reaches every replica within this many seconds.
+KEY_CACHE_SECONDS = 5.0
+
+# Published on this replica's bus (never across replicas) when it stops: the
+# long-polls waiting here answer at once, so their runners go elsewhere.
+STOPPING = "server:stopping"
+
+
+@dataclass
+class WatchdogStats:
+    sweeps: int = 0
+    expired: int = 0
+    last_sweep_at: float | None = None
+    last_error: str | None = None
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: Store
+    jwt_secret: str
+    webhook_secret: str = ""
+    watchdog: WatchdogStats = field(default_factory=WatchdogStats)
+    providers: dict[str, Provider] = field(default_factory=dict)
+    # True once this replica stops: long-polls answer now instead of waiting.
+    stopping: bool = False
+    _keys: dict[str, tuple[float, Principal]] = field(default_factory=dict)
+    # runner id, key id -> (until, runner name, the agents it hosts): agent
+    # reports skip a database read each, and lines go out before they are stored.
+    agent_hosts: dict[tuple[str, str], tuple[float, str, set[str]]] = field(default_factory=dict)
+
+    async def reload_agents(self) -> dict[str, list[str]]:
+        """Read ``[agents.*]`` from the configuration file again and apply it."""
+        declared: dict[str, DaemonSettings] = self.settings.reload_agents()
+        return await self.store.agents.configure(declared)
+
+    async def route(self, spec: JobCreate) -> Decision:
+        """Where ``spec`` would run (routing.decide over the configured
+        providers); a follow-up turn that names no provider prefers the one
+        its session's latest turn ran on. Raises ``Unroutable``."""
+        job = spec.route()
+        if spec.session_id is not None and job.preferred_ai is None and not job.command:
+            latest = await self.store.jobs.list(session_id=spec.session_id, limit=1)
+            if latest:
+                job = replace(job, session_provider=latest[0].provider)
+            else:
+                await self.store.sessions.get(spec.session_id)  # 404 before a refusal
+        return decide(
+            job,
+            self.providers,
+            default_provider=self.settings.default_provider,
+            default_local=self.settings.default_local,
+        )
+
+    async def authenticate(self, key: str) -> Principal:
+        digest = auth.hash_key(key)
+        cached = self._keys.get(digest)
+        now = time.monotonic()
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        principal = await self.store.keys.authenticate(key)
+        if len(self._keys) > 10_000:
+            self._keys.clear()
+        self._keys[digest] = (now + KEY_CACHE_SECONDS, principal)
+        return principal
+
+    def end_polls(self) -> None:
+        """Answer every long-poll waiting on this replica now, and the ones
+        that arrive from now on at once (the replica is going away)."""
+        self.stopping = True
+        self.store.bus.publish(STOPPING, "stopping")
