@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from corral.config import load_settings
 from corral.errors import StoreUnavailable
 from corral.intake.folder import FolderIntake
 from corral.jobs import JobState
+from corral.server.build import services
 from corral.store import Store
 
 
@@ -20,13 +22,10 @@ async def test_a_failed_submit_is_recovered_by_reconcile(
 ) -> None:
     store = await Store.open(db_url)
     try:
-
-        async def unrouted(spec: object) -> None:
-            return None  # store.jobs.create without a decision
-
-        intake = FolderIntake(tmp_path / "queue", store, route=unrouted)  # type: ignore[arg-type]
+        settings = load_settings(data_dir=tmp_path, database_url=db_url)
+        intake = FolderIntake(tmp_path / "queue", await services(settings, store))
         intake.prepare()
-        (tmp_path / "queue" / "task.md").write_text("echo hi\n")
+        (tmp_path / "queue" / "task.md").write_text("---\ncommand: echo hi\n---\n")
         create = store.jobs.create
 
         async def down(*args: object, **kwargs: object) -> object:

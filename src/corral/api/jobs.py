@@ -13,6 +13,7 @@ from corral.api.ids import JobId, SessionFilter
 from corral.api.schemas import EventPage
 from corral.auth import Principal, Role
 from corral.errors import BadRequest, Forbidden
+from corral.intake.submit import submit as submit_job
 from corral.jobs import JobState
 from corral.models import Artifact, Job, JobAccepted, JobCreate, JobPage, RouteDecision
 
@@ -44,7 +45,7 @@ def _states(raw: list[str]) -> list[JobState]:
 
 @router.post("/jobs", status_code=202, response_model=JobAccepted)
 async def submit(spec: JobCreate, svc: Svc, who: Writer, response: Response) -> JobAccepted:
-    job, created = await svc.store.jobs.create(spec, await svc.route(spec))
+    job, created = await submit_job(svc, spec)
     if not created:
         response.status_code = 200
     return JobAccepted(job_id=job.id, session_id=job.session_id, state=job.state, created=created)

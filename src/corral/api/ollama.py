@@ -34,6 +34,7 @@ from corral import __version__
 from corral.api.deps import Reader, Svc, Writer
 from corral.config import ProviderSettings
 from corral.errors import ConfigError, CorralError
+from corral.intake.submit import submit
 from corral.jobs import TERMINAL, JobState
 from corral.models import Event, Job, JobCreate
 from corral.services import Services
@@ -612,7 +613,7 @@ async def _start_chat_job(svc: Services, spec: JobCreate) -> tuple[Job, Any] | R
     spec.session_id = session.id
     sub = svc.store.bus.subscribe(f"session:{session.id}", "jobs", maxsize=100_000)
     try:
-        job, _ = await svc.store.jobs.create(spec, await svc.route(spec))
+        job, _ = await submit(svc, spec)
         unserved = await _unserved(svc, job, svc.settings.ollama.unserved_wait)
     except CorralError:
         sub.close()

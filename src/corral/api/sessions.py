@@ -11,6 +11,7 @@ from corral.api.deps import Reader, Svc, Writer
 from corral.api.ids import SessionId
 from corral.api.schemas import EventPage, SessionCreate, TurnCreate
 from corral.errors import BadRequest
+from corral.intake.submit import submit
 from corral.models import JobAccepted, Session, SessionDetail
 
 router = APIRouter(tags=["sessions"])
@@ -35,7 +36,7 @@ async def add_turn(
     if body.session_id not in (None, session_id):
         raise BadRequest("session_id in the body differs from the path")
     spec = body.model_copy(update={"session_id": session_id})
-    job, created = await svc.store.jobs.create(spec, await svc.route(spec))
+    job, created = await submit(svc, spec)
     if not created:
         response.status_code = 200
     return JobAccepted(job_id=job.id, session_id=job.session_id, state=job.state, created=created)

@@ -21,17 +21,16 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from watchfiles import Change, awatch
 
 from corral import queue_file
 from corral.errors import CorralError
+from corral.intake.submit import submit
 from corral.jobs import TERMINAL
 from corral.models import Job, JobCreate
-from corral.routing import Decision
-from corral.store import Store
+from corral.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +57,13 @@ def prepare(root: Path) -> None:
 
 
 class FolderIntake:
-    def __init__(
-        self, root: Path, store: Store, route: Callable[[JobCreate], Awaitable[Decision]]
-    ) -> None:
+    def __init__(self, root: Path, services: Services) -> None:
         self.root = root
         self.running = root / "running"
         self.done = root / "done"
         self.failed = root / "failed"
-        self.store = store
-        self.route = route
+        self.services = services
+        self.store = services.store
         self._rescan: asyncio.TimerHandle | None = None
         self._rescans: set[asyncio.Task[None]] = set()
         self._scan_lock = asyncio.Lock()
@@ -202,7 +199,7 @@ class FolderIntake:
             }
         )
         try:
-            job, _ = await self.store.jobs.create(spec, await self.route(spec))
+            job, _ = await submit(self.services, spec)
         except CorralError as exc:
             if not 400 <= exc.status < 500:
                 raise  # the database: nothing lost, the next reconcile retries

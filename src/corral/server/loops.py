@@ -69,4 +69,4 @@ async def webhooks(svc: Services) -> None:
 
 async def queue_folder(svc: Services) -> None:
     """Every ``*.md`` file dropped in the queue folder becomes a job."""
-    await FolderIntake(svc.settings.queue_dir, svc.store, svc.route).run()
+    await FolderIntake(svc.settings.queue_dir, svc).run()

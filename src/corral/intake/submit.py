@@ -1,0 +1,18 @@
+"""The one way work comes in: every entry point (``POST /jobs``, session
+turns, the Ollama-compatible chat and generate, the queue folder, and the
+intake sources to come) submits through ``submit()``."""
+
+from __future__ import annotations
+
+from corral.models import Job, JobCreate
+from corral.services import Services
+
+
+async def submit(services: Services, spec: JobCreate) -> tuple[Job, bool]:
+    """Route ``spec`` (``Services.route``: a follow-up turn prefers its
+    session's provider) and create its job. Returns ``(job, created)``:
+    ``created`` is False when the idempotency key names a job made before.
+    Raises ``Unroutable`` (422) when no provider may run it, and the store's
+    errors (an unknown session: 404)."""
+    decision = await services.route(spec)
+    return await services.store.jobs.create(spec, decision)
