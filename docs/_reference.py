@@ -115,6 +115,33 @@ def settings_table(
     return "\n".join(rows)
 
 
+def providers_reference() -> str:
+    """The keys every provider takes, then one table per installed executor
+    kind with the keys of its own settings model (``settings`` of its class)."""
+    import inspect
+
+    from corral.executors.base import kinds, load
+    from corral.executors.settings import ProviderSettings
+
+    common = tuple(ProviderSettings.model_fields)
+    parts = [
+        "Every kind takes:",
+        settings_table(ProviderSettings, prefix="providers.NAME.", env=None),
+    ]
+    for kind in kinds():
+        executor = load(kind)
+        model = executor.settings
+        where = (
+            "Local: its jobs are processes on the runner's host, in the runner's sandbox."
+            if executor.local
+            else "Remote: its jobs run on another server; the runner only drives them."
+        )
+        doc = _cell(inspect.cleandoc(model.__doc__ or ""))
+        parts.append(f'### `kind = "{kind}"`\n\n{doc} {where} It also takes:')
+        parts.append(settings_table(model, prefix="providers.NAME.", env=None, skip=common))
+    return "\n\n".join(parts)
+
+
 def cli_reference() -> str:
     """Every command of the typer app, by typer's own docs generator."""
     import typer

@@ -10,9 +10,8 @@ from __future__ import annotations
 import contextvars
 import os
 import re
-import shlex
 import signal
-import subprocess
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,10 +20,13 @@ from pydantic import (
     Field,
     PrivateAttr,
     SecretStr,
+    SerializeAsAny,
     ValidationError,
+    ValidatorFunctionWrapHandler,
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -33,49 +35,12 @@ from pydantic_settings import (
 )
 
 from corral.errors import ConfigError
+from corral.executors.settings import ProviderSettings, RemoteSettings, split_command
 from corral.routing import Provider
 
 _CONFIG_FILE: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
     "corral_config_file", default=None
 )
-
-
-_SHELL_OPERATOR = frozenset("();<>|&")
-_EXPANSION = re.compile(r"\$[({A-Za-z_]|`")
-
-
-def split_command(value: object) -> object:
-    """A command setting as an argv list: a list as given; a string split into
-    words like a shell splits them (``shlex.split``: quotes and backslashes),
-    and never run by a shell, so a string using what only a shell does (``;``,
-    ``&&``, ``|``, redirections, ``$VAR``, ``$(...)``) is refused rather than
-    passed on as literal words."""
-    if not isinstance(value, str):
-        return value
-    words = re.sub(r"\\.", "x", value)  # escaped characters are plain ones
-    lexer = shlex.shlex(words, posix=False, punctuation_chars=True)  # quotes stay on words
-    lexer.whitespace_split = True
-    try:
-        tokens = list(lexer)
-        argv = shlex.split(value)
-    except ValueError as exc:
-        raise ValueError(f"cannot split {value!r} into words: {exc}") from None
-    syntax = [
-        t
-        for t in tokens
-        if all(c in _SHELL_OPERATOR for c in t) or (not t.startswith("'") and _EXPANSION.search(t))
-    ]
-    if syntax:
-        raise ValueError(
-            f"{value!r} uses shell syntax ({' '.join(dict.fromkeys(syntax))}) but a command "
-            "is run directly, not by a shell; to use a shell, say so: "
-            f'["sh", "-c", {_toml_string(value)}]'
-        )
-    return argv
-
-
-def _toml_string(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def default_data_dir() -> Path:
@@ -113,132 +78,58 @@ class RunnerSettings(BaseModel):
 
 EMBEDDED_RUNNER = "embedded"  # `runner` of a provider served by the runner in `corral serve`
 
-# Executor kinds that drive a process on the runner's host.
-LOCAL_KINDS = frozenset({"shell", "claude-code", "codex", "gemini"})
+# The pydantic error type of a provider table's problems (their messages are ours).
+_PROVIDER_ERROR = "provider_setting"
 
 
-class ProviderSettings(BaseModel):
-    """A configured executor instance: ``[providers.NAME]`` in corral.toml."""
+def provider_settings(table: object) -> ProviderSettings:
+    """``table`` (a [providers.NAME] table) as its kind's settings model: the
+    kind looked up among the installed executors (entry points), every key
+    checked against what that kind takes. Raises ``ValidationError`` with
+    locations inside the table."""
+    from corral.executors.base import kinds, load  # the registry, read when a table is
 
-    model_config = {"extra": "forbid"}
+    given = table if isinstance(table, ProviderSettings) else None
+    if given is not None:  # built in code: as good as its table
+        table = given.model_dump(exclude_unset=True) | {"kind": given.kind}
+    if not isinstance(table, Mapping):
+        raise _invalid([((), "a provider is a table ([providers.NAME]) with a `kind`", table)])
+    kind = table.get("kind")
+    installed = ", ".join(kinds()) or "none"
+    if not isinstance(kind, str):
+        what = "missing" if kind is None else f"{kind!r} is not a kind"
+        raise _invalid([(("kind",), f"{what}: the executor kind, one of {installed}", kind)])
+    try:
+        model = load(kind).settings
+    except ConfigError as exc:
+        raise _invalid([(("kind",), exc.message, kind)]) from None
+    takes = list(model.model_fields)
+    unknown = [key for key in table if key not in model.model_fields]
+    if unknown:
+        problems = []
+        for key in unknown:
+            why = model.refused.get(key)
+            message = f"{key!r} is not a setting of kind {kind!r}" + (f": {why}" if why else "")
+            message += f" (kind {kind!r} takes: {', '.join(takes)})"
+            problems.append(((str(key),), message, table[key]))
+        raise _invalid(problems)
+    if isinstance(given, model):
+        return given
+    return model.model_validate(dict(table))
 
-    kind: str = Field(description="Executor kind, e.g. shell, claude-code, openai.")
-    local: bool | None = Field(None, description="Runs on the runner's host (default: by kind).")
-    enabled: bool = Field(True, description="A disabled provider is never routed to.")
-    models: list[str] = Field(default_factory=list, description="Models it serves.")
-    tiers: dict[Literal["low", "medium", "high"], str] = Field(
-        default_factory=dict, description="complexity_hint -> model."
-    )
-    concurrency: int | None = Field(
-        None, ge=1, description="At most this many of its jobs active at once (others queue)."
-    )
-    fallback: str | None = Field(
-        None, description="Provider that takes this one's jobs while a quota limit pauses it."
-    )
-    runner: str | None = Field(
-        None,
-        min_length=1,
-        max_length=200,
-        description="Remote providers: the name of the runner that serves it (`corral runner "
-        "--name`); default (or `embedded`): the runner inside `corral serve`.",
-    )
-    # Local agent CLIs (claude-code, codex):
-    command: list[str] | None = Field(
-        None,
-        description="The CLI to run (default: `claude` / `codex` on PATH): an argv list, or a "
-        "string split into words like a shell would (never run by a shell).",
-    )
-    env: dict[str, str] = Field(
-        default_factory=dict,
-        description="Extra environment of the agent process (e.g. ANTHROPIC_BASE_URL, "
-        "ANTHROPIC_API_KEY); the agent starts from a clean environment plus these.",
-    )
-    model: str | None = Field(None, description="Model passed to the CLI (a job's model wins).")
-    permission_mode: str | None = Field(
-        None, description="claude-code --permission-mode (e.g. acceptEdits)."
-    )
-    allowed_tools: list[str] = Field(
-        default_factory=list, description="claude-code --allowedTools (e.g. Bash, Edit, Write)."
-    )
-    sandbox: str = Field(
-        "workspace-write",
-        description="codex --sandbox mode (read-only fails writes silently); inside the "
-        "runner's bwrap sandbox that sandbox enforces it and codex runs without its own.",
-    )
-    max_turns: int | None = Field(None, ge=1, description="claude-code --max-turns.")
-    extra_args: list[str] = Field(
-        default_factory=list, description="More CLI arguments, appended as given."
-    )
-    startup_timeout: float = Field(
-        60.0, gt=0, description="Seconds the agent may take to print its first line."
-    )
-    stall_timeout: float = Field(
-        600.0, gt=0, description="Seconds without any output after which the agent is killed."
-    )
-    result_grace: float = Field(
-        5.0, ge=0, description="Seconds the agent may linger after its final result line."
-    )
-    network: bool = Field(
-        True, description="Local jobs reach the network (false: only a loopback of their own)."
-    )
-    # Remote chat providers (openai, anthropic):
-    base_url: str | None = Field(
-        None,
-        description="API base URL, e.g. http://gpu:11434/v1 (Ollama), http://gpu:8000/v1 (vLLM).",
-    )
-    api_key: SecretStr | None = Field(None, description="The API key (prefer api_key_env).")
-    api_key_env: str | None = Field(None, description="Environment variable holding the key.")
-    token_file: Path | None = Field(None, description="File holding the key (re-read per job).")
-    token_command: list[str] | None = Field(
-        None,
-        description="Command printing the key (run per job): an argv list, or a string split "
-        "into words like a shell would (never run by a shell).",
-    )
-    embedding_model: str | None = Field(None, description="Model behind /api/embed.")
-    remote_provider: str | None = Field(
-        None, description="corral kind: the provider to ask the other corral for."
-    )
-    timeout: float = Field(600.0, gt=0, description="Seconds a remote request may take.")
-    max_retries: int = Field(
-        2,
-        ge=0,
-        le=20,
-        description="Retries of connection errors, 5xx and 429 (honouring Retry-After) "
-        "before a run fails.",
-    )
 
-    def credential(self) -> str | None:
-        """The API key, read afresh (token files and commands may rotate)."""
-        if self.api_key is not None:
-            return self.api_key.get_secret_value()
-        if self.api_key_env:
-            value = os.environ.get(self.api_key_env)
-            if not value:
-                raise ConfigError(f"environment variable {self.api_key_env} is not set")
-            return value
-        if self.token_file is not None:
-            try:
-                return self.token_file.expanduser().read_text().strip()
-            except OSError as exc:
-                raise ConfigError(f"cannot read token_file {self.token_file}: {exc}") from exc
-        if self.token_command:
-            try:
-                done = subprocess.run(
-                    self.token_command, capture_output=True, text=True, timeout=30, check=True
-                )
-            except (OSError, subprocess.SubprocessError) as exc:
-                raise ConfigError(f"token_command failed: {exc}") from exc
-            return done.stdout.strip()
-        return None
-
-    @field_validator("command", "token_command", mode="before")
-    @classmethod
-    def _split_command(cls, value: object) -> object:
-        return split_command(value)
-
-    @property
-    def is_local(self) -> bool:
-        return self.local if self.local is not None else self.kind in LOCAL_KINDS
+def _invalid(problems: Sequence[tuple[tuple[str, ...], str, object]]) -> ValidationError:
+    return ValidationError.from_exception_data(
+        "provider",
+        [
+            InitErrorDetails(
+                type=PydanticCustomError(_PROVIDER_ERROR, "{message}", {"message": message}),
+                loc=loc,
+                input=value,
+            )
+            for loc, message, value in problems
+        ],
+    )
 
 
 class WebhookEndpointSettings(BaseModel):
@@ -401,9 +292,10 @@ class Settings(BaseSettings):
         description="The queue folder; a relative path is taken from the config file's "
         "directory (or the working directory without one).",
     )
-    providers: dict[str, ProviderSettings] = Field(
+    providers: dict[str, SerializeAsAny[ProviderSettings]] = Field(
         default_factory=dict,
-        description="[providers.NAME] tables; a local `shell` provider always exists.",
+        description="[providers.NAME] tables, each checked against its kind's settings "
+        "(below); a local `shell` provider always exists.",
     )
     default_provider: str | None = Field(
         None,
@@ -494,6 +386,35 @@ class Settings(BaseSettings):
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
 
+    @field_validator("providers", mode="wrap")
+    @classmethod
+    def _provider_tables(
+        cls, value: object, handler: ValidatorFunctionWrapHandler
+    ) -> dict[str, ProviderSettings]:
+        """Each table as its kind's model: an unknown kind or a key the kind
+        does not take is an error naming them."""
+        if not isinstance(value, Mapping):
+            return handler(value)  # type: ignore[no-any-return]
+        tables: dict[str, ProviderSettings] = {}
+        problems: list[InitErrorDetails] = []
+        for name, table in value.items():
+            try:
+                tables[name] = provider_settings(table)
+            except ValidationError as exc:
+                problems += [
+                    InitErrorDetails(
+                        type=PydanticCustomError(
+                            _PROVIDER_ERROR, "{message}", {"message": e["msg"]}
+                        ),
+                        loc=(name, *e["loc"]),
+                        input=e["input"],
+                    )
+                    for e in exc.errors()
+                ]
+        if problems:
+            raise ValidationError.from_exception_data("providers", problems)
+        return handler(tables)  # type: ignore[no-any-return]
+
     def provider_table(self) -> dict[str, Provider]:
         """Configured providers for routing, with the built-in `shell`."""
         table = {"shell": Provider("shell", "shell", local=True)}
@@ -515,13 +436,13 @@ class Settings(BaseSettings):
         assigned = sorted(
             n
             for n, p in self.providers.items()
-            if p.enabled and not p.is_local and (p.runner or EMBEDDED_RUNNER) == name
+            if p.enabled and not p.is_local and _assigned(p) == name
         )
         return [*listed, *(n for n in assigned if n not in listed)]
 
     def runner_providers(self, names: list[str]) -> dict[str, ProviderSettings]:
         """provider name -> its settings, for a runner serving ``names``."""
-        table = {"shell": ProviderSettings(kind="shell"), **self.providers}
+        table = {"shell": provider_settings({"kind": "shell"}), **self.providers}
         unknown = [n for n in names if n not in table]
         if unknown:
             raise ConfigError(
@@ -575,13 +496,6 @@ class Settings(BaseSettings):
                 f"{setting} {name!r} {problem}: name an enabled {where} "
                 f"({', '.join(agents) or 'none configured'})"
             )
-        for name, p in self.providers.items():
-            if p.runner is not None and p.is_local:
-                raise ValueError(
-                    f"providers.{name}.runner: only a remote provider is assigned to a runner; "
-                    "a local one is served by the runners that list it (runner.providers, "
-                    "corral runner --provider)"
-                )
         return self
 
     _source: Path | None = PrivateAttr(None)  # the corral.toml read, for reloads
@@ -615,7 +529,11 @@ class Settings(BaseSettings):
         if url.startswith("sqlite") and ":///" in url:
             db = Path(url.split(":///", 1)[1].split("?", 1)[0])
             paths += [db, *(db.with_name(db.name + end) for end in ("-wal", "-shm", "-journal"))]
-        tokens = [p.token_file.expanduser() for p in self.providers.values() if p.token_file]
+        tokens = [
+            p.token_file.expanduser()
+            for p in self.providers.values()
+            if isinstance(p, RemoteSettings) and p.token_file
+        ]
         return [*paths, *tokens, *self.runner.sandbox_hide]
 
     def local_url(self) -> str:
@@ -625,6 +543,12 @@ class Settings(BaseSettings):
         if ":" in host:
             host = f"[{host}]"
         return f"http://{host}:{self.port}"
+
+
+def _assigned(provider: ProviderSettings) -> str:
+    """The runner that serves a remote provider (its ``runner``, else the embedded one)."""
+    runner = provider.runner if isinstance(provider, RemoteSettings) else None
+    return runner or EMBEDDED_RUNNER
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
@@ -663,7 +587,8 @@ def masked(settings: Settings) -> dict[str, Any]:
         if hook.get("secret"):
             hook["secret"] = "********"
     for table in (*data["providers"].values(), *data["agents"].values()):
-        table["env"] = dict.fromkeys(table.get("env", {}), "********")
+        if "env" in table:
+            table["env"] = dict.fromkeys(table["env"], "********")
     return data
 
 

@@ -10,9 +10,8 @@ from typing import Any
 
 import pytest
 
-from corral.config import ProviderSettings
 from corral.executors.agent import AgentExecutor, classify, reset_time
-from corral.executors.base import Context
+from corral.executors.base import Context, load
 from corral.executors.claude_code import ClaudeCodeExecutor
 from corral.executors.codex import CodexExecutor
 from corral.jobs import JobState
@@ -55,7 +54,7 @@ def context(
         workdir=Path("/tmp"),
         emit=emit,
         started=lambda pid: None,
-        settings=ProviderSettings(kind=kind),
+        settings=load(kind).settings(kind=kind),
         handle=handle,
         save_handle=handles.append,
     )

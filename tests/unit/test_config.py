@@ -9,6 +9,8 @@ import pytest
 
 from corral.config import load_settings, masked
 from corral.errors import ConfigError
+from corral.executors.chat import OpenAISettings
+from corral.executors.claude_code import ClaudeCodeSettings
 
 
 @pytest.fixture(autouse=True)
@@ -134,7 +136,8 @@ def test_secrets_are_masked() -> None:
 def test_provider_agent_and_webhook_secrets_are_masked() -> None:
     s = load_settings(
         providers={
-            "gpu": {"kind": "openai", "api_key": "sk-topsecret", "env": {"X": "envsecret"}},
+            "gpu": {"kind": "openai", "api_key": "sk-topsecret"},
+            "claude": {"kind": "claude-code", "env": {"X": "envsecret"}},
         },
         agents={"bot": {"command": "run-bot", "env": {"BOT_TOKEN": "botsecret"}}},
         webhooks=[{"url": "http://h/x", "secret": "hooksecret-0123456789"}],
@@ -151,13 +154,15 @@ def test_a_command_string_is_split_into_words_never_run_by_a_shell(tmp_path: Pat
         "[agents.bot]\ncommand = \"python -m 'my bot' --flag=a\\\\ b\"\n\n"
         "[agents.listed]\ncommand = ['echo', 'x;', '$HOME']\n\n"
         "[providers.claude]\nkind = 'claude-code'\ncommand = \"node '/opt/claude cli/cli.js'\"\n"
-        "token_command = \"pass show 'claude key'\"\n"
+        "[providers.gpu]\nkind = 'openai'\ntoken_command = \"pass show 'gpu key'\"\n"
     )
     s = load_settings()
     assert s.agents["bot"].command == ["python", "-m", "my bot", "--flag=a b"]
     assert s.agents["listed"].command == ["echo", "x;", "$HOME"]  # a list: as given
-    assert s.providers["claude"].command == ["node", "/opt/claude cli/cli.js"]
-    assert s.providers["claude"].token_command == ["pass", "show", "claude key"]
+    claude, gpu = s.providers["claude"], s.providers["gpu"]
+    assert isinstance(claude, ClaudeCodeSettings) and isinstance(gpu, OpenAISettings)
+    assert claude.command == ["node", "/opt/claude cli/cli.js"]
+    assert gpu.token_command == ["pass", "show", "gpu key"]
 
 
 @pytest.mark.parametrize(
@@ -212,3 +217,134 @@ def test_what_sandboxed_jobs_must_not_see(tmp_path: Path) -> None:
         Path("/srv/secrets"),
     ]
     assert s.runner.sandbox == "auto"
+
+
+BUILT_IN = {
+    "shell": True,
+    "claude-code": True,
+    "codex": True,
+    "openai": False,
+    "anthropic": False,
+    "corral": False,
+    "t3": False,
+}
+
+
+def test_each_kind_declares_its_settings_and_whether_it_is_local() -> None:
+    from corral.executors.base import kinds, load
+    from corral.executors.settings import ProviderSettings
+
+    assert set(BUILT_IN) <= set(kinds())
+    models = set()
+    for kind, local in BUILT_IN.items():
+        executor = load(kind)
+        assert executor.local is local, kind
+        assert issubclass(executor.settings, ProviderSettings), kind
+        assert executor.settings.model_config.get("extra") == "forbid", kind
+        models.add(executor.settings)
+    assert len(models) == len(BUILT_IN)  # one model per kind
+
+
+@pytest.mark.parametrize("kind", sorted(BUILT_IN))
+def test_a_table_becomes_its_kinds_settings(tmp_path: Path, kind: str) -> None:
+    from corral.executors.base import load
+
+    (tmp_path / "corral.toml").write_text(f"[providers.p]\nkind = '{kind}'\nconcurrency = 2\n")
+    s = load_settings()
+    p = s.providers["p"]
+    assert type(p) is load(kind).settings
+    assert (p.kind, p.concurrency, p.is_local) == (kind, 2, BUILT_IN[kind])
+    assert s.provider_table()["p"].local is BUILT_IN[kind]
+
+
+@pytest.mark.parametrize(
+    ("kind", "key", "value"),
+    [
+        ("openai", "sandbox", "'read-only'"),  # codex's
+        ("openai", "env", "{ X = '1' }"),  # local kinds'
+        ("anthropic", "embedding_model", "'e'"),  # openai's
+        ("t3", "permission_mode", "'acceptEdits'"),  # claude-code's
+        ("codex", "max_turns", "3"),  # claude-code's
+        ("claude-code", "base_url", "'http://x'"),  # remote kinds'
+        ("shell", "model", "'m'"),
+        ("corral", "local", "true"),  # gone: the executor says
+    ],
+)
+def test_a_key_its_kind_does_not_take_is_refused_naming_key_kind_and_keys(
+    tmp_path: Path, kind: str, key: str, value: str
+) -> None:
+    from corral.executors.base import load
+
+    (tmp_path / "corral.toml").write_text(f"[providers.p]\nkind = '{kind}'\n{key} = {value}\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    message = info.value.message
+    assert f"providers.p.{key}: '{key}' is not a setting of kind '{kind}'" in message, message
+    takes = ", ".join(load(kind).settings.model_fields)
+    assert f"(kind '{kind}' takes: {takes})" in message, message
+
+
+def test_runner_on_a_local_provider_says_why() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(providers={"sh": {"kind": "shell", "runner": "box"}})
+    assert "providers.sh.runner: 'runner' is not a setting of kind 'shell': only a remote" in (
+        info.value.message
+    )
+
+
+@pytest.mark.parametrize(
+    ("table", "needle"),
+    [
+        ({"kind": "gemini"}, "providers.g.kind: no executor of kind 'gemini' is installed"),
+        ({"model": "m"}, "providers.g.kind: missing: the executor kind, one of anthropic, "),
+        ({"kind": 3}, "providers.g.kind: 3 is not a kind"),
+        ("openai", "providers.g: a provider is a table"),
+        ({"kind": "openai", "timeout": -1}, "providers.g.timeout: Input should be greater than 0"),
+    ],
+    ids=["unknown-kind", "no-kind", "bad-kind", "not-a-table", "bad-value"],
+)
+def test_a_bad_provider_table_says_what_to_fix(table: object, needle: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(providers={"g": table})
+    assert needle in info.value.message, info.value.message
+    if "kind" in needle:
+        assert "codex, corral, openai, shell, t3" in info.value.message
+
+
+def test_provider_tables_from_the_environment_are_checked_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CORRAL_PROVIDERS", '{"gpu": {"kind": "openai", "sandbox": "x"}}')
+    with pytest.raises(ConfigError, match=r"providers\.gpu\.sandbox: 'sandbox' is not a setting"):
+        load_settings()
+    monkeypatch.setenv("CORRAL_PROVIDERS", '{"gpu": {"kind": "openai", "max_retries": "3"}}')
+    gpu = load_settings().providers["gpu"]
+    assert isinstance(gpu, OpenAISettings) and gpu.max_retries == 3
+
+
+def test_config_show_has_each_kinds_own_settings_with_secrets_masked(tmp_path: Path) -> None:
+    (tmp_path / "corral.toml").write_text(
+        "[providers.cx]\nkind = 'codex'\nsandbox = 'read-only'\n"
+        "env = { OPENAI_API_KEY = 'sk-x1' }\n"
+        "[providers.gpu]\nkind = 'openai'\napi_key = 'sk-topsecret'\nembedding_model = 'e5'\n"
+    )
+    data = masked(load_settings())
+    cx, gpu = data["providers"]["cx"], data["providers"]["gpu"]
+    assert (cx["sandbox"], cx["env"], cx["network"]) == (
+        "read-only",
+        {"OPENAI_API_KEY": "********"},
+        True,
+    )
+    assert "base_url" not in cx and "sandbox" not in gpu and "env" not in gpu
+    assert gpu["embedding_model"] == "e5" and gpu["api_key"] != "sk-topsecret"
+    assert "sk-" not in json.dumps(data)
+
+
+def test_the_runners_provider_map_has_each_kinds_settings(tmp_path: Path) -> None:
+    from corral.executors.shell import ShellSettings
+
+    (tmp_path / "corral.toml").write_text(AGENTS)
+    table = load_settings().runner_providers(["shell", "claude", "gpu"])
+    assert isinstance(table["shell"], ShellSettings)
+    assert isinstance(table["claude"], ClaudeCodeSettings)
+    assert isinstance(table["gpu"], OpenAISettings)

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from corral.config import ProviderSettings
 from corral.errors import ConfigError
 from corral.executors import sandbox
 from corral.executors.base import Context
 from corral.executors.process import MARKER_VAR
 from corral.executors.sandbox import Mount, Sandbox, job_environment, ro, rw
+from corral.executors.shell import ShellSettings
 from corral.jobs import JobState
 from corral.models import Job, Session
 
@@ -73,7 +73,7 @@ def _context(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, **settings: object
         emit=lambda *a, **k: None,
         started=lambda pid: None,
         provider="box",
-        settings=ProviderSettings(kind="shell", **settings),  # type: ignore[arg-type]
+        settings=ShellSettings(kind="shell", **settings),  # type: ignore[arg-type]
         run_marker="m1",
     )
 

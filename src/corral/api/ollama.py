@@ -32,8 +32,9 @@ from pydantic import BaseModel, Field, ValidationError
 
 from corral import __version__
 from corral.api.deps import Reader, Svc, Writer
-from corral.config import ProviderSettings
 from corral.errors import ConfigError, CorralError
+from corral.executors.chat import AnthropicSettings, ChatSettings, OpenAISettings
+from corral.executors.settings import RemoteSettings
 from corral.intake.submit import submit
 from corral.jobs import TERMINAL, JobState
 from corral.models import Event, Job, JobCreate
@@ -41,7 +42,6 @@ from corral.services import Services
 
 router = APIRouter(tags=["ollama"])
 
-CHAT_KINDS = ("openai", "anthropic")
 STARTED = datetime(2024, 1, 1, tzinfo=UTC).isoformat()
 
 
@@ -49,13 +49,15 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def _chat_providers(svc: Services) -> dict[str, ProviderSettings]:
+def _chat_providers(svc: Services) -> dict[str, ChatSettings]:
     return {
-        name: p for name, p in svc.settings.providers.items() if p.kind in CHAT_KINDS and p.enabled
+        name: p
+        for name, p in svc.settings.providers.items()
+        if isinstance(p, ChatSettings) and p.enabled
     }
 
 
-def _models(p: ProviderSettings) -> list[str]:
+def _models(p: ChatSettings) -> list[str]:
     names = list(p.models)
     if p.model and p.model not in names:
         names.append(p.model)
@@ -140,7 +142,7 @@ async def _embeddings(
     tokens), or the error response to give."""
     name = svc.settings.ollama.embed_provider
     provider = svc.settings.providers.get(name or "")
-    if provider is None or provider.kind != "openai":
+    if not isinstance(provider, OpenAISettings):
         return _error(
             501, "no embedding provider: set [ollama] embed_provider to an openai provider"
         )
@@ -152,7 +154,7 @@ async def _embeddings(
     except ImportError:
         return _error(501, "the openai SDK is not installed: pip install 'corral[remote]'")
     try:
-        key = provider.credential()
+        key = await provider.credential()
     except ConfigError as exc:
         return _error(500, exc.message)
     client = openai.AsyncOpenAI(
@@ -314,7 +316,7 @@ async def _unserved(svc: Services, job: Job, wait: float) -> str | None:
     with contextlib.suppress(CorralError):  # it may have ended meanwhile
         await svc.store.jobs.cancel(job.id, by="ollama /api/chat (no runner serves it)")
     settings = svc.settings.providers.get(job.provider)
-    assigned = settings.runner if settings is not None else None
+    assigned = settings.runner if isinstance(settings, RemoteSettings) else None
     start = f"corral runner --name {assigned}" if assigned else "a runner that serves it"
     return f"{unserved}: start {start} (job {job.id} cancelled)"
 
@@ -394,15 +396,19 @@ async def show(request: Request, svc: Svc, who: Reader) -> Response:
     )
 
 
-def _known_model(svc: Services, model: str) -> tuple[str, ProviderSettings, list[str]] | None:
+def _known_model(svc: Services, model: str) -> tuple[str, ChatSettings, list[str]] | None:
     """The provider serving ``model`` and what the model does here: a chat
     provider's model, or the embed provider's embedding model."""
     name = provider_for(svc, model)
     if name is not None:
-        return name, svc.settings.providers[name], ["completion", "tools"]
+        return name, _chat_providers(svc)[name], ["completion", "tools"]
     embedder = svc.settings.ollama.embed_provider or ""
     provider = svc.settings.providers.get(embedder)
-    if provider is not None and provider.enabled and provider.embedding_model == model:
+    if (
+        isinstance(provider, OpenAISettings)
+        and provider.enabled
+        and provider.embedding_model == model
+    ):
         return embedder, provider, ["embedding"]
     return None
 
@@ -427,18 +433,18 @@ SHOW_TIMEOUT = 10.0
 
 
 async def _provider_model(
-    name: str, provider: ProviderSettings, model: str
+    name: str, provider: ChatSettings, model: str
 ) -> dict[str, Any] | Response:
     """The entry for ``model`` in the provider's own model list ({} when it does
     not list it, e.g. an alias), or the error response to give when it cannot
     be asked."""
     try:
-        key = provider.credential()
+        key = await provider.credential()
     except ConfigError as exc:
         return _error(500, f"{name}: {exc.message}")
     timeout = min(provider.timeout, SHOW_TIMEOUT)
     try:
-        if provider.kind == "anthropic":
+        if isinstance(provider, AnthropicSettings):
             import anthropic
 
             a_client = anthropic.AsyncAnthropic(

@@ -30,12 +30,15 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from corral.executors.base import Context
 from corral.executors.process import stop_tree
 from corral.executors.sandbox import found
+from corral.executors.settings import AgentSettings
 from corral.models import FailureClass, Outcome
+
+A = TypeVar("A", bound=AgentSettings)
 
 # One JSON line may carry a whole file (a tool result): allow big lines.
 LINE_LIMIT = 32 * 1024 * 1024
@@ -105,11 +108,12 @@ def classify(text: str) -> FailureClass:
     return "agent"
 
 
-class AgentExecutor:
+class AgentExecutor(Generic[A]):
     """Base of the JSON-lines agent executors; subclasses say how to start the
-    agent and what its lines mean."""
+    agent and what its lines mean (and their settings model, an ``AgentSettings``)."""
 
     kind: ClassVar[str] = ""
+    local: ClassVar[bool] = True
     default_command: ClassVar[str] = ""
 
     def __init__(self) -> None:
@@ -126,29 +130,29 @@ class AgentExecutor:
 
     # -- to implement ----------------------------------------------------------
 
-    def argv(self, ctx: Context) -> list[str]:
+    def argv(self, ctx: Context[A]) -> list[str]:
         raise NotImplementedError
 
-    def environment(self, ctx: Context, home: Path, tmp: Path) -> dict[str, str]:
+    def environment(self, ctx: Context[A], home: Path, tmp: Path) -> dict[str, str]:
         """Executor-specific variables (on top of the clean base)."""
         return {}
 
-    def on_line(self, data: dict[str, Any], ctx: Context) -> None:
+    def on_line(self, data: dict[str, Any], ctx: Context[A]) -> None:
         raise NotImplementedError
 
-    def read_only(self, ctx: Context) -> list[Path]:
+    def read_only(self, ctx: Context[A]) -> list[Path]:
         """Paths the runner's sandbox keeps read-only for this run."""
         return []
 
-    def outcome(self, returncode: int | None, ctx: Context) -> Outcome:
+    def outcome(self, returncode: int | None, ctx: Context[A]) -> Outcome:
         raise NotImplementedError
 
     # -- the run -----------------------------------------------------------------
 
-    def command(self, ctx: Context) -> list[str]:
+    def command(self, ctx: Context[A]) -> list[str]:
         return list(ctx.settings.command or [self.default_command])
 
-    async def run(self, ctx: Context) -> Outcome:
+    async def run(self, ctx: Context[A]) -> Outcome:
         self._grace = ctx.kill_grace
         self._marker = ctx.run_marker
         state = ctx.state_dir or ctx.workdir / ".corral"
@@ -160,7 +164,7 @@ class AgentExecutor:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    async def _run(self, ctx: Context, state: Path, home: Path, tmp: Path) -> Outcome:
+    async def _run(self, ctx: Context[A], state: Path, home: Path, tmp: Path) -> Outcome:
         env = ctx.environment(home, {"TMPDIR": str(tmp), **self.environment(ctx, home, tmp)})
         argv = self.argv(ctx)
         # Found here, not by the sandbox: a missing CLI is the operator's to fix.
@@ -217,7 +221,7 @@ class AgentExecutor:
         return self.outcome(proc.returncode, ctx)
 
     async def _supervise(
-        self, proc: asyncio.subprocess.Process, stdout: asyncio.StreamReader, ctx: Context
+        self, proc: asyncio.subprocess.Process, stdout: asyncio.StreamReader, ctx: Context[A]
     ) -> None:
         loop = asyncio.get_running_loop()
         settings = ctx.settings
@@ -267,7 +271,7 @@ class AgentExecutor:
         # Whatever is left of the tree (also after a clean exit) is stopped.
         await stop_tree(proc, self._grace, self._marker)
 
-    def _line(self, raw: bytes, ctx: Context) -> None:
+    def _line(self, raw: bytes, ctx: Context[A]) -> None:
         text = raw.decode("utf-8", "replace").strip()
         if not text:
             return
@@ -301,7 +305,7 @@ class AgentExecutor:
 
     # -- helpers for subclasses ---------------------------------------------------
 
-    def guard_outcome(self, ctx: Context, returncode: int | None) -> Outcome:
+    def guard_outcome(self, ctx: Context[A], returncode: int | None) -> Outcome:
         """The run was stopped by a guard before a result: infrastructure."""
         s = ctx.settings
         what = {

@@ -1,7 +1,13 @@
 """The executor seam: ``run(ctx) -> Outcome`` and ``cancel()``.
 
 Executors register under the entry point group ``corral.executors`` by their
-``kind``; built-ins register the same way a third-party package would."""
+``kind``; built-ins register the same way a third-party package would. An
+executor class declares its ``kind``, its settings model (``settings``: what a
+``[providers.NAME]`` table of that kind takes, see ``executors/settings.py``)
+and whether it is ``local`` (its jobs are processes on the runner's host).
+Reading a provider table imports its kind's module, so an executor module
+imports at its top only what its settings need; SDKs and clients are
+imported by the run."""
 
 from __future__ import annotations
 
@@ -14,12 +20,12 @@ from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
-from corral.config import ProviderSettings
 from corral.errors import ConfigError
 from corral.executors.process import MARKER_VAR
 from corral.executors.sandbox import Confine, job_environment
+from corral.executors.settings import LocalSettings, ProviderSettings
 from corral.models import FailureClass, Job, Outcome, Session
 
 
@@ -36,8 +42,14 @@ class Emit(Protocol):
     ) -> None: ...
 
 
+S = TypeVar("S", bound=ProviderSettings)
+L = TypeVar("L", bound=LocalSettings)
+
+
 @dataclass
-class Context:
+class Context(Generic[S]):
+    """One run of a job: what the executor needs, ``settings`` of its own model."""
+
     job: Job
     session: Session
     workdir: Path
@@ -45,9 +57,10 @@ class Context:
     # Called once the work runs: with the pid of a local process (recorded so
     # a restarted runner can reap it), or None for remote work.
     started: Callable[[int | None], None]
+    # The provider's settings, an instance of the executor's ``settings`` model.
+    settings: S
     kill_grace: float = 5.0
     provider: str = "shell"
-    settings: ProviderSettings = field(default_factory=lambda: ProviderSettings(kind="shell"))
     # The executor's conversation handle from the session's previous turn
     # (e.g. Claude Code's session id for --resume), and how to record a new one.
     handle: str | None = None
@@ -61,7 +74,9 @@ class Context:
     # workspace and provider state dir writable, the runner's secrets hidden).
     confine: Confine = field(default_factory=Confine)
 
-    def environment(self, home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    def environment(
+        self: Context[L], home: Path, extra: Mapping[str, str] | None = None
+    ) -> dict[str, str]:
         """The environment of the job's process: the runner's allowlisted
         variables (PATH, locale, ...), ``HOME``, ``extra`` (the executor's
         own), this provider's ``env`` and credential (its ``api_key_env``
@@ -83,8 +98,14 @@ class Context:
 
 class Executor(Protocol):
     kind: ClassVar[str]
+    # What a [providers.NAME] table of this kind takes (extra keys forbidden).
+    settings: ClassVar[type[ProviderSettings]]
+    # Its jobs are processes on the runner's host (else: work on a remote server).
+    local: ClassVar[bool]
 
-    async def run(self, ctx: Context) -> Outcome: ...
+    # Context[Any]: an executor takes the context of its own settings model;
+    # the configuration builds every provider's settings from its kind's model.
+    async def run(self, ctx: Context[Any]) -> Outcome: ...
 
     async def cancel(self) -> None: ...
 
@@ -99,6 +120,14 @@ def load(kind: str) -> type[Executor]:
     found = entry_points(group=GROUP, name=kind)
     for ep in found:
         cls: type[Executor] = ep.load()
+        model = getattr(cls, "settings", None)
+        if not (isinstance(model, type) and issubclass(model, ProviderSettings)):
+            raise ConfigError(
+                f"executor {kind!r} ({ep.value}) declares no settings model: its class needs "
+                "`settings`, a subclass of corral.executors.settings.ProviderSettings"
+            )
+        if not isinstance(getattr(cls, "local", None), bool):
+            raise ConfigError(f"executor {kind!r} ({ep.value}) does not say whether it is local")
         return cls
     known = ", ".join(sorted(ep.name for ep in entry_points(group=GROUP))) or "none"
     raise ConfigError(f"no executor of kind {kind!r} is installed (installed: {known})")

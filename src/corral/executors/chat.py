@@ -19,11 +19,14 @@ pauses, its jobs go to its ``fallback``), 401/403 and other 4xx are bad input
 from __future__ import annotations
 
 import asyncio
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
+
+from pydantic import Field
 
 from corral.errors import ConfigError
 from corral.executors.agent import usage_of
 from corral.executors.base import Context, failed, http_failed
+from corral.executors.settings import ProviderSettings, RemoteSettings
 from corral.models import Outcome
 
 OPTION_NAMES = {
@@ -55,17 +58,46 @@ def _client(factory: Any, **kwargs: Any) -> Any:
     return client
 
 
-class ChatExecutor:
+class ChatSettings(RemoteSettings):
+    """The chat kinds (openai, anthropic): what the Ollama-compatible surface serves."""
+
+
+class OpenAISettings(ChatSettings):
+    """Chat jobs on any OpenAI-compatible server (OpenAI, Ollama's and vLLM's
+    /v1, llama.cpp server, LM Studio, OpenRouter) through the official SDK;
+    also what /api/embed proxies to (`[ollama] embed_provider`)."""
+
+    base_url: str | None = Field(
+        None,
+        description="API base URL, e.g. http://gpu:11434/v1 (Ollama), http://gpu:8000/v1 "
+        "(vLLM); default: OpenAI's.",
+    )
+    embedding_model: str | None = Field(
+        None, description="Model behind /api/embed (when this is the embed_provider)."
+    )
+
+
+class AnthropicSettings(ChatSettings):
+    """Chat jobs on the Anthropic Messages API through the official SDK."""
+
+    base_url: str | None = Field(None, description="API base URL; default: Anthropic's.")
+
+
+R = TypeVar("R", bound=ChatSettings)
+
+
+class ChatExecutor(Generic[R]):
     """Shared run/cancel logic; subclasses talk to their SDK."""
 
     kind: ClassVar[str] = ""
+    local: ClassVar[bool] = False
     package: ClassVar[str] = ""
 
     def __init__(self) -> None:
         self._inner: asyncio.Task[Outcome] | None = None
         self._cancelled = False
 
-    async def run(self, ctx: Context) -> Outcome:
+    async def run(self, ctx: Context[R]) -> Outcome:
         s = ctx.settings
         model = ctx.job.model or s.model or (s.models[0] if s.models else None)
         if not model:
@@ -73,7 +105,7 @@ class ChatExecutor:
                 "input", "no_model", f"provider {ctx.provider!r} has no model: set `model`"
             )
         try:
-            key = s.credential()
+            key = await s.credential()
         except ConfigError as exc:
             return failed("input", "credential", exc.message)
         messages = ctx.job.messages or [
@@ -101,12 +133,12 @@ class ChatExecutor:
             self._inner.cancel()
 
     async def chat(
-        self, ctx: Context, model: str, key: str | None, messages: list[dict[str, Any]]
+        self, ctx: Context[R], model: str, key: str | None, messages: list[dict[str, Any]]
     ) -> Outcome:
         raise NotImplementedError
 
     @staticmethod
-    def options(ctx: Context) -> dict[str, Any]:
+    def options(ctx: Context[R]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for name, value in (ctx.job.options or {}).items():
             if name in OPTION_NAMES:
@@ -115,7 +147,7 @@ class ChatExecutor:
 
     @staticmethod
     def done(
-        ctx: Context,
+        ctx: Context[R],
         model: str,
         text: str,
         tool_calls: list[dict[str, Any]],
@@ -132,11 +164,16 @@ class ChatExecutor:
         return Outcome(status="done", result=text, message=message, usage=usage, cost=cost)
 
 
-class OpenAIExecutor(ChatExecutor):
+class OpenAIExecutor(ChatExecutor[OpenAISettings]):
     kind: ClassVar[str] = "openai"
+    settings: ClassVar[type[ProviderSettings]] = OpenAISettings
 
     async def chat(
-        self, ctx: Context, model: str, key: str | None, messages: list[dict[str, Any]]
+        self,
+        ctx: Context[OpenAISettings],
+        model: str,
+        key: str | None,
+        messages: list[dict[str, Any]],
     ) -> Outcome:
         try:
             import openai
@@ -203,11 +240,16 @@ class OpenAIExecutor(ChatExecutor):
         return self.done(ctx, model, "".join(parts), tool_calls, finish, usage, cost)
 
 
-class AnthropicExecutor(ChatExecutor):
+class AnthropicExecutor(ChatExecutor[AnthropicSettings]):
     kind: ClassVar[str] = "anthropic"
+    settings: ClassVar[type[ProviderSettings]] = AnthropicSettings
 
     async def chat(
-        self, ctx: Context, model: str, key: str | None, messages: list[dict[str, Any]]
+        self,
+        ctx: Context[AnthropicSettings],
+        model: str,
+        key: str | None,
+        messages: list[dict[str, Any]],
     ) -> Outcome:
         try:
             import anthropic

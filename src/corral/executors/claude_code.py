@@ -12,8 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
+from pydantic import Field
+
 from corral.executors.agent import AgentExecutor, classify, clip, reset_time, usage_of
 from corral.executors.base import Context
+from corral.executors.settings import AgentSettings, ProviderSettings
 from corral.models import Outcome
 
 # argv strings are limited to 128 KiB by Linux (MAX_ARG_STRLEN).
@@ -49,8 +52,22 @@ def run_usage(result: dict[str, Any]) -> dict[str, Any] | None:
     return usage or None
 
 
-class ClaudeCodeExecutor(AgentExecutor):
+class ClaudeCodeSettings(AgentSettings):
+    """The `claude` CLI, headless, in the job's workspace (a git worktree of
+    its repo); a follow-up turn resumes its conversation."""
+
+    permission_mode: str | None = Field(
+        None, description="claude --permission-mode (e.g. acceptEdits)."
+    )
+    allowed_tools: list[str] = Field(
+        default_factory=list, description="claude --allowedTools (e.g. Bash, Edit, Write)."
+    )
+    max_turns: int | None = Field(None, ge=1, description="claude --max-turns.")
+
+
+class ClaudeCodeExecutor(AgentExecutor[ClaudeCodeSettings]):
     kind: ClassVar[str] = "claude-code"
+    settings: ClassVar[type[ProviderSettings]] = ClaudeCodeSettings
     default_command: ClassVar[str] = "claude"
 
     def __init__(self) -> None:
@@ -59,7 +76,7 @@ class ClaudeCodeExecutor(AgentExecutor):
         self.session_id: str | None = None
         self.denials: list[Any] = []
 
-    def argv(self, ctx: Context) -> list[str]:
+    def argv(self, ctx: Context[ClaudeCodeSettings]) -> list[str]:
         s = ctx.settings
         prompt = ctx.job.prompt or ctx.job.command or ""
         args = [*self.command(ctx), "-p", prompt, "--output-format", "stream-json", "--verbose"]
@@ -76,7 +93,9 @@ class ClaudeCodeExecutor(AgentExecutor):
             args += ["--max-turns", str(s.max_turns)]
         return args + list(s.extra_args)
 
-    def environment(self, ctx: Context, home: Path, tmp: Path) -> dict[str, str]:
+    def environment(
+        self, ctx: Context[ClaudeCodeSettings], home: Path, tmp: Path
+    ) -> dict[str, str]:
         config = home.parent / "claude"
         config.mkdir(parents=True, exist_ok=True)
         return {
@@ -88,7 +107,7 @@ class ClaudeCodeExecutor(AgentExecutor):
             "CLAUDE_CODE_MAX_RETRIES": "2",
         }
 
-    async def run(self, ctx: Context) -> Outcome:
+    async def run(self, ctx: Context[ClaudeCodeSettings]) -> Outcome:
         prompt = ctx.job.prompt or ctx.job.command or ""
         if len(prompt.encode()) > MAX_PROMPT_BYTES:
             return Outcome(
@@ -100,7 +119,7 @@ class ClaudeCodeExecutor(AgentExecutor):
             )
         return await super().run(ctx)
 
-    def on_line(self, data: dict[str, Any], ctx: Context) -> None:
+    def on_line(self, data: dict[str, Any], ctx: Context[ClaudeCodeSettings]) -> None:
         kind = data.get("type")
         emit = ctx.emit
         if kind == "system" and data.get("subtype") == "init":
@@ -177,7 +196,7 @@ class ClaudeCodeExecutor(AgentExecutor):
         else:
             emit("agent.event", {"raw": clip(data)})
 
-    def outcome(self, returncode: int | None, ctx: Context) -> Outcome:
+    def outcome(self, returncode: int | None, ctx: Context[ClaudeCodeSettings]) -> Outcome:
         r = self.result
         if r is None:
             if self.guard is not None:

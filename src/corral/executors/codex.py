@@ -28,8 +28,11 @@ import json
 from pathlib import Path
 from typing import Any, ClassVar
 
+from pydantic import Field
+
 from corral.executors.agent import AgentExecutor, classify, clip, reset_time, usage_of
 from corral.executors.base import Context
+from corral.executors.settings import AgentSettings, ProviderSettings
 from corral.models import Outcome
 
 
@@ -37,8 +40,20 @@ def _toml(value: object) -> str:
     return json.dumps(value)  # a JSON string or number is a valid TOML value
 
 
-class CodexExecutor(AgentExecutor):
+class CodexSettings(AgentSettings):
+    """`codex exec --json` in the job's workspace (a git worktree of its repo);
+    a follow-up turn resumes its thread."""
+
+    sandbox: str = Field(
+        "workspace-write",
+        description="codex --sandbox mode (read-only fails writes silently); inside the "
+        "runner's bwrap sandbox that sandbox enforces it and codex runs without its own.",
+    )
+
+
+class CodexExecutor(AgentExecutor[CodexSettings]):
     kind: ClassVar[str] = "codex"
+    settings: ClassVar[type[ProviderSettings]] = CodexSettings
     default_command: ClassVar[str] = "codex"
 
     def __init__(self) -> None:
@@ -50,7 +65,7 @@ class CodexExecutor(AgentExecutor):
         self.errors: list[str] = []
         self.totals_dir: Path | None = None
 
-    def argv(self, ctx: Context) -> list[str]:
+    def argv(self, ctx: Context[CodexSettings]) -> list[str]:
         s = ctx.settings
         prompt = ctx.job.prompt or ctx.job.command or ""
         args = [*self.command(ctx), "exec", "--json", "--skip-git-repo-check"]
@@ -63,7 +78,7 @@ class CodexExecutor(AgentExecutor):
             return [*args, "resume", ctx.handle, prompt]
         return [*args, prompt]
 
-    def environment(self, ctx: Context, home: Path, tmp: Path) -> dict[str, str]:
+    def environment(self, ctx: Context[CodexSettings], home: Path, tmp: Path) -> dict[str, str]:
         codex_home = home.parent / "codex"
         codex_home.mkdir(parents=True, exist_ok=True)
         self.totals_dir = home.parent / "codex-usage"
@@ -92,15 +107,15 @@ class CodexExecutor(AgentExecutor):
             tmp.replace(path)
         return {"CODEX_HOME": str(codex_home)}
 
-    def mode(self, ctx: Context) -> str:
+    def mode(self, ctx: Context[CodexSettings]) -> str:
         """codex's own sandbox mode: none inside the runner's sandbox, which
         then does what the provider's ``sandbox`` asks."""
         return "danger-full-access" if ctx.confine.kind == "bwrap" else ctx.settings.sandbox
 
-    def read_only(self, ctx: Context) -> list[Path]:
+    def read_only(self, ctx: Context[CodexSettings]) -> list[Path]:
         return [ctx.workdir] if ctx.settings.sandbox == "read-only" else []
 
-    def on_line(self, data: dict[str, Any], ctx: Context) -> None:
+    def on_line(self, data: dict[str, Any], ctx: Context[CodexSettings]) -> None:
         kind = data.get("type")
         emit = ctx.emit
         if kind == "thread.started":
@@ -146,7 +161,7 @@ class CodexExecutor(AgentExecutor):
         path.write_text(json.dumps(total))
         return {k: v - previous.get(k, 0) if isinstance(v, int) else v for k, v in total.items()}
 
-    def _item(self, kind: str, item: dict[str, Any], ctx: Context) -> None:
+    def _item(self, kind: str, item: dict[str, Any], ctx: Context[CodexSettings]) -> None:
         itype = item.get("type")
         done = kind == "item.completed"
         if itype == "agent_message":
@@ -200,7 +215,7 @@ class CodexExecutor(AgentExecutor):
         elif done:
             ctx.emit("agent.event", {"raw": clip(item)})
 
-    def outcome(self, returncode: int | None, ctx: Context) -> Outcome:
+    def outcome(self, returncode: int | None, ctx: Context[CodexSettings]) -> Outcome:
         result = self.messages[-1] if self.messages else None
         if self.finished and self.failed is None and returncode == 0:
             return Outcome(status="done", result=result, exit_code=0, usage=self.usage)

@@ -15,36 +15,56 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from corral.client import ApiError, AsyncClient
+from pydantic import Field
+
 from corral.errors import ClientError, ConfigError
 from corral.executors.base import Context, classify_http, failed, json_handle
+from corral.executors.settings import ProviderSettings, RemoteSettings
 from corral.jobs import TERMINAL, JobState
 from corral.models import Outcome
+
+if TYPE_CHECKING:
+    from corral.client import AsyncClient
 
 # Fields of this job passed on to the remote one.
 PASSED_ON = ("prompt", "command", "title", "priority", "timeout", "labels", "model")
 PASSED_ON_CHAT = ("messages", "tools", "options", "think")
 
 
+class CorralSettings(RemoteSettings):
+    """Delegates jobs to another corral through its jobs API (the key: one of
+    its API keys, role operator); resumed, never submitted twice, after a crash."""
+
+    base_url: str | None = Field(None, description="The other corral's URL.")
+    remote_provider: str | None = Field(
+        None, description="The provider to ask the other corral for (its routing decides else)."
+    )
+
+
 class CorralExecutor:
     kind: ClassVar[str] = "corral"
+    settings: ClassVar[type[ProviderSettings]] = CorralSettings
+    local: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self._remote: tuple[AsyncClient, str] | None = None
         self._cancelled = False
 
-    async def run(self, ctx: Context) -> Outcome:
+    async def run(self, ctx: Context[CorralSettings]) -> Outcome:
         s = ctx.settings
         if not s.base_url:
             return failed("input", "no_base_url", f"provider {ctx.provider!r} needs base_url")
         try:
-            key = s.credential()
+            key = await s.credential()
         except ConfigError as exc:
             return failed("input", "credential", exc.message)
         if not key:
             return failed("input", "credential", f"provider {ctx.provider!r} needs an api_key")
+        # Imported by the run: reading a provider table imports this module.
+        from corral.client import ApiError, AsyncClient
+
         handle = json_handle(ctx.handle)
         ctx.started(None)
         async with AsyncClient(s.base_url, key, timeout=s.timeout) as remote:
@@ -65,7 +85,7 @@ class CorralExecutor:
             except ClientError as exc:
                 return failed("infra", "remote_unreachable", exc.message)
 
-    async def _submit(self, ctx: Context, remote: AsyncClient, session: Any) -> str:
+    async def _submit(self, ctx: Context[CorralSettings], remote: AsyncClient, session: Any) -> str:
         job = ctx.job
         fields: dict[str, Any] = {
             name: getattr(job, name) for name in PASSED_ON if getattr(job, name) is not None
@@ -106,7 +126,9 @@ class CorralExecutor:
         )
         return remote_id
 
-    async def _follow(self, ctx: Context, remote: AsyncClient, remote_id: str) -> Outcome:
+    async def _follow(
+        self, ctx: Context[CorralSettings], remote: AsyncClient, remote_id: str
+    ) -> Outcome:
         timeout = ctx.job.timeout
         try:
             async with asyncio.timeout(timeout):

@@ -18,6 +18,7 @@ from typing import ClassVar
 
 from corral.executors.base import Context
 from corral.executors.process import stop_tree
+from corral.executors.settings import LocalSettings, ProviderSettings
 from corral.models import Outcome
 
 MAX_LINE = 16_384  # longer lines are split into several events
@@ -27,8 +28,15 @@ TAIL_CHARS = 4_000
 DRAIN_SECONDS = 0.5
 
 
+class ShellSettings(LocalSettings):
+    """Runs a job's `command` (or its prompt, when the job names this provider)
+    with `/bin/sh -c` in its workspace. Built in as the provider `shell`."""
+
+
 class ShellExecutor:
     kind: ClassVar[str] = "shell"
+    settings: ClassVar[type[ProviderSettings]] = ShellSettings
+    local: ClassVar[bool] = True
 
     def __init__(self) -> None:
         self._proc: asyncio.subprocess.Process | None = None
@@ -36,7 +44,7 @@ class ShellExecutor:
         self._stopping: str | None = None  # "cancelled" or "timeout"
         self._marker: str | None = None
 
-    async def run(self, ctx: Context) -> Outcome:
+    async def run(self, ctx: Context[ShellSettings]) -> Outcome:
         script = ctx.job.command or ctx.job.prompt or ""
         if not script.strip():
             return Outcome(
@@ -88,7 +96,7 @@ class ShellExecutor:
                     await readers
         return self._outcome(proc.returncode, ctx, tail)
 
-    def _outcome(self, rc: int | None, ctx: Context, tail: deque[str]) -> Outcome:
+    def _outcome(self, rc: int | None, ctx: Context[ShellSettings], tail: deque[str]) -> Outcome:
         text = "\n".join(tail)[-TAIL_CHARS:]
         if rc == 0 and self._stopping is None:
             return Outcome(status="done", result=text, exit_code=0)
@@ -110,7 +118,9 @@ class ShellExecutor:
             await stop_tree(self._proc, self._grace, self._marker)
 
 
-async def _pump(stream: asyncio.StreamReader, name: str, ctx: Context, tail: deque[str]) -> None:
+async def _pump(
+    stream: asyncio.StreamReader, name: str, ctx: Context[ShellSettings], tail: deque[str]
+) -> None:
     pending = b""
     while True:
         chunk = await stream.read(65_536)
@@ -127,7 +137,7 @@ async def _pump(stream: asyncio.StreamReader, name: str, ctx: Context, tail: deq
         _line(pending, name, ctx, tail)
 
 
-def _line(raw: bytes, name: str, ctx: Context, tail: deque[str]) -> None:
+def _line(raw: bytes, name: str, ctx: Context[ShellSettings], tail: deque[str]) -> None:
     for start in range(0, max(len(raw), 1), MAX_LINE):
         text = raw[start : start + MAX_LINE].decode("utf-8", "replace").rstrip("\r")
         tail.append(text)

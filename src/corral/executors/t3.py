@@ -79,13 +79,17 @@ import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import httpx
+from pydantic import Field
 
 from corral.errors import ConfigError
 from corral.executors.base import Context, failed, http_failed, json_handle
+from corral.executors.settings import ProviderSettings, RemoteSettings
 from corral.models import Job, Outcome
+
+if TYPE_CHECKING:
+    import httpx
 
 DISPATCH = "/api/orchestration/dispatch"
 SNAPSHOT = "/api/orchestration/snapshot"
@@ -108,6 +112,20 @@ INTERRUPTED = frozenset({"interrupted", "stopped", "cancelled"})
 POLL_FIRST = 0.5
 POLL_MAX = 5.0
 TITLE_MAX = 80
+
+
+class T3Settings(RemoteSettings):
+    """Delegates jobs to a T3 Code server through its orchestration API, a turn
+    on a thread per job (the key: its bearer session token, re-read for every
+    request)."""
+
+    base_url: str | None = Field(None, description="The T3 server's URL.")
+    model: str | None = Field(
+        None, description="Model of a job that names none (default: T3's for remote_provider)."
+    )
+    remote_provider: str | None = Field(
+        None, description="T3's provider that runs the turn: `codex` (default) or `claudeAgent`."
+    )
 
 
 class _Failed(Exception):
@@ -139,20 +157,22 @@ class _Api:
     """HTTP to one T3 server: the credential re-read per request, errors as
     ``_Failed`` with the failure class already decided."""
 
-    def __init__(self, http: httpx.AsyncClient, ctx: Context) -> None:
+    def __init__(self, http: httpx.AsyncClient, ctx: Context[T3Settings]) -> None:
         self.http = http
         self.settings = ctx.settings
         self.name = ctx.provider
 
-    def _credential(self) -> str | None:
+    async def _credential(self) -> str | None:
         try:
-            return self.settings.credential()
+            return await self.settings.credential()
         except ConfigError as exc:
             raise _Failed(failed("input", "credential", exc.message)) from None
 
     async def request(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
+        import httpx
+
         for attempt in range(2):
-            token = self._credential()
+            token = await self._credential()
             headers = {"Authorization": f"Bearer {token}"} if token else {}
             try:
                 resp = await self.http.request(method, path, json=body, headers=headers)
@@ -161,7 +181,11 @@ class _Api:
                     failed("infra", "unreachable", f"{self.name}: {type(exc).__name__}: {exc}")
                 ) from None
             # A token rotated while the request was in flight: once more with the new one.
-            if resp.status_code in (401, 403) and attempt == 0 and self._credential() != token:
+            if (
+                resp.status_code in (401, 403)
+                and attempt == 0
+                and await self._credential() != token
+            ):
                 continue
             break
         if resp.status_code >= 400:
@@ -198,6 +222,8 @@ class _Api:
 
 class T3Executor:
     kind: ClassVar[str] = "t3"
+    settings: ClassVar[type[ProviderSettings]] = T3Settings
+    local: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self._inner: asyncio.Task[Outcome] | None = None
@@ -206,12 +232,12 @@ class T3Executor:
         self._thread: str | None = None  # once a turn has been (or may have been) started
         self._turn: str | None = None  # T3's id of our turn, once it runs
 
-    async def run(self, ctx: Context) -> Outcome:
+    async def run(self, ctx: Context[T3Settings]) -> Outcome:
         s = ctx.settings
         if not s.base_url:
             return failed("input", "no_base_url", f"provider {ctx.provider!r} needs base_url")
         try:
-            s.credential()
+            await s.credential()
         except ConfigError as exc:
             return failed("input", "credential", exc.message)
         text = _prompt(ctx.job)
@@ -227,6 +253,9 @@ class T3Executor:
             )
         ctx.started(None)
         base = s.base_url.rstrip("/") + "/"
+        # Imported by the run: reading a provider table imports this module.
+        import httpx
+
         async with httpx.AsyncClient(base_url=base, timeout=s.timeout) as http:
             self._api = _Api(http, ctx)
             self._inner = asyncio.ensure_future(self._drive(ctx, text, provider, model))
@@ -271,13 +300,17 @@ class T3Executor:
         with contextlib.suppress(_Failed, TimeoutError):
             await asyncio.wait_for(api.dispatch(command), 10)
 
-    async def _drive(self, ctx: Context, text: str, provider: str, model: str) -> Outcome:
+    async def _drive(
+        self, ctx: Context[T3Settings], text: str, provider: str, model: str
+    ) -> Outcome:
         try:
             return await self._start_or_resume(ctx, text, provider, model)
         except _Failed as exc:
             return exc.outcome
 
-    async def _start_or_resume(self, ctx: Context, text: str, provider: str, model: str) -> Outcome:
+    async def _start_or_resume(
+        self, ctx: Context[T3Settings], text: str, provider: str, model: str
+    ) -> Outcome:
         assert self._api is not None
         api, job, url = self._api, ctx.job, ctx.settings.base_url
         handle = json_handle(ctx.handle)
@@ -393,7 +426,7 @@ class T3Executor:
         )
         return wanted, True
 
-    async def _follow(self, ctx: Context, thread_ref: str, message: str) -> Outcome:
+    async def _follow(self, ctx: Context[T3Settings], thread_ref: str, message: str) -> Outcome:
         assert self._api is not None
         delay = POLL_FIRST
         last: tuple[str, str | None] | None = None
@@ -532,7 +565,7 @@ def _prompt(job: Job) -> str:
     return ""
 
 
-def _model(ctx: Context) -> tuple[str, str | None]:
+def _model(ctx: Context[T3Settings]) -> tuple[str, str | None]:
     s = ctx.settings
     provider = s.remote_provider or DEFAULT_PROVIDER
     model = ctx.job.model or s.model or (s.models[0] if s.models else None)

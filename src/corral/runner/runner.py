@@ -20,11 +20,11 @@ from typing import Any
 
 import httpx
 
-from corral.config import ProviderSettings
-from corral.errors import ClientError, Unauthorized
+from corral.errors import ClientError, ConfigError, Unauthorized
 from corral.executors import base
 from corral.executors.process import PidRecords, kill_marked
 from corral.executors.sandbox import Sandbox, warn_unsandboxed
+from corral.executors.settings import LocalSettings, ProviderSettings
 from corral.models import Job, Outcome, Session, new_id, own_handle
 from corral.runner.agents import AgentHost
 from corral.runner.channel import WorkerChannel
@@ -72,7 +72,7 @@ class Runner:
         self.token = token
         self.name = name or default_name()
         self.slots = slots
-        self.providers = dict(providers or {"shell": ProviderSettings(kind="shell")})
+        self.providers = dict(providers or {"shell": base.load("shell").settings(kind="shell")})
         self.lease_wait = lease_wait
         self.kill_grace = kill_grace
         self.labels = labels or []
@@ -95,8 +95,12 @@ class Runner:
         self._cancels: set[asyncio.Task[None]] = set()
         self._slot_freed = asyncio.Event()
         self._stopping = False  # set on the way out: stopped jobs were not cancelled by anyone
-        for p in self.providers.values():
-            base.load(p.kind)  # fail at start, not at the first job
+        for name, p in self.providers.items():
+            model = base.load(p.kind).settings  # fail at start, not at the first job
+            if not isinstance(p, model):
+                raise ConfigError(
+                    f"provider {name!r} of kind {p.kind!r}: its settings must be a {model.__name__}"
+                )
 
     async def run(self) -> None:
         """Run until cancelled; running jobs are stopped on the way out."""
@@ -296,7 +300,9 @@ class Runner:
             save_handle=lambda handle: channel.save_handle(f"{job.provider}:{handle}"),
             state_dir=self.workdir / "providers" / job.provider,
             run_marker=marker,
-            confine=self.sandbox.confine(mounts, network=settings.network),
+            confine=self.sandbox.confine(
+                mounts, network=settings.network if isinstance(settings, LocalSettings) else True
+            ),
         )
         try:
             outcome = await executor.run(ctx)
