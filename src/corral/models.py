@@ -26,13 +26,6 @@ def new_id() -> str:
 _URL = re.compile(r"^(https?|ssh|git|file)://[^\s]+$|^[\w.-]+@[\w.-]+:[^\s]+$")
 
 
-def own_handle(handle: str | None, provider: str) -> str | None:
-    """A session's conversation handle if ``provider`` recorded it: handles are
-    stored as PROVIDER:VALUE, and another provider's value means nothing to it."""
-    owner, sep, value = (handle or "").partition(":")
-    return value if sep and owner == provider and value else None
-
-
 def is_repo_ref(repo: str) -> bool:
     """An absolute local path or a git URL (relative paths are resolved by the
     client that knows the working directory)."""

@@ -14,16 +14,13 @@ from corral import auth
 from corral.auth import Principal
 from corral.config import DaemonSettings, Settings
 from corral.models import JobCreate
+from corral.protocol import topics
 from corral.routing import Decision, Provider, decide
 from corral.store import Store
 
 # A verified key is trusted this long before the database is asked again, so a
 # revocation reaches every replica within this many seconds.
 KEY_CACHE_SECONDS = 5.0
-
-# Published on this replica's bus (never across replicas) when it stops: the
-# long-polls waiting here answer at once, so their runners go elsewhere.
-STOPPING = "server:stopping"
 
 
 @dataclass
@@ -88,4 +85,4 @@ class Services:
         """Answer every long-poll waiting on this replica now, and the ones
         that arrive from now on at once (the replica is going away)."""
         self.stopping = True
-        self.store.bus.publish(STOPPING, "stopping")
+        self.store.bus.publish(topics.SERVER_STOPPING, "stopping")

@@ -8,6 +8,7 @@ import pytest
 
 from corral.bus.postgres import PostgresBus
 from corral.models import Event, JobCreate, NewEvent
+from corral.protocol import topics
 from corral.store import Store
 from corral.testing import worker_claims
 
@@ -47,8 +48,8 @@ async def test_events_reach_subscribers_of_another_replica(replicas: tuple[Store
         name="r", key_id="k", hostname=None, providers=["shell"], labels=[], slots=1
     )
     with (
-        b.bus.subscribe(f"session:{job.session_id}") as remote,
-        a.bus.subscribe(f"session:{job.session_id}") as local,
+        b.bus.subscribe(topics.session(job.session_id)) as remote,
+        a.bus.subscribe(topics.session(job.session_id)) as local,
     ):
         (lease,) = await a.jobs.lease(runner, 1, ttl=30)
         c = worker_claims(lease, runner)
@@ -82,7 +83,7 @@ async def test_dispatch_and_cancel_messages_cross_replicas(
     replicas: tuple[Store, Store],
 ) -> None:
     a, b = replicas
-    with b.bus.subscribe("dispatch") as sub:
+    with b.bus.subscribe(topics.DISPATCH) as sub:
         job, _ = await a.jobs.create(JobCreate(prompt="x"))
         assert job.id in await _collect(sub, lambda msgs: job.id in msgs)
     runner = await a.runners.register(

@@ -12,8 +12,9 @@ import pytest
 import sqlalchemy as sa
 
 from corral.config import DaemonSettings
+from corral.protocol import topics
 from corral.store import Store
-from corral.store.agents import KEEP_LINES, STATUS_TOPIC, AgentNotFound, log_topic
+from corral.store.agents import KEEP_LINES, AgentNotFound
 from corral.store.db import Tx
 from corral.store.jobs import now_utc
 from corral.store.schema import runners
@@ -102,7 +103,7 @@ async def test_reports_store_states_lines_and_messages(store: Store) -> None:
     await store.agents.configure({"a": daemon(), "b": daemon(runner="other")})
     await register(store, "emb")
     await store.agents.desired("emb", ["embedded"])
-    with store.bus.subscribe(STATUS_TOPIC, log_topic("a"), maxsize=100) as sub:
+    with store.bus.subscribe(topics.AGENTS, topics.agent_log("a"), maxsize=100) as sub:
         state = {
             "status": "running",
             "pid": 4242,
@@ -184,7 +185,7 @@ async def test_a_restarted_runner_resets_what_it_no_longer_runs(store: Store) ->
     await store.agents.desired("emb", ["embedded"])
     running = {"status": "running", "pid": 1, "restarts": 0, "applied_seq": 0}
     await store.agents.report("emb", {"a": running, "b": running}, [], [], {})
-    with store.bus.subscribe(STATUS_TOPIC, maxsize=10) as sub:
+    with store.bus.subscribe(topics.AGENTS, maxsize=10) as sub:
         await store.agents.desired("emb", ["embedded"], hosting=["b"])
         changes = [json.loads(str(m)) for m in await sub.get(timeout=1)]
     assert [(c["agent_id"], c["old_status"], c["new_status"]) for c in changes] == [

@@ -15,6 +15,7 @@ from corral.errors import (
 )
 from corral.jobs import JobState
 from corral.models import JobCreate, NewEvent, Outcome, Runner
+from corral.protocol import topics
 from corral.store import RetryPolicy, Store
 from corral.testing import worker_claims as claims
 
@@ -261,7 +262,7 @@ async def test_sessions_and_handles(store: Store, runner: Runner) -> None:
 
 async def test_events_are_published_after_commit(store: Store, runner: Runner) -> None:
     job, _ = await store.jobs.create(JobCreate(prompt="x"))
-    with store.bus.subscribe(f"session:{job.session_id}") as sub:
+    with store.bus.subscribe(topics.session(job.session_id)) as sub:
         c = claims(await _lease_one(store, runner), runner)
         await store.jobs.append_events(c, [NewEvent(type="output", payload={"line": "hi"})])
         messages = await sub.get(1)

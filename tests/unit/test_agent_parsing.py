@@ -226,14 +226,3 @@ def test_codex_reconnecting_is_not_progress() -> None:
     ex = CodexExecutor()
     ex._line(b'{"type":"error","message":"Reconnecting... waiting for network"}', ctx)
     assert ex.idle_line is True and events[-1][0] == "agent.retry" and ex.errors == []
-
-
-def test_handles_belong_to_their_provider() -> None:
-    from corral.models import own_handle
-
-    assert own_handle("claude:abc", "claude") == "abc"
-    assert own_handle('peer:{"job": "j"}', "peer") == '{"job": "j"}'
-    assert own_handle("claude:abc", "backup") is None
-    assert own_handle("abc", "claude") is None
-    assert own_handle("claude:", "claude") is None
-    assert own_handle(None, "claude") is None

@@ -6,6 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from corral.api.deps import Admin, Svc
+from corral.protocol import topics
 
 router = APIRouter(tags=["admin"])
 
@@ -18,7 +19,7 @@ async def pause(svc: Svc, who: Admin) -> dict[str, bool]:
 
 @router.post("/admin/resume")
 async def resume(svc: Svc, who: Admin) -> dict[str, bool]:
-    await svc.store.settings.set("paused", "false", notify="dispatch")
+    await svc.store.settings.set("paused", "false", notify=topics.DISPATCH)
     return {"paused": False}
 
 

@@ -17,7 +17,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
 from sse_starlette import EventSourceResponse
 
 from corral.api import stream
@@ -26,16 +25,16 @@ from corral.api.runners import owned_runner
 from corral.auth import Role
 from corral.errors import ConfigError, Conflict, Forbidden, InvalidInput
 from corral.models import Agent, AgentDetail, AgentLine, AgentsReloaded
-from corral.services import STOPPING
-from corral.store.agents import (
-    DESIRED_TOPIC,
-    EMBEDDED,
-    EMBEDDED_KEY,
-    STATUS_TOPIC,
-    AgentRecord,
-    log_topic,
-    state_topic,
+from corral.protocol import (
+    AgentPoll,
+    AgentReport,
+    AgentsReported,
+    DesiredAgent,
+    DesiredAgents,
+    paths,
+    topics,
 )
+from corral.store.agents import EMBEDDED, EMBEDDED_KEY, AgentRecord
 
 router = APIRouter(tags=["agents"])
 
@@ -47,7 +46,6 @@ RECHECK_SECONDS = 5.0
 HOST_CACHE_SECONDS = 5.0
 START_WAIT = 10.0
 RESTART_WAIT = 30.0
-NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 
 def _config(rec: AgentRecord) -> dict[str, Any]:
@@ -85,7 +83,7 @@ async def _act(
 ) -> AgentRecord:
     """Record the action, then wait (up to ``wait`` seconds) until the host has
     applied it and ``done`` holds. Returns at once if the host is away."""
-    with svc.store.bus.subscribe(state_topic(name), maxsize=100) as sub:
+    with svc.store.bus.subscribe(topics.agent_state(name), maxsize=100) as sub:
         rec = await svc.store.agents.act(name, action)
         seq = rec.seq
         deadline = time.monotonic() + wait
@@ -166,7 +164,9 @@ async def follow_logs(
     after = stream.last_event_id(request, 0) if request.headers.get("last-event-id") else None
 
     async def lines() -> AsyncIterator[dict[str, Any]]:
-        with svc.store.bus.subscribe(log_topic(name), maxsize=svc.settings.sse_buffer) as sub:
+        with svc.store.bus.subscribe(
+            topics.agent_log(name), maxsize=svc.settings.sse_buffer
+        ) as sub:
             if after is None:
                 sent = (await agents.get(name)).log_offset
                 backlog = await agents.lines(name, n) if n else []
@@ -203,7 +203,7 @@ async def follow_status(svc: Svc, who: Reader) -> EventSourceResponse:
     """Status changes of every agent, as they happen."""
 
     async def changes() -> AsyncIterator[dict[str, Any]]:
-        with svc.store.bus.subscribe(STATUS_TOPIC, maxsize=svc.settings.sse_buffer) as sub:
+        with svc.store.bus.subscribe(topics.AGENTS, maxsize=svc.settings.sse_buffer) as sub:
             while not sub.overflowed:
                 for change in await sub.get(timeout=svc.settings.sse_ping):
                     yield {"event": "status", "data": change}
@@ -223,84 +223,39 @@ def _sse(messages: AsyncIterator[dict[str, Any]], svc: Svc) -> EventSourceRespon
 # -- the runner side ------------------------------------------------------------------
 
 
-class AgentPoll(BaseModel):
-    model_config = {"extra": "forbid"}
-
-    version: str | None = Field(None, max_length=128)
-    wait: float = Field(20.0, ge=0, le=120)
-    aliases: list[Annotated[str, Field(max_length=200)]] = Field(default_factory=list, max_length=8)
-    hosting: list[Annotated[str, Field(max_length=64)]] | None = Field(
-        None, max_length=10_000, description="The agents the runner supervises now."
-    )
-
-
-class AgentState(BaseModel):
-    status: str = Field(pattern=r"^(stopped|starting|running|backoff|exited|fatal)$")
-    pid: int | None = None
-    started_at: float | None = None
-    restarts: int = Field(0, ge=0)
-    last_exit_code: int | None = None
-    message: str | None = Field(None, max_length=4000)
-    applied_seq: int = Field(0, ge=0)
-
-
-class StatusChange(BaseModel):
-    agent_id: str = Field(pattern=NAME)
-    old_status: str = Field(max_length=16)
-    new_status: str = Field(max_length=16)
-    pid: int | None = None
-    exit_code: int | None = None
-    at: float
-
-
-class LogLine(BaseModel):
-    agent: str = Field(pattern=NAME)
-    offset: int = Field(ge=1)
-    at: float
-    stream: str = Field(pattern=r"^(stdout|stderr)$")
-    line: str = Field(max_length=65_536)
-
-
-class AgentReport(BaseModel):
-    model_config = {"extra": "forbid"}
-
-    states: dict[str, AgentState] = Field(default_factory=dict, max_length=10_000)
-    changes: list[StatusChange] = Field(default_factory=list, max_length=10_000)
-    lines: list[LogLine] = Field(default_factory=list, max_length=5_000)
-    messages: dict[
-        str, Annotated[dict[int, Annotated[int, Field(ge=0)]], Field(max_length=24 * 60)]
-    ] = Field(default_factory=dict, max_length=10_000, description="Per agent: minute -> count.")
-    release: bool = Field(False, description="The runner is stopping: free its agents.")
-
-
-@router.post("/runners/{runner_id}/agents")
+@router.post(paths.AGENTS, response_model=DesiredAgents)
 async def poll_agents(
     runner_id: str, body: AgentPoll, request: Request, svc: Svc, who: RunnerKey
-) -> dict[str, Any]:
+) -> DesiredAgents:
     """Long-poll (up to ``wait`` seconds) for the agents this runner hosts:
     answers when they differ from ``version``."""
     runner = await owned_runner(runner_id, svc, who)
     if EMBEDDED in body.aliases and who.name != EMBEDDED_KEY and who.role is not Role.ADMIN:
         raise Forbidden(f"only the embedded runner of `corral serve` hosts {EMBEDDED!r} agents")
     deadline = time.monotonic() + body.wait
-    with svc.store.bus.subscribe(DESIRED_TOPIC, STOPPING, maxsize=1000) as sub:
+    with svc.store.bus.subscribe(
+        topics.AGENTS_DESIRED, topics.SERVER_STOPPING, maxsize=1000
+    ) as sub:
         while True:
-            desired = await svc.store.agents.desired(runner.name, body.aliases, body.hosting)
+            desired = [
+                DesiredAgent.model_validate(a)
+                for a in await svc.store.agents.desired(runner.name, body.aliases, body.hosting)
+            ]
             # log_offset moves with every line: not a change for the host.
-            fixed = [{k: v for k, v in a.items() if k != "log_offset"} for a in desired]
+            fixed = [a.model_dump(exclude={"log_offset"}) for a in desired]
             digest = hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()
             remaining = deadline - time.monotonic()
             # Stopping: answer now, the runner's next poll goes to another replica.
             stop = svc.stopping or await request.is_disconnected()
             if digest != body.version or remaining <= 0 or stop:
-                return {"version": digest, "agents": desired}
+                return DesiredAgents(version=digest, agents=desired)
             await sub.get(timeout=min(remaining, RECHECK_SECONDS))
 
 
-@router.post("/runners/{runner_id}/agents/report")
+@router.post(paths.AGENTS_REPORT, response_model=AgentsReported)
 async def report_agents(
     runner_id: str, body: AgentReport, svc: Svc, who: RunnerKey
-) -> dict[str, list[str]]:
+) -> AgentsReported:
     """Status, status changes, log lines and message counts of the agents this
     runner hosts. Names it does not host are listed back in ``not_hosted``."""
     now = time.monotonic()
@@ -314,7 +269,7 @@ async def report_agents(
             if x.agent in hosted:
                 by_agent.setdefault(x.agent, []).append(x.model_dump())
         for agent, batch in by_agent.items():
-            svc.store.bus.publish(log_topic(agent), json.dumps({"lines": batch}))
+            svc.store.bus.publish(topics.agent_log(agent), json.dumps({"lines": batch}))
     else:
         name = (await owned_runner(runner_id, svc, who)).name
     not_hosted, hosted = await svc.store.agents.report(
@@ -331,4 +286,4 @@ async def report_agents(
         svc.agent_hosts.pop((runner_id, who.key_id), None)
     else:
         svc.agent_hosts[(runner_id, who.key_id)] = (now + HOST_CACHE_SECONDS, name, hosted)
-    return {"not_hosted": not_hosted}
+    return AgentsReported(not_hosted=not_hosted)

@@ -24,6 +24,7 @@ import httpx
 from corral import __version__
 from corral.errors import CorralError
 from corral.jobs import backoff
+from corral.protocol import topics
 from corral.store import Store
 from corral.store.outbox import Due
 from corral.webhooks import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, sign
@@ -64,14 +65,14 @@ class Sender:
     async def run(self) -> None:
         limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=8)
         headers = {"User-Agent": f"corral-webhooks/{__version__}"}
-        sub = self.store.bus.subscribe("webhooks", maxsize=10_000)
+        sub = self.store.bus.subscribe(topics.WEBHOOKS, maxsize=10_000)
         async with httpx.AsyncClient(timeout=self.timeout, limits=limits, headers=headers) as http:
             try:
                 while True:
                     await self._fill(http)
                     if sub.overflowed:  # it only said "something happened": start afresh
                         sub.close()
-                        sub = self.store.bus.subscribe("webhooks", maxsize=10_000)
+                        sub = self.store.bus.subscribe(topics.WEBHOOKS, maxsize=10_000)
                     waiter = asyncio.create_task(sub.get(timeout=POLL_SECONDS))
                     woke = asyncio.create_task(self._wake.wait())
                     await asyncio.wait({waiter, woke}, return_when=asyncio.FIRST_COMPLETED)

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from corral.errors import AmbiguousId, CorralError
+from corral.protocol import error_body
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +31,7 @@ _HTTP_CODES = {
 
 
 def error_response(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
-    body: dict[str, Any] = {"code": code, "message": message, **extra}
-    return JSONResponse({"error": body}, status_code=status)
+    return JSONResponse(error_body(code, message, **extra), status_code=status)
 
 
 def is_ollama(request: Request) -> bool:

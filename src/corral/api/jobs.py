@@ -16,6 +16,7 @@ from corral.errors import BadRequest, Forbidden
 from corral.intake.submit import submit as submit_job
 from corral.jobs import JobState
 from corral.models import Artifact, Job, JobAccepted, JobCreate, JobPage, RouteDecision
+from corral.protocol import paths
 
 router = APIRouter(tags=["jobs"])
 
@@ -129,9 +130,8 @@ async def job_events(
     return JSONResponse({"events": [e.to_dict() for e in items], "next_since": next_since})
 
 
-ARTIFACT_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 ArtifactName = Annotated[
-    str, Path(pattern=ARTIFACT_NAME, description="Letters, digits, '.', '_', '-'; no paths.")
+    str, Path(pattern=paths.ARTIFACT_NAME, description="Letters, digits, '.', '_', '-'; no paths.")
 ]
 
 

@@ -38,6 +38,7 @@ from corral.executors.settings import RemoteSettings
 from corral.intake.submit import submit
 from corral.jobs import TERMINAL, JobState
 from corral.models import Event, Job, JobCreate
+from corral.protocol import topics
 from corral.services import Services
 
 router = APIRouter(tags=["ollama"])
@@ -337,7 +338,7 @@ async def _deltas(svc: Services, sub: Any, job_id: str, timeout: float) -> Async
         quiet = not messages
         for message in messages:
             if message == job_id:
-                return  # the "jobs" topic: this job ended
+                return  # topics.JOBS: this job ended
             for event in message if isinstance(message, list) else ():
                 if not isinstance(event, Event) or event.job_id != job_id:
                     continue
@@ -617,7 +618,7 @@ async def _start_chat_job(svc: Services, spec: JobCreate) -> tuple[Job, Any] | R
     runner serves its provider (after ``[ollama] unserved_wait``)."""
     session = await svc.store.sessions.create(title=spec.title)
     spec.session_id = session.id
-    sub = svc.store.bus.subscribe(f"session:{session.id}", "jobs", maxsize=100_000)
+    sub = svc.store.bus.subscribe(topics.session(session.id), topics.JOBS, maxsize=100_000)
     try:
         job, _ = await submit(svc, spec)
         unserved = await _unserved(svc, job, svc.settings.ollama.unserved_wait)

@@ -1,6 +1,6 @@
-"""Runner protocol v1: register and lease with a runner key; report events,
-state, heartbeats and the outcome with the job's worker JWT. A write carrying
-a stale epoch gets 409 and the runner stops that job."""
+"""Runner protocol v1 (corral/protocol/): register and lease with a runner
+key; report events, state, heartbeats and the outcome with the job's worker
+JWT. A write carrying a stale epoch gets 409 and the runner stops that job."""
 
 from __future__ import annotations
 
@@ -11,8 +11,12 @@ from fastapi import APIRouter, Path, Request
 
 from corral import auth
 from corral.api.deps import Reader, RunnerKey, Svc, Worker
-from corral.api.jobs import ARTIFACT_NAME
-from corral.api.schemas import (
+from corral.auth import Principal, Role, WorkerClaims
+from corral.errors import Forbidden
+from corral.models import Artifact, NewEvent, Runner
+from corral.protocol import (
+    VERSION,
+    Completed,
     Completion,
     EventBatch,
     EventsAccepted,
@@ -22,13 +26,12 @@ from corral.api.schemas import (
     LeaseResponse,
     RunnerRegister,
     RunnerRegistered,
+    StateRecorded,
     WorkerState,
+    paths,
+    topics,
 )
-from corral.auth import Principal, Role, WorkerClaims
-from corral.errors import Forbidden
-from corral.models import Artifact, NewEvent, Runner
-from corral.services import STOPPING, Services
-from corral.store.runners import PROTOCOL_VERSION
+from corral.services import Services
 
 router = APIRouter(tags=["runners"])
 
@@ -37,7 +40,7 @@ router = APIRouter(tags=["runners"])
 RECHECK_SECONDS = 1.0
 
 
-@router.post("/runners/register", response_model=RunnerRegistered)
+@router.post(paths.REGISTER, response_model=RunnerRegistered)
 async def register(body: RunnerRegister, svc: Svc, who: RunnerKey) -> RunnerRegistered:
     runner = await svc.store.runners.register(
         name=body.name,
@@ -50,7 +53,7 @@ async def register(body: RunnerRegister, svc: Svc, who: RunnerKey) -> RunnerRegi
     )
     return RunnerRegistered(
         runner_id=runner.id,
-        protocol=PROTOCOL_VERSION,
+        protocol=VERSION,
         lease_ttl=svc.settings.lease_ttl,
         heartbeat_interval=svc.settings.heartbeat_interval,
         max_artifact_bytes=svc.settings.max_artifact_bytes,
@@ -72,7 +75,7 @@ async def owned_runner(runner_id: str, svc: Services, who: Principal) -> Runner:
     return runner
 
 
-@router.post("/runners/{runner_id}/lease", response_model=LeaseResponse)
+@router.post(paths.LEASE, response_model=LeaseResponse)
 async def lease(
     runner_id: str, body: LeaseRequest, request: Request, svc: Svc, who: RunnerKey
 ) -> LeaseResponse:
@@ -81,7 +84,7 @@ async def lease(
     runner = await owned_runner(runner_id, svc, who)
     deadline = time.monotonic() + body.wait
     with svc.store.bus.subscribe(
-        "dispatch", f"runner:{runner_id}", STOPPING, maxsize=10_000
+        topics.DISPATCH, topics.runner(runner_id), topics.SERVER_STOPPING, maxsize=10_000
     ) as sub:
         cancel: list[str] = []
         while True:
@@ -92,8 +95,9 @@ async def lease(
             if leases or cancel or remaining <= 0 or stop:
                 break
             for message in await sub.get(timeout=min(remaining, RECHECK_SECONDS)):
-                if isinstance(message, str) and message.startswith("cancel:"):
-                    cancel.append(message.removeprefix("cancel:"))
+                job_id = topics.cancelled(message)
+                if job_id is not None:
+                    cancel.append(job_id)
     if leases and await request.is_disconnected():
         # The runner went away meanwhile (killed, network): nobody would run them.
         await svc.store.jobs.unlease([lease.job.id for lease in leases], runner)
@@ -120,7 +124,7 @@ async def lease(
     return LeaseResponse(jobs=jobs, cancel=cancel)
 
 
-@router.post("/worker/events", response_model=EventsAccepted)
+@router.post(paths.WORKER_EVENTS, response_model=EventsAccepted)
 async def worker_events(body: EventBatch, svc: Svc, claims: Worker) -> EventsAccepted:
     stored, duplicates = await svc.store.jobs.append_events(claims, body.events)
     return EventsAccepted(
@@ -128,22 +132,22 @@ async def worker_events(body: EventBatch, svc: Svc, claims: Worker) -> EventsAcc
     )
 
 
-@router.put("/worker/state")
-async def worker_state(body: WorkerState, svc: Svc, claims: Worker) -> dict[str, str]:
+@router.put(paths.WORKER_STATE, response_model=StateRecorded)
+async def worker_state(body: WorkerState, svc: Svc, claims: Worker) -> StateRecorded:
     if body.handle is not None:
         await svc.store.jobs.set_handle(claims, body.handle)
     if body.state == "running":
         job = await svc.store.jobs.start(claims, started_at=body.started_at)
-        return {"state": job.state}
+        return StateRecorded(state=job.state)
     await svc.store.jobs.append_events(
         claims, [NewEvent(type="worker.state", payload={"state": body.state, **body.details})]
     )
-    return {"state": (await svc.store.jobs.get(claims.job_id)).state}
+    return StateRecorded(state=(await svc.store.jobs.get(claims.job_id)).state)
 
 
-@router.put("/worker/artifacts/{name}", response_model=Artifact)
+@router.put(paths.WORKER_ARTIFACT, response_model=Artifact)
 async def worker_artifact(
-    name: Annotated[str, Path(pattern=ARTIFACT_NAME)],
+    name: Annotated[str, Path(pattern=paths.ARTIFACT_NAME)],
     request: Request,
     svc: Svc,
     claims: Worker,
@@ -155,14 +159,14 @@ async def worker_artifact(
     return await svc.store.jobs.put_artifact(claims, name, media_type, data)
 
 
-@router.post("/worker/heartbeat", response_model=Heartbeat)
+@router.post(paths.WORKER_HEARTBEAT, response_model=Heartbeat)
 async def worker_heartbeat(svc: Svc, claims: Worker) -> Heartbeat:
     job = await svc.store.jobs.heartbeat(claims, svc.settings.lease_ttl)
     token = auth.issue_worker_token(claims, svc.jwt_secret, svc.settings.worker_token_ttl)
     return Heartbeat(token=token, state=job.state, lease_expires_in=svc.settings.lease_ttl)
 
 
-@router.post("/worker/complete")
-async def worker_complete(body: Completion, svc: Svc, claims: Worker) -> dict[str, object]:
+@router.post(paths.WORKER_COMPLETE, response_model=Completed)
+async def worker_complete(body: Completion, svc: Svc, claims: Worker) -> Completed:
     job, duplicates = await svc.store.jobs.complete(claims, body.outcome, body.events)
-    return {"state": job.state, "attempt": job.attempt, "duplicates": duplicates}
+    return Completed(state=job.state, attempt=job.attempt, duplicates=duplicates)

@@ -17,6 +17,7 @@ from sse_starlette import EventSourceResponse
 from corral.errors import BadRequest
 from corral.jobs import TERMINAL
 from corral.models import Event
+from corral.protocol import topics
 from corral.store import Store
 
 # Every subscriber of a session receives the same Event objects from the bus:
@@ -67,7 +68,7 @@ async def follow(
         return (await store.jobs.get(job_id)).state in TERMINAL
 
     last = since
-    with store.bus.subscribe(f"session:{session_id}", maxsize=buffer) as sub:
+    with store.bus.subscribe(topics.session(session_id), maxsize=buffer) as sub:
         while True:
             # Back-fill everything committed after `last`.
             while True:

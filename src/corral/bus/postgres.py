@@ -26,10 +26,10 @@ import sqlalchemy as sa
 
 from corral.bus.memory import MemoryBus, Subscription
 from corral.models import Event
+from corral.protocol import topics
 
 log = logging.getLogger(__name__)
 
-CHANNEL = "corral_events_v1"
 _MAX_PAYLOAD = 7000  # PostgreSQL refuses notifications over 8000 bytes
 _SEEN_MAX = 10_000
 
@@ -62,7 +62,7 @@ class PostgresBus:
     def notify_in(self, conn: sa.Connection, messages: list[tuple[str, Any]]) -> None:
         for topic, message in messages:
             payload = self._encode(topic, message)
-            conn.execute(sa.select(sa.func.pg_notify(CHANNEL, payload)))
+            conn.execute(sa.select(sa.func.pg_notify(topics.CHANNEL, payload)))
 
     def _encode(self, topic: str, message: list[Event] | str) -> str:
         if isinstance(message, str):
@@ -102,7 +102,7 @@ class PostgresBus:
             try:
                 self._conn = await asyncpg.connect(self._dsn)
                 self._conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
-                await self._conn.add_listener(CHANNEL, self._on_notify)
+                await self._conn.add_listener(topics.CHANNEL, self._on_notify)
             except (OSError, asyncpg.PostgresError) as exc:
                 log.warning("bus: cannot listen on PostgreSQL (%s); retrying", exc)
                 await asyncio.sleep(delay)
@@ -127,13 +127,13 @@ class PostgresBus:
             return
         if "e" in data:
             self.local.publish(topic, [Event.from_dict(e) for e in data["e"]])
-        if "s" in data and topic.startswith("session:"):
-            task = asyncio.create_task(self._catch_up(topic, int(data["s"])))
+        session_id = topics.session_of(topic)
+        if "s" in data and session_id is not None:
+            task = asyncio.create_task(self._catch_up(topic, session_id, int(data["s"])))
             self._catching_up.add(task)  # the loop keeps only a weak reference
             task.add_done_callback(self._catching_up.discard)
 
-    async def _catch_up(self, topic: str, upto: int) -> None:
-        session_id = topic.removeprefix("session:")
+    async def _catch_up(self, topic: str, session_id: str, upto: int) -> None:
         lock = self._locks.setdefault(session_id, asyncio.Lock())
         try:
             async with lock:

@@ -28,6 +28,7 @@ from corral import errors
 from corral.config import Settings, load_settings
 from corral.discovery import recorded
 from corral.errors import ClientError, CorralError
+from corral.protocol import error_of
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -118,12 +119,7 @@ def raise_for(resp: httpx.Response) -> None:
     (the body must have been read)."""
     if resp.status_code < 400:
         return
-    try:
-        err = resp.json()["error"]
-        code, message = str(err["code"]), str(err["message"])
-    except (ValueError, KeyError, TypeError):
-        code, message = "http_error", f"HTTP {resp.status_code}: {resp.text[:200]}"
-    raise ApiError.of(resp.status_code, code, message)
+    raise ApiError.of(resp.status_code, *error_of(resp.status_code, resp.content))
 
 
 # -- steps: what a flow asks its face to do -----------------------------------

@@ -12,7 +12,6 @@ imported by the run."""
 from __future__ import annotations
 
 import functools
-import json
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -140,17 +139,6 @@ def kinds() -> list[str]:
 def failed(failure: FailureClass, reason: str, error: str, **fields: Any) -> Outcome:
     """A failed run's outcome, with its class."""
     return Outcome(status="failed", failure=failure, reason=reason, error=error, **fields)
-
-
-def json_handle(raw: str | None) -> dict[str, Any]:
-    """A session handle stored as a JSON object (remote executors), or {}."""
-    if not raw:
-        return {}
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def classify_http(status: int | None) -> FailureClass:

@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field
 
 from corral.errors import ClientError, ConfigError
-from corral.executors.base import Context, classify_http, failed, json_handle
+from corral.executors.base import Context, classify_http, failed
 from corral.executors.settings import ProviderSettings, RemoteSettings
 from corral.jobs import TERMINAL, JobState
 from corral.models import Outcome
+from corral.protocol.handles import RemoteHandle
 
 if TYPE_CHECKING:
     from corral.client import AsyncClient
@@ -65,15 +65,15 @@ class CorralExecutor:
         # Imported by the run: reading a provider table imports this module.
         from corral.client import ApiError, AsyncClient
 
-        handle = json_handle(ctx.handle)
+        handle = RemoteHandle.decode(ctx.handle)
         ctx.started(None)
         async with AsyncClient(s.base_url, key, timeout=s.timeout) as remote:
             try:
-                if handle.get("job") == ctx.job.id and handle.get("remote_job"):
-                    remote_id = str(handle["remote_job"])
+                if handle.job == ctx.job.id and handle.remote_job:
+                    remote_id = handle.remote_job
                     ctx.emit("remote.resumed", {"remote_job": remote_id, "url": s.base_url})
                 else:
-                    remote_id = await self._submit(ctx, remote, handle.get("remote_session"))
+                    remote_id = await self._submit(ctx, remote, handle.remote_session)
                 self._remote = (remote, remote_id)
                 if self._cancelled:
                     await remote.cancel(remote_id)
@@ -85,7 +85,9 @@ class CorralExecutor:
             except ClientError as exc:
                 return failed("infra", "remote_unreachable", exc.message)
 
-    async def _submit(self, ctx: Context[CorralSettings], remote: AsyncClient, session: Any) -> str:
+    async def _submit(
+        self, ctx: Context[CorralSettings], remote: AsyncClient, session: str | None
+    ) -> str:
         job = ctx.job
         fields: dict[str, Any] = {
             name: getattr(job, name) for name in PASSED_ON if getattr(job, name) is not None
@@ -106,15 +108,12 @@ class CorralExecutor:
         fields["labels"] = [*fields.get("labels", []), f"delegated-from:{job.id}"][:32]
         prompt = fields.pop("prompt", None)
         if session:
-            accepted = await remote.turn(str(session), prompt, **fields)
+            accepted = await remote.turn(session, prompt, **fields)
         else:
             accepted = await remote.submit(prompt, **fields)
         remote_id = accepted.job_id
-        ctx.save_handle(
-            json.dumps(
-                {"job": job.id, "remote_job": remote_id, "remote_session": accepted.session_id}
-            )
-        )
+        handle = RemoteHandle(job=job.id, remote_job=remote_id, remote_session=accepted.session_id)
+        ctx.save_handle(handle.encode())
         ctx.emit(
             "remote.submitted",
             {

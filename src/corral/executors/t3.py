@@ -84,9 +84,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import Field
 
 from corral.errors import ConfigError
-from corral.executors.base import Context, failed, http_failed, json_handle
+from corral.executors.base import Context, failed, http_failed
 from corral.executors.settings import ProviderSettings, RemoteSettings
 from corral.models import Job, Outcome
+from corral.protocol.handles import RemoteHandle
 
 if TYPE_CHECKING:
     import httpx
@@ -313,15 +314,15 @@ class T3Executor:
     ) -> Outcome:
         assert self._api is not None
         api, job, url = self._api, ctx.job, ctx.settings.base_url
-        handle = json_handle(ctx.handle)
+        handle = RemoteHandle.decode(ctx.handle)
         message = message_id(job)
-        earlier = handle.get("thread") if isinstance(handle.get("thread"), str) else None
+        earlier = handle.thread
         thread_ref = earlier or thread_id(job.id)
         snap = await api.snapshot()
         thread = _by_id(snap.get("threads"), thread_ref)
         if (
             earlier is not None
-            and handle.get("job") != job.id
+            and handle.job != job.id
             and (thread is None or thread.get("deletedAt"))
         ):
             # The session's thread is gone from T3 (deleted): this turn starts a new one.
@@ -331,22 +332,20 @@ class T3Executor:
 
         def save(project: str) -> None:
             ctx.save_handle(
-                json.dumps(
-                    {
-                        "job": job.id,
-                        "thread": thread_ref,
-                        "project": project,
-                        "message": message,
-                        "remote_job": thread_ref,
-                    }
-                )
+                RemoteHandle(
+                    job=job.id,
+                    thread=thread_ref,
+                    project=project,
+                    message=message,
+                    remote_job=thread_ref,
+                ).encode()
             )
 
         if thread is not None and _message(thread, message) is not None:
             # Started before a crash: follow that turn, never start another.
             self._thread = thread_ref
             project = str(thread.get("projectId") or "")
-            if handle.get("job") != job.id:
+            if handle.job != job.id:
                 save(project)  # the first run's handle never reached the server
             ctx.emit("remote.resumed", {"thread": thread_ref, "project": project, "url": url})
             return await self._follow(ctx, thread_ref, message)
@@ -373,7 +372,7 @@ class T3Executor:
             )
             created_thread = True
         else:
-            project = str(thread.get("projectId") or handle.get("project") or "")
+            project = str(thread.get("projectId") or handle.project or "")
             save(project)
         turn: dict[str, Any] = {
             "type": "thread.turn.start",

@@ -30,6 +30,7 @@ from corral.errors import CorralError
 from corral.intake.submit import submit
 from corral.jobs import TERMINAL
 from corral.models import Job, JobCreate
+from corral.protocol import topics
 from corral.services import Services
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ class FolderIntake:
 
     async def run(self) -> None:
         self.prepare()
-        with self.store.bus.subscribe("jobs", maxsize=100_000) as finished:
+        with self.store.bus.subscribe(topics.JOBS, maxsize=100_000) as finished:
             try:
                 await self.reconcile()
             except (CorralError, OSError) as exc:

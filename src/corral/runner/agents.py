@@ -1,14 +1,15 @@
 """A runner's agent host: runs the agent daemons the control plane assigns
 to this runner, and reports on them.
 
-Two loops over the runner protocol (runner key):
+Two loops over the runner protocol (runner key, through the runner's link):
 
-- ``POST /runners/{id}/agents`` long-polls for the desired set (configuration,
-  wanted, the numbered operator actions); each change is applied by the
-  supervisor — new agents start if wanted, removed ones stop, changed ones
-  restart, a new action (start, stop, restart) is carried out once.
-- ``POST /runners/{id}/agents/report`` sends status changes, states, log
-  lines and message counts in batches, one request in flight, as they happen.
+- ``poll_agents`` (``POST /runners/{id}/agents``) long-polls for the desired
+  set (configuration, wanted, the numbered operator actions); each change is
+  applied by the supervisor — new agents start if wanted, removed ones stop,
+  changed ones restart, a new action (start, stop, restart) is carried out once.
+- ``report_agents`` (``POST /runners/{id}/agents/report``) sends status
+  changes, states, log lines and message counts in batches, one request in
+  flight, as they happen.
 
 While the control plane is away (a restart, a deploy) the daemons keep
 running: reports wait in a bounded buffer (the oldest lines are dropped past
@@ -21,23 +22,24 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
-import httpx
 from pydantic import ValidationError
 
 from corral.config import DaemonSettings
 from corral.executors.sandbox import Sandbox
-from corral.runner.daemons import MESSAGES_TOPIC, Supervisor
-from corral.store.agents import STATUS_TOPIC
+from corral.protocol import AgentPoll, AgentReport, AgentState, DesiredAgent, LogLine, StatusChange
+from corral.runner.daemons import Supervisor
+from corral.runner.link import BadAnswer, Link, Refused, Unreachable
 
 log = logging.getLogger(__name__)
 
 MAX_PENDING_LINES = 20_000
 BATCH_LINES = 2_000
 FINAL_REPORT = 3.0  # seconds a stopping runner tries to report its stopped daemons
+
+RunnerId = Callable[[], str | None]
 
 
 class AgentHost:
@@ -51,9 +53,9 @@ class AgentHost:
     ) -> None:
         self.aliases = aliases or []
         self.poll_wait = poll_wait
-        self.sup = Supervisor(workdir, self._publish, sandbox)
-        self._changes: list[dict[str, Any]] = []
-        self._lines: list[dict[str, Any]] = []
+        self.sup = Supervisor(workdir, self, sandbox)
+        self._changes: list[StatusChange] = []
+        self._lines: list[LogLine] = []
         self._messages: dict[str, dict[int, int]] = {}
         self._dirty: set[str] = set()
         self._dropped = 0
@@ -62,12 +64,12 @@ class AgentHost:
         self._fresh: set[str] = set()  # added, not started yet
         self._work: set[asyncio.Task[None]] = set()
 
-    async def run(self, http: httpx.AsyncClient, runner_id: Callable[[], str | None]) -> None:
+    async def run(self, link: Link, runner_id: RunnerId) -> None:
         """Host until cancelled; the daemons are stopped on the way out."""
         for pid in await self.sup.reap():
             log.warning("killed agent process tree %d left behind by a previous runner", pid)
         try:
-            await asyncio.gather(self._poll(http, runner_id), self._report(http, runner_id))
+            await asyncio.gather(self._poll(link, runner_id), self._report(link, runner_id))
         finally:
             for task in list(self._work):
                 task.cancel()
@@ -75,13 +77,13 @@ class AgentHost:
             await self.sup.close()
             # Say so, and let another runner take them, if the server hears it.
             self._dirty.update(self.sup.daemons)
-            final = {**self._take(), "release": True}
+            final = self._take().model_copy(update={"release": True})
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._send(http, runner_id, final), FINAL_REPORT)
+                await asyncio.wait_for(self._send(link, runner_id, final), FINAL_REPORT)
 
     # -- desired state -------------------------------------------------------------
 
-    async def _poll(self, http: httpx.AsyncClient, runner_id: Callable[[], str | None]) -> None:
+    async def _poll(self, link: Link, runner_id: RunnerId) -> None:
         version: str | None = None
         delay = 0.05
         while True:
@@ -89,55 +91,54 @@ class AgentHost:
             if rid is None:
                 await asyncio.sleep(0.1)
                 continue
-            body = {
-                "version": version,
-                "wait": self.poll_wait,
-                "aliases": self.aliases,
-                "hosting": sorted(self.sup.daemons),
-            }
+            body = AgentPoll(
+                version=version,
+                wait=self.poll_wait,
+                aliases=self.aliases,
+                hosting=sorted(self.sup.daemons),
+            )
             try:
-                resp = await http.post(f"/runners/{rid}/agents", json=body)
-            except httpx.TransportError as exc:
+                desired = await link.poll_agents(rid, body)
+            except Unreachable as exc:
                 log.debug("agents poll: %s; retrying", exc)
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 5.0)
                 continue
-            delay = 0.05
-            if resp.status_code != 200:
+            except Refused as exc:
                 # 403/404: the lease loop registers again; the rest: try later.
-                log.warning("agents poll refused (%s): %s", resp.status_code, resp.text[:200])
+                log.warning("agents poll refused (%s): %s", exc.status, exc)
                 await asyncio.sleep(1.0)
                 continue
-            try:
-                data = resp.json()
-                if data["version"] != version:
-                    self._apply(data["agents"])
-                    version = data["version"]
-            except (ValueError, KeyError, TypeError) as exc:  # not what this runner speaks
-                log.error("agents poll: unexpected answer (%r): %s", exc, resp.text[:200])
+            except BadAnswer as exc:  # not what this runner speaks
+                log.error("agents poll: %s", exc)
                 await asyncio.sleep(5.0)
+                continue
+            delay = 0.05
+            if desired.version != version:
+                self._apply(desired.agents)
+                version = desired.version
 
-    def _apply(self, specs: list[dict[str, Any]]) -> None:
-        wanted = {s["name"]: s for s in specs}
+    def _apply(self, specs: list[DesiredAgent]) -> None:
+        wanted = {s.name: s for s in specs}
         for name in set(self.sup.daemons) - set(wanted):
             self._spawn(name, self._remove(name))
         for name, spec in wanted.items():
             try:
-                settings = DaemonSettings.model_validate(spec["config"])
+                settings = DaemonSettings.model_validate(spec.config)
             except ValidationError as exc:  # a server newer than this runner
                 log.error("agent %s: cannot run its configuration here: %s", name, exc)
                 continue
             if name not in self.sup.daemons:
-                self._add(name, settings, spec)  # now: the next poll says it is hosted here
+                self._add(spec, settings)  # now: the next poll says it is hosted here
             self._spawn(name, self._reconcile(spec, settings))
 
-    def _add(self, name: str, settings: DaemonSettings, spec: dict[str, Any]) -> None:
+    def _add(self, spec: DesiredAgent, settings: DaemonSettings) -> None:
         # New here (or this runner restarted): its lines continue the server's
         # numbering; past actions are history, `wanted` decides.
-        self.sup.add(name, settings, offset=spec["log_offset"], seq=spec["seq"])
-        self._fresh.add(name)
+        self.sup.add(spec.name, settings, offset=spec.log_offset, seq=spec.seq)
+        self._fresh.add(spec.name)
 
-    def _spawn(self, name: str, work: Any) -> None:
+    def _spawn(self, name: str, work: Awaitable[None]) -> None:
         lock = self._locks.setdefault(name, asyncio.Lock())
 
         async def serialised() -> None:
@@ -156,68 +157,67 @@ class AgentHost:
         self._dirty.discard(name)
         log.info("agent %s is no longer hosted here", name)
 
-    async def _reconcile(self, spec: dict[str, Any], settings: DaemonSettings) -> None:
-        name = spec["name"]
+    async def _reconcile(self, spec: DesiredAgent, settings: DaemonSettings) -> None:
+        name = spec.name
         if name not in self.sup.daemons:  # removed meanwhile, and wanted back
-            self._add(name, settings, spec)
+            self._add(spec, settings)
         d = self.sup.daemons[name]
         if name in self._fresh:
             self._fresh.discard(name)
-            if spec["wanted"]:
+            if spec.wanted:
                 await self.sup.start_agent(name)
             self._mark(name)
             return
         if d.settings != settings:
             await self.sup.stop_agent(name)
             d.settings = settings
-            if spec["wanted"]:
+            if spec.wanted:
                 await self.sup.start_agent(name)
-        if spec["seq"] > d.applied_seq:
-            action = spec["action"]
-            if action == "start":
+        if spec.seq > d.applied_seq:
+            if spec.action == "start":
                 await self.sup.start_agent(name)
-            elif action == "stop":
+            elif spec.action == "stop":
                 await self.sup.stop_agent(name)
-            elif action == "restart":
+            elif spec.action == "restart":
                 await self.sup.restart_agent(name)
-            d.applied_seq = spec["seq"]
+            d.applied_seq = spec.seq
         self._mark(name)
 
-    # -- reporting -------------------------------------------------------------------
+    # -- reporting (the supervisor's listener) ---------------------------------------
 
-    def _publish(self, topic: str, message: Any) -> None:
-        if topic == STATUS_TOPIC:
-            self._changes.append(message)
-            self._changes = self._changes[-1000:]
-            self._mark(message["agent_id"])
-        elif topic == MESSAGES_TOPIC:
-            name, n, at = message
-            per_minute = self._messages.setdefault(name, {})
-            minute = int(at // 60)
-            per_minute[minute] = per_minute.get(minute, 0) + n
-            self._wake.set()
-        else:  # agent-log:NAME
-            self._lines.append({"agent": topic.removeprefix("agent-log:"), **message})
-            if len(self._lines) > MAX_PENDING_LINES:
-                drop = len(self._lines) - MAX_PENDING_LINES
-                self._dropped += drop
-                del self._lines[:drop]
-            self._wake.set()
+    def status(self, change: StatusChange) -> None:
+        self._changes.append(change)
+        self._changes = self._changes[-1000:]
+        self._mark(change.agent_id)
+
+    def line(self, line: LogLine) -> None:
+        self._lines.append(line)
+        if len(self._lines) > MAX_PENDING_LINES:
+            drop = len(self._lines) - MAX_PENDING_LINES
+            self._dropped += drop
+            del self._lines[:drop]
+        self._wake.set()
+
+    def messages(self, name: str, n: int, at: float) -> None:
+        per_minute = self._messages.setdefault(name, {})
+        minute = int(at // 60)
+        per_minute[minute] = per_minute.get(minute, 0) + n
+        self._wake.set()
 
     def _mark(self, name: str) -> None:
         self._dirty.add(name)
         self._wake.set()
 
-    def _take(self) -> dict[str, Any]:
+    def _take(self) -> AgentReport:
         states = self._take_states()
         lines, self._lines = self._lines[:BATCH_LINES], self._lines[BATCH_LINES:]
         if self._lines:
             self._wake.set()
         changes, self._changes = self._changes, []
         messages, self._messages = self._messages, {}
-        return {"states": states, "changes": changes, "lines": lines, "messages": messages}
+        return AgentReport(states=states, changes=changes, lines=lines, messages=messages)
 
-    async def _report(self, http: httpx.AsyncClient, runner_id: Callable[[], str | None]) -> None:
+    async def _report(self, link: Link, runner_id: RunnerId) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -225,31 +225,28 @@ class AgentHost:
             if self._dropped:
                 log.warning("agent host: %d log lines not reported (server away)", self._dropped)
                 self._dropped = 0
-            await self._send(http, runner_id, batch)
+            await self._send(link, runner_id, batch)
 
-    async def _send(
-        self, http: httpx.AsyncClient, runner_id: Callable[[], str | None], batch: dict[str, Any]
-    ) -> None:
+    async def _send(self, link: Link, runner_id: RunnerId, batch: AgentReport) -> None:
         delay = 0.05
         while True:
             rid = runner_id()
             if rid is not None:
                 try:
-                    resp = await http.post(f"/runners/{rid}/agents/report", json=batch)
-                except httpx.TransportError as exc:
+                    await link.report_agents(rid, batch)
+                    return
+                except Unreachable as exc:
                     log.debug("agents report: %s; retrying", exc)
-                else:
-                    if resp.status_code == 200:
-                        return
-                    if 400 <= resp.status_code < 500 and resp.status_code not in (403, 404, 429):
-                        log.error("agents report refused (%s): %s", resp.status_code, resp.text)
+                except Refused as exc:
+                    if 400 <= exc.status < 500 and exc.status not in (403, 404, 429):
+                        log.error("agents report refused (%s): %s", exc.status, exc)
                         return
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 5.0)
             # Newer states supersede the held batch's: send them with it.
-            batch["states"].update(self._take_states())
+            batch.states.update(self._take_states())
 
-    def _take_states(self) -> dict[str, Any]:
+    def _take_states(self) -> dict[str, AgentState]:
         states = {
             n: self.sup.daemons[n].state() for n in sorted(self._dirty) if n in self.sup.daemons
         }

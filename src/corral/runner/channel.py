@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
-
-import httpx
+from typing import TypeVar
 
 from corral.models import NewEvent, Outcome, new_id
+from corral.protocol import Completed, Completion, EventBatch, WorkerState
+from corral.runner.link import Refused, Unreachable, WorkerLink
 
 log = logging.getLogger(__name__)
 
@@ -25,23 +26,23 @@ BATCH = 1000
 # How long a write is retried while the server is unreachable (restarts, deploys).
 GIVE_UP_SECONDS = 300.0
 
+T = TypeVar("T")
+
 
 class WorkerChannel:
     def __init__(
         self,
-        http: httpx.AsyncClient,
-        token: str,
+        link: WorkerLink,
         *,
         job_id: str,
         on_stale: Callable[[str], None],
     ) -> None:
-        self.http = http
-        self.token = token
+        self.link = link
         self.job_id = job_id
         self.stale: str | None = None
         self._on_stale = on_stale
         self._events: list[NewEvent] = []
-        self._state: dict[str, Any] | None = None
+        self._state: WorkerState | None = None
         self._wake = asyncio.Event()
         self._closing = False
         self._task = asyncio.create_task(self._flush_loop(), name=f"corral-flush-{job_id}")
@@ -68,27 +69,25 @@ class WorkerChannel:
         self._wake.set()
 
     def started(self, started_at: datetime | None = None) -> None:
-        at = (started_at or datetime.now(UTC)).isoformat()
-        self._state = {**(self._state or {}), "state": "running", "started_at": at}
+        at = started_at or datetime.now(UTC)
+        state = self._state or WorkerState(state="running")
+        self._state = state.model_copy(update={"state": "running", "started_at": at})
         self._wake.set()
 
     def save_handle(self, handle: str) -> None:
         """Record the executor's conversation handle on the session (sent
         before the outcome, so the next turn can resume it)."""
-        self._state = {"state": "running", **(self._state or {}), "handle": handle}
+        state = self._state or WorkerState(state="running")
+        self._state = state.model_copy(update={"handle": handle})
         self._wake.set()
 
     async def put_artifact(self, name: str, media_type: str, data: bytes) -> None:
-        await self._send(
-            "PUT", f"/worker/artifacts/{name}", None, content=data, media_type=media_type
-        )
+        await self._call(f"artifact {name}", lambda: self.link.artifact(name, media_type, data))
 
     async def heartbeat(self) -> None:
-        data = await self._send("POST", "/worker/heartbeat", None)
-        if data is not None:
-            self.token = data["token"]
+        await self._call("heartbeat", self.link.heartbeat)
 
-    async def complete(self, outcome: Outcome) -> dict[str, Any] | None:
+    async def complete(self, outcome: Outcome) -> Completed | None:
         """Flush, then report the outcome (carrying the last batch of events)."""
         self._closing = True
         self._wake.set()
@@ -97,8 +96,8 @@ class WorkerChannel:
             return None
         while len(self._events) > BATCH:
             await self._send_events(self._take(BATCH))
-        body = {"outcome": outcome.model_dump(mode="json"), "events": self._dump(self._take())}
-        return await self._send("POST", "/worker/complete", body)
+        body = Completion(outcome=outcome, events=self._take())
+        return await self._call("complete", lambda: self.link.complete(body))
 
     async def close(self) -> None:
         self._task.cancel()
@@ -110,43 +109,25 @@ class WorkerChannel:
         batch, self._events = self._events[:n], self._events[n:]
         return batch
 
-    @staticmethod
-    def _dump(events: list[NewEvent]) -> list[dict[str, Any]]:
-        return [
-            {
-                "event_id": e.event_id,
-                "type": e.type,
-                "payload": e.payload,
-                "ephemeral": e.ephemeral,
-                "internal": e.internal,
-            }
-            for e in events
-        ]
-
     async def _flush_loop(self) -> None:
         while self.stale is None:
             await self._wake.wait()
             self._wake.clear()
             if self._state is not None:
                 state, self._state = self._state, None
-                await self._send("PUT", "/worker/state", state)
+                await self._call("state", functools.partial(self.link.state, state))
             if self._closing:
                 return  # complete() carries what is left
             while self._events and self.stale is None:
                 await self._send_events(self._take(BATCH))
 
     async def _send_events(self, batch: list[NewEvent]) -> None:
-        await self._send("POST", "/worker/events", {"events": self._dump(batch)})
+        body = EventBatch(events=batch)
+        await self._call("events", lambda: self.link.events(body))
 
-    async def _send(
-        self,
-        method: str,
-        path: str,
-        body: Any,
-        *,
-        content: bytes | None = None,
-        media_type: str = "application/octet-stream",
-    ) -> dict[str, Any] | None:
+    async def _call(self, what: str, call: Callable[[], Awaitable[T]]) -> T | None:
+        """Make a call, retried while the server is away (up to
+        ``GIVE_UP_SECONDS``); None if it was refused or the channel is stale."""
         if self.stale is not None:
             return None
         delay = 0.05
@@ -154,41 +135,22 @@ class WorkerChannel:
         deadline = loop.time() + GIVE_UP_SECONDS
         while True:
             try:
-                headers = {"Authorization": f"Bearer {self.token}"}
-                if content is not None:
-                    headers["Content-Type"] = media_type
-                resp = await self.http.request(
-                    method, path, json=body, content=content, headers=headers
-                )
-            except httpx.TransportError as exc:
-                status, reason = None, f"{type(exc).__name__}: {exc}"
-            else:
-                if resp.status_code < 300:
-                    data: dict[str, Any] = resp.json()
-                    return data
-                status, reason = resp.status_code, resp.text[:300]
-                if status in (401, 404, 409):
-                    self._mark_stale(f"{status}: {reason}")
+                return await call()
+            except Unreachable as exc:
+                reason = str(exc)
+            except Refused as exc:
+                reason = f"{exc.status} {exc.code}: {exc}"
+                if exc.status in (401, 404, 409):
+                    self._mark_stale(reason)
                     return None
-                if 400 <= status < 500 and status != 429:
-                    log.error(
-                        "worker %s %s refused (%s): %s",
-                        method,
-                        path,
-                        status,
-                        reason,
-                        extra={"job_id": self.job_id},
-                    )
+                if 400 <= exc.status < 500 and exc.status != 429:
+                    log.error("worker %s refused (%s)", what, reason, extra={"job_id": self.job_id})
                     return None
             if loop.time() > deadline:
                 self._mark_stale(f"gave up after {GIVE_UP_SECONDS:g}s: {reason}")
                 return None
             log.warning(
-                "worker %s %s failed (%s); retrying",
-                method,
-                path,
-                reason,
-                extra={"job_id": self.job_id},
+                "worker %s failed (%s); retrying", what, reason, extra={"job_id": self.job_id}
             )
             await asyncio.sleep(delay * (0.5 + random.random() / 2))
             delay = min(delay * 2, 5.0)

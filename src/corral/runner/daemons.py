@@ -7,17 +7,17 @@ environment of a job plus its ``env``, a marker in its environment so stop
 and restart reach the whole tree (grandchildren that left it too), and a pid
 record so a restarted corral reaps what a crash left behind before starting
 anew. Its stdout and stderr lines go to a
-rotated log file and, straight from the pipe, to ``publish`` (the runner's
-agent host, which reports them to the control plane: runner/agents.py).
+rotated log file and, straight from the pipe, to the ``Listener`` (the
+runner's agent host, which reports them to the control plane:
+runner/agents.py).
 
 States: ``stopped`` -> ``starting`` -> ``running``; when the process ends:
 ``exited`` (and ``backoff`` before a restart, per the restart policy), or
 ``fatal`` after ``max_quick_failures`` failures in a row that each lived
-less than ``stable_after`` seconds. Every change is published on topic
-``agents`` as ``{agent_id, old_status, new_status, pid, exit_code, at}``; each
-line on ``agent-log:NAME``; a stdout line ``{"corral": {"messages": N}}`` also
-on ``agent-messages`` (the agent counts what it handled: GET /agents shows the
-sum over 24 h)."""
+less than ``stable_after`` seconds. The listener hears every change (a
+``StatusChange``) and every line (a ``LogLine``); a stdout line
+``{"corral": {"messages": N}}`` also counts N messages (the agent counts what
+it handled: GET /agents shows the sum over 24 h)."""
 
 from __future__ import annotations
 
@@ -27,20 +27,28 @@ import json
 import os
 import signal
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal, Protocol
 
 from corral.config import DaemonSettings
 from corral.executors.process import MARKER_VAR, PidRecords, stop_tree
 from corral.executors.sandbox import Sandbox, found, job_environment, rw
 from corral.models import new_id
-from corral.store.agents import STATUS_TOPIC, log_topic
+from corral.protocol import AgentState, LogLine, StatusChange
 
 Status = Literal["stopped", "starting", "running", "backoff", "exited", "fatal"]
-MESSAGES_TOPIC = "agent-messages"
 MAX_LINE = 16_384
+
+
+class Listener(Protocol):
+    """Who hears what the daemons do (the agent host)."""
+
+    def status(self, change: StatusChange) -> None: ...
+
+    def line(self, line: LogLine) -> None: ...
+
+    def messages(self, name: str, n: int, at: float) -> None: ...
 
 
 class RotatingLog:
@@ -96,31 +104,31 @@ class Daemon:
     marker: str = field(default_factory=new_id)
     wanted: bool = False  # should be running
 
-    def state(self) -> dict[str, Any]:
+    def state(self) -> AgentState:
         """What the host reports about it."""
-        return {
-            "status": self.status,
-            "pid": self.pid,
-            "started_at": self.started_at,
-            "restarts": self.restarts,
-            "last_exit_code": self.last_exit_code,
-            "message": self.message,
-            "applied_seq": self.applied_seq,
-        }
+        return AgentState(
+            status=self.status,
+            pid=self.pid,
+            started_at=self.started_at,
+            restarts=self.restarts,
+            last_exit_code=self.last_exit_code,
+            message=self.message,
+            applied_seq=self.applied_seq,
+        )
 
 
 class Supervisor:
     def __init__(
         self,
         data_dir: Path,
-        publish: Callable[[str, Any], None],
+        listener: Listener,
         sandbox: Sandbox | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.logs = data_dir / "agents" / "logs"
         self.homes = data_dir / "agents" / "home"
         self.pids = PidRecords(data_dir / "agents" / "pids")
-        self.publish = publish
+        self.listener = listener
         self.sandbox = sandbox or Sandbox()
         self.daemons: dict[str, Daemon] = {}
 
@@ -177,16 +185,15 @@ class Supervisor:
 
     def _set(self, d: Daemon, status: Status, exit_code: int | None = None) -> None:
         old, d.status = d.status, status
-        self.publish(
-            STATUS_TOPIC,
-            {
-                "agent_id": d.name,
-                "old_status": old,
-                "new_status": status,
-                "pid": d.pid,
-                "exit_code": exit_code,
-                "at": time.time(),
-            },
+        self.listener.status(
+            StatusChange(
+                agent_id=d.name,
+                old_status=old,
+                new_status=status,
+                pid=d.pid,
+                exit_code=exit_code,
+                at=time.time(),
+            )
         )
 
     async def _keep(self, d: Daemon) -> None:
@@ -304,13 +311,11 @@ class Supervisor:
         d.offset += 1
         at = time.time()
         log.write(f"{stream} {text}\n".encode())
-        self.publish(
-            log_topic(d.name), {"offset": d.offset, "at": at, "stream": stream, "line": text}
-        )
+        self.listener.line(LogLine(agent=d.name, offset=d.offset, at=at, stream=stream, line=text))
         if stream == "stdout" and text.startswith('{"corral"'):
             n = _messages(text)
             if n:
-                self.publish(MESSAGES_TOPIC, (d.name, n, at))
+                self.listener.messages(d.name, n, at)
 
 
 def _messages(text: str) -> int:

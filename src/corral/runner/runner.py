@@ -1,7 +1,8 @@
 """A runner: registers, long-polls for leases, runs executors, reports back.
 
 The embedded runner of ``corral serve`` and ``corral runner`` on another host
-are the same class speaking the same HTTP protocol."""
+are the same class speaking the same protocol (corral/protocol/) through a
+``Link`` (runner/link.py): over HTTP for both today."""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import httpx
 
@@ -25,9 +25,12 @@ from corral.executors import base
 from corral.executors.process import PidRecords, kill_marked
 from corral.executors.sandbox import Sandbox, warn_unsandboxed
 from corral.executors.settings import LocalSettings, ProviderSettings
-from corral.models import Job, Outcome, Session, new_id, own_handle
+from corral.models import Outcome, new_id
+from corral.protocol import LeasedJob, LeaseRequest, RunnerRegister
+from corral.protocol.handles import own_handle, session_handle
 from corral.runner.agents import AgentHost
 from corral.runner.channel import WorkerChannel
+from corral.runner.link import HttpLink, Link, LinkError, Refused, Unreachable
 from corral.runner.workspace import Workspace, WorkspaceError, Workspaces
 
 log = logging.getLogger(__name__)
@@ -110,19 +113,19 @@ class Runner:
             log.warning("runner %s: %s", self.name, warning)
         for pid in self.pids.reap():
             log.warning("killed process tree %d left behind by a previous runner", pid)
-        timeout = httpx.Timeout(30.0, read=self.lease_wait + 30.0)
-        headers = {"Authorization": f"Bearer {self.token}"}
-        limits = httpx.Limits(max_connections=self.slots * 3 + 4)
-        async with httpx.AsyncClient(
-            base_url=self.server, headers=headers, timeout=timeout, limits=limits
-        ) as http:
+        async with HttpLink(
+            self.server,
+            self.token,
+            timeout=httpx.Timeout(30.0, read=self.lease_wait + 30.0),
+            max_connections=self.slots * 3 + 4,
+        ) as link:
             hosting: asyncio.Task[None] | None = None
             try:
-                await self._register(http)
+                await self._register(link)
                 hosting = asyncio.create_task(
-                    self.agents.run(http, lambda: self.runner_id), name="corral-agent-host"
+                    self.agents.run(link, lambda: self.runner_id), name="corral-agent-host"
                 )
-                await self._lease_loop(http)
+                await self._lease_loop(link)
             finally:
                 # Agent daemons and jobs stop side by side.
                 if hosting is not None:
@@ -143,47 +146,43 @@ class Runner:
                     if isinstance(ended, Exception):
                         log.error("agent host failed: %r", ended)
 
-    async def _register(self, http: httpx.AsyncClient) -> None:
-        body = {
-            "name": self.name,
-            "hostname": socket.gethostname(),
-            "slots": self.slots,
-            "providers": sorted(self.providers),
-            "labels": self.labels,
-            "sandbox": self.sandbox.kind,
-            "protocol": "v1",
-        }
+    async def _register(self, link: Link) -> None:
+        body = RunnerRegister(
+            name=self.name,
+            hostname=socket.gethostname(),
+            slots=self.slots,
+            providers=sorted(self.providers),
+            labels=self.labels,
+            sandbox=self.sandbox.kind,
+        )
         delay = 0.02
         while True:
             try:
-                resp = await http.post("/runners/register", json=body)
-            except httpx.TransportError as exc:
+                registered = await link.register(body)
+            except Unreachable as exc:
                 log.debug("register: %s; retrying", exc)
+            except Refused as exc:
+                if exc.status in (401, 403):
+                    raise Unauthorized(f"the server refused this runner's key: {exc}") from exc
+                if exc.status < 500:
+                    raise ClientError(f"registration refused: {exc}") from exc
             else:
-                if resp.status_code == 200:
-                    data = resp.json()
-                    self.runner_id = data["runner_id"]
-                    self.heartbeat_interval = float(data["heartbeat_interval"])
-                    self.max_artifact_bytes = int(data.get("max_artifact_bytes", 10_485_760))
-                    log.info("runner %s registered as %s", self.name, self.runner_id)
-                    return
-                if resp.status_code in (401, 403):
-                    raise Unauthorized(f"the server refused this runner's key: {_message(resp)}")
-                if resp.status_code < 500:
-                    raise ClientError(f"registration refused: {_message(resp)}")
+                self.runner_id = registered.runner_id
+                self.heartbeat_interval = registered.heartbeat_interval
+                self.max_artifact_bytes = registered.max_artifact_bytes
+                log.info("runner %s registered as %s", self.name, self.runner_id)
+                return
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 
-    async def _lease_loop(self, http: httpx.AsyncClient) -> None:
+    async def _lease_loop(self, link: Link) -> None:
         delay = 0.05
         while True:
+            assert self.runner_id is not None
             free = self.slots - len(self._jobs)
             self._slot_freed.clear()
             request = asyncio.create_task(
-                http.post(
-                    f"/runners/{self.runner_id}/lease",
-                    json={"max_jobs": free, "wait": self.lease_wait},
-                )
+                link.lease(self.runner_id, LeaseRequest(max_jobs=free, wait=self.lease_wait))
             )
             if free == 0:
                 # Only listening for cancels: safe to abandon when a slot frees.
@@ -192,42 +191,40 @@ class Runner:
                 freed.cancel()
                 if not request.done():
                     request.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError):
+                    with contextlib.suppress(asyncio.CancelledError, LinkError):
                         await request
                     continue
             try:
-                resp = await request
-            except httpx.TransportError as exc:
+                leased = await request
+            except Unreachable as exc:
                 log.warning("lease failed (%s); retrying", exc)
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 5.0)
                 continue
-            delay = 0.05
-            if resp.status_code in (403, 404):
-                log.warning("lease refused (%s); registering again", _message(resp))
-                await self._register(http)
-                continue
-            if resp.status_code == 401:
-                raise Unauthorized(f"the server refused this runner's key: {_message(resp)}")
-            if resp.status_code != 200:
-                log.warning("lease failed (%s)", _message(resp))
+            except Refused as exc:
+                delay = 0.05
+                if exc.status in (403, 404):
+                    log.warning("lease refused (%s); registering again", exc)
+                    await self._register(link)
+                    continue
+                if exc.status == 401:
+                    raise Unauthorized(f"the server refused this runner's key: {exc}") from exc
+                log.warning("lease failed (%s)", exc)
                 await asyncio.sleep(1.0)
                 continue
-            data = resp.json()
-            for job_id in data["cancel"]:
+            delay = 0.05
+            for job_id in leased.cancel:
                 executor = self._executors.get(job_id)
                 if executor is not None:
                     log.info("cancelling job %s", job_id, extra={"job_id": job_id})
                     self._cancel(executor)
-            for item in data["jobs"]:
-                job_id = item["job"]["id"]
-                self._jobs[job_id] = asyncio.create_task(
-                    self._execute(http, item), name=f"corral-job-{job_id}"
+            for item in leased.jobs:
+                self._jobs[item.job.id] = asyncio.create_task(
+                    self._execute(link, item), name=f"corral-job-{item.job.id}"
                 )
 
-    async def _execute(self, http: httpx.AsyncClient, item: dict[str, Any]) -> None:
-        job = Job.model_validate(item["job"])
-        session = Session.model_validate(item["session"])
+    async def _execute(self, link: Link, item: LeasedJob) -> None:
+        job, session = item.job, item.session
         log_extra = {"job_id": job.id, "session_id": session.id}
         try:
             settings = self.providers.get(job.provider)
@@ -240,12 +237,12 @@ class Runner:
                 log.warning("job %s: stopping, server says %s", job.id, reason, extra=log_extra)
                 self._cancel(executor)
 
-            channel = WorkerChannel(http, item["token"], job_id=job.id, on_stale=stale)
+            channel = WorkerChannel(link.worker(item.token), job_id=job.id, on_stale=stale)
             # Heartbeats from the start: making a worktree (a first clone) and
             # collecting a large diff may take longer than a lease.
             beats = asyncio.create_task(self._heartbeats(channel))
             try:
-                outcome = await self._run_job(job, session, item, settings, executor, channel)
+                outcome = await self._run_job(item, settings, executor, channel)
             finally:
                 beats.cancel()
             await channel.complete(outcome)
@@ -264,14 +261,13 @@ class Runner:
 
     async def _run_job(
         self,
-        job: Job,
-        session: Session,
-        item: dict[str, Any],
+        item: LeasedJob,
         settings: ProviderSettings,
         executor: base.Executor,
         channel: WorkerChannel,
     ) -> Outcome:
         """Prepare the workspace, run the executor, record the artifacts."""
+        job, session = item.job, item.session
         log_extra = {"job_id": job.id, "session_id": session.id}
         try:
             ws = await asyncio.to_thread(self.workspaces.prepare, job)
@@ -296,8 +292,8 @@ class Runner:
             kill_grace=self.kill_grace,
             provider=job.provider,
             settings=settings,
-            handle=own_handle(item.get("resume_handle"), job.provider),
-            save_handle=lambda handle: channel.save_handle(f"{job.provider}:{handle}"),
+            handle=own_handle(item.resume_handle, job.provider),
+            save_handle=lambda handle: channel.save_handle(session_handle(job.provider, handle)),
             state_dir=self.workdir / "providers" / job.provider,
             run_marker=marker,
             confine=self.sandbox.confine(
@@ -363,10 +359,3 @@ class Runner:
         while channel.stale is None:
             await asyncio.sleep(self.heartbeat_interval)
             await channel.heartbeat()
-
-
-def _message(resp: httpx.Response) -> str:
-    try:
-        return str(resp.json()["error"]["message"])
-    except (ValueError, KeyError, TypeError):
-        return f"HTTP {resp.status_code}"

@@ -8,30 +8,30 @@ runner hosting an agent reads that (``desired``), applies it with its
 supervisor, and writes back the reported side (``report``): status, pid,
 restarts, the sequence number it has applied, its log lines (the last
 ``KEEP_LINES`` are kept here, the host keeps the full rotated file) and the
-messages it counted. Both sides announce changes on the bus: ``agents``
-(status changes, for SSE), ``agent-log:NAME`` (new lines), ``agent-state:NAME``
-(each report: operators' actions wait on it) and ``agents-desired`` (hosts
-long-polling for work). Times reported (``started_at``, line ``at``) are the
-host's clock."""
+messages it counted. Both sides announce changes on the bus (protocol/topics.py):
+``AGENTS`` (status changes, for SSE), ``agent_log(NAME)`` (new lines),
+``agent_state(NAME)`` (each report: operators' actions wait on it) and
+``AGENTS_DESIRED`` (hosts long-polling for work). Times reported
+(``started_at``, line ``at``) are the host's clock."""
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from pydantic import BaseModel
 
-from corral.config import DaemonSettings
 from corral.errors import NotFound
+from corral.protocol import topics
 from corral.store.db import Database, Tx
 from corral.store.jobs import now_utc
 from corral.store.schema import agent_lines, agent_messages, agents, runners
 
-STATUS_TOPIC = "agents"
-DESIRED_TOPIC = "agents-desired"
 KEEP_LINES = 1000  # per agent, in the database
 CONNECTED_WITHIN = 15.0  # seconds since a host's last lease: still connected
 EMBEDDED = "embedded"  # `runner` of agents any embedded runner may host
@@ -39,15 +39,6 @@ EMBEDDED = "embedded"  # `runner` of agents any embedded runner may host
 # keys may claim `embedded` agents (their env may hold the servers' secrets).
 EMBEDDED_KEY = "embedded runner"
 _INLINE_MAX = 6000  # bytes of lines carried in a bus message (PostgreSQL: 8000)
-
-
-def log_topic(name: str) -> str:
-    return f"agent-log:{name}"
-
-
-def state_topic(name: str) -> str:
-    """Each state report of the agent (actions wait on it)."""
-    return f"agent-state:{name}"
 
 
 class AgentNotFound(NotFound):
@@ -103,11 +94,12 @@ class Agents:
 
     # -- the desired side (control plane) ---------------------------------------
 
-    async def configure(self, declared: dict[str, DaemonSettings]) -> dict[str, list[str]]:
-        """Make the table match the configuration: new agents are added
-        (wanted if ``autostart``), removed ones deleted (their host stops
-        them), changed ones updated (their host restarts them; moved to
-        another runner: the old host stops it, the new one starts it)."""
+    async def configure(self, declared: Mapping[str, BaseModel]) -> dict[str, list[str]]:
+        """Make the table match the configuration (its ``[agents.NAME]``
+        tables, DaemonSettings): new agents are added (wanted if
+        ``autostart``), removed ones deleted (their host stops them), changed
+        ones updated (their host restarts them; moved to another runner: the
+        old host stops it, the new one starts it)."""
         wanted_config = {n: s.model_dump(mode="json") for n, s in declared.items()}
         now = now_utc()
 
@@ -148,7 +140,7 @@ class Agents:
                     values.update(host=None, status="stopped", pid=None, started_at=None)
                 tx.conn.execute(sa.update(agents).where(agents.c.name == name).values(**values))
             if added or removed or changed:
-                tx.notify(DESIRED_TOPIC, "changed")
+                tx.notify(topics.AGENTS_DESIRED, "changed")
             return {"added": added, "removed": removed, "changed": changed}
 
         return await self.db.write(body)
@@ -165,7 +157,7 @@ class Agents:
             ).rowcount
             if not done:
                 raise self._not_found(tx.conn, name)
-            tx.notify(DESIRED_TOPIC, "changed")
+            tx.notify(topics.AGENTS_DESIRED, "changed")
 
         await self.db.write(body)
         return await self.get(name)
@@ -305,8 +297,8 @@ class Agents:
                         "exit_code": None,
                         "at": time.time(),
                     }
-                    tx.notify(STATUS_TOPIC, json.dumps(change))
-                    tx.notify(state_topic(r.name), "reported")
+                    tx.notify(topics.AGENTS, json.dumps(change))
+                    tx.notify(topics.agent_state(r.name), "reported")
                 mine.append(
                     {
                         "name": r.name,
@@ -361,7 +353,7 @@ class Agents:
                     higher = sa.func.max if self.db.is_sqlite else sa.func.greatest
                     values["applied_seq"] = higher(agents.c.applied_seq, int(state["applied_seq"]))
                 conn.execute(stmt.values(**values))
-                tx.notify(state_topic(name), "reported")
+                tx.notify(topics.agent_state(name), "reported")
             for name, batch in by_agent.items():
                 batch.sort(key=lambda x: x["offset"])
                 top = batch[-1]["offset"]
@@ -395,7 +387,7 @@ class Agents:
                 )
                 data = json.dumps({"lines": kept})
                 tx.notify(
-                    log_topic(name),
+                    topics.agent_log(name),
                     data if len(data) <= _INLINE_MAX else json.dumps({"upto": top}),
                 )
             for name, per_minute in messages.items():
@@ -403,7 +395,7 @@ class Agents:
                     _add_messages(conn, name, per_minute)
             for change in changes:
                 if change["agent_id"] in hosted:
-                    tx.notify(STATUS_TOPIC, json.dumps(change))
+                    tx.notify(topics.AGENTS, json.dumps(change))
             if release:
                 # It is going away: no poll of it still in flight claims again.
                 conn.execute(
@@ -413,7 +405,7 @@ class Agents:
                 )
                 if hosted:
                     conn.execute(sa.update(agents).where(agents.c.host == runner).values(host=None))
-                    tx.notify(DESIRED_TOPIC, "released")
+                    tx.notify(topics.AGENTS_DESIRED, "released")
             return sorted(named - hosted), hosted
 
         return await self.db.write(body)

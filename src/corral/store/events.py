@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from corral.errors import SessionNotFound
 from corral.models import Event, NewEvent
+from corral.protocol import topics
 from corral.store.db import Database, Tx
 from corral.store.schema import events, sessions
 
@@ -105,7 +106,7 @@ def append(
     if rows:
         conn.execute(sa.insert(events), rows)
     if published:
-        tx.notify(f"session:{session_id}", published)
+        tx.notify(topics.session(session_id), published)
     return [e for e in published if e.seq is not None], duplicates
 
 

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from corral.errors import NotFound
 from corral.models import Event, new_id
+from corral.protocol import topics
 from corral.store.db import Database, Tx
 from corral.store.schema import webhook_attempts, webhook_deliveries
 from corral.webhooks import Rules
@@ -62,7 +63,7 @@ def _insert(
             updated_at=now,
         )
     )
-    tx.notify("webhooks", job_id)
+    tx.notify(topics.WEBHOOKS, job_id)
 
 
 def on_state(tx: Tx, row: Row, rules: Rules, now: datetime) -> None:
@@ -224,7 +225,7 @@ class Outbox:
                 )
             )
             if outcome != "retry":
-                tx.notify("webhooks", str(seq))  # the next one of its job may be due now
+                tx.notify(topics.WEBHOOKS, str(seq))  # the next one of its job may be due now
 
         await self.db.write(body)
 
@@ -240,7 +241,7 @@ class Outbox:
             ).one_or_none()
             if row is None:
                 raise DeliveryNotFound(f"no webhook delivery {delivery_id}")
-            tx.notify("webhooks", row.job_id)
+            tx.notify(topics.WEBHOOKS, row.job_id)
             return _public(row)
 
         return await self.db.write(body)

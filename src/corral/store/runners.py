@@ -9,11 +9,10 @@ import sqlalchemy as sa
 from corral.errors import RunnerNotFound
 from corral.jobs import ACTIVE
 from corral.models import Runner, new_id
+from corral.protocol import VERSION
 from corral.store.db import Database, Tx
 from corral.store.jobs import RetryPolicy, lose, now_utc
 from corral.store.schema import jobs, runners
-
-PROTOCOL_VERSION = "v1"
 
 
 class Runners:
@@ -76,7 +75,7 @@ class Runners:
                     slots=slots,
                     sandbox=sandbox,
                     status="active",
-                    version=PROTOCOL_VERSION,
+                    version=VERSION,
                     registered_at=now,
                     last_seen_at=now,
                 )

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from corral.errors import SessionNotFound
 from corral.jobs import JobState
 from corral.models import Job, JobCreate, NewEvent, new_id
+from corral.protocol import topics
 from corral.routing import Decision
 from corral.store import events as event_log
 from corral.store import outbox
@@ -59,7 +60,7 @@ def create(
         dedup=False,
     )
     outbox.on_state(tx, row, tx.webhooks, now)
-    tx.notify("dispatch", row.id)
+    tx.notify(topics.DISPATCH, row.id)
     return to_job(row)
 
 

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from corral.auth import WorkerClaims
 from corral.jobs import ACTIVE, Action, JobState, backoff
 from corral.models import Event, Job, NewEvent, Outcome, Runner
+from corral.protocol import topics
 from corral.store import events as event_log
 from corral.store import outbox
 from corral.store import sessions as session_store
@@ -33,7 +34,7 @@ def cancel(tx: Tx, job_id: str, *, by: str, now: datetime) -> Job:
         values={"error": f"cancelled by {by}", "reason": "cancelled"},
     )
     if row.runner_id is not None and JobState(row.state) in ACTIVE:
-        tx.notify(f"runner:{row.runner_id}", f"cancel:{job_id}")
+        tx.notify(topics.runner(row.runner_id), topics.cancel(job_id))
     return job
 
 

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from corral.jobs import Action, JobState
 from corral.models import Job, NewEvent, ProviderPause
+from corral.protocol import topics
 from corral.store import events as event_log
 from corral.store.db import Tx
 from corral.store.jobs.policy import RetryPolicy
@@ -109,7 +110,7 @@ def _reroute(tx: Tx, provider: str, fallbacks: Mapping[str, str], now: datetime)
             now=now,
             dedup=False,
         )
-        tx.notify("dispatch", row.id)
+        tx.notify(topics.DISPATCH, row.id)
     return {row.id: to_job(row) for row in moved}
 
 
@@ -132,5 +133,5 @@ def unpause(tx: Tx, provider: str) -> bool:
     gone = tx.conn.execute(
         sa.delete(provider_pauses).where(provider_pauses.c.provider == provider)
     ).rowcount
-    tx.notify("dispatch", provider)
+    tx.notify(topics.DISPATCH, provider)
     return bool(gone)

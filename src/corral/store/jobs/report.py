@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
 
-from corral.models import own_handle
+from corral.protocol.handles import RemoteHandle, own_handle
 from corral.store.jobs.state import ACTIVE_STATES
 from corral.store.schema import events, jobs, sessions
 
@@ -72,13 +70,8 @@ def delegated(conn: sa.Connection, providers: Sequence[str], lease_ttl: float) -
 
 
 def _in_flight(r: sa.RowMapping, lease_ttl: float) -> dict[str, Any]:
-    remote_id = None
-    raw = own_handle(r["handle"], r["provider"])
-    if raw is not None and raw.startswith("{"):
-        with contextlib.suppress(ValueError):
-            data = json.loads(raw)
-            if data.get("job") == r["id"]:
-                remote_id = data.get("remote_job")
+    handle = RemoteHandle.decode(own_handle(r["handle"], r["provider"]))
+    remote_id = handle.remote_job if handle.job == r["id"] else None
     expires = r["lease_expires_at"]
     return {
         "job_id": r["id"],

@@ -13,6 +13,7 @@ from corral.auth import WorkerClaims
 from corral.errors import Conflict, JobNotActive, JobNotFound, StaleEpoch
 from corral.jobs import ACTIVE, TERMINAL, Action, JobState, transition
 from corral.models import Job, NewEvent
+from corral.protocol import topics
 from corral.store import events as event_log
 from corral.store import outbox
 from corral.store.db import Tx
@@ -107,9 +108,9 @@ def apply(
     )
     outbox.on_state(tx, updated, tx.webhooks, now)
     if new is JobState.QUEUED:
-        tx.notify("dispatch", job.id)
+        tx.notify(topics.DISPATCH, job.id)
     if new in TERMINAL:
-        tx.notify("jobs", job.id)  # sinks (queue folder, ...) wait on this
+        tx.notify(topics.JOBS, job.id)  # sinks (queue folder, ...) wait on this
     return job
 
 

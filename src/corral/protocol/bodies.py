@@ -1,0 +1,198 @@
+"""The bodies of runner protocol v1: what each call sends and answers.
+
+Requests ignore fields they do not know (see the package's docstring on
+compatibility); the bounds are the server's, checked when it reads them."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from corral.models import Job, NewEvent, Outcome, Session
+
+VERSION: Final = "v1"
+
+# Agent daemon names (`[agents.NAME]`).
+AGENT_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class Request(BaseModel):
+    """A body the runner sends: unknown fields are ignored, not refused, so a
+    runner newer than its server still speaks v1 to it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+# -- the runner key's calls ------------------------------------------------------------
+
+
+class RunnerRegister(Request):
+    name: str = Field(min_length=1, max_length=200)
+    hostname: str | None = Field(None, max_length=255)
+    providers: list[str] = Field(min_length=1, max_length=64)
+    labels: list[str] = Field(default_factory=list, max_length=64)
+    slots: int = Field(ge=1, le=1024)
+    sandbox: Literal["bwrap", "none"] | None = Field(
+        None, description="Where the runner's local jobs run (executors/sandbox.py)."
+    )
+    protocol: Literal["v1"] = VERSION
+
+
+class RunnerRegistered(BaseModel):
+    runner_id: str
+    protocol: str
+    lease_ttl: float
+    heartbeat_interval: float
+    # Servers before it had the same limit without saying so.
+    max_artifact_bytes: int = 10_485_760
+
+
+class LeaseRequest(Request):
+    max_jobs: int = Field(ge=0, le=1024)
+    wait: float = Field(20.0, ge=0, le=120)
+
+
+class LeasedJob(BaseModel):
+    job: Job
+    session: Session
+    epoch: int
+    token: str = Field(description="Worker JWT for /worker/* calls about this job.")
+    resume_handle: str | None = Field(
+        None, description="The session's handle (handles.py): PROVIDER:VALUE."
+    )
+
+
+class LeaseResponse(BaseModel):
+    jobs: list[LeasedJob]
+    cancel: list[str] = Field(default_factory=list, description="Jobs to stop at once.")
+
+
+class AgentPoll(Request):
+    version: str | None = Field(None, max_length=128)
+    wait: float = Field(20.0, ge=0, le=120)
+    aliases: list[Annotated[str, Field(max_length=200)]] = Field(default_factory=list, max_length=8)
+    hosting: list[Annotated[str, Field(max_length=64)]] | None = Field(
+        None, max_length=10_000, description="The agents the runner supervises now."
+    )
+
+
+class DesiredAgent(BaseModel):
+    """An agent daemon the polling runner hosts, as the control plane wants it."""
+
+    name: str
+    config: dict[str, Any] = Field(description="Its [agents.NAME] table (DaemonSettings).")
+    wanted: bool = Field(description="It should be running.")
+    seq: int = Field(description="The number of the last operator action.")
+    action: str | None = Field(None, description="That action: start, stop or restart.")
+    log_offset: int = Field(description="Its last line stored: the host numbers on from it.")
+
+
+class DesiredAgents(BaseModel):
+    version: str = Field(description="Send it back: the poll answers once it differs.")
+    agents: list[DesiredAgent]
+
+
+class AgentState(BaseModel):
+    status: str = Field(pattern=r"^(stopped|starting|running|backoff|exited|fatal)$")
+    pid: int | None = None
+    started_at: float | None = None
+    restarts: int = Field(0, ge=0)
+    last_exit_code: int | None = None
+    message: str | None = Field(None, max_length=4000)
+    applied_seq: int = Field(0, ge=0)
+
+
+class StatusChange(BaseModel):
+    """An agent daemon's status changed (also what ``GET /sse/status`` sends)."""
+
+    agent_id: str = Field(pattern=AGENT_NAME)
+    old_status: str = Field(max_length=16)
+    new_status: str = Field(max_length=16)
+    pid: int | None = None
+    exit_code: int | None = None
+    at: float
+
+
+class LogLine(BaseModel):
+    agent: str = Field(pattern=AGENT_NAME)
+    offset: int = Field(ge=1)
+    at: float
+    stream: str = Field(pattern=r"^(stdout|stderr)$")
+    line: str = Field(max_length=65_536)
+
+
+class AgentReport(Request):
+    states: dict[str, AgentState] = Field(default_factory=dict, max_length=10_000)
+    changes: list[StatusChange] = Field(default_factory=list, max_length=10_000)
+    lines: list[LogLine] = Field(default_factory=list, max_length=5_000)
+    messages: dict[
+        str, Annotated[dict[int, Annotated[int, Field(ge=0)]], Field(max_length=24 * 60)]
+    ] = Field(default_factory=dict, max_length=10_000, description="Per agent: minute -> count.")
+    release: bool = Field(False, description="The runner is stopping: free its agents.")
+
+
+class AgentsReported(BaseModel):
+    not_hosted: list[str] = Field(description="Agents named that this runner does not host.")
+
+
+# -- the worker JWT's calls (one job) -------------------------------------------------
+
+
+class WorkerState(Request):
+    state: Literal["running", "requires_action", "idle"]
+    started_at: datetime | None = None
+    handle: str | None = Field(None, max_length=4096)
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class StateRecorded(BaseModel):
+    state: str = Field(description="The job's state now.")
+
+
+class EventBatch(Request):
+    events: list[NewEvent] = Field(max_length=1000)
+
+
+class EventsAccepted(BaseModel):
+    accepted: list[int]
+    duplicates: list[str]
+
+
+class Heartbeat(BaseModel):
+    token: str = Field(description="A fresh worker JWT: use it from now on.")
+    state: str
+    lease_expires_in: float
+
+
+class Completion(Request):
+    outcome: Outcome
+    events: list[NewEvent] = Field(default_factory=list, max_length=1000)
+
+
+class Completed(BaseModel):
+    state: str
+    attempt: int
+    duplicates: list[str] = Field(description="Events of the completion already recorded.")
+
+
+# -- refusals ------------------------------------------------------------------------
+
+
+def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    """The body of every refusal: ``{"error": {"code", "message", ...}}``."""
+    return {"error": {"code": code, "message": message, **extra}}
+
+
+def error_of(status: int, content: bytes | str) -> tuple[str, str]:
+    """``(code, message)`` of a refusal's body; for a body of another shape
+    (a proxy's error page, a truncated answer): ``http_error`` and the start of
+    the body."""
+    try:
+        err = json.loads(content)["error"]
+        return str(err["code"]), str(err["message"])
+    except (ValueError, KeyError, TypeError):
+        text = content.decode(errors="replace") if isinstance(content, bytes) else content
+        return "http_error", f"HTTP {status}: {text[:200]}"

@@ -1,0 +1,64 @@
+"""Each call of runner protocol v1, declared once: its method, path, body,
+answer and credential. The runner's link sends them; a test checks that the
+server's routes take and answer exactly these (tests/unit/test_protocol.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Generic, Literal, TypeVar
+
+from pydantic import BaseModel
+
+from corral.models import Artifact
+from corral.protocol import paths
+from corral.protocol.bodies import (
+    AgentPoll,
+    AgentReport,
+    AgentsReported,
+    Completed,
+    Completion,
+    DesiredAgents,
+    EventBatch,
+    EventsAccepted,
+    Heartbeat,
+    LeaseRequest,
+    LeaseResponse,
+    RunnerRegister,
+    RunnerRegistered,
+    StateRecorded,
+    WorkerState,
+)
+
+A = TypeVar("A", bound=BaseModel, covariant=True)
+
+
+@dataclass(frozen=True)
+class Call(Generic[A]):
+    method: Literal["POST", "PUT"]
+    path: str  # a template of paths.py
+    body: type[BaseModel] | None  # None: no body, or raw bytes (an artifact)
+    answer: type[A]
+    credential: Literal["runner", "worker JWT"]  # as the HTTP reference names them
+
+
+REGISTER = Call("POST", paths.REGISTER, RunnerRegister, RunnerRegistered, "runner")
+LEASE = Call("POST", paths.LEASE, LeaseRequest, LeaseResponse, "runner")
+AGENTS = Call("POST", paths.AGENTS, AgentPoll, DesiredAgents, "runner")
+AGENTS_REPORT = Call("POST", paths.AGENTS_REPORT, AgentReport, AgentsReported, "runner")
+WORKER_STATE = Call("PUT", paths.WORKER_STATE, WorkerState, StateRecorded, "worker JWT")
+WORKER_EVENTS = Call("POST", paths.WORKER_EVENTS, EventBatch, EventsAccepted, "worker JWT")
+WORKER_HEARTBEAT = Call("POST", paths.WORKER_HEARTBEAT, None, Heartbeat, "worker JWT")
+WORKER_ARTIFACT = Call("PUT", paths.WORKER_ARTIFACT, None, Artifact, "worker JWT")
+WORKER_COMPLETE = Call("POST", paths.WORKER_COMPLETE, Completion, Completed, "worker JWT")
+
+ALL: tuple[Call[BaseModel], ...] = (
+    REGISTER,
+    LEASE,
+    AGENTS,
+    AGENTS_REPORT,
+    WORKER_STATE,
+    WORKER_EVENTS,
+    WORKER_HEARTBEAT,
+    WORKER_ARTIFACT,
+    WORKER_COMPLETE,
+)

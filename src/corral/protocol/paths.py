@@ -1,0 +1,41 @@
+"""Where each call of runner protocol v1 goes: the templates the server's
+routes are declared with, and builders for the runner."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+REGISTER = "/runners/register"
+LEASE = "/runners/{runner_id}/lease"
+AGENTS = "/runners/{runner_id}/agents"
+AGENTS_REPORT = "/runners/{runner_id}/agents/report"
+
+WORKER_STATE = "/worker/state"
+WORKER_EVENTS = "/worker/events"
+WORKER_HEARTBEAT = "/worker/heartbeat"
+WORKER_ARTIFACTS = "/worker/artifacts/"  # + a name: the one call with a raw body
+WORKER_ARTIFACT = WORKER_ARTIFACTS + "{name}"
+WORKER_COMPLETE = "/worker/complete"
+
+# An artifact's name: one path segment, no dot first (so never `..`).
+ARTIFACT_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+
+
+def _segment(value: str) -> str:
+    return quote(value, safe="")
+
+
+def lease(runner_id: str) -> str:
+    return LEASE.format(runner_id=_segment(runner_id))
+
+
+def agents(runner_id: str) -> str:
+    return AGENTS.format(runner_id=_segment(runner_id))
+
+
+def agents_report(runner_id: str) -> str:
+    return AGENTS_REPORT.format(runner_id=_segment(runner_id))
+
+
+def artifact(name: str) -> str:
+    return WORKER_ARTIFACT.format(name=_segment(name))

@@ -1,0 +1,206 @@
+"""How a runner reaches the control plane: the calls of protocol v1
+(corral/protocol/) as typed methods.
+
+The runner, its worker channels and its agent host talk to a ``Link`` (the
+runner key's calls) and, per job, to a ``WorkerLink`` (the calls made with
+that job's worker token). ``HttpLink`` carries them over HTTP; it is the only
+place of the runner that knows URLs, headers and status codes. A link raises
+``Unreachable`` when the call may not have reached the server (retry it),
+``Refused`` with the server's status and error code, and ``BadAnswer`` when
+the answer is not what v1 says."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Protocol, Self, TypeVar
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from corral.errors import CorralError
+from corral.models import Artifact
+from corral.protocol import (
+    AgentPoll,
+    AgentReport,
+    AgentsReported,
+    Completed,
+    Completion,
+    DesiredAgents,
+    EventBatch,
+    EventsAccepted,
+    Heartbeat,
+    LeaseRequest,
+    LeaseResponse,
+    RunnerRegister,
+    RunnerRegistered,
+    StateRecorded,
+    WorkerState,
+    calls,
+    error_of,
+    paths,
+)
+from corral.protocol.calls import Call
+
+A = TypeVar("A", bound=BaseModel)
+
+
+class LinkError(CorralError):
+    """A call of the runner protocol failed."""
+
+
+class Unreachable(LinkError):
+    """The call may not have reached the server (connection refused or
+    dropped, timeout): it may be tried again."""
+
+
+class Refused(LinkError):
+    """The server answered the call with an error."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class BadAnswer(LinkError):
+    """The server's answer is not what protocol v1 says (another version?)."""
+
+
+class WorkerLink(Protocol):
+    """One job's calls, with its worker token (renewed by ``heartbeat``)."""
+
+    async def state(self, body: WorkerState) -> StateRecorded: ...
+
+    async def events(self, body: EventBatch) -> EventsAccepted: ...
+
+    async def heartbeat(self) -> Heartbeat: ...
+
+    async def artifact(self, name: str, media_type: str, data: bytes) -> Artifact: ...
+
+    async def complete(self, body: Completion) -> Completed: ...
+
+
+class Link(Protocol):
+    """The runner key's calls, and the way to a job's."""
+
+    async def register(self, body: RunnerRegister) -> RunnerRegistered: ...
+
+    async def lease(self, runner_id: str, body: LeaseRequest) -> LeaseResponse: ...
+
+    async def poll_agents(self, runner_id: str, body: AgentPoll) -> DesiredAgents: ...
+
+    async def report_agents(self, runner_id: str, body: AgentReport) -> AgentsReported: ...
+
+    def worker(self, token: str) -> WorkerLink: ...
+
+
+class HttpLink:
+    """Protocol v1 over HTTP, on one connection pool (close it: ``async with``)."""
+
+    def __init__(
+        self, server: str, token: str, *, timeout: httpx.Timeout, max_connections: int
+    ) -> None:
+        self.http = httpx.AsyncClient(
+            base_url=server.rstrip("/"),
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=timeout,
+            limits=httpx.Limits(max_connections=max_connections),
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def register(self, body: RunnerRegister) -> RunnerRegistered:
+        return await self.send(calls.REGISTER, paths.REGISTER, body)
+
+    async def lease(self, runner_id: str, body: LeaseRequest) -> LeaseResponse:
+        return await self.send(calls.LEASE, paths.lease(runner_id), body)
+
+    async def poll_agents(self, runner_id: str, body: AgentPoll) -> DesiredAgents:
+        return await self.send(calls.AGENTS, paths.agents(runner_id), body)
+
+    async def report_agents(self, runner_id: str, body: AgentReport) -> AgentsReported:
+        return await self.send(calls.AGENTS_REPORT, paths.agents_report(runner_id), body)
+
+    def worker(self, token: str) -> HttpWorker:
+        return HttpWorker(self, token)
+
+    async def send(
+        self,
+        call: Call[A],
+        path: str,
+        body: BaseModel | None = None,
+        *,
+        content: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> A:
+        """Make ``call`` (at ``path``, its template filled in) and read the answer."""
+        headers = dict(headers or {})
+        if body is not None:
+            assert isinstance(body, call.body or type(None)), (call, body)
+            content = body.model_dump_json().encode()
+            headers["Content-Type"] = "application/json"
+        try:
+            resp = await self.http.request(call.method, path, content=content, headers=headers)
+        except httpx.TransportError as exc:
+            raise Unreachable(f"{call.method} {path}: {type(exc).__name__}: {exc}") from exc
+        except httpx.HTTPError as exc:
+            raise BadAnswer(f"{call.method} {path}: {type(exc).__name__}: {exc}") from exc
+        if not resp.is_success:
+            raise Refused(resp.status_code, *error_of(resp.status_code, resp.content))
+        try:
+            return call.answer.model_validate_json(resp.content)
+        except ValidationError as exc:
+            raise BadAnswer(f"{call.method} {path}: unexpected answer: {exc}") from exc
+
+
+class HttpWorker:
+    """One job's calls over its runner's connection pool."""
+
+    def __init__(self, link: HttpLink, token: str) -> None:
+        self.link = link
+        self.token = token
+
+    def _auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    async def state(self, body: WorkerState) -> StateRecorded:
+        return await self.link.send(
+            calls.WORKER_STATE, paths.WORKER_STATE, body, headers=self._auth()
+        )
+
+    async def events(self, body: EventBatch) -> EventsAccepted:
+        return await self.link.send(
+            calls.WORKER_EVENTS, paths.WORKER_EVENTS, body, headers=self._auth()
+        )
+
+    async def heartbeat(self) -> Heartbeat:
+        beat = await self.link.send(
+            calls.WORKER_HEARTBEAT, paths.WORKER_HEARTBEAT, headers=self._auth()
+        )
+        self.token = beat.token
+        return beat
+
+    async def artifact(self, name: str, media_type: str, data: bytes) -> Artifact:
+        return await self.link.send(
+            calls.WORKER_ARTIFACT,
+            paths.artifact(name),
+            content=data,
+            headers={**self._auth(), "Content-Type": media_type},
+        )
+
+    async def complete(self, body: Completion) -> Completed:
+        return await self.link.send(
+            calls.WORKER_COMPLETE, paths.WORKER_COMPLETE, body, headers=self._auth()
+        )
