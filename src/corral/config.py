@@ -7,13 +7,16 @@ environment variables (nested with ``__``, e.g. ``CORRAL_RUNNER__SLOTS``),
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
+import ipaddress
 import os
 import re
 import signal
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -36,11 +39,21 @@ from pydantic_settings import (
 
 from corral.errors import ConfigError
 from corral.executors.settings import ProviderSettings, RemoteSettings, split_command
+from corral.redact import env_secrets
 from corral.routing import Provider
 
 _CONFIG_FILE: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
     "corral_config_file", default=None
 )
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def default_data_dir() -> Path:
@@ -335,6 +348,12 @@ class Settings(BaseSettings):
         default_factory=list,
         description="[[webhooks]] tables: server-wide endpoints told of every job's changes.",
     )
+    webhook_allow_private: bool | None = Field(
+        None,
+        description="Send job webhooks to loopback, private and link-local addresses "
+        "(refused otherwise: 422 at submit, a failed delivery later). Default: true only "
+        "when `host` is a loopback address.",
+    )
     webhook_timeout: float = Field(
         10.0, gt=0, le=300, description="Seconds a webhook endpoint has to answer."
     )
@@ -503,6 +522,41 @@ class Settings(BaseSettings):
     def reload_agents(self) -> dict[str, DaemonSettings]:
         """``[agents.*]`` as the configuration file says now."""
         return load_settings(self._source).agents if self._source else dict(self.agents)
+
+    def secrets(self) -> list[str]:
+        """The secret values this configuration holds, for ``corral.redact``:
+        provider keys (token files read; no token command is run: its output
+        is remembered when a job runs it), secret-named ``env`` entries of
+        providers and agents, webhook secrets, the JWT secret, the database
+        password."""
+        found: list[str | None] = []
+        for secret in (self.jwt_secret, self.webhook_secret):
+            found.append(secret.get_secret_value() if secret is not None else None)
+        found += [h.secret.get_secret_value() for h in self.webhooks if h.secret is not None]
+        with contextlib.suppress(ValueError):
+            found.append(urlsplit(self.effective_database_url).password)
+        for p in self.providers.values():  # each kind has the fields it needs
+            api_key = getattr(p, "api_key", None)
+            found.append(api_key.get_secret_value() if api_key is not None else None)
+            api_key_env = getattr(p, "api_key_env", None)
+            if api_key_env:
+                found.append(os.environ.get(api_key_env))
+            token_file = getattr(p, "token_file", None)
+            if token_file is not None:
+                with contextlib.suppress(OSError):  # said when a job needs it
+                    found.append(token_file.expanduser().read_text().strip())
+            found += env_secrets(getattr(p, "env", None) or {})
+        for agent in self.agents.values():
+            found += env_secrets(agent.env)
+        return [f for f in found if f]
+
+    @property
+    def webhooks_may_reach_private(self) -> bool:
+        """``webhook_allow_private``, or its default: a server on loopback serves
+        this host only, whose clients receive their webhooks on loopback."""
+        if self.webhook_allow_private is not None:
+            return self.webhook_allow_private
+        return is_loopback(self.host)
 
     @property
     def effective_database_url(self) -> str:

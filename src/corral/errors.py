@@ -36,6 +36,12 @@ class Unroutable(CorralError):
     code = "unroutable"
 
 
+class WebhookRefused(InvalidInput):
+    """The server does not send webhooks to that address."""
+
+    code = "webhook_refused"
+
+
 class Unauthorized(CorralError):
     """Missing or invalid credentials."""
 
@@ -81,6 +87,12 @@ class RunnerNotFound(NotFound):
     code = "runner_not_found"
 
 
+class RunnerNameNotFound(NotFound):
+    """No runner name is bound to a key under that name."""
+
+    code = "runner_name_not_found"
+
+
 class KeyNotFound(NotFound):
     """No such API key."""
 
@@ -108,6 +120,12 @@ class AmbiguousId(Conflict):
     def __init__(self, message: str | None = None, candidates: list[str] | None = None) -> None:
         super().__init__(message)
         self.candidates = candidates or []
+
+
+class RunnerNameTaken(Conflict):
+    """That runner name belongs to another key."""
+
+    code = "runner_name_taken"
 
 
 class StaleEpoch(Conflict):

@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, Field, model_validator
 
@@ -17,6 +17,13 @@ from corral.jobs import JobState
 from corral.routing import Route
 
 JSONDict = dict[str, Any]
+
+# Integer columns (seq, offsets, exit codes, pids...) are 32-bit on PostgreSQL
+# and 64-bit on SQLite: a larger value fails in the driver, a 500. Every
+# integer the API takes in is bounded to what the column holds.
+INT32_MAX = 2**31 - 1
+Seq = Annotated[int, Field(ge=0, le=INT32_MAX)]
+Int32 = Annotated[int, Field(ge=-INT32_MAX - 1, le=INT32_MAX)]
 
 
 def new_id() -> str:
@@ -194,9 +201,9 @@ class Outcome(BaseModel):
     retry_at: datetime | None = Field(
         None, description="Quota failures: when the provider's limit resets."
     )
-    exit_code: int | None = None
+    exit_code: Int32 | None = None
     usage: JSONDict | None = None
-    cost: float | None = None
+    cost: float | None = Field(None, ge=0, allow_inf_nan=False)
     message: JSONDict | None = Field(None, description="Chat jobs: the assistant message.")
 
 

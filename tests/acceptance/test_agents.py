@@ -37,11 +37,22 @@ TICKER = (
 )
 
 
+# An agent that prints its own secret: the line is kept with it redacted.
+BOT_TOKEN = "bot-token-" + os.urandom(8).hex()
+LEAKY = "import os, time\nprint('token:', os.environ['BOT_TOKEN'], flush=True)\ntime.sleep(300)"
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, dict):  # an inline table
+        return "{ " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in value.items()) + " }"
+    return json.dumps(value)
+
+
 def agents_toml(agents: dict[str, dict[str, Any]]) -> str:
     out = []
     for name, table in agents.items():
         out.append(f"[agents.{name}]")
-        out += [f"{k} = {json.dumps(v)}" for k, v in table.items()]
+        out += [f"{k} = {_toml(v)}" for k, v in table.items()]
         out.append("")
     return "\n".join(out)
 
@@ -79,6 +90,10 @@ def base_agents(mark: str) -> dict[str, dict[str, Any]]:
             ],
             "log_max_bytes": 4096,
             "log_backups": 2,
+        },
+        "leaky": {
+            "command": [sys.executable, "-c", LEAKY],
+            "env": {"BOT_TOKEN": BOT_TOKEN},
         },
     }
 
@@ -151,6 +166,14 @@ def test_live_logs_over_sse(srv: ServerProcess, http: httpx.Client) -> None:
     assert ids == [last_id + 1, last_id + 2, last_id + 3]
     tail = http.get("/agents/ticker/logs", params={"n": 5}).json()
     assert len(tail) == 5 and tail[-1]["line"].startswith("tick")
+
+
+def test_an_agent_s_secret_is_not_kept_in_its_log(http: httpx.Client) -> None:
+    lines = wait_for(
+        lambda: http.get("/agents/leaky/logs").json(), timeout=20, what="the leaky agent's line"
+    )
+    assert [x["line"] for x in lines] == ["token: [redacted]"]
+    assert BOT_TOKEN not in json.dumps(agent(http, "leaky"))
 
 
 def test_killed_daemon_is_restarted_with_a_status_event(http: httpx.Client) -> None:
@@ -237,7 +260,7 @@ def test_roles_and_reload(
     assert resp.status_code == 200, resp.text
     assert resp.json() == {"added": ["newbie"], "removed": ["crasher"], "changed": ["ticker"]}
     names = [a["name"] for a in http.get("/agents").json()]
-    assert names == ["chatty", "newbie", "ticker", "tree"]
+    assert names == ["chatty", "leaky", "newbie", "ticker", "tree"]
     wait_for(lambda: status_is(http, "newbie", "running"), timeout=10, what="newbie")
     wait_for(lambda: status_is(http, "ticker", "running"), timeout=10, what="ticker")
     assert agent(http, "chatty")["pid"] == chatty_pid  # untouched: not restarted

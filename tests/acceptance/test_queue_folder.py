@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -263,3 +264,71 @@ def test_a_file_written_in_place_is_taken_only_once_complete(
     target = _wait_for(lambda: (queue / "done" / "slow.md").exists() and queue / "done" / "slow.md")
     result = target.read_text()
     assert "part-one" in result and "part-two" in result.split("## corral")[1]
+
+
+def test_a_slowly_written_file_is_taken_only_once_its_writer_is_done(
+    folder: tuple[ServerProcess, Path],
+) -> None:
+    """Pauses longer than the settle time (0.2 s) between the writes: the file
+    is not taken while its writer still has it open."""
+    srv, queue = folder
+    chunks = [f"line {i} of a slowly written prompt\n" for i in range(5)]
+    header = "---\ncommand: echo slow\ntitle: slow\n---\n"
+    opened, done = threading.Event(), threading.Event()
+
+    def write() -> None:
+        with (queue / "slowly.md").open("w") as f:
+            opened.set()
+            f.write(header)
+            for chunk in chunks:
+                f.write(chunk)
+                f.flush()
+                time.sleep(0.5)
+        done.set()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    opened.wait(5)
+    try:
+        while True:
+            there = (queue / "slowly.md").exists()
+            jobs = json.loads(srv.cli("jobs", "ls", "--json").stdout)
+            if done.is_set():  # (checked after looking: what was seen, was seen mid-write)
+                break
+            assert there and jobs == [], "taken while still being written"
+            time.sleep(0.2)
+    finally:
+        writer.join()
+    (job,) = _wait_for(lambda: json.loads(srv.cli("jobs", "ls", "--json").stdout))
+    assert job["title"] == "slow"
+    assert job["prompt"] == "".join(chunks).strip()
+
+
+def test_links_and_other_non_regular_files_go_to_failed_unread(
+    folder: tuple[ServerProcess, Path], tmp_path: Path
+) -> None:
+    srv, queue = folder
+    outside = tmp_path / "outside.txt"
+    outside.write_text("echo SECRET-CONTENT-OUTSIDE\n")
+    (queue / "link.md").symlink_to(outside)
+    os.mkfifo(queue / "pipe.md")  # reading it would block the watcher forever
+    link = _wait_for(
+        lambda: (queue / "failed" / "link.md").exists() and queue / "failed" / "link.md"
+    )
+    pipe = _wait_for(
+        lambda: (queue / "failed" / "pipe.md").exists() and queue / "failed" / "pipe.md"
+    )
+    for path, needle in ((link, "symbolic link"), (pipe, "not a regular file")):
+        assert not path.is_symlink()
+        text = path.read_text()
+        assert "SECRET-CONTENT" not in text
+        result = result_of(text)
+        assert result is not None and result["state"] == "rejected", text
+        assert needle in result["error"]
+    assert not (queue / "link.md").exists() and not (queue / "pipe.md").exists()
+    assert outside.read_text() == "echo SECRET-CONTENT-OUTSIDE\n"  # left alone
+    assert not any("SECRET" in p.read_text() for p in (queue / "done").glob("*"))
+    assert json.loads(srv.cli("jobs", "ls", "--json").stdout) == []
+    # The watcher lives on.
+    _drop(queue, "after.md", "---\ncommand: echo still alive\n---\n")
+    assert _wait_for(lambda: (queue / "done" / "after.md").exists())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from functools import partial
 from pathlib import Path
 
@@ -154,3 +156,40 @@ def test_remote_runner_stop_and_crash(tmp_path: Path) -> None:
             stop_process(proc)
             kill_leftovers(m1)
             kill_leftovers(m2)
+
+
+def test_a_runner_name_belongs_to_its_key(server: ServerProcess) -> None:
+    """Another key cannot register under the embedded runner's name: 409, and
+    the embedded runner's running job goes on; new jobs still run at once.
+    An admin releases the name; only then may that key take it."""
+    key = create_key(server, "runner")
+    with server.http() as http, server.http(key) as intruder:
+        (embedded,) = wait_for(lambda: http.get("/runners").json(), what="the embedded runner")
+        name = embedded["name"]
+        job_id = http.post("/jobs", json={"command": "sleep 2; echo kept"}).json()["job_id"]
+        wait_job(http, job_id, "running")
+        register = {"name": name, "providers": ["shell"], "slots": 1}
+        refused = intruder.post("/runners/register", json=register)
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["error"]["code"] == "runner_name_taken"
+        assert f"corral runners forget {name}" in refused.json()["error"]["message"]
+        job = wait_job(http, job_id)
+        assert job["state"] == "done" and job["result"] == "kept", job
+        assert job["attempt"] == 1 and job["runner_id"] == embedded["id"]
+        assert job["infra_retries"] == 0 and job["reason"] is None
+        started = time.monotonic()
+        quick = http.post("/jobs", json={"command": "echo next"}).json()["job_id"]
+        assert wait_job(http, quick, timeout=10)["state"] == "done"
+        assert time.monotonic() - started < 5
+        assert [r["id"] for r in http.get("/runners").json()] == [embedded["id"]]
+
+        # Only an admin may release a name.
+        assert intruder.post(f"/admin/runners/{name}/forget").status_code == 403
+        listed = server.cli("runners", "ls", "--json")
+        assert [r["name"] for r in json.loads(listed.stdout)] == [name], listed.stderr
+        forgot = server.cli("runners", "forget", name)
+        assert forgot.returncode == 0 and "released" in forgot.stdout, forgot.stderr
+        again = server.cli("runners", "forget", name)
+        assert again.returncode == 1 and "no runner name" in again.stderr
+        taken = intruder.post("/runners/register", json=register)
+        assert taken.status_code == 200, taken.text

@@ -20,7 +20,7 @@ from corral.client import AsyncClient, Client, RunTimeout
 from corral.testing import ServerProcess, free_port
 from corral.webhooks import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, verify
 
-from ._helpers import running_server, submit, wait_for, wait_job
+from ._helpers import create_key, running_server, submit, wait_for, wait_job
 
 SECRET = "endpoint-secret-0123456789"
 ENV = {"CORRAL_WEBHOOK_TIMEOUT": "2"}
@@ -254,3 +254,82 @@ async def test_async_client_events_survive_a_forced_disconnect(tmp_path: Path) -
             assert result.ok and result.via == "webhook" and result.result == "async"
             job = await c.wait(result.job_id, timeout=5)
             assert job.state.value == "done"
+
+
+def test_non_admins_see_that_a_connection_failed_not_why(
+    srv: ServerProcess, http: httpx.Client
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}/hook"  # nothing listens: connection refused
+    resp = http.post("/jobs", json={"command": "true", "webhook": {"url": dead}})
+    job_id = resp.json()["job_id"]
+    rows = wait_for(
+        lambda: (r := http.get(f"/jobs/{job_id}/deliveries").json()) and r[-1]["attempts"] and r,
+        timeout=20,
+        what="a first attempt",
+    )
+    assert "ConnectError" in rows[-1]["last_error"]  # the admin sees the detail
+    viewer = create_key(srv, "viewer")
+    with srv.http(viewer) as as_viewer:
+        for path in (f"/jobs/{job_id}/deliveries", f"/webhooks/deliveries?job_id={job_id}"):
+            shown = as_viewer.get(path).json()
+            assert shown and {r["last_error"] for r in shown} <= {"connection failed", None}
+            for attempt in (a for r in shown for a in r.get("attempt_log", [])):
+                assert attempt["error"] == "connection failed"
+
+
+def test_private_addresses_are_refused_unless_allowed(tmp_path: Path) -> None:
+    """Off loopback (or with the setting off), a job's webhook may not point
+    into the server's network: 422 at submit. The admin's [[webhooks]] still
+    go where configured, and Client.run() falls back to polling."""
+    admins = Endpoint()
+    config = tmp_path / "corral.toml"
+    config.write_text(
+        f'[[webhooks]]\nurl = "{admins.url}"\nsecret = "{SECRET}"\nstates = ["done"]\n'
+    )
+    env = {**ENV, "CORRAL_WEBHOOK_ALLOW_PRIVATE": "false"}
+    try:
+        with (
+            running_server(tmp_path / "data", env=env, args=("--config", str(config))) as s,
+            s.http() as http,
+        ):
+            port = free_port()
+            session = http.post("/sessions", json={}).json()["id"]
+            for url in (
+                f"http://127.0.0.1:{port}/hook",
+                f"http://localhost:{port}/hook",
+                f"http://[::ffff:127.0.0.1]:{port}/hook",
+                f"http://2130706433:{port}/hook",  # 127.0.0.1 as one number
+                "http://169.254.169.254/latest/meta-data/",
+                "http://10.1.2.3/hook",
+                "http://0.0.0.0:8487/hook",
+            ):
+                for path in ("/jobs", f"/sessions/{session}/turns"):
+                    resp = http.post(path, json={"command": "true", "webhook": url})
+                    assert resp.status_code == 422, (url, resp.text)
+                    error = resp.json()["error"]
+                    assert error["code"] == "webhook_refused"
+                    assert "webhook_allow_private" in error["message"]
+            # A queue file aiming its webhook there goes to failed/ with the reason.
+            queue = tmp_path / "queue"  # beside the config file
+            (queue / ".hook.tmp").write_text(
+                f"---\ncommand: 'true'\nwebhook: http://127.0.0.1:{port}/hook\n---\n"
+            )
+            (queue / ".hook.tmp").rename(queue / "hook.md")
+            refused = wait_for(
+                lambda: (queue / "failed" / "hook.md").exists() and queue / "failed" / "hook.md",
+                timeout=20,
+                what="the queue file to be refused",
+            )
+            assert "webhook_allow_private" in refused.read_text()
+            public = http.post(
+                "/jobs", json={"command": "true", "webhook": "http://93.184.215.14/hook"}
+            )
+            assert public.status_code == 202, public.text
+            # The admin's own endpoint, on loopback, is delivered to.
+            job_id = http.post("/jobs", json={"command": "echo admins"}).json()["job_id"]
+            wait_for(lambda: admins.states(job_id) == ["done"], timeout=20, what="delivery")
+            with Client(s.url, s.admin_key) as c:
+                result = c.run(None, command="echo polled", timeout=30)
+            assert result.ok and result.via == "polling" and result.result == "polled"
+    finally:
+        admins.close()

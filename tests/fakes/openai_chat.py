@@ -33,6 +33,7 @@ class _Failure:
     status: int
     message: str
     retry_after: float | None = None
+    echo_key: bool = False  # as some servers do: "invalid key: <the key sent>"
 
 
 class FakeOpenAI:
@@ -63,9 +64,10 @@ class FakeOpenAI:
         *,
         retry_after: float | None = None,
         match: str | None = None,
+        echo_key: bool = False,
     ) -> None:
         with self._lock:
-            self._script.append((match, _Failure(status, message, retry_after)))
+            self._script.append((match, _Failure(status, message, retry_after, echo_key)))
 
     def _next(self, body: dict[str, Any]) -> _Reply | _Failure:
         raw = json.dumps(body)
@@ -182,7 +184,11 @@ class _Handler(BaseHTTPRequestHandler):
         step = self.fake._next(body)
         if isinstance(step, _Failure):
             headers = {"retry-after": str(step.retry_after)} if step.retry_after else {}
-            return self._error(step.status, step.message, headers)
+            message = step.message
+            if step.echo_key:
+                sent = self.headers.get("Authorization", "").removeprefix("Bearer ")
+                message = f"{message}: {sent}"
+            return self._error(step.status, message, headers)
         ident = f"chatcmpl-{uuid.uuid4().hex[:12]}"
         created = int(time.time())
         usage = {

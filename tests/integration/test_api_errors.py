@@ -31,7 +31,9 @@ class Api:
 @pytest.fixture
 async def api(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Api]:
     monkeypatch.chdir(tmp_path)
-    settings = load_settings(data_dir=tmp_path, database_url=db_url, max_body_bytes=4096)
+    settings = load_settings(
+        data_dir=tmp_path, database_url=db_url, max_body_bytes=4096, webhook_allow_private=False
+    )
     async with Server(settings) as server:
         app = server.app
         store = server.store
@@ -44,6 +46,9 @@ async def api(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> A
             done = (await http.post("/jobs", json={"command": "x"}, headers=admin)).json()
             await http.post(f"/jobs/{done['job_id']}/cancel", headers=admin)
             queued = (await http.post("/jobs", json={"command": "y"}, headers=admin)).json()
+            runner = {"Authorization": f"Bearer {keys['runner']}"}
+            bound = {"name": "bound", "providers": ["shell"], "slots": 1}
+            assert (await http.post("/runners/register", json=bound, headers=runner)).is_success
             yield Api(http, keys, done["job_id"], queued["job_id"], queued["session_id"])
 
 
@@ -217,6 +222,59 @@ def _cases(api: Api) -> list[tuple[str, str, str, dict[str, Any], int, str]]:
             {},
             422,
             "invalid_input",
+        ),
+        *[
+            (f"since {since} on {path}", "GET", f"{path}?since={since}", {}, 422, "invalid_input")
+            for path in (f"/sessions/{api.session}/events", f"/jobs/{api.queued_job}/events")
+            for since in (2**31, 2**63, 2**64)
+        ],
+        (
+            "Last-Event-ID beyond the integer range",
+            "GET",
+            f"/sessions/{api.session}/stream",
+            {"headers": {"Last-Event-ID": str(2**63)}},
+            400,
+            "bad_request",
+        ),
+        (
+            "another key's runner name",
+            "POST",
+            "/runners/register",
+            {"json": {"name": "bound", "providers": ["shell"], "slots": 1}},
+            409,
+            "runner_name_taken",
+        ),
+        (
+            "forget an unknown runner name",
+            "POST",
+            "/admin/runners/nope/forget",
+            {},
+            404,
+            "runner_name_not_found",
+        ),
+        (
+            "operator forgets a runner name",
+            "POST",
+            "/admin/runners/bound/forget",
+            {"role": "operator"},
+            403,
+            "forbidden",
+        ),
+        (
+            "webhook to loopback",
+            "POST",
+            "/jobs",
+            {"json": {"command": "true", "webhook": "http://127.0.0.1:9/hook"}},
+            422,
+            "webhook_refused",
+        ),
+        (
+            "webhook to the metadata service",
+            "POST",
+            f"/sessions/{api.session}/turns",
+            {"json": {"command": "true", "webhook": {"url": "http://169.254.169.254/x"}}},
+            422,
+            "webhook_refused",
         ),
         ("unknown route", "GET", "/nope", {}, 404, "not_found"),
         ("wrong method", "DELETE", "/jobs", {}, 405, "method_not_allowed"),

@@ -19,6 +19,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 
+from corral import redact
 from corral.api import stream
 from corral.api.deps import Reader, RunnerKey, Svc, Writer
 from corral.api.runners import owned_runner
@@ -259,6 +260,8 @@ async def report_agents(
     """Status, status changes, log lines and message counts of the agents this
     runner hosts. Names it does not host are listed back in ``not_hosted``."""
     now = time.monotonic()
+    for x in body.lines:  # an agent printing its own token: known secrets are not kept
+        x.line = redact.text(x.line)
     known = svc.agent_hosts.get((runner_id, who.key_id))
     if known is not None and known[0] > now:
         name, hosted = known[1], known[2]

@@ -18,6 +18,7 @@ from corral.api import (
     errors,
     jobs,
     ollama,
+    openapi,
     runners,
     sessions,
     system,
@@ -39,6 +40,7 @@ def create_app(settings: Settings, *, lifespan: Lifespan | None = None) -> FastA
         description="Control plane for fleets of AI coding agents.",
     )
     errors.install(app)
+    openapi.install(app)
     for module in (system, jobs, sessions, runners, admin, webhooks, ollama, agents):
         app.include_router(module.router)
     app.add_middleware(

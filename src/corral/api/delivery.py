@@ -7,6 +7,9 @@ Deliveries of one job to one URL go in order: the next waits until the one
 before it is delivered or given up. Connection errors, timeouts, 5xx, 408 and
 429 are retried with exponential backoff and jitter (a ``Retry-After`` is
 honoured) until ``webhook_retry_horizon``; any other 4xx gives up at once.
+Unless private addresses are allowed, job webhooks connect through
+``corral.egress`` (a delivery to a refused address fails at once,
+"refused: ..."); server-wide endpoints are the admin's and go as configured.
 Every attempt is recorded. Pending deliveries survive restarts: they are rows."""
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from datetime import UTC, datetime
 import httpx
 
 from corral import __version__
-from corral.errors import CorralError
+from corral.egress import guarded_transport
+from corral.errors import CorralError, WebhookRefused
 from corral.jobs import backoff
 from corral.protocol import topics
 from corral.store import Store
@@ -47,8 +51,13 @@ class Sender:
         timeout: float = 10.0,
         horizon: float = 86400.0,
         concurrency: int = 16,
+        allow_private: bool = True,
+        trusted: frozenset[str] = frozenset(),
     ) -> None:
         self.store = store
+        self.allow_private = allow_private
+        self.trusted = trusted  # URLs of the server-wide endpoints
+        self._jobs_http: httpx.AsyncClient | None = None
         self.outbox = store.outbox
         self.default_secret = default_secret
         self.timeout = timeout
@@ -66,7 +75,14 @@ class Sender:
         limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=8)
         headers = {"User-Agent": f"corral-webhooks/{__version__}"}
         sub = self.store.bus.subscribe(topics.WEBHOOKS, maxsize=10_000)
-        async with httpx.AsyncClient(timeout=self.timeout, limits=limits, headers=headers) as http:
+        guarded = None if self.allow_private else guarded_transport(limits)
+        async with (
+            httpx.AsyncClient(timeout=self.timeout, limits=limits, headers=headers) as http,
+            httpx.AsyncClient(
+                timeout=self.timeout, limits=limits, transport=guarded, headers=headers
+            ) as jobs,
+        ):
+            self._jobs_http = jobs
             try:
                 while True:
                     await self._fill(http)
@@ -132,18 +148,24 @@ class Sender:
         status: int | None = None
         error: str | None = None
         retry_after: float | None = None
+        client = http if d.url in self.trusted or self._jobs_http is None else self._jobs_http
+        refused = False
         try:
-            resp = await http.post(d.url, content=body, headers=headers)
+            resp = await client.post(d.url, content=body, headers=headers)
             status = resp.status_code
             if status >= 300:
                 error = f"HTTP {status}: {resp.text[:200]}"
                 retry_after = _retry_after(resp.headers.get("retry-after"))
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}"[:500] or type(exc).__name__
+        except WebhookRefused as exc:
+            error, refused = f"refused: {exc.message}"[:500], True
         latency = (time.monotonic() - started) * 1000
         now = datetime.now(UTC)
         if status is not None and 200 <= status < 300:
             outcome, wait = "delivered", 0.0
+        elif refused:
+            outcome, wait = "failed", 0.0  # the address will not become public by retrying
         elif status is not None and 400 <= status < 500 and status not in RETRYABLE:
             outcome, wait = "failed", 0.0  # the receiver refused it: retrying cannot help
         else:

@@ -15,7 +15,7 @@ from corral.auth import Principal, Role
 from corral.errors import BadRequest, Forbidden
 from corral.intake.submit import submit as submit_job
 from corral.jobs import JobState
-from corral.models import Artifact, Job, JobAccepted, JobCreate, JobPage, RouteDecision
+from corral.models import INT32_MAX, Artifact, Job, JobAccepted, JobCreate, JobPage, RouteDecision
 from corral.protocol import paths
 
 router = APIRouter(tags=["jobs"])
@@ -44,7 +44,12 @@ def _states(raw: list[str]) -> list[JobState]:
     return states
 
 
-@router.post("/jobs", status_code=202, response_model=JobAccepted)
+@router.post(
+    "/jobs",
+    status_code=202,
+    response_model=JobAccepted,
+    responses={200: {"model": JobAccepted, "description": "A known idempotency_key: that job."}},
+)
 async def submit(spec: JobCreate, svc: Svc, who: Writer, response: Response) -> JobAccepted:
     job, created = await submit_job(svc, spec)
     if not created:
@@ -105,7 +110,7 @@ async def job_events(
     svc: Svc,
     who: Reader,
     job_id: JobId,
-    since: Annotated[int, Query(ge=0)] = 0,
+    since: Annotated[int, Query(ge=0, le=INT32_MAX)] = 0,
     limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
     internal: bool = False,
 ) -> Response:

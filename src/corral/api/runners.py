@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Request
 
 from corral import auth
-from corral.api.deps import Reader, RunnerKey, Svc, Worker
+from corral.api.deps import Admin, Reader, RunnerKey, Svc, Worker
 from corral.auth import Principal, Role, WorkerClaims
 from corral.errors import Forbidden
 from corral.models import Artifact, NewEvent, Runner
@@ -63,6 +63,14 @@ async def register(body: RunnerRegister, svc: Svc, who: RunnerKey) -> RunnerRegi
 @router.get("/runners", response_model=list[Runner])
 async def list_runners(svc: Svc, who: Reader) -> list[Runner]:
     return await svc.store.runners.list()
+
+
+@router.post("/admin/runners/{name}/forget")
+async def forget_runner(name: str, svc: Svc, who: Admin) -> dict[str, str]:
+    """Release a runner name from the key that registered it: the next key to
+    register under it owns it (a runner re-keyed, or a name to give away)."""
+    key_id = await svc.store.runners.forget(name)
+    return {"name": name, "key_id": key_id}
 
 
 async def owned_runner(runner_id: str, svc: Services, who: Principal) -> Runner:

@@ -12,7 +12,7 @@ from corral.api.ids import SessionId
 from corral.api.schemas import EventPage, SessionCreate, TurnCreate
 from corral.errors import BadRequest
 from corral.intake.submit import submit
-from corral.models import JobAccepted, Session, SessionDetail
+from corral.models import INT32_MAX, JobAccepted, Session, SessionDetail
 
 router = APIRouter(tags=["sessions"])
 
@@ -29,7 +29,12 @@ async def get_session(svc: Svc, who: Reader, session_id: SessionId) -> SessionDe
     return SessionDetail(**session.model_dump(), jobs=sorted(jobs, key=lambda j: j.turn))
 
 
-@router.post("/sessions/{session_id}/turns", status_code=202, response_model=JobAccepted)
+@router.post(
+    "/sessions/{session_id}/turns",
+    status_code=202,
+    response_model=JobAccepted,
+    responses={200: {"model": JobAccepted, "description": "A known idempotency_key: that job."}},
+)
 async def add_turn(
     body: TurnCreate, svc: Svc, who: Writer, session_id: SessionId, response: Response
 ) -> JobAccepted:
@@ -47,7 +52,7 @@ async def session_events(
     svc: Svc,
     who: Reader,
     session_id: SessionId,
-    since: Annotated[int, Query(ge=0)] = 0,
+    since: Annotated[int, Query(ge=0, le=INT32_MAX)] = 0,
     limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
     internal: bool = False,
 ) -> EventPage:
@@ -63,7 +68,7 @@ async def session_stream(
     svc: Svc,
     who: Reader,
     session_id: SessionId,
-    since: Annotated[int, Query(ge=0)] = 0,
+    since: Annotated[int, Query(ge=0, le=INT32_MAX)] = 0,
     internal: bool = False,
 ) -> Response:
     """SSE: every event after Last-Event-ID (or ``since``), then live ones."""

@@ -16,7 +16,7 @@ from sse_starlette import EventSourceResponse
 
 from corral.errors import BadRequest
 from corral.jobs import TERMINAL
-from corral.models import Event
+from corral.models import INT32_MAX, Event
 from corral.protocol import topics
 from corral.store import Store
 
@@ -120,8 +120,8 @@ def last_event_id(request: Request, since: int) -> int:
         value = int(raw)
     except ValueError:
         raise BadRequest("Last-Event-ID must be an event seq (an integer)") from None
-    if value < 0:
-        raise BadRequest("Last-Event-ID must not be negative")
+    if not 0 <= value <= INT32_MAX:
+        raise BadRequest(f"Last-Event-ID must be an event seq, 0 to {INT32_MAX}")
     return max(value, since)
 
 

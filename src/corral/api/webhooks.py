@@ -9,6 +9,8 @@ from fastapi import APIRouter, Query
 
 from corral.api.deps import Admin, Reader, Svc, Writer
 from corral.api.ids import JobId
+from corral.auth import Principal, Role
+from corral.egress import public_error
 from corral.models import Delivery
 
 router = APIRouter(tags=["webhooks"])
@@ -20,7 +22,8 @@ DeliveryState = Literal["pending", "delivered", "failed"]
 async def job_deliveries(svc: Svc, who: Reader, job_id: JobId) -> list[dict[str, Any]]:
     """The job's webhook deliveries, newest first, each with its attempt log."""
     await svc.store.jobs.get(job_id)  # 404 for an unknown job
-    return await svc.store.outbox.list(job_id=job_id, attempts=True, limit=1000)
+    rows = await svc.store.outbox.list(job_id=job_id, attempts=True, limit=1000)
+    return _for(who, rows)
 
 
 @router.get(
@@ -34,7 +37,7 @@ async def deliveries(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[dict[str, Any]]:
     """Deliveries of every job, newest first."""
-    return await svc.store.outbox.list(job_id=job_id, state=state, limit=limit)
+    return _for(who, await svc.store.outbox.list(job_id=job_id, state=state, limit=limit))
 
 
 @router.post(
@@ -44,10 +47,22 @@ async def deliveries(
 )
 async def redeliver(delivery_id: str, svc: Svc, who: Writer) -> dict[str, Any]:
     """Send a delivery again (it keeps its id: receivers may drop it as a duplicate)."""
-    return await svc.store.outbox.redeliver(delivery_id, datetime.now(UTC))
+    return _for(who, [await svc.store.outbox.redeliver(delivery_id, datetime.now(UTC))])[0]
 
 
 @router.get("/admin/webhook-secret")
 async def webhook_secret(svc: Svc, who: Admin) -> dict[str, str]:
     """The secret that signs deliveries of webhooks given without one."""
     return {"secret": svc.webhook_secret}
+
+
+def _for(who: Principal, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Only admins see why a connection failed (refused, reset, timed out...):
+    to anyone else, the delivery log would map the server's network."""
+    if who.role is Role.ADMIN:
+        return rows
+    for row in rows:
+        row["last_error"] = public_error(row["last_error"])
+        for attempt in row.get("attempt_log", ()):
+            attempt["error"] = public_error(attempt["error"])
+    return rows

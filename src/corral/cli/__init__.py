@@ -16,6 +16,7 @@ from corral.cli import (
     control,
     jobs,
     keys,
+    runners,
     service,
     sessions,
     webhooks,
@@ -63,6 +64,7 @@ app.command()(admin.migrate)
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(sessions.app, name="sessions")
 app.add_typer(keys.app, name="keys")
+app.add_typer(runners.app, name="runners")
 app.add_typer(workspaces.app, name="workspaces")
 app.add_typer(webhooks.app, name="webhooks")
 app.add_typer(agents.app, name="agents")

@@ -1,19 +1,15 @@
 """Log setup for `corral serve` and `corral runner`: text or JSON lines,
-credentials redacted."""
+credentials and every secret the process knows redacted (corral.redact)."""
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 import time
+from typing import Any
 
-_SECRET = re.compile(r"(crl_[0-9a-f]+_)[A-Za-z0-9_\-]+|(Bearer\s+)[A-Za-z0-9._\-]+")
-
-
-def redact(text: str) -> str:
-    return _SECRET.sub(lambda m: (m.group(1) or m.group(2)) + "[redacted]", text)
+from corral.redact import text as redact
 
 
 class _Redact(logging.Filter):
@@ -21,6 +17,11 @@ class _Redact(logging.Filter):
         record.msg = redact(record.getMessage())
         record.args = None
         return True
+
+
+class _Text(logging.Formatter):
+    def formatException(self, ei: Any) -> str:
+        return redact(super().formatException(ei))
 
 
 class _Json(logging.Formatter):
@@ -46,7 +47,7 @@ def setup(level: str = "INFO", fmt: str = "text") -> None:
     if fmt == "json":
         handler.setFormatter(_Json())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(_Text("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 
+from corral import redact
 from corral.cli import logs
 from corral.cli.common import ConfigOpt, DataDirOpt, err, say_sandbox, settings
 from corral.errors import ConfigError
@@ -57,6 +58,7 @@ def runner(
         raise ConfigError(f"--server must be an http(s) URL, not {server!r}")
     s = settings(config, data_dir)
     logs.setup(s.log_level, s.log_format)
+    redact.add(*s.secrets(), token)  # never sent nor logged: this host's credentials
     # Remote providers assigned to this runner by name (`runner = NAME`) come too.
     providers = (
         s.runner_serves(provider or s.runner.providers, name)

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 def _announce(server: Server) -> None:
     """What `corral serve` says once it answers."""
-    from corral.server.build import is_loopback
+    from corral.config import is_loopback
 
     settings = server.settings
     err.print(f"corral {server.store.db.dialect} listening on [bold]{esc(server.url or '')}[/]")

@@ -24,6 +24,7 @@ from corral.models import (
     JobPage,
     ModelTag,
     RouteDecision,
+    Runner,
     Session,
     SessionDetail,
     Status,
@@ -188,6 +189,20 @@ def redeliver(delivery_id: str) -> Call[Delivery]:
 def webhook_secret() -> Call[str]:
     """The server's default webhook secret (admin)."""
     return Call("GET", "/admin/webhook-secret", _field("secret", str))
+
+
+# -- runners -------------------------------------------------------------------
+
+
+def runners() -> Call[list[Runner]]:
+    """The active runners."""
+    return Call("GET", "/runners", _many(Runner))
+
+
+def forget_runner(name: str) -> Call[dict[str, Any]]:
+    """Release a runner name from the key that registered it (admin): the
+    next key to register under it owns it."""
+    return Call("POST", f"/admin/runners/{_seg(name)}/forget", lambda resp: dict(resp.json()))
 
 
 # -- the kill switch and status ------------------------------------------------

@@ -19,6 +19,7 @@ from corral.models import AgentLine, Event, Job
 
 from . import calls
 from .base import (
+    ApiError,
     AwaitDelivery,
     Emit,
     Flow,
@@ -100,8 +101,10 @@ def run(
     the job's webhook, with a fresh secret. Polling (first after
     ``poll_interval`` seconds, then 1.5 times longer each time up to 5 s:
     a short job is seen soon, a long one costs few requests) when the receiver
-    cannot bind, when ``polling=True``, or when nothing is delivered within
-    ``push_grace`` seconds. On ``timeout`` raises RunTimeout; the job goes
+    cannot bind, when ``polling=True``, when the server refuses to send
+    webhooks to this host's address (``webhook_allow_private``), or when
+    nothing is delivered within ``push_grace`` seconds. On ``timeout`` raises
+    RunTimeout; the job goes
     on unless ``cancel_on_timeout``, which also cancels it when the caller is
     interrupted (KeyboardInterrupt, or the task is cancelled)."""
     deadline = _deadline(timeout)
@@ -111,7 +114,15 @@ def run(
         # (no deliveries for assigned and running to wait behind).
         states = ["queued", "done", "failed", "cancelled"]
         fields["webhook"] = {"url": hook.url, "secret": hook.secret, "states": states}
-    accepted = yield from send(calls.submit(prompt, command=command, **fields))
+    try:
+        accepted = yield from send(calls.submit(prompt, command=command, **fields))
+    except ApiError as exc:
+        if hook is None or exc.code != "webhook_refused":
+            raise
+        # The server sends no webhooks to this host's (private) address: poll.
+        hook = None
+        fields.pop("webhook")
+        accepted = yield from send(calls.submit(prompt, command=command, **fields))
     job_id = accepted.job_id
     try:
         via: Literal["webhook", "polling"] = "polling"

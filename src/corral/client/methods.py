@@ -33,6 +33,9 @@ class Methods:
     all_deliveries = endpoint(calls.all_deliveries)
     redeliver = endpoint(calls.redeliver)
     webhook_secret = endpoint(calls.webhook_secret)
+    # runners
+    runners = endpoint(calls.runners)
+    forget_runner = endpoint(calls.forget_runner)
     # the kill switch and status
     pause = endpoint(calls.pause)
     resume = endpoint(calls.resume)

@@ -22,6 +22,7 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+from corral import redact
 from corral.errors import ConfigError
 
 _SHELL_OPERATOR = frozenset("();<>|&")
@@ -185,11 +186,17 @@ class RemoteSettings(ProviderSettings):
         return split_command(value)
 
     async def credential(self) -> str | None:
-        """The API key, read afresh (token files and commands may rotate).
-        Neither blocks the event loop: the token file is read in a thread (a
-        mounted secret may sit on a slow file system), the token command runs
-        as the loop's subprocess and is killed, with what it started, after
-        ``TOKEN_COMMAND_TIMEOUT``."""
+        """The API key, read afresh (token files and commands may rotate), and
+        remembered as a secret to redact from what is stored and logged
+        (``corral.redact``). Neither blocks the event loop: the token file is
+        read in a thread (a mounted secret may sit on a slow file system), the
+        token command runs as the loop's subprocess and is killed, with what it
+        started, after ``TOKEN_COMMAND_TIMEOUT``."""
+        key = await self._read_credential()
+        redact.add(key)
+        return key
+
+    async def _read_credential(self) -> str | None:
         if self.api_key is not None:
             return self.api_key.get_secret_value()
         if self.api_key_env:

@@ -9,21 +9,31 @@ A file is moved to running/ (an atomic rename) before its job is submitted
 with an idempotency key made of its name and content hash, so a crash between
 the two steps re-submits the same job instead of a second one; at start,
 running/ is reconciled with the jobs table. Files still being written (dot
-files, ``*.tmp``, ``*.swp``, ``~`` backups, or modified in the last
-SETTLE_SECONDS) are left alone until they settle.
+files, ``*.tmp``, ``*.swp``, ``~`` backups, files modified in the last
+SETTLE_SECONDS, and on Linux files any process still has open for writing)
+are left alone until they are complete. Symbolic links and other files that
+are not regular files go to failed/ unread: a link could point anywhere.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import logging
 import os
+import signal
+import stat
 import time
 from pathlib import Path
 
 from watchfiles import Change, awatch
+
+try:
+    import fcntl
+except ImportError:  # not POSIX
+    fcntl = None  # type: ignore[assignment]
 
 from corral import queue_file
 from corral.errors import CorralError
@@ -36,6 +46,9 @@ from corral.services import Services
 log = logging.getLogger(__name__)
 
 SETTLE_SECONDS = 0.2
+# Where it cannot be told whether a writer still has the file open (not
+# Linux, another user's file, a file system without leases): quiet this long.
+QUIET_SECONDS = 2.0
 RETRY_SECONDS = 2.0  # after a database or disk error
 
 
@@ -129,18 +142,34 @@ class FolderIntake:
             now = time.time()
             taken: list[tuple[int, float, Path, bytes, JobCreate | str]] = []
             unsettled = False
+            refused: list[tuple[Path, str]] = []
             for entry in os.scandir(self.root):
-                if not entry.is_file() or not wanted(entry.name):
-                    continue
-                stat = entry.stat()
-                if now - stat.st_mtime < SETTLE_SECONDS:
-                    unsettled = True
+                if not wanted(entry.name):
                     continue
                 path = Path(entry.path)
                 try:
-                    raw = path.read_bytes()
+                    st = entry.stat(follow_symlinks=False)
                 except OSError:
                     continue  # gone already (another replica took it)
+                if stat.S_ISDIR(st.st_mode):
+                    continue
+                if not stat.S_ISREG(st.st_mode):
+                    refused.append((path, not_regular(entry.name, st.st_mode)))
+                    continue
+                age = now - st.st_mtime
+                if age < SETTLE_SECONDS:
+                    unsettled = True
+                    continue
+                try:
+                    raw, writing = read_complete(path)
+                except NotRegular as exc:
+                    refused.append((path, str(exc)))
+                    continue
+                except OSError:
+                    continue  # gone already (another replica took it)
+                if writing or (writing is None and age < QUIET_SECONDS):
+                    unsettled = True  # still being written: not a job yet
+                    continue
                 spec: JobCreate | str
                 try:
                     spec = queue_file.parse(
@@ -151,7 +180,9 @@ class FolderIntake:
                 except CorralError as exc:
                     spec = exc.message
                 priority = spec.priority if isinstance(spec, JobCreate) else -1
-                taken.append((priority, stat.st_mtime, path, raw, spec))
+                taken.append((priority, st.st_mtime, path, raw, spec))
+            for path, reason in refused:
+                self._reject(path, b"", reason)
             for _, _, path, raw, spec in sorted(taken, key=lambda t: (t[0], t[1])):
                 if isinstance(spec, str):
                     self._reject(path, raw, spec)
@@ -217,7 +248,10 @@ class FolderIntake:
         finish the ones whose job ended."""
         for path in sorted(self.running.glob("*.md")):
             try:
-                raw = path.read_bytes()
+                raw = read_regular(path)
+            except NotRegular as exc:
+                self._reject(path, b"", str(exc))
+                continue
             except OSError:
                 continue
             job = await self.store.jobs.by_idempotency_key(idempotency_key(path.name, raw))
@@ -247,6 +281,79 @@ class FolderIntake:
         _write(target, raw + queue_file.footer(job).encode())
         path.unlink(missing_ok=True)
         log.info("queue file %s -> %s", path.name, target.parent.name, extra={"job_id": job.id})
+
+
+class NotRegular(OSError):
+    """A symbolic link, FIFO, socket or device where a job file was expected."""
+
+
+def not_regular(name: str, mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return (
+            f"{name} is a symbolic link: links in the queue folder are not followed "
+            "(they could point anywhere); put the file itself in the folder"
+        )
+    return f"{name} is not a regular file; put a Markdown file in the queue folder"
+
+
+def _open_regular(path: Path) -> int:
+    """A read-only descriptor of ``path`` if it is a regular file (never
+    following a link, never blocking on a FIFO); else NotRegular."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # swapped for a link since it was listed
+            raise NotRegular(not_regular(path.name, stat.S_IFLNK)) from exc
+        raise
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise NotRegular(not_regular(path.name, mode))
+    return fd
+
+
+def _read_fd(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def read_regular(path: Path) -> bytes:
+    fd = _open_regular(path)
+    try:
+        return _read_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def read_complete(path: Path) -> tuple[bytes, bool | None]:
+    """The content of the regular file ``path``, and whether a process still
+    has it open for writing (None: cannot be told here).
+
+    On Linux a read lease cannot be taken while any process has the file
+    open for writing, so taking one says the writer is done; the content is
+    read while it is held (a writer opening the file meanwhile waits until
+    it is released, microseconds later). The lease's break signal is SIGURG,
+    which is ignored by default: SIGIO, the default, would end the process."""
+    fd = _open_regular(path)
+    try:
+        lease = getattr(fcntl, "F_SETLEASE", None) if fcntl is not None else None
+        if lease is None:
+            return _read_fd(fd), None
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETSIG, signal.SIGURG)
+            fcntl.fcntl(fd, lease, fcntl.F_RDLCK)
+        except OSError as exc:
+            if exc.errno == errno.EAGAIN:
+                return b"", True
+            return _read_fd(fd), None  # EACCES (not our file), EINVAL (no leases here)
+        try:
+            return _read_fd(fd), False
+        finally:
+            fcntl.fcntl(fd, lease, fcntl.F_UNLCK)
+    finally:
+        os.close(fd)
 
 
 def _free(path: Path) -> Path:

@@ -4,6 +4,7 @@ intake sources to come) submits through ``submit()``."""
 
 from __future__ import annotations
 
+from corral import egress
 from corral.models import Job, JobCreate
 from corral.services import Services
 
@@ -13,6 +14,8 @@ async def submit(services: Services, spec: JobCreate) -> tuple[Job, bool]:
     session's provider) and create its job. Returns ``(job, created)``:
     ``created`` is False when the idempotency key names a job made before.
     Raises ``Unroutable`` (422) when no provider may run it, and the store's
-    errors (an unknown session: 404)."""
+    errors (an unknown session: 404), and ``WebhookRefused`` (422) for a
+    webhook aimed into the server's own network (``corral.egress``)."""
+    await egress.check_webhook(spec, services.settings)
     decision = await services.route(spec)
     return await services.store.jobs.create(spec, decision)

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from corral.models import Job, NewEvent, Outcome, Session
+from corral.models import INT32_MAX, Int32, Job, NewEvent, Outcome, Seq, Session
 
 VERSION: Final = "v1"
 
@@ -97,12 +97,12 @@ class DesiredAgents(BaseModel):
 
 class AgentState(BaseModel):
     status: str = Field(pattern=r"^(stopped|starting|running|backoff|exited|fatal)$")
-    pid: int | None = None
-    started_at: float | None = None
-    restarts: int = Field(0, ge=0)
-    last_exit_code: int | None = None
+    pid: Seq | None = None
+    started_at: float | None = Field(None, allow_inf_nan=False)
+    restarts: Seq = 0
+    last_exit_code: Int32 | None = None
     message: str | None = Field(None, max_length=4000)
-    applied_seq: int = Field(0, ge=0)
+    applied_seq: Seq = 0
 
 
 class StatusChange(BaseModel):
@@ -111,15 +111,15 @@ class StatusChange(BaseModel):
     agent_id: str = Field(pattern=AGENT_NAME)
     old_status: str = Field(max_length=16)
     new_status: str = Field(max_length=16)
-    pid: int | None = None
-    exit_code: int | None = None
-    at: float
+    pid: Seq | None = None
+    exit_code: Int32 | None = None
+    at: float = Field(allow_inf_nan=False)
 
 
 class LogLine(BaseModel):
     agent: str = Field(pattern=AGENT_NAME)
-    offset: int = Field(ge=1)
-    at: float
+    offset: Annotated[int, Field(ge=1, le=INT32_MAX)]
+    at: float = Field(allow_inf_nan=False)
     stream: str = Field(pattern=r"^(stdout|stderr)$")
     line: str = Field(max_length=65_536)
 
@@ -128,9 +128,9 @@ class AgentReport(Request):
     states: dict[str, AgentState] = Field(default_factory=dict, max_length=10_000)
     changes: list[StatusChange] = Field(default_factory=list, max_length=10_000)
     lines: list[LogLine] = Field(default_factory=list, max_length=5_000)
-    messages: dict[
-        str, Annotated[dict[int, Annotated[int, Field(ge=0)]], Field(max_length=24 * 60)]
-    ] = Field(default_factory=dict, max_length=10_000, description="Per agent: minute -> count.")
+    messages: dict[str, Annotated[dict[Seq, Seq], Field(max_length=24 * 60)]] = Field(
+        default_factory=dict, max_length=10_000, description="Per agent: minute -> count."
+    )
     release: bool = Field(False, description="The runner is stopping: free its agents.")
 
 

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import TypeVar
 
+from corral import redact
 from corral.models import NewEvent, Outcome, new_id
 from corral.protocol import Completed, Completion, EventBatch, WorkerState
 from corral.runner.link import Refused, Unreachable, WorkerLink
@@ -61,7 +62,9 @@ class WorkerChannel:
             NewEvent.model_construct(
                 event_id=new_id(),
                 type=type,
-                payload=dict(payload),
+                # This runner's own credentials never leave it (the server
+                # redacts what it knows; a runner elsewhere knows more).
+                payload=redact.data(dict(payload)),
                 ephemeral=ephemeral,
                 internal=internal,
             )
@@ -96,6 +99,7 @@ class WorkerChannel:
             return None
         while len(self._events) > BATCH:
             await self._send_events(self._take(BATCH))
+        outcome = redact.outcome(outcome)
         body = Completion(outcome=outcome, events=self._take())
         return await self._call("complete", lambda: self.link.complete(body))
 

@@ -4,12 +4,13 @@ local keys of a server on this machine."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-import ipaddress
 import os
 import socket
 from pathlib import Path
 
+from corral import redact
 from corral.auth import Role
 from corral.config import Settings
 from corral.services import Services
@@ -76,6 +77,8 @@ async def services(settings: Settings, store: Store) -> Services:
         else await store.settings.get_or_create("webhook_secret", new_secret)
     )
     store.db.webhooks = webhook_rules(settings)
+    # Every secret this server knows is redacted from what it stores and logs.
+    redact.add(*await asyncio.to_thread(settings.secrets), secret, hook_secret)
     if await store.settings.get("paused") is None:  # the config's default, once
         await store.settings.set("paused", "true" if settings.paused else "false")
     # For the runners that host them (every replica writes the same: it is idempotent).
@@ -87,15 +90,6 @@ async def services(settings: Settings, store: Store) -> Services:
         webhook_secret=hook_secret,
         providers=settings.provider_table(),
     )
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def embedded_runner_name(settings: Settings) -> str:

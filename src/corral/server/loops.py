@@ -63,6 +63,8 @@ async def webhooks(svc: Services) -> None:
         timeout=settings.webhook_timeout,
         horizon=settings.webhook_retry_horizon,
         concurrency=settings.webhook_concurrency,
+        allow_private=settings.webhooks_may_reach_private,
+        trusted=frozenset(h.url for h in settings.webhooks),
     )
     await sender.run()
 

@@ -39,8 +39,8 @@ from fastapi import FastAPI
 
 from corral import discovery
 from corral.api.app import create_app
-from corral.auth import Role
-from corral.config import Settings
+from corral.auth import Role, key_id_of
+from corral.config import Settings, is_loopback
 from corral.errors import ConfigError
 from corral.intake.folder import prepare as prepare_queue
 from corral.server import build
@@ -138,7 +138,7 @@ class Server:
         settings, store = self.settings, self.store
         if settings.queue_enabled:
             prepare_queue(settings.queue_dir)  # there before the server says it is up
-        if build.is_loopback(host):
+        if is_loopback(host):
             await build.local_key(
                 store, settings.admin_key_file, name="local admin", role=Role.ADMIN
             )
@@ -153,6 +153,11 @@ class Server:
 
             self._runner_key = await build.local_key(
                 store, settings.data_dir / "runner.key", name=EMBEDDED_KEY, role=Role.RUNNER
+            )
+            # The embedded runner's name is this server's own: no other key
+            # may register under it (a new runner.key takes it back).
+            await store.runners.claim(
+                build.embedded_runner_name(settings), key_id_of(self._runner_key)
             )
             self.sandbox = await asyncio.to_thread(
                 make_sandbox,

@@ -206,6 +206,17 @@ runners = sa.Table(
     sa.Index(None, "name"),
 )
 
+# Which key owns a runner name: the first to register it. Another key's
+# registration under that name is refused (409) until an admin forgets it, so
+# no key can take over another runner's name (and release its jobs).
+runner_names = sa.Table(
+    "runner_names",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("key_id", sa.String(64), nullable=False),
+    sa.Column("bound_at", UTCDateTime, nullable=False),
+)
+
 api_keys = sa.Table(
     "api_keys",
     metadata,

@@ -21,6 +21,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from corral import redact
 from corral.auth import WorkerClaims
 from corral.errors import ArtifactNotFound, JobNotFound
 from corral.jobs import JobState
@@ -114,7 +115,9 @@ class Jobs:
     async def append_events(
         self, claims: WorkerClaims, items: Sequence[NewEvent]
     ) -> tuple[list[Event], list[str]]:
+        """Record a worker's events (known secrets redacted)."""
         now = now_utc()
+        items = [redact.event(item) for item in items]
         return await self.db.write(lambda tx: lifecycle.append_events(tx, claims, items, now=now))
 
     async def set_handle(self, claims: WorkerClaims, handle: str | None) -> None:
@@ -123,7 +126,11 @@ class Jobs:
     async def complete(
         self, claims: WorkerClaims, outcome: Outcome, items: Sequence[NewEvent] = ()
     ) -> tuple[Job, list[str]]:
+        """End the attempt with a worker's outcome (known secrets redacted:
+        an upstream error may echo the API key)."""
         now, policy = now_utc(), self.policy
+        outcome = redact.outcome(outcome)
+        items = [redact.event(item) for item in items]
         return await self.db.write(
             lambda tx: lifecycle.complete(tx, claims, outcome, items, policy=policy, now=now)
         )

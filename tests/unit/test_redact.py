@@ -1,0 +1,129 @@
+"""Redaction of known secrets: what is added, what is replaced, what is left."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from corral import redact
+from corral.cli import logs
+from corral.config import load_settings
+from corral.models import NewEvent, Outcome
+from corral.redact import REDACTED, Secrets
+
+
+def test_known_values_and_key_shapes_are_replaced() -> None:
+    s = Secrets()
+    s.add("sk-live-0123456789abcdef", "short", None, "")
+    text = (
+        "HTTP 401: Incorrect API key provided: sk-live-0123456789abcdef; "
+        "Authorization: Bearer abc.def-ghi; key crl_0a1b2c_SeCrEt-value"
+    )
+    assert s.text(text) == (
+        f"HTTP 401: Incorrect API key provided: {REDACTED}; "
+        f"Authorization: Bearer {REDACTED}; key crl_0a1b2c_{REDACTED}"
+    )
+    assert s.text("short is too short to be a secret") == "short is too short to be a secret"
+
+
+def test_the_longest_secret_is_replaced_whole() -> None:
+    s = Secrets()
+    s.add("abcdefgh", "abcdefgh-and-more")
+    assert s.text("x abcdefgh-and-more y abcdefgh") == f"x {REDACTED} y {REDACTED}"
+
+
+def test_data_is_redacted_deeply_and_untouched_data_is_the_same_object() -> None:
+    s = Secrets()
+    s.add("token-0123456789")
+    clean = {"line": "hello", "n": 3, "items": ["a", {"b": None}]}
+    assert s.data(clean) is clean
+    dirty = {"line": "hello", "nested": {"items": ["x", "token-0123456789"]}, "n": 1}
+    assert s.data(dirty) == {"line": "hello", "nested": {"items": ["x", REDACTED]}, "n": 1}
+    assert dirty["nested"]["items"][1] == "token-0123456789"  # the input is not changed
+
+
+def test_outcomes_and_events_are_redacted() -> None:
+    redact.add("sk-outcome-0123456789")
+    out = redact.outcome(
+        Outcome(status="failed", error="bad key sk-outcome-0123456789", result="r")
+    )
+    assert out.error == f"bad key {REDACTED}" and out.result == "r"
+    clean = Outcome(status="done", result="fine")
+    assert redact.outcome(clean) is clean
+    ev = redact.event(NewEvent(type="output", payload={"line": "sk-outcome-0123456789"}))
+    assert ev.payload == {"line": REDACTED}
+
+
+def test_a_configuration_s_secrets_are_known(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = tmp_path / "token"
+    token.write_text("file-token-0123456789\n")
+    (tmp_path / "corral.toml").write_text(
+        f"""
+jwt_secret = "{"j" * 40}"
+webhook_secret = "webhook-secret-0123456789"
+database_url = "postgresql+asyncpg://corral:db-password-123@db/corral"
+[[webhooks]]
+url = "https://hooks.example.com/x"
+secret = "endpoint-secret-0123456789"
+[providers.a]
+kind = "openai"
+api_key = "inline-key-0123456789"
+[providers.b]
+kind = "openai"
+api_key_env = "B_KEY"
+[providers.c]
+kind = "anthropic"
+token_file = "{token}"
+[providers.d]
+kind = "claude-code"
+env = {{ ANTHROPIC_API_KEY = "sk-ant-env-0123456789", ANTHROPIC_BASE_URL = "https://a.example" }}
+[agents.bot]
+command = "python -m bot"
+env = {{ BOT_TOKEN = "bot-token-0123456789", MODE = "production-mode" }}
+"""
+    )
+    monkeypatch.setenv("B_KEY", "env-key-0123456789")
+    monkeypatch.chdir(tmp_path)
+    found = set(load_settings(tmp_path / "corral.toml").secrets())
+    assert found == {
+        "j" * 40,
+        "webhook-secret-0123456789",
+        "db-password-123",
+        "endpoint-secret-0123456789",
+        "inline-key-0123456789",
+        "env-key-0123456789",
+        "file-token-0123456789",
+        "sk-ant-env-0123456789",
+        "bot-token-0123456789",
+    }
+
+
+async def test_reading_a_credential_makes_it_known(tmp_path: Path) -> None:
+    from corral.executors.chat import OpenAISettings
+
+    token = tmp_path / "token"
+    token.write_text("rotated-key-0123456789\n")  # a token file: read for every use
+    assert await OpenAISettings(kind="openai", token_file=token).credential()
+    assert redact.text("echo rotated-key-0123456789") == f"echo {REDACTED}"
+
+
+def test_log_lines_and_tracebacks_are_redacted(capsys: pytest.CaptureFixture[str]) -> None:
+    redact.add("logged-secret-0123456789")
+    logs.setup("INFO", "text")
+    try:
+        log = logging.getLogger("corral.test")
+        log.warning("upstream said %s", "invalid key logged-secret-0123456789")
+        try:
+            raise RuntimeError("boom logged-secret-0123456789")
+        except RuntimeError:
+            log.exception("failed")
+    finally:
+        logging.getLogger().handlers[:] = []
+    err = capsys.readouterr().err
+    assert "logged-secret-0123456789" not in err
+    assert "upstream said invalid key [redacted]" in err
+    assert f"RuntimeError: boom {REDACTED}" in err
