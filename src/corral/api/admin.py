@@ -13,12 +13,14 @@ router = APIRouter(tags=["admin"])
 
 @router.post("/admin/pause")
 async def pause(svc: Svc, who: Admin) -> dict[str, bool]:
+    """Kill switch on: no new leases (running jobs finish, submissions still queue)."""
     await svc.store.settings.set("paused", "true")
     return {"paused": True}
 
 
 @router.post("/admin/resume")
 async def resume(svc: Svc, who: Admin) -> dict[str, bool]:
+    """Kill switch off: leases go out again."""
     await svc.store.settings.set("paused", "false", notify=topics.DISPATCH)
     return {"paused": False}
 

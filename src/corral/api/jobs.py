@@ -51,6 +51,8 @@ def _states(raw: list[str]) -> list[JobState]:
     responses={200: {"model": JobAccepted, "description": "A known idempotency_key: that job."}},
 )
 async def submit(spec: JobCreate, svc: Svc, who: Writer, response: Response) -> JobAccepted:
+    """Submit a job: 202 `{job_id, session_id, state, created}`, or 200 with the
+    existing job for a known `idempotency_key`."""
     job, created = await submit_job(svc, spec)
     if not created:
         response.status_code = 200
@@ -76,6 +78,8 @@ async def list_jobs(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     before: str | None = None,
 ) -> JobPage:
+    """Jobs, newest first, filtered by state, session and provider; `next` is the
+    `before` of the next page."""
     jobs = await svc.store.jobs.list(
         states=_states(state),
         session_id=session_id,
@@ -88,6 +92,9 @@ async def list_jobs(
 
 @router.get("/jobs/{job_id}", response_model=Job)
 async def get_job(svc: Svc, who: Annotated[Principal, Depends(principal)], job_id: JobId) -> Job:
+    """One job: state, attempt, result, error, reason, exit code, usage, cost, timings,
+    the routing decision, and `waiting` (why a queued job waits). A runner key sees only
+    jobs it holds."""
     job = await _readable(svc, await svc.store.jobs.get(job_id), who)
     if job.state is JobState.QUEUED:
         job = job.model_copy(update={"waiting": await svc.store.jobs.waiting(job)})
@@ -96,11 +103,13 @@ async def get_job(svc: Svc, who: Annotated[Principal, Depends(principal)], job_i
 
 @router.post("/jobs/{job_id}/cancel", response_model=Job)
 async def cancel_job(svc: Svc, who: Writer, job_id: JobId) -> Job:
+    """Cancel; a running job's process tree is stopped."""
     return await svc.store.jobs.cancel(job_id, by=who.name)
 
 
 @router.post("/jobs/{job_id}/retry", response_model=Job)
 async def retry_job(svc: Svc, who: Writer, job_id: JobId) -> Job:
+    """Queue a failed or cancelled job again."""
     return await svc.store.jobs.retry(job_id)
 
 
@@ -148,6 +157,7 @@ async def list_artifacts(svc: Svc, who: Reader, job_id: JobId) -> list[Artifact]
 
 @router.get("/jobs/{job_id}/artifacts/{name}", response_class=Response)
 async def get_artifact(svc: Svc, who: Reader, job_id: JobId, name: ArtifactName) -> Response:
+    """An artifact's bytes, with its media type."""
     meta, data = await svc.store.jobs.artifact(job_id, name)
     return Response(
         data,

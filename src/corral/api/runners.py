@@ -42,6 +42,8 @@ RECHECK_SECONDS = 1.0
 
 @router.post(paths.REGISTER, response_model=RunnerRegistered)
 async def register(body: RunnerRegister, svc: Svc, who: RunnerKey) -> RunnerRegistered:
+    """Runner protocol: register a runner (re-registering a name releases its old jobs
+    at once)."""
     runner = await svc.store.runners.register(
         name=body.name,
         key_id=who.key_id,
@@ -62,6 +64,7 @@ async def register(body: RunnerRegister, svc: Svc, who: RunnerKey) -> RunnerRegi
 
 @router.get("/runners", response_model=list[Runner])
 async def list_runners(svc: Svc, who: Reader) -> list[Runner]:
+    """Active runners: name, providers, slots, sandbox, key, last seen."""
     return await svc.store.runners.list()
 
 
@@ -134,6 +137,8 @@ async def lease(
 
 @router.post(paths.WORKER_EVENTS, response_model=EventsAccepted)
 async def worker_events(body: EventBatch, svc: Svc, claims: Worker) -> EventsAccepted:
+    """Runner protocol: append a job's events (event ids make a re-send a duplicate, not
+    a second event)."""
     stored, duplicates = await svc.store.jobs.append_events(claims, body.events)
     return EventsAccepted(
         accepted=[e.seq for e in stored if e.seq is not None], duplicates=duplicates
@@ -142,6 +147,7 @@ async def worker_events(body: EventBatch, svc: Svc, claims: Worker) -> EventsAcc
 
 @router.put(paths.WORKER_STATE, response_model=StateRecorded)
 async def worker_state(body: WorkerState, svc: Svc, claims: Worker) -> StateRecorded:
+    """Runner protocol: the worker's state (`running` starts the job)."""
     if body.handle is not None:
         await svc.store.jobs.set_handle(claims, body.handle)
     if body.state == "running":
@@ -169,6 +175,7 @@ async def worker_artifact(
 
 @router.post(paths.WORKER_HEARTBEAT, response_model=Heartbeat)
 async def worker_heartbeat(svc: Svc, claims: Worker) -> Heartbeat:
+    """Runner protocol: extend the lease; answers a fresh worker token."""
     job = await svc.store.jobs.heartbeat(claims, svc.settings.lease_ttl)
     token = auth.issue_worker_token(claims, svc.jwt_secret, svc.settings.worker_token_ttl)
     return Heartbeat(token=token, state=job.state, lease_expires_in=svc.settings.lease_ttl)
@@ -176,5 +183,6 @@ async def worker_heartbeat(svc: Svc, claims: Worker) -> Heartbeat:
 
 @router.post(paths.WORKER_COMPLETE, response_model=Completed)
 async def worker_complete(body: Completion, svc: Svc, claims: Worker) -> Completed:
+    """Runner protocol: end the attempt with its outcome and last events."""
     job, duplicates = await svc.store.jobs.complete(claims, body.outcome, body.events)
     return Completed(state=job.state, attempt=job.attempt, duplicates=duplicates)

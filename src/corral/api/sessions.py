@@ -19,11 +19,13 @@ router = APIRouter(tags=["sessions"])
 
 @router.post("/sessions", status_code=201, response_model=Session)
 async def create_session(body: SessionCreate, svc: Svc, who: Writer) -> Session:
+    """A new, empty session."""
     return await svc.store.sessions.create(body.title)
 
 
 @router.get("/sessions/{session_id}", response_model=SessionDetail)
 async def get_session(svc: Svc, who: Reader, session_id: SessionId) -> SessionDetail:
+    """A session and its turns."""
     session = await svc.store.sessions.get(session_id)
     jobs = await svc.store.jobs.list(session_id=session_id, limit=500)
     return SessionDetail(**session.model_dump(), jobs=sorted(jobs, key=lambda j: j.turn))
@@ -38,6 +40,8 @@ async def get_session(svc: Svc, who: Reader, session_id: SessionId) -> SessionDe
 async def add_turn(
     body: TurnCreate, svc: Svc, who: Writer, session_id: SessionId, response: Response
 ) -> JobAccepted:
+    """A follow-up turn (a job body); it stays on the session's provider unless it names
+    another."""
     if body.session_id not in (None, session_id):
         raise BadRequest("session_id in the body differs from the path")
     spec = body.model_copy(update={"session_id": session_id})
@@ -56,6 +60,7 @@ async def session_events(
     limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
     internal: bool = False,
 ) -> EventPage:
+    """The session's event log after seq `since`."""
     await svc.store.sessions.get(session_id)
     items = await svc.store.events.list(session_id, since=since, limit=limit, internal=internal)
     next_since = items[-1].seq if items and items[-1].seq else since

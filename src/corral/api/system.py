@@ -24,6 +24,8 @@ async def health() -> dict[str, str]:
 
 @router.get("/status", response_model=Status)
 async def status(svc: Svc, who: Reader) -> dict[str, Any]:
+    """Kill switch, quota pauses, job counts, runners (with their sandbox) and what this
+    server's embedded runner serves."""
     runners = await svc.store.runners.list()
     return {
         "version": __version__,
@@ -98,6 +100,7 @@ async def metrics(svc: Svc, who: Reader) -> PlainTextResponse:
 
 @router.get("/watchdog/status")
 async def watchdog_status(svc: Svc, who: Reader) -> dict[str, Any]:
+    """Watchdog sweeps, expired leases, last error, delegated-job counters."""
     w = svc.watchdog
     delegated = await svc.store.jobs.delegated(_remote_providers(svc), svc.settings.lease_ttl)
     return {
