@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -352,3 +353,27 @@ def test_without_bwrap_auto_warns_and_bwrap_refuses_to_start(tmp_path: Path) -> 
         status = srv.cli("status")
         assert status.returncode == 0, status.stderr
         assert "sandbox none" in status.stdout and "NOT sandboxed" in status.stdout
+
+
+def test_a_program_installed_under_tmp_runs_sandboxed(tmp_path: Path) -> None:
+    """A checkout under /tmp (CI may clone there): its tools stay reachable
+    through the private /tmp, read-only, and nothing else of /tmp is."""
+    needs_bwrap()
+    from corral.executors import sandbox
+
+    modules = tmp_path / "node_modules"
+    tool = modules / "pkg" / "tool"
+    tool.parent.mkdir(parents=True)
+    (modules / "pkg" / "data.txt").write_text("from the package\n")
+    (tmp_path / "other.txt").write_text("private\n")
+    tool.write_text(
+        "#!/bin/sh\n"
+        'cat "$(dirname "$0")/data.txt"\n'
+        'touch "$(dirname "$0")/w" 2>/dev/null || echo read-only\n'
+        f"cat {tmp_path}/other.txt 2>/dev/null || echo hidden\n"
+    )
+    tool.chmod(0o755)
+    box = sandbox.make("bwrap", hidden=[], state_dir=tmp_path / "state")
+    argv = box.confine()([str(tool)], cwd=Path("/"))
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    assert done.stdout.splitlines() == ["from the package", "read-only", "hidden"], done

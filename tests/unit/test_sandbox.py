@@ -203,3 +203,33 @@ def test_choosing_a_sandbox(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     assert warning is not None and "NOT SANDBOXED" in warning and "bubblewrap" in warning
     with pytest.raises(ConfigError, match="bwrap is not installed"):
         sandbox.make("bwrap", hidden=[], state_dir=tmp_path)
+
+
+def test_a_program_under_tmp_brings_its_installation(tmp_path: Path) -> None:
+    """The sandbox's /tmp is private: a program installed under /tmp (a
+    checkout there, with the pinned agent CLIs in its node_modules, or a
+    virtualenv) gets its installation bound back read-only, and only that."""
+    assert tmp_path.is_relative_to("/tmp")
+    modules = tmp_path / "checkout" / "agents" / "node_modules"
+    cli = modules / "@vendor" / "tool" / "cli.js"
+    cli.parent.mkdir(parents=True)
+    cli.write_text("")
+    (modules / ".bin").mkdir()
+    (modules / ".bin" / "tool").symlink_to(cli)
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    (venv / "bin" / "python").symlink_to("/bin/sh")
+    plain = tmp_path / "bin" / "helper"
+    plain.parent.mkdir()
+    plain.write_text("")
+    assert sandbox.installation(str(modules / ".bin" / "tool"), cwd=tmp_path) == [modules]
+    assert sandbox.installation(str(venv / "bin" / "python"), cwd=tmp_path) == [venv]
+    assert sandbox.installation("bin/helper", cwd=tmp_path) == [plain.parent]
+    assert sandbox.installation("/bin/sh", cwd=tmp_path) == []
+    assert sandbox.installation("no-such-program-here", cwd=tmp_path) == []
+
+    box = Sandbox("bwrap", "bwrap", bwrap="/usr/bin/bwrap")
+    argv = box.argv([str(modules / ".bin" / "tool")], cwd=tmp_path, mounts=[], network=True)
+    tmpfs = argv.index("/tmp", argv.index("--tmpfs"))
+    assert argv[tmpfs + 1 : tmpfs + 4] == ["--ro-bind", str(modules), str(modules)]

@@ -11,6 +11,9 @@ PID, IPC and UTS namespaces with every capability dropped:
   sessions' workspaces), the configuration file, the database file, the
   queue folder, the host's well-known server sockets, and any path of
   ``[runner] sandbox_hide``;
+- the installation of the program it runs, read-only, when that lies under
+  ``/tmp`` (a checkout or virtualenv there would be hidden by the private
+  ``/tmp``; see ``installation``);
 - then, in order, the job's own paths bound back: its workspace and its
   provider's state dir writable (HOME, the agent's config), and for a git
   worktree what a commit needs (see ``Workspaces.mounts``);
@@ -157,6 +160,8 @@ class Sandbox:
         if not network:
             args.append("--unshare-net")
         args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+        for path in installation(command[0], cwd=cwd) if command else []:
+            args += ["--ro-bind", str(path), str(path)]
         args += self._hide(hidden, under=None)
         for m in binds:
             args += ["--bind" if m.writable else "--ro-bind", str(m.path), str(m.path)]
@@ -205,6 +210,38 @@ class Confine:
         writable besides this job's mounts, and ``read_only`` not."""
         mounts = [*self.mounts, *rw(*writable), *ro(*read_only)]
         return self.sandbox.argv(command, cwd=cwd, mounts=mounts, network=self.network)
+
+
+def installation(program: str, *, cwd: Path) -> list[Path]:
+    """What the sandbox must bind back, read-only, for ``program`` to run
+    when it lives under ``/tmp`` (which the sandbox replaces with a private
+    one): for the program as named and as its links resolve, the
+    installation holding it -- the outermost ``node_modules`` (a Node CLI
+    needs its package and their dependencies), else a virtualenv (the
+    directory with ``pyvenv.cfg``), else the program's own directory.
+    Nothing for a program elsewhere: the host is bound read-only already."""
+    named = Path(program) if "/" in program else None
+    if named is None:
+        found_at = shutil.which(program)
+        named = Path(found_at) if found_at else None
+    if named is None:
+        return []
+    named = Path(os.path.abspath(cwd / named))
+    tmp = _real(Path("/tmp"))
+    roots: dict[Path, None] = {}
+    for path in (named, _real(named)):
+        if not path.is_relative_to(tmp) and not path.is_relative_to("/tmp"):
+            continue
+        root = path.parent
+        modules = [a for a in path.parents if a.name == "node_modules"]
+        venvs = [a for a in path.parents if (a / "pyvenv.cfg").is_file()]
+        if modules:
+            root = modules[-1]
+        elif venvs:
+            root = venvs[0]
+        if root not in (Path("/tmp"), tmp):
+            roots.setdefault(root, None)
+    return sorted(roots)
 
 
 def _real(path: Path) -> Path:
