@@ -1,6 +1,6 @@
 """Shared fixtures. Storage tests run on SQLite and on PostgreSQL; the PG
 cases skip with a visible reason when no server answers, except on CI
-(CI=true or CORRAL_TEST_REQUIRE_PG=1), where PostgreSQL is mandatory."""
+(any non-empty CI but false/0/no, or CORRAL_TEST_REQUIRE_PG=1), where PostgreSQL is mandatory."""
 
 from __future__ import annotations
 
@@ -16,12 +16,13 @@ from corral.testing import (
     ServerProcess,
     create_pg_database,
     drop_pg_database,
+    on_ci,
     pg_available,
     start_server,
 )
 
 PG_URL = os.environ.get("CORRAL_TEST_PG_URL", DEFAULT_PG)
-REQUIRE_PG = os.environ.get("CI") == "true" or os.environ.get("CORRAL_TEST_REQUIRE_PG") == "1"
+REQUIRE_PG = on_ci()
 _pg_reason: list[str | None] = []
 
 

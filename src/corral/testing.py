@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -224,3 +225,13 @@ def git_repo(path: Path, files: dict[str, str] | None = None) -> Path:
         "-c", "user.email=dev@example.com", "-c", "user.name=Dev", "commit", "-qm", "init", cwd=path
     )
     return path
+
+
+def on_ci(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether this run is CI, where skips of mandatory parts (PostgreSQL, the
+    agent CLIs, bubblewrap) are failures instead: any non-empty ``CI`` but an
+    explicit no (CI systems set ``true``, ``1`` or ``yes``), or
+    ``CORRAL_TEST_REQUIRE_PG=1``."""
+    env = os.environ if environ is None else environ
+    value = env.get("CI", "").strip().lower()
+    return value not in ("", "0", "false", "no") or env.get("CORRAL_TEST_REQUIRE_PG") == "1"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import tempfile
@@ -25,7 +24,7 @@ import httpx
 import pytest
 
 from corral.executors.sandbox import ENV_ALLOW
-from corral.testing import ServerProcess, start_server
+from corral.testing import ServerProcess, on_ci, start_server
 from tests.fakes import agent_bin
 from tests.fakes.anthropic import FakeAnthropic, text, tool_use
 
@@ -57,7 +56,7 @@ JOB_ENV = {"CORRAL_JOB_ID", "CORRAL_SESSION_ID", "CORRAL_ATTEMPT", "CORRAL_RUN"}
 
 def needs_bwrap() -> None:
     if shutil.which("bwrap") is None:
-        if os.environ.get("CI") == "true":
+        if on_ci():
             pytest.fail("bwrap not found; CI must install bubblewrap (.ci/run)")
         pytest.skip("bwrap not found: apt-get install bubblewrap")
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
+
+from corral.testing import on_ci
 
 AGENTS_BIN = Path(__file__).parents[2] / "agents" / "node_modules" / ".bin"
 
@@ -18,7 +19,7 @@ def agent_bin(name: str) -> Path:
     path = AGENTS_BIN / name
     if not path.exists():
         msg = f"agent CLI {name!r} not found at {path}"
-        if os.environ.get("CI") == "true":
+        if on_ci():
             pytest.fail(f"{msg}; CI must run: npm ci --prefix agents")
         pytest.skip(f"{msg}; to run this test, run: npm ci --prefix agents")
     return path
