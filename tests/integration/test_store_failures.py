@@ -3,6 +3,7 @@ artifacts, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -118,6 +119,50 @@ async def test_quota_without_fallback_waits_until_the_reset(st: Store) -> None:
     assert await st.jobs.lease(runner, 1, ttl=30) == []
     why = await st.jobs.waiting(queued)
     assert why is not None and why.startswith("provider 'gpu' is paused by a quota limit until")
+
+
+async def _until(check, timeout: float = 10.0):  # type: ignore[no-untyped-def]
+    """Poll ``check`` (a coroutine function) until it returns something truthy."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not (got := await check()):
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+    return got
+
+
+async def test_a_quota_pause_ends_by_itself_at_its_reset(st: Store) -> None:
+    """No hand lifts this pause: once its reset time passes, the queued job
+    is leased on its own provider, and new jobs route there again instead of
+    to the fallback."""
+    runner = await _runner(st, "gpu", "claude")
+    job, _ = await st.jobs.create(JobCreate(prompt="a", provider="gpu"))
+    [lease] = await st.jobs.lease(runner, 1, ttl=30)
+    reset = datetime.now(UTC) + timedelta(seconds=1.5)
+    quota = Outcome(status="failed", failure="quota", error="429", retry_at=reset)
+    await st.jobs.complete(claims(lease, runner), quota)
+    assert await st.jobs.lease(runner, 1, ttl=30) == []
+    assert [p.provider for p in await st.jobs.pauses()] == ["gpu"]
+    [again] = await _until(lambda: st.jobs.lease(runner, 1, ttl=30))
+    assert datetime.now(UTC) >= reset
+    assert again.job.id == job.id and again.job.provider == "gpu" and again.job.attempt == 1
+    assert await st.jobs.pauses() == []
+    # The same for a provider with a fallback: while paused its new jobs go
+    # to the fallback; after the reset, to itself.
+    first, _ = await st.jobs.create(JobCreate(prompt="b", provider="claude"))
+    [lease] = await st.jobs.lease(runner, 1, ttl=30)
+    assert lease.job.id == first.id
+    reset = datetime.now(UTC) + timedelta(seconds=1.5)
+    quota = Outcome(status="failed", failure="quota", error="429", retry_at=reset)
+    await st.jobs.complete(claims(lease, runner), quota)
+    during, _ = await st.jobs.create(JobCreate(prompt="c", provider="claude"))
+    assert during.provider == "codex"
+    await _until(lambda: _pauses_over(st))
+    after, _ = await st.jobs.create(JobCreate(prompt="d", provider="claude"))
+    assert after.provider == "claude" and datetime.now(UTC) >= reset
+
+
+async def _pauses_over(st: Store) -> bool:
+    return await st.jobs.pauses() == []
 
 
 async def test_repo_cap(st: Store) -> None:
