@@ -9,7 +9,6 @@ starting a second one."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -169,7 +168,7 @@ def test_a_follow_up_turn_goes_to_the_same_thread(
 def test_the_token_is_reread_on_every_request_while_it_rotates(
     http: httpx.Client, fake: FakeT3, token_file: Path
 ) -> None:
-    fake.turn_seconds = 3
+    fake.turn_seconds = 120  # held open until both rotations were seen
     fake.reply("survived two rotations")
     job_id = submit(http, "take your time")
     tid = thread_id(job_id)
@@ -184,7 +183,13 @@ def test_the_token_is_reread_on_every_request_while_it_rotates(
             marks.append(len(fake.tokens_seen))
             token_file.write_text(new + "\n")
             fake.token = new
-        time.sleep(1)
+        mark = marks[-1]
+        wait_for(
+            lambda mark=mark, new=new: new in fake.tokens_seen[mark:],
+            timeout=30,
+            what=f"a request with the rotated token {new}",
+        )
+    fake.finish_turns()
     job = wait_job(http, job_id)
     assert job["state"] == "done" and job["result"] == "survived two rotations", job
     after_first = fake.tokens_seen[marks[0] : marks[1]]
