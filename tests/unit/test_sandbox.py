@@ -229,6 +229,11 @@ def test_a_program_under_tmp_brings_its_installation(tmp_path: Path) -> None:
     assert sandbox.installation("/bin/sh", cwd=tmp_path) == []
     assert sandbox.installation("no-such-program-here", cwd=tmp_path) == []
 
+    # A configured wrapper: the paths among its words count too; a word that
+    # is no existing path, or a program not under /tmp, binds nothing.
+    wrapper = ["sh", "-c", '"$0" "$@"; sleep 1', str(modules / ".bin" / "tool"), "--x=/no/such"]
+    assert sandbox._installations(wrapper, tmp_path) == [modules]
+
     box = Sandbox("bwrap", "bwrap", bwrap="/usr/bin/bwrap")
     argv = box.argv([str(modules / ".bin" / "tool")], cwd=tmp_path, mounts=[], network=True)
     tmpfs = argv.index("/tmp", argv.index("--tmpfs"))

@@ -179,7 +179,11 @@ class AgentExecutor(Generic[A]):
         try:
             proc = await asyncio.create_subprocess_exec(
                 *ctx.confine(
-                    argv, cwd=ctx.workdir, writable=[state, tmp], read_only=self.read_only(ctx)
+                    argv,
+                    cwd=ctx.workdir,
+                    writable=[state, tmp],
+                    read_only=self.read_only(ctx),
+                    programs=self.command(ctx),
                 ),
                 cwd=ctx.workdir,
                 env=env,

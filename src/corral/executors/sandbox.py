@@ -140,9 +140,18 @@ class Sandbox:
         return f"none: {self.why}"
 
     def argv(
-        self, command: Sequence[str], *, cwd: Path, mounts: Iterable[Mount], network: bool
+        self,
+        command: Sequence[str],
+        *,
+        cwd: Path,
+        mounts: Iterable[Mount],
+        network: bool,
+        programs: Sequence[str] | None = None,
     ) -> list[str]:
-        """``command`` wrapped in bwrap (or as given without a sandbox)."""
+        """``command`` wrapped in bwrap (or as given without a sandbox).
+        ``programs``: the configured command the argv starts with (trusted,
+        unlike the job's own arguments), whose installations are bound back
+        when they lie under /tmp; default: the argv's first word."""
         if self.kind == "none" or self.bwrap is None:
             return list(command)
         binds = _normalised(mounts)
@@ -160,7 +169,7 @@ class Sandbox:
         if not network:
             args.append("--unshare-net")
         args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
-        for path in installation(command[0], cwd=cwd) if command else []:
+        for path in _installations(programs if programs is not None else command[:1], cwd):
             args += ["--ro-bind", str(path), str(path)]
         args += self._hide(hidden, under=None)
         for m in binds:
@@ -205,11 +214,26 @@ class Confine:
         cwd: Path,
         writable: Sequence[Path] = (),
         read_only: Sequence[Path] = (),
+        programs: Sequence[str] | None = None,
     ) -> list[str]:
         """``command`` to run in ``cwd``, with ``writable`` (e.g. a TMPDIR)
-        writable besides this job's mounts, and ``read_only`` not."""
+        writable besides this job's mounts, and ``read_only`` not;
+        ``programs`` as ``Sandbox.argv`` takes it."""
         mounts = [*self.mounts, *rw(*writable), *ro(*read_only)]
-        return self.sandbox.argv(command, cwd=cwd, mounts=mounts, network=self.network)
+        return self.sandbox.argv(
+            command, cwd=cwd, mounts=mounts, network=self.network, programs=programs
+        )
+
+
+def _installations(programs: Sequence[str], cwd: Path) -> list[Path]:
+    """The installations of a configured command: its program (looked up on
+    PATH) and any other word of it that is a path (``node /tmp/x/cli.js``, a
+    wrapper ``sh -c '...' /tmp/x/claude``)."""
+    roots: dict[Path, None] = {}
+    for n, word in enumerate(programs):
+        if n == 0 or "/" in word:
+            roots.update(dict.fromkeys(installation(word, cwd=cwd)))
+    return sorted(roots)
 
 
 def installation(program: str, *, cwd: Path) -> list[Path]:
@@ -227,6 +251,8 @@ def installation(program: str, *, cwd: Path) -> list[Path]:
     if named is None:
         return []
     named = Path(os.path.abspath(cwd / named))
+    if not named.exists():
+        return []
     tmp = _real(Path("/tmp"))
     roots: dict[Path, None] = {}
     for path in (named, _real(named)):

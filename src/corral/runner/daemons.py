@@ -245,7 +245,9 @@ class Supervisor:
             d.message = f"cannot start {s.command[0]!r}: not found"
             self._line(d, log, "stderr", f"corral: {d.message}")
             return 127
-        argv = self.sandbox.confine(rw(cwd, home), network=s.network)(s.command, cwd=cwd)
+        argv = self.sandbox.confine(rw(cwd, home), network=s.network)(
+            s.command, cwd=cwd, programs=s.command
+        )
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
