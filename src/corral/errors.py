@@ -171,3 +171,15 @@ class JobNotActive(Conflict):
     """The job is no longer active (cancelled or finished); stop working on it."""
 
     code = "job_not_active"
+
+
+class NotWaiting(Conflict):
+    """The job is not waiting for an answer."""
+
+    code = "not_waiting"
+
+
+class QuestionNotFound(NotFound):
+    """No such question."""
+
+    code = "question_not_found"

@@ -45,6 +45,53 @@ def is_repo_ref(repo: str) -> bool:
 FailureClass = Literal["agent", "infra", "quota", "input"]
 
 
+QuestionState = Literal["open", "answered", "expired"]
+
+
+class WaitingFor(BaseModel):
+    """A running job's open question (``ask_human``): answer it with
+    ``POST /jobs/{id}/answer``."""
+
+    question_id: str
+    question: str
+    options: list[str] = Field(default_factory=list)
+    asked_at: datetime
+    expires_at: datetime | None = Field(None, description="When it times out with no answer.")
+
+
+class Question(WaitingFor):
+    """A question a worker asked a person, and how it ended."""
+
+    job_id: str
+    state: QuestionState = Field(
+        description="open; answered; expired (its timeout passed with no answer)."
+    )
+    answer: str | None = None
+    answered_by: str | None = Field(None, description="The name of the key that answered.")
+    answered_at: datetime | None = None
+
+    def reply(self) -> str:
+        """What the asker is told: the answer, or that none came."""
+        if self.state == "answered" and self.answer is not None:
+            return self.answer
+        if self.state == "expired":
+            return "no answer: nobody answered within the timeout"
+        return "no answer yet"
+
+
+class AnswerCreate(BaseModel):
+    """A person's answer to a job's open question."""
+
+    model_config = {"extra": "forbid"}
+
+    text: str = Field(min_length=1, max_length=65_536)
+    question_id: str | None = Field(
+        None,
+        max_length=64,
+        description="The question to answer (default: the one `waiting_for` shows).",
+    )
+
+
 class Job(BaseModel):
     id: str
     session_id: str
@@ -59,6 +106,9 @@ class Job(BaseModel):
     route_rule: int | None = None
     route_reason: str | None = None
     waiting: str | None = Field(None, description="Why a queued job is not running yet.")
+    waiting_for: WaitingFor | None = Field(
+        None, description="The question the running job waits on a person to answer."
+    )
     title: str | None = None
     prompt: str | None = None
     command: str | None = None

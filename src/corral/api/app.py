@@ -19,6 +19,7 @@ from corral.api import (
     jobs,
     ollama,
     openapi,
+    questions,
     runners,
     sessions,
     system,
@@ -41,7 +42,7 @@ def create_app(settings: Settings, *, lifespan: Lifespan | None = None) -> FastA
     )
     errors.install(app)
     openapi.install(app)
-    for module in (system, jobs, sessions, runners, admin, webhooks, ollama, agents):
+    for module in (system, jobs, questions, sessions, runners, admin, webhooks, ollama, agents):
         app.include_router(module.router)
     app.add_middleware(
         BodyLimit,

@@ -14,7 +14,7 @@ from corral.api.schemas import EventPage
 from corral.auth import Principal, Role
 from corral.errors import BadRequest, Forbidden
 from corral.intake.submit import submit as submit_job
-from corral.jobs import JobState
+from corral.jobs import ACTIVE, JobState
 from corral.models import INT32_MAX, Artifact, Job, JobAccepted, JobCreate, JobPage, RouteDecision
 from corral.protocol import paths
 
@@ -87,7 +87,8 @@ async def list_jobs(
         limit=limit,
         before=before,
     )
-    return JobPage(jobs=jobs, next=jobs[-1].id if len(jobs) == limit else None)
+    next_page = jobs[-1].id if len(jobs) == limit else None
+    return JobPage(jobs=await _with_questions(svc, jobs), next=next_page)
 
 
 @router.get("/jobs/{job_id}", response_model=Job)
@@ -98,7 +99,15 @@ async def get_job(svc: Svc, who: Annotated[Principal, Depends(principal)], job_i
     job = await _readable(svc, await svc.store.jobs.get(job_id), who)
     if job.state is JobState.QUEUED:
         job = job.model_copy(update={"waiting": await svc.store.jobs.waiting(job)})
-    return job
+    return (await _with_questions(svc, [job]))[0]
+
+
+async def _with_questions(svc: Svc, jobs: list[Job]) -> list[Job]:
+    """``jobs`` with the question each active one waits on (``waiting_for``)."""
+    asked = await svc.store.questions.waiting_for([j.id for j in jobs if j.state in ACTIVE])
+    if not asked:
+        return jobs
+    return [j.model_copy(update={"waiting_for": asked[j.id]}) if j.id in asked else j for j in jobs]
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=Job)

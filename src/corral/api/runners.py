@@ -10,6 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Request
 
 from corral import auth
+from corral.api import questions
 from corral.api.deps import Admin, Reader, RunnerKey, Svc, Worker
 from corral.auth import Principal, Role, WorkerClaims
 from corral.errors import Forbidden
@@ -153,6 +154,11 @@ async def worker_state(body: WorkerState, svc: Svc, claims: Worker) -> StateReco
     if body.state == "running":
         job = await svc.store.jobs.start(claims, started_at=body.started_at)
         return StateRecorded(state=job.state)
+    if body.state == "requires_action" and "question" in body.details:
+        # The same as POST /worker/questions: the job waits for a person.
+        asked = await questions.ask(svc, claims, questions.question_in(body.details))
+        job = await svc.store.jobs.get(claims.job_id)
+        return StateRecorded(state=job.state, question_id=asked.question_id)
     await svc.store.jobs.append_events(
         claims, [NewEvent(type="worker.state", payload={"state": body.state, **body.details})]
     )

@@ -13,6 +13,7 @@ from corral import __version__
 from corral.cli import (
     admin,
     agents,
+    answer,
     control,
     jobs,
     keys,
@@ -56,6 +57,7 @@ app.command()(serve)
 app.command()(submit)
 app.command()(turn)
 app.command()(runner)
+app.command()(answer.answer)
 app.command()(control.route)
 app.command()(control.status)
 app.command()(control.pause)

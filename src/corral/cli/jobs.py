@@ -120,6 +120,12 @@ def show(
     ]
     if job.waiting:
         rows.append(("waiting", esc(job.waiting)))
+    if job.waiting_for is not None:
+        ask = job.waiting_for
+        rows.append(("needs you", f"[bold yellow]{esc(ask.question)}[/]"))
+        if ask.options:
+            rows.append(("options", esc(" | ".join(ask.options))))
+        rows.append(("answer", esc(f"corral answer {job.id[:SHORT_ID]} 'TEXT'")))
     if job.route_rule is not None:
         rows.append(("routed", esc(f"rule {job.route_rule}: {job.route_reason}")))
     if job.repo:

@@ -23,6 +23,7 @@ from corral.models import (
     JobAccepted,
     JobPage,
     ModelTag,
+    Question,
     RouteDecision,
     Runner,
     Session,
@@ -112,6 +113,13 @@ def cancel(job_id: str) -> Call[Job]:
 def retry(job_id: str) -> Call[Job]:
     """One more attempt of an ended job."""
     return Call("POST", f"/jobs/{_seg(job_id)}/retry", _JOB)
+
+
+def answer(job_id: str, text: str, *, question_id: str | None = None) -> Call[Question]:
+    """Answer the question a job waits on (its ``waiting_for``); the asking
+    agent gets ``text``. ``ApiError`` 409 ``not_waiting`` if it waits on none."""
+    body = {"text": text, **({"question_id": question_id} if question_id else {})}
+    return Call("POST", f"/jobs/{_seg(job_id)}/answer", _one(Question), json=body)
 
 
 def route(**fields: Any) -> Call[RouteDecision]:

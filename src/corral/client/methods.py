@@ -17,6 +17,7 @@ class Methods:
     wait = endpoint(flows.wait)
     cancel = endpoint(calls.cancel)
     retry = endpoint(calls.retry)
+    answer = endpoint(calls.answer)
     route = endpoint(calls.route)
     artifacts = endpoint(calls.artifacts)
     artifact = endpoint(calls.artifact)

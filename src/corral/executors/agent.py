@@ -7,7 +7,8 @@ environment (PATH, locale, a HOME and TMPDIR of its own, the provider's
 sure no run hangs:
 
 - start-up: no first line within ``startup_timeout``;
-- stall: no line for ``stall_timeout``;
+- stall: no line for ``stall_timeout`` (paused while the job waits for a
+  person, ``ctx.waiting``);
 - the job's ``timeout``;
 - linger: the final result line was printed but the process has not exited
   within ``result_grace`` (a known failure of headless agents).
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import re
 import shutil
 import tempfile
@@ -32,7 +34,7 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
-from corral.executors.base import Context
+from corral.executors.base import Context, Waiting
 from corral.executors.process import stop_tree
 from corral.executors.sandbox import found
 from corral.executors.settings import AgentSettings
@@ -234,18 +236,27 @@ class AgentExecutor(Generic[A]):
         seen_line = False
         last = started
         finished_at: float | None = None
+        waiting = ctx.waiting
         while True:
+            # Silence while the job waits for a person is no stall: the quiet
+            # time counts from the end of the last wait.
+            quiet_from = max(last, waiting.ended_at or started)
             if finished_at is not None:
                 deadline, guard = finished_at + settings.result_grace, "linger"
+            elif waiting.active:
+                deadline, guard = math.inf, "stall"
             elif not seen_line:
-                deadline, guard = started + settings.startup_timeout, "startup"
+                deadline, guard = quiet_from + settings.startup_timeout, "startup"
             else:
-                deadline, guard = last + settings.stall_timeout, "stall"
+                deadline, guard = quiet_from + settings.stall_timeout, "stall"
             if job_deadline is not None and job_deadline < deadline:
                 deadline, guard = job_deadline, "timeout"
+            changes = waiting.changes
             try:
-                raw = await asyncio.wait_for(stdout.readline(), max(0.0, deadline - loop.time()))
+                raw = await _readline(stdout, deadline - loop.time(), waiting)
             except TimeoutError:
+                if guard != "timeout" and finished_at is None and waiting.changes != changes:
+                    continue  # a wait began or ended meanwhile: the deadline moved
                 self.guard = guard
                 ctx.emit("agent.guard", {"guard": guard, "after": round(loop.time() - started, 3)})
                 await stop_tree(proc, self._grace, self._marker)
@@ -255,6 +266,8 @@ class AgentExecutor(Generic[A]):
                 with contextlib.suppress(asyncio.LimitOverrunError, ValueError):
                     await stdout.readuntil(b"\n")
                 continue
+            if raw is None:
+                continue  # a wait ended: the stall guard counts again
             if not raw:
                 break  # stdout closed
             seen_line = True
@@ -335,6 +348,34 @@ class AgentExecutor(Generic[A]):
 
     def stderr_text(self) -> str:
         return "\n".join(self.stderr).strip()
+
+
+async def _readline(stdout: asyncio.StreamReader, timeout: float, waiting: Waiting) -> bytes | None:
+    """The next line within ``timeout`` (TimeoutError after). While the job
+    waits for a person: None as soon as the wait ends, so the caller sets
+    its stall deadline again. (Cancelling ``readline`` loses nothing: the
+    reader keeps what it buffered until a whole line is there.)"""
+    if not waiting.active:
+        return await asyncio.wait_for(stdout.readline(), max(0.0, timeout))
+    read = asyncio.ensure_future(stdout.readline())
+    change = asyncio.ensure_future(waiting.changed())
+    try:
+        done, _ = await asyncio.wait(
+            {read, change},
+            timeout=None if math.isinf(timeout) else max(0.0, timeout),
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+    finally:
+        change.cancel()
+        if not read.done():
+            read.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await read
+    if read in done:
+        return read.result()
+    if change in done:
+        return None
+    raise TimeoutError
 
 
 def usage_of(raw: Mapping[str, Any] | None) -> dict[str, Any] | None:

@@ -11,9 +11,11 @@ imported by the run."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -39,6 +41,44 @@ class Emit(Protocol):
         ephemeral: bool = False,
         internal: bool = False,
     ) -> None: ...
+
+
+class Waiting:
+    """Whether the job waits for a person (``ask_human``). Meanwhile the
+    executor's output-stall guards pause; they count again from the moment
+    the wait ends (the job's own ``timeout`` keeps counting)."""
+
+    def __init__(self) -> None:
+        self._holds = 0
+        self.ended_at: float | None = None  # loop time the last wait ended
+        self.changes = 0  # bumped whenever a wait starts or ends
+        self._changed = asyncio.Event()
+
+    @property
+    def active(self) -> bool:
+        return self._holds > 0
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        """Wait for a person for as long as the block runs (nests)."""
+        self._holds += 1
+        self._change()
+        try:
+            yield
+        finally:
+            self._holds -= 1
+            if not self._holds:
+                self.ended_at = asyncio.get_running_loop().time()
+            self._change()
+
+    async def changed(self) -> None:
+        """Return at the next start or end of a wait."""
+        await self._changed.wait()
+
+    def _change(self) -> None:
+        self.changes += 1
+        self._changed.set()
+        self._changed = asyncio.Event()
 
 
 S = TypeVar("S", bound=ProviderSettings)
@@ -72,6 +112,8 @@ class Context(Generic[S]):
     # Wraps the argv of the job's process in the runner's sandbox (its
     # workspace and provider state dir writable, the runner's secrets hidden).
     confine: Confine = field(default_factory=Confine)
+    # Set while the job waits for a person: stall guards pause.
+    waiting: Waiting = field(default_factory=Waiting)
 
     def environment(
         self: Context[L], home: Path, extra: Mapping[str, str] | None = None

@@ -11,7 +11,8 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from corral.models import INT32_MAX, Int32, Job, NewEvent, Outcome, Seq, Session
+from corral.models import INT32_MAX, Int32, Job, NewEvent, Outcome, Seq, Session, new_id
+from corral.protocol import paths
 
 VERSION: Final = "v1"
 
@@ -150,6 +151,37 @@ class WorkerState(Request):
 
 class StateRecorded(BaseModel):
     state: str = Field(description="The job's state now.")
+    question_id: str | None = Field(
+        None, description="The question recorded (``requires_action`` with a ``question``)."
+    )
+
+
+# How long a question may wait for its answer: a week.
+MAX_QUESTION_TIMEOUT = 7 * 24 * 3600.0
+
+
+class QuestionAsk(Request):
+    """A question for a person (``ask_human``): the job waits for the answer
+    (``POST /worker/questions/{id}/wait``) and its output-stall guards pause."""
+
+    question_id: str = Field(default_factory=new_id, pattern=paths.QUESTION_ID)
+    question: str = Field(min_length=1, max_length=16_384)
+    options: list[Annotated[str, Field(min_length=1, max_length=500)]] = Field(
+        default_factory=list, max_length=20, description="Suggested answers (any text is accepted)."
+    )
+    timeout: float | None = Field(
+        None,
+        gt=0,
+        le=MAX_QUESTION_TIMEOUT,
+        allow_inf_nan=False,
+        description="Seconds to wait for an answer (default: while the job runs).",
+    )
+
+
+class AnswerWait(Request):
+    wait: float = Field(
+        30.0, ge=0, le=60, description="Seconds to wait for an answer before answering `open`."
+    )
 
 
 class EventBatch(Request):

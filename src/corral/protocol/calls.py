@@ -9,12 +9,13 @@ from typing import Generic, Literal, TypeVar
 
 from pydantic import BaseModel
 
-from corral.models import Artifact
+from corral.models import Artifact, Question
 from corral.protocol import paths
 from corral.protocol.bodies import (
     AgentPoll,
     AgentReport,
     AgentsReported,
+    AnswerWait,
     Completed,
     Completion,
     DesiredAgents,
@@ -23,6 +24,7 @@ from corral.protocol.bodies import (
     Heartbeat,
     LeaseRequest,
     LeaseResponse,
+    QuestionAsk,
     RunnerRegister,
     RunnerRegistered,
     StateRecorded,
@@ -50,6 +52,8 @@ WORKER_EVENTS = Call("POST", paths.WORKER_EVENTS, EventBatch, EventsAccepted, "w
 WORKER_HEARTBEAT = Call("POST", paths.WORKER_HEARTBEAT, None, Heartbeat, "worker JWT")
 WORKER_ARTIFACT = Call("PUT", paths.WORKER_ARTIFACT, None, Artifact, "worker JWT")
 WORKER_COMPLETE = Call("POST", paths.WORKER_COMPLETE, Completion, Completed, "worker JWT")
+WORKER_ASK = Call("POST", paths.WORKER_QUESTIONS, QuestionAsk, Question, "worker JWT")
+WORKER_ANSWER_WAIT = Call("POST", paths.WORKER_QUESTION_WAIT, AnswerWait, Question, "worker JWT")
 
 ALL: tuple[Call[BaseModel], ...] = (
     REGISTER,
@@ -61,4 +65,6 @@ ALL: tuple[Call[BaseModel], ...] = (
     WORKER_HEARTBEAT,
     WORKER_ARTIFACT,
     WORKER_COMPLETE,
+    WORKER_ASK,
+    WORKER_ANSWER_WAIT,
 )

@@ -16,7 +16,11 @@ WORKER_HEARTBEAT = "/worker/heartbeat"
 WORKER_ARTIFACTS = "/worker/artifacts/"  # + a name: the one call with a raw body
 WORKER_ARTIFACT = WORKER_ARTIFACTS + "{name}"
 WORKER_COMPLETE = "/worker/complete"
+WORKER_QUESTIONS = "/worker/questions"
+WORKER_QUESTION_WAIT = "/worker/questions/{question_id}/wait"
 
+# A question's id: minted by the worker, so a retried ask records one question.
+QUESTION_ID = r"^[A-Za-z0-9_-]{1,64}$"
 # An artifact's name: one path segment, no dot first (so never `..`).
 ARTIFACT_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
@@ -39,3 +43,7 @@ def agents_report(runner_id: str) -> str:
 
 def artifact(name: str) -> str:
     return WORKER_ARTIFACT.format(name=_segment(name))
+
+
+def question_wait(question_id: str) -> str:
+    return WORKER_QUESTION_WAIT.format(question_id=_segment(question_id))

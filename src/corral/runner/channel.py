@@ -12,13 +12,21 @@ import contextlib
 import functools
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TypeVar
 
 from corral import redact
-from corral.models import NewEvent, Outcome, new_id
-from corral.protocol import Completed, Completion, EventBatch, WorkerState
+from corral.executors.base import Waiting
+from corral.models import NewEvent, Outcome, Question, new_id
+from corral.protocol import (
+    AnswerWait,
+    Completed,
+    Completion,
+    EventBatch,
+    QuestionAsk,
+    WorkerState,
+)
 from corral.runner.link import Refused, Unreachable, WorkerLink
 
 log = logging.getLogger(__name__)
@@ -26,6 +34,8 @@ log = logging.getLogger(__name__)
 BATCH = 1000
 # How long a write is retried while the server is unreachable (restarts, deploys).
 GIVE_UP_SECONDS = 300.0
+# One long-poll for an answer (the server holds it up to 60 s).
+ANSWER_POLL_SECONDS = 30.0
 
 T = TypeVar("T")
 
@@ -42,6 +52,8 @@ class WorkerChannel:
         self.job_id = job_id
         self.stale: str | None = None
         self._on_stale = on_stale
+        # Set while a person is asked (the executor's context shares it).
+        self.waiting = Waiting()
         self._events: list[NewEvent] = []
         self._state: WorkerState | None = None
         self._wake = asyncio.Event()
@@ -83,6 +95,24 @@ class WorkerChannel:
         state = self._state or WorkerState(state="running")
         self._state = state.model_copy(update={"handle": handle})
         self._wake.set()
+
+    async def ask(
+        self, question: str, options: Sequence[str] = (), timeout: float | None = None
+    ) -> Question | None:
+        """Ask a person about this job and wait for the answer (``ask_human``;
+        the executor's stall guards pause meanwhile). Returns the question as
+        it ended: ``answered`` (the text in ``answer``) or ``expired`` (no
+        answer within ``timeout`` seconds; ``Question.reply()`` says so);
+        None if the job was lost meanwhile (the channel is stale). Raises
+        ``ValueError`` for a question protocol v1 refuses (empty, too long)."""
+        body = QuestionAsk(question=question, options=list(options), timeout=timeout)
+        with self.waiting.hold():
+            asked = await self._call("ask", lambda: self.link.ask(body))
+            poll = AnswerWait(wait=ANSWER_POLL_SECONDS)
+            wait = functools.partial(self.link.wait_answer, body.question_id, poll)
+            while asked is not None and asked.state == "open":
+                asked = await self._call("wait", wait)
+        return asked if self.stale is None else None
 
     async def put_artifact(self, name: str, media_type: str, data: bytes) -> None:
         await self._call(f"artifact {name}", lambda: self.link.artifact(name, media_type, data))

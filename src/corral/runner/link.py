@@ -18,11 +18,12 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from corral.errors import CorralError
-from corral.models import Artifact
+from corral.models import Artifact, Question
 from corral.protocol import (
     AgentPoll,
     AgentReport,
     AgentsReported,
+    AnswerWait,
     Completed,
     Completion,
     DesiredAgents,
@@ -31,6 +32,7 @@ from corral.protocol import (
     Heartbeat,
     LeaseRequest,
     LeaseResponse,
+    QuestionAsk,
     RunnerRegister,
     RunnerRegistered,
     StateRecorded,
@@ -78,6 +80,10 @@ class WorkerLink(Protocol):
     async def artifact(self, name: str, media_type: str, data: bytes) -> Artifact: ...
 
     async def complete(self, body: Completion) -> Completed: ...
+
+    async def ask(self, body: QuestionAsk) -> Question: ...
+
+    async def wait_answer(self, question_id: str, body: AnswerWait) -> Question: ...
 
 
 class Link(Protocol):
@@ -203,4 +209,17 @@ class HttpWorker:
     async def complete(self, body: Completion) -> Completed:
         return await self.link.send(
             calls.WORKER_COMPLETE, paths.WORKER_COMPLETE, body, headers=self._auth()
+        )
+
+    async def ask(self, body: QuestionAsk) -> Question:
+        """Ask a person (idempotent by ``body.question_id``: retry freely)."""
+        return await self.link.send(
+            calls.WORKER_ASK, paths.WORKER_QUESTIONS, body, headers=self._auth()
+        )
+
+    async def wait_answer(self, question_id: str, body: AnswerWait) -> Question:
+        """The question once answered or expired, or still ``open`` after
+        ``body.wait`` seconds."""
+        return await self.link.send(
+            calls.WORKER_ANSWER_WAIT, paths.question_wait(question_id), body, headers=self._auth()
         )

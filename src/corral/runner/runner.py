@@ -299,6 +299,7 @@ class Runner:
             confine=self.sandbox.confine(
                 mounts, network=settings.network if isinstance(settings, LocalSettings) else True
             ),
+            waiting=channel.waiting,
         )
         try:
             outcome = await executor.run(ctx)

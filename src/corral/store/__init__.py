@@ -14,6 +14,7 @@ from corral.store.events import Events
 from corral.store.jobs import Caps, Jobs, Lease, RetryPolicy
 from corral.store.keys import Keys, ServerSettings
 from corral.store.outbox import Outbox
+from corral.store.questions import Questions
 from corral.store.runners import Runners
 from corral.store.sessions import Sessions
 
@@ -48,6 +49,7 @@ class Store:
         self.settings = ServerSettings(self.db)
         self.outbox = Outbox(self.db)
         self.agents = Agents(self.db)
+        self.questions = Questions(self.db)
 
     async def migrate(self) -> None:
         await migrate.upgrade(self.db)

@@ -142,6 +142,25 @@ artifacts = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
 )
 
+# Questions a worker asked a person (``ask_human``). A question is open while
+# its job runs at the epoch that asked it and its timeout has not passed.
+questions = sa.Table(
+    "questions",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("job_id", sa.String(64), sa.ForeignKey("jobs.id"), nullable=False),
+    sa.Column("epoch", sa.Integer, nullable=False),
+    sa.Column("question", sa.Text, nullable=False),
+    sa.Column("options", JSON, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # open, answered, expired
+    sa.Column("asked_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime),
+    sa.Column("answer", sa.Text),
+    sa.Column("answered_by", sa.String(200)),
+    sa.Column("answered_at", UTCDateTime),
+    sa.Index(None, "job_id", "state"),
+)
+
 # The webhook outbox: written in the transaction of the change it reports,
 # sent by one background sender (the leader), in order per job and URL.
 webhook_deliveries = sa.Table(

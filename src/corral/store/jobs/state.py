@@ -43,7 +43,11 @@ def locked(tx: Tx, job_id: str) -> Row:
 
 def owned(tx: Tx, claims: WorkerClaims) -> Row:
     """The row of the job a worker holds; refused if the worker was fenced off."""
-    row = locked(tx, claims.job_id)
+    return holds(locked(tx, claims.job_id), claims)
+
+
+def holds(row: Row, claims: WorkerClaims) -> Row:
+    """``row`` if the worker of ``claims`` still holds that job, else refused."""
     if row.epoch != claims.epoch or row.runner_id != claims.runner_id:
         raise StaleEpoch(
             f"job {row.id} is at epoch {row.epoch}, this worker holds epoch {claims.epoch}"
