@@ -94,8 +94,9 @@ async def list_jobs(
 @router.get("/jobs/{job_id}", response_model=Job)
 async def get_job(svc: Svc, who: Annotated[Principal, Depends(principal)], job_id: JobId) -> Job:
     """One job: state, attempt, result, error, reason, exit code, usage, cost, timings,
-    the routing decision, and `waiting` (why a queued job waits). A runner key sees only
-    jobs it holds."""
+    the routing decision, `waiting` (why a queued job waits) and `waiting_for` (the
+    question a running job waits on a person to answer). A runner key sees only jobs it
+    holds."""
     job = await _readable(svc, await svc.store.jobs.get(job_id), who)
     if job.state is JobState.QUEUED:
         job = job.model_copy(update={"waiting": await svc.store.jobs.waiting(job)})
