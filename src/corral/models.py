@@ -8,10 +8,10 @@ import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, Field, model_validator
+from pydantic import AliasChoices, BaseModel, Field, field_validator, model_validator
 
 from corral.jobs import JobState
 from corral.routing import Route
@@ -24,6 +24,20 @@ JSONDict = dict[str, Any]
 INT32_MAX = 2**31 - 1
 Seq = Annotated[int, Field(ge=0, le=INT32_MAX)]
 Int32 = Annotated[int, Field(ge=-INT32_MAX - 1, le=INT32_MAX)]
+
+
+def utc(value: datetime, name: str) -> datetime:
+    """``value`` in UTC. A time without a time zone is refused: it means
+    different instants to the client, the server and a runner."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(
+            f"{name} needs a time zone: add Z (UTC) or an offset, e.g. "
+            f"{value.replace(microsecond=0).isoformat()}Z"
+        )
+    try:
+        return value.astimezone(UTC)
+    except OverflowError as exc:
+        raise ValueError(f"{name} is out of range") from exc
 
 
 def new_id() -> str:
@@ -144,6 +158,7 @@ class Job(BaseModel):
     assigned_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    run_at: datetime | None = Field(None, description="Not run before this time (UTC).")
     available_at: datetime
     updated_at: datetime
 
@@ -515,10 +530,20 @@ class JobCreate(BaseModel):
     priority: int = Field(2, ge=0, le=9, description="0 is the most urgent.")
     max_attempts: int | None = Field(None, ge=1, le=100)
     timeout: float | None = Field(None, gt=0, le=7 * 86400, description="Seconds.")
+    run_at: datetime | None = Field(
+        None,
+        description="Not run before this time: ISO-8601 with a time zone (Z or an offset; "
+        "a time without one is refused). The job is queued at once and leased from then.",
+    )
     labels: list[str] = Field(default_factory=list, max_length=32)
     idempotency_key: str | None = Field(None, min_length=1, max_length=200)
     source: Literal["api", "cli", "folder", "mcp", "tracker"] = "api"
     source_ref: str | None = Field(None, max_length=2000)
+
+    @field_validator("run_at")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        return None if value is None else utc(value, "run_at")
 
     def route(self) -> Route:
         return Route(

@@ -5,6 +5,7 @@ whose body is the prompt. Pure: text in, a JobCreate (or a precise error) out.
     title: Fix the flaky test
     priority: 1
     preferred_ai: claude
+    run_at: 2030-01-01T09:00:00Z
     ---
     The test in tests/test_api.py fails one run in ten. Find out why.
 """
@@ -43,6 +44,7 @@ KEYS: dict[str, str] = {
     "repo": "repo",
     "base": "base",
     "webhook": "webhook",
+    "run_at": "run_at",
 }
 # Known job fields this version cannot act on yet: refused rather than ignored.
 NOT_YET: set[str] = set()

@@ -86,8 +86,9 @@ def test_files_become_jobs_and_come_back_with_a_footer(
         ("type.md", "---\npriority: soon\n---\nx\n", "priority"),
         ("empty.md", "", "empty"),
         ("binary.md", b"\xff\xfe\x00bad", "not UTF-8"),
+        ("when.md", "---\nrun_at: next tuesday\n---\nx\n", "run_at"),
     ],
-    ids=["unknown-key", "bad-yaml", "wrong-type", "empty", "not-utf8"],
+    ids=["unknown-key", "bad-yaml", "wrong-type", "empty", "not-utf8", "bad-run-at"],
 )
 def test_bad_files_go_to_failed_with_the_reason(
     folder: tuple[ServerProcess, Path], name: str, content: str | bytes, needle: str

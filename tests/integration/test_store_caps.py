@@ -156,7 +156,7 @@ async def _free_slot(st: Store) -> tuple[Job, Runner, str]:
 
 SCENARIOS: dict[str, Scenario] = {
     "kill switch": _kill_switch,
-    "retry backoff": _retry_backoff,
+    "run_at or retry backoff": _retry_backoff,
     "quota pause": _quota_pause,
     "turn lock": _turn_lock,
     "provider cap": _provider_cap,

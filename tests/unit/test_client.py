@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from corral import errors
-from corral.client import ApiError, AsyncClient, Client, RunTimeout, flows
+from corral.client import ApiError, AsyncClient, Client, RunTimeout, calls, flows
 from corral.client.base import (
     AwaitDelivery,
     Call,
@@ -303,3 +303,18 @@ def _event_obj(seq: int, type: str = "output", payload: dict[str, Any] | None = 
         internal=False,
         created_at=datetime.now(UTC),
     )
+
+
+def test_run_at_is_sent_as_iso_8601_by_submit_turn_and_run() -> None:
+    at = datetime(2030, 1, 1, 9, 30, tzinfo=UTC)
+    assert calls.submit("x", run_at=at).json == {
+        "prompt": "x",
+        "run_at": "2030-01-01T09:30:00+00:00",
+    }
+    assert calls.submit("x", run_at="2030-01-01T09:30:00Z").json == {
+        "prompt": "x",
+        "run_at": "2030-01-01T09:30:00Z",
+    }
+    assert calls.turn("s1", "x", run_at=at).json["run_at"] == "2030-01-01T09:30:00+00:00"
+    walk = Walk(flows.run(command="true", polling=True, run_at=at))
+    assert walk.next().json == {"command": "true", "run_at": "2030-01-01T09:30:00+00:00"}

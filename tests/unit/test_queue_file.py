@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,10 @@ def test_no_front_matter_is_a_job_with_defaults() -> None:
         ("---\nprovider: a\nexecutor: b\n---\nbody", "alias"),
         ("---\nwebhook: ftp://example.com/hook\n---\nbody", "http"),
         ("---\nbase: main\n---\nbody", "base needs a repo"),
+        ("---\nrun_at: tomorrow\n---\nbody", "run_at"),
+        ("---\nrun_at: +10m\n---\nbody", "run_at"),
+        ("---\nrun_at: 2030-01-01 09:00:00\n---\nbody", "run_at needs a time zone"),
+        ("---\nrun_at: 2030-01-01T09:00:00\n---\nbody", "run_at needs a time zone"),
     ],
     ids=lambda v: v[:24] if isinstance(v, str) else v,
 )
@@ -133,3 +138,18 @@ def test_webhook_in_front_matter() -> None:
     spec = parse(text)
     assert spec.webhook is not None and not isinstance(spec.webhook, str)
     assert spec.webhook.secret == "0123456789abcdef"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2030-01-01T09:00:00Z", datetime(2030, 1, 1, 9, tzinfo=UTC)),
+        ("2030-01-01 10:30:00+01:00", datetime(2030, 1, 1, 9, 30, tzinfo=UTC)),
+        ("'2030-01-01T09:00:00-02:00'", datetime(2030, 1, 1, 11, tzinfo=UTC)),
+    ],
+    ids=["zulu", "yaml-timestamp-with-offset", "quoted-string"],
+)
+def test_run_at_in_front_matter_is_utc(value: str, expected: datetime) -> None:
+    job = parse(f"---\nrun_at: {value}\n---\nLater.\n")
+    assert job.run_at == expected
+    assert job.run_at.tzinfo is UTC

@@ -114,6 +114,7 @@ def show(
         ("priority", str(job.priority)),
         ("source", esc(job.source + (f" ({job.source_ref})" if job.source_ref else ""))),
         ("created", when(job.created_at)),
+        *([("run at", when(job.run_at))] if job.run_at else []),
         ("assigned", when(job.assigned_at)),
         ("started", when(job.started_at)),
         ("finished", when(job.finished_at)),

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -20,6 +22,7 @@ from corral.cli.common import (
     esc,
     state,
 )
+from corral.cli.common import when as stamp
 from corral.errors import BadRequest
 from corral.jobs import JobState
 
@@ -38,6 +41,41 @@ ShellOpt = Annotated[
         "prompt for an agent, and never runs in a shell.",
     ),
 ]
+
+
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+_RELATIVE = re.compile(r"\+(\d{1,9})([smhd])")
+AT_HELP = (
+    "Run no earlier than TIME: ISO-8601 with a time zone (2030-01-01T09:00Z, "
+    "2030-01-01T10:00+01:00) or from now: +90s, +10m, +2h, +1d."
+)
+
+
+def when(text: str, *, now: datetime | None = None) -> datetime:
+    """The instant ``--at TEXT`` means, in UTC: ISO-8601 with a time zone, or
+    ``+N`` seconds/minutes/hours/days from ``now``. A time without a zone is
+    refused (the server may not share this machine's zone)."""
+    text = text.strip()
+    relative = _RELATIVE.fullmatch(text)
+    if relative:
+        amount, unit = relative.groups()
+        try:
+            return (now or datetime.now(UTC)) + timedelta(**{_UNITS[unit]: int(amount)})
+        except OverflowError as exc:
+            raise BadRequest(f"--at {text}: too far in the future") from exc
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise BadRequest(
+            f"--at {text!r} is not a time: give ISO-8601 with a time zone "
+            "(2030-01-01T09:00Z) or a delay from now (+90s, +10m, +2h, +1d)"
+        ) from exc
+    if at.tzinfo is None:
+        raise BadRequest(
+            f"--at {text!r} has no time zone: add Z (UTC) or an offset, "
+            f"e.g. {text}Z or {text}+01:00"
+        )
+    return at.astimezone(UTC)
 
 
 def _work(text: str, shell: bool) -> dict[str, str]:
@@ -160,6 +198,8 @@ def _submit(
         return
     verb = "Submitted" if accepted.created else "Already submitted (same idempotency key):"
     console.print(f"{verb} job [bold]{job_id}[/] in session {esc(accepted.session_id)}.")
+    if accepted.created and fields.get("run_at") is not None:
+        console.print(f"It runs at {stamp(fields['run_at'])}.", markup=False)
     console.print(f"Follow it: corral jobs logs -f {job_id}", markup=False)
 
 
@@ -180,6 +220,7 @@ def submit(
     max_attempts: Annotated[int | None, typer.Option(min=1)] = None,
     label: Annotated[list[str] | None, typer.Option(help="Repeatable.")] = None,
     idempotency_key: Annotated[str | None, typer.Option()] = None,
+    at: Annotated[str | None, typer.Option("--at", metavar="TIME", help=AT_HELP)] = None,
     repo: Annotated[
         str | None,
         typer.Option(help="Git repository (path or URL): run in a worktree on corral/<job-id>."),
@@ -208,6 +249,7 @@ def submit(
         "max_attempts": max_attempts,
         "labels": label or [],
         "idempotency_key": idempotency_key,
+        "run_at": when(at) if at is not None else None,
         "source": "cli",
     }
     with client(server, token) as c:

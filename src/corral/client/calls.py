@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -60,7 +61,10 @@ def _seg(value: str) -> str:
 
 def _body(prompt: str | None, command: str | None, fields: dict[str, Any]) -> dict[str, Any]:
     body = {"prompt": prompt, "command": command, **fields}
-    return {k: v for k, v in body.items() if v is not None}
+    # A datetime (run_at) as ISO-8601; a naive one is sent as it is, and refused.
+    return {
+        k: v.isoformat() if isinstance(v, datetime) else v for k, v in body.items() if v is not None
+    }
 
 
 _JOB = _one(Job)
@@ -71,12 +75,19 @@ _ACCEPTED = _one(JobAccepted)
 
 
 def submit(
-    prompt: str | None = None, *, command: str | None = None, **fields: Any
+    prompt: str | None = None,
+    *,
+    command: str | None = None,
+    run_at: datetime | str | None = None,
+    **fields: Any,
 ) -> Call[JobAccepted]:
     """Submit a job: a ``prompt`` for an agent (routing picks the provider)
-    or a shell ``command``; ``fields`` are the other job fields (``provider``,
-    ``repo``, ``session_id``, ``webhook``...). Answers at once with its id."""
-    return Call("POST", "/jobs", _ACCEPTED, json=_body(prompt, command, fields))
+    or a shell ``command``; not run before ``run_at`` (an aware datetime,
+    or ISO-8601 text with a time zone); ``fields`` are the other job fields
+    (``provider``, ``repo``, ``session_id``, ``webhook``...). Answers at once
+    with its id."""
+    body = _body(prompt, command, {**fields, "run_at": run_at})
+    return Call("POST", "/jobs", _ACCEPTED, json=body)
 
 
 def get(job_id: str) -> Call[Job]:
@@ -163,7 +174,7 @@ def turn(
     session_id: str, prompt: str | None = None, *, command: str | None = None, **fields: Any
 ) -> Call[JobAccepted]:
     """A follow-up turn (a job) in a session: a ``prompt`` or a shell
-    ``command``, other fields as for ``submit``."""
+    ``command``, other fields (``run_at`` too) as for ``submit``."""
     path = f"/sessions/{_seg(session_id)}/turns"
     return Call("POST", path, _ACCEPTED, json=_body(prompt, command, fields))
 

@@ -107,6 +107,8 @@ jobs = sa.Table(
     sa.Column("assigned_at", UTCDateTime),
     sa.Column("started_at", UTCDateTime),
     sa.Column("finished_at", UTCDateTime),
+    # Not leased before this (a scheduled job); available_at starts here.
+    sa.Column("run_at", UTCDateTime),
     sa.Column("available_at", UTCDateTime, nullable=False),
     sa.Column("lease_expires_at", UTCDateTime),
     sa.Column("updated_at", UTCDateTime, nullable=False),

@@ -138,7 +138,8 @@ def _insert(
             source_ref=spec.source_ref,
             epoch=0,
             created_at=now,
-            available_at=now,
+            run_at=spec.run_at,
+            available_at=max(now, spec.run_at) if spec.run_at else now,
             updated_at=now,
         )
         .returning(*jobs.c)

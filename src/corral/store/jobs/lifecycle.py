@@ -48,7 +48,8 @@ def retry(tx: Tx, job_id: str, *, now: datetime) -> Job:
         now=now,
         values={
             "max_attempts": max(row.max_attempts, row.attempt + 1),
-            "available_at": now,
+            # A scheduled job cancelled before its time keeps its time.
+            "available_at": max(now, row.run_at) if row.run_at else now,
             "result": None,
             "error": None,
             "reason": None,

@@ -8,8 +8,9 @@ Three shapes of rule, by what they look at:
 - a ``ProviderRule`` looks at the job's provider: the lease query takes only
   the providers every one of them admits (quota pauses, provider caps, what
   the runner serves);
-- a ``RowRule`` is a condition of the lease query's ``WHERE`` (retry backoff,
-  the turn lock, the repository cap, session affinity).
+- a ``RowRule`` is a condition of the lease query's ``WHERE`` (a run_at not
+  reached yet or a retry backoff, the turn lock, the repository cap, session
+  affinity).
 
 The lease query is built from ``RULES``; ``waiting()`` walks ``RULES`` in
 order and reports the first that holds the job, evaluating a row rule's own
@@ -98,6 +99,12 @@ def _at(when: datetime) -> str:
     return when.isoformat(timespec="seconds")
 
 
+def _not_yet(board: Board, job: Job, row: Row) -> str:
+    if row.run_at is not None and row.available_at <= row.run_at:
+        return f"scheduled: runs at {_at(row.run_at)}"
+    return f"retry backoff until {_at(row.available_at)}"
+
+
 def _nothing(board: Board) -> dict[str, Any]:
     return {}
 
@@ -149,12 +156,14 @@ RULES: tuple[Rule, ...] = (
         room=lambda b: 0 if b.killed else None,
         reason=lambda b, job: "paused: the kill switch is on (corral resume)",
     ),
+    # available_at starts at run_at (a scheduled job) and moves on with each
+    # retry's backoff.
     RowRule(
-        "retry backoff",
+        "run_at or retry backoff",
         where=jobs.c.available_at <= sa.bindparam("now"),
         params=lambda b: {"now": b.now},
-        reason=lambda b, job, row: f"retry backoff until {_at(row.available_at)}",
-        details=(jobs.c.available_at,),
+        reason=_not_yet,
+        details=(jobs.c.available_at, jobs.c.run_at),
     ),
     ProviderRule(
         "quota pause",
