@@ -208,3 +208,39 @@ def _role(route: Any) -> str:
 
     walk(route.dependant)
     return found[0] if found else "none"
+
+
+def mcp_tools() -> str:
+    """The operator MCP server's tools: name, the least role that lists it,
+    its arguments (from the input schema clients see) and what it does."""
+    import asyncio
+
+    from corral.mcp.server import CorralMCP
+    from corral.mcp.tools import TOOLS
+
+    listed = {t.name: t for t in asyncio.run(CorralMCP(None).list_tools())}
+    role = {"read": "viewer", "write": "operator", "admin": "admin"}
+    rows = ["| tool | role | arguments | |", "|---|---|---|---|"]
+    for t in TOOLS:
+        schema = listed[t.name].input_schema
+        required = set(schema.get("required", []))
+        args = []
+        for name, prop in schema.get("properties", {}).items():
+            kind = _schema_type(prop)
+            mark = "" if name in required else "?"
+            args.append(f"`{name}{mark}`: {kind}")
+        doc = _cell(" ".join((t.fn.__doc__ or "").split()))
+        rows.append(f"| `{t.name}` | {role[t.permission]} | {', '.join(args) or '-'} | {doc} |")
+    return "\n".join(rows)
+
+
+def _schema_type(prop: dict[str, Any]) -> str:
+    """A JSON schema property in a few words: ``string``, ``list of string``..."""
+    if "anyOf" in prop:
+        kinds = [_schema_type(p) for p in prop["anyOf"] if p.get("type") != "null"]
+        return " \\| ".join(kinds)
+    if "enum" in prop:
+        return " \\| ".join(f"`{v}`" for v in prop["enum"])
+    if prop.get("type") == "array":
+        return f"list of {_schema_type(prop.get('items', {}))}"
+    return str(prop.get("type", "any"))

@@ -402,6 +402,14 @@ class Delivery(BaseModel):
     attempt_log: list[DeliveryAttempt] | None = None
 
 
+class Identity(BaseModel):
+    """``GET /whoami``: the key that made the request."""
+
+    key_id: str
+    name: str
+    role: str = Field(description="admin, operator, viewer or runner.")
+
+
 class Status(BaseModel):
     """``GET /status``."""
 

@@ -67,14 +67,16 @@ def test_every_provider_setting_is_documented() -> None:
 
 def test_generated_reference_pages_are_current(capsys: pytest.CaptureFixture[str]) -> None:
     """The reference pages are generated from the code (settings models, the
-    typer app, the routes); regenerate with `cog -r -I docs docs/reference/*.md`."""
+    typer app, the routes, the MCP tools); regenerate with
+    `cog -r -I docs docs/reference/*.md docs/mcp.md`."""
     from cogapp import Cog
 
-    pages = sorted(str(p) for p in (DOCS / "reference").glob("*.md"))
+    pages = [*sorted(str(p) for p in (DOCS / "reference").glob("*.md")), str(DOCS / "mcp.md")]
     assert pages
     status = Cog().main(["cog", "--check", "--diff", "-I", str(DOCS), *pages])
     assert status == 0, (
-        "stale docs: run `cog -r -I docs docs/reference/*.md`\n" + capsys.readouterr().out
+        "stale docs: run `cog -r -I docs docs/reference/*.md docs/mcp.md`\n"
+        + capsys.readouterr().out
     )
 
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
 from fastapi import FastAPI
+from starlette.routing import Route
 
 from corral import __version__
 from corral.api import (
@@ -27,6 +28,7 @@ from corral.api import (
 )
 from corral.api.limits import BodyLimit
 from corral.config import Settings
+from corral.mcp.http import PATH, McpEndpoint
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
@@ -44,6 +46,10 @@ def create_app(settings: Settings, *, lifespan: Lifespan | None = None) -> FastA
     openapi.install(app)
     for module in (system, jobs, questions, sessions, runners, admin, webhooks, ollama, agents):
         app.include_router(module.router)
+    # The operator MCP server (streamable HTTP; its sessions run while the
+    # server does: ``corral.server`` enters ``app.state.mcp.running()``).
+    app.state.mcp = McpEndpoint()
+    app.router.routes.append(Route(PATH, endpoint=app.state.mcp))
     app.add_middleware(
         BodyLimit,
         max_bytes=settings.max_body_bytes,

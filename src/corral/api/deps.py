@@ -21,7 +21,7 @@ async def services(request: Request) -> Services:
 Svc = Annotated[Services, Depends(services)]
 
 
-def _bearer(request: Request) -> str:
+def bearer(request: Request) -> str:
     header = request.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
@@ -33,7 +33,7 @@ def _bearer(request: Request) -> str:
 
 
 async def principal(request: Request, svc: Svc) -> Principal:
-    return await svc.authenticate(_bearer(request))
+    return await svc.authenticate(bearer(request))
 
 
 # The least role that holds each permission: the docs' HTTP reference reads the
@@ -51,7 +51,7 @@ def require(permission: str) -> object:
 
 
 async def worker(request: Request, svc: Svc) -> WorkerClaims:
-    return auth.verify_worker_token(_bearer(request), svc.jwt_secret)
+    return auth.verify_worker_token(bearer(request), svc.jwt_secret)
 
 
 principal.corral_role = "any key"  # type: ignore[attr-defined]

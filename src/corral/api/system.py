@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 
 from corral import __version__
-from corral.api.deps import Reader, Svc
+from corral.api.deps import Reader, Svc, principal
+from corral.auth import Principal
 from corral.jobs import JobState
-from corral.models import Status
+from corral.models import Identity, Status
 
 router = APIRouter(tags=["system"])
 
@@ -20,6 +21,12 @@ router = APIRouter(tags=["system"])
 async def health() -> dict[str, str]:
     """Liveness; needs no credential."""
     return {"status": "ok", "version": __version__}
+
+
+@router.get("/whoami", response_model=Identity)
+async def whoami(who: Annotated[Principal, Depends(principal)]) -> Identity:
+    """The key making the request: its id, name and role (any key)."""
+    return Identity(key_id=who.key_id, name=who.name, role=who.role.value)
 
 
 @router.get("/status", response_model=Status)

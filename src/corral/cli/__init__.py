@@ -17,6 +17,7 @@ from corral.cli import (
     control,
     jobs,
     keys,
+    mcp_server,
     runners,
     service,
     sessions,
@@ -58,6 +59,7 @@ app.command()(submit)
 app.command()(turn)
 app.command()(runner)
 app.command()(answer.answer)
+app.command()(mcp_server.mcp)
 app.command()(control.route)
 app.command()(control.status)
 app.command()(control.pause)

@@ -20,6 +20,7 @@ from corral.models import (
     Artifact,
     Delivery,
     Event,
+    Identity,
     Job,
     JobAccepted,
     JobPage,
@@ -241,6 +242,11 @@ def resume_provider(name: str) -> Call[bool]:
     """Lift a quota pause of provider ``name`` now; True if it was paused."""
     path = f"/admin/providers/{_seg(name)}/resume"
     return Call("POST", path, _field("was_paused", bool))
+
+
+def whoami() -> Call[Identity]:
+    """The key this client uses: its id, name and role."""
+    return Call("GET", "/whoami", _one(Identity))
 
 
 def status() -> Call[Status]:

@@ -42,6 +42,7 @@ class Methods:
     resume = endpoint(calls.resume)
     resume_provider = endpoint(calls.resume_provider)
     status = endpoint(calls.status)
+    whoami = endpoint(calls.whoami)
     # agent daemons
     agents = endpoint(calls.agents)
     agent = endpoint(calls.agent)

@@ -88,6 +88,7 @@ class Server:
         self._signals: list[int] = []
         self._reloads: set[asyncio.Task[dict[str, list[str]]]] = set()
         self.loop("watchdog", watchdog)
+        self.loop("mcp-sessions", self._mcp_sessions)
         self.loop("webhooks", webhooks, leader=True)
         if settings.queue_enabled:
             # One replica watches a shared folder: the others stand by.
@@ -100,6 +101,11 @@ class Server:
         if any(lp.name == name for lp in self.loops):
             raise ValueError(f"a loop named {name!r} is registered already")
         self.loops.append(Loop(name, fn, leader=leader, intake=intake))
+
+    async def _mcp_sessions(self, svc: Services) -> None:
+        """The operator MCP server's sessions (``/mcp``) live while this runs."""
+        async with self.app.state.mcp.running():
+            await asyncio.Event().wait()
 
     @property
     def services(self) -> Services:
