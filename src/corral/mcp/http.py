@@ -8,7 +8,8 @@ an MCP client can do exactly what the key may do over HTTP and no more.
 
 The SDK's DNS-rebinding check (Host and Origin allowlists) is off: it guards
 servers that trust whoever reaches them, and every request here must carry a
-key that a page in a browser does not have."""
+key that a page in a browser does not have. Sessions are stateless, so
+replicas behind a load balancer need no stickiness."""
 
 from __future__ import annotations
 
@@ -78,7 +79,9 @@ class McpEndpoint:
         self.access = HttpAccess()
         self.server = CorralMCP(self.access)
         security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
-        self.server.streamable_http_app(transport_security=security)
+        # Stateless: any replica behind a load balancer answers any request
+        # (the tools keep nothing between calls; corral's database has it all).
+        self.server.streamable_http_app(transport_security=security, stateless_http=True)
         self.sessions: StreamableHTTPSessionManager = self.server.session_manager
         self._transport = StreamableHTTPASGIApp(self.sessions)
 
