@@ -283,3 +283,41 @@ def test_corral_mcp_with_a_runner_key_or_no_server_says_why(
     )
     assert gone.returncode == 1 and "cannot reach corral" in gone.stderr
     assert json.dumps(gone.stdout) == '""'
+
+
+def _rpc(http: httpx.Client, key: str, tool: str, **args: Any) -> dict[str, Any]:
+    """One tools/call as a bare JSON-RPC request: no initialize, no session."""
+    headers = {
+        "Authorization": f"Bearer {key}",
+        "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": "2025-06-18",
+    }
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {"name": tool, "arguments": args},
+    }
+    resp = http.post("/mcp", json=body, headers=headers)
+    assert resp.status_code == 200, resp.text
+    data = next(line[5:] for line in resp.text.splitlines() if line.startswith("data:"))
+    result = json.loads(data)["result"]
+    assert not result.get("isError"), result
+    return dict(result["structuredContent"])
+
+
+def test_any_replica_answers_any_call(tmp_path: Path, pg_url: str) -> None:
+    """/mcp keeps no session: a job submitted through one replica is read
+    through another (PostgreSQL, no sticky load balancing needed)."""
+    with (
+        running_server(tmp_path / "a", database_url=pg_url) as a,
+        running_server(tmp_path / "b", database_url=pg_url, args=("--no-runner",)) as b,
+        httpx.Client(base_url=a.url, timeout=60) as to_a,
+        httpx.Client(base_url=b.url, timeout=60) as to_b,
+    ):
+        submitted = _rpc(to_a, a.admin_key, "submit_job", command="echo across")
+        waited = _rpc(to_b, b.admin_key, "wait_job", job_id=submitted["job_id"], timeout=60)
+        assert waited["ended"] and waited["job"]["state"] == "done"
+        assert _rpc(to_b, b.admin_key, "job_logs", job_id=submitted["job_id"])["lines"] == [
+            "across"
+        ]
