@@ -39,6 +39,7 @@ from pydantic_settings import (
 
 from corral.errors import ConfigError
 from corral.executors.settings import ProviderSettings, RemoteSettings, split_command
+from corral.gateway.settings import McpSettings
 from corral.redact import env_secrets
 from corral.routing import Provider
 
@@ -310,6 +311,10 @@ class Settings(BaseSettings):
         description="[providers.NAME] tables, each checked against its kind's settings "
         "(below); a local `shell` provider always exists.",
     )
+    mcp: McpSettings = Field(
+        default_factory=McpSettings,
+        description="[mcp.servers.NAME]: upstream MCP servers the jobs' gateways may proxy.",
+    )
     default_provider: str | None = Field(
         None,
         description="Where a prompt that names no provider goes: an enabled agent provider "
@@ -479,6 +484,18 @@ class Settings(BaseSettings):
                 raise ValueError(f"providers.{name}.fallback cannot be the provider itself")
         return self
 
+    @model_validator(mode="after")
+    def _check_mcp_servers(self) -> Settings:
+        for name, p in self.providers.items():
+            for server in getattr(p, "mcp_servers", ()):
+                if server not in self.mcp.servers:
+                    known = ", ".join(sorted(self.mcp.servers)) or "none"
+                    raise ValueError(
+                        f"providers.{name}.mcp_servers: {server!r} is not an [mcp.servers] "
+                        f"table (configured: {known})"
+                    )
+        return self
+
     @field_validator("agents")
     @classmethod
     def _agent_names(cls, value: dict[str, DaemonSettings]) -> dict[str, DaemonSettings]:
@@ -548,6 +565,8 @@ class Settings(BaseSettings):
             found += env_secrets(getattr(p, "env", None) or {})
         for agent in self.agents.values():
             found += env_secrets(agent.env)
+        for server in self.mcp.servers.values():
+            found += server.secrets()
         return [f for f in found if f]
 
     @property

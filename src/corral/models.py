@@ -44,6 +44,9 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
+# A rule of a gateway allowlist: SERVER.TOOL, SERVER.* or * (corral/gateway/).
+TOOL_RULE = r"^(\*|[A-Za-z0-9_-]{1,64}\.(\*|[A-Za-z0-9_.-]{1,128}))$"
+
 _URL = re.compile(r"^(https?|ssh|git|file)://[^\s]+$|^[\w.-]+@[\w.-]+:[^\s]+$")
 
 
@@ -161,6 +164,12 @@ class Job(BaseModel):
     run_at: datetime | None = Field(None, description="Not run before this time (UTC).")
     available_at: datetime
     updated_at: datetime
+    parent_job_id: str | None = Field(
+        None, description="The job whose MCP gateway submitted it (submit_job)."
+    )
+    mcp_tools: list[str] | None = Field(
+        None, description="The gateway tools it narrows its provider's allowlist to."
+    )
 
 
 class Session(BaseModel):
@@ -547,6 +556,12 @@ class JobCreate(BaseModel):
     idempotency_key: str | None = Field(None, min_length=1, max_length=200)
     source: Literal["api", "cli", "folder", "mcp", "tracker"] = "api"
     source_ref: str | None = Field(None, max_length=2000)
+    mcp_tools: list[Annotated[str, Field(pattern=TOOL_RULE)]] | None = Field(
+        None,
+        max_length=64,
+        description="Agent jobs: narrow the provider's mcp_tools allowlist to these rules "
+        "(SERVER.TOOL, SERVER.*); never widens it.",
+    )
 
     @field_validator("run_at")
     @classmethod

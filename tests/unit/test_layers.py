@@ -114,6 +114,12 @@ RULES = {
         {"store", "api", "server", "cli", "intake", "sinks", "services"},
         "a runner on another host has no database and no server: it speaks protocol v1",
     ),
+    "gateway": (
+        {"gateway"},
+        {"store", "api", "server", "cli", "intake", "sinks", "services", "runner"},
+        "the gateway runs on the runner's host next to the agent: it reaches the control "
+        "plane only through the worker link the runner hands it",
+    ),
     "executors-below-runner": (
         {"executors"},
         {"runner"},

@@ -16,6 +16,7 @@ from corral import __version__
 from corral.api import (
     admin,
     agents,
+    children,
     errors,
     jobs,
     ollama,
@@ -44,7 +45,18 @@ def create_app(settings: Settings, *, lifespan: Lifespan | None = None) -> FastA
     )
     errors.install(app)
     openapi.install(app)
-    for module in (system, jobs, questions, sessions, runners, admin, webhooks, ollama, agents):
+    for module in (
+        system,
+        jobs,
+        questions,
+        sessions,
+        runners,
+        children,
+        admin,
+        webhooks,
+        ollama,
+        agents,
+    ):
         app.include_router(module.router)
     # The operator MCP server (streamable HTTP; its sessions run while the
     # server does: ``corral.server`` enters ``app.state.mcp.running()``).

@@ -88,6 +88,7 @@ def runner(
         lease_wait=s.runner.lease_wait,
         kill_grace=s.runner.kill_grace,
         sandbox=box,
+        mcp_servers=s.mcp.servers,
     )
     err.print(
         f"runner {r.name}: {r.slots} slots, providers {', '.join(providers)}, server {server}",

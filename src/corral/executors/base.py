@@ -81,6 +81,18 @@ class Waiting:
         self._changed = asyncio.Event()
 
 
+@dataclass(frozen=True)
+class McpEndpoint:
+    """Where the job's agent reaches its MCP gateway (corral/gateway/): a
+    streamable HTTP ``url`` on 127.0.0.1, its bearer ``token`` and the names
+    of the ``tools`` it offers (to grant them to the agent)."""
+
+    url: str
+    token: str
+    tools: tuple[str, ...]
+    name: str = "corral"  # the agent's name for the server
+
+
 S = TypeVar("S", bound=ProviderSettings)
 L = TypeVar("L", bound=LocalSettings)
 
@@ -114,6 +126,8 @@ class Context(Generic[S]):
     confine: Confine = field(default_factory=Confine)
     # Set while the job waits for a person: stall guards pause.
     waiting: Waiting = field(default_factory=Waiting)
+    # The job's MCP gateway (None: the job has none).
+    mcp: McpEndpoint | None = None
 
     def environment(
         self: Context[L], home: Path, extra: Mapping[str, str] | None = None

@@ -2,13 +2,18 @@
 
 ``claude -p PROMPT --output-format stream-json --verbose`` in the job's
 workspace; ``--resume SESSION_ID`` continues the session's conversation on a
-follow-up turn (the id comes from the previous turn's ``system/init``). Each
+follow-up turn (the id comes from the previous turn's ``system/init``).
+The job's MCP gateway comes in a ``--mcp-config`` file (mode 0600, in the
+run's TMPDIR; its bearer secret stays off the command line) and its tools in
+``--allowedTools`` as ``mcp__corral__TOOL``. Each
 JSON line becomes an event; the final ``result`` line becomes the outcome,
 with cost and token usage. ``is_error`` decides success, not ``subtype``
 (API failures arrive as ``subtype: success`` with ``is_error: true``)."""
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -75,6 +80,7 @@ class ClaudeCodeExecutor(AgentExecutor[ClaudeCodeSettings]):
         self.result: dict[str, Any] | None = None
         self.session_id: str | None = None
         self.denials: list[Any] = []
+        self.mcp_config: Path | None = None
 
     def argv(self, ctx: Context[ClaudeCodeSettings]) -> list[str]:
         s = ctx.settings
@@ -87,8 +93,15 @@ class ClaudeCodeExecutor(AgentExecutor[ClaudeCodeSettings]):
             args += ["--model", model]
         if s.permission_mode:
             args += ["--permission-mode", s.permission_mode]
-        if s.allowed_tools:
-            args += ["--allowedTools", ",".join(s.allowed_tools)]
+        allowed = list(s.allowed_tools)
+        if ctx.mcp is not None and self.mcp_config is not None:
+            args += ["--mcp-config", str(self.mcp_config)]
+            # Claude Code asks before an MCP tool even under acceptEdits, and
+            # headless nobody answers: the gateway's tools are granted here
+            # (the gateway offers only what the provider allows).
+            allowed += [f"mcp__{ctx.mcp.name}__{tool}" for tool in ctx.mcp.tools]
+        if allowed:
+            args += ["--allowedTools", ",".join(allowed)]
         if s.max_turns:
             args += ["--max-turns", str(s.max_turns)]
         return args + list(s.extra_args)
@@ -98,6 +111,16 @@ class ClaudeCodeExecutor(AgentExecutor[ClaudeCodeSettings]):
     ) -> dict[str, str]:
         config = home.parent / "claude"
         config.mkdir(parents=True, exist_ok=True)
+        if ctx.mcp is not None:
+            self.mcp_config = tmp / "corral-mcp.json"
+            server = {
+                "type": "http",
+                "url": ctx.mcp.url,
+                "headers": {"Authorization": f"Bearer {ctx.mcp.token}"},
+            }
+            fd = os.open(self.mcp_config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump({"mcpServers": {ctx.mcp.name: server}}, f)
         return {
             "CLAUDE_CONFIG_DIR": str(config),
             # Without it the CLI reaches for outside hosts (telemetry, updates).

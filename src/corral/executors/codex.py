@@ -35,6 +35,9 @@ from corral.executors.base import Context
 from corral.executors.settings import AgentSettings, ProviderSettings
 from corral.models import Outcome
 
+# The variable holding the gateway's bearer secret in codex's environment.
+TOKEN_ENV = "CORRAL_MCP_TOKEN"
+
 
 def _toml(value: object) -> str:
     return json.dumps(value)  # a JSON string or number is a valid TOML value
@@ -73,6 +76,17 @@ class CodexExecutor(AgentExecutor[CodexSettings]):
         model = ctx.job.model or s.model
         if model:
             args += ["--model", model]
+        if ctx.mcp is not None:
+            # The gateway as a streamable HTTP server of this run only (not in
+            # the provider's shared config.toml); its secret comes from the
+            # environment (TOKEN_ENV), never the command line.
+            table = f"mcp_servers.{ctx.mcp.name}"
+            args += ["-c", f"{table}.url={_toml(ctx.mcp.url)}"]
+            args += ["-c", f"{table}.bearer_token_env_var={_toml(TOKEN_ENV)}"]
+            # `codex exec` never asks: without this every MCP call is refused
+            # ("requires approval, but approval policy is never"); the gateway
+            # lists only the tools the provider allows.
+            args += ["-c", f"{table}.default_tools_approval_mode={_toml('approve')}"]
         args += list(s.extra_args)
         if ctx.handle:
             return [*args, "resume", ctx.handle, prompt]
@@ -105,6 +119,8 @@ class CodexExecutor(AgentExecutor[CodexSettings]):
             tmp = codex_home / f".config.{ctx.job.id}.tmp"
             tmp.write_text(config)
             tmp.replace(path)
+        if ctx.mcp is not None:
+            return {"CODEX_HOME": str(codex_home), TOKEN_ENV: ctx.mcp.token}
         return {"CODEX_HOME": str(codex_home)}
 
     def mode(self, ctx: Context[CodexSettings]) -> str:

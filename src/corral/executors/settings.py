@@ -136,6 +136,27 @@ class AgentSettings(LocalSettings):
     result_grace: float = Field(
         5.0, ge=0, description="Seconds the agent may linger after its final result line."
     )
+    mcp_servers: list[str] = Field(
+        default_factory=list,
+        description="Upstream MCP servers ([mcp.servers.NAME]) its jobs reach through their "
+        "gateway.",
+    )
+    mcp_tools: list[str] = Field(
+        default_factory=lambda: ["corral.*"],
+        description="The gateway tools its jobs may call: SERVER.TOOL, SERVER.* or * (corral's "
+        "own are corral.*); a job may narrow them (its mcp_tools), never widen. [] turns the "
+        "gateway off.",
+    )
+
+    @field_validator("mcp_tools")
+    @classmethod
+    def _rules(cls, value: list[str]) -> list[str]:
+        from corral.models import TOOL_RULE
+
+        for rule in value:
+            if not re.match(TOOL_RULE, rule):
+                raise ValueError(f"mcp_tools rule {rule!r}: write SERVER.TOOL, SERVER.* or *")
+        return value
 
     @field_validator("command", mode="before")
     @classmethod

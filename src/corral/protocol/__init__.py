@@ -28,7 +28,13 @@ Calls, with their credential:
   ``POST /worker/events`` (``EventBatch`` -> ``EventsAccepted``),
   ``POST /worker/heartbeat`` (-> ``Heartbeat``), ``PUT /worker/artifacts/{name}``
   (the raw bytes -> ``corral.models.Artifact``), ``POST /worker/complete``
-  (``Completion`` -> ``Completed``).
+  (``Completion`` -> ``Completed``); the job's MCP gateway's tools:
+  ``POST /worker/children`` (``ChildSubmit`` -> ``ChildJob``: a sub-job),
+  ``POST /worker/children/{id}/wait`` (``ChildWait`` -> ``ChildJob``),
+  ``POST /worker/children/{id}/cancel`` (-> ``ChildJob``), ``POST
+  /worker/progress`` (``Progress`` -> ``ProgressRecorded``). Every one is
+  fenced like the other worker calls: a stale epoch is refused (409) and
+  changes nothing.
 
 Compatibility: within v1 changes only add fields, and each side ignores the
 fields it does not know (a newer runner registers with an older server; an
@@ -42,6 +48,9 @@ from corral.protocol.bodies import (
     AgentsReported,
     AgentState,
     AnswerWait,
+    ChildJob,
+    ChildSubmit,
+    ChildWait,
     Completed,
     Completion,
     DesiredAgent,
@@ -53,6 +62,8 @@ from corral.protocol.bodies import (
     LeaseRequest,
     LeaseResponse,
     LogLine,
+    Progress,
+    ProgressRecorded,
     QuestionAsk,
     RunnerRegister,
     RunnerRegistered,
@@ -70,6 +81,9 @@ __all__ = [
     "AgentState",
     "AgentsReported",
     "AnswerWait",
+    "ChildJob",
+    "ChildSubmit",
+    "ChildWait",
     "Completed",
     "Completion",
     "DesiredAgent",
@@ -81,6 +95,8 @@ __all__ = [
     "LeaseResponse",
     "LeasedJob",
     "LogLine",
+    "Progress",
+    "ProgressRecorded",
     "QuestionAsk",
     "RunnerRegister",
     "RunnerRegistered",

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from corral.models import INT32_MAX, Int32, Job, NewEvent, Outcome, Seq, Session, new_id
+from corral.models import INT32_MAX, Int32, Job, JobCreate, NewEvent, Outcome, Seq, Session, new_id
 from corral.protocol import paths
 
 VERSION: Final = "v1"
@@ -208,6 +208,47 @@ class Completed(BaseModel):
     state: str
     attempt: int
     duplicates: list[str] = Field(description="Events of the completion already recorded.")
+
+
+# -- the worker JWT's tool calls (the job's MCP gateway, corral/gateway/) --------------
+
+
+class ChildSubmit(Request):
+    """``submit_job`` of the job's gateway: a sub-job, recorded as the child of
+    the calling job and routed like any job (``spec``: ``JobCreate``'s fields)."""
+
+    spec: JobCreate = Field(description="The sub-job, as POST /jobs takes it.")
+
+
+class ChildWait(Request):
+    """``get_job`` (``timeout`` 0) and ``wait_job`` of one of the job's children."""
+
+    timeout: float = Field(0.0, ge=0, le=60, description="Seconds to wait for it to end.")
+
+
+class ChildJob(BaseModel):
+    """A sub-job as the gateway's tools answer it."""
+
+    job_id: str
+    session_id: str
+    state: str
+    provider: str
+    ended: bool = Field(description="Done, failed or cancelled.")
+    result: str | None = None
+    error: str | None = None
+    artifacts: list[str] = Field(default_factory=list, description="Its artifacts' names.")
+    created: bool = Field(True, description="False: the idempotency key named an older job.")
+
+
+class Progress(Request):
+    """``report_progress``: a ``job.progress`` event of the calling job."""
+
+    percent: float | None = Field(None, ge=0, le=100, allow_inf_nan=False)
+    message: str = Field(max_length=4000)
+
+
+class ProgressRecorded(BaseModel):
+    seq: int = Field(description="The job.progress event's seq in the session.")
 
 
 # -- refusals ------------------------------------------------------------------------

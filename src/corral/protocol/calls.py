@@ -16,6 +16,9 @@ from corral.protocol.bodies import (
     AgentReport,
     AgentsReported,
     AnswerWait,
+    ChildJob,
+    ChildSubmit,
+    ChildWait,
     Completed,
     Completion,
     DesiredAgents,
@@ -24,6 +27,8 @@ from corral.protocol.bodies import (
     Heartbeat,
     LeaseRequest,
     LeaseResponse,
+    Progress,
+    ProgressRecorded,
     QuestionAsk,
     RunnerRegister,
     RunnerRegistered,
@@ -54,6 +59,10 @@ WORKER_ARTIFACT = Call("PUT", paths.WORKER_ARTIFACT, None, Artifact, "worker JWT
 WORKER_COMPLETE = Call("POST", paths.WORKER_COMPLETE, Completion, Completed, "worker JWT")
 WORKER_ASK = Call("POST", paths.WORKER_QUESTIONS, QuestionAsk, Question, "worker JWT")
 WORKER_ANSWER_WAIT = Call("POST", paths.WORKER_QUESTION_WAIT, AnswerWait, Question, "worker JWT")
+CHILD_SUBMIT = Call("POST", paths.WORKER_CHILDREN, ChildSubmit, ChildJob, "worker JWT")
+CHILD_WAIT = Call("POST", paths.WORKER_CHILD_WAIT, ChildWait, ChildJob, "worker JWT")
+CHILD_CANCEL = Call("POST", paths.WORKER_CHILD_CANCEL, None, ChildJob, "worker JWT")
+PROGRESS = Call("POST", paths.WORKER_PROGRESS, Progress, ProgressRecorded, "worker JWT")
 
 ALL: tuple[Call[BaseModel], ...] = (
     REGISTER,
@@ -67,4 +76,8 @@ ALL: tuple[Call[BaseModel], ...] = (
     WORKER_COMPLETE,
     WORKER_ASK,
     WORKER_ANSWER_WAIT,
+    CHILD_SUBMIT,
+    CHILD_WAIT,
+    CHILD_CANCEL,
+    PROGRESS,
 )

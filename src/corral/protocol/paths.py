@@ -18,6 +18,11 @@ WORKER_ARTIFACT = WORKER_ARTIFACTS + "{name}"
 WORKER_COMPLETE = "/worker/complete"
 WORKER_QUESTIONS = "/worker/questions"
 WORKER_QUESTION_WAIT = "/worker/questions/{question_id}/wait"
+# The job's MCP gateway's corral tools (its children: sub-jobs it submitted).
+WORKER_CHILDREN = "/worker/children"
+WORKER_CHILD_WAIT = "/worker/children/{job_id}/wait"
+WORKER_CHILD_CANCEL = "/worker/children/{job_id}/cancel"
+WORKER_PROGRESS = "/worker/progress"
 
 # A question's id: minted by the worker, so a retried ask records one question.
 QUESTION_ID = r"^[A-Za-z0-9_-]{1,64}$"
@@ -47,3 +52,11 @@ def artifact(name: str) -> str:
 
 def question_wait(question_id: str) -> str:
     return WORKER_QUESTION_WAIT.format(question_id=_segment(question_id))
+
+
+def child_wait(job_id: str) -> str:
+    return WORKER_CHILD_WAIT.format(job_id=_segment(job_id))
+
+
+def child_cancel(job_id: str) -> str:
+    return WORKER_CHILD_CANCEL.format(job_id=_segment(job_id))

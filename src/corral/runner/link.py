@@ -24,6 +24,9 @@ from corral.protocol import (
     AgentReport,
     AgentsReported,
     AnswerWait,
+    ChildJob,
+    ChildSubmit,
+    ChildWait,
     Completed,
     Completion,
     DesiredAgents,
@@ -32,6 +35,8 @@ from corral.protocol import (
     Heartbeat,
     LeaseRequest,
     LeaseResponse,
+    Progress,
+    ProgressRecorded,
     QuestionAsk,
     RunnerRegister,
     RunnerRegistered,
@@ -84,6 +89,14 @@ class WorkerLink(Protocol):
     async def ask(self, body: QuestionAsk) -> Question: ...
 
     async def wait_answer(self, question_id: str, body: AnswerWait) -> Question: ...
+    # The job's MCP gateway's corral tools.
+    async def submit_child(self, body: ChildSubmit) -> ChildJob: ...
+
+    async def wait_child(self, job_id: str, body: ChildWait) -> ChildJob: ...
+
+    async def cancel_child(self, job_id: str) -> ChildJob: ...
+
+    async def progress(self, body: Progress) -> ProgressRecorded: ...
 
 
 class Link(Protocol):
@@ -222,4 +235,24 @@ class HttpWorker:
         ``body.wait`` seconds."""
         return await self.link.send(
             calls.WORKER_ANSWER_WAIT, paths.question_wait(question_id), body, headers=self._auth()
+        )
+
+    async def submit_child(self, body: ChildSubmit) -> ChildJob:
+        return await self.link.send(
+            calls.CHILD_SUBMIT, paths.WORKER_CHILDREN, body, headers=self._auth()
+        )
+
+    async def wait_child(self, job_id: str, body: ChildWait) -> ChildJob:
+        return await self.link.send(
+            calls.CHILD_WAIT, paths.child_wait(job_id), body, headers=self._auth()
+        )
+
+    async def cancel_child(self, job_id: str) -> ChildJob:
+        return await self.link.send(
+            calls.CHILD_CANCEL, paths.child_cancel(job_id), headers=self._auth()
+        )
+
+    async def progress(self, body: Progress) -> ProgressRecorded:
+        return await self.link.send(
+            calls.PROGRESS, paths.WORKER_PROGRESS, body, headers=self._auth()
         )

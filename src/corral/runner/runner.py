@@ -24,10 +24,12 @@ from corral.errors import ClientError, ConfigError, Unauthorized
 from corral.executors import base
 from corral.executors.process import PidRecords, kill_marked
 from corral.executors.sandbox import Sandbox, warn_unsandboxed
-from corral.executors.settings import LocalSettings, ProviderSettings
+from corral.executors.settings import AgentSettings, LocalSettings, ProviderSettings
+from corral.gateway.settings import McpServerSettings
 from corral.models import Outcome, new_id
 from corral.protocol import LeasedJob, LeaseRequest, RunnerRegister
 from corral.protocol.handles import own_handle, session_handle
+from corral.runner import gateway as gateways
 from corral.runner.agents import AgentHost
 from corral.runner.channel import WorkerChannel
 from corral.runner.link import HttpLink, Link, LinkError, Refused, Unreachable
@@ -70,6 +72,7 @@ class Runner:
         labels: list[str] | None = None,
         agent_aliases: list[str] | None = None,
         sandbox: Sandbox | None = None,
+        mcp_servers: Mapping[str, McpServerSettings] | None = None,
     ) -> None:
         self.server = server.rstrip("/")
         self.token = token
@@ -84,6 +87,8 @@ class Runner:
         self.workspaces = Workspaces(workdir)
         # Local jobs and agent daemons run in it (executors/sandbox.py).
         self.sandbox = sandbox or Sandbox()
+        # Upstream MCP servers jobs may reach through their gateways ([mcp.servers]).
+        self.mcp_servers = dict(mcp_servers or {})
         # Agent daemons the server assigns to this runner (by its name, or by
         # an alias: the embedded runner hosts `runner = "embedded"` agents).
         self.agents = AgentHost(
@@ -283,6 +288,29 @@ class Runner:
                 self.pids.add(job.id, pid, marker)
             channel.started()
 
+        gateway = None
+        if gateways.wanted(settings, channel.emit, sandboxed=self.sandbox.kind == "bwrap"):
+            assert isinstance(settings, AgentSettings)
+            try:
+                gateway = await gateways.start(
+                    job,
+                    settings,
+                    link=channel.link,
+                    emit=channel.emit,
+                    servers=self.mcp_servers,
+                    run_marker=marker,
+                    log_dir=self.workdir / "runner" / "mcp",
+                    hold=channel.waiting.hold,
+                )
+            except Exception as exc:
+                log.exception("job %s: the MCP gateway did not start", job.id, extra=log_extra)
+                await asyncio.to_thread(kill_marked, marker)
+                return Outcome(
+                    status="failed",
+                    reason="gateway",
+                    failure="infra",
+                    error=f"the job's MCP gateway did not start: {type(exc).__name__}: {exc}",
+                )
         ctx = base.Context(
             job=job,
             session=session,
@@ -300,6 +328,7 @@ class Runner:
                 mounts, network=settings.network if isinstance(settings, LocalSettings) else True
             ),
             waiting=channel.waiting,
+            mcp=gateway.endpoint if gateway is not None else None,
         )
         try:
             outcome = await executor.run(ctx)
@@ -312,6 +341,8 @@ class Runner:
                 error=f"{type(exc).__name__}: {exc}",
             )
         finally:
+            if gateway is not None:
+                await gateway.close()  # stdio MCP servers stop with their trees
             # Whatever the agent left running (daemonised tool processes) dies with the run.
             await asyncio.to_thread(kill_marked, marker)
             self.pids.remove(job.id)

@@ -230,6 +230,7 @@ class Server:
             kill_grace=settings.runner.kill_grace,
             agent_aliases=[EMBEDDED],
             sandbox=sandbox,
+            mcp_servers=settings.mcp.servers,
         )
         self._runner = asyncio.create_task(runner.run(), name="corral-embedded-runner")
         self._runner.add_done_callback(_log_crash)

@@ -112,10 +112,15 @@ jobs = sa.Table(
     sa.Column("available_at", UTCDateTime, nullable=False),
     sa.Column("lease_expires_at", UTCDateTime),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    # The job whose MCP gateway submitted it (``submit_job``), and the tool
+    # rules the job narrows its provider's allowlist to.
+    sa.Column("parent_job_id", sa.String(64)),
+    sa.Column("mcp_tools", JSON),
     sa.Index(None, "state", "priority", "created_at", "id"),
     sa.Index(None, "session_id", "turn"),
     sa.Index(None, "runner_id"),
     sa.Index(None, "created_at"),
+    sa.Index(None, "parent_job_id"),
 )
 
 events = sa.Table(

@@ -29,7 +29,16 @@ from corral.models import Artifact, Event, Job, JobCreate, NewEvent, Outcome, Pr
 from corral.routing import Decision
 from corral.store import ids
 from corral.store.db import Database
-from corral.store.jobs import artifacts, create, dispatch, lifecycle, quota, reads, report
+from corral.store.jobs import (
+    artifacts,
+    children,
+    create,
+    dispatch,
+    lifecycle,
+    quota,
+    reads,
+    report,
+)
 from corral.store.jobs.dispatch import Lease
 from corral.store.jobs.lifecycle import lose
 from corral.store.jobs.policy import Caps, RetryPolicy
@@ -49,10 +58,18 @@ class Jobs:
         self.policy = policy or RetryPolicy()
         self.caps = caps or Caps()
 
-    async def create(self, spec: JobCreate, route: Decision | None = None) -> tuple[Job, bool]:
+    async def create(
+        self,
+        spec: JobCreate,
+        route: Decision | None = None,
+        *,
+        parent: WorkerClaims | None = None,
+    ) -> tuple[Job, bool]:
         """Insert a job (a new session unless ``spec.session_id``), on the
         provider ``route`` chose (without one: as if routing did not exist).
-        Returns ``(job, created)``; an existing idempotency key returns that job."""
+        Returns ``(job, created)``; an existing idempotency key returns that job.
+        With ``parent`` (a worker's claims): a sub-job of that worker's job,
+        refused if the worker was fenced off."""
         if spec.idempotency_key is not None:
             existing = await self.by_idempotency_key(spec.idempotency_key)
             if existing is not None:
@@ -60,7 +77,7 @@ class Jobs:
         now, policy = now_utc(), self.policy
         try:
             return await self.db.write(
-                lambda tx: create.create(tx, spec, route, policy=policy, now=now)
+                lambda tx: create.create(tx, spec, route, policy=policy, now=now, parent=parent)
             ), True
         except sa.exc.IntegrityError:
             if spec.idempotency_key is None:
@@ -134,6 +151,16 @@ class Jobs:
         return await self.db.write(
             lambda tx: lifecycle.complete(tx, claims, outcome, items, policy=policy, now=now)
         )
+
+    async def child(self, claims: WorkerClaims, job_id: str) -> Job:
+        """A sub-job of the job ``claims`` holds (refused for a fenced worker
+        and for any other job)."""
+        return await self.db.write(lambda tx: children.child(tx, claims, job_id))
+
+    async def cancel_child(self, claims: WorkerClaims, job_id: str) -> Job:
+        """Cancel a sub-job of the job ``claims`` holds (as ``cancel`` does)."""
+        now = now_utc()
+        return await self.db.write(lambda tx: children.cancel(tx, claims, job_id, now=now))
 
     async def unlease(self, job_ids: Sequence[str], runner: Runner) -> list[Job]:
         """Leases ``runner`` never received: queued again at once, nothing spent."""

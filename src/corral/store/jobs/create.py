@@ -9,6 +9,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from corral.auth import WorkerClaims
 from corral.errors import SessionNotFound
 from corral.jobs import JobState
 from corral.models import Job, JobCreate, NewEvent, new_id
@@ -20,7 +21,7 @@ from corral.store import sessions as session_store
 from corral.store.db import Tx
 from corral.store.jobs import quota
 from corral.store.jobs.policy import RetryPolicy
-from corral.store.jobs.state import Row, to_job
+from corral.store.jobs.state import Row, owned, to_job
 from corral.store.schema import jobs, sessions
 
 
@@ -38,12 +39,22 @@ class Place:
 
 
 def create(
-    tx: Tx, spec: JobCreate, route: Decision | None, *, policy: RetryPolicy, now: datetime
+    tx: Tx,
+    spec: JobCreate,
+    route: Decision | None,
+    *,
+    policy: RetryPolicy,
+    now: datetime,
+    parent: WorkerClaims | None = None,
 ) -> Job:
     """Insert a job (a new session unless ``spec.session_id``) on the provider
-    ``route`` chose (without one: as if routing did not exist)."""
+    ``route`` chose (without one: as if routing did not exist). With
+    ``parent``, a sub-job of the job that worker holds (refused, nothing
+    written, if the worker was fenced off)."""
+    if parent is not None:
+        owned(tx, parent)
     place = _place(tx, spec, route, policy, now)
-    row = _insert(tx, spec, route, place, policy, now)
+    row = _insert(tx, spec, route, place, policy, now, parent)
     event_log.append(
         tx,
         place.session_id,
@@ -101,6 +112,7 @@ def _insert(
     place: Place,
     policy: RetryPolicy,
     now: datetime,
+    parent: WorkerClaims | None,
 ) -> Row:
     model = route.model if route else spec.model
     return tx.conn.execute(
@@ -136,6 +148,8 @@ def _insert(
             idempotency_key=spec.idempotency_key,
             source=spec.source,
             source_ref=spec.source_ref,
+            parent_job_id=parent.job_id if parent is not None else None,
+            mcp_tools=spec.mcp_tools,
             epoch=0,
             created_at=now,
             run_at=spec.run_at,

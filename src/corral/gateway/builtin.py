@@ -1,0 +1,215 @@
+"""corral's own tools, offered by every job's gateway (server ``corral``).
+
+Each is a call of runner protocol v1 made with the job's worker token
+(``Control``: the runner's worker link), so the control plane fences them
+like every other write of the worker: once the job's lease is lost, each
+call fails with the server's refusal and changes nothing.
+
+- ``submit_job``: a sub-job, recorded as the child of the calling job and
+  routed, capped and budgeted like any job; ``wait`` blocks until it ends (or
+  ``timeout``);
+- ``get_job``, ``wait_job``, ``cancel_job``: the job's own sub-jobs only;
+- ``report_progress``: a ``job.progress`` event of the job."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from corral.errors import CorralError
+from corral.models import JobCreate
+from corral.protocol import ChildJob, ChildSubmit, ChildWait, Progress, ProgressRecorded
+
+# One wait call of the protocol holds at most this long (protocol bound: 60 s);
+# longer waits are several calls.
+WAIT_STEP = 55.0
+
+
+class Control(Protocol):
+    """What the tools call: the job's worker link (the runner adapts its
+    ``WorkerLink``, turning its refusals into ``ToolError``)."""
+
+    async def submit_child(self, body: ChildSubmit) -> ChildJob: ...
+
+    async def wait_child(self, job_id: str, body: ChildWait) -> ChildJob: ...
+
+    async def cancel_child(self, job_id: str) -> ChildJob: ...
+
+    async def progress(self, body: Progress) -> ProgressRecorded: ...
+
+
+class ToolError(CorralError):
+    """A tool call failed; its message goes back to the agent."""
+
+
+class _Args(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SubmitArgs(_Args):
+    prompt: str | None = Field(None, description="What the sub-job should do.")
+    messages: list[dict[str, Any]] | None = Field(
+        None, description="Chat jobs: messages ({role, content}) instead of a prompt."
+    )
+    provider: str | None = Field(None, description="Provider to run it on (routing decides).")
+    repo: str | None = Field(None, description="Git repository (absolute path or URL).")
+    priority: int | None = Field(None, ge=0, le=9, description="0 is the most urgent.")
+    labels: list[str] = Field(default_factory=list, description="Labels of the sub-job.")
+    title: str | None = Field(None, description="A short title.")
+    model: str | None = Field(None, description="Model (the provider's default otherwise).")
+    mcp_tools: list[str] | None = Field(
+        None, description="Narrow the sub-job's gateway tools (SERVER.TOOL, SERVER.*)."
+    )
+    wait: bool = Field(False, description="Wait until the sub-job ends and return its result.")
+    timeout: float = Field(600.0, gt=0, le=86400, description="Seconds to wait at most.")
+
+
+class JobArgs(_Args):
+    job_id: str = Field(min_length=1, max_length=64, description="A sub-job's id.")
+
+
+class WaitArgs(JobArgs):
+    timeout: float = Field(600.0, ge=0, le=86400, description="Seconds to wait at most.")
+
+
+class ProgressArgs(_Args):
+    message: str = Field(min_length=1, max_length=4000, description="What is happening.")
+    percent: float | None = Field(None, ge=0, le=100, description="How far along (0-100).")
+
+
+Handler = Callable[["Builtins", Any], Awaitable[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    description: str
+    args: type[_Args]
+    run: Handler
+
+    def schema(self) -> dict[str, Any]:
+        schema = self.args.model_json_schema()
+        schema.pop("title", None)
+        return schema
+
+
+def _job(child: ChildJob, **extra: Any) -> dict[str, Any]:
+    return {**child.model_dump(exclude={"created"} if child.created else set()), **extra}
+
+
+class Builtins:
+    """The tools of one job's gateway, over its worker link."""
+
+    def __init__(self, control: Control, *, job_mcp_tools: Sequence[str] | None = None) -> None:
+        self.control = control
+        self.job_mcp_tools = None if job_mcp_tools is None else list(job_mcp_tools)
+
+    async def call(self, tool: Tool, arguments: dict[str, Any]) -> dict[str, Any]:
+        try:
+            args = tool.args.model_validate(arguments)
+        except ValidationError as exc:
+            raise ToolError(_invalid(exc)) from None
+        try:
+            return await tool.run(self, args)
+        except ToolError:
+            raise
+        except CorralError as exc:
+            raise ToolError(f"{type(exc).__name__}: {exc}") from exc
+
+    async def submit_job(self, args: SubmitArgs) -> dict[str, Any]:
+        narrowed = args.mcp_tools if args.mcp_tools is not None else self.job_mcp_tools
+        fields: dict[str, Any] = {
+            "prompt": args.prompt,
+            "messages": args.messages,
+            "provider": args.provider,
+            "repo": args.repo,
+            "labels": args.labels,
+            "title": args.title,
+            "model": args.model,
+            "mcp_tools": narrowed,
+        }
+        if args.priority is not None:
+            fields["priority"] = args.priority
+        try:
+            spec = JobCreate.model_validate({k: v for k, v in fields.items() if v is not None})
+        except ValidationError as exc:
+            raise ToolError(_invalid(exc)) from None
+        child = await self.control.submit_child(ChildSubmit(spec=spec))
+        if not args.wait:
+            return _job(child)
+        return await self._wait(child.job_id, args.timeout)
+
+    async def get_job(self, args: JobArgs) -> dict[str, Any]:
+        return _job(await self.control.wait_child(args.job_id, ChildWait(timeout=0)))
+
+    async def wait_job(self, args: WaitArgs) -> dict[str, Any]:
+        return await self._wait(args.job_id, args.timeout)
+
+    async def cancel_job(self, args: JobArgs) -> dict[str, Any]:
+        return _job(await self.control.cancel_child(args.job_id))
+
+    async def report_progress(self, args: ProgressArgs) -> dict[str, Any]:
+        recorded = await self.control.progress(Progress(message=args.message, percent=args.percent))
+        return {"recorded": True, "seq": recorded.seq}
+
+    async def _wait(self, job_id: str, timeout: float) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            step = max(0.0, min(WAIT_STEP, deadline - loop.time()))
+            child = await self.control.wait_child(job_id, ChildWait(timeout=step))
+            if child.ended:
+                return _job(child)
+            if loop.time() >= deadline:
+                return _job(child, timed_out=True)
+
+
+TOOLS: dict[str, Tool] = {
+    t.name: t
+    for t in (
+        Tool(
+            "submit_job",
+            "Submit a sub-job to corral (a prompt for another agent, or chat messages). "
+            "It is routed like any job. Returns its job_id and state; with wait=true, waits "
+            "until it ends and returns its result.",
+            SubmitArgs,
+            Builtins.submit_job,
+        ),
+        Tool(
+            "get_job",
+            "The state, result or error and artifacts of one of your sub-jobs.",
+            JobArgs,
+            Builtins.get_job,
+        ),
+        Tool(
+            "wait_job",
+            "Wait until one of your sub-jobs ends (or timeout seconds pass); returns its "
+            "state, result or error and artifacts' names.",
+            WaitArgs,
+            Builtins.wait_job,
+        ),
+        Tool(
+            "cancel_job",
+            "Cancel one of your sub-jobs.",
+            JobArgs,
+            Builtins.cancel_job,
+        ),
+        Tool(
+            "report_progress",
+            "Tell the people watching this job how far along it is.",
+            ProgressArgs,
+            Builtins.report_progress,
+        ),
+    )
+}
+
+
+def _invalid(exc: ValidationError) -> str:
+    problems = [
+        f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}" for e in exc.errors()
+    ]
+    return "invalid arguments: " + "; ".join(problems)

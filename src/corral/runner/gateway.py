@@ -1,0 +1,112 @@
+"""The runner's side of the per-job MCP gateway (corral/gateway/): when a job
+gets one, and the worker link its corral tools call.
+
+An agent job (claude-code, codex) gets a gateway unless its provider's
+``mcp_tools`` is empty. With ``network = false`` the job's sandbox has a
+loopback of its own (``bwrap --unshare-net``), where the gateway on the
+runner's 127.0.0.1 cannot be reached: such a job runs without one, and a
+``gateway.unavailable`` event says why."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+from corral.executors.base import Emit
+from corral.executors.settings import AgentSettings, ProviderSettings
+from corral.gateway.settings import McpServerSettings
+from corral.models import Job
+from corral.protocol import ChildJob, ChildSubmit, ChildWait, Progress, ProgressRecorded
+from corral.runner.link import LinkError, Refused, WorkerLink
+
+if TYPE_CHECKING:
+    from corral.gateway.server import Gateway
+
+T = TypeVar("T")
+
+# The refusals that mean the worker lost its job (fenced off, or the job ended).
+FENCED = ("stale_epoch", "job_not_active")
+
+
+def wanted(settings: ProviderSettings, emit: Emit, *, sandboxed: bool) -> bool:
+    """Whether a job of this provider gets a gateway (saying why not when the
+    network setting rules it out)."""
+    if not isinstance(settings, AgentSettings) or not settings.mcp_tools:
+        return False
+    if not settings.network and sandboxed:
+        emit(
+            "gateway.unavailable",
+            {
+                "reason": "the provider has network = false: the job's sandbox has a loopback "
+                "of its own, where the runner's MCP gateway cannot be reached"
+            },
+        )
+        return False
+    return True
+
+
+async def start(
+    job: Job,
+    settings: AgentSettings,
+    *,
+    link: WorkerLink,
+    emit: Emit,
+    servers: Mapping[str, McpServerSettings],
+    run_marker: str | None,
+    log_dir: Path,
+    hold: Callable[[], AbstractContextManager[None]] | None = None,
+) -> Gateway:
+    """Start the job's gateway (imported here: it loads the MCP SDK and uvicorn)."""
+    from corral.gateway.policy import Policy
+    from corral.gateway.server import Gateway
+
+    gateway = Gateway(
+        job_id=job.id,
+        policy=Policy.of(job.provider, settings.mcp_tools, job.mcp_tools),
+        control=Control(link),
+        emit=emit,
+        servers={name: servers[name] for name in settings.mcp_servers if name in servers},
+        job_mcp_tools=job.mcp_tools,
+        run_marker=run_marker,
+        log_dir=log_dir,
+        hold=hold,
+    )
+    await gateway.start()
+    return gateway
+
+
+class Control:
+    """The gateway's corral tools over the job's worker link: refusals become
+    tool errors the agent can read (``builtin.ToolError``)."""
+
+    def __init__(self, link: WorkerLink) -> None:
+        self.link = link
+
+    async def submit_child(self, body: ChildSubmit) -> ChildJob:
+        return await self._call(lambda: self.link.submit_child(body))
+
+    async def wait_child(self, job_id: str, body: ChildWait) -> ChildJob:
+        return await self._call(lambda: self.link.wait_child(job_id, body))
+
+    async def cancel_child(self, job_id: str) -> ChildJob:
+        return await self._call(lambda: self.link.cancel_child(job_id))
+
+    async def progress(self, body: Progress) -> ProgressRecorded:
+        return await self._call(lambda: self.link.progress(body))
+
+    async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
+        from corral.gateway.builtin import ToolError
+
+        try:
+            return await call()
+        except Refused as exc:
+            if exc.code in FENCED or exc.status == 401:
+                raise ToolError(
+                    f"refused: this job no longer holds its lease ({exc.code}: {exc}); "
+                    "nothing was changed, stop working on it"
+                ) from exc
+            raise ToolError(f"corral refused the call ({exc.status} {exc.code}): {exc}") from exc
+        except LinkError as exc:
+            raise ToolError(f"corral could not be reached: {exc}") from exc

@@ -1,0 +1,193 @@
+"""The per-job MCP gateway with the real `claude` CLI (pinned in agents/) and
+a fake Anthropic API scripted to call corral's tools: a real `corral serve`,
+its embedded runner, the gateway on 127.0.0.1 and the CLI's own MCP client."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from corral.testing import ServerProcess
+from tests.fakes import agent_bin
+from tests.fakes.anthropic import FakeAnthropic, text, tool_use
+
+from ._helpers import running_server, session_events, wait_job
+
+UPSTREAM = Path(__file__).parents[1] / "fixtures" / "mcp_upstream.py"
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeAnthropic]:
+    with FakeAnthropic() as f:
+        yield f
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+    return json.dumps(value)
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory, fake: FakeAnthropic) -> Iterator[ServerProcess]:
+    import sys
+
+    root = tmp_path_factory.mktemp("gateway")
+    agent = {
+        "kind": "claude-code",
+        "command": [str(agent_bin("claude"))],
+        "permission_mode": "acceptEdits",
+        "env": {
+            "ANTHROPIC_BASE_URL": fake.url,
+            "ANTHROPIC_API_KEY": fake.api_key,
+            "CLAUDE_CODE_MAX_RETRIES": "0",
+        },
+        "stall_timeout": 20,
+        "result_grace": 1,
+    }
+    providers = {
+        "claude": {**agent, "mcp_servers": ["tools"], "mcp_tools": ["corral.*", "tools.echo"]},
+        # corral's tools but submit_job (a job on it can only report and read)
+        "narrow": {**agent, "mcp_tools": ["corral.report_progress"]},
+    }
+    lines = ["max_infra_retries = 0", "", "[runner]", "slots = 4", "kill_grace = 1"]
+    lines.append(f"providers = {json.dumps(['shell', *providers])}")
+    lines += ["", "[mcp.servers.tools]", f"command = {json.dumps([sys.executable, str(UPSTREAM)])}"]
+    for name, table in providers.items():
+        lines.append(f"\n[providers.{name}]")
+        lines += [f"{key} = {_toml(value)}" for key, value in table.items()]
+    config = root / "corral.toml"
+    config.write_text("\n".join(lines) + "\n")
+    with running_server(root / "data", args=("--config", str(config), "--no-queue")) as s:
+        yield s
+
+
+@pytest.fixture
+def http(srv: ServerProcess) -> Iterator[httpx.Client]:
+    with srv.http() as client:
+        yield client
+
+
+def unique(what: str) -> str:
+    return f"{what} [{uuid.uuid4().hex[:8]}]"
+
+
+def submit(http: httpx.Client, prompt: str, provider: str = "claude") -> str:
+    resp = http.post("/jobs", json={"prompt": prompt, "provider": provider})
+    assert resp.status_code == 202, resp.text
+    job_id: str = resp.json()["job_id"]
+    return job_id
+
+
+def events(http: httpx.Client, job: dict[str, Any], type: str) -> list[dict[str, Any]]:
+    return [
+        e["payload"]
+        for e in session_events(http, job["session_id"])
+        if e["type"] == type and e["job_id"] == job["id"]
+    ]
+
+
+def tool_result_of(request: dict[str, Any]) -> dict[str, Any]:
+    """The tool_result block the CLI sent back to the model."""
+    last = request["messages"][-1]["content"]
+    block = next(b for b in last if b.get("type") == "tool_result")
+    return dict(block)
+
+
+def result_text(block: dict[str, Any]) -> str:
+    content = block.get("content")
+    if isinstance(content, list):
+        return "".join(c.get("text", "") for c in content)
+    return str(content)
+
+
+def test_a_sub_job_submitted_with_wait_comes_back_into_the_conversation(
+    http: httpx.Client, fake: FakeAnthropic
+) -> None:
+    prompt = unique("delegate the echo")
+    word = f"SUB{uuid.uuid4().hex[:6]}"
+    fake.reply(
+        tool_use(
+            "mcp__corral__submit_job",
+            {"prompt": f"echo {word}", "provider": "shell", "wait": True, "timeout": 60},
+        ),
+        match=prompt,
+    )
+    fake.reply(text(f"The sub-job printed {word}."), match=prompt)
+    job = wait_job(http, submit(http, prompt), timeout=90)
+    assert job["state"] == "done", job
+    assert job["result"] == f"The sub-job printed {word}."
+
+    # The model saw the sub-job's result in the tool result.
+    second = [r for r in fake.requests if prompt in json.dumps(r)][1]
+    block = tool_result_of(second)
+    assert not block.get("is_error"), block
+    answer = json.loads(result_text(block))
+    assert answer["state"] == "done" and word in answer["result"]
+
+    # The sub-job is the job's child, with its own session.
+    child = http.get(f"/jobs/{answer['job_id']}").json()
+    assert child["parent_job_id"] == job["id"]
+    assert child["source"] == "mcp" and child["provider"] == "shell"
+
+    # The call is recorded: tool.call then tool.result, with a duration.
+    calls = events(http, job, "tool.call")
+    results = events(http, job, "tool.result")
+    assert [c["tool"] for c in calls] == ["submit_job"]
+    assert calls[0]["server"] == "corral" and calls[0]["arguments"]["prompt"] == f"echo {word}"
+    assert results[0]["id"] == calls[0]["id"] and results[0]["is_error"] is False
+    assert results[0]["duration_ms"] > 0
+    started = events(http, job, "gateway.started")
+    assert started and "submit_job" in started[0]["tools"]
+
+
+def test_progress_and_an_upstream_stdio_tool_through_the_gateway(
+    http: httpx.Client, fake: FakeAnthropic
+) -> None:
+    prompt = unique("progress and echo")
+    fake.reply(
+        tool_use("mcp__corral__report_progress", {"message": "halfway", "percent": 50}),
+        match=prompt,
+    )
+    fake.reply(tool_use("mcp__corral__tools__echo", {"text": "through the gateway"}), match=prompt)
+    fake.reply(text("all done"), match=prompt)
+    job = wait_job(http, submit(http, prompt), timeout=90)
+    assert job["state"] == "done", job
+
+    assert events(http, job, "job.progress") == [{"message": "halfway", "percent": 50.0}]
+    last = next(
+        r
+        for r in reversed(fake.requests)
+        if prompt in json.dumps(r) and "through the gateway" in json.dumps(r["messages"][-1])
+    )
+    assert result_text(tool_result_of(last)) == "echo: through the gateway"
+    results = events(http, job, "tool.result")
+    assert [(r["server"], r["tool"], r["is_error"]) for r in results] == [
+        ("corral", "report_progress", False),
+        ("tools", "echo", False),
+    ]
+    # Only the allowed upstream tool is offered: tools.secret is not.
+    started = events(http, job, "gateway.started")[0]
+    assert "tools__echo" in started["tools"] and "tools__secret" not in started["tools"]
+
+
+def test_a_narrow_provider_offers_only_its_tools(http: httpx.Client, fake: FakeAnthropic) -> None:
+    prompt = unique("try to submit")
+    fake.reply(tool_use("mcp__corral__submit_job", {"prompt": "echo no"}), match=prompt)
+    fake.reply(text("could not"), match=prompt)
+    job = wait_job(http, submit(http, prompt, provider="narrow"), timeout=90)
+    assert job["state"] == "done", job
+    started = events(http, job, "gateway.started")[0]
+    assert started["tools"] == ["report_progress"]
+    # The CLI never saw submit_job: the call did not reach the gateway.
+    assert events(http, job, "tool.call") == []
+    # The model's forced call was refused by the CLI: an error tool result.
+    second = [r for r in fake.requests if prompt in json.dumps(r)][1]
+    block = tool_result_of(second)
+    assert block.get("is_error") is True, block
