@@ -45,6 +45,7 @@ KEYS: dict[str, str] = {
     "base": "base",
     "webhook": "webhook",
     "run_at": "run_at",
+    "mcp_tools": "mcp_tools",
 }
 # Known job fields this version cannot act on yet: refused rather than ignored.
 NOT_YET: set[str] = set()

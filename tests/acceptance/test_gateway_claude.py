@@ -148,7 +148,7 @@ def test_a_sub_job_submitted_with_wait_comes_back_into_the_conversation(
 
 
 def test_progress_and_an_upstream_stdio_tool_through_the_gateway(
-    http: httpx.Client, fake: FakeAnthropic
+    srv: ServerProcess, http: httpx.Client, fake: FakeAnthropic
 ) -> None:
     prompt = unique("progress and echo")
     fake.reply(
@@ -172,6 +172,14 @@ def test_progress_and_an_upstream_stdio_tool_through_the_gateway(
         ("corral", "report_progress", False),
         ("tools", "echo", False),
     ]
+    # The CLI shows them: the progress in `jobs show`, the calls in `jobs logs`.
+    shown = srv.cli("jobs", "show", job["id"])
+    assert shown.returncode == 0, shown.stderr
+    assert "progress  50%  halfway" in shown.stdout
+    logs = srv.cli("jobs", "logs", job["id"])
+    assert logs.returncode == 0, logs.stderr
+    assert "tool corral.report_progress" in logs.stderr
+    assert "tool tools.echo ok after" in logs.stderr
     # Only the allowed upstream tool is offered: tools.secret is not.
     started = events(http, job, "gateway.started")[0]
     assert "tools__echo" in started["tools"] and "tools__secret" not in started["tools"]

@@ -21,7 +21,7 @@ from corral.cli.common import (
     state,
     when,
 )
-from corral.cli.submit import follow
+from corral.cli.submit import follow, tool_line
 from corral.errors import ClientError
 from corral.jobs import JobState
 
@@ -100,9 +100,11 @@ def show(
     with client(server, token) as c:
         job = c.get(job_id)
         artifacts = c.artifacts(job_id)
+        events = [] if as_json else c.job_event_list(job.id)
     if as_json:
         dump(job)
         return
+    progress = [e.payload for e in events if e.type == "job.progress"]
     rows = [
         ("job", esc(job.id)),
         *([("title", esc(job.title))] if job.title else []),
@@ -127,6 +129,13 @@ def show(
         if ask.options:
             rows.append(("options", esc(" | ".join(ask.options))))
         rows.append(("answer", esc(f"corral answer {job.id[:SHORT_ID]} 'TEXT'")))
+    if job.parent_job_id:
+        rows.append(("parent", esc(f"job {job.parent_job_id} (a sub-job it submitted)")))
+    if progress:
+        last = progress[-1]
+        percent = last.get("percent")
+        done = f"{percent:g}%  " if isinstance(percent, int | float) else ""
+        rows.append(("progress", esc(f"{done}{last.get('message', '')}")))
     if job.route_rule is not None:
         rows.append(("routed", esc(f"rule {job.route_rule}: {job.route_reason}")))
     if job.repo:
@@ -258,5 +267,7 @@ def logs(
         if event.type == "output":
             stream = sys.stderr if event.payload.get("stream") == "stderr" else sys.stdout
             stream.write(str(event.payload.get("line", "")) + "\n")
+        elif (line := tool_line(event)) is not None:
+            err.print(f"[dim]{esc(line)}[/]", highlight=False)
     if not events:
         raise ClientError(f"job {job_id} has no events")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from collections.abc import Callable
@@ -129,6 +130,24 @@ def follow(
 _PRINTED = frozenset({"chat.delta", "output", "agent.message", "agent.tool_call"})
 
 
+def tool_line(event: Event) -> str | None:
+    """One line for an event of the job's MCP gateway (None: another event)."""
+    p = event.payload
+    name = f"{p.get('server')}.{p.get('tool')}"
+    if event.type == "tool.call":
+        return f"tool {name} {json.dumps(p.get('arguments'), default=str)[:300]}"
+    if event.type == "tool.result":
+        took = f"{p.get('duration_ms')} ms"
+        if p.get("is_error"):
+            return f"tool {name} failed after {took}: {str(p.get('error', ''))[:300]}"
+        return f"tool {name} ok after {took}"
+    if event.type == "job.progress":
+        percent = p.get("percent")
+        done = f"{percent:g}% " if isinstance(percent, int | float) else ""
+        return f"progress {done}{p.get('message', '')}"
+    return None
+
+
 def _started(event: Event) -> bool:
     return event.type == "job.state" and event.payload.get("to") not in (None, "queued")
 
@@ -163,6 +182,8 @@ def _print_events(c: Client, job_id: str, *, as_json: bool, waiting: Waiting | N
             printed = True
         elif event.type == "agent.tool_call":
             err.print(f"[dim]-> {esc(event.payload.get('name'))}[/]", highlight=False)
+        elif (note := tool_line(event)) is not None:
+            err.print(f"[dim]{esc(note)}[/]", highlight=False)
         elif requeued and event.payload.get("from") is not None:
             if waiting is not None:
                 waiting.hide()
