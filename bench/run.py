@@ -28,6 +28,7 @@ import agents_case
 import cases
 import chat_case
 import client_case
+import gateway_case
 import queue_case
 import sandbox_case
 from cases import Result
@@ -220,6 +221,15 @@ async def main(plan: Plan, pg_base: str, only: str) -> list[Result]:
                 ),
                 timeout=180,
             )
+        if "k" in only:
+            await run.case(
+                "(k) MCP gateway",
+                "ms",
+                lambda: gateway_case.gateway_figures(
+                    root, 100 if plan.throughput_jobs < 800 else 500
+                ),
+                timeout=300,
+            )
         if "d" in only:
             async with server(root, "d", env=OWN_RUNNER) as srv:
                 runner_id = await register(srv)
@@ -350,7 +360,7 @@ def cli() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="fewer samples (~30 s)")
-    parser.add_argument("--only", default="abcdefghij", help="which benchmarks, e.g. --only ad")
+    parser.add_argument("--only", default="abcdefghijk", help="which benchmarks, e.g. --only ad")
     parser.add_argument(
         "--sandbox",
         choices=("auto", "bwrap", "none"),

@@ -114,7 +114,11 @@ class Gateway:
         self._ready = asyncio.get_running_loop().create_future()
         self._task = asyncio.create_task(self._serve(), name=f"corral-gateway-{self.job_id}")
         waits: set[asyncio.Future[Any]] = {self._ready, self._task}
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # cancelled while starting: leave nothing behind
+            await self.close()
+            raise
         if not self._ready.done():
             self._task.result()  # raises what stopped it
             raise RuntimeError("the gateway stopped before it listened")
@@ -126,9 +130,12 @@ class Gateway:
         """Stop serving and stop the upstream servers (stdio ones with their
         process trees)."""
         self._stop.set()
-        if self._task is not None:
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await self._task
+        if self._task is None:
+            return
+        if self._ready is not None and not self._ready.done():
+            self._task.cancel()  # still starting (an upstream server that does not answer)
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await self._task
 
     async def _serve(self) -> None:
         assert self._ready is not None
