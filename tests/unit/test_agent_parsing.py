@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from corral.executors.agent import AgentExecutor, classify, reset_time
-from corral.executors.base import Context, load
+from corral.executors.base import Context, McpEndpoint, load
 from corral.executors.claude_code import ClaudeCodeExecutor
 from corral.executors.codex import CodexExecutor
 from corral.jobs import JobState
@@ -226,3 +226,39 @@ def test_codex_reconnecting_is_not_progress() -> None:
     ex = CodexExecutor()
     ex._line(b'{"type":"error","message":"Reconnecting... waiting for network"}', ctx)
     assert ex.idle_line is True and events[-1][0] == "agent.retry" and ex.errors == []
+
+
+def test_the_gateway_reaches_each_agent_with_its_secret_off_the_command_line(
+    tmp_path: Path,
+) -> None:
+    endpoint = McpEndpoint(
+        url="http://127.0.0.1:4242/mcp", token="gw-secret-0123456789", tools=("submit_job",)
+    )
+    ctx, _, _ = context("claude-code")
+    ctx.mcp = endpoint
+    claude = ClaudeCodeExecutor()
+    env = claude.environment(ctx, tmp_path / "home", tmp_path)
+    argv = claude.argv(ctx)
+    assert endpoint.token not in " ".join(argv) and endpoint.token not in json.dumps(env)
+    config = Path(argv[argv.index("--mcp-config") + 1])
+    assert config.stat().st_mode & 0o777 == 0o600
+    server = json.loads(config.read_text())["mcpServers"]["corral"]
+    assert server == {
+        "type": "http",
+        "url": endpoint.url,
+        "headers": {"Authorization": f"Bearer {endpoint.token}"},
+    }
+    assert argv[argv.index("--allowedTools") + 1] == "mcp__corral__submit_job"
+
+    ctx, _, _ = context("codex")
+    ctx.mcp = endpoint
+    codex = CodexExecutor()
+    env = codex.environment(ctx, tmp_path / "home", tmp_path)
+    argv = codex.argv(ctx)
+    assert endpoint.token not in " ".join(argv) and env["CORRAL_MCP_TOKEN"] == endpoint.token
+    overrides = [argv[i + 1] for i, a in enumerate(argv) if a == "-c"]
+    assert overrides == [
+        'mcp_servers.corral.url="http://127.0.0.1:4242/mcp"',
+        'mcp_servers.corral.bearer_token_env_var="CORRAL_MCP_TOKEN"',
+        'mcp_servers.corral.default_tools_approval_mode="approve"',
+    ]
