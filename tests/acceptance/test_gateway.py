@@ -118,7 +118,15 @@ async def test_sub_jobs_progress_and_fencing_over_the_protocol(bare: ServerProce
         events: list[tuple[str, dict[str, Any]]] = []
         async with _gateway(bare, held["token"], events, rules=["corral.*"]) as mcp:
             listed = {t.name for t in (await mcp.list_tools()).tools}
-            assert listed == {"submit_job", "get_job", "wait_job", "cancel_job", "report_progress"}
+            assert listed == {
+                "submit_job",
+                "get_job",
+                "wait_job",
+                "cancel_job",
+                "schedule_job",
+                "ask_human",
+                "report_progress",
+            }
 
             child = _answer(
                 await mcp.call_tool("submit_job", {"prompt": "sleep 30", "provider": "gw"})
@@ -136,6 +144,24 @@ async def test_sub_jobs_progress_and_fencing_over_the_protocol(bare: ServerProce
             assert waited["timed_out"] is True
             cancelled = _answer(await mcp.call_tool("cancel_job", {"job_id": child["job_id"]}))
             assert cancelled["state"] == "cancelled" and cancelled["ended"] is True
+
+            # A scheduled job: queued now, not run before its time.
+            later = _answer(
+                await mcp.call_tool(
+                    "schedule_job", {"prompt": "echo later", "provider": "gw", "delay": 3600}
+                )
+            )
+            scheduled = api.get(f"/jobs/{later['job_id']}").json()
+            assert scheduled["state"] == "queued" and scheduled["parent_job_id"] == parent
+            assert scheduled["run_at"] == later["run_at"].replace("+00:00", "Z")
+            both = await mcp.call_tool(
+                "schedule_job", {"prompt": "x", "delay": 5, "run_at": "2030-01-01T00:00:00Z"}
+            )
+            assert both.is_error and "either run_at" in both.content[0].text
+            naive = await mcp.call_tool(
+                "schedule_job", {"prompt": "x", "run_at": "2030-01-01T00:00:00"}
+            )
+            assert naive.is_error and "run_at" in naive.content[0].text
 
             # Only its own sub-jobs: another job is refused.
             other = api.post("/jobs", json={"command": "true", "provider": "shell"}).json()[
@@ -178,7 +204,7 @@ async def test_sub_jobs_progress_and_fencing_over_the_protocol(bare: ServerProce
 
         calls = [p["tool"] for t, p in events if t == "tool.call"]
         results = [p for t, p in events if t == "tool.result"]
-        assert calls[:3] == ["submit_job", "get_job", "wait_job"]
+        assert calls[:4] == ["submit_job", "get_job", "wait_job", "cancel_job"]
         assert len(calls) == len(results)
         assert [r["is_error"] for r in results][-2:] == [True, True]
 

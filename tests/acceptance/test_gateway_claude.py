@@ -17,7 +17,7 @@ from corral.testing import ServerProcess
 from tests.fakes import agent_bin
 from tests.fakes.anthropic import FakeAnthropic, text, tool_use
 
-from ._helpers import running_server, session_events, wait_job
+from ._helpers import running_server, session_events, wait_for, wait_job
 
 UPSTREAM = Path(__file__).parents[1] / "fixtures" / "mcp_upstream.py"
 
@@ -55,6 +55,11 @@ def srv(tmp_path_factory: pytest.TempPathFactory, fake: FakeAnthropic) -> Iterat
         "claude": {**agent, "mcp_servers": ["tools"], "mcp_tools": ["corral.*", "tools.echo"]},
         # corral's tools but submit_job (a job on it can only report and read)
         "narrow": {**agent, "mcp_tools": ["corral.report_progress"]},
+        # No permission flags: a tool use that needs permission asks a person.
+        "asking": {
+            **{k: v for k, v in agent.items() if k != "permission_mode"},
+            "permission_prompt": "human",
+        },
     }
     lines = ["max_infra_retries = 0", "", "[runner]", "slots = 4", "kill_grace = 1"]
     lines.append(f"providers = {json.dumps(['shell', *providers])}")
@@ -199,3 +204,63 @@ def test_a_narrow_provider_offers_only_its_tools(http: httpx.Client, fake: FakeA
     second = [r for r in fake.requests if prompt in json.dumps(r)][1]
     block = tool_result_of(second)
     assert block.get("is_error") is True, block
+
+
+def _answer_when_asked(http: httpx.Client, job_id: str, text: str) -> dict[str, Any]:
+    """Wait until the job shows a question, answer it; the question shown."""
+
+    def asked() -> dict[str, Any] | None:
+        shown: dict[str, Any] | None = http.get(f"/jobs/{job_id}").json()["waiting_for"]
+        return shown
+
+    shown = wait_for(asked, timeout=60, what="the job to ask")
+    resp = http.post(f"/jobs/{job_id}/answer", json={"text": text})
+    assert resp.status_code == 200, resp.text
+    return shown
+
+
+def test_ask_human_is_answered_while_the_agent_waits(
+    http: httpx.Client, fake: FakeAnthropic
+) -> None:
+    prompt = unique("ask a person")
+    fake.reply(
+        tool_use(
+            "mcp__corral__ask_human", {"question": "Which colour?", "options": ["red", "blue"]}
+        ),
+        match=prompt,
+    )
+    fake.reply(text("Blue it is."), match=prompt)
+    job_id = submit(http, prompt)
+    shown = _answer_when_asked(http, job_id, "blue")
+    assert shown["question"] == "Which colour?" and shown["options"] == ["red", "blue"]
+    job = wait_job(http, job_id, timeout=90)
+    assert job["state"] == "done" and job["result"] == "Blue it is.", job
+    second = [r for r in fake.requests if prompt in json.dumps(r)][1]
+    answer = json.loads(result_text(tool_result_of(second)))
+    assert answer["answered"] is True and answer["answer"] == "blue"
+
+
+@pytest.mark.parametrize("decision", ["allow", "deny"])
+def test_a_permission_prompt_is_answered_by_a_person(
+    srv: ServerProcess, http: httpx.Client, fake: FakeAnthropic, decision: str
+) -> None:
+    prompt = unique(f"write a file, {decision}")
+    fake.reply(tool_use("Bash", {"command": "echo hi > asked.txt"}), match=prompt)
+    fake.reply(text("finished"), match=prompt)
+    job_id = submit(http, prompt, provider="asking")
+    shown = _answer_when_asked(http, job_id, decision)
+    assert "Bash" in shown["question"] and "echo hi > asked.txt" in shown["question"]
+    job = wait_job(http, job_id, timeout=90)
+    assert job["state"] == "done", job
+    second = [r for r in fake.requests if prompt in json.dumps(r)][1]
+    block = tool_result_of(second)
+    written = srv.data_dir / "workspaces" / job["session_id"] / "asked.txt"
+    if decision == "allow":
+        assert not block.get("is_error"), result_text(block)
+        assert written.read_text() == "hi\n"
+    else:
+        assert block.get("is_error") is True
+        assert "a person denied Bash" in result_text(block)
+        assert not written.exists()
+    calls = events(http, job, "tool.call")
+    assert [c["tool"] for c in calls] == ["approve"]

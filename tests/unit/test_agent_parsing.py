@@ -262,3 +262,15 @@ def test_the_gateway_reaches_each_agent_with_its_secret_off_the_command_line(
         'mcp_servers.corral.bearer_token_env_var="CORRAL_MCP_TOKEN"',
         'mcp_servers.corral.default_tools_approval_mode="approve"',
     ]
+
+
+def test_permission_prompts_go_to_the_gateways_approve_tool(tmp_path: Path) -> None:
+    ctx, _, _ = context("claude-code")
+    ctx.settings = load("claude-code").settings(kind="claude-code", permission_prompt="human")
+    ctx.mcp = McpEndpoint(url="http://127.0.0.1:1/mcp", token="t" * 20, tools=("approve",))
+    claude = ClaudeCodeExecutor()
+    claude.environment(ctx, tmp_path / "home", tmp_path)
+    argv = claude.argv(ctx)
+    assert argv[argv.index("--permission-prompt-tool") + 1] == "mcp__corral__approve"
+    ctx.settings = load("claude-code").settings(kind="claude-code")  # "deny": Claude's own
+    assert "--permission-prompt-tool" not in claude.argv(ctx)

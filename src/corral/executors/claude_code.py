@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -68,6 +68,12 @@ class ClaudeCodeSettings(AgentSettings):
         default_factory=list, description="claude --allowedTools (e.g. Bash, Edit, Write)."
     )
     max_turns: int | None = Field(None, ge=1, description="claude --max-turns.")
+    permission_prompt: Literal["human", "deny"] = Field(
+        "deny",
+        description="A tool use that needs permission: `human` asks a person (claude "
+        "--permission-prompt-tool pointing at the job's gateway, answered like ask_human); "
+        "`deny` refuses it.",
+    )
 
 
 class ClaudeCodeExecutor(AgentExecutor[ClaudeCodeSettings]):
@@ -100,6 +106,8 @@ class ClaudeCodeExecutor(AgentExecutor[ClaudeCodeSettings]):
             # headless nobody answers: the gateway's tools are granted here
             # (the gateway offers only what the provider allows).
             allowed += [f"mcp__{ctx.mcp.name}__{tool}" for tool in ctx.mcp.tools]
+            if s.permission_prompt == "human" and "approve" in ctx.mcp.tools:
+                args += ["--permission-prompt-tool", f"mcp__{ctx.mcp.name}__approve"]
         if allowed:
             args += ["--allowedTools", ",".join(allowed)]
         if s.max_turns:

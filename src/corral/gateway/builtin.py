@@ -14,16 +14,20 @@ call fails with the server's refusal and changes nothing.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from corral.errors import CorralError
-from corral.models import JobCreate
+from corral.models import JobCreate, Question
 from corral.protocol import ChildJob, ChildSubmit, ChildWait, Progress, ProgressRecorded
 
+# Answers to a permission prompt that allow the tool use (any other denies it).
+ALLOW = frozenset({"allow", "yes", "y", "ok", "approve"})
 # One wait call of the protocol holds at most this long (protocol bound: 60 s);
 # longer waits are several calls.
 WAIT_STEP = 55.0
@@ -40,6 +44,10 @@ class Control(Protocol):
     async def cancel_child(self, job_id: str) -> ChildJob: ...
 
     async def progress(self, body: Progress) -> ProgressRecorded: ...
+
+    async def ask(self, question: str, options: list[str], timeout: float | None) -> Question:
+        """Ask a person and wait for the answer (or the timeout)."""
+        ...
 
 
 class ToolError(CorralError):
@@ -68,6 +76,44 @@ class SubmitArgs(_Args):
     timeout: float = Field(600.0, gt=0, le=86400, description="Seconds to wait at most.")
 
 
+class ScheduleArgs(_Args):
+    prompt: str | None = Field(None, description="What the job should do.")
+    messages: list[dict[str, Any]] | None = Field(
+        None, description="Chat jobs: messages ({role, content}) instead of a prompt."
+    )
+    run_at: datetime | None = Field(
+        None, description="When to run it: ISO-8601 with a time zone (Z or an offset)."
+    )
+    delay: float | None = Field(
+        None, gt=0, le=366 * 86400, description="Or: run it this many seconds from now."
+    )
+    provider: str | None = Field(None, description="Provider to run it on (routing decides).")
+    repo: str | None = Field(None, description="Git repository (absolute path or URL).")
+    priority: int | None = Field(None, ge=0, le=9, description="0 is the most urgent.")
+    labels: list[str] = Field(default_factory=list, description="Labels of the job.")
+    title: str | None = Field(None, description="A short title.")
+
+
+class AskArgs(_Args):
+    question: str = Field(min_length=1, max_length=16_384, description="What to ask a person.")
+    options: list[str] = Field(
+        default_factory=list, max_length=20, description="Suggested answers (any text is accepted)."
+    )
+    timeout: float | None = Field(
+        None, gt=0, le=7 * 86400, description="Seconds to wait (default: while the job runs)."
+    )
+
+
+class ApproveArgs(BaseModel):
+    """What Claude Code sends its --permission-prompt-tool (unknown keys kept)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    tool_name: str = Field(description="The tool that needs permission.")
+    input: dict[str, Any] = Field(default_factory=dict, description="Its input.")
+    tool_use_id: str | None = None
+
+
 class JobArgs(_Args):
     job_id: str = Field(min_length=1, max_length=64, description="A sub-job's id.")
 
@@ -88,7 +134,7 @@ Handler = Callable[["Builtins", Any], Awaitable[dict[str, Any]]]
 class Tool:
     name: str
     description: str
-    args: type[_Args]
+    args: type[BaseModel]
     run: Handler
 
     def schema(self) -> dict[str, Any]:
@@ -156,6 +202,57 @@ class Builtins:
         recorded = await self.control.progress(Progress(message=args.message, percent=args.percent))
         return {"recorded": True, "seq": recorded.seq}
 
+    async def schedule_job(self, args: ScheduleArgs) -> dict[str, Any]:
+        if (args.run_at is None) == (args.delay is None):
+            raise ToolError("give either run_at (a time) or delay (seconds from now)")
+        run_at = args.run_at or datetime.now(UTC) + timedelta(seconds=args.delay or 0)
+        fields: dict[str, Any] = {
+            "prompt": args.prompt,
+            "messages": args.messages,
+            "provider": args.provider,
+            "repo": args.repo,
+            "labels": args.labels,
+            "title": args.title,
+            "mcp_tools": self.job_mcp_tools,
+            "run_at": run_at.isoformat() if run_at.tzinfo else run_at,
+        }
+        if args.priority is not None:
+            fields["priority"] = args.priority
+        try:
+            spec = JobCreate.model_validate({k: v for k, v in fields.items() if v is not None})
+        except ValidationError as exc:
+            raise ToolError(_invalid(exc)) from None
+        child = await self.control.submit_child(ChildSubmit(spec=spec))
+        return _job(child, run_at=spec.run_at.isoformat() if spec.run_at else None)
+
+    async def ask_human(self, args: AskArgs) -> dict[str, Any]:
+        asked = await self.control.ask(args.question, list(args.options), args.timeout)
+        return {
+            "answered": asked.state == "answered",
+            "answer": asked.reply(),
+            "answered_by": asked.answered_by,
+        }
+
+    async def approve(self, args: ApproveArgs) -> dict[str, Any]:
+        """Claude Code's permission prompt, asked of a person: "allow" (or
+        "yes") allows the tool use as it is; any other answer denies it, the
+        answer its message."""
+        shown = json.dumps(args.input, default=str)
+        if len(shown) > 4000:
+            shown = shown[:4000] + f"... [{len(shown)} chars]"
+        question = f"Allow the agent to use {args.tool_name}?\n\n{shown}"
+        asked = await self.control.ask(question, ["allow", "deny"], None)
+        answer = (asked.answer or "").strip() if asked.state == "answered" else ""
+        if answer.lower() in ALLOW:
+            return {"behavior": "allow", "updatedInput": args.input}
+        if not answer:
+            message = f"{args.tool_name} was not allowed: {asked.reply()}"
+        elif answer.lower() == "deny":
+            message = f"a person denied {args.tool_name}"
+        else:
+            message = answer
+        return {"behavior": "deny", "message": message}
+
     async def _wait(self, job_id: str, timeout: float) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -199,6 +296,21 @@ TOOLS: dict[str, Tool] = {
             Builtins.cancel_job,
         ),
         Tool(
+            "schedule_job",
+            "Schedule a job to run later: at run_at (ISO-8601 with a time zone) or after "
+            "delay seconds. Returns its job_id; it is one of your sub-jobs.",
+            ScheduleArgs,
+            Builtins.schedule_job,
+        ),
+        Tool(
+            "ask_human",
+            "Ask a person a question and wait for the answer (the job waits; people see the "
+            "question on the job and answer it with `corral answer`). With timeout, returns "
+            "'no answer' when none came in time.",
+            AskArgs,
+            Builtins.ask_human,
+        ),
+        Tool(
             "report_progress",
             "Tell the people watching this job how far along it is.",
             ProgressArgs,
@@ -206,6 +318,15 @@ TOOLS: dict[str, Tool] = {
         ),
     )
 }
+
+# Claude Code's --permission-prompt-tool: offered only to providers with
+# permission_prompt = "human", whatever their mcp_tools say.
+APPROVE = Tool(
+    "approve",
+    "Decides whether a tool use the agent asked for is allowed (asks a person).",
+    ApproveArgs,
+    Builtins.approve,
+)
 
 
 def _invalid(exc: ValidationError) -> str:

@@ -30,7 +30,7 @@ from mcp.shared.exceptions import MCPError
 
 from corral import redact
 from corral.executors.base import Emit, McpEndpoint
-from corral.gateway.builtin import TOOLS, Builtins, Control, ToolError
+from corral.gateway.builtin import APPROVE, TOOLS, Builtins, Control, ToolError
 from corral.gateway.policy import Policy, exposed, parse
 from corral.gateway.settings import BUILTIN, McpServerSettings
 from corral.gateway.upstream import Upstream, UpstreamError
@@ -84,6 +84,7 @@ class Gateway:
         run_marker: str | None = None,
         log_dir: Path | None = None,
         hold: Callable[[], AbstractContextManager[None]] | None = None,
+        approve: bool = False,
     ) -> None:
         self.job_id = job_id
         self.policy = policy
@@ -101,6 +102,8 @@ class Gateway:
         # Held while a call is in flight: the agent waits on it (a sub-job, a
         # person), so its output-stall guards pause (``executors.base.Waiting``).
         self.hold = hold or contextlib.nullcontext
+        # Offer `approve`, Claude Code's permission prompt tool (permission_prompt = "human").
+        self.approve = approve
         self.endpoint: McpEndpoint | None = None  # once started
         self.started_in: float | None = None  # seconds start() took
         self._stop = asyncio.Event()
@@ -207,12 +210,13 @@ class Gateway:
     # -- the tools ----------------------------------------------------------------
 
     def _index(self) -> None:
-        for name, tool in TOOLS.items():
-            if self.policy.allows(BUILTIN, name):
+        builtins = [*TOOLS.values(), *([APPROVE] if self.approve else [])]
+        for tool in builtins:
+            if self._refusal(BUILTIN, tool.name) is None:
                 listing = types.Tool(
-                    name=name, description=tool.description, input_schema=tool.schema()
+                    name=tool.name, description=tool.description, input_schema=tool.schema()
                 )
-                self.tools[name] = (BUILTIN, name, listing)
+                self.tools[tool.name] = (BUILTIN, tool.name, listing)
         for server, upstream in self.upstreams.items():
             for listing in upstream.tools:
                 if self.policy.allows(server, listing.name):
@@ -244,7 +248,7 @@ class Gateway:
             {"id": call_id, "server": server, "tool": tool, "arguments": mask(arguments)},
         )
         t0 = time.perf_counter()
-        refusal = self.policy.refusal(server, tool)
+        refusal = self._refusal(server, tool)
         if known is None and refusal is None:
             refusal = f"no tool {name!r} here (the tools are: {', '.join(sorted(self.tools))})"
         if refusal is not None:
@@ -273,14 +277,21 @@ class Gateway:
         )
         return result
 
+    def _refusal(self, server: str, tool: str) -> str | None:
+        if server == BUILTIN and tool == APPROVE.name and self.approve:
+            return None  # the provider asked for it: permission_prompt = "human"
+        return self.policy.refusal(server, tool)
+
     async def _builtin(self, tool: str, arguments: dict[str, Any]) -> types.CallToolResult:
         try:
-            answer = await self.builtins.call(TOOLS[tool], arguments)
+            answer = await self.builtins.call(TOOLS.get(tool) or APPROVE, arguments)
         except ToolError as exc:
             return types.CallToolResult(content=[types.TextContent(text=str(exc))], is_error=True)
         return types.CallToolResult(
             content=[types.TextContent(text=json.dumps(answer, default=str))],
-            structured_content=answer,
+            # Claude Code takes a permission prompt's answer from a single text
+            # block only: with structuredContent too it calls the answer invalid.
+            structured_content=None if tool == APPROVE.name else answer,
         )
 
     def _record(

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, TypeVar
 from corral.executors.base import Emit
 from corral.executors.settings import AgentSettings, ProviderSettings
 from corral.gateway.settings import McpServerSettings
-from corral.models import Job
+from corral.models import Job, Question
 from corral.protocol import ChildJob, ChildSubmit, ChildWait, Progress, ProgressRecorded
 from corral.runner.link import LinkError, Refused, WorkerLink
 
@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from corral.gateway.server import Gateway
 
 T = TypeVar("T")
+# WorkerChannel.ask: the question as it ended (None: the job was lost meanwhile).
+Ask = Callable[[str, list[str], float | None], Awaitable[Question | None]]
 
 # The refusals that mean the worker lost its job (fenced off, or the job ended).
 FENCED = ("stale_epoch", "job_not_active")
@@ -57,6 +59,7 @@ async def start(
     run_marker: str | None,
     log_dir: Path,
     hold: Callable[[], AbstractContextManager[None]] | None = None,
+    ask: Ask | None = None,
 ) -> Gateway:
     """Start the job's gateway (imported here: it loads the MCP SDK and uvicorn)."""
     from corral.gateway.policy import Policy
@@ -65,13 +68,14 @@ async def start(
     gateway = Gateway(
         job_id=job.id,
         policy=Policy.of(job.provider, settings.mcp_tools, job.mcp_tools),
-        control=Control(link),
+        control=Control(link, ask),
         emit=emit,
         servers={name: servers[name] for name in settings.mcp_servers if name in servers},
         job_mcp_tools=job.mcp_tools,
         run_marker=run_marker,
         log_dir=log_dir,
         hold=hold,
+        approve=getattr(settings, "permission_prompt", None) == "human",
     )
     await gateway.start()
     return gateway
@@ -81,8 +85,9 @@ class Control:
     """The gateway's corral tools over the job's worker link: refusals become
     tool errors the agent can read (``builtin.ToolError``)."""
 
-    def __init__(self, link: WorkerLink) -> None:
+    def __init__(self, link: WorkerLink, ask: Ask | None = None) -> None:
         self.link = link
+        self._ask = ask
 
     async def submit_child(self, body: ChildSubmit) -> ChildJob:
         return await self._call(lambda: self.link.submit_child(body))
@@ -95,6 +100,23 @@ class Control:
 
     async def progress(self, body: Progress) -> ProgressRecorded:
         return await self._call(lambda: self.link.progress(body))
+
+    async def ask(self, question: str, options: list[str], timeout: float | None) -> Question:
+        """Through the job's channel (``WorkerChannel.ask``: retried while the
+        server is away, the stall guards paused); None from it: fenced."""
+        from corral.gateway.builtin import ToolError
+
+        if self._ask is None:
+            raise ToolError("this runner cannot ask a person")
+        try:
+            asked = await self._ask(question, options, timeout)
+        except ValueError as exc:
+            raise ToolError(f"invalid question: {exc}") from exc
+        if asked is None:
+            raise ToolError(
+                "refused: this job no longer holds its lease; nothing was asked, stop working on it"
+            )
+        return asked
 
     async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
         from corral.gateway.builtin import ToolError

@@ -301,6 +301,7 @@ class Runner:
                     run_marker=marker,
                     log_dir=self.workdir / "runner" / "mcp",
                     hold=channel.waiting.hold,
+                    ask=channel.ask,
                 )
             except Exception as exc:
                 log.exception("job %s: the MCP gateway did not start", job.id, extra=log_extra)
