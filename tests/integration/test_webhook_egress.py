@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from corral import redact
-from corral.api.delivery import Sender
 from corral.models import JobCreate, NewEvent, Outcome, WebhookSpec
+from corral.sinks.webhook import Sender
 from corral.store import Store
 from corral.testing import worker_claims
 from corral.webhooks import Endpoint, Rules

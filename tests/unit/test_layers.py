@@ -130,6 +130,17 @@ RULES = {
         {"api", "server", "cli", "config", "intake", "sinks", "services"},
         "the store is persistence only: it is handed values, not settings or routes",
     ),
+    "sinks": (
+        {"sinks"},
+        {"api", "server", "cli", "intake", "runner"},
+        "a sink reads the store and the bus and writes outwards; the routes, the intake and "
+        "the composition root that runs it sit above it",
+    ),
+    "api-without-sinks": (
+        {"api"},
+        {"sinks"},
+        "routes answer requests; sending results out is the sinks', run by the server's loops",
+    ),
     "protocol": (
         {"protocol"},
         LAYERS - {"protocol", "models", "errors", "jobs", "routing", ROOT},
@@ -177,6 +188,9 @@ def test_the_graph_is_read() -> None:
     assert {"corral.store", "corral.store.migrate"} <= {t for t, _ in GRAPH["corral.cli.admin"]}
     # `from corral.executors.sandbox import ...` runs corral/executors/__init__.py.
     assert "corral.executors" in {t for t, _ in GRAPH["corral.runner.workspace"]}
+    # The sinks are in the graph, and the loops that run them reach them.
+    assert "corral.sinks.webhook" in {t for t, _ in GRAPH["corral.server.loops"]}
+    assert "corral.sinks.folder" in {t for t, _ in GRAPH["corral.intake.folder"]}
 
 
 def test_importing_the_runner_loads_no_store_server_or_jwt() -> None:

@@ -5,6 +5,8 @@
     queue/done/     finished files, with a result footer appended
     queue/failed/   failed jobs and rejected files, with the reason appended
 
+(the last two are written by the folder sink, ``corral.sinks.folder``).
+
 A file is moved to running/ (an atomic rename) before its job is submitted
 with an idempotency key made of its name and content hash, so a crash between
 the two steps re-submits the same job instead of a second one; at start,
@@ -42,6 +44,7 @@ from corral.jobs import TERMINAL
 from corral.models import Job, JobCreate
 from corral.protocol import topics
 from corral.services import Services
+from corral.sinks.folder import FolderSink, free
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +74,11 @@ def prepare(root: Path) -> None:
 
 
 class FolderIntake:
-    def __init__(self, root: Path, services: Services) -> None:
+    def __init__(self, root: Path, services: Services, sink: FolderSink | None = None) -> None:
+        """``sink`` writes finished and rejected files (by default into ``root``)."""
         self.root = root
         self.running = root / "running"
-        self.done = root / "done"
-        self.failed = root / "failed"
+        self.sink = sink or FolderSink(root)
         self.services = services
         self.store = services.store
         self._rescan: asyncio.TimerHandle | None = None
@@ -103,7 +106,7 @@ class FolderIntake:
                             await self.reconcile()  # cheap insurance: lists running/
                         for job_id in messages:
                             if isinstance(job_id, str):
-                                await self._finish(await self.store.jobs.get(job_id))
+                                self.sink.finish(await self.store.jobs.get(job_id))
                     except (CorralError, OSError) as exc:
                         # The database or the disk failed us: nothing is lost (the
                         # file stays in running/); the next reconcile finishes it.
@@ -182,10 +185,10 @@ class FolderIntake:
                 priority = spec.priority if isinstance(spec, JobCreate) else -1
                 taken.append((priority, st.st_mtime, path, raw, spec))
             for path, reason in refused:
-                self._reject(path, b"", reason)
+                self.sink.reject(path, b"", reason)
             for _, _, path, raw, spec in sorted(taken, key=lambda t: (t[0], t[1])):
                 if isinstance(spec, str):
-                    self._reject(path, raw, spec)
+                    self.sink.reject(path, raw, spec)
                 else:
                     await self._submit(path, raw, spec)
             if unsettled:
@@ -209,14 +212,8 @@ class FolderIntake:
 
             self._rescan = loop.call_later(RETRY_SECONDS if retry else SETTLE_SECONDS, fire)
 
-    def _reject(self, path: Path, raw: bytes, reason: str) -> None:
-        target = _free(self.failed / path.name)
-        _write(target, raw + queue_file.rejection(reason).encode())
-        path.unlink(missing_ok=True)
-        log.warning("queue file %s rejected: %s", path.name, reason)
-
     async def _submit(self, path: Path, raw: bytes, spec: JobCreate) -> None:
-        dest = _free(self.running / path.name)
+        dest = free(self.running / path.name)
         try:
             os.rename(path, dest)  # atomic: this replica owns the file now
         except FileNotFoundError:
@@ -237,10 +234,10 @@ class FolderIntake:
                 raise  # the database: nothing lost, the next reconcile retries
             # The file itself is wrong: prose naming no provider with no default
             # (Unroutable), an unknown provider or session...
-            self._reject(path, raw, exc.message)
+            self.sink.reject(path, raw, exc.message)
             return None
         if job.state in TERMINAL:
-            await self._finish(job)
+            self.sink.finish(job)
         return job
 
     async def reconcile(self) -> None:
@@ -250,7 +247,7 @@ class FolderIntake:
             try:
                 raw = read_regular(path)
             except NotRegular as exc:
-                self._reject(path, b"", str(exc))
+                self.sink.reject(path, b"", str(exc))
                 continue
             except OSError:
                 continue
@@ -261,26 +258,11 @@ class FolderIntake:
                         raw.decode("utf-8"), source_ref=path.name, base_dir=self.root
                     )
                 except (UnicodeDecodeError, CorralError) as exc:
-                    self._reject(path, raw, str(exc))
+                    self.sink.reject(path, raw, str(exc))
                     continue
                 await self._ensure_job(path, raw, spec)
             elif job.state in TERMINAL:
-                await self._finish(job)
-
-    async def _finish(self, job: Job) -> None:
-        if job.source != "folder" or job.source_ref is None or job.state not in TERMINAL:
-            return
-        path = Path(job.source_ref)
-        if path.parent != self.running:
-            return
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
-            return  # finished already
-        target = _free((self.done if job.state.value == "done" else self.failed) / path.name)
-        _write(target, raw + queue_file.footer(job).encode())
-        path.unlink(missing_ok=True)
-        log.info("queue file %s -> %s", path.name, target.parent.name, extra={"job_id": job.id})
+                self.sink.finish(job)
 
 
 class NotRegular(OSError):
@@ -354,20 +336,3 @@ def read_complete(path: Path) -> tuple[bytes, bool | None]:
             fcntl.fcntl(fd, lease, fcntl.F_UNLCK)
     finally:
         os.close(fd)
-
-
-def _free(path: Path) -> Path:
-    """``path``, or ``name-2.md``, ``name-3.md``... if it is taken."""
-    if not path.exists():
-        return path
-    for n in range(2, 10_000):
-        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
-        if not candidate.exists():
-            return candidate
-    raise FileExistsError(path)
-
-
-def _write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

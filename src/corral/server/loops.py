@@ -13,10 +13,10 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from corral.api.delivery import Sender
 from corral.errors import CorralError
 from corral.intake.folder import FolderIntake
 from corral.services import Services
+from corral.sinks.webhook import Sender
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ async def watchdog(svc: Services) -> None:
 
 
 async def webhooks(svc: Services) -> None:
-    """Send what the webhook outbox holds (``api/delivery.py``)."""
+    """Send what the webhook outbox holds (``sinks/webhook.py``)."""
     settings = svc.settings
     sender = Sender(
         svc.store,

@@ -1,7 +1,7 @@
 """The webhook outbox. A delivery row is written in the same transaction as
 the state change (or event) it reports, so a change is never announced
 without happening nor happens without being announced; the sender
-(``corral.api.delivery``) sends what is due, in order per job and URL."""
+(``corral.sinks.webhook``) sends what is due, in order per job and URL."""
 
 from __future__ import annotations
 
