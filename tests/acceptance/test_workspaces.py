@@ -125,3 +125,27 @@ def test_agent_that_never_starts_is_killed(
     assert job["state"] == "failed" and job["reason"] == "hang_startup", job
     assert job["failure"] == "infra" and "startup_timeout" in job["error"]
     assert pids_matching(mute) == []
+
+
+def test_a_job_branch_pushed_to_the_remote_leaves_the_repo_usable(
+    srv: ServerProcess, http: httpx.Client, tmp_path: Path
+) -> None:
+    """Issue #15's defect, end to end: a job commits on its branch, the branch
+    is pushed to the repository's remote (as the tracker's write-back does)
+    while its worktree exists, and the next job on that repository still runs."""
+    remote = tmp_path / "remote.git"
+    git("clone", "--quiet", "--bare", str(git_repo(tmp_path / "upstream")), str(remote))
+    url = f"file://{remote}"
+    commit = (
+        "echo fix > fix.txt && git add fix.txt && git -c user.name=a -c user.email=a@b commit -qm f"
+    )
+    first = wait_job(http, submit(http, commit, repo=url))
+    assert first["state"] == "done", first
+    branch = f"corral/{first['id']}"
+    (clone,) = (srv.data_dir / "repos").glob("*.git")
+    git("push", "--quiet", "origin", branch, cwd=clone)
+    assert git("ls-remote", "--heads", url, branch, cwd=tmp_path).strip()
+
+    second = wait_job(http, submit(http, "ls", repo=url))
+    assert second["state"] == "done", second
+    assert "README.md" in second["result"] and "fix.txt" not in second["result"]

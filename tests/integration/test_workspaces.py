@@ -126,3 +126,52 @@ def test_remove_only_touches_what_corral_made(tmp_path: Path) -> None:
     assert sorted(branches) == ["feature", "main"]
     assert git("worktree", "list", "--porcelain", cwd=repo).count("worktree ") == 1
     assert (repo / "README.md").exists()
+
+
+def commit_all(worktree: Path, message: str) -> str:
+    git("add", "-A", cwd=worktree)
+    git("-c", "user.email=a@b", "-c", "user.name=a", "commit", "-qm", message, cwd=worktree)
+    return git("rev-parse", "HEAD", cwd=worktree).strip()
+
+
+def test_a_job_branch_pushed_to_the_remote_does_not_break_the_next_job(tmp_path: Path) -> None:
+    """Issue #15's defect: once ``corral/<job-id>`` was pushed to the remote
+    while its worktree existed, every later fetch of the shared clone failed
+    ("refusing to fetch into branch ... checked out"), and with it every job
+    on that repository."""
+    remote = tmp_path / "remote.git"
+    git("clone", "--quiet", "--bare", str(make_repo(tmp_path / "upstream")), str(remote))
+    url = f"file://{remote}"
+    spaces = Workspaces(tmp_path / "data")
+    first = spaces.prepare(job(repo=url))
+    assert first.source is not None and first.branch is not None
+    (first.path / "fix.txt").write_text("fixed\n")
+    fixed = commit_all(first.path, "fix")
+    # What the tracker's write-back does: the job's branch goes to the remote.
+    git("push", "--quiet", "origin", first.branch, cwd=first.source)
+    # Meanwhile a person pushes a review commit onto that branch, and main moves on.
+    dev = tmp_path / "dev"
+    git("clone", "--quiet", url, str(dev))
+    git("checkout", "--quiet", first.branch, cwd=dev)
+    (dev / "review.txt").write_text("review\n")
+    reviewed = commit_all(dev, "review")
+    git("checkout", "--quiet", "main", cwd=dev)
+    (dev / "later.txt").write_text("later\n")
+    later = commit_all(dev, "later")
+    git("push", "--quiet", "origin", "main", first.branch, cwd=dev)
+
+    second = spaces.prepare(job(repo=url))
+    assert second.source == first.source and second.base == later
+    assert (second.path / "later.txt").exists() and not (second.path / "fix.txt").exists()
+    # The fetch left the checked-out branch and its worktree alone.
+    assert git("rev-parse", first.branch, cwd=first.source).strip() == fixed
+    assert git("status", "--porcelain", cwd=first.path) == ""
+    assert not (first.path / "review.txt").exists()
+    # A base naming a branch is the remote's as of now, not the clone's copy
+    # from the day it was cloned (nor corral's own branch of that name).
+    assert spaces.prepare(job(repo=url, base="main")).base == later
+    assert spaces.prepare(job(repo=url, base=first.branch)).base == reviewed
+    assert (
+        spaces.prepare(job(repo=url, base="main~1")).base
+        == git("rev-parse", "main~1", cwd=dev).strip()
+    )

@@ -5,6 +5,13 @@ off ``base`` (default: the repository's HEAD); a remote URL is cloned once
 (bare) into a cache under the data dir and fetched on later use. Without
 ``repo``, a plain directory. Follow-up turns of a session reuse its workspace.
 
+The cache clone's ``refs/heads/`` hold the worktrees' branches, so a fetch
+never writes there: git refuses to move a branch a worktree has checked out,
+and a ``corral/<job-id>`` branch pushed to the remote (the tracker's pull
+requests) comes back on every later fetch. The remote's branches are fetched
+into ``refs/remotes/origin/`` (its HEAD into ``refs/remotes/origin/HEAD``),
+and a URL job's ``base`` is looked up there first.
+
 Everything lives under ``DATA_DIR/workspaces/<session-id>``; what corral made
 is recorded in ``DATA_DIR/workspaces/.meta/<session-id>.json``, and garbage
 collection only ever removes what such a record names. Blocking (git runs as
@@ -175,10 +182,9 @@ class Workspaces:
         source = self._source(job.repo)
         with self._lock(source):
             base_ref = job.base or "HEAD"
-            try:
-                base = git("rev-parse", "--verify", "--quiet", f"{base_ref}^{{commit}}", cwd=source)
-            except WorkspaceError as exc:
-                raise WorkspaceError(f"base {base_ref!r} is not a commit of {job.repo}") from exc
+            base = _commit_of(source, base_ref, remote=not job.repo.startswith("/"))
+            if base is None:
+                raise WorkspaceError(f"base {base_ref!r} is not a commit of {job.repo}")
             branch = f"corral/{job.id}"
             if path.exists() and any(path.iterdir()):
                 raise WorkspaceError(f"workspace {path} exists and is not a worktree of corral's")
@@ -213,11 +219,12 @@ class Workspaces:
         clone = self.cache / (hashlib.sha256(repo.encode()).hexdigest()[:20] + ".git")
         with self._lock(clone):
             if (clone / "HEAD").exists():
-                git("fetch", "--quiet", "origin", "+refs/heads/*:refs/heads/*", cwd=clone)
+                _fetch(clone)
             else:
                 tmp = Path(tempfile.mkdtemp(dir=self.cache, prefix=".clone-"))
                 try:
                     git("clone", "--quiet", "--bare", repo, str(tmp / "r.git"))
+                    _fetch(tmp / "r.git")
                     (tmp / "r.git").rename(clone)
                 finally:
                     shutil.rmtree(tmp, ignore_errors=True)
@@ -312,6 +319,37 @@ class Workspaces:
         if path.exists():
             shutil.rmtree(path)
         (self.meta_dir / f"{ws.session_id}.json").unlink(missing_ok=True)
+
+
+# Into namespaces no worktree checks out (see the module docstring); tags are
+# not checked out either. HEAD comes as a plain ref: the remote's default branch.
+FETCH_REFSPECS = (
+    "+HEAD:refs/remotes/origin/HEAD",
+    "+refs/heads/*:refs/remotes/origin/*",
+    "+refs/tags/*:refs/tags/*",
+)
+
+
+def _fetch(clone: Path) -> None:
+    git("fetch", "--quiet", "--no-write-fetch-head", "origin", *FETCH_REFSPECS, cwd=clone)
+
+
+def _commit_of(source: Path, ref: str, *, remote: bool) -> str | None:
+    """The commit ``ref`` names in ``source``; for a clone of a URL
+    (``remote``) the remote's branch of that name wins over the clone's own
+    refs (its ``refs/heads/`` are as old as the clone, or corral's)."""
+    candidates = [ref]
+    if remote:
+        branch = ref.removeprefix("refs/heads/")
+        candidates.insert(0, f"refs/remotes/origin/{branch}")
+    for candidate in candidates:
+        try:
+            found = git("rev-parse", "--verify", "--quiet", f"{candidate}^{{commit}}", cwd=source)
+        except WorkspaceError:
+            continue
+        if found.strip():
+            return found.strip()
+    return None
 
 
 def _git_dirs(worktree: Path) -> tuple[str, str]:
