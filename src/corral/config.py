@@ -37,8 +37,15 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from corral import redact, tracker
 from corral.errors import ConfigError
-from corral.executors.settings import ProviderSettings, RemoteSettings, split_command
+from corral.executors.settings import (
+    TOKEN_COMMAND_TIMEOUT,
+    ProviderSettings,
+    RemoteSettings,
+    read_token,
+    split_command,
+)
 from corral.gateway.settings import McpSettings
 from corral.redact import env_secrets
 from corral.routing import Provider
@@ -164,6 +171,131 @@ class WebhookEndpointSettings(BaseModel):
 
 
 AGENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+REPO_NAME = r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$"
+
+
+class TrackerLabels(BaseModel):
+    """The labels corral puts on an issue as its job goes (one at a time)."""
+
+    model_config = {"extra": "forbid"}
+
+    queued: str = Field(
+        "corral:queued", min_length=1, max_length=50, description="While the job waits."
+    )
+    running: str = Field(
+        "corral:running", min_length=1, max_length=50, description="While it runs."
+    )
+    done: str = Field("corral:done", min_length=1, max_length=50, description="When it is done.")
+    failed: str = Field(
+        "corral:failed", min_length=1, max_length=50, description="When it failed or was cancelled."
+    )
+
+
+class TrackerSettings(BaseModel):
+    """``[[trackers]]`` in corral.toml: an issue tracker whose labelled issues
+    in allowlisted repositories become jobs, and which hears back."""
+
+    model_config = {"extra": "forbid"}
+
+    name: str = Field(
+        pattern=AGENT_NAME.pattern, description="Its name (`corral trackers show NAME`)."
+    )
+    kind: Literal["github", "forgejo"] = Field(
+        description="github (REST v3) or forgejo (Forgejo and Gitea, /api/v1)."
+    )
+    base_url: str | None = Field(
+        None,
+        pattern=r"^https?://\S+$",
+        description="API base. github: default https://api.github.com (GitHub Enterprise: "
+        "https://HOST/api/v3); forgejo: the instance's URL (required).",
+    )
+    token: SecretStr | None = Field(None, description="API token (prefer token_env).")
+    token_env: str | None = Field(None, description="Environment variable holding the token.")
+    token_file: Path | None = Field(None, description="File holding the token (re-read each use).")
+    token_command: list[str] | None = Field(
+        None,
+        description="Command printing the token (run for each use, killed after "
+        f"{TOKEN_COMMAND_TIMEOUT:g} s; an argv list or a string split like a shell would).",
+    )
+    repos: list[str] = Field(
+        default_factory=list,
+        description="The allowlist, owner/name each: only their issues are taken (empty: none).",
+    )
+    label: str = Field(
+        "corral", min_length=1, max_length=50, description="Only issues carrying this label."
+    )
+    enabled: bool = Field(
+        False,
+        description="Take issues in (the default: off; `corral trackers enable NAME` "
+        "turns it on and is remembered in the database).",
+    )
+    poll_interval: float = Field(
+        60.0, ge=1, le=86400, description="Seconds between polls (webhooks pick up at once)."
+    )
+    trigger: str = Field(
+        "@corral",
+        min_length=1,
+        max_length=50,
+        description="A comment containing it continues the issue's session.",
+    )
+    webhook_secret: SecretStr | None = Field(
+        None,
+        min_length=16,
+        description="Verifies POST /hooks/trackers/NAME deliveries (without it the endpoint "
+        "answers 404).",
+    )
+    provider: str | None = Field(None, description="Provider the jobs prefer (routing decides).")
+    needs_local_agent: bool = Field(False, description="The jobs need a local agent.")
+    model: str | None = Field(None, description="Model of the jobs.")
+    max_attempts: int | None = Field(None, ge=1, le=100, description="Attempts per job.")
+    timeout: float | None = Field(None, gt=0, description="Seconds a job may run.")
+    preamble: str = Field(
+        tracker.DEFAULT_PREAMBLE,
+        max_length=10_000,
+        description="Put before the issue text on the first turn; {title}, {body}, {url}, "
+        "{repo} and {number} are replaced.",
+    )
+    priorities: dict[str, int] = Field(
+        default_factory=lambda: dict(tracker.DEFAULT_PRIORITIES),
+        description="Label -> priority (0 first); unlabelled issues get 2.",
+    )
+    state_labels: TrackerLabels = Field(
+        default_factory=lambda: TrackerLabels(), description="Labels that follow the job."
+    )
+    pull_requests: bool = Field(
+        True, description="Push a job's branch and open a pull request when files changed."
+    )
+    draft: bool = Field(False, description="Open the pull requests as drafts.")
+
+    @field_validator("token_command", mode="before")
+    @classmethod
+    def _split_command(cls, value: object) -> object:
+        return split_command(value)
+
+    @field_validator("repos")
+    @classmethod
+    def _repos(cls, value: list[str]) -> list[str]:
+        for repo in value:
+            if not re.fullmatch(REPO_NAME, repo):
+                raise ValueError(f"repo {repo!r}: write owner/name")
+        return value
+
+    @field_validator("preamble")
+    @classmethod
+    def _preamble(cls, value: str) -> str:
+        return tracker.check_template(value)
+
+    @model_validator(mode="after")
+    def _base(self) -> TrackerSettings:
+        if self.kind == "forgejo" and not self.base_url:
+            raise ValueError(f"trackers {self.name!r}: a forgejo tracker needs base_url")
+        return self
+
+    async def credential(self) -> str | None:
+        """The token, read afresh (token files and commands may rotate)."""
+        token = await read_token(self.token, self.token_env, self.token_file, self.token_command)
+        redact.add(token)
+        return token
 
 
 class DaemonSettings(BaseModel):
@@ -353,6 +485,11 @@ class Settings(BaseSettings):
         default_factory=list,
         description="[[webhooks]] tables: server-wide endpoints told of every job's changes.",
     )
+    trackers: list[TrackerSettings] = Field(
+        default_factory=list,
+        description="[[trackers]] tables: issue trackers (GitHub, Forgejo/Gitea) whose "
+        "labelled issues become jobs (see the Issue trackers page).",
+    )
     webhook_allow_private: bool | None = Field(
         None,
         description="Send job webhooks to loopback, private and link-local addresses "
@@ -496,6 +633,18 @@ class Settings(BaseSettings):
                     )
         return self
 
+    @field_validator("trackers")
+    @classmethod
+    def _tracker_names(cls, value: list[TrackerSettings]) -> list[TrackerSettings]:
+        names = [t.name for t in value]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"tracker name(s) used twice: {', '.join(twice)}")
+        return value
+
+    def tracker(self, name: str) -> TrackerSettings | None:
+        return next((t for t in self.trackers if t.name == name), None)
+
     @field_validator("agents")
     @classmethod
     def _agent_names(cls, value: dict[str, DaemonSettings]) -> dict[str, DaemonSettings]:
@@ -550,6 +699,14 @@ class Settings(BaseSettings):
         for secret in (self.jwt_secret, self.webhook_secret):
             found.append(secret.get_secret_value() if secret is not None else None)
         found += [h.secret.get_secret_value() for h in self.webhooks if h.secret is not None]
+        for t in self.trackers:
+            for secret in (t.token, t.webhook_secret):
+                found.append(secret.get_secret_value() if secret is not None else None)
+            if t.token_env:
+                found.append(os.environ.get(t.token_env))
+            if t.token_file is not None:
+                with contextlib.suppress(OSError):
+                    found.append(t.token_file.expanduser().read_text().strip())
         with contextlib.suppress(ValueError):
             found.append(urlsplit(self.effective_database_url).password)
         for p in self.providers.values():  # each kind has the fields it needs

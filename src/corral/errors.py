@@ -63,6 +63,12 @@ class NotFound(CorralError):
     code = "not_found"
 
 
+class TrackerNotFound(NotFound):
+    """No such tracker."""
+
+    code = "tracker_not_found"
+
+
 class JobNotFound(NotFound):
     """No such job."""
 

@@ -603,3 +603,47 @@ class JobCreate(BaseModel):
         ):
             raise ValueError("a job needs a non-empty prompt, command or messages")
         return self
+
+
+class TrackerItemInfo(BaseModel):
+    """An issue a tracker took in: its session, latest turn, what went back."""
+
+    repo: str
+    number: int
+    url: str
+    title: str
+    session_id: str
+    job_id: str
+    job_state: str | None = None
+    state: str
+    label: str | None = None
+    pull_url: str | None = None
+    reported_job_id: str | None = None
+    updated_at: datetime
+
+
+class Tracker(BaseModel):
+    """A ``[[trackers]]`` table and how its intake is doing."""
+
+    name: str
+    kind: str
+    base_url: str | None = None
+    repos: list[str]
+    label: str
+    trigger: str
+    enabled: bool
+    webhook: bool = Field(description="Whether POST /hooks/trackers/NAME is accepted.")
+    poll_interval: float
+    state: str = Field(description="idle, ok, error, rate_limited or disabled.")
+    error: str | None = None
+    last_poll_at: float | None = None
+    wait_until: float | None = None
+    polls: int = 0
+    taken: int = 0
+    turns: int = 0
+    cancelled: int = 0
+    ignored: int = 0
+    requests: int = 0
+    not_modified: int = 0
+    jobs: dict[str, int] = Field(default_factory=dict, description="Items by job state.")
+    items: list[TrackerItemInfo] | None = None

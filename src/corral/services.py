@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from corral import auth
 from corral.auth import Principal
@@ -45,6 +46,10 @@ class Services:
     # runner id, key id -> (until, runner name, the agents it hosts): agent
     # reports skip a database read each, and lines go out before they are stored.
     agent_hosts: dict[tuple[str, str], tuple[float, str, set[str]]] = field(default_factory=dict)
+    # The tracker intakes of this replica, by name, built on first use
+    # (``corral.intake.tracker.intake_for``): the leader's poll loop and the
+    # webhook route share one client each.
+    trackers: dict[str, Any] = field(default_factory=dict)
 
     async def reload_agents(self) -> dict[str, list[str]]:
         """Read ``[agents.*]`` from the configuration file again and apply it."""

@@ -136,6 +136,23 @@ RULES = {
         "a sink reads the store and the bus and writes outwards; the routes, the intake and "
         "the composition root that runs it sit above it",
     ),
+    "forges": (
+        {"forges"},
+        {
+            "store",
+            "api",
+            "server",
+            "cli",
+            "intake",
+            "sinks",
+            "runner",
+            "executors",
+            "services",
+            "config",
+            "bus",
+        },
+        "a tracker client speaks a third party's API: intake and sinks use it, not the reverse",
+    ),
     "api-without-sinks": (
         {"api"},
         {"sinks"},

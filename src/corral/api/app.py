@@ -25,6 +25,7 @@ from corral.api import (
     runners,
     sessions,
     system,
+    trackers,
     webhooks,
 )
 from corral.api.limits import BodyLimit
@@ -45,7 +46,7 @@ def create_app(settings: Settings, *, lifespan: Lifespan | None = None) -> FastA
     )
     errors.install(app)
     openapi.install(app)
-    for module in (
+    routers = (
         system,
         jobs,
         questions,
@@ -56,7 +57,9 @@ def create_app(settings: Settings, *, lifespan: Lifespan | None = None) -> FastA
         webhooks,
         ollama,
         agents,
-    ):
+        trackers,
+    )
+    for module in routers:
         app.include_router(module.router)
     # The operator MCP server (streamable HTTP; its sessions run while the
     # server does: ``corral.server`` enters ``app.state.mcp.running()``).

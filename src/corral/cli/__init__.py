@@ -21,6 +21,7 @@ from corral.cli import (
     runners,
     service,
     sessions,
+    trackers,
     webhooks,
     workspaces,
 )
@@ -71,6 +72,7 @@ app.add_typer(keys.app, name="keys")
 app.add_typer(runners.app, name="runners")
 app.add_typer(workspaces.app, name="workspaces")
 app.add_typer(webhooks.app, name="webhooks")
+app.add_typer(trackers.app, name="trackers")
 app.add_typer(agents.app, name="agents")
 app.add_typer(service.app, name="service")
 config_app = typer.Typer(help="Configuration.", no_args_is_help=True)

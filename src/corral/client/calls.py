@@ -31,6 +31,7 @@ from corral.models import (
     Session,
     SessionDetail,
     Status,
+    Tracker,
 )
 
 from .base import Call
@@ -209,6 +210,26 @@ def redeliver(delivery_id: str) -> Call[Delivery]:
 def webhook_secret() -> Call[str]:
     """The server's default webhook secret (admin)."""
     return Call("GET", "/admin/webhook-secret", _field("secret", str))
+
+
+# -- trackers ------------------------------------------------------------------
+
+
+def trackers() -> Call[list[Tracker]]:
+    """The configured issue trackers and how their intake is doing."""
+    return Call("GET", "/trackers", _many(Tracker))
+
+
+def tracker(name: str) -> Call[Tracker]:
+    """One tracker, with the issues it took in."""
+    return Call("GET", f"/trackers/{_seg(name)}", _one(Tracker))
+
+
+def tracker_action(name: str, action: str) -> Call[Tracker]:
+    """``sync`` (poll now), ``enable`` or ``disable`` a tracker."""
+    if action not in ("sync", "enable", "disable"):
+        raise ValueError(f"unknown tracker action {action!r}: sync, enable or disable")
+    return Call("POST", f"/trackers/{_seg(name)}/{action}", _one(Tracker))
 
 
 # -- runners -------------------------------------------------------------------

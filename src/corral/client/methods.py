@@ -34,6 +34,10 @@ class Methods:
     all_deliveries = endpoint(calls.all_deliveries)
     redeliver = endpoint(calls.redeliver)
     webhook_secret = endpoint(calls.webhook_secret)
+    # issue trackers
+    trackers = endpoint(calls.trackers)
+    tracker = endpoint(calls.tracker)
+    tracker_action = endpoint(calls.tracker_action)
     # runners
     runners = endpoint(calls.runners)
     forget_runner = endpoint(calls.forget_runner)

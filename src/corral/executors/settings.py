@@ -218,24 +218,35 @@ class RemoteSettings(ProviderSettings):
         return key
 
     async def _read_credential(self) -> str | None:
-        if self.api_key is not None:
-            return self.api_key.get_secret_value()
-        if self.api_key_env:
-            value = os.environ.get(self.api_key_env)
-            if not value:
-                raise ConfigError(f"environment variable {self.api_key_env} is not set")
-            return value
-        import asyncio  # here: the configuration imports this module, asyncio costs ~20 ms
+        return await read_token(self.api_key, self.api_key_env, self.token_file, self.token_command)
 
-        if self.token_file is not None:
-            path = self.token_file.expanduser()
-            try:
-                return (await asyncio.to_thread(path.read_text)).strip()
-            except OSError as exc:
-                raise ConfigError(f"cannot read token_file {self.token_file}: {exc}") from exc
-        if self.token_command:
-            return await _run_token_command(self.token_command)
-        return None
+
+async def read_token(
+    value: SecretStr | None,
+    env: str | None,
+    token_file: Path | None,
+    token_command: list[str] | None,
+) -> str | None:
+    """A credential from the first of: a value, an environment variable, a
+    file (read in a thread), a command (run as a subprocess of the loop)."""
+    if value is not None:
+        return value.get_secret_value()
+    if env:
+        found = os.environ.get(env)
+        if not found:
+            raise ConfigError(f"environment variable {env} is not set")
+        return found
+    import asyncio  # here: the configuration imports this module, asyncio costs ~20 ms
+
+    if token_file is not None:
+        path = token_file.expanduser()  # noqa: ASYNC240 - no I/O: it reads HOME
+        try:
+            return (await asyncio.to_thread(path.read_text)).strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read token_file {token_file}: {exc}") from exc
+    if token_command:
+        return await _run_token_command(token_command)
+    return None
 
 
 async def _run_token_command(argv: list[str]) -> str:

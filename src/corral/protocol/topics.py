@@ -21,6 +21,8 @@ AGENTS = "agents"
 # The desired agents changed (configuration, an action, a runner gone):
 # hosts long-polling for them look again.
 AGENTS_DESIRED = "agents-desired"
+# A tracker should poll now (message: its name): the leader's tracker loop.
+TRACKERS = "trackers"
 # This replica is stopping (published on its own bus, never across replicas):
 # the long-polls waiting here answer at once, so their runners go elsewhere.
 SERVER_STOPPING = "server:stopping"

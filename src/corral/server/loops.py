@@ -15,7 +15,10 @@ from typing import Any
 
 from corral.errors import CorralError
 from corral.intake.folder import FolderIntake
+from corral.intake.tracker import intake_for
+from corral.protocol import topics
 from corral.services import Services
+from corral.sinks.tracker import TrackerSink
 from corral.sinks.webhook import Sender
 
 log = logging.getLogger(__name__)
@@ -67,6 +70,31 @@ async def webhooks(svc: Services) -> None:
         trusted=frozenset(h.url for h in settings.webhooks),
     )
     await sender.run()
+
+
+async def trackers(svc: Services) -> None:
+    """Poll the ``[[trackers]]`` (each every ``poll_interval``, or at once when
+    ``POST /trackers/NAME/sync`` asks); their webhooks come through the API."""
+    intakes = [intake_for(svc, t.name) for t in svc.settings.trackers]
+    due = {i.name: 0.0 for i in intakes}
+    with svc.store.bus.subscribe(topics.TRACKERS, maxsize=1000) as asked:
+        while True:
+            for i in intakes:
+                if due[i.name] <= time.monotonic():
+                    due[i.name] = time.monotonic() + await i.poll()
+            wait = min(due.values()) - time.monotonic()
+            for message in await asked.get(timeout=max(0.05, wait)):
+                # "tracker:NAME:sync=..." or "tracker:NAME:enabled=...": poll NAME now.
+                if isinstance(message, str) and message.startswith("tracker:"):
+                    name = message.split(":", 2)[1]
+                    if name in due:
+                        due[name] = 0.0
+
+
+async def tracker_sink(svc: Services) -> None:
+    """Write tracker jobs' labels, comments and pull requests back (``sinks/tracker.py``)."""
+    sink = TrackerSink(svc, {t.name: intake_for(svc, t.name).forge for t in svc.settings.trackers})
+    await sink.run()
 
 
 async def queue_folder(svc: Services) -> None:

@@ -44,7 +44,15 @@ from corral.config import Settings, is_loopback
 from corral.errors import ConfigError
 from corral.intake.folder import prepare as prepare_queue
 from corral.server import build
-from corral.server.loops import Loop, LoopFn, queue_folder, watchdog, webhooks
+from corral.server.loops import (
+    Loop,
+    LoopFn,
+    queue_folder,
+    tracker_sink,
+    trackers,
+    watchdog,
+    webhooks,
+)
 from corral.services import Services
 from corral.store import Store
 from corral.store.leader import run_as_leader
@@ -90,6 +98,10 @@ class Server:
         self.loop("watchdog", watchdog)
         self.loop("mcp-sessions", self._mcp_sessions)
         self.loop("webhooks", webhooks, leader=True)
+        if settings.trackers:
+            # One replica polls (and writes back); any replica takes webhooks.
+            self.loop("trackers", trackers, leader=True, intake=True)
+            self.loop("tracker-sink", tracker_sink, leader=True)
         if settings.queue_enabled:
             # One replica watches a shared folder: the others stand by.
             self.loop("queue-folder", queue_folder, leader=True, intake=True)

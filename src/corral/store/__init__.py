@@ -17,6 +17,7 @@ from corral.store.outbox import Outbox
 from corral.store.questions import Questions
 from corral.store.runners import Runners
 from corral.store.sessions import Sessions
+from corral.store.trackers import Trackers
 
 
 class Store:
@@ -50,6 +51,7 @@ class Store:
         self.outbox = Outbox(self.db)
         self.agents = Agents(self.db)
         self.questions = Questions(self.db)
+        self.trackers = Trackers(self.db)
 
     async def migrate(self) -> None:
         await migrate.upgrade(self.db)

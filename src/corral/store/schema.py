@@ -304,3 +304,24 @@ agent_messages = sa.Table(
     sa.Column("minute", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("count", sa.Integer, nullable=False),
 )
+
+# Issue-tracker intake (intake/tracker.py, sinks/tracker.py): one row per
+# issue taken in; its session and latest turn, and what was written back.
+tracker_items = sa.Table(
+    "tracker_items",
+    metadata,
+    sa.Column("tracker", sa.String(64), primary_key=True),
+    sa.Column("repo", sa.String(200), primary_key=True),
+    sa.Column("number", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("url", sa.String(2000), nullable=False),
+    sa.Column("title", sa.String(500), nullable=False),
+    sa.Column("session_id", sa.String(64), nullable=False),
+    sa.Column("job_id", sa.String(64), nullable=False),  # the latest turn
+    sa.Column("state", sa.String(16), nullable=False),  # open | closed (as last seen)
+    sa.Column("reported_job_id", sa.String(64)),  # the latest turn whose result was posted
+    sa.Column("label", sa.String(64)),  # the state label last put on the issue
+    sa.Column("pull_url", sa.String(2000)),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Index(None, "session_id"),
+)
