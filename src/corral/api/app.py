@@ -30,7 +30,7 @@ from corral.api import (
 )
 from corral.api.limits import BodyLimit
 from corral.config import Settings
-from corral.mcp.http import PATH, McpEndpoint
+from corral.mcp.mount import PATH, McpMount
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
@@ -61,9 +61,9 @@ def create_app(settings: Settings, *, lifespan: Lifespan | None = None) -> FastA
     )
     for module in routers:
         app.include_router(module.router)
-    # The operator MCP server (streamable HTTP; its sessions run while the
-    # server does: ``corral.server`` enters ``app.state.mcp.running()``).
-    app.state.mcp = McpEndpoint()
+    # The operator MCP server (streamable HTTP; loaded and run while the
+    # server runs: ``corral.server`` enters ``app.state.mcp.running()``).
+    app.state.mcp = McpMount()
     app.router.routes.append(Route(PATH, endpoint=app.state.mcp))
     app.add_middleware(
         BodyLimit,

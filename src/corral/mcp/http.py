@@ -31,7 +31,6 @@ from corral.mcp.server import CorralMCP
 from corral.protocol import error_body
 from corral.services import Services
 
-PATH = "/mcp"
 _PRINCIPAL = "corral.principal"
 _KEY = "corral.key"
 # Clients kept open (one connection pool per key calling): at most this many.
