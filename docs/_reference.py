@@ -26,7 +26,7 @@ def _type_name(annotation: Any) -> str:
     if origin is typing.Literal:
         return " \\| ".join(f"`{a}`" for a in args)
     if origin in (typing.Union, types.UnionType):
-        parts = [_type_name(a) for a in args if a is not type(None)]
+        parts = list(dict.fromkeys(_type_name(a) for a in args if a is not type(None)))
         return " \\| ".join(parts) + (" \\| none" if type(None) in args else "")
     if origin in (list, tuple, set, frozenset):
         return f"list of {_type_name(args[0])}" if args else "list"

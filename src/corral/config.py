@@ -38,6 +38,7 @@ from pydantic_settings import (
 )
 
 from corral import redact, tracker
+from corral.chat import ChannelSettings
 from corral.errors import ConfigError
 from corral.executors.settings import (
     TOKEN_COMMAND_TIMEOUT,
@@ -531,6 +532,11 @@ class Settings(BaseSettings):
         default_factory=lambda: RunnerSettings(),
         description="The runner embedded in `corral serve`.",
     )
+    channels: list[ChannelSettings] = Field(
+        default_factory=list,
+        description="[[channels]] tables: chats whose messages become turns and get the "
+        'replies: `kind = "bridge"` (a signed IM bridge) or `kind = "telegram"` (a bot).',
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -645,6 +651,20 @@ class Settings(BaseSettings):
     def tracker(self, name: str) -> TrackerSettings | None:
         return next((t for t in self.trackers if t.name == name), None)
 
+    @field_validator("channels")
+    @classmethod
+    def _channel_names(cls, value: list[ChannelSettings]) -> list[ChannelSettings]:
+        seen: set[str] = set()
+        for channel in value:
+            if channel.name in seen:
+                raise ValueError(f"two [[channels]] are named {channel.name!r}")
+            seen.add(channel.name)
+        return value
+
+    def channel(self, name: str) -> ChannelSettings | None:
+        """The ``[[channels]]`` table named ``name``."""
+        return next((c for c in self.channels if c.name == name), None)
+
     @field_validator("agents")
     @classmethod
     def _agent_names(cls, value: dict[str, DaemonSettings]) -> dict[str, DaemonSettings]:
@@ -680,6 +700,27 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"{setting} {name!r} {problem}: name an enabled {where} "
                 f"({', '.join(agents) or 'none configured'})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_channels(self) -> Settings:
+        table = self.provider_table()
+        for channel in self.channels:
+            name = channel.provider
+            if name is None:
+                continue
+            provider = table.get(name)
+            if provider is None:
+                problem = "is not a configured provider"
+            elif provider.kind == "shell":
+                problem = "is a shell: chat messages are prose, and prose never runs in a shell"
+            else:
+                continue
+            agents = sorted(n for n, p in table.items() if p.agent)
+            raise ValueError(
+                f"channel {channel.name!r}: provider {name!r} {problem}: name an agent or "
+                f"chat provider ({', '.join(agents) or 'none configured'})"
             )
         return self
 
@@ -724,6 +765,11 @@ class Settings(BaseSettings):
             found += env_secrets(agent.env)
         for server in self.mcp.servers.values():
             found += server.secrets()
+        for channel in self.channels:
+            if channel.kind == "bridge":
+                found.append(channel.secret.get_secret_value())
+            else:
+                found.append(os.environ.get(channel.token_env))
         return [f for f in found if f]
 
     @property
@@ -816,6 +862,9 @@ def masked(settings: Settings) -> dict[str, Any]:
     for hook in data["webhooks"]:
         if hook.get("secret"):
             hook["secret"] = "********"
+    for channel in data["channels"]:
+        if channel.get("secret"):
+            channel["secret"] = "********"
     for table in (*data["providers"].values(), *data["agents"].values()):
         if "env" in table:
             table["env"] = dict.fromkeys(table["env"], "********")

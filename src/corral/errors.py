@@ -49,6 +49,12 @@ class Unauthorized(CorralError):
     code = "unauthorized"
 
 
+class InvalidSignature(Unauthorized):
+    """The request's X-Corral-Signature is missing, stale or does not match."""
+
+    code = "invalid_signature"
+
+
 class Forbidden(CorralError):
     """This credential's role may not do that."""
 
@@ -97,6 +103,12 @@ class RunnerNameNotFound(NotFound):
     """No runner name is bound to a key under that name."""
 
     code = "runner_name_not_found"
+
+
+class ChannelNotFound(NotFound):
+    """No such chat channel."""
+
+    code = "channel_not_found"
 
 
 class KeyNotFound(NotFound):

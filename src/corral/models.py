@@ -554,7 +554,7 @@ class JobCreate(BaseModel):
     )
     labels: list[str] = Field(default_factory=list, max_length=32)
     idempotency_key: str | None = Field(None, min_length=1, max_length=200)
-    source: Literal["api", "cli", "folder", "mcp", "tracker"] = "api"
+    source: Literal["api", "cli", "folder", "mcp", "tracker", "chat"] = "api"
     source_ref: str | None = Field(None, max_length=2000)
     mcp_tools: list[Annotated[str, Field(pattern=TOOL_RULE)]] | None = Field(
         None,

@@ -16,6 +16,7 @@ from corral import __version__
 from corral.api import (
     admin,
     agents,
+    channels,
     children,
     errors,
     jobs,
@@ -58,6 +59,7 @@ def create_app(settings: Settings, *, lifespan: Lifespan | None = None) -> FastA
         ollama,
         agents,
         trackers,
+        channels,
     )
     for module in routers:
         app.include_router(module.router)

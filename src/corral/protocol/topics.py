@@ -16,6 +16,8 @@ DISPATCH = "dispatch"
 JOBS = "jobs"
 # Webhook deliveries may be due (message: a job id or a delivery seq).
 WEBHOOKS = "webhooks"
+# Chat messages may be due (message: a channel name or an outbox seq).
+CHAT = "chat"
 # An agent daemon's status changed (message: a StatusChange as JSON).
 AGENTS = "agents"
 # The desired agents changed (configuration, an action, a runner gone):

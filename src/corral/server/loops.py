@@ -13,11 +13,14 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from corral.chat import TelegramChannel
 from corral.errors import CorralError
 from corral.intake.folder import FolderIntake
+from corral.intake.telegram import TelegramIntake
 from corral.intake.tracker import intake_for
 from corral.protocol import topics
 from corral.services import Services
+from corral.sinks.chat import ChatSender
 from corral.sinks.tracker import TrackerSink
 from corral.sinks.webhook import Sender
 
@@ -100,3 +103,24 @@ async def tracker_sink(svc: Services) -> None:
 async def queue_folder(svc: Services) -> None:
     """Every ``*.md`` file dropped in the queue folder becomes a job."""
     await FolderIntake(svc.settings.queue_dir, svc).run()
+
+
+async def chat_replies(svc: Services) -> None:
+    """Send what the chat outbox owes to the channels (``sinks/chat.py``)."""
+    settings = svc.settings
+    sender = ChatSender(
+        svc.store,
+        settings.channels,
+        timeout=settings.webhook_timeout,
+        horizon=settings.webhook_retry_horizon,
+    )
+    await sender.run()
+
+
+def telegram(channel: TelegramChannel) -> LoopFn:
+    """The long poll of one Telegram bot (``intake/telegram.py``)."""
+
+    async def poll(svc: Services) -> None:
+        await TelegramIntake(svc, channel).run()
+
+    return poll

@@ -47,7 +47,9 @@ from corral.server import build
 from corral.server.loops import (
     Loop,
     LoopFn,
+    chat_replies,
     queue_folder,
+    telegram,
     tracker_sink,
     trackers,
     watchdog,
@@ -105,6 +107,11 @@ class Server:
         if settings.queue_enabled:
             # One replica watches a shared folder: the others stand by.
             self.loop("queue-folder", queue_folder, leader=True, intake=True)
+        if settings.channels:
+            self.loop("chat-replies", chat_replies, leader=True)
+        for channel in settings.channels:
+            if channel.kind == "telegram" and channel.enabled:
+                self.loop(f"telegram-{channel.name}", telegram(channel), leader=True, intake=True)
 
     def loop(self, name: str, fn: LoopFn, *, leader: bool = False, intake: bool = False) -> None:
         """Run ``fn(services)`` while the server runs (register before ``start``).

@@ -9,6 +9,7 @@ from corral.bus import Bus, MemoryBus
 from corral.bus.postgres import PostgresBus
 from corral.store import migrate
 from corral.store.agents import Agents
+from corral.store.chat import Chats
 from corral.store.db import Database
 from corral.store.events import Events
 from corral.store.jobs import Caps, Jobs, Lease, RetryPolicy
@@ -52,6 +53,7 @@ class Store:
         self.agents = Agents(self.db)
         self.questions = Questions(self.db)
         self.trackers = Trackers(self.db)
+        self.chat = Chats(self.db)
 
     async def migrate(self) -> None:
         await migrate.upgrade(self.db)

@@ -325,3 +325,47 @@ tracker_items = sa.Table(
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Index(None, "session_id"),
 )
+
+# Chat channels (store/chat.py): each conversation of a channel (a chat's
+# thread, or one user in it) is a session; /new starts the next generation.
+chat_sessions = sa.Table(
+    "chat_sessions",
+    metadata,
+    sa.Column("session_id", sa.String(64), sa.ForeignKey("sessions.id"), primary_key=True),
+    sa.Column("channel", sa.String(64), nullable=False),
+    sa.Column("conversation", sa.String(700), nullable=False),
+    sa.Column("generation", sa.Integer, nullable=False),
+    sa.Column("chat_id", sa.String(200), nullable=False),
+    sa.Column("user_id", sa.String(200), nullable=False),
+    sa.Column("thread_id", sa.String(200)),
+    # The message (its idempotency key) whose /new started it.
+    sa.Column("started_by", sa.String(200), unique=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("channel", "conversation", "generation"),
+)
+
+# The chat outbox: replies and messages for a conversation, written in the
+# transaction of what they report, sent by one sender (the leader) in order
+# per conversation. ``key`` makes re-delivered inbound commands idempotent.
+chat_outbox = sa.Table(
+    "chat_outbox",
+    metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("id", sa.String(64), nullable=False, unique=True),
+    sa.Column("key", sa.String(200), nullable=False, unique=True),
+    sa.Column("channel", sa.String(64), nullable=False),
+    sa.Column("conversation", sa.String(700), nullable=False),
+    sa.Column("session_id", sa.String(64)),
+    sa.Column("job_id", sa.String(64)),
+    sa.Column("kind", sa.String(16), nullable=False),  # reply, message, question
+    sa.Column("body", JSON, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # pending, delivered, failed
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("parts_sent", sa.Integer, nullable=False),  # of a reply split in pieces
+    sa.Column("next_attempt_at", UTCDateTime, nullable=False),
+    sa.Column("last_error", sa.Text),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("delivered_at", UTCDateTime),
+    sa.Index(None, "state", "next_attempt_at"),
+    sa.Index(None, "channel", "conversation", "seq"),
+)

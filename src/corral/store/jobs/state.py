@@ -14,6 +14,7 @@ from corral.errors import Conflict, JobNotActive, JobNotFound, StaleEpoch
 from corral.jobs import ACTIVE, TERMINAL, Action, JobState, transition
 from corral.models import Job, NewEvent
 from corral.protocol import topics
+from corral.store import chat as chat_outbox
 from corral.store import events as event_log
 from corral.store import outbox
 from corral.store.db import Tx
@@ -111,6 +112,7 @@ def apply(
         dedup=False,
     )
     outbox.on_state(tx, updated, tx.webhooks, now)
+    chat_outbox.on_state(tx, updated, now)
     if new is JobState.QUEUED:
         tx.notify(topics.DISPATCH, job.id)
     if new in TERMINAL:
