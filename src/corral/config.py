@@ -334,6 +334,12 @@ class DaemonSettings(BaseModel):
         description="Name of the runner that hosts it (`corral runner --name`); "
         "`embedded`: the runner inside `corral serve`.",
     )
+    stdin: Literal["none", "messages"] = Field(
+        "none",
+        description='`messages`: `POST /agents/NAME/message` writes `{"corral": {"message": '
+        '{"id", "text"}}}` as a line to its stdin; it answers with `{"corral": {"reply": ...}}` '
+        "lines on stdout (`GET /sse/agents/NAME/messages`). `none`: stdin is /dev/null.",
+    )
     log_max_bytes: int = Field(10_485_760, ge=1024, description="Rotate the log at this size.")
     log_backups: int = Field(3, ge=0, le=100, description="Rotated log files kept.")
 

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from sse_starlette import EventSourceResponse
 
 from corral import redact
@@ -160,43 +161,106 @@ async def follow_logs(
 ) -> EventSourceResponse:
     """Lines as they are written (``id`` is the line offset: reconnect with
     Last-Event-ID to resume); first the last ``n`` lines."""
-    agents = svc.store.agents
-    await agents.get(name)
+    await svc.store.agents.get(name)
     after = stream.last_event_id(request, 0) if request.headers.get("last-event-id") else None
 
     async def lines() -> AsyncIterator[dict[str, Any]]:
-        with svc.store.bus.subscribe(
-            topics.agent_log(name), maxsize=svc.settings.sse_buffer
-        ) as sub:
-            if after is None:
-                sent = (await agents.get(name)).log_offset
-                backlog = await agents.lines(name, n) if n else []
-            else:
-                sent, backlog = after, await agents.lines(name, after=after)
-            for item in backlog:
-                yield {"id": str(item["offset"]), "data": json.dumps(item)}
-            if backlog:
-                sent = max(sent, backlog[-1]["offset"])
-            while not sub.overflowed:
-                got: list[Any] = await sub.get(timeout=svc.settings.sse_ping)
-                fresh: list[dict[str, Any]] = []
-                gap = not got  # a quiet while: look in the database (a lost notification)
-                for message in got:
-                    inline = json.loads(message).get("lines")  # else {"upto": N}: too big
-                    expect = fresh[-1]["offset"] if fresh else sent
-                    new = [x for x in inline or () if x["offset"] > expect]
-                    if inline is None or (new and new[0]["offset"] != expect + 1):
-                        gap = True
-                        break
-                    fresh += new
-                if gap:
-                    fresh = await agents.lines(name, after=sent)
-                for item in fresh:
-                    if item["offset"] > sent:
-                        sent = item["offset"]
-                        yield {"id": str(sent), "data": json.dumps(item)}
+        async for item in _follow(svc, name, after, n):
+            yield {"id": str(item["offset"]), "data": json.dumps(item)}
 
     return _sse(lines(), svc)
+
+
+class MessageCreate(BaseModel):
+    """A message for an agent daemon."""
+
+    model_config = {"extra": "forbid"}
+
+    text: str = Field(min_length=1, max_length=65_536, description="What to tell it.")
+
+
+class MessageQueued(BaseModel):
+    id: str = Field(description="The message's id (its stdin line carries it).")
+    agent: str
+    seq: int = Field(description="Its number: messages are written in this order.")
+
+
+@router.post("/agents/{name}/message", status_code=202, response_model=MessageQueued)
+async def message_agent(name: str, body: MessageCreate, svc: Svc, who: Writer) -> dict[str, Any]:
+    """Send an agent daemon configured with ``stdin = "messages"`` a message: its
+    runner writes ``{"corral": {"message": {"id", "text"}}}`` as a line to its stdin
+    (in order, once it runs; 409 if it does not take messages)."""
+    return await svc.store.agents.send(name, body.text)
+
+
+@router.get("/sse/agents/{name}/messages")
+async def follow_messages(
+    name: str,
+    request: Request,
+    svc: Svc,
+    who: Reader,
+    n: Annotated[int, Query(ge=0, le=1000)] = 0,
+) -> EventSourceResponse:
+    """The replies of an agent daemon as it prints them (stdout lines
+    ``{"corral": {"reply": ...}}``): events ``reply`` with ``{reply, at, offset}``
+    (``id`` is the line offset: reconnect with Last-Event-ID); first those among
+    the last ``n`` lines."""
+    await svc.store.agents.get(name)
+    after = stream.last_event_id(request, 0) if request.headers.get("last-event-id") else None
+
+    async def replies() -> AsyncIterator[dict[str, Any]]:
+        async for item in _follow(svc, name, after, n):
+            reply = _reply(item)
+            if reply is not None:
+                data = {"reply": reply, "at": item["at"], "offset": item["offset"]}
+                yield {"id": str(item["offset"]), "event": "reply", "data": json.dumps(data)}
+
+    return _sse(replies(), svc)
+
+
+def _reply(item: dict[str, Any]) -> Any:
+    """The reply a log line carries, or None."""
+    line = item["line"]
+    if item["stream"] != "stdout" or not line.startswith('{"corral"'):
+        return None
+    try:
+        data = json.loads(line)
+        return data["corral"]["reply"]
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+async def _follow(svc: Svc, name: str, after: int | None, n: int) -> AsyncIterator[dict[str, Any]]:
+    """An agent's log lines from ``after`` (None: the last ``n``), then as they come."""
+    agents = svc.store.agents
+    with svc.store.bus.subscribe(topics.agent_log(name), maxsize=svc.settings.sse_buffer) as sub:
+        if after is None:
+            sent = (await agents.get(name)).log_offset
+            backlog = await agents.lines(name, n) if n else []
+        else:
+            sent, backlog = after, await agents.lines(name, after=after)
+        for item in backlog:
+            yield item
+        if backlog:
+            sent = max(sent, backlog[-1]["offset"])
+        while not sub.overflowed:
+            got: list[Any] = await sub.get(timeout=svc.settings.sse_ping)
+            fresh: list[dict[str, Any]] = []
+            gap = not got  # a quiet while: look in the database (a lost notification)
+            for message in got:
+                inline = json.loads(message).get("lines")  # else {"upto": N}: too big
+                expect = fresh[-1]["offset"] if fresh else sent
+                new = [x for x in inline or () if x["offset"] > expect]
+                if inline is None or (new and new[0]["offset"] != expect + 1):
+                    gap = True
+                    break
+                fresh += new
+            if gap:
+                fresh = await agents.lines(name, after=sent)
+            for item in fresh:
+                if item["offset"] > sent:
+                    sent = item["offset"]
+                    yield item
 
 
 @router.get("/sse/status")

@@ -43,6 +43,7 @@ understand is a new version (``VERSION``, sent in the registration)."""
 
 from corral.protocol.bodies import (
     VERSION,
+    AgentMessage,
     AgentPoll,
     AgentReport,
     AgentsReported,
@@ -76,6 +77,7 @@ from corral.protocol.bodies import (
 
 __all__ = [
     "VERSION",
+    "AgentMessage",
     "AgentPoll",
     "AgentReport",
     "AgentState",

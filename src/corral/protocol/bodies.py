@@ -80,6 +80,15 @@ class AgentPoll(Request):
     )
 
 
+class AgentMessage(BaseModel):
+    """A message for an agent daemon (``POST /agents/{name}/message``): its host
+    writes ``{"corral": {"message": {"id", "text"}}}`` as a line to its stdin."""
+
+    seq: Seq = Field(description="Increasing: the host reports the last one written.")
+    id: str = Field(max_length=64)
+    text: str = Field(max_length=65_536)
+
+
 class DesiredAgent(BaseModel):
     """An agent daemon the polling runner hosts, as the control plane wants it."""
 
@@ -89,6 +98,9 @@ class DesiredAgent(BaseModel):
     seq: int = Field(description="The number of the last operator action.")
     action: str | None = Field(None, description="That action: start, stop or restart.")
     log_offset: int = Field(description="Its last line stored: the host numbers on from it.")
+    messages: list[AgentMessage] = Field(
+        default_factory=list, description="Messages not yet written to its stdin, oldest first."
+    )
 
 
 class DesiredAgents(BaseModel):
@@ -104,6 +116,7 @@ class AgentState(BaseModel):
     last_exit_code: Int32 | None = None
     message: str | None = Field(None, max_length=4000)
     applied_seq: Seq = 0
+    message_seq: Seq = Field(0, description="The last message written to its stdin.")
 
 
 class StatusChange(BaseModel):

@@ -166,6 +166,8 @@ class AgentHost:
             self._fresh.discard(name)
             if spec.wanted:
                 await self.sup.start_agent(name)
+            if spec.messages:
+                await self.sup.deliver(name, spec.messages)
             self._mark(name)
             return
         if d.settings != settings:
@@ -181,6 +183,8 @@ class AgentHost:
             elif spec.action == "restart":
                 await self.sup.restart_agent(name)
             d.applied_seq = spec.seq
+        if spec.messages:
+            await self.sup.deliver(name, spec.messages)
         self._mark(name)
 
     # -- reporting (the supervisor's listener) ---------------------------------------
@@ -203,6 +207,9 @@ class AgentHost:
         minute = int(at // 60)
         per_minute[minute] = per_minute.get(minute, 0) + n
         self._wake.set()
+
+    def delivered(self, name: str) -> None:
+        self._mark(name)
 
     def _mark(self, name: str) -> None:
         self._dirty.add(name)

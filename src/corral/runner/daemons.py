@@ -17,7 +17,15 @@ States: ``stopped`` -> ``starting`` -> ``running``; when the process ends:
 less than ``stable_after`` seconds. The listener hears every change (a
 ``StatusChange``) and every line (a ``LogLine``); a stdout line
 ``{"corral": {"messages": N}}`` also counts N messages (the agent counts what
-it handled: GET /agents shows the sum over 24 h)."""
+it handled: GET /agents shows the sum over 24 h).
+
+With ``stdin = "messages"`` its stdin is a pipe: each message sent to it
+(``POST /agents/NAME/message``, carried by the host's poll) is written as one
+line ``{"corral": {"message": {"id": ..., "text": ...}}}``, in order, once it
+runs; messages that arrive while it is not running wait for it. The last one
+written is reported (``message_seq``), so the control plane stops owing it.
+Its answers are stdout lines ``{"corral": {"reply": ...}}``: log lines like
+any other, which ``GET /sse/agents/NAME/messages`` picks out."""
 
 from __future__ import annotations
 
@@ -35,7 +43,7 @@ from corral.config import DaemonSettings
 from corral.executors.process import MARKER_VAR, PidRecords, stop_tree
 from corral.executors.sandbox import Sandbox, found, job_environment, rw
 from corral.models import new_id
-from corral.protocol import AgentState, LogLine, StatusChange
+from corral.protocol import AgentMessage, AgentState, LogLine, StatusChange
 
 Status = Literal["stopped", "starting", "running", "backoff", "exited", "fatal"]
 MAX_LINE = 16_384
@@ -49,6 +57,9 @@ class Listener(Protocol):
     def line(self, line: LogLine) -> None: ...
 
     def messages(self, name: str, n: int, at: float) -> None: ...
+
+    def delivered(self, name: str) -> None:
+        """Messages were written to the daemon's stdin (its ``message_seq`` moved)."""
 
 
 class RotatingLog:
@@ -103,6 +114,9 @@ class Daemon:
     proc: asyncio.subprocess.Process | None = None
     marker: str = field(default_factory=new_id)
     wanted: bool = False  # should be running
+    inbox: list[AgentMessage] = field(default_factory=list)  # not written to stdin yet
+    message_seq: int = 0  # the last message written to its stdin
+    writing: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def state(self) -> AgentState:
         """What the host reports about it."""
@@ -114,6 +128,7 @@ class Daemon:
             last_exit_code=self.last_exit_code,
             message=self.message,
             applied_seq=self.applied_seq,
+            message_seq=self.message_seq,
         )
 
 
@@ -180,6 +195,32 @@ class Supervisor:
     async def restart_agent(self, name: str) -> Daemon:
         await self.stop_agent(name)
         return await self.start_agent(name)
+
+    async def deliver(self, name: str, messages: list[AgentMessage]) -> None:
+        """Queue the messages not seen yet for the daemon's stdin; write what it can now."""
+        d = self.get(name)
+        last = max([d.message_seq, *(m.seq for m in d.inbox)])
+        d.inbox += [m for m in sorted(messages, key=lambda m: m.seq) if m.seq > last]
+        await self._flush(d)
+
+    async def _flush(self, d: Daemon) -> None:
+        async with d.writing:
+            proc = d.proc
+            if proc is None or proc.stdin is None or proc.returncode is not None:
+                return  # written once it runs
+            wrote = False
+            while d.inbox:
+                m = d.inbox[0]
+                line = {"corral": {"message": {"id": m.id, "text": m.text}}}
+                try:
+                    proc.stdin.write(json.dumps(line).encode() + b"\n")
+                    await proc.stdin.drain()
+                except (BrokenPipeError, ConnectionResetError):
+                    break  # it is ending: the next process gets it
+                d.inbox.pop(0)
+                d.message_seq, wrote = m.seq, True
+            if wrote:
+                self.listener.delivered(d.name)
 
     # -- internals ----------------------------------------------------------------
 
@@ -253,7 +294,9 @@ class Supervisor:
                 *argv,
                 cwd=cwd,
                 env=env,
-                stdin=asyncio.subprocess.DEVNULL,
+                stdin=(
+                    asyncio.subprocess.PIPE if s.stdin == "messages" else asyncio.subprocess.DEVNULL
+                ),
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,
@@ -265,6 +308,7 @@ class Supervisor:
         d.proc, d.pid, d.started_at, d.message = proc, proc.pid, time.time(), None
         self.pids.add(d.name, proc.pid, d.marker)
         self._set(d, "running")
+        await self._flush(d)
         assert proc.stdout is not None and proc.stderr is not None
         try:
             await asyncio.gather(

@@ -26,11 +26,12 @@ from typing import Any
 import sqlalchemy as sa
 from pydantic import BaseModel
 
-from corral.errors import NotFound
+from corral.errors import Conflict, NotFound
+from corral.models import new_id
 from corral.protocol import topics
 from corral.store.db import Database, Tx
 from corral.store.jobs import now_utc
-from corral.store.schema import agent_lines, agent_messages, agents, runners
+from corral.store.schema import agent_inbox, agent_lines, agent_messages, agents, runners
 
 KEEP_LINES = 1000  # per agent, in the database
 CONNECTED_WITHIN = 15.0  # seconds since a host's last lease: still connected
@@ -39,6 +40,7 @@ EMBEDDED = "embedded"  # `runner` of agents any embedded runner may host
 # keys may claim `embedded` agents (their env may hold the servers' secrets).
 EMBEDDED_KEY = "embedded runner"
 _INLINE_MAX = 6000  # bytes of lines carried in a bus message (PostgreSQL: 8000)
+INBOX_BATCH = 100  # messages handed to a host per poll answer
 
 
 class AgentNotFound(NotFound):
@@ -116,6 +118,7 @@ class Agents:
                 tx.conn.execute(
                     sa.delete(agent_messages).where(agent_messages.c.agent.in_(removed))
                 )
+                tx.conn.execute(sa.delete(agent_inbox).where(agent_inbox.c.agent.in_(removed)))
             for name in added:
                 config = wanted_config[name]
                 tx.conn.execute(
@@ -161,6 +164,33 @@ class Agents:
 
         await self.db.write(body)
         return await self.get(name)
+
+    async def send(self, name: str, text: str) -> dict[str, Any]:
+        """Queue a message for the agent's stdin (it must be configured with
+        ``stdin = "messages"``); its host writes it once the daemon runs."""
+        now = now_utc()
+
+        def body(tx: Tx) -> dict[str, Any]:
+            row = tx.conn.execute(
+                sa.select(agents.c.config).where(agents.c.name == name)
+            ).one_or_none()
+            if row is None:
+                raise self._not_found(tx.conn, name)
+            if row.config.get("stdin") != "messages":
+                raise Conflict(
+                    f'agent {name!r} does not take messages: set stdin = "messages" in '
+                    f"[agents.{name}] (it then reads them as JSON lines on its stdin)"
+                )
+            message_id = new_id()
+            seq = tx.conn.execute(
+                sa.insert(agent_inbox)
+                .values(id=message_id, agent=name, text=text, created_at=now)
+                .returning(agent_inbox.c.seq)
+            ).scalar_one()
+            tx.notify(topics.AGENTS_DESIRED, "message")
+            return {"id": message_id, "agent": name, "seq": seq}
+
+        return await self.db.write(body)
 
     # -- reading ------------------------------------------------------------------
 
@@ -309,6 +339,18 @@ class Agents:
                         "log_offset": r.log_offset,
                     }
                 )
+            inbox: dict[str, list[dict[str, Any]]] = {}
+            if mine:
+                for m in conn.execute(
+                    sa.select(agent_inbox)
+                    .where(agent_inbox.c.agent.in_([a["name"] for a in mine]))
+                    .order_by(agent_inbox.c.seq)
+                ):
+                    waiting = inbox.setdefault(m.agent, [])
+                    if len(waiting) < INBOX_BATCH:
+                        waiting.append({"seq": m.seq, "id": m.id, "text": m.text})
+            for a in mine:
+                a["messages"] = inbox.get(a["name"], [])
             return sorted(mine, key=lambda a: a["name"])
 
         return await self.db.write(body)
@@ -353,6 +395,13 @@ class Agents:
                     higher = sa.func.max if self.db.is_sqlite else sa.func.greatest
                     values["applied_seq"] = higher(agents.c.applied_seq, int(state["applied_seq"]))
                 conn.execute(stmt.values(**values))
+                if state.get("message_seq"):  # written to its stdin: no longer owed
+                    conn.execute(
+                        sa.delete(agent_inbox).where(
+                            agent_inbox.c.agent == name,
+                            agent_inbox.c.seq <= int(state["message_seq"]),
+                        )
+                    )
                 tx.notify(topics.agent_state(name), "reported")
             for name, batch in by_agent.items():
                 batch.sort(key=lambda x: x["offset"])

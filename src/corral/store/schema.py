@@ -369,3 +369,18 @@ chat_outbox = sa.Table(
     sa.Index(None, "state", "next_attempt_at"),
     sa.Index(None, "channel", "conversation", "seq"),
 )
+
+# Messages for agent daemons (POST /agents/{name}/message) until their host
+# reports them written to the daemon's stdin (up to ``seq``).
+agent_inbox = sa.Table(
+    "agent_inbox",
+    metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("id", sa.String(64), nullable=False, unique=True),
+    sa.Column("agent", sa.String(64), nullable=False),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Index(None, "agent", "seq"),
+    # Numbers are never reused once rows are deleted (hosts compare them).
+    sqlite_autoincrement=True,
+)
