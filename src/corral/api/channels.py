@@ -7,15 +7,17 @@ stale one is a 401 and nothing is read or stored."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ValidationError
 
-from corral.api.deps import Reader, Svc
+from corral.api.deps import Reader, Svc, Worker
 from corral.chat import BridgeChannel, BridgeInbound, Message
 from corral.errors import ChannelNotFound, InvalidInput, InvalidSignature
 from corral.intake.chat import receive
+from corral.protocol import ChatSend, ChatSent, paths
 from corral.webhooks import SIGNATURE_HEADER, WebhookVerificationError, verify
 
 router = APIRouter(tags=["channels"])
@@ -24,7 +26,7 @@ router = APIRouter(tags=["channels"])
 class InboundAccepted(BaseModel):
     """What became of an inbound message."""
 
-    kind: Literal["turn", "command"]
+    kind: Literal["turn", "command", "answer"]
     session_id: str | None
     job_id: str | None = None
     created: bool = True
@@ -62,8 +64,8 @@ Signed = Annotated[tuple[BridgeChannel, bytes], Depends(_signed)]
 )
 async def inbound(name: str, svc: Svc, signed: Signed, response: Response) -> InboundAccepted:
     """A message from an IM bridge, signed with the channel's secret: a turn of its
-    conversation's session (a message id seen before makes none), or a command
-    (/status, /cancel, /new)."""
+    conversation's session (a message id seen before makes none), a command
+    (/status, /cancel, /new), or the answer to a question its turn asked."""
     channel, raw = signed
     try:
         body = BridgeInbound.model_validate_json(raw)
@@ -81,11 +83,22 @@ async def inbound(name: str, svc: Svc, signed: Signed, response: Response) -> In
         thread_id=body.thread_id,
     )
     got = await receive(svc, channel, msg)
-    if got.kind == "command" or not got.created:
+    if got.kind != "turn" or not got.created:
         response.status_code = 200
     return InboundAccepted(
         kind=got.kind, session_id=got.session_id, job_id=got.job_id, created=got.created
     )
+
+
+@router.post(paths.WORKER_MESSAGES, response_model=ChatSent)
+async def worker_message(body: ChatSend, svc: Svc, claims: Worker) -> ChatSent:
+    """An agent's message to the chat its turn came from (the ``send_message``
+    tool): owed to the channel through the chat outbox, in order with the
+    turn's reply (idempotent by ``message_id``; 409 for a job no chat started)."""
+    outbox_id, channel, created = await svc.store.chat.send(
+        claims, message_id=body.message_id, text=body.text, to=body.to, now=datetime.now(UTC)
+    )
+    return ChatSent(id=outbox_id, channel=channel, created=created)
 
 
 @router.get("/channels/outbox")

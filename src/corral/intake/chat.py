@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from corral.chat import ChannelSettings, Message, command
-from corral.errors import CorralError, InvalidTransition, JobNotActive
+from corral.errors import CorralError, InvalidTransition, JobNotActive, NotWaiting
 from corral.intake.submit import submit
 from corral.jobs import ACTIVE, JobState
 from corral.models import JobCreate
@@ -29,10 +29,11 @@ _OPEN = (JobState.QUEUED, *ACTIVE)
 
 @dataclass(frozen=True, slots=True)
 class Received:
-    """What became of a message: a turn (``job_id``; ``created`` False for a
-    message seen before), or a command answered."""
+    """What became of a message: a turn (``job_id``), a command answered, or
+    the answer to the question a turn asked (``job_id``: that turn);
+    ``created`` False for a message seen before."""
 
-    kind: Literal["turn", "command"]
+    kind: Literal["turn", "command", "answer"]
     session_id: str | None
     job_id: str | None = None
     created: bool = True
@@ -49,6 +50,9 @@ async def receive(services: Services, channel: ChannelSettings, msg: Message) ->
     existing = await store.jobs.by_idempotency_key(msg.key)
     if existing is not None:
         return Received("turn", existing.session_id, existing.id, created=False)
+    if await store.chat.owed(f"answer:{msg.key}"):  # a command or an answer, seen before
+        current = await store.chat.current(channel.name, msg.conversation)
+        return Received("command", current, created=False)
     to = target(msg)
     now = datetime.now(UTC)
     title = f"{channel.name}: {msg.chat_id}"
@@ -63,6 +67,9 @@ async def receive(services: Services, channel: ChannelSettings, msg: Message) ->
         if text:
             await _answer(services, to, msg, text, current)
         return Received("command", current)
+    answered = await _answer_question(services, channel, to, msg)
+    if answered is not None:
+        return answered
     session_id, _ = await store.chat.session(to, title=title, now=now)
     spec = JobCreate(
         prompt=msg.text,
@@ -84,7 +91,14 @@ async def receive(services: Services, channel: ChannelSettings, msg: Message) ->
     try:
         job, created = await submit(services, spec)
     except CorralError as exc:
-        await _answer(services, to, msg, f"Not taken: {exc.message}", session_id)
+        await services.store.chat.enqueue(
+            to,
+            key=f"refused:{msg.key}",
+            kind="reply",
+            text=f"Not taken: {exc.message}",
+            now=datetime.now(UTC),
+            session_id=session_id,
+        )
         raise
     return Received("turn", job.session_id, job.id, created)
 
@@ -105,6 +119,28 @@ async def _answer(
         now=datetime.now(UTC),
         session_id=session_id,
     )
+
+
+async def _answer_question(
+    services: Services, channel: ChannelSettings, to: Target, msg: Message
+) -> Received | None:
+    """If a turn of this conversation waits on a question (``ask_human``) and
+    the conversation's own user writes, the message is the answer."""
+    store = services.store
+    session_id = await store.chat.current(channel.name, msg.conversation)
+    if session_id is None:
+        return None
+    started = await store.chat.target(session_id)
+    if started is None or started.user_id != msg.user_id:
+        return None
+    for job in await store.jobs.list(session_id=session_id, states=tuple(ACTIVE), limit=20):
+        try:
+            await store.questions.answer(job.id, msg.text, by=f"chat:{msg.user_id}")
+        except NotWaiting:
+            continue
+        await _answer(services, to, msg, "Thanks, passed on.", session_id)
+        return Received("answer", session_id, job.id)
+    return None
 
 
 async def _status(services: Services, session_id: str | None) -> str:

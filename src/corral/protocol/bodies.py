@@ -173,6 +173,30 @@ class StateRecorded(BaseModel):
 MAX_QUESTION_TIMEOUT = 7 * 24 * 3600.0
 
 
+class ChatSend(Request):
+    """A message from an agent to the chat its turn came from (``send_message``)."""
+
+    message_id: str = Field(
+        default_factory=new_id,
+        pattern=paths.QUESTION_ID,
+        description="Minted by the worker: a retried send is one message.",
+    )
+    text: str = Field(min_length=1, max_length=65_536)
+    to: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="The conversation's chat id (the default) or its user's id (a direct "
+        "message); nobody else.",
+    )
+
+
+class ChatSent(BaseModel):
+    id: str = Field(description="The outbox id (the bridge's X-Corral-Delivery).")
+    channel: str
+    created: bool = Field(description="False: this message_id was sent before.")
+
+
 class QuestionAsk(Request):
     """A question for a person (``ask_human``): the job waits for the answer
     (``POST /worker/questions/{id}/wait``) and its output-stall guards pause."""

@@ -16,6 +16,8 @@ from corral.protocol.bodies import (
     AgentReport,
     AgentsReported,
     AnswerWait,
+    ChatSend,
+    ChatSent,
     ChildJob,
     ChildSubmit,
     ChildWait,
@@ -57,6 +59,7 @@ WORKER_EVENTS = Call("POST", paths.WORKER_EVENTS, EventBatch, EventsAccepted, "w
 WORKER_HEARTBEAT = Call("POST", paths.WORKER_HEARTBEAT, None, Heartbeat, "worker JWT")
 WORKER_ARTIFACT = Call("PUT", paths.WORKER_ARTIFACT, None, Artifact, "worker JWT")
 WORKER_COMPLETE = Call("POST", paths.WORKER_COMPLETE, Completion, Completed, "worker JWT")
+WORKER_MESSAGE = Call("POST", paths.WORKER_MESSAGES, ChatSend, ChatSent, "worker JWT")
 WORKER_ASK = Call("POST", paths.WORKER_QUESTIONS, QuestionAsk, Question, "worker JWT")
 WORKER_ANSWER_WAIT = Call("POST", paths.WORKER_QUESTION_WAIT, AnswerWait, Question, "worker JWT")
 CHILD_SUBMIT = Call("POST", paths.WORKER_CHILDREN, ChildSubmit, ChildJob, "worker JWT")
@@ -80,4 +83,5 @@ ALL: tuple[Call[BaseModel], ...] = (
     CHILD_WAIT,
     CHILD_CANCEL,
     PROGRESS,
+    WORKER_MESSAGE,
 )

@@ -23,6 +23,7 @@ WORKER_CHILDREN = "/worker/children"
 WORKER_CHILD_WAIT = "/worker/children/{job_id}/wait"
 WORKER_CHILD_CANCEL = "/worker/children/{job_id}/cancel"
 WORKER_PROGRESS = "/worker/progress"
+WORKER_MESSAGES = "/worker/messages"
 
 # A question's id: minted by the worker, so a retried ask records one question.
 QUESTION_ID = r"^[A-Za-z0-9_-]{1,64}$"

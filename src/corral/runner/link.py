@@ -24,6 +24,8 @@ from corral.protocol import (
     AgentReport,
     AgentsReported,
     AnswerWait,
+    ChatSend,
+    ChatSent,
     ChildJob,
     ChildSubmit,
     ChildWait,
@@ -87,6 +89,8 @@ class WorkerLink(Protocol):
     async def complete(self, body: Completion) -> Completed: ...
 
     async def ask(self, body: QuestionAsk) -> Question: ...
+
+    async def send_message(self, body: ChatSend) -> ChatSent: ...
 
     async def wait_answer(self, question_id: str, body: AnswerWait) -> Question: ...
     # The job's MCP gateway's corral tools.
@@ -228,6 +232,13 @@ class HttpWorker:
         """Ask a person (idempotent by ``body.question_id``: retry freely)."""
         return await self.link.send(
             calls.WORKER_ASK, paths.WORKER_QUESTIONS, body, headers=self._auth()
+        )
+
+    async def send_message(self, body: ChatSend) -> ChatSent:
+        """Message the chat the job's turn came from (idempotent by
+        ``body.message_id``: retry freely); 409 if it came from none."""
+        return await self.link.send(
+            calls.WORKER_MESSAGE, paths.WORKER_MESSAGES, body, headers=self._auth()
         )
 
     async def wait_answer(self, question_id: str, body: AnswerWait) -> Question:

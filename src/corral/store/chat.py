@@ -10,13 +10,16 @@ command owes no second answer, a turn no second reply."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 
+from corral.auth import WorkerClaims
 from corral.chat import reply_text
+from corral.errors import Conflict, Forbidden
 from corral.jobs import TERMINAL, JobState
 from corral.models import new_id
 from corral.protocol import topics
@@ -155,6 +158,32 @@ def _due_query() -> sa.Select[Any]:
 _DUE = _due_query()
 
 
+def on_question(
+    tx: Tx, row: Row, question_id: str, text: str, options: Sequence[str], now: datetime
+) -> None:
+    """Ask the conversation a chat turn came from (``row``: the job): its
+    user's next message there answers (``intake/chat.py``)."""
+    if row.source != "chat":
+        return
+    found = tx.conn.execute(
+        sa.select(chat_sessions).where(chat_sessions.c.session_id == row.session_id)
+    ).one_or_none()
+    if found is None:
+        return
+    if options:
+        text += "\n\n" + " / ".join(options)
+    _enqueue(
+        tx,
+        _target(found),
+        key=f"question:{question_id}",
+        kind="question",
+        text=text,
+        session_id=row.session_id,
+        job_id=row.id,
+        now=now,
+    )
+
+
 class Chats:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -199,6 +228,15 @@ class Chats:
             return await self.db.write(body)
         except sa.exc.IntegrityError:  # another replica made it first: it is the one
             return await self.db.write(body)
+
+    async def owed(self, key: str) -> bool:
+        """Whether something was owed under ``key`` (sent or not)."""
+        return await self.db.read(
+            lambda conn: (
+                conn.execute(sa.select(chat_outbox.c.seq).where(chat_outbox.c.key == key)).first()
+                is not None
+            )
+        )
 
     async def current(self, channel: str, conversation: str) -> str | None:
         """The session a conversation is in now (None: it has not started)."""
@@ -287,6 +325,48 @@ class Chats:
                 tx.notify(topics.CHAT, str(seq))  # the next one of its conversation may go
 
         await self.db.write(body)
+
+    async def send(
+        self, claims: WorkerClaims, *, message_id: str, text: str, to: str | None, now: datetime
+    ) -> tuple[str, str, bool]:
+        """An agent's message to the conversation its turn came from (fenced by
+        its worker claims). ``to``: the conversation's chat id (the default)
+        or its user's id, for a direct message. Returns ``(outbox id,
+        channel, created)``; a ``message_id`` sent before is not sent again."""
+        from corral.store.jobs.state import owned  # the jobs store imports this module
+
+        def body(tx: Tx) -> tuple[str, str, bool]:
+            row = owned(tx, claims)
+            found = tx.conn.execute(
+                sa.select(chat_sessions).where(chat_sessions.c.session_id == row.session_id)
+            ).one_or_none()
+            if found is None:
+                raise Conflict(f"job {row.id} is not a turn of a chat conversation: no one to tell")
+            target = _target(found)
+            if to is not None and to not in (target.chat_id, target.user_id):
+                raise Forbidden(
+                    f"a job may message only its own conversation (chat {target.chat_id} "
+                    f"or user {target.user_id}), not {to!r}"
+                )
+            if to is not None and to != target.chat_id:  # the user, directly
+                target = Target(target.channel, f"{to}/u/{to}", to, target.user_id, thread_id=None)
+            key = f"message:{row.id}:{message_id}"
+            created = _enqueue(
+                tx,
+                target,
+                key=key,
+                kind="message",
+                text=text,
+                session_id=row.session_id,
+                job_id=row.id,
+                now=now,
+            )
+            sent = tx.conn.execute(
+                sa.select(chat_outbox.c.id).where(chat_outbox.c.key == key)
+            ).scalar_one()
+            return str(sent), target.channel, created
+
+        return await self.db.write(body)
 
     # Last: from here on in the class body, ``list`` names this method, not the builtin.
     async def list(

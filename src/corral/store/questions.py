@@ -21,6 +21,7 @@ from corral import redact
 from corral.auth import WorkerClaims
 from corral.errors import Conflict, NotWaiting, QuestionNotFound
 from corral.models import NewEvent, Question, WaitingFor
+from corral.store import chat as chat_outbox
 from corral.store import events as event_log
 from corral.store import outbox
 from corral.store.db import Database, Tx
@@ -106,6 +107,7 @@ def ask(
         payload["timeout"] = timeout
         payload["expires_at"] = expires_at.isoformat() if expires_at else None
     _announce(tx, job, job.epoch, QUESTION_EVENT, payload, now)
+    chat_outbox.on_question(tx, job, question_id, text, options, now)
     return _question(row)
 
 
