@@ -95,7 +95,10 @@ def issue_worker_token(claims: WorkerClaims, secret: str, ttl: float) -> str:
     return jwt.encode(payload, secret, algorithm="HS256")
 
 
-def verify_worker_token(token: str, secret: str) -> WorkerClaims:
+def verify_worker_token(token: str, secret: str, *, expired_ok: bool = False) -> WorkerClaims:
+    """The claims of a worker JWT this server signed. ``expired_ok``: an
+    expired token still proves what was leased to whom (a runner's journal,
+    presented after a restart); it grants no writes."""
     import jwt
 
     try:
@@ -103,7 +106,10 @@ def verify_worker_token(token: str, secret: str) -> WorkerClaims:
             token,
             secret,
             algorithms=["HS256"],
-            options={"require": ["sub", "sid", "epoch", "rid", "exp"]},
+            options={
+                "require": ["sub", "sid", "epoch", "rid", "exp"],
+                "verify_exp": not expired_ok,
+            },
         )
     except jwt.ExpiredSignatureError as exc:
         raise Unauthorized("worker token expired") from exc

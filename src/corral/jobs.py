@@ -2,7 +2,9 @@
 
     queued -> assigned -> running -> done | failed | cancelled
 
-A failed attempt with attempts left goes back to ``queued`` (attempt + 1,
+A queued job may go straight back to ``running`` when the runner it was taken
+from shows that its run had finished (``recover``; the outcome follows at
+once). A failed attempt with attempts left goes back to ``queued`` (attempt + 1,
 after a backoff). Only the agent's own errors consume attempts: a run lost to
 the infrastructure (runner gone, hang guard) or to a provider's quota goes
 back to ``queued`` as the same attempt, and bad input fails at once.
@@ -38,6 +40,9 @@ class Action(StrEnum):
     REJECT = "reject"  # cannot succeed on retry (bad input, retry budget spent)
     CANCEL = "cancel"
     RETRY = "retry"  # an operator asks for one more attempt of an ended job
+    # A job released when its runner was lost, whose run had finished there:
+    # the runner's journal brings the outcome back (runner/journal.py).
+    RECOVER = "recover"
 
 
 ACTIVE = frozenset({JobState.ASSIGNED, JobState.RUNNING})
@@ -52,6 +57,7 @@ _FROM: dict[Action, frozenset[JobState]] = {
     Action.REJECT: ACTIVE,
     Action.CANCEL: frozenset({JobState.QUEUED}) | ACTIVE,
     Action.RETRY: frozenset({JobState.FAILED, JobState.CANCELLED}),
+    Action.RECOVER: frozenset({JobState.QUEUED}),
 }
 
 
@@ -61,7 +67,7 @@ def transition(state: JobState, action: Action, *, attempt: int, max_attempts: i
         raise InvalidTransition(f"cannot {action.value} a job that is {state.value}")
     if action is Action.ASSIGN:
         return JobState.ASSIGNED
-    if action is Action.START:
+    if action in (Action.START, Action.RECOVER):
         return JobState.RUNNING
     if action is Action.SUCCEED:
         return JobState.DONE

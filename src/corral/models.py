@@ -157,6 +157,11 @@ class Job(BaseModel):
     exit_code: int | None = None
     usage: JSONDict | None = None
     cost: float | None = None
+    recovered: JSONDict | None = Field(
+        None,
+        description="Set when the outcome came from the journal of the runner that ran the "
+        "job (its completion report was lost): from_runner, finished_at, reason.",
+    )
     created_at: datetime
     assigned_at: datetime | None = None
     started_at: datetime | None = None

@@ -28,6 +28,8 @@ KEY_CACHE_SECONDS = 5.0
 class WatchdogStats:
     sweeps: int = 0
     expired: int = 0
+    # Jobs ended with a runner's journalled outcome instead of being run again.
+    recovered: int = 0
     last_sweep_at: float | None = None
     last_error: str | None = None
 

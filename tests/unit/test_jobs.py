@@ -37,6 +37,7 @@ ALLOWED = {
     (R, Action.CANCEL): (C, C),
     (F, Action.RETRY): (Q, Q),
     (C, Action.RETRY): (Q, Q),
+    (Q, Action.RECOVER): (R, R),
 }
 ALL = list(itertools.product(JobState, Action))
 

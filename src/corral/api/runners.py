@@ -4,6 +4,7 @@ JWT. A write carrying a stale epoch gets 409 and the runner stops that job."""
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Annotated
 
@@ -13,7 +14,7 @@ from corral import auth
 from corral.api import questions
 from corral.api.deps import Admin, Reader, RunnerKey, Svc, Worker
 from corral.auth import Principal, Role, WorkerClaims
-from corral.errors import Forbidden
+from corral.errors import Forbidden, Unauthorized
 from corral.models import Artifact, NewEvent, Runner
 from corral.protocol import (
     VERSION,
@@ -22,6 +23,8 @@ from corral.protocol import (
     EventBatch,
     EventsAccepted,
     Heartbeat,
+    JournalAnswer,
+    JournalEntry,
     LeasedJob,
     LeaseRequest,
     LeaseResponse,
@@ -34,6 +37,7 @@ from corral.protocol import (
 )
 from corral.services import Services
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["runners"])
 
 # Even with nothing announced on the bus, a waiting lease looks again this
@@ -44,7 +48,9 @@ RECHECK_SECONDS = 1.0
 @router.post(paths.REGISTER, response_model=RunnerRegistered)
 async def register(body: RunnerRegister, svc: Svc, who: RunnerKey) -> RunnerRegistered:
     """Runner protocol: register a runner (re-registering a name releases its old jobs
-    at once)."""
+    at once). Its journal (outcomes of jobs it finished without seeing the report
+    acknowledged) is applied first, so a job whose process ended there is not run again."""
+    answers = await _replay(body.journal, svc, who) if body.journal else []
     runner = await svc.store.runners.register(
         name=body.name,
         key_id=who.key_id,
@@ -60,7 +66,41 @@ async def register(body: RunnerRegister, svc: Svc, who: RunnerKey) -> RunnerRegi
         lease_ttl=svc.settings.lease_ttl,
         heartbeat_interval=svc.settings.heartbeat_interval,
         max_artifact_bytes=svc.settings.max_artifact_bytes,
+        journal=answers,
     )
+
+
+async def _replay(
+    entries: list[JournalEntry], svc: Services, who: Principal
+) -> list[JournalAnswer]:
+    """Each entry's worker JWT is the server's proof that it leased that job at
+    that epoch to that runner (expired or not; the store checks that the
+    runner registered with ``who``'s key)."""
+    proven: list[tuple[WorkerClaims, JournalEntry]] = []
+    refused: list[JournalAnswer] = []
+    for entry in entries:
+        try:
+            claims = auth.verify_worker_token(entry.token, svc.jwt_secret, expired_ok=True)
+        except Unauthorized:
+            refused.append(
+                JournalAnswer(
+                    id=entry.id, result="dropped", detail="not a worker token of this server"
+                )
+            )
+            continue
+        proven.append((claims, entry))
+    answers = [*refused, *await svc.store.jobs.recover(who.key_id, proven)]
+    for answer in answers:
+        if answer.result == "recovered":
+            svc.watchdog.recovered += 1
+        log.info(
+            "journal of a registering runner: job %s %s (%s)",
+            answer.job_id,
+            answer.result,
+            answer.detail or answer.state,
+            extra={"job_id": answer.job_id},
+        )
+    return answers
 
 
 @router.get("/runners", response_model=list[Runner])

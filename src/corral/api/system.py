@@ -99,6 +99,11 @@ async def metrics(svc: Svc, who: Reader) -> PlainTextResponse:
     Gauge(
         "corral_watchdog_expired", "Leases this replica's watchdog expired.", registry=registry
     ).set(w.expired)
+    Gauge(
+        "corral_watchdog_recovered",
+        "Jobs this replica ended with the outcome from a registering runner's journal.",
+        registry=registry,
+    ).set(w.recovered)
     Gauge("corral_paused", "1 while the kill switch is on.", registry=registry).set(
         1 if await svc.store.settings.get("paused") == "true" else 0
     )
@@ -116,6 +121,7 @@ async def watchdog_status(svc: Svc, who: Reader) -> dict[str, Any]:
         "lease_ttl": svc.settings.lease_ttl,
         "sweeps": w.sweeps,
         "expired": w.expired,
+        "recovered": w.recovered,
         "last_sweep_at": w.last_sweep_at,
         "last_error": w.last_error,
     }

@@ -149,6 +149,17 @@ def show(
         rows.append(("re-runs", f"{job.infra_retries} after infrastructure failures"))
     if job.runner_id:
         rows.append(("runner", esc(job.runner_id)))
+    if job.recovered:
+        rows.append(
+            (
+                "outcome",
+                esc(
+                    f"from the journal of runner {job.recovered.get('from_runner')}: its process "
+                    f"ended at {job.recovered.get('finished_at')}, the report was lost with the "
+                    "runner, the job was not run again"
+                ),
+            )
+        )
     if job.exit_code is not None:
         rows.append(("exit code", str(job.exit_code)))
     if job.error:

@@ -19,7 +19,9 @@ runners, written once and imported by both sides.
 Calls, with their credential:
 
 - runner key: ``POST /runners/register`` (``RunnerRegister`` ->
-  ``RunnerRegistered``), ``POST /runners/{id}/lease`` (``LeaseRequest`` ->
+  ``RunnerRegistered``; it carries the runner's journal of unacknowledged
+  outcomes, ``JournalEntry``, and answers each with a ``JournalAnswer``),
+  ``POST /runners/{id}/lease`` (``LeaseRequest`` ->
   ``LeaseResponse``: ``LeasedJob`` items and jobs to cancel),
   ``POST /runners/{id}/agents`` (``AgentPoll`` -> ``DesiredAgents``),
   ``POST /runners/{id}/agents/report`` (``AgentReport`` -> ``AgentsReported``);
@@ -61,6 +63,8 @@ from corral.protocol.bodies import (
     EventBatch,
     EventsAccepted,
     Heartbeat,
+    JournalAnswer,
+    JournalEntry,
     LeasedJob,
     LeaseRequest,
     LeaseResponse,
@@ -97,6 +101,8 @@ __all__ = [
     "EventBatch",
     "EventsAccepted",
     "Heartbeat",
+    "JournalAnswer",
+    "JournalEntry",
     "LeaseRequest",
     "LeaseResponse",
     "LeasedJob",

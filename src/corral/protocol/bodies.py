@@ -16,6 +16,10 @@ from corral.protocol import paths
 
 VERSION: Final = "v1"
 
+# Bounds of a registration's journal (a runner sends what fits, oldest first).
+JOURNAL_ENTRIES: Final = 1000
+JOURNAL_EVENTS: Final = 10_000
+
 # Agent daemon names (`[agents.NAME]`).
 AGENT_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
@@ -30,6 +34,50 @@ class Request(BaseModel):
 # -- the runner key's calls ------------------------------------------------------------
 
 
+class JournalEntry(BaseModel):
+    """An outcome the runner recorded in its journal (runner/journal.py) before
+    reporting it, presented again when it registers: the server completes the
+    job with it unless the job has started again elsewhere."""
+
+    id: str = Field(
+        min_length=1,
+        max_length=64,
+        description="Minted by the runner; the event id of what the server records about it.",
+    )
+    token: str = Field(
+        max_length=4096,
+        description="The job's worker JWT (expired or not): the server's own proof that it "
+        "leased this job at this epoch to this runner.",
+    )
+    started_at: datetime | None = Field(None, description="When the job's process started.")
+    finished_at: datetime = Field(description="When the job's process ended (runner clock).")
+    outcome: Outcome
+    events: list[NewEvent] = Field(
+        default_factory=list,
+        max_length=JOURNAL_EVENTS,
+        description="Events the server had not acknowledged; delivered with their ids, so "
+        "the ones it did store are skipped.",
+    )
+    events_omitted: int = Field(0, ge=0, description="Unsent events beyond the ones carried.")
+    artifacts: list[Annotated[str, Field(max_length=255)]] = Field(
+        default_factory=list, max_length=64, description="Artifacts stored before the outcome."
+    )
+
+
+class JournalAnswer(BaseModel):
+    """What the server did with a journal entry; the runner forgets it either way."""
+
+    id: str
+    job_id: str | None = None
+    result: Literal["recovered", "recorded", "dropped"] = Field(
+        description="recovered: the job ended with this outcome now; recorded: the outcome "
+        "was recorded already; dropped: the job moved on (started again elsewhere, "
+        "cancelled, unknown) and keeps its state."
+    )
+    state: str | None = Field(None, description="The job's state now.")
+    detail: str | None = None
+
+
 class RunnerRegister(Request):
     name: str = Field(min_length=1, max_length=200)
     hostname: str | None = Field(None, max_length=255)
@@ -40,6 +88,11 @@ class RunnerRegister(Request):
         None, description="Where the runner's local jobs run (executors/sandbox.py)."
     )
     protocol: Literal["v1"] = VERSION
+    journal: list[JournalEntry] = Field(
+        default_factory=list,
+        max_length=JOURNAL_ENTRIES,
+        description="Outcomes of jobs this runner finished but saw no acknowledgement for.",
+    )
 
 
 class RunnerRegistered(BaseModel):
@@ -49,6 +102,8 @@ class RunnerRegistered(BaseModel):
     heartbeat_interval: float
     # Servers before it had the same limit without saying so.
     max_artifact_bytes: int = 10_485_760
+    # Servers before it ignored a journal: the runner forgets what it sent.
+    journal: list[JournalAnswer] = Field(default_factory=list)
 
 
 class LeaseRequest(Request):

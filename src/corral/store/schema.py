@@ -103,6 +103,8 @@ jobs = sa.Table(
     sa.Column("exit_code", sa.Integer),
     sa.Column("usage", JSON),
     sa.Column("cost", sa.Float),
+    # The outcome came from a runner's journal: {from_runner, finished_at, reason}.
+    sa.Column("recovered", JSON),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("assigned_at", UTCDateTime),
     sa.Column("started_at", UTCDateTime),

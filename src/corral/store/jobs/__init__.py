@@ -15,6 +15,7 @@ or ``Database.read``."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -23,9 +24,10 @@ import sqlalchemy as sa
 
 from corral import redact
 from corral.auth import WorkerClaims
-from corral.errors import ArtifactNotFound, JobNotFound
+from corral.errors import ArtifactNotFound, CorralError, JobNotFound
 from corral.jobs import JobState
 from corral.models import Artifact, Event, Job, JobCreate, NewEvent, Outcome, ProviderPause, Runner
+from corral.protocol import JournalAnswer, JournalEntry
 from corral.routing import Decision
 from corral.store import ids
 from corral.store.db import Database
@@ -161,6 +163,38 @@ class Jobs:
         """Cancel a sub-job of the job ``claims`` holds (as ``cancel`` does)."""
         now = now_utc()
         return await self.db.write(lambda tx: children.cancel(tx, claims, job_id, now=now))
+
+    async def recover(
+        self, key_id: str, entries: Sequence[tuple[WorkerClaims, JournalEntry]]
+    ) -> list[JournalAnswer]:
+        """Apply the outcomes a runner registering with ``key_id`` presents
+        from its journal (``lifecycle.recover``), one transaction each."""
+        policy, answers = self.policy, []
+        for claims, entry in entries:
+            entry = entry.model_copy(
+                update={
+                    "outcome": redact.outcome(entry.outcome),
+                    "events": [redact.event(e) for e in entry.events],
+                }
+            )
+            try:
+                answer = await self.db.write(
+                    functools.partial(
+                        lifecycle.recover,
+                        key_id=key_id,
+                        claims=claims,
+                        entry=entry,
+                        policy=policy,
+                        now=now_utc(),
+                    )
+                )
+            except CorralError as exc:
+                # One entry that cannot be applied must not keep a runner from starting.
+                answer = JournalAnswer(
+                    id=entry.id, job_id=claims.job_id, result="dropped", detail=exc.message
+                )
+            answers.append(answer)
+        return answers
 
     async def unlease(self, job_ids: Sequence[str], runner: Runner) -> list[Job]:
         """Leases ``runner`` never received: queued again at once, nothing spent."""

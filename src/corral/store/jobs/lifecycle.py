@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from corral.auth import WorkerClaims
 from corral.jobs import ACTIVE, Action, JobState, backoff
 from corral.models import Event, Job, NewEvent, Outcome, Runner
-from corral.protocol import topics
+from corral.protocol import JournalAnswer, JournalEntry, topics
 from corral.store import events as event_log
 from corral.store import outbox
 from corral.store import sessions as session_store
@@ -21,7 +21,7 @@ from corral.store.db import Tx
 from corral.store.jobs import quota
 from corral.store.jobs.policy import RetryPolicy
 from corral.store.jobs.state import ACTIVE_STATES, Row, apply, fence, locked, owned, to_job
-from corral.store.schema import jobs, sessions
+from corral.store.schema import events, jobs, runners, sessions
 
 
 def cancel(tx: Tx, job_id: str, *, by: str, now: datetime) -> Job:
@@ -60,6 +60,7 @@ def retry(tx: Tx, job_id: str, *, now: datetime) -> Job:
             "usage": None,
             "cost": None,
             "message": None,
+            "recovered": None,
         },
         note={"manual": True},
     )
@@ -221,3 +222,164 @@ def _infra(tx: Tx, row: Row, *, now: datetime, values: dict[str, Any], budget: i
         return apply(tx, row, Action.REJECT, now=now, values=values)
     values.update(available_at=now, attempt=row.attempt, infra_retries=row.infra_retries + 1)
     return apply(tx, row, Action.LOSE, now=now, values=values)
+
+
+# The reasons ``lose`` re-queues a job with: its runner went away, maybe after
+# the job's process had finished there.
+RELEASED = ("runner_lost", "runner_restarted")
+
+
+def recover(
+    tx: Tx,
+    key_id: str,
+    claims: WorkerClaims,
+    entry: JournalEntry,
+    *,
+    policy: RetryPolicy,
+    now: datetime,
+) -> JournalAnswer:
+    """A runner presents an outcome from its journal: the job ran there (at
+    ``claims.epoch``, proven by the worker JWT the server signed) and its
+    process ended, but the runner saw no acknowledgement of the report.
+
+    The outcome is applied, as the completion would have been, if the job
+    has not started again elsewhere: it is still held at that epoch by that
+    runner's registration, or it is queued, released by that runner's loss
+    and leased to nobody since (epoch + 1). Otherwise the job keeps what
+    happened to it since and the entry is dropped with a ``job.journal_dropped``
+    event. The entry's id is the event id of what is recorded about it, so
+    presenting it again changes nothing."""
+
+    def answer(result: str, state: str | None = None, detail: str | None = None) -> JournalAnswer:
+        return JournalAnswer.model_validate(
+            {
+                "id": entry.id,
+                "job_id": claims.job_id,
+                "result": result,
+                "state": state,
+                "detail": detail,
+            }
+        )
+
+    ran_on = tx.conn.execute(
+        sa.select(runners.c.name, runners.c.key_id).where(runners.c.id == claims.runner_id)
+    ).one_or_none()
+    if ran_on is None or ran_on.key_id != key_id:
+        return answer("dropped", detail="the job was leased to a runner of another key")
+    row = tx.conn.execute(
+        sa.select(jobs).where(jobs.c.id == claims.job_id).with_for_update()
+    ).one_or_none()
+    if row is None or row.session_id != claims.session_id:
+        return answer("dropped", detail="no such job")
+    if tx.conn.execute(sa.select(events.c.seq).where(events.c.event_id == entry.id)).one_or_none():
+        return answer("recorded", row.state, "this entry was presented before")
+    state = JobState(row.state)
+    note: dict[str, Any] = {
+        "from_runner": ran_on.name,
+        "finished_at": entry.finished_at.isoformat(),
+        "reason": "journal",
+    }
+    if state in ACTIVE and row.epoch == claims.epoch and row.runner_id == claims.runner_id:
+        held = claims
+        if row.started_at is None:  # its "running" was lost with the runner too
+            tx.conn.execute(
+                sa.update(jobs)
+                .where(jobs.c.id == row.id)
+                .values(started_at=entry.started_at or entry.finished_at)
+            )
+    elif (
+        state is JobState.QUEUED
+        and row.epoch == claims.epoch + 1
+        and row.reason in RELEASED
+        and _turn_free(tx, row)
+    ):
+        row = _restore(tx, row, claims, entry, note=note, now=now)
+        held = WorkerClaims(
+            job_id=row.id, session_id=row.session_id, epoch=row.epoch, runner_id=claims.runner_id
+        )
+    elif row.epoch == claims.epoch and state is not JobState.CANCELLED and state not in ACTIVE:
+        # The completion of that run was recorded; its acknowledgement was lost.
+        return answer("recorded", row.state)
+    else:
+        why = _moved_on(row, claims)
+        stored, _ = event_log.append(
+            tx,
+            row.session_id,
+            [
+                NewEvent(
+                    event_id=entry.id,
+                    type="job.journal_dropped",
+                    payload={**note, "why": why, "status": entry.outcome.status},
+                )
+            ],
+            job_id=row.id,
+            epoch=row.epoch,
+            now=now,
+        )
+        outbox.on_events(tx, row, tx.webhooks, stored, now)
+        return answer("dropped", row.state, why)
+    recovered = NewEvent(
+        event_id=entry.id,
+        type="job.recovered",
+        payload={**note, "artifacts": entry.artifacts, "events_omitted": entry.events_omitted},
+    )
+    job, _ = complete(tx, held, entry.outcome, [*entry.events, recovered], policy=policy, now=now)
+    tx.conn.execute(sa.update(jobs).where(jobs.c.id == job.id).values(recovered=note))
+    return answer("recovered", job.state.value)
+
+
+def _turn_free(tx: Tx, row: Row) -> bool:
+    """No other turn of the job's session holds its turn lock."""
+    active = tx.conn.execute(
+        sa.select(sessions.c.active_job_id).where(sessions.c.id == row.session_id)
+    ).scalar_one_or_none()
+    return active is None or active == row.id
+
+
+def _restore(
+    tx: Tx,
+    row: Row,
+    claims: WorkerClaims,
+    entry: JournalEntry,
+    *,
+    note: dict[str, Any],
+    now: datetime,
+) -> Row:
+    """Put a released job back as running on the runner that ran it, so its
+    outcome is applied as that runner's completion. The release's re-queue was
+    not needed after all: it gives back the infrastructure retry it took."""
+    started = entry.started_at or entry.finished_at
+    apply(
+        tx,
+        row,
+        Action.RECOVER,
+        now=now,
+        values={
+            "runner_id": claims.runner_id,
+            "assigned_at": started,
+            "started_at": started,
+            "infra_retries": max(0, row.infra_retries - 1),
+        },
+        note=note,
+    )
+    tx.conn.execute(
+        sa.update(sessions).where(sessions.c.id == row.session_id).values(active_job_id=row.id)
+    )
+    return locked(tx, row.id)
+
+
+def _moved_on(row: Row, claims: WorkerClaims) -> str:
+    """Why a journalled outcome no longer applies to the job in ``row``."""
+    state = JobState(row.state)
+    if state is JobState.CANCELLED:
+        return "the job was cancelled"
+    if state in ACTIVE:
+        return (
+            f"the job was leased again (epoch {row.epoch}, runner {row.runner_id}) "
+            "and keeps its new run"
+        )
+    if state is JobState.QUEUED and row.epoch == claims.epoch + 1:
+        return f"the job was queued again ({row.reason}) and is not the runner's to end"
+    if row.epoch > claims.epoch + 1 or state is JobState.QUEUED:
+        return f"the job ran again since (epoch {row.epoch}) and is {state.value}"
+    return f"the job is {state.value} ({row.reason})"
