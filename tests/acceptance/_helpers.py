@@ -234,9 +234,10 @@ def create_key(srv: ServerProcess, role: str) -> str:
 
 
 def start_runner(
-    srv: ServerProcess, token: str, workdir: Path, *args: str
+    srv: ServerProcess, token: str, workdir: Path, *args: str, env: dict[str, str] | None = None
 ) -> tuple[subprocess.Popen[bytes], Path]:
-    """`corral runner` as a subprocess; its output goes to a log file."""
+    """`corral runner` as a subprocess (``env``: CORRAL_* settings of its own);
+    its output goes to a log file."""
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "runner.log"
     with log.open("ab") as out:
@@ -254,7 +255,7 @@ def start_runner(
                 str(workdir),
                 *args,
             ],
-            env=clean_env(),
+            env=clean_env(**(env or {})),
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -55,7 +55,13 @@ class WorkerChannel:
         # Set while a person is asked (the executor's context shares it).
         self.waiting = Waiting()
         self._events: list[NewEvent] = []
+        self._sending: list[NewEvent] = []  # the batch in flight
         self._state: WorkerState | None = None
+        self.started_at: datetime | None = None
+        # The server answered the completion (with its result or a refusal that
+        # stands: the job moved on); False while it may not have heard of it.
+        self.answered = False
+        self._refused = False  # the last call was refused for good
         self._wake = asyncio.Event()
         self._closing = False
         self._task = asyncio.create_task(self._flush_loop(), name=f"corral-flush-{job_id}")
@@ -85,6 +91,7 @@ class WorkerChannel:
 
     def started(self, started_at: datetime | None = None) -> None:
         at = started_at or datetime.now(UTC)
+        self.started_at = at
         state = self._state or WorkerState(state="running")
         self._state = state.model_copy(update={"state": "running", "started_at": at})
         self._wake.set()
@@ -114,24 +121,46 @@ class WorkerChannel:
                 asked = await self._call("wait", wait)
         return asked if self.stale is None else None
 
-    async def put_artifact(self, name: str, media_type: str, data: bytes) -> None:
-        await self._call(f"artifact {name}", lambda: self.link.artifact(name, media_type, data))
+    async def put_artifact(self, name: str, media_type: str, data: bytes) -> bool:
+        """Store an artifact of the job; False if it could not be."""
+        stored = await self._call(
+            f"artifact {name}", lambda: self.link.artifact(name, media_type, data)
+        )
+        return stored is not None
 
     async def heartbeat(self) -> None:
         await self._call("heartbeat", self.link.heartbeat)
 
+    def unacknowledged(self) -> list[NewEvent]:
+        """The events the server has not acknowledged yet (in flight or queued):
+        what a journal entry carries."""
+        return [*self._sending, *self._events]
+
+    @property
+    def token(self) -> str:
+        """The job's worker JWT as last renewed."""
+        return self.link.token
+
     async def complete(self, outcome: Outcome) -> Completed | None:
-        """Flush, then report the outcome (carrying the last batch of events)."""
+        """Flush, then report the outcome (carrying the last batch of events).
+        ``answered`` says whether the server answered the report."""
         self._closing = True
         self._wake.set()
         await self._task
         if self.stale is not None:
+            self.answered = self._refused
             return None
         while len(self._events) > BATCH:
             await self._send_events(self._take(BATCH))
         outcome = redact.outcome(outcome)
         body = Completion(outcome=outcome, events=self._take())
-        return await self._call("complete", lambda: self.link.complete(body))
+        self._sending = body.events
+        try:
+            completed = await self._call("complete", lambda: self.link.complete(body))
+        finally:
+            self._sending = []
+        self.answered = completed is not None or self._refused
+        return completed
 
     async def close(self) -> None:
         self._task.cancel()
@@ -157,7 +186,11 @@ class WorkerChannel:
 
     async def _send_events(self, batch: list[NewEvent]) -> None:
         body = EventBatch(events=batch)
-        await self._call("events", lambda: self.link.events(body))
+        self._sending = batch
+        try:
+            await self._call("events", lambda: self.link.events(body))
+        finally:
+            self._sending = []
 
     async def _call(self, what: str, call: Callable[[], Awaitable[T]]) -> T | None:
         """Make a call, retried while the server is away (up to
@@ -172,14 +205,19 @@ class WorkerChannel:
                 return await call()
             except Unreachable as exc:
                 reason = str(exc)
+                self._refused = False
             except Refused as exc:
                 reason = f"{exc.status} {exc.code}: {exc}"
+                # 401: the token expired (a long partition); the journal's
+                # entry may still end the job when the runner registers again.
+                self._refused = exc.status != 401
                 if exc.status in (401, 404, 409):
                     self._mark_stale(reason)
                     return None
                 if 400 <= exc.status < 500 and exc.status != 429:
                     log.error("worker %s refused (%s)", what, reason, extra={"job_id": self.job_id})
                     return None
+                self._refused = False
             if loop.time() > deadline:
                 self._mark_stale(f"gave up after {GIVE_UP_SECONDS:g}s: {reason}")
                 return None

@@ -78,6 +78,8 @@ class BadAnswer(LinkError):
 class WorkerLink(Protocol):
     """One job's calls, with its worker token (renewed by ``heartbeat``)."""
 
+    token: str
+
     async def state(self, body: WorkerState) -> StateRecorded: ...
 
     async def events(self, body: EventBatch) -> EventsAccepted: ...

@@ -16,10 +16,12 @@ import socket
 import subprocess
 import sys
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 
+from corral import redact
 from corral.errors import ClientError, ConfigError, Unauthorized
 from corral.executors import base
 from corral.executors.process import PidRecords, kill_marked
@@ -27,11 +29,13 @@ from corral.executors.sandbox import Sandbox, warn_unsandboxed
 from corral.executors.settings import AgentSettings, LocalSettings, ProviderSettings
 from corral.gateway.settings import McpServerSettings
 from corral.models import Outcome, new_id
-from corral.protocol import LeasedJob, LeaseRequest, RunnerRegister
+from corral.protocol import JournalEntry, LeasedJob, LeaseRequest, RunnerRegister
+from corral.protocol.bodies import JOURNAL_ENTRIES, JOURNAL_EVENTS
 from corral.protocol.handles import own_handle, session_handle
 from corral.runner import gateway as gateways
 from corral.runner.agents import AgentHost
 from corral.runner.channel import WorkerChannel
+from corral.runner.journal import HOLD_ENV, Journal, Pending
 from corral.runner.link import HttpLink, Link, LinkError, Refused, Unreachable
 from corral.runner.workspace import Workspace, WorkspaceError, Workspaces
 
@@ -40,6 +44,9 @@ log = logging.getLogger(__name__)
 
 # On shutdown, how long stopped jobs may take to report their outcome.
 STOP_REPORT_SECONDS = 3.0
+# How much of its journal a runner presents in one registration (the server's
+# max_body_bytes is 1 MiB by default); what does not fit waits for the next.
+JOURNAL_BYTES = 512 * 1024
 
 
 def _watch_children_with_pidfd() -> None:
@@ -84,6 +91,8 @@ class Runner:
         self.labels = labels or []
         self.workdir = workdir
         self.pids = PidRecords(workdir / "runner" / "pids")
+        # Outcomes recorded before they are reported (runner/journal.py).
+        self.journal = Journal(workdir / "runner" / "journal.sqlite")
         self.workspaces = Workspaces(workdir)
         # Local jobs and agent daemons run in it (executors/sandbox.py).
         self.sandbox = sandbox or Sandbox()
@@ -118,12 +127,15 @@ class Runner:
             log.warning("runner %s: %s", self.name, warning)
         for pid in self.pids.reap():
             log.warning("killed process tree %d left behind by a previous runner", pid)
-        async with HttpLink(
-            self.server,
-            self.token,
-            timeout=httpx.Timeout(30.0, read=self.lease_wait + 30.0),
-            max_connections=self.slots * 3 + 4,
-        ) as link:
+        async with (
+            self.journal,
+            HttpLink(
+                self.server,
+                self.token,
+                timeout=httpx.Timeout(30.0, read=self.lease_wait + 30.0),
+                max_connections=self.slots * 3 + 4,
+            ) as link,
+        ):
             hosting: asyncio.Task[None] | None = None
             try:
                 await self._register(link)
@@ -152,6 +164,9 @@ class Runner:
                         log.error("agent host failed: %r", ended)
 
     async def _register(self, link: Link) -> None:
+        """Register, presenting the outcomes journalled but not acknowledged
+        (not those of jobs this runner is still reporting)."""
+        pending = [p for p in await self.journal.pending() if p.job_id not in self._jobs]
         body = RunnerRegister(
             name=self.name,
             hostname=socket.gethostname(),
@@ -159,6 +174,7 @@ class Runner:
             providers=sorted(self.providers),
             labels=self.labels,
             sandbox=self.sandbox.kind,
+            journal=_fit(pending),
         )
         delay = 0.02
         while True:
@@ -169,6 +185,13 @@ class Runner:
             except Refused as exc:
                 if exc.status in (401, 403):
                     raise Unauthorized(f"the server refused this runner's key: {exc}") from exc
+                if exc.status in (413, 422) and body.journal:
+                    # Never let the journal keep the runner from starting.
+                    log.error("the server refused this runner's journal (%s): dropping it", exc)
+                    for entry in body.journal:
+                        self.journal.forget(entry.id)
+                    body = body.model_copy(update={"journal": []})
+                    continue
                 if exc.status < 500:
                     raise ClientError(f"registration refused: {exc}") from exc
             else:
@@ -176,6 +199,18 @@ class Runner:
                 self.heartbeat_interval = registered.heartbeat_interval
                 self.max_artifact_bytes = registered.max_artifact_bytes
                 log.info("runner %s registered as %s", self.name, self.runner_id)
+                for answer in registered.journal:
+                    log.log(
+                        logging.INFO if answer.result != "dropped" else logging.WARNING,
+                        "journalled outcome of job %s: %s (%s)",
+                        answer.job_id,
+                        answer.result,
+                        answer.detail or answer.state,
+                        extra={"job_id": answer.job_id},
+                    )
+                # Answered, or not understood (a server older than the journal).
+                for entry in body.journal:
+                    self.journal.forget(entry.id)
                 return
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
@@ -247,10 +282,12 @@ class Runner:
             # collecting a large diff may take longer than a lease.
             beats = asyncio.create_task(self._heartbeats(channel))
             try:
-                outcome = await self._run_job(item, settings, executor, channel)
+                outcome, entry = await self._run_job(item, settings, executor, channel)
             finally:
                 beats.cancel()
             await channel.complete(outcome)
+            if entry is not None and channel.answered:
+                self.journal.forget(entry.id)
             await channel.close()
         except Exception:
             log.exception("job %s could not be run", job.id, extra=log_extra)
@@ -270,8 +307,9 @@ class Runner:
         settings: ProviderSettings,
         executor: base.Executor,
         channel: WorkerChannel,
-    ) -> Outcome:
-        """Prepare the workspace, run the executor, record the artifacts."""
+    ) -> tuple[Outcome, JournalEntry | None]:
+        """Prepare the workspace, run the executor, journal the outcome, record
+        the artifacts. Returns the outcome and its journal entry."""
         job, session = item.job, item.session
         log_extra = {"job_id": job.id, "session_id": session.id}
         try:
@@ -280,7 +318,8 @@ class Runner:
             if self.sandbox.kind == "bwrap":
                 mounts = await asyncio.to_thread(self.workspaces.mounts, ws)
         except (WorkspaceError, OSError) as exc:
-            return Outcome(status="failed", reason="workspace", failure="input", error=str(exc))
+            failed = Outcome(status="failed", reason="workspace", failure="input", error=str(exc))
+            return failed, None
         marker = new_id()
 
         def started(pid: int | None) -> None:
@@ -306,12 +345,13 @@ class Runner:
             except Exception as exc:
                 log.exception("job %s: the MCP gateway did not start", job.id, extra=log_extra)
                 await asyncio.to_thread(kill_marked, marker)
-                return Outcome(
+                failed = Outcome(
                     status="failed",
                     reason="gateway",
                     failure="infra",
                     error=f"the job's MCP gateway did not start: {type(exc).__name__}: {exc}",
                 )
+                return failed, None
         ctx = base.Context(
             job=job,
             session=session,
@@ -331,8 +371,21 @@ class Runner:
             waiting=channel.waiting,
             mcp=gateway.endpoint if gateway is not None else None,
         )
+        entry: JournalEntry | None = None
         try:
             outcome = await executor.run(ctx)
+            if self._stopping and outcome.status == "failed":
+                outcome = outcome.model_copy(
+                    update={
+                        "reason": "runner_stopped",
+                        "failure": "infra",
+                        "error": "the runner stopped while the job ran",
+                    }
+                )
+            # Journalled at once, before the clean-up below (a scan of every
+            # process): the window in which a kill loses the outcome of a job
+            # whose process ended is as short as it can be.
+            entry = await self._record(item, channel, outcome)
         except Exception as exc:  # an executor bug must not take the runner down
             log.exception("executor %s failed", settings.kind, extra=log_extra)
             outcome = Outcome(
@@ -347,21 +400,50 @@ class Runner:
             # Whatever the agent left running (daemonised tool processes) dies with the run.
             await asyncio.to_thread(kill_marked, marker)
             self.pids.remove(job.id)
-        if self._stopping and outcome.status == "failed":
-            outcome = outcome.model_copy(
-                update={
-                    "reason": "runner_stopped",
-                    "failure": "infra",
-                    "error": "the runner stopped while the job ran",
-                }
-            )
         if ws.branch is not None and not self._stopping:
-            await self._artifacts(ws, channel, log_extra)
-        return outcome
+            stored = await self._artifacts(ws, channel, log_extra)
+            if entry is not None and stored:
+                entry = await self._record(item, channel, outcome, entry, stored)
+        return outcome, entry
+
+    async def _record(
+        self,
+        item: LeasedJob,
+        channel: WorkerChannel,
+        outcome: Outcome,
+        entry: JournalEntry | None = None,
+        artifacts: list[str] | None = None,
+    ) -> JournalEntry | None:
+        """Journal how the job ended before it is reported (again with the
+        artifacts stored since, replacing ``entry``). Not an infrastructure
+        failure (the job runs again anyway), nor a job the server fenced off."""
+        if channel.stale is not None or outcome.failure == "infra":
+            return entry
+        events = channel.unacknowledged()
+        new = JournalEntry.model_construct(
+            id=entry.id if entry is not None else new_id(),
+            token=channel.token,
+            started_at=channel.started_at,
+            finished_at=entry.finished_at if entry is not None else datetime.now(UTC),
+            outcome=redact.outcome(outcome),
+            events=events[:JOURNAL_EVENTS],
+            events_omitted=max(0, len(events) - JOURNAL_EVENTS),
+            artifacts=artifacts or [],
+        )
+        try:
+            await self.journal.record(item.job.id, new)
+        except Exception:  # the journal is a safeguard: the report goes on without it
+            log.exception("job %s: could not journal its outcome", item.job.id)
+            return entry
+        hold = os.environ.get(HOLD_ENV)
+        if hold:  # a test's kill point (runner/journal.py)
+            await asyncio.to_thread(Path(hold).write_text, item.job.id)
+            await asyncio.Event().wait()
+        return new
 
     async def _artifacts(
         self, ws: Workspace, channel: WorkerChannel, log_extra: dict[str, str]
-    ) -> None:
+    ) -> list[str]:
         """Record what the job changed in its worktree: the diff against the
         base as ``diff.patch``, and branch, commit and files as ``changes.json``."""
         try:
@@ -369,9 +451,9 @@ class Runner:
         except (WorkspaceError, OSError, subprocess.SubprocessError) as exc:
             log.warning("could not collect the changes of %s: %s", ws.path, exc, extra=log_extra)
             channel.emit("workspace.error", {"error": str(exc)})
-            return
+            return []
         if changes is None:
-            return
+            return []
         summary = changes.summary()
         patch = changes.patch
         if len(patch) > self.max_artifact_bytes:
@@ -383,12 +465,41 @@ class Runner:
             summary["patch_omitted"] = note
             patch = note.encode() + b"\n"
         channel.emit("workspace.changes", summary)
-        await channel.put_artifact("diff.patch", "text/x-diff", patch)
-        await channel.put_artifact(
+        stored = []
+        if await channel.put_artifact("diff.patch", "text/x-diff", patch):
+            stored.append("diff.patch")
+        if await channel.put_artifact(
             "changes.json", "application/json", json.dumps(summary, indent=2).encode()
-        )
+        ):
+            stored.append("changes.json")
+        return stored
 
     async def _heartbeats(self, channel: WorkerChannel) -> None:
         while channel.stale is None:
             await asyncio.sleep(self.heartbeat_interval)
             await channel.heartbeat()
+
+
+def _fit(pending: list[Pending]) -> list[JournalEntry]:
+    """The oldest entries that fit in one registration (``JOURNAL_BYTES``); an
+    entry too large alone goes with as many of its events as fit."""
+    fitted: list[JournalEntry] = []
+    room = JOURNAL_BYTES
+    for p in pending[:JOURNAL_ENTRIES]:
+        entry = p.entry
+        size = len(entry.model_dump_json())
+        if size > room and not fitted:
+            while size > room and entry.events:
+                keep = len(entry.events) // 2
+                entry = entry.model_copy(
+                    update={
+                        "events": entry.events[:keep],
+                        "events_omitted": entry.events_omitted + len(entry.events) - keep,
+                    }
+                )
+                size = len(entry.model_dump_json())
+        if size > room:
+            break
+        fitted.append(entry)
+        room -= size
+    return fitted
