@@ -24,6 +24,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -47,6 +48,9 @@ ENV = {
     "CORRAL_RUNNER__SLOTS": "4",
     "CORRAL_MAX_INFRA_RETRIES": "50",
 }
+# A kill this long after a job's process exited is "well after": the runner
+# had time to journal the outcome (on an idle machine it takes milliseconds).
+LATE = 1.0
 SCRIPT = (
     'echo "start $(date +%s.%N)" >> {logs}/$CORRAL_JOB_ID; sleep {sleep}; '
     'echo "end $(date +%s.%N)" >> {logs}/$CORRAL_JOB_ID; echo ok'
@@ -163,14 +167,16 @@ def one_run(base: Path, *, jobs: int, kills: int, seed: int, database_url: str |
                     and e["payload"].get("from") is not None
                 ]
     finally:
-        _kill(runner)
+        # SIGTERM: the runner stops its jobs (a SIGKILL would leave them running).
+        runner.terminate()
+        runner.wait(30)
         srv.stop()
     return _count(states, logs, kill_times)
 
 
 def _count(states: list[dict], logs: Path, kill_times: list[tuple[float, str]]) -> dict:
     kills = sorted(kill_times)
-    reruns = finished_reruns = 0
+    reruns = finished_reruns = late = 0
     examples = []
     for job in states:
         lines = (logs / job["id"]).read_text().split() if (logs / job["id"]).exists() else []
@@ -179,15 +185,18 @@ def _count(states: list[dict], logs: Path, kill_times: list[tuple[float, str]]) 
         if len(starts) < 2:
             continue
         reruns += 1
-        # The kill that lost the first run: the last one before the second start.
-        lost = max((k for k in kills if k[0] < starts[1]), default=None)
-        ends = [t for kind, t in marks if kind == "end" and t < starts[1]]
-        if ends and lost is not None and ends[0] < lost[0]:
+        # The kill that lost the first run: the first one after its process
+        # ended (and before the second start); none if it had not ended.
+        end = next((t for kind, t in marks if kind == "end" and t < starts[1]), None)
+        lost = next((k for k in kills if end is not None and end < k[0] < starts[1]), None)
+        if end is not None and lost is not None:
+            gap = lost[0] - end
             finished_reruns += 1
+            late += gap >= LATE
             examples.append(
                 {
                     "job": job["id"],
-                    "ended_before_kill": round(lost[0] - ends[0], 3),
+                    "killed_after_exit_s": round(gap, 3),
                     "killed": lost[1],
                     "releases": job.get("releases"),
                 }
@@ -204,8 +213,9 @@ def _count(states: list[dict], logs: Path, kill_times: list[tuple[float, str]]) 
         },
         "executed_twice": reruns,
         "rerun_after_process_ended": finished_reruns,
+        f"of_which_killed_{LATE:g}s_or_more_after_exit": late,
         "recovered_from_journal": sum(1 for j in states if j.get("recovered")),
-        "examples": examples[:5],
+        "examples": sorted(examples, key=lambda e: -e["killed_after_exit_s"])[:5],
     }
 
 
@@ -217,6 +227,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--pg", action="store_true", help="PostgreSQL (a scratch database)")
     ap.add_argument("--pg-url", default=os.environ.get("CORRAL_TEST_PG_URL", DEFAULT_PG))
+    ap.add_argument("--keep", action="store_true", help="keep the logs and data dirs")
     ap.add_argument(
         "--lease-ttl", type=float, default=None, help="CORRAL_LEASE_TTL (default: the server's)"
     )
@@ -227,14 +238,17 @@ def main() -> None:
     for n in range(args.runs):
         url = asyncio.run(create_pg_database(args.pg_url)) if args.pg else None
         try:
-            with tempfile.TemporaryDirectory(prefix="corral-chaos-") as tmp:
+            tmp = tempfile.mkdtemp(prefix="corral-chaos-")
+            try:
                 result = one_run(
-                    Path(tmp),
-                    jobs=args.jobs,
-                    kills=args.kills,
-                    seed=args.seed + n,
+                    Path(tmp), jobs=args.jobs, kills=args.kills, seed=args.seed + n,
                     database_url=url,
-                )
+                )  # fmt: skip
+            finally:
+                if args.keep:
+                    print(f"kept {tmp}", file=sys.stderr)
+                else:
+                    shutil.rmtree(tmp, ignore_errors=True)
         finally:
             if url:
                 asyncio.run(drop_pg_database(url))
