@@ -23,6 +23,7 @@ from corral.testing import ServerProcess
 
 from ._helpers import running_server
 from .test_channels import SECRET, Bridge, message, post_inbound
+from .test_gateway import _answer, _gateway
 
 
 @pytest.fixture
@@ -133,3 +134,32 @@ async def test_send_message_from_a_job_no_chat_started_is_409(
         await link.worker(item["token"]).send_message(ChatSend(text="hello?"))
     assert refused.value.status == 409
     assert "not a turn of a chat conversation" in str(refused.value)
+
+
+async def test_send_message_through_the_jobs_gateway(
+    srv: ServerProcess, api: httpx.AsyncClient, bridge: Bridge
+) -> None:
+    """The MCP tool an agent calls: send_message through the job's own
+    gateway reaches the bridge before the turn's reply; one to someone else
+    is a tool error the agent reads, and nothing is sent."""
+    chat = {"channel_id": "C-gw", "user_id": "U1"}
+    resp = post_inbound(srv, message("check the build", **chat))
+    assert resp.status_code == 202, resp.text
+    job_id = resp.json()["job_id"]
+    item = await lease(api, "gpu")
+    assert item["job"]["id"] == job_id
+    events: list[tuple[str, dict[str, Any]]] = []
+    async with _gateway(srv, item["token"], events, rules=["corral.*"]) as mcp:
+        sent = _answer(await mcp.call_tool("send_message", {"text": "building now"}))
+        assert sent["sent"] is True and sent["channel"] == "slack"
+        refused = await mcp.call_tool("send_message", {"text": "psst", "to": "U9"})
+        assert refused.is_error and "403" in refused.content[0].text
+    [got] = bridge.wait("C-gw", 1)
+    assert (got["kind"], got["text"], got["job_id"], got["id"]) == (
+        "message",
+        "building now",
+        job_id,
+        sent["id"],
+    )
+    calls = [p["tool"] for t, p in events if t == "tool.call"]
+    assert calls == ["send_message", "send_message"]

@@ -125,6 +125,7 @@ async def test_sub_jobs_progress_and_fencing_over_the_protocol(bare: ServerProce
                 "cancel_job",
                 "schedule_job",
                 "ask_human",
+                "send_message",
                 "report_progress",
             }
 

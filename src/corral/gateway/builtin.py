@@ -9,7 +9,9 @@ call fails with the server's refusal and changes nothing.
   routed, capped and budgeted like any job; ``wait`` blocks until it ends (or
   ``timeout``);
 - ``get_job``, ``wait_job``, ``cancel_job``: the job's own sub-jobs only;
-- ``report_progress``: a ``job.progress`` event of the job."""
+- ``report_progress``: a ``job.progress`` event of the job;
+- ``send_message``: a message to the chat conversation the job's turn came
+  from (its chat, or its user), sent in order with the turn's replies."""
 
 from __future__ import annotations
 
@@ -24,7 +26,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from corral.errors import CorralError
 from corral.models import JobCreate, Question
-from corral.protocol import ChildJob, ChildSubmit, ChildWait, Progress, ProgressRecorded
+from corral.protocol import (
+    ChatSend,
+    ChatSent,
+    ChildJob,
+    ChildSubmit,
+    ChildWait,
+    Progress,
+    ProgressRecorded,
+)
 
 # Answers to a permission prompt that allow the tool use (any other denies it).
 ALLOW = frozenset({"allow", "yes", "y", "ok", "approve"})
@@ -44,6 +54,8 @@ class Control(Protocol):
     async def cancel_child(self, job_id: str) -> ChildJob: ...
 
     async def progress(self, body: Progress) -> ProgressRecorded: ...
+
+    async def send_message(self, body: ChatSend) -> ChatSent: ...
 
     async def ask(self, question: str, options: list[str], timeout: float | None) -> Question:
         """Ask a person and wait for the answer (or the timeout)."""
@@ -112,6 +124,17 @@ class ApproveArgs(BaseModel):
     tool_name: str = Field(description="The tool that needs permission.")
     input: dict[str, Any] = Field(default_factory=dict, description="Its input.")
     tool_use_id: str | None = None
+
+
+class SendArgs(_Args):
+    text: str = Field(min_length=1, max_length=65_536, description="The message.")
+    to: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="The conversation's user id for a direct message; default: the "
+        "conversation itself. Nobody else.",
+    )
 
 
 class JobArgs(_Args):
@@ -201,6 +224,10 @@ class Builtins:
     async def report_progress(self, args: ProgressArgs) -> dict[str, Any]:
         recorded = await self.control.progress(Progress(message=args.message, percent=args.percent))
         return {"recorded": True, "seq": recorded.seq}
+
+    async def send_message(self, args: SendArgs) -> dict[str, Any]:
+        sent = await self.control.send_message(ChatSend(text=args.text, to=args.to))
+        return {"sent": True, "channel": sent.channel, "id": sent.id}
 
     async def schedule_job(self, args: ScheduleArgs) -> dict[str, Any]:
         if (args.run_at is None) == (args.delay is None):
@@ -309,6 +336,13 @@ TOOLS: dict[str, Tool] = {
             "'no answer' when none came in time.",
             AskArgs,
             Builtins.ask_human,
+        ),
+        Tool(
+            "send_message",
+            "Message the chat conversation this job's turn came from (e.g. to say what you "
+            "are doing); with `to`, its user directly. Fails for a job no chat started.",
+            SendArgs,
+            Builtins.send_message,
         ),
         Tool(
             "report_progress",

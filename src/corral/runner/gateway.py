@@ -18,7 +18,15 @@ from corral.executors.base import Emit
 from corral.executors.settings import AgentSettings, ProviderSettings
 from corral.gateway.settings import McpServerSettings
 from corral.models import Job, Question
-from corral.protocol import ChildJob, ChildSubmit, ChildWait, Progress, ProgressRecorded
+from corral.protocol import (
+    ChatSend,
+    ChatSent,
+    ChildJob,
+    ChildSubmit,
+    ChildWait,
+    Progress,
+    ProgressRecorded,
+)
 from corral.runner.link import LinkError, Refused, WorkerLink
 
 if TYPE_CHECKING:
@@ -100,6 +108,9 @@ class Control:
 
     async def progress(self, body: Progress) -> ProgressRecorded:
         return await self._call(lambda: self.link.progress(body))
+
+    async def send_message(self, body: ChatSend) -> ChatSent:
+        return await self._call(lambda: self.link.send_message(body))
 
     async def ask(self, question: str, options: list[str], timeout: float | None) -> Question:
         """Through the job's channel (``WorkerChannel.ask``: retried while the
