@@ -31,6 +31,7 @@ import client_case
 import gateway_case
 import queue_case
 import sandbox_case
+import schedule_case
 from cases import Result
 from rich.console import Console
 from rich.table import Table
@@ -230,6 +231,13 @@ async def main(plan: Plan, pg_base: str, only: str) -> list[Result]:
                 ),
                 timeout=300,
             )
+        if "l" in only:
+            await run.case(
+                "(l) schedule firing jitter",
+                "ms",
+                lambda: schedule_case.firing_jitter(root, plan.seconds),
+                timeout=180,
+            )
         if "d" in only:
             async with server(root, "d", env=OWN_RUNNER) as srv:
                 runner_id = await register(srv)
@@ -360,7 +368,7 @@ def cli() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="fewer samples (~30 s)")
-    parser.add_argument("--only", default="abcdefghijk", help="which benchmarks, e.g. --only ad")
+    parser.add_argument("--only", default="abcdefghijkl", help="which benchmarks, e.g. --only ad")
     parser.add_argument(
         "--sandbox",
         choices=("auto", "bwrap", "none"),

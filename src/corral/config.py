@@ -37,7 +37,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from corral import redact, tracker
+from corral import redact, schedules, tracker
 from corral.chat import ChannelSettings
 from corral.errors import ConfigError
 from corral.executors.settings import (
@@ -48,6 +48,7 @@ from corral.executors.settings import (
     split_command,
 )
 from corral.gateway.settings import McpSettings
+from corral.models import JobCreate
 from corral.redact import env_secrets
 from corral.routing import Provider
 
@@ -357,6 +358,64 @@ class DaemonSettings(BaseModel):
         return name
 
 
+# Job fields a schedule sets itself.
+_SCHEDULE_OWNS = ("session_id", "idempotency_key", "source", "source_ref", "run_at", "stream")
+
+
+class ScheduleSettings(JobCreate):
+    """``[[schedules]]`` in corral.toml: a cron table whose every slot submits
+    one job. Besides the keys below it takes the job fields (``prompt`` or
+    ``command``, ``provider``, ``repo``, ``labels``, ``priority``...), as a
+    job body does."""
+
+    name: str = Field(
+        pattern=f"^{AGENT_NAME.pattern}$", description="Its name (`corral schedules run NAME`)."
+    )
+    cron: str = Field(
+        description="When: croniter syntax, five fields (`0 9 * * 1-5`) or six with "
+        "seconds last (`* * * * * */30`)."
+    )
+    timezone: str = Field("UTC", description="IANA time zone the cron is read in.")
+    enabled: bool = Field(
+        True,
+        description="Fire its slots. `corral schedules enable|disable` records an "
+        "operator's word in the database, which wins over this.",
+    )
+    catch_up: schedules.CatchUp = Field(
+        "latest",
+        description="Slots missed while corral was down: `latest` runs the latest one once, "
+        "`none` runs none; either way the others are skipped with one "
+        "`schedule.skipped` event, never replayed.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _owned(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            taken = [k for k in _SCHEDULE_OWNS if k in data]
+            if taken:
+                raise ValueError(f"{', '.join(taken)}: set by the schedule, not in [[schedules]]")
+        return data
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        return schedules.check_cron(value)
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        schedules.zone(value)
+        return value
+
+    def job(self) -> JobCreate:
+        """The job each slot submits (without its slot's key and source)."""
+        fields = self.model_dump(
+            include=set(JobCreate.model_fields) - set(_SCHEDULE_OWNS), exclude_unset=True
+        )
+        return JobCreate.model_validate(fields)
+
+
 class OllamaSettings(BaseModel):
     """The Ollama-compatible surface (/api/tags, /api/chat, /api/generate, /api/embed...)."""
 
@@ -543,6 +602,17 @@ class Settings(BaseSettings):
         description="[[channels]] tables: chats whose messages become turns and get the "
         'replies: `kind = "bridge"` (a signed IM bridge) or `kind = "telegram"` (a bot).',
     )
+    schedules: list[ScheduleSettings] = Field(
+        default_factory=list,
+        description="[[schedules]] tables: cron schedules, each slot one job.",
+    )
+    schedule_grace: float = Field(
+        60.0,
+        gt=0,
+        le=86400,
+        description="A slot found due at most this many seconds late is fired; an older "
+        "one was missed (corral was down): see the schedule's `catch_up`.",
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -680,6 +750,19 @@ class Settings(BaseSettings):
                     f"agent name {name!r}: use letters, digits, '.', '_' and '-' (up to 64)"
                 )
         return value
+
+    @field_validator("schedules")
+    @classmethod
+    def _schedule_names(cls, value: list[ScheduleSettings]) -> list[ScheduleSettings]:
+        seen: set[str] = set()
+        for schedule in value:
+            if schedule.name in seen:
+                raise ValueError(f"two [[schedules]] are named {schedule.name!r}")
+            seen.add(schedule.name)
+        return value
+
+    def schedule(self, name: str) -> ScheduleSettings | None:
+        return next((s for s in self.schedules if s.name == name), None)
 
     @model_validator(mode="after")
     def _check_defaults(self) -> Settings:

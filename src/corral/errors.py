@@ -111,6 +111,12 @@ class ChannelNotFound(NotFound):
     code = "channel_not_found"
 
 
+class ScheduleNotFound(NotFound):
+    """No such schedule: [[schedules]] in corral.toml names them."""
+
+    code = "schedule_not_found"
+
+
 class KeyNotFound(NotFound):
     """No such API key."""
 

@@ -327,6 +327,28 @@ class ApiKey(BaseModel):
 # -- answers of the HTTP API: the server sends them, the client reads them ------
 
 
+class Schedule(BaseModel):
+    """A cron schedule (``GET /schedules``): what the configuration says and
+    where the schedule loop is."""
+
+    name: str
+    cron: str
+    timezone: str
+    enabled: bool = Field(description="Whether its slots fire.")
+    enabled_by: Literal["config", "operator"] = Field(
+        description="Who said so: the [[schedules]] table or `corral schedules enable|disable`."
+    )
+    catch_up: Literal["latest", "none"]
+    next_slot: datetime | None = Field(None, description="When it fires next (if enabled).")
+    last_slot: datetime | None = Field(None, description="The last slot handled.")
+    last_job_id: str | None = None
+    last_fired_at: datetime | None = None
+    fired: int = 0
+    skipped: int = Field(0, description="Slots missed while corral was down, in all.")
+    session_id: str | None = Field(None, description="Its event log (schedule.* events).")
+    job: JSONDict = Field(description="The job fields each slot submits.")
+
+
 class JobAccepted(BaseModel):
     """A submission's answer (``POST /jobs``, ``POST /sessions/{id}/turns``)."""
 
@@ -559,7 +581,7 @@ class JobCreate(BaseModel):
     )
     labels: list[str] = Field(default_factory=list, max_length=32)
     idempotency_key: str | None = Field(None, min_length=1, max_length=200)
-    source: Literal["api", "cli", "folder", "mcp", "tracker", "chat"] = "api"
+    source: Literal["api", "cli", "folder", "mcp", "tracker", "chat", "schedule"] = "api"
     source_ref: str | None = Field(None, max_length=2000)
     mcp_tools: list[Annotated[str, Field(pattern=TOOL_RULE)]] | None = Field(
         None,

@@ -342,6 +342,32 @@ def _cases(api: Api) -> list[tuple[str, str, str, dict[str, Any], int, str]]:
             404,
             "runner_not_found",
         ),
+        ("unknown schedule", "GET", "/schedules/nope", {}, 404, "schedule_not_found"),
+        ("run an unknown schedule", "POST", "/schedules/nope/run", {}, 404, "schedule_not_found"),
+        (
+            "viewer enables a schedule",
+            "POST",
+            "/schedules/nope/enable",
+            {"role": "viewer"},
+            403,
+            "forbidden",
+        ),
+        (
+            "run_at without a time zone",
+            "POST",
+            "/jobs",
+            {"json": {"command": "x", "run_at": "2030-01-01T09:00:00"}},
+            422,
+            "invalid_input",
+        ),
+        (
+            "run_at out of range",
+            "POST",
+            "/jobs",
+            {"json": {"command": "x", "run_at": "9999-12-31T23:59:59-05:00"}},
+            422,
+            "invalid_input",
+        ),
     ]
 
 

@@ -24,6 +24,7 @@ from corral.api import (
     openapi,
     questions,
     runners,
+    schedules,
     sessions,
     system,
     trackers,
@@ -60,6 +61,7 @@ def create_app(settings: Settings, *, lifespan: Lifespan | None = None) -> FastA
         agents,
         trackers,
         channels,
+        schedules,
     )
     for module in routers:
         app.include_router(module.router)

@@ -19,6 +19,7 @@ from corral.cli import (
     keys,
     mcp_server,
     runners,
+    schedules,
     service,
     sessions,
     trackers,
@@ -74,6 +75,7 @@ app.add_typer(workspaces.app, name="workspaces")
 app.add_typer(webhooks.app, name="webhooks")
 app.add_typer(trackers.app, name="trackers")
 app.add_typer(agents.app, name="agents")
+app.add_typer(schedules.app, name="schedules")
 app.add_typer(service.app, name="service")
 config_app = typer.Typer(help="Configuration.", no_args_is_help=True)
 config_app.command("show")(admin.config_show)

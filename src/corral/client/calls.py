@@ -28,6 +28,7 @@ from corral.models import (
     Question,
     RouteDecision,
     Runner,
+    Schedule,
     Session,
     SessionDetail,
     Status,
@@ -301,6 +302,33 @@ def reload_agents() -> Call[AgentsReloaded]:
 def agent_logs(name: str, n: int = 200) -> Call[list[AgentLine]]:
     """An agent's last ``n`` lines."""
     return Call("GET", f"/agents/{_seg(name)}/logs", _many(AgentLine), params={"n": n})
+
+
+# -- schedules -----------------------------------------------------------------
+
+
+def schedules() -> Call[list[Schedule]]:
+    """Every cron schedule: enabled, next and last slot, counts."""
+    return Call("GET", "/schedules", _many(Schedule))
+
+
+def schedule(name: str) -> Call[Schedule]:
+    return Call("GET", f"/schedules/{_seg(name)}", _one(Schedule))
+
+
+def run_schedule(name: str) -> Call[JobAccepted]:
+    """Submit a schedule's job now, outside its slots."""
+    return Call("POST", f"/schedules/{_seg(name)}/run", _ACCEPTED)
+
+
+def enable_schedule(name: str) -> Call[Schedule]:
+    """Fire a schedule's slots from now on (wins over its configuration)."""
+    return Call("POST", f"/schedules/{_seg(name)}/enable", _one(Schedule))
+
+
+def disable_schedule(name: str) -> Call[Schedule]:
+    """Fire none of a schedule's slots until it is enabled again."""
+    return Call("POST", f"/schedules/{_seg(name)}/disable", _one(Schedule))
 
 
 # -- the Ollama-compatible endpoints -------------------------------------------

@@ -54,6 +54,12 @@ class Methods:
     reload_agents = endpoint(calls.reload_agents)
     agent_logs = endpoint(calls.agent_logs)
     follow_agent_logs = stream(flows.follow_agent_logs)
+    # schedules
+    schedules = endpoint(calls.schedules)
+    schedule = endpoint(calls.schedule)
+    run_schedule = endpoint(calls.run_schedule)
+    enable_schedule = endpoint(calls.enable_schedule)
+    disable_schedule = endpoint(calls.disable_schedule)
     # the Ollama-compatible endpoints
     tags = endpoint(calls.tags)
     embed = endpoint(calls.embed)

@@ -16,6 +16,7 @@ from typing import Any
 from corral.chat import TelegramChannel
 from corral.errors import CorralError
 from corral.intake.folder import FolderIntake
+from corral.intake.schedules import Scheduler
 from corral.intake.telegram import TelegramIntake
 from corral.intake.tracker import intake_for
 from corral.protocol import topics
@@ -124,3 +125,8 @@ def telegram(channel: TelegramChannel) -> LoopFn:
         await TelegramIntake(svc, channel).run()
 
     return poll
+
+
+async def schedules(svc: Services) -> None:
+    """Each due slot of the ``[[schedules]]`` tables becomes one job."""
+    await Scheduler(svc).run()

@@ -49,6 +49,7 @@ from corral.server.loops import (
     LoopFn,
     chat_replies,
     queue_folder,
+    schedules,
     telegram,
     tracker_sink,
     trackers,
@@ -112,6 +113,10 @@ class Server:
         for channel in settings.channels:
             if channel.kind == "telegram" and channel.enabled:
                 self.loop(f"telegram-{channel.name}", telegram(channel), leader=True, intake=True)
+        if settings.schedules:
+            # One replica fires the slots; each slot's idempotency key keeps
+            # a moment of two leaders from firing one twice.
+            self.loop("schedules", schedules, leader=True, intake=True)
 
     def loop(self, name: str, fn: LoopFn, *, leader: bool = False, intake: bool = False) -> None:
         """Run ``fn(services)`` while the server runs (register before ``start``).

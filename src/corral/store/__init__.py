@@ -17,6 +17,7 @@ from corral.store.keys import Keys, ServerSettings
 from corral.store.outbox import Outbox
 from corral.store.questions import Questions
 from corral.store.runners import Runners
+from corral.store.schedules import Schedules
 from corral.store.sessions import Sessions
 from corral.store.trackers import Trackers
 
@@ -54,6 +55,7 @@ class Store:
         self.questions = Questions(self.db)
         self.trackers = Trackers(self.db)
         self.chat = Chats(self.db)
+        self.schedules = Schedules(self.db)
 
     async def migrate(self) -> None:
         await migrate.upgrade(self.db)

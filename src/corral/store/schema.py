@@ -263,6 +263,27 @@ settings = sa.Table(
     sa.Column("value", sa.Text, nullable=False),
 )
 
+# Cron schedules (store/schedules.py): where each one is. The configuration
+# says what it is; this row what the loop has done with it.
+schedules = sa.Table(
+    "schedules",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    # The cron and zone the loop last planned with: a change starts it afresh.
+    sa.Column("cron", sa.String(200), nullable=False),
+    sa.Column("timezone", sa.String(64), nullable=False),
+    sa.Column("enabled", sa.Boolean),  # an operator's word; None: the configuration's
+    sa.Column("active", sa.Boolean, nullable=False),  # firing, as of the loop's last look
+    sa.Column("last_slot", UTCDateTime),  # the last slot handled: fired or skipped
+    sa.Column("last_job_id", sa.String(64)),
+    sa.Column("last_fired_at", UTCDateTime),
+    sa.Column("fired", sa.Integer, nullable=False),
+    sa.Column("skipped", sa.Integer, nullable=False),
+    # Its own event log: schedule.fired, schedule.skipped, schedule.enabled...
+    sa.Column("session_id", sa.String(64), sa.ForeignKey("sessions.id"), nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
 # Agent daemons (store/agents.py): what the configuration declares and the
 # operators asked for, written by the control plane; what the hosting runner
 # reports (status, pid, ...), written by it.
