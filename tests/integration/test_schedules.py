@@ -265,3 +265,34 @@ async def test_run_now_is_outside_the_slots(world: World) -> None:
         "job_id": job.id,
         "by": "op",
     }
+
+
+async def test_a_slot_submitted_before_a_stop_is_fired_not_skipped(world: World) -> None:
+    sched = world.scheduler()
+    await sched.tick()
+    conf = world.svc.settings.schedule("every-minute")
+    assert conf is not None
+    # The loop submitted 12:01's job and was stopped before recording it;
+    # corral comes back at 12:10:45.
+    world.clock.now = _minute(1, 0.1)
+    orphan, _ = await sched.submit(conf, _minute(1))
+    world.clock.now = _minute(10, 45)
+    await world.scheduler().tick()
+    jobs = _of(await world.jobs(), "every-minute")
+    assert [j.idempotency_key for j in jobs] == [
+        slot_key("every-minute", _minute(1)),
+        slot_key("every-minute", _minute(10)),
+    ]
+    first, skipped, latest = await world.events()
+    assert (first.type, first.payload["job_id"], first.payload["late"]) == (
+        "schedule.fired",
+        orphan.id,
+        False,
+    )
+    assert skipped.type == "schedule.skipped"
+    assert (skipped.payload["count"], skipped.payload["first"], skipped.payload["last"]) == (
+        8,
+        _minute(2).isoformat(),
+        _minute(9).isoformat(),
+    )
+    assert latest.type == "schedule.fired" and latest.payload["late"] is True

@@ -9,8 +9,10 @@ submits the slot to fire with the idempotency key ``schedule:NAME:SLOT``
 and records the slot as handled (``store.schedules.handled``).
 
 Exactly once, also across restarts and replicas: the slot is recorded only
-after its job exists, and a loop that dies in between (or a second leader
-for a moment) submits the same key again, which names the job made before.
+after its job exists, and a loop that stops in between (or a second leader
+for a moment) submits the same key again, which names the job made before;
+if that slot is missed by then, its job is found by its key and recorded as
+fired, not as skipped.
 A slot whose job is refused (no provider may run it...) is recorded as
 handled with a ``schedule.failed`` event: it is not tried again each second."""
 
@@ -90,6 +92,8 @@ class Scheduler:
         )
         if plan is None:
             return cron.next_slot(conf.cron, conf.timezone, state.last_slot or now)
+        if state.last_slot is not None and await self._orphan(conf, state, plan):
+            return await self._one(conf)  # plan the rest from there
         job_id = error = None
         if plan.fire is not None:
             try:
@@ -119,6 +123,24 @@ class Scheduler:
                 plan.skipped.last.isoformat(),
             )
         return cron.next_slot(conf.cron, conf.timezone, plan.last)
+
+    async def _orphan(self, conf: ScheduleSettings, state: ScheduleState, plan: cron.Plan) -> bool:
+        """Record the job of the first due slot as fired, if a loop submitted
+        it and stopped before recording it (a stop, a crash, a lost lock) and
+        this plan would skip that slot. Only that slot can have one: each
+        slot is recorded right after its job is made."""
+        assert state.last_slot is not None
+        first = cron.next_slot(conf.cron, conf.timezone, state.last_slot)
+        if first == plan.fire:
+            return False  # it is submitted again: its key names that job
+        job = await self.store.jobs.by_idempotency_key(slot_key(conf.name, first))
+        if job is None:
+            return False
+        late = (job.created_at - first).total_seconds() > self.settings.schedule_grace
+        await self.store.schedules.handled(
+            conf.name, expected=state.last_slot, last=first, fired=first, job_id=job.id, late=late
+        )
+        return True
 
     async def submit(self, conf: ScheduleSettings, slot: datetime | None) -> tuple[Job, bool]:
         """Submit schedule ``conf``'s job for ``slot`` (None: a run outside the slots)."""
