@@ -1,4 +1,5 @@
-"""Credentials: API keys with roles, and short-lived worker JWTs.
+"""Credentials: API keys with roles, short-lived worker JWTs, and the
+dashboard's signed session cookies.
 
 API keys look like ``crl_<id>_<secret>``. Only ``sha256(key)`` is stored; the
 id finds the row and the digests are compared in constant time. Keys are
@@ -7,12 +8,15 @@ random (256 bits), so a fast hash is the right one here, unlike passwords.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
+import json
 import secrets
 import time
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from corral.errors import Forbidden, Unauthorized
 
@@ -123,3 +127,78 @@ def verify_worker_token(token: str, secret: str, *, expired_ok: bool = False) ->
         epoch=data["epoch"],
         runner_id=str(data["rid"]),
     )
+
+
+# -- browser sessions (the dashboard) ---------------------------------------------------
+
+SESSION_COOKIE = "corral_session"
+
+
+@dataclass(frozen=True, slots=True)
+class BrowserSession:
+    """What a dashboard cookie says: who signed in (the key's id; its role is
+    read again on each request, so a revoked key ends its sessions) and a
+    random ``sid`` the CSRF token is bound to."""
+
+    key_id: str
+    sid: str
+    exp: int
+
+
+def _sign(secret: str, purpose: str, body: str) -> str:
+    mac = hmac.new(secret.encode(), f"{purpose}\x1f{body}".encode(), hashlib.sha256)
+    return base64.urlsafe_b64encode(mac.digest()).decode().rstrip("=")
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def seal(secret: str, purpose: str, claims: dict[str, object]) -> str:
+    """``claims`` as ``body.mac``: readable, not forgeable without ``secret``;
+    ``purpose`` keeps a token made for one use from passing for another."""
+    body = _b64(json.dumps(claims, separators=(",", ":"), sort_keys=True).encode())
+    return f"{body}.{_sign(secret, purpose, body)}"
+
+
+def unseal(secret: str, purpose: str, token: str, *, now: float | None = None) -> dict[str, Any]:
+    """The claims of a token ``seal`` made for ``purpose``, if its mac holds
+    and its ``exp`` has not passed."""
+    body, _, mac = token.partition(".")
+    if not body or not mac or not hmac.compare_digest(mac, _sign(secret, purpose, body)):
+        raise Unauthorized("invalid or expired sign-in: sign in again")
+    try:
+        claims: dict[str, Any] = json.loads(_unb64(body))
+    except ValueError:
+        raise Unauthorized("invalid or expired sign-in: sign in again") from None
+    exp = claims.get("exp") if isinstance(claims, dict) else None
+    if not isinstance(exp, int) or exp <= (time.time() if now is None else now):
+        raise Unauthorized("invalid or expired sign-in: sign in again")
+    return claims
+
+
+def issue_browser_session(key_id: str, secret: str, ttl: float) -> str:
+    claims = {"k": key_id, "sid": secrets.token_urlsafe(16), "exp": int(time.time() + ttl)}
+    return seal(secret, "session", claims)
+
+
+def verify_browser_session(token: str, secret: str) -> BrowserSession:
+    claims = unseal(secret, "session", token)
+    key_id, sid = claims.get("k"), claims.get("sid")
+    if not isinstance(key_id, str) or not isinstance(sid, str):
+        raise Unauthorized("invalid or expired sign-in: sign in again")
+    return BrowserSession(key_id=key_id, sid=sid, exp=int(claims["exp"]))
+
+
+def csrf_token(session: BrowserSession, secret: str) -> str:
+    """The token every write of this browser session carries (a form field or
+    the X-CSRF-Token header): a page of another site cannot read it."""
+    return _sign(secret, "csrf", session.sid)
+
+
+def csrf_matches(session: BrowserSession, secret: str, token: str) -> bool:
+    return bool(token) and hmac.compare_digest(token, csrf_token(session, secret))

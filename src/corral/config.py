@@ -492,6 +492,12 @@ class Settings(BaseSettings):
         "disconnected (it reconnects with Last-Event-ID and loses nothing).",
     )
     sse_ping: float = Field(15.0, gt=0, description="Seconds between SSE keep-alive comments.")
+    ui_session_ttl: float = Field(
+        12 * 3600.0,
+        ge=60,
+        le=30 * 86400,
+        description="Seconds a dashboard sign-in lasts (its cookie expires then).",
+    )
     jwt_secret: SecretStr | None = Field(
         None,
         min_length=32,

@@ -7,6 +7,8 @@ sources submit through it (``intake/submit.py``). It lives outside
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -87,6 +89,26 @@ class Services:
             self._keys.clear()
         self._keys[digest] = (now + KEY_CACHE_SECONDS, principal)
         return principal
+
+    @property
+    def browser_secret(self) -> str:
+        """Signs dashboard sessions and their CSRF tokens; derived from the
+        worker JWT secret, so every replica shares it."""
+        return hmac.new(self.jwt_secret.encode(), b"corral-browser-v1", hashlib.sha256).hexdigest()
+
+    async def browser_principal(self, cookie: str) -> tuple[Principal, auth.BrowserSession]:
+        """Who a dashboard session cookie signs in, now (a revoked key's
+        sessions end within ``KEY_CACHE_SECONDS``)."""
+        session = auth.verify_browser_session(cookie, self.browser_secret)
+        now = time.monotonic()
+        cached = self._keys.get("id:" + session.key_id)
+        if cached is not None and cached[0] > now:
+            return cached[1], session
+        principal = await self.store.keys.principal(session.key_id)
+        if len(self._keys) > 10_000:
+            self._keys.clear()
+        self._keys["id:" + session.key_id] = (now + KEY_CACHE_SECONDS, principal)
+        return principal, session
 
     def end_polls(self) -> None:
         """Answer every long-poll waiting on this replica now, and the ones

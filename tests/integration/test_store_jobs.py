@@ -42,6 +42,24 @@ async def test_create_get_and_list(store: Store) -> None:
         await store.jobs.get("nope")
 
 
+async def test_list_filters_by_label_source_and_text(store: Store) -> None:
+    a, _ = await store.jobs.create(JobCreate(prompt="Fix the 100% bug", labels=["ui", "x_y"]))
+    b, _ = await store.jobs.create(JobCreate(command="make test", labels=["uix"], source="cli"))
+    c, _ = await store.jobs.create(JobCreate(prompt="other", title="Release notes"))
+
+    async def ids(**filters: str) -> list[str]:
+        return [j.id for j in await store.jobs.list(**filters)]  # type: ignore[arg-type]
+
+    assert await ids(label="ui") == [a.id]  # not "uix"
+    assert await ids(label="x_y") == [a.id]
+    assert await ids(label="x%") == []
+    assert await ids(source="cli") == [b.id]
+    assert await ids(text="100%") == [a.id]  # wildcards match themselves
+    assert await ids(text="MAKE") == [b.id]  # case-insensitive; commands too
+    assert await ids(text="release") == [c.id]  # and titles
+    assert await ids(text="e", before=c.id) == [b.id, a.id]
+
+
 async def test_idempotency_key_returns_the_existing_job(store: Store) -> None:
     first, created = await store.jobs.create(JobCreate(prompt="a", idempotency_key="k"))
     again, created_again = await store.jobs.create(JobCreate(prompt="b", idempotency_key="k"))

@@ -109,3 +109,34 @@ def test_roles(role: Role, allowed: set[str]) -> None:
         else:
             with pytest.raises(Forbidden):
                 who.require(permission)
+
+
+def test_browser_sessions_are_signed_and_expire() -> None:
+    cookie = auth.issue_browser_session("abc123", "s" * 40, ttl=60)
+    session = auth.verify_browser_session(cookie, "s" * 40)
+    assert session.key_id == "abc123" and session.sid
+    body, _, mac = cookie.partition(".")
+    for forged in (
+        cookie + "x",
+        f"{body}.{mac[:-2]}",
+        body,
+        "",
+        auth.seal("s" * 40, "login-link", {"k": "abc123", "sid": "x", "exp": 2**40}),
+    ):
+        with pytest.raises(Unauthorized):
+            auth.verify_browser_session(forged, "s" * 40)
+    with pytest.raises(Unauthorized):
+        auth.verify_browser_session(cookie, "t" * 40)  # another server's secret
+    with pytest.raises(Unauthorized):
+        auth.unseal("s" * 40, "session", cookie, now=session.exp + 1)
+
+
+def test_csrf_tokens_are_bound_to_the_session() -> None:
+    secret = "s" * 40
+    one = auth.verify_browser_session(auth.issue_browser_session("k1", secret, 60), secret)
+    two = auth.verify_browser_session(auth.issue_browser_session("k1", secret, 60), secret)
+    token = auth.csrf_token(one, secret)
+    assert auth.csrf_matches(one, secret, token)
+    assert not auth.csrf_matches(two, secret, token)
+    assert not auth.csrf_matches(one, secret, "")
+    assert not auth.csrf_matches(one, "t" * 40, token)

@@ -12,7 +12,7 @@ from contextlib import AbstractAsyncContextManager
 from fastapi import FastAPI
 from starlette.routing import Route
 
-from corral import __version__
+from corral import __version__, ui
 from corral.api import (
     admin,
     agents,
@@ -69,6 +69,7 @@ def create_app(settings: Settings, *, lifespan: Lifespan | None = None) -> FastA
     # server runs: ``corral.server`` enters ``app.state.mcp.running()``).
     app.state.mcp = McpMount()
     app.router.routes.append(Route(PATH, endpoint=app.state.mcp))
+    ui.install(app)
     app.add_middleware(
         BodyLimit,
         max_bytes=settings.max_body_bytes,

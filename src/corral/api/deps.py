@@ -32,7 +32,22 @@ def bearer(request: Request) -> str:
     raise Unauthorized("missing credentials: send 'Authorization: Bearer <API key>'")
 
 
+# A dashboard session cookie is a credential for reads only (the dashboard's
+# EventSource feeds cannot send a header); writes from a browser go through
+# /ui, which checks a CSRF token.
+_SAFE = frozenset({"GET", "HEAD"})
+
+
 async def principal(request: Request, svc: Svc) -> Principal:
+    cookie = request.cookies.get(auth.SESSION_COOKIE)
+    if (
+        cookie
+        and request.method in _SAFE
+        and "authorization" not in request.headers
+        and "x-api-key" not in request.headers
+    ):
+        who, _ = await svc.browser_principal(cookie)
+        return who
     return await svc.authenticate(bearer(request))
 
 

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
+from sse_starlette import EventSourceResponse
 
 from corral.api import stream
 from corral.api.deps import Reader, Svc, Writer, principal
 from corral.api.ids import JobId, SessionFilter
 from corral.api.schemas import EventPage
 from corral.auth import Principal, Role
-from corral.errors import BadRequest, Forbidden
+from corral.errors import BadRequest, Forbidden, JobNotFound
 from corral.intake.submit import submit as submit_job
 from corral.jobs import ACTIVE, JobState
 from corral.models import INT32_MAX, Artifact, Job, JobAccepted, JobCreate, JobPage, RouteDecision
-from corral.protocol import paths
+from corral.protocol import paths, topics
 
 router = APIRouter(tags=["jobs"])
 
@@ -77,18 +80,52 @@ async def list_jobs(
     provider: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     before: str | None = None,
+    label: Annotated[str | None, Query(max_length=200)] = None,
+    source: Annotated[str | None, Query(max_length=16)] = None,
+    q: Annotated[str | None, Query(max_length=200, description="Text in prompts.")] = None,
 ) -> JobPage:
-    """Jobs, newest first, filtered by state, session and provider; `next` is the
-    `before` of the next page."""
+    """Jobs, newest first, filtered by state, session, provider, label, source and
+    text (`q`); `next` is the `before` of the next page."""
     jobs = await svc.store.jobs.list(
         states=_states(state),
         session_id=session_id,
         provider=provider,
         limit=limit,
         before=before,
+        label=label,
+        source=source,
+        text=q,
     )
     next_page = jobs[-1].id if len(jobs) == limit else None
     return JobPage(jobs=await _with_questions(svc, jobs), next=next_page)
+
+
+# What /sse/jobs leaves out of each job: the bulky fields a table has no use for.
+_BULKY = {"prompt", "messages", "tools", "options", "message", "result", "webhook_url"}
+_PROMPT_HEAD = 200
+
+
+@router.get("/sse/jobs")
+async def follow_jobs(svc: Svc, who: Reader) -> EventSourceResponse:
+    """SSE: every job created or changing state, as it happens (`event: job`, the
+    job without its messages and result, its prompt cut to 200 characters)."""
+
+    async def changes() -> AsyncIterator[dict[str, Any]]:
+        with svc.store.bus.subscribe(topics.JOB_STATES, maxsize=svc.settings.sse_buffer) as sub:
+            while not sub.overflowed:
+                got = await sub.get(timeout=svc.settings.sse_ping)
+                ids = dict.fromkeys(m for m in got if isinstance(m, str))
+                for job_id in ids:
+                    try:
+                        job = await svc.store.jobs.get(job_id)
+                    except JobNotFound:
+                        continue
+                    data = job.model_dump(mode="json", exclude=_BULKY)
+                    if job.prompt is not None:
+                        data["prompt"] = job.prompt[:_PROMPT_HEAD]
+                    yield {"event": "job", "data": json.dumps(data)}
+
+    return stream.response_of(changes(), ping=svc.settings.sse_ping)
 
 
 @router.get("/jobs/{job_id}", response_model=Job)

@@ -132,8 +132,13 @@ def response(events: AsyncIterator[Event], *, ping: float) -> EventSourceRespons
         async for ev in events:
             yield sse(ev)
 
+    return response_of(messages(), ping=ping)
+
+
+def response_of(messages: AsyncIterator[dict[str, Any]], *, ping: float) -> EventSourceResponse:
+    """SSE ``messages`` (``data``, optional ``id`` and ``event``) with keep-alive comments."""
     return EventSourceResponse(
-        messages(),
+        messages,
         ping=int(max(1, ping)),
         send_timeout=30,
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},

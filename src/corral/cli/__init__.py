@@ -30,6 +30,7 @@ from corral.cli.common import err, esc
 from corral.cli.runner import runner
 from corral.cli.serve import serve
 from corral.cli.submit import submit, turn
+from corral.cli.ui import ui
 from corral.errors import CorralError
 
 app = typer.Typer(
@@ -67,6 +68,7 @@ app.command()(control.status)
 app.command()(control.pause)
 app.command()(control.resume)
 app.command()(admin.migrate)
+app.command()(ui)
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(sessions.app, name="sessions")
 app.add_typer(keys.app, name="keys")

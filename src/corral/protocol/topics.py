@@ -14,6 +14,9 @@ CHANNEL = "corral_events_v1"
 DISPATCH = "dispatch"
 # A job changed state (message: its id): sinks (the queue folder) act on it.
 JOBS = "jobs"
+# A job was created or changed state (message: its id): the dashboard's live
+# jobs table (GET /sse/jobs) reads the job and sends it.
+JOB_STATES = "job-states"
 # Webhook deliveries may be due (message: a job id or a delivery seq).
 WEBHOOKS = "webhooks"
 # Chat messages may be due (message: a channel name or an outbox seq).

@@ -76,6 +76,18 @@ class Keys:
             raise Unauthorized("invalid or revoked API key")
         return Principal(key_id=row.id, role=Role(row.role), name=row.name)
 
+    async def principal(self, key_id: str) -> Principal:
+        """Who key ``key_id`` is now (a browser session signed in with it
+        ends when the key is revoked)."""
+        row = await self.db.read(
+            lambda conn: conn.execute(
+                sa.select(api_keys).where(api_keys.c.id == key_id)
+            ).one_or_none()
+        )
+        if row is None or row.revoked_at is not None:
+            raise Unauthorized("the key this sign-in used is revoked: sign in again")
+        return Principal(key_id=row.id, role=Role(row.role), name=row.name)
+
     # Last: from here on in the class body, ``list`` names this method, not the builtin.
     async def list(self) -> list[ApiKey]:
         stmt = sa.select(api_keys).order_by(api_keys.c.created_at)

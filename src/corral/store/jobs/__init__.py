@@ -220,6 +220,10 @@ class Jobs:
     async def counts(self) -> dict[str, int]:
         return await self.db.read(reads.counts)
 
+    async def live_by_provider(self) -> dict[str, dict[str, int]]:
+        """Queued, assigned and running jobs of each provider."""
+        return await self.db.read(reads.live_by_provider)
+
     async def pauses(self) -> list[ProviderPause]:
         """Providers paused by a quota limit, now."""
         now, fallbacks = now_utc(), self.policy.fallbacks
@@ -263,8 +267,12 @@ class Jobs:
         provider: str | None = None,
         limit: int = 50,
         before: str | None = None,
+        label: str | None = None,
+        source: str | None = None,
+        text: str | None = None,
     ) -> list[Job]:
-        """Newest first; ``before`` is the id of the last job of the previous page."""
+        """Newest first; ``before`` is the id of the last job of the previous
+        page; ``text`` is searched in titles, prompts and commands."""
         after = None if before is None else await self.get(before)
         return await self.db.read(
             lambda conn: reads.page(
@@ -274,5 +282,8 @@ class Jobs:
                 provider=provider,
                 limit=limit,
                 after=after,
+                label=label,
+                source=source,
+                text=text,
             )
         )

@@ -72,6 +72,7 @@ def create(
     )
     outbox.on_state(tx, row, tx.webhooks, now)
     tx.notify(topics.DISPATCH, row.id)
+    tx.notify(topics.JOB_STATES, row.id)
     return to_job(row)
 
 

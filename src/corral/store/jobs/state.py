@@ -113,6 +113,7 @@ def apply(
     )
     outbox.on_state(tx, updated, tx.webhooks, now)
     chat_outbox.on_state(tx, updated, now)
+    tx.notify(topics.JOB_STATES, job.id)
     if new is JobState.QUEUED:
         tx.notify(topics.DISPATCH, job.id)
     if new in TERMINAL:

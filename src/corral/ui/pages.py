@@ -1,0 +1,184 @@
+"""The dashboard's pages (GET): jobs, a job, a session, the fleet (kill
+switch, providers, runners) and the agent daemons. Each reads the store once
+and renders one template; the live parts follow the API's SSE feeds."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import RedirectResponse, Response
+
+from corral.errors import BadRequest, NotFound
+from corral.jobs import TERMINAL, JobState
+from corral.ui import web
+
+router = APIRouter(include_in_schema=False)
+
+PAGE = 50
+DIFF_MAX = 512 * 1024
+SOURCES = ("api", "cli", "folder", "mcp", "tracker", "chat", "schedule")
+
+
+@router.get("/ui", response_model=None)
+@router.get("/ui/", response_model=None)
+async def home() -> Response:
+    return RedirectResponse("/ui/jobs", status_code=303)
+
+
+@router.get("/ui/jobs", response_model=None)
+async def jobs_page(
+    request: Request,
+    state: Annotated[list[str], Query()] = [],  # noqa: B006 - FastAPI query default
+    provider: Annotated[str, Query(max_length=64)] = "",
+    label: Annotated[str, Query(max_length=200)] = "",
+    source: Annotated[str, Query(max_length=16)] = "",
+    q: Annotated[str, Query(max_length=200)] = "",
+    before: Annotated[str, Query(max_length=64)] = "",
+) -> Response:
+    who = await web.viewer(request)
+    if who is None:
+        return web.to_login(request)
+    svc = web.services(request)
+    try:
+        states = [JobState(s) for s in state if s]
+    except ValueError:
+        raise BadRequest(f"unknown state in {state!r}") from None
+    try:
+        jobs = await svc.store.jobs.list(
+            states=states,
+            provider=provider or None,
+            label=label or None,
+            source=source or None,
+            text=q or None,
+            limit=PAGE,
+            before=before or None,
+        )
+    except NotFound:
+        jobs = []  # the cursor's job is gone: an empty page, with a link to the newest
+    filters = {
+        "state": [s.value for s in states],
+        "provider": provider,
+        "label": label,
+        "source": source,
+        "q": q,
+    }
+    return await web.render(
+        request,
+        "jobs.html",
+        who,
+        jobs=jobs,
+        counts=await svc.store.jobs.counts(),
+        states=[s.value for s in JobState],
+        providers=sorted(svc.providers),
+        sources=SOURCES,
+        filters=filters,
+        filters_json=json.dumps(filters),
+        base_query=urlencode({k: v for k, v in filters.items() if v}, doseq=True),
+        page=PAGE,
+        first_page=not before,
+        next_before=jobs[-1].id if len(jobs) == PAGE else None,
+    )
+
+
+def diff_lines(text: str) -> list[tuple[str, str]]:
+    """A unified diff as (class, line) pairs for the page to colour."""
+    out = []
+    for line in text.splitlines():
+        if line.startswith(("+++", "---", "diff ", "index ")):
+            kind = "meta"
+        elif line.startswith("@@"):
+            kind = "hunk"
+        elif line.startswith("+"):
+            kind = "add"
+        elif line.startswith("-"):
+            kind = "del"
+        else:
+            kind = ""
+        out.append((kind, line))
+    return out
+
+
+@router.get("/ui/jobs/{job_id}", response_model=None)
+async def job_page(request: Request, job_id: str) -> Response:
+    who = await web.viewer(request)
+    if who is None:
+        return web.to_login(request)
+    svc = web.services(request)
+    job_id = await svc.store.jobs.resolve(job_id)
+    job = await svc.store.jobs.get(job_id)
+    if job.state is JobState.QUEUED:
+        job = job.model_copy(update={"waiting": await svc.store.jobs.waiting(job)})
+    artifacts = await svc.store.jobs.artifacts(job_id)
+    diff = None
+    if any(a.name == "diff.patch" and a.size <= DIFF_MAX for a in artifacts):
+        _, data = await svc.store.jobs.artifact(job_id, "diff.patch")
+        diff = diff_lines(data.decode(errors="replace"))
+    return await web.render(
+        request,
+        "job.html",
+        who,
+        job=job,
+        terminal=job.state in TERMINAL,
+        artifacts=artifacts,
+        diff=diff,
+        usage=json.dumps(job.usage, indent=1) if job.usage else None,
+    )
+
+
+@router.get("/ui/sessions/{session_id}", response_model=None)
+async def session_page(request: Request, session_id: str) -> Response:
+    who = await web.viewer(request)
+    if who is None:
+        return web.to_login(request)
+    svc = web.services(request)
+    session_id = await svc.store.sessions.resolve(session_id)
+    session = await svc.store.sessions.get(session_id)
+    turns = await svc.store.jobs.list(session_id=session_id, limit=500)
+    return await web.render(
+        request,
+        "session.html",
+        who,
+        session=session,
+        turns=sorted(turns, key=lambda j: j.turn),
+    )
+
+
+@router.get("/ui/fleet", response_model=None)
+async def fleet_page(request: Request) -> Response:
+    who = await web.viewer(request)
+    if who is None:
+        return web.to_login(request)
+    svc = web.services(request)
+    pauses = {p.provider: p for p in await svc.store.jobs.pauses()}
+    return await web.render(
+        request,
+        "fleet.html",
+        who,
+        runners=await svc.store.runners.list(),
+        providers=sorted(svc.providers.values(), key=lambda p: p.name),
+        settings=svc.settings.providers,
+        pauses=pauses,
+        live=await svc.store.jobs.live_by_provider(),
+        counts=await svc.store.jobs.counts(),
+    )
+
+
+@router.get("/ui/agents", response_model=None)
+async def agents_page(request: Request) -> Response:
+    who = await web.viewer(request)
+    if who is None:
+        return web.to_login(request)
+    agents = [r.view() for r in await web.services(request).store.agents.list()]
+    return await web.render(request, "agents.html", who, agents=agents)
+
+
+@router.get("/ui/agents/{name}", response_model=None)
+async def agent_page(request: Request, name: str) -> Response:
+    who = await web.viewer(request)
+    if who is None:
+        return web.to_login(request)
+    rec = await web.services(request).store.agents.get(name)
+    return await web.render(request, "agent.html", who, agent=rec.view())

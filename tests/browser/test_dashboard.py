@@ -1,0 +1,271 @@
+"""The dashboard in a real browser: sign-in, the live jobs table, a job's
+streaming timeline, cancel, the kill switch, roles and CSRF, the agent log
+pane, and `corral ui`'s one-time link."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, BrowserContext, expect
+
+from corral.testing import ServerProcess
+from tests.acceptance._helpers import marker, pids_matching, wait_for, wait_job
+
+TIMEOUT = 15_000  # ms: what a live change may take to show, under load
+# In the page: the number of the last `tick N` line of the log pane (-1: none yet).
+LAST_TICK = (
+    "(+(document.querySelector('#log')?.lastElementChild?.textContent ?? '')"
+    ".split('tick ')[1] || -1)"
+)
+
+
+def sign_in(
+    browser: Browser, srv: ServerProcess, key: str | None = None, **options: Any
+) -> BrowserContext:
+    """A browser context signed in through the login form with ``key``."""
+    ctx = browser.new_context(base_url=srv.url, **options)
+    ctx.set_default_timeout(TIMEOUT)
+    page = ctx.new_page()
+    page.goto("/ui/login")
+    page.fill("input[name=key]", key or srv.admin_key)
+    page.click("button[type=submit]")
+    expect(page).to_have_url(f"{srv.url}/ui/jobs")
+    page.close()
+    return ctx
+
+
+@pytest.fixture
+def admin(browser: Browser, srv: ServerProcess) -> Iterator[BrowserContext]:
+    ctx = sign_in(browser, srv)
+    yield ctx
+    ctx.close()
+
+
+def submit(http: httpx.Client, **body: Any) -> str:
+    resp = http.post("/jobs", json=body)
+    assert resp.status_code == 202, resp.text
+    job_id: str = resp.json()["job_id"]
+    return job_id
+
+
+def viewer_key(srv: ServerProcess) -> str:
+    res = srv.cli(
+        "keys",
+        "create",
+        "--role",
+        "viewer",
+        "--name",
+        "watcher",
+        "--data-dir",
+        str(srv.data_dir),
+        "--json",
+    )
+    assert res.returncode == 0, res.stderr
+    key: str = json.loads(res.stdout)["key"]
+    return key
+
+
+def test_sign_in_and_out(browser: Browser, srv: ServerProcess, shots: Path) -> None:
+    ctx = browser.new_context(base_url=srv.url)
+    ctx.set_default_timeout(TIMEOUT)
+    page = ctx.new_page()
+    page.goto("/ui/jobs")
+    expect(page).to_have_url(f"{srv.url}/ui/login?next=/ui/jobs")
+    page.fill("input[name=key]", "crl_nope_nope")
+    page.click("button[type=submit]")
+    expect(page.locator(".flash")).to_contain_text("invalid or revoked API key")
+    page.screenshot(path=shots / "login.png")
+    page.fill("input[name=key]", srv.admin_key)
+    page.click("button[type=submit]")
+    expect(page.locator("h1")).to_have_text("Jobs")
+    cookie = next(c for c in ctx.cookies() if c["name"] == "corral_session")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    assert srv.admin_key not in cookie["value"]
+    page.click("text=Sign out")
+    expect(page).to_have_url(f"{srv.url}/ui/login")
+    page.goto("/ui/fleet")
+    expect(page).to_have_url(f"{srv.url}/ui/login?next=/ui/fleet")
+    ctx.close()
+
+
+def test_a_job_appears_live_and_its_timeline_streams(
+    admin: BrowserContext, http: httpx.Client, shots: Path
+) -> None:
+    page = admin.new_page()
+    page.goto("/ui/jobs")
+    expect(page.locator("#jobs")).to_be_visible()
+    page.wait_for_function("() => document.readyState === 'complete'")
+    mark = uuid.uuid4().hex[:8]
+    script = f"echo start-{mark}; for i in 1 2 3 4 5 6 7 8; do echo line-$i; sleep 0.25; done"
+    job_id = submit(http, command=script, labels=["ui", mark], title=f"stream {mark}")
+    row = page.locator(f"#job-{job_id}")
+    expect(row).to_be_visible()  # no reload: the SSE feed brought it
+    expect(row.locator(".chip", has_text=mark)).to_be_visible()
+    page.screenshot(path=shots / "jobs.png", full_page=True)
+
+    job_page = admin.new_page()
+    job_page.goto(f"/ui/jobs/{job_id}")
+    timeline = job_page.locator("#timeline")
+    expect(timeline).to_contain_text(f"start-{mark}")
+    expect(timeline).to_contain_text("line-2")
+    # Lines arrive while the job runs, not after it.
+    assert http.get(f"/jobs/{job_id}").json()["state"] == "running"
+    expect(job_page.locator("#job-state .state")).to_have_text("running")
+    job_page.screenshot(path=shots / "job-running.png", full_page=True)
+    # The row on the table page follows it to the end; the job page reloads with the result.
+    expect(row.locator("[data-f=state]")).to_have_text("done")
+    expect(job_page.locator("#job-state .state")).to_have_text("done")
+    expect(job_page.locator("#result")).to_contain_text("line-8")
+    lines = job_page.locator("#timeline li", has_text="line-")
+    expect(lines).to_have_count(8)  # each line once, after the reload's replay too
+    job_page.screenshot(path=shots / "job-done.png", full_page=True)
+
+
+def test_cancel_from_the_page_kills_the_job(admin: BrowserContext, http: httpx.Client) -> None:
+    mark = marker()
+    job_id = submit(http, command=f"echo up; sleep 300.{mark}")  # the marker names the process
+    page = admin.new_page()
+    page.goto(f"/ui/jobs/{job_id}")
+    expect(page.locator("#timeline")).to_contain_text("up")
+    wait_for(lambda: pids_matching(f"300.{mark}"), what="the job's sleep to start")
+    page.on("dialog", lambda d: d.accept())
+    page.click("#cancel")
+    expect(page.locator("#job-state .state")).to_have_text("cancelled")
+    assert wait_job(http, job_id)["state"] == "cancelled"
+    wait_for(lambda: not pids_matching(f"300.{mark}"), what="the job's processes to end")
+    expect(page.locator("#cancel")).to_have_count(0)
+    expect(page.locator("#retry")).to_be_visible()
+
+
+def test_the_kill_switch_pauses_dispatch(
+    admin: BrowserContext, http: httpx.Client, shots: Path
+) -> None:
+    page = admin.new_page()
+    page.goto("/ui/fleet")
+    toggle = page.locator("#ks-toggle")
+    expect(toggle).to_have_text("Pause dispatch")
+    toggle.click()
+    expect(page.locator("#ks-state")).to_contain_text("ON")
+    expect(page.locator("#paused-pill")).to_be_visible()
+    assert http.get("/status").json()["paused"] is True
+    try:
+        job_id = submit(http, command="echo after-resume")
+        job = http.get(f"/jobs/{job_id}").json()
+        assert job["state"] == "queued"
+        assert "kill switch" in (job["waiting"] or ""), job["waiting"]
+        page.screenshot(path=shots / "fleet-paused.png", full_page=True)
+        page.locator("#ks-toggle").click()
+        expect(page.locator("#ks-state")).to_contain_text("off")
+        assert http.get("/status").json()["paused"] is False
+        assert wait_job(http, job_id)["state"] == "done"
+    finally:
+        http.post("/admin/resume")
+    page.screenshot(path=shots / "fleet.png", full_page=True)
+
+
+def test_a_viewer_sees_no_write_buttons_and_forged_posts_are_refused(
+    browser: Browser, admin: BrowserContext, srv: ServerProcess, http: httpx.Client, shots: Path
+) -> None:
+    job_id = submit(http, command="sleep 30")
+    viewer = sign_in(browser, srv, viewer_key(srv))
+    try:
+        page = viewer.new_page()
+        page.goto("/ui/jobs")
+        expect(page.locator(".who .role")).to_have_text("viewer")
+        expect(page.locator("#submit")).to_have_count(0)
+        page.goto(f"/ui/jobs/{job_id}")
+        expect(page.locator("#timeline")).to_be_visible()
+        expect(page.locator("#cancel")).to_have_count(0)
+        page.goto("/ui/fleet")
+        expect(page.locator("#ks-state")).to_be_visible()
+        expect(page.locator("#ks-toggle")).to_have_count(0)
+        page.goto("/ui/agents")
+        expect(page.locator("#agents")).to_be_visible()
+        expect(page.locator("#agents button")).to_have_count(0)
+        page.screenshot(path=shots / "agents-viewer.png", full_page=True)
+        # The viewer's own session, with its CSRF token: the role still refuses.
+        csrf = page.locator("meta[name=csrf]").get_attribute("content")
+        resp = viewer.request.post(f"/ui/jobs/{job_id}/cancel", form={"csrf": csrf or ""})
+        assert resp.status == 403, resp.text()
+    finally:
+        viewer.close()
+    # An admin's session, without the token (what a forged form would send).
+    resp = admin.request.post("/ui/pause", form={"next": "/ui/fleet"})
+    assert resp.status == 403 and "CSRF" in resp.text(), resp.text()
+    resp = admin.request.post(f"/ui/jobs/{job_id}/cancel", form={"csrf": "forged"})
+    assert resp.status == 403
+    # The cookie does not stand in for a key on the API's writes.
+    assert admin.request.post(f"/jobs/{job_id}/cancel").status == 401
+    assert http.get("/status").json()["paused"] is False
+    assert http.get(f"/jobs/{job_id}").json()["state"] in ("queued", "assigned", "running")
+    http.post(f"/jobs/{job_id}/cancel")
+
+
+def test_the_log_pane_follows_an_agent_daemon(
+    admin: BrowserContext, http: httpx.Client, shots: Path
+) -> None:
+    wait_for(
+        lambda: http.get("/agents/ticker").json()["status"] == "running", what="ticker running"
+    )
+    page = admin.new_page()
+    page.goto("/ui/agents/ticker")
+    log = page.locator("#log")
+    expect(log.locator("div").first).to_be_visible()
+
+    def last_tick() -> int:
+        text = log.locator("div").last.inner_text()
+        return int(text.rsplit("tick ", 1)[1])
+
+    first = last_tick()
+    # Ten more lines arrive (a line every 100 ms) without a reload.
+    page.wait_for_function(f"n => {LAST_TICK} >= n", arg=first + 10)
+    offsets = page.eval_on_selector_all("#log div", "els => els.map(e => +e.dataset.offset)")
+    assert offsets == sorted(set(offsets)), "lines repeated or out of order"
+    page.screenshot(path=shots / "agent-log.png")
+    page.click("button[data-action=stop]")
+    expect(page.locator("#agent-status")).to_have_text("stopped")
+    page.click("button[data-action=start]")
+    expect(page.locator("#agent-status")).to_have_text("running")
+    ticks = last_tick()
+    page.wait_for_function(f"n => {LAST_TICK} > n", arg=ticks)
+
+
+def test_corral_ui_opens_a_signed_in_page_once(browser: Browser, srv: ServerProcess) -> None:
+    res = srv.cli("ui", "--no-browser")
+    assert res.returncode == 0, res.stderr
+    link = res.stdout.strip()
+    assert link.startswith(f"{srv.url}/ui/login/")
+    ctx = browser.new_context()
+    ctx.set_default_timeout(TIMEOUT)
+    page = ctx.new_page()
+    page.goto(link)
+    expect(page).to_have_url(f"{srv.url}/ui/jobs")
+    expect(page.locator(".who .role")).to_have_text("admin")
+    ctx.close()
+    again = browser.new_context()
+    page = again.new_page()
+    page.goto(link)
+    expect(page.locator(".flash")).to_contain_text("used already")
+    again.close()
+
+
+def test_phone_width_and_dark(
+    browser: Browser, srv: ServerProcess, http: httpx.Client, shots: Path
+) -> None:
+    submit(http, command="echo phone", labels=["phone"])
+    ctx = sign_in(browser, srv, viewport={"width": 390, "height": 844}, color_scheme="dark")
+    page = ctx.new_page()
+    page.goto("/ui/jobs")
+    expect(page.locator("#jobs")).to_be_visible()
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 390, f"the page scrolls sideways at phone width ({width}px)"
+    bg = page.evaluate("getComputedStyle(document.documentElement).backgroundColor")
+    assert bg == "rgb(17, 19, 23)", bg  # the dark palette
+    page.screenshot(path=shots / "jobs-phone-dark.png", full_page=True)
+    ctx.close()
