@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from corral.testing import ServerProcess, start_server
+from corral.testing import ServerProcess, on_ci, start_server
 
 CHROMIUM = os.environ.get("CORRAL_CHROMIUM", "/usr/bin/chromium")
 TICKER = (
@@ -32,7 +32,7 @@ TICKER = (
 def chromium_path() -> str:
     path = CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium")
     if path is None:
-        if os.environ.get("CI"):
+        if on_ci():
             pytest.fail("no chromium: `apt-get install -y chromium` (CI must run the UI tests)")
         pytest.skip("no chromium installed (apt-get install -y chromium)")
     return path
