@@ -32,6 +32,7 @@ import gateway_case
 import queue_case
 import sandbox_case
 import schedule_case
+import ui_case
 from cases import Result
 from rich.console import Console
 from rich.table import Table
@@ -238,6 +239,15 @@ async def main(plan: Plan, pg_base: str, only: str) -> list[Result]:
                 lambda: schedule_case.firing_jitter(root, plan.seconds),
                 timeout=180,
             )
+        if "m" in only:
+            await run.case(
+                "(m) dashboard",
+                "ms",
+                lambda: ui_case.dashboard(
+                    root, 10_000 if plan.throughput_jobs < 800 else 100_000, 20
+                ),
+                timeout=600,
+            )
         if "d" in only:
             async with server(root, "d", env=OWN_RUNNER) as srv:
                 runner_id = await register(srv)
@@ -368,7 +378,7 @@ def cli() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="fewer samples (~30 s)")
-    parser.add_argument("--only", default="abcdefghijkl", help="which benchmarks, e.g. --only ad")
+    parser.add_argument("--only", default="abcdefghijklm", help="which benchmarks, e.g. --only ad")
     parser.add_argument(
         "--sandbox",
         choices=("auto", "bwrap", "none"),

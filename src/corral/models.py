@@ -363,6 +363,40 @@ class JobPage(BaseModel):
     next: str | None = Field(None, description="Pass as `before` for the next page.")
 
 
+class StatsPoint(BaseModel):
+    t: int = Field(description="Start of the bucket, seconds since 1970 (UTC).")
+    count: int
+    cost: float = Field(description="USD; jobs without a price count 0.")
+    input_tokens: int
+    output_tokens: int
+
+
+class StatsSeries(BaseModel):
+    key: str = Field(description="The state or provider (see `group_by`).")
+    points: list[StatsPoint] = Field(description="Only buckets with jobs, in time order.")
+
+
+class Percentiles(BaseModel):
+    p50: float | None = None
+    p90: float | None = None
+    p99: float | None = None
+
+
+class Stats(BaseModel):
+    """Jobs that finished in ``[from, to)``."""
+
+    from_: datetime = Field(alias="from")
+    to: datetime
+    bucket: int = Field(description="Seconds per bucket.")
+    group_by: Literal["state", "provider"]
+    jobs: int
+    series: list[StatsSeries]
+    queue_wait: Percentiles = Field(description="Seconds from created to started.")
+    run_time: Percentiles = Field(description="Seconds from started to finished.")
+
+    model_config = {"populate_by_name": True}
+
+
 class RouteDecision(BaseModel):
     provider: str
     model: str | None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from corral.testing import ServerProcess
 from tests.acceptance._helpers import marker, pids_matching, wait_for, wait_job
 
 TIMEOUT = 15_000  # ms: what a live change may take to show, under load
+expect.set_options(timeout=TIMEOUT)
 # In the page: the number of the last `tick N` line of the log pane (-1: none yet).
 LAST_TICK = (
     "(+(document.querySelector('#log')?.lastElementChild?.textContent ?? '')"
@@ -94,15 +96,30 @@ def test_sign_in_and_out(browser: Browser, srv: ServerProcess, shots: Path) -> N
     ctx.close()
 
 
+# Records in sessionStorage (it survives the page's reload when the job ends)
+# the browser's clock when each `line-N` first appeared in the timeline.
+SEEN_LINES = """
+document.addEventListener("DOMContentLoaded", () => {
+  const tl = document.getElementById("timeline");
+  if (!tl) return;
+  new MutationObserver((changes) => {
+    for (const c of changes) for (const n of c.addedNodes) {
+      const key = ((n.textContent || "").match(/line-[0-9]+/) || [])[0];
+      if (key && !sessionStorage.getItem(key)) sessionStorage.setItem(key, String(Date.now()));
+    }
+  }).observe(tl, { childList: true });
+});
+"""
+
+
 def test_a_job_appears_live_and_its_timeline_streams(
     admin: BrowserContext, http: httpx.Client, shots: Path
 ) -> None:
     page = admin.new_page()
     page.goto("/ui/jobs")
-    expect(page.locator("#jobs")).to_be_visible()
     page.wait_for_function("() => document.readyState === 'complete'")
     mark = uuid.uuid4().hex[:8]
-    script = f"echo start-{mark}; for i in 1 2 3 4 5 6 7 8; do echo line-$i; sleep 0.25; done"
+    script = f"echo start-{mark}; for i in $(seq 1 10); do echo line-$i; sleep 0.3; done; sleep 4"
     job_id = submit(http, command=script, labels=["ui", mark], title=f"stream {mark}")
     row = page.locator(f"#job-{job_id}")
     expect(row).to_be_visible()  # no reload: the SSE feed brought it
@@ -110,21 +127,24 @@ def test_a_job_appears_live_and_its_timeline_streams(
     page.screenshot(path=shots / "jobs.png", full_page=True)
 
     job_page = admin.new_page()
+    job_page.add_init_script(SEEN_LINES)
     job_page.goto(f"/ui/jobs/{job_id}")
     timeline = job_page.locator("#timeline")
     expect(timeline).to_contain_text(f"start-{mark}")
-    expect(timeline).to_contain_text("line-2")
-    # Lines arrive while the job runs, not after it.
-    assert http.get(f"/jobs/{job_id}").json()["state"] == "running"
-    expect(job_page.locator("#job-state .state")).to_have_text("running")
+    expect(timeline).to_contain_text("line-3")
     job_page.screenshot(path=shots / "job-running.png", full_page=True)
-    # The row on the table page follows it to the end; the job page reloads with the result.
+    # The row on the table page follows the job to its end; the job page
+    # reloads with the result, and replays the timeline without repeating it.
     expect(row.locator("[data-f=state]")).to_have_text("done")
     expect(job_page.locator("#job-state .state")).to_have_text("done")
-    expect(job_page.locator("#result")).to_contain_text("line-8")
-    lines = job_page.locator("#timeline li", has_text="line-")
-    expect(lines).to_have_count(8)  # each line once, after the reload's replay too
+    expect(job_page.locator("#result")).to_contain_text("line-10")
+    expect(job_page.locator("#timeline li", has_text="line-")).to_have_count(10)
     job_page.screenshot(path=shots / "job-done.png", full_page=True)
+    # Lines were shown while the job ran, not after it.
+    seen = job_page.evaluate("Object.fromEntries(Object.entries(sessionStorage))")
+    finished = datetime.fromisoformat(http.get(f"/jobs/{job_id}").json()["finished_at"])
+    early = [k for k, at in seen.items() if int(at) < finished.timestamp() * 1000]
+    assert len(early) >= 3, (seen, finished)
 
 
 def test_cancel_from_the_page_kills_the_job(admin: BrowserContext, http: httpx.Client) -> None:
@@ -269,3 +289,22 @@ def test_phone_width_and_dark(
     assert bg == "rgb(17, 19, 23)", bg  # the dark palette
     page.screenshot(path=shots / "jobs-phone-dark.png", full_page=True)
     ctx.close()
+
+
+def test_charts_render_with_data(admin: BrowserContext, http: httpx.Client, shots: Path) -> None:
+    ok, bad = submit(http, command="echo ok"), submit(http, command="exit 3", max_attempts=1)
+    assert wait_job(http, ok)["state"] == "done"
+    assert wait_job(http, bad)["state"] == "failed"
+    stats = http.get("/stats", params={"bucket": "minute", "group_by": "state"}).json()
+    keys = {s["key"] for s in stats["series"]}
+    assert {"done", "failed"} <= keys, stats
+    page = admin.new_page()
+    page.goto("/ui/stats?range=1h")
+    finished = page.locator("section.chart", has_text="Jobs finished")
+    expect(finished.locator("svg rect.c-ok").first).to_be_visible()
+    expect(finished.locator("svg rect.c-bad").first).to_be_visible()
+    height = float(finished.locator("svg rect.c-ok").first.get_attribute("height") or 0)
+    assert height > 0
+    assert int(page.locator("#stats-jobs").inner_text()) >= 2
+    expect(finished.locator("svg rect.c-ok title").first).to_contain_text("done")
+    page.screenshot(path=shots / "stats.png", full_page=True)

@@ -26,6 +26,7 @@ from corral.api import (
     runners,
     schedules,
     sessions,
+    stats,
     system,
     trackers,
     webhooks,
@@ -50,6 +51,7 @@ def create_app(settings: Settings, *, lifespan: Lifespan | None = None) -> FastA
     openapi.install(app)
     routers = (
         system,
+        stats,
         jobs,
         questions,
         sessions,

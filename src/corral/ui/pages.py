@@ -5,6 +5,7 @@ and renders one template; the live parts follow the API's SSE feeds."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 from urllib.parse import urlencode
 
@@ -13,7 +14,7 @@ from fastapi.responses import RedirectResponse, Response
 
 from corral.errors import BadRequest, NotFound
 from corral.jobs import TERMINAL, JobState
-from corral.ui import web
+from corral.ui import charts, web
 
 router = APIRouter(include_in_schema=False)
 
@@ -163,6 +164,49 @@ async def fleet_page(request: Request) -> Response:
         pauses=pauses,
         live=await svc.store.jobs.live_by_provider(),
         counts=await svc.store.jobs.counts(),
+    )
+
+
+# Range -> (seconds, bucket): about 24 to 168 bars a chart.
+RANGES = {
+    "1h": (3600, 60),
+    "24h": (86400, 3600),
+    "7d": (7 * 86400, 3600),
+    "30d": (30 * 86400, 86400),
+}
+
+
+@router.get("/ui/stats", response_model=None)
+async def stats_page(request: Request, range: str = "24h") -> Response:
+    who = await web.viewer(request)
+    if who is None:
+        return web.to_login(request)
+    if range not in RANGES:
+        raise BadRequest(f"range must be one of {', '.join(RANGES)}")
+    seconds, bucket = RANGES[range]
+    end = datetime.now(UTC)
+    # The last bucket ends at the next bucket boundary: bars stay put as time passes.
+    end = datetime.fromtimestamp((int(end.timestamp()) // bucket + 1) * bucket, UTC)
+    start = end - timedelta(seconds=seconds)
+    jobs = web.services(request).store.jobs
+    frame = {"from": start, "to": end, "bucket": bucket}
+    states = {**frame, **await jobs.stats(start=start, end=end, bucket=bucket, group_by="state")}
+    providers = {
+        **frame,
+        **await jobs.stats(start=start, end=end, bucket=bucket, group_by="provider"),
+    }
+    return await web.render(
+        request,
+        "stats.html",
+        who,
+        range=range,
+        ranges=list(RANGES),
+        states=states,
+        charts=[
+            charts.stacked(states, value="count", title="Jobs finished", unit="jobs", states=True),
+            charts.stacked(providers, value="cost", title="Cost by provider", unit="$"),
+            charts.stacked(providers, value="tokens", title="Tokens by provider", unit="tokens"),
+        ],
     )
 
 

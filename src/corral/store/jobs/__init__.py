@@ -40,6 +40,7 @@ from corral.store.jobs import (
     quota,
     reads,
     report,
+    stats,
 )
 from corral.store.jobs.dispatch import Lease
 from corral.store.jobs.lifecycle import lose
@@ -223,6 +224,18 @@ class Jobs:
     async def live_by_provider(self) -> dict[str, dict[str, int]]:
         """Queued, assigned and running jobs of each provider."""
         return await self.db.read(reads.live_by_provider)
+
+    async def stats(
+        self, *, start: datetime, end: datetime, bucket: int, group_by: str
+    ) -> dict[str, Any]:
+        """Jobs finished in ``[start, end)``: per ``bucket`` seconds and group
+        (``state`` or ``provider``) counts, cost and tokens; wait and run percentiles."""
+        dialect = self.db.dialect
+        return await self.db.read(
+            lambda conn: stats.stats(
+                conn, start=start, end=end, bucket=bucket, group_by=group_by, dialect=dialect
+            )
+        )
 
     async def pauses(self) -> list[ProviderPause]:
         """Providers paused by a quota limit, now."""

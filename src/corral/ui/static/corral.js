@@ -68,9 +68,7 @@ function jobsTable(table) {
   const page = Number(table.dataset.page || 50);
   const body = table.tBodies[0];
   const template = $("#row-template");
-  const feed = new EventSource("/sse/jobs");
-  feed.addEventListener("job", (e) => {
-    const job = JSON.parse(e.data);
+  const show = (job) => {
     let row = document.getElementById("job-" + job.id);
     if (!row) {
       if (!live || !matches(job, filters)) return;
@@ -78,12 +76,30 @@ function jobsTable(table) {
       body.prepend(row);
       $("#no-jobs")?.remove();
       while (body.rows.length > page) body.lastElementChild.remove();
+    } else if (row.dataset.state === job.state) {
+      fillRow(row, job);
+      return;
     }
     fillRow(row, job);
     row.classList.remove("fresh");
     void row.offsetWidth; // restart the highlight
     row.classList.add("fresh");
-  });
+  };
+  const feed = new EventSource("/sse/jobs");
+  // On (re)connecting, what changed since the page was rendered: the feed
+  // only tells what happens from now on.
+  feed.onopen = async () => {
+    const q = new URLSearchParams();
+    for (const s of filters.state) q.append("state", s);
+    for (const k of ["provider", "label", "source", "q"]) if (filters[k]) q.set(k, filters[k]);
+    q.set("limit", String(page));
+    const resp = await fetch("/jobs?" + q);
+    if (!resp.ok) return;
+    const { jobs } = await resp.json();
+    const shown = new Set([...body.rows].map((r) => r.id));
+    for (const job of jobs.reverse()) if (live || shown.has("job-" + job.id)) show(job);
+  };
+  feed.addEventListener("job", (e) => show(JSON.parse(e.data)));
 }
 
 // -- a job's timeline: every event of the job, live; resumes with Last-Event-ID ----
@@ -191,18 +207,26 @@ function timeline(list) {
 // -- agent daemons: status changes, and a log pane that follows ----------------
 
 function agentStatus() {
-  const feed = new EventSource("/sse/status");
-  feed.addEventListener("status", (e) => {
-    const c = JSON.parse(e.data);
-    const cell = $(`#agent-${CSS.escape(c.agent_id)} [data-f="status"]`);
-    const head = $("#log")?.dataset.agent === c.agent_id ? $("#agent-status") : null;
+  const mark = (name, status, pid) => {
+    const cell = $(`#agent-${CSS.escape(name)} [data-f="status"]`);
+    const head = $("#log")?.dataset.agent === name ? $("#agent-status") : null;
     for (const el of [cell, head]) {
       if (!el) continue;
-      el.textContent = c.new_status;
-      el.className = "state a-" + c.new_status;
+      el.textContent = status;
+      el.className = "state a-" + status;
     }
-    const pid = $(`#agent-${CSS.escape(c.agent_id)} [data-f="pid"]`);
-    if (pid) pid.textContent = c.pid ?? "";
+    const pidCell = $(`#agent-${CSS.escape(name)} [data-f="pid"]`);
+    if (pidCell) pidCell.textContent = pid ?? "";
+  };
+  const feed = new EventSource("/sse/status");
+  // On (re)connecting: the status now (a change may have come before the feed).
+  feed.onopen = async () => {
+    const resp = await fetch("/agents");
+    if (resp.ok) for (const a of await resp.json()) mark(a.name, a.status, a.pid);
+  };
+  feed.addEventListener("status", (e) => {
+    const c = JSON.parse(e.data);
+    mark(c.agent_id, c.new_status, c.pid);
   });
 }
 
