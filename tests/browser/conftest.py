@@ -67,6 +67,8 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     root = tmp_path_factory.mktemp("ui")
     config = root / "corral.toml"
     config.write_text(
+        # `asker` is served by no runner but the tests' own (a hand-driven worker).
+        '[providers.asker]\nkind = "shell"\n\n'
         "[agents.ticker]\n"
         f"command = [{sys.executable!r}, '-u', '-c', {TICKER!r}]\n"
         "restart = 'always'\n"

@@ -308,3 +308,48 @@ def test_charts_render_with_data(admin: BrowserContext, http: httpx.Client, shot
     assert int(page.locator("#stats-jobs").inner_text()) >= 2
     expect(finished.locator("svg rect.c-ok title").first).to_contain_text("done")
     page.screenshot(path=shots / "stats.png", full_page=True)
+
+
+def test_needs_you_answer_unblocks_a_waiting_job(
+    admin: BrowserContext, http: httpx.Client, shots: Path
+) -> None:
+    """A worker (driven here by hand over the runner protocol) asks a question;
+    the question shows in "Needs you" with a count; an answer from the page
+    is what the worker's waiting call returns."""
+    runner = http.post(
+        "/runners/register", json={"name": "hand", "providers": ["asker"], "slots": 1}
+    )
+    assert runner.status_code == 200, runner.text
+    job_id = submit(http, command="true", provider="asker", title="deploy to staging?")
+    lease = http.post(
+        f"/runners/{runner.json()['runner_id']}/lease", json={"max_jobs": 1, "wait": 10}
+    ).json()
+    [item] = lease["jobs"]
+    assert item["job"]["id"] == job_id
+    worker = {"Authorization": f"Bearer {item['token']}"}
+    asked = http.post(
+        "/worker/questions",
+        json={"question": "Deploy to staging now?", "options": ["yes", "not yet"]},
+        headers=worker,
+    )
+    assert asked.status_code == 200, asked.text
+    question_id = asked.json()["question_id"]
+
+    page = admin.new_page()
+    page.goto("/ui/needs")
+    expect(page.locator("#needs-count")).to_have_text("1")
+    card = page.locator(f"#q-{question_id}")
+    expect(card).to_contain_text("Deploy to staging now?")
+    page.screenshot(path=shots / "needs.png", full_page=True)
+    card.locator("button.option", has_text="not yet").click()
+    expect(page.locator("#nothing-needed")).to_be_visible()
+    expect(page.locator("#needs-count")).to_have_count(0)
+
+    waited = http.post(f"/worker/questions/{question_id}/wait", json={"wait": 0}, headers=worker)
+    assert waited.status_code == 200, waited.text
+    assert waited.json()["state"] == "answered"
+    assert waited.json()["answer"] == "not yet"
+    assert waited.json()["answered_by"] == "local admin"
+    page.goto(f"/ui/jobs/{job_id}")
+    expect(page.locator("#timeline")).to_contain_text("answer from local admin: not yet")
+    http.post(f"/jobs/{job_id}/cancel")

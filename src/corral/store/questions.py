@@ -211,6 +211,21 @@ class Questions:
             )
         return _question(row)
 
+    async def pending(self, limit: int = 200) -> list[tuple[str, WaitingFor]]:
+        """Every open question, oldest first, with its job's id (the
+        dashboard's "Needs you" list)."""
+        now = now_utc()
+        stmt = (
+            sa.select(questions)
+            .select_from(_WITH_JOB)
+            .where(_open(now))
+            .order_by(*_OLDEST_FIRST)
+            .limit(limit)
+        )
+        return await self.db.read(
+            lambda conn: [(str(r.job_id), _waiting_for(r)) for r in conn.execute(stmt)]
+        )
+
     async def waiting_for(self, job_ids: Sequence[str]) -> dict[str, WaitingFor]:
         """The open question of each job that has one (the oldest, if several)."""
         if not job_ids:

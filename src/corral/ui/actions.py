@@ -73,6 +73,25 @@ async def retry_job(request: Request, job_id: str) -> Response:
     return web.back(fields, f"/ui/jobs/{job_id}")
 
 
+@router.post("/ui/jobs/{job_id}/answer", response_model=None)
+async def answer_job(request: Request, job_id: str) -> Response:
+    """Answer the question the job waits on (``question_id`` from the form)."""
+    who, fields = await web.writer(request, "write")
+    store = web.services(request).store
+    # An option's button sends `text`; the Answer button, the field `custom`.
+    text = (fields.get("text") or fields.get("custom") or "").strip()
+    try:
+        if not text:
+            raise InvalidInput("write an answer (or pick one of the options)")
+        job_id = await store.jobs.resolve(job_id)
+        await store.questions.answer(
+            job_id, text, by=who.principal.name, question_id=fields.get("question_id") or None
+        )
+    except CorralError as exc:
+        return web.back(fields, f"/ui/jobs/{job_id}", exc)
+    return web.back(fields, f"/ui/jobs/{job_id}")
+
+
 @router.post("/ui/sessions/{session_id}/turns", response_model=None)
 async def add_turn(request: Request, session_id: str) -> Response:
     _, fields = await web.writer(request, "write")

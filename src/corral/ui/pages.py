@@ -13,7 +13,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import RedirectResponse, Response
 
 from corral.errors import BadRequest, NotFound
-from corral.jobs import TERMINAL, JobState
+from corral.jobs import ACTIVE, TERMINAL, JobState
 from corral.ui import charts, web
 
 router = APIRouter(include_in_schema=False)
@@ -112,6 +112,9 @@ async def job_page(request: Request, job_id: str) -> Response:
     job = await svc.store.jobs.get(job_id)
     if job.state is JobState.QUEUED:
         job = job.model_copy(update={"waiting": await svc.store.jobs.waiting(job)})
+    asked = await svc.store.questions.waiting_for([job.id] if job.state in ACTIVE else [])
+    if job.id in asked:
+        job = job.model_copy(update={"waiting_for": asked[job.id]})
     artifacts = await svc.store.jobs.artifacts(job_id)
     diff = None
     if any(a.name == "diff.patch" and a.size <= DIFF_MAX for a in artifacts):
@@ -126,6 +129,20 @@ async def job_page(request: Request, job_id: str) -> Response:
         artifacts=artifacts,
         diff=diff,
         usage=json.dumps(job.usage, indent=1) if job.usage else None,
+    )
+
+
+@router.get("/ui/needs", response_model=None)
+async def needs_page(request: Request) -> Response:
+    """Every job waiting on a person's answer (``ask_human``), oldest first."""
+    who = await web.viewer(request)
+    if who is None:
+        return web.to_login(request)
+    svc = web.services(request)
+    pending = await svc.store.questions.pending()
+    jobs = {j.id: j for j in [await svc.store.jobs.get(job_id) for job_id, _ in pending]}
+    return await web.render(
+        request, "needs.html", who, items=[(jobs[job_id], q) for job_id, q in pending]
     )
 
 

@@ -104,9 +104,11 @@ def back(fields: dict[str, str], default: str, error: CorralError | None = None)
 async def render(
     request: Request, name: str, who: Viewer | None, status: int = 200, **context: Any
 ) -> HTMLResponse:
-    paused = False
+    paused, needs = False, 0
     if who is not None:
-        paused = await services(request).store.settings.get("paused") == "true"
+        store = services(request).store
+        paused = await store.settings.get("paused") == "true"
+        needs = len(await store.questions.pending())
     return templates.TemplateResponse(
         request,
         name,
@@ -114,6 +116,7 @@ async def render(
             "who": who,
             "version": __version__,
             "paused": paused,
+            "needs": needs,
             "error": request.query_params.get("error"),
             "path": request.url.path,
             **context,

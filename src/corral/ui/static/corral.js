@@ -120,6 +120,10 @@ function describe(ev) {
       return { cls: "state-change", body: `${p.from || "·"} → ${p.to}` + (p.attempt ? ` (attempt ${p.attempt})` : "") + (p.error ? `: ${p.error}` : "") };
     case "job.routed":
       return { cls: "meta", body: `routed to ${p.provider || "?"}` + (p.reason ? `: ${p.reason}` : "") };
+    case "job.question":
+      return { cls: "msg", body: "❓ " + p.question + (p.options && p.options.length ? `  [${p.options.join(" / ")}]` : "") };
+    case "job.answer":
+      return { cls: "state-change", body: p.state === "answered" ? `answer from ${p.by}: ${p.text}` : "no answer: the question timed out" };
     case "agent.init":
       return { cls: "meta", body: `${p.agent || "agent"} started` + (p.model ? ` (${p.model})` : "") };
     case "agent.message":
