@@ -353,3 +353,24 @@ def test_needs_you_answer_unblocks_a_waiting_job(
     page.goto(f"/ui/jobs/{job_id}")
     expect(page.locator("#timeline")).to_contain_text("answer from local admin: not yet")
     http.post(f"/jobs/{job_id}/cancel")
+
+
+def test_bulk_cancel_of_a_filtered_set(admin: BrowserContext, http: httpx.Client) -> None:
+    mark = uuid.uuid4().hex[:8]
+    http.post("/admin/pause")  # they stay queued: the count is exact
+    try:
+        ids = [submit(http, command="sleep 30", labels=[f"bulk-{mark}"]) for _ in range(3)]
+        other = submit(http, command="sleep 30", labels=["not-this-one"])
+        page = admin.new_page()
+        page.goto(f"/ui/jobs?label=bulk-{mark}")
+        messages: list[str] = []
+        page.on("dialog", lambda d: (messages.append(d.message), d.accept()))
+        page.click("#bulk-cancel")
+        expect(page.locator("#notice")).to_have_text("3 jobs cancelled")
+        assert messages == ["Cancel 3 jobs?"]
+        assert {http.get(f"/jobs/{i}").json()["state"] for i in ids} == {"cancelled"}
+        assert http.get(f"/jobs/{other}").json()["state"] == "queued"
+        expect(page.locator("#bulk-retry")).to_have_text("Retry 3")
+    finally:
+        http.post("/admin/resume")
+        http.post(f"/jobs/{other}/cancel")

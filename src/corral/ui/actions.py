@@ -4,12 +4,16 @@ the page, with the error to show when the action was refused."""
 
 from __future__ import annotations
 
+from typing import Any
+from urllib.parse import quote, urlencode
+
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 from pydantic import ValidationError
 
-from corral.errors import CorralError, InvalidInput
+from corral.errors import Conflict, CorralError, InvalidInput
 from corral.intake.submit import submit
+from corral.jobs import TERMINAL, JobState
 from corral.models import JobCreate
 from corral.protocol import topics
 from corral.ui import web
@@ -49,6 +53,38 @@ async def submit_job(request: Request) -> Response:
     except CorralError as exc:
         return web.back(fields, "/ui/jobs", exc)
     return RedirectResponse(f"/ui/jobs/{job.id}", status_code=303)
+
+
+@router.post("/ui/jobs/bulk", response_model=None)
+async def bulk(request: Request) -> Response:
+    """Cancel (the unfinished) or retry (the failed and cancelled) of the
+    newest ``BULK_MAX`` jobs a filter of the jobs page matches."""
+    who, fields = await web.writer(request, "write")
+    svc = web.services(request)
+    action = fields.get("action")
+    filters: dict[str, Any] = {k: fields.get(k, "") for k in ("provider", "label", "source", "q")}
+    filters["state"] = [s for s in fields.get("states", "").split(",") if s]
+    query = urlencode({k: v for k, v in filters.items() if v}, doseq=True)
+    try:
+        if action not in ("cancel", "retry"):
+            raise InvalidInput(f"unknown bulk action {action!r}")
+        done = 0
+        for job in await web.matching(svc, filters, web.BULK_MAX):
+            try:
+                if action == "cancel" and job.state not in TERMINAL:
+                    await svc.store.jobs.cancel(job.id, by=who.principal.name)
+                elif action == "retry" and job.state in (JobState.FAILED, JobState.CANCELLED):
+                    await svc.store.jobs.retry(job.id)
+                else:
+                    continue
+            except Conflict:
+                continue  # it moved on meanwhile
+            done += 1
+    except CorralError as exc:
+        return web.back({"next": f"/ui/jobs?{query}"}, "/ui/jobs", exc)
+    verb = "cancelled" if action == "cancel" else "queued again"
+    notice = quote(f"{done} job{'s' if done != 1 else ''} {verb}")
+    return RedirectResponse(f"/ui/jobs?{query}&notice={notice}", status_code=303)
 
 
 @router.post("/ui/jobs/{job_id}/cancel", response_model=None)

@@ -66,6 +66,15 @@ async def jobs_page(
         "source": source,
         "q": q,
     }
+    bulk = None
+    if who.can("write") and any(filters.values()):
+        matching = await web.matching(svc, filters, web.BULK_MAX + 1)
+        bulk = {
+            "cancel": sum(j.state not in TERMINAL for j in matching),
+            "retry": sum(j.state in (JobState.FAILED, JobState.CANCELLED) for j in matching),
+            "capped": len(matching) > web.BULK_MAX,
+            "states": ",".join(filters["state"]),
+        }
     return await web.render(
         request,
         "jobs.html",
@@ -79,6 +88,8 @@ async def jobs_page(
         filters_json=json.dumps(filters),
         base_query=urlencode({k: v for k, v in filters.items() if v}, doseq=True),
         page=PAGE,
+        bulk=bulk,
+        bulk_max=web.BULK_MAX,
         first_page=not before,
         next_before=jobs[-1].id if len(jobs) == PAGE else None,
     )

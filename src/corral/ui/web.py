@@ -16,10 +16,14 @@ from fastapi.templating import Jinja2Templates
 from corral import __version__, auth
 from corral.auth import BrowserSession, Principal, permits
 from corral.errors import BadRequest, CorralError, Forbidden, Unauthorized
+from corral.jobs import JobState
+from corral.models import Job
 from corral.services import Services
 
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 CSRF_HEADER = "x-csrf-token"
+# Bulk cancel and retry act on at most this many of the jobs a filter matches.
+BULK_MAX = 1000
 MAX_FORM_BYTES = 256 * 1024
 
 
@@ -53,6 +57,22 @@ async def viewer(request: Request) -> Viewer | None:
     if not permits(who.role, "read"):
         return None
     return Viewer(who, session, auth.csrf_token(session, svc.browser_secret))
+
+
+async def matching(svc: Services, filters: dict[str, Any], limit: int) -> list[Job]:
+    """The newest ``limit`` jobs the jobs page's filters match."""
+    try:
+        states = [JobState(s) for s in filters.get("state") or []]
+    except ValueError:
+        raise BadRequest(f"unknown state in {filters['state']!r}") from None
+    return await svc.store.jobs.list(
+        states=states,
+        provider=filters.get("provider") or None,
+        label=filters.get("label") or None,
+        source=filters.get("source") or None,
+        text=filters.get("q") or None,
+        limit=limit,
+    )
 
 
 def to_login(request: Request) -> RedirectResponse:
@@ -118,6 +138,7 @@ async def render(
             "paused": paused,
             "needs": needs,
             "error": request.query_params.get("error"),
+            "notice": request.query_params.get("notice"),
             "path": request.url.path,
             **context,
         },
