@@ -192,7 +192,7 @@ def test_the_kill_switch_pauses_dispatch(
 def test_a_viewer_sees_no_write_buttons_and_forged_posts_are_refused(
     browser: Browser, admin: BrowserContext, srv: ServerProcess, http: httpx.Client, shots: Path
 ) -> None:
-    job_id = submit(http, command="sleep 30")
+    job_id = submit(http, command="sleep 600")
     viewer = sign_in(browser, srv, viewer_key(srv))
     try:
         page = viewer.new_page()
