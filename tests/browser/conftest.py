@@ -38,8 +38,10 @@ def chromium_path() -> str:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(chromium_path: str) -> Iterator[Any]:
+    # Module-scoped: Playwright's sync API runs an event loop in this thread
+    # until it stops, and the async tests that pytest runs later need it gone.
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
