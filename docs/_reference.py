@@ -52,6 +52,9 @@ def _toml(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, enum.Enum):
         return _toml(value.value)
+    if isinstance(value, Path) and value.is_relative_to(Path.home()):
+        # Defaults under the generating user's home read as the reader's.
+        return f'"~/{value.relative_to(Path.home())}"'
     if isinstance(value, str | Path):
         return f'"{value}"'
     if isinstance(value, list | tuple):
