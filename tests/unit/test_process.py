@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import builtins
+import contextlib
 import io
 import os
 import subprocess
@@ -79,10 +80,17 @@ async def test_stop_tree_reaches_grandchildren_even_in_their_own_group(no_proc: 
         "setsid sleep 300 & sleep 300 & wait",
         start_new_session=True,
     )
-    assert _wait_for(lambda: len(process.tree(proc.pid)) >= 3)
+
+    def sessions() -> set[int]:
+        found = set()
+        for pid in process.tree(proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                found.add(os.getsid(pid))
+        return found
+
+    # Wait until setsid has run (before, its child is still in the shell's session).
+    assert _wait_for(lambda: len(process.tree(proc.pid)) >= 3 and len(sessions()) == 2)
     members = process.tree(proc.pid)
-    sessions = {os.getsid(p) for p in members}
-    assert len(sessions) == 2  # the setsid grandchild is in a session of its own
     await process.stop_tree(proc, grace=0.5)
     assert _wait_for(lambda: not any(_alive(p) for p in members))
 
