@@ -34,6 +34,9 @@ class WatchdogStats:
     recovered: int = 0
     last_sweep_at: float | None = None
     last_error: str | None = None
+    # No lease expires before this (epoch seconds): runners get one lease_ttl
+    # to heartbeat again after this replica started.
+    grace_until: float | None = None
 
 
 @dataclass

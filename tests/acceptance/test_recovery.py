@@ -5,6 +5,7 @@ failed with the reason, and the orphaned process tree is reaped."""
 
 from __future__ import annotations
 
+import time
 from functools import partial
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from corral.testing import start_server
 from ._helpers import (
     alive,
     cli_many,
+    create_key,
     get_job,
     kill_leftovers,
     marker,
@@ -21,6 +23,8 @@ from ._helpers import (
     pids_matching,
     running_server,
     session_events,
+    start_runner,
+    stop_process,
     submit,
     wait_for,
     wait_job,
@@ -162,3 +166,34 @@ def test_clean_stop_and_restart(tmp_path: Path) -> None:
             assert wait_job(http, submit(http, "echo again"))["state"] == "done"
     finally:
         kill_leftovers(m)
+
+
+def test_a_server_restart_leaves_a_live_runner_its_jobs(tmp_path: Path) -> None:
+    """`corral serve` killed and started again after its leases ran out: the
+    separate runner, alive all along, keeps its job (the restarted watchdog
+    gives it one lease_ttl to heartbeat) and the job finishes once."""
+    data, work, runs = tmp_path / "data", tmp_path / "runner", tmp_path / "runs"
+    # Short leases, a watchdog that sweeps at once, heartbeats slower than it.
+    env = {"CORRAL_LEASE_TTL": "2", "CORRAL_WATCHDOG_INTERVAL": "0.1"}
+    srv = start_server(data, env=env, args=("--no-runner",))
+    port, proc = srv.port, None
+    try:
+        key = create_key(srv, "runner")
+        runner_env = {"CORRAL_RUNNER__SANDBOX": "none", "CORRAL_HEARTBEAT_INTERVAL": "1.5"}
+        proc, _ = start_runner(srv, key, work, "--name", "r1", env=runner_env)
+        with srv.http() as http:
+            job_id = submit(http, f"echo run >> {runs}; sleep 8; echo finished")
+            wait_job(http, job_id, "running")
+        srv.kill()
+        time.sleep(3)  # longer than lease_ttl: every lease has run out
+        srv = start_server(data, port=port, env=env, args=("--no-runner",))
+        with srv.http() as http:
+            job = wait_job(http, job_id, timeout=30)
+            assert job["state"] == "done", job
+            assert job["result"] == "finished" and job["infra_retries"] == 0, job
+            assert runs.read_text() == "run\n", "the job ran again"
+            assert http.get("/watchdog/status").json()["expired"] == 0
+    finally:
+        if proc is not None:
+            stop_process(proc)
+        srv.stop()

@@ -124,4 +124,5 @@ async def watchdog_status(svc: Svc, who: Reader) -> dict[str, Any]:
         "recovered": w.recovered,
         "last_sweep_at": w.last_sweep_at,
         "last_error": w.last_error,
+        "grace_until": w.grace_until,
     }

@@ -39,9 +39,18 @@ class Loop:
 
 
 async def watchdog(svc: Services) -> None:
-    """Re-queue the jobs whose runner stopped heartbeating (see ``/watchdog/status``)."""
+    """Re-queue the jobs whose runner stopped heartbeating (see ``/watchdog/status``).
+
+    A replica that just started gives runners one ``lease_ttl`` to heartbeat
+    again before it expires anything: leases that ran out while no control
+    plane answered (a restart, a failover) belong to runners that may be alive
+    and were only cut off — as Nomad resets its heartbeat TTLs after a leader
+    election. A runner that is really gone is released a ``lease_ttl`` later."""
+    svc.watchdog.grace_until = time.time() + svc.settings.lease_ttl
     while True:
         await asyncio.sleep(svc.settings.watchdog_interval)
+        if time.time() < svc.watchdog.grace_until:
+            continue
         try:
             lost = await svc.store.jobs.expire()
             svc.watchdog.last_error = None
