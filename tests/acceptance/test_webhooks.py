@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from httpx_sse import aconnect_sse
 
 from corral.client import AsyncClient, Client, RunTimeout
 from corral.testing import ServerProcess, free_port
@@ -233,12 +234,94 @@ def test_pending_deliveries_survive_a_restart(tmp_path: Path) -> None:
         endpoint.close()
 
 
-async def test_async_client_events_survive_a_forced_disconnect(tmp_path: Path) -> None:
-    # A tiny SSE buffer: a slow reader is disconnected and must resume by itself.
+def _flood() -> tuple[str, list[str]]:
+    """A job's command, and its lines, that make a reader who stopped reading
+    fall behind for real: first more bytes than the kernel holds for its
+    connection (the server's send buffer at its largest, the reader's receive
+    window, and some), so the server's writes block; then 40 more batches of
+    events (a bus message each), more than a subscriber's sse_buffer of 10."""
+    wmem_max = int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+    rmem = int(Path("/proc/sys/net/ipv4/tcp_rmem").read_text().split()[1])
+    width = 16_000  # under the shell executor's MAX_LINE: one event a line
+    big = (wmem_max + rmem + 2_000_000) // width + 1
+    command = (
+        f"for i in $(seq 1 {big}); do printf 'big %d %0{width}d\\n' $i 0; done; "
+        "for j in $(seq 1 40); do echo tick $j; sleep 0.05; done"
+    )
+    lines = [f"big {i} {0:0{width}d}" for i in range(1, big + 1)]
+    return command, lines + [f"tick {j}" for j in range(1, 41)]
+
+
+async def _ended(s: ServerProcess, job_id: str) -> None:
+    async with httpx.AsyncClient(
+        base_url=s.url, headers={"Authorization": f"Bearer {s.admin_key}"}
+    ) as http:
+        for _ in range(600):
+            if (await http.get(f"/jobs/{job_id}")).json()["state"] == "done":
+                return
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"job {job_id} did not end")
+
+
+def _ends_the_job(events: list[dict[str, Any]]) -> bool:
+    return (
+        bool(events) and events[-1]["type"] == "job.state" and events[-1]["payload"]["to"] == "done"
+    )
+
+
+async def _stalled_raw_reader(
+    s: ServerProcess, job_id: str, ended: asyncio.Event
+) -> list[list[dict[str, Any]]]:
+    """Read a job's stream without corral's client: stop reading after the
+    first event until the job ended, read on until the server closes, then
+    resume with Last-Event-ID. Returns the events of each connection."""
+    connections: list[list[dict[str, Any]]] = []
+    last: int | None = None
+    async with httpx.AsyncClient(
+        base_url=s.url,
+        headers={"Authorization": f"Bearer {s.admin_key}"},
+        timeout=60,
+    ) as http:
+        while not connections or not _ends_the_job(connections[-1]):
+            headers = {"Accept": "text/event-stream"}
+            if last is not None:
+                headers["Last-Event-ID"] = str(last)
+            got: list[dict[str, Any]] = []
+            connections.append(got)
+            async with aconnect_sse(http, "GET", f"/jobs/{job_id}/events", headers=headers) as src:
+                async for sse in src.aiter_sse():
+                    if not sse.data:
+                        continue
+                    got.append(json.loads(sse.data))
+                    last = got[-1]["seq"]
+                    if len(connections) == 1 and len(got) == 1:
+                        await ended.wait()
+            assert len(connections) < 10, "the stream never reached the job's end"
+    return connections
+
+
+async def test_a_reader_that_falls_behind_is_cut_and_resumes_every_event_once(
+    tmp_path: Path,
+) -> None:
+    """Two readers stop reading a flooding job's stream until it ended: the
+    server's socket buffers fill, their subscriptions overflow (sse_buffer 10)
+    and the server cuts them; each resumes with Last-Event-ID and gets every
+    event once, in order — the raw stream (no event sent twice) and
+    AsyncClient.job_events (which reconnects by itself)."""
     env = {**ENV, "CORRAL_SSE_BUFFER": "10"}
     with running_server(tmp_path / "data", env=env) as s:
         async with AsyncClient(s.url, s.admin_key) as c:
-            accepted = await c.submit(command="for i in $(seq 1 300); do echo line $i; done")
+            opened: list[str | None] = []  # each stream's Last-Event-ID
+
+            async def on_request(request: httpx.Request) -> None:
+                if request.headers.get("accept") == "text/event-stream":
+                    opened.append(request.headers.get("last-event-id"))
+
+            c._http.event_hooks["request"].append(on_request)
+            command, flood = _flood()
+            accepted = await c.submit(command=command)
+            ended = asyncio.Event()
+            raw = asyncio.create_task(_stalled_raw_reader(s, accepted.job_id, ended))
             seqs: list[int] = []
             lines: list[str] = []
             async for event in c.job_events(accepted.job_id, timeout=60):
@@ -246,10 +329,25 @@ async def test_async_client_events_survive_a_forced_disconnect(tmp_path: Path) -
                     seqs.append(event.seq)
                 if event.type == "output":
                     lines.append(event.payload["line"])
-                if len(seqs) % 25 == 0:
-                    await asyncio.sleep(0.2)  # fall behind the server
-            assert lines == [f"line {i}" for i in range(1, 301)]
-            assert seqs == sorted(set(seqs)) and seqs == list(range(seqs[0], seqs[-1] + 1))
+                if len(seqs) == 1:
+                    # Stop reading until the job is over: all it printed is behind us.
+                    await _ended(s, accepted.job_id)
+                    ended.set()
+            assert lines == flood
+            assert seqs == list(range(seqs[0], seqs[-1] + 1))
+            assert len(opened) >= 2 and opened[0] is None, opened
+            assert opened[1] is not None and int(opened[1]) < seqs[-1], opened
+
+            connections = await raw
+            # The server cut the first connection before the job's last event ...
+            assert len(connections) >= 2 and not _ends_the_job(connections[0])
+            # ... and across the cut it sent every event once, in order.
+            raw_seqs = [e["seq"] for conn in connections for e in conn]
+            assert raw_seqs == list(range(raw_seqs[0], raw_seqs[-1] + 1))
+            assert [
+                e["payload"]["line"] for conn in connections for e in conn if e["type"] == "output"
+            ] == flood
+
             result = await c.run(command="echo async", timeout=30)
             assert result.ok and result.via == "webhook" and result.result == "async"
             job = await c.wait(result.job_id, timeout=5)

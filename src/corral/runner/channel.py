@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -32,6 +33,11 @@ from corral.runner.link import Refused, Unreachable, WorkerLink
 log = logging.getLogger(__name__)
 
 BATCH = 1000
+# A batch also stops at this many bytes of payload: the server refuses a body
+# over its max_body_bytes (1 MiB by default) with 413, and a refused batch is
+# lost. One event larger than this still goes alone.
+BATCH_BYTES = 256 * 1024
+_ENVELOPE_BYTES = 128  # an event's id, type and flags around its payload
 # How long a write is retried while the server is unreachable (restarts, deploys).
 GIVE_UP_SECONDS = 300.0
 # One long-poll for an answer (the server holds it up to 60 s).
@@ -150,10 +156,12 @@ class WorkerChannel:
         if self.stale is not None:
             self.answered = self._refused
             return None
-        while len(self._events) > BATCH:
-            await self._send_events(self._take(BATCH))
+        last = self._take()
+        while self._events:  # more than one batch left: the report carries the last
+            await self._send_events(last)
+            last = self._take()
         outcome = redact.outcome(outcome)
-        body = Completion(outcome=outcome, events=self._take())
+        body = Completion(outcome=outcome, events=last)
         self._sending = body.events
         try:
             completed = await self._call("complete", lambda: self.link.complete(body))
@@ -167,8 +175,14 @@ class WorkerChannel:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
 
-    def _take(self, n: int | None = None) -> list[NewEvent]:
-        n = len(self._events) if n is None else n
+    def _take(self) -> list[NewEvent]:
+        """The next batch: at most BATCH events and about BATCH_BYTES (one at least)."""
+        n = size = 0
+        for event in self._events[:BATCH]:
+            size += len(json.dumps(event.payload, default=str)) + _ENVELOPE_BYTES
+            if n and size > BATCH_BYTES:
+                break
+            n += 1
         batch, self._events = self._events[:n], self._events[n:]
         return batch
 
@@ -182,7 +196,7 @@ class WorkerChannel:
             if self._closing:
                 return  # complete() carries what is left
             while self._events and self.stale is None:
-                await self._send_events(self._take(BATCH))
+                await self._send_events(self._take())
 
     async def _send_events(self, batch: list[NewEvent]) -> None:
         body = EventBatch(events=batch)
