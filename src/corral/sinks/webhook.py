@@ -5,7 +5,7 @@ and timeout, so a slow or dead endpoint never holds up the others: at most
 ``webhook_concurrency`` are in flight, at most ``PER_URL`` of them to one URL.
 Deliveries of one job to one URL go in order: the next waits until the one
 before it is delivered or given up. Connection errors, timeouts, 5xx, 408 and
-429 are retried with exponential backoff and jitter (a ``Retry-After`` is
+429 are retried with exponential backoff and jitter (a ``Retry-After``, seconds or an HTTP-date, is
 honoured) until ``webhook_retry_horizon``; any other 4xx gives up at once.
 Unless private addresses are allowed, job webhooks connect through
 ``corral.egress`` (a delivery to a refused address fails at once,
@@ -21,6 +21,7 @@ import json
 import logging
 import time
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 
 import httpx
 
@@ -195,9 +196,17 @@ class Sender:
                 await asyncio.sleep(pause)
 
 
-def _retry_after(value: str | None) -> float | None:
+def _retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds a ``Retry-After`` asks to wait: delay-seconds or an HTTP-date
+    (RFC 9110 section 10.2.3); None if it is neither."""
     if not value:
         return None
-    with contextlib.suppress(ValueError):
-        return max(0.0, float(value))
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):
+        when = parsedate_to_datetime(value)
+        if when.tzinfo is None:  # "-0000": UTC, as HTTP-dates are
+            when = when.replace(tzinfo=UTC)
+        return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
     return None
