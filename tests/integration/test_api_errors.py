@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -436,6 +437,25 @@ async def test_health_needs_no_credential_and_docs_exist(api: Api) -> None:
         "/worker/complete",
     ):
         assert path in spec["paths"]
+    # The credential: a bearer scheme (Swagger UI's "Authorize"), required by
+    # every operation but the unauthenticated ones.
+    assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert spec["security"] == [{"bearer": []}]
+    assert spec["paths"]["/health"]["get"]["security"] == []
+    assert "security" not in spec["paths"]["/jobs"]["post"]
+
+
+async def test_the_api_docs_page_needs_nothing_from_the_internet(api: Api) -> None:
+    page = await api.http.get("/docs")
+    assert page.status_code == 200 and "swagger-ui" in page.text
+    # Every script, stylesheet and icon it loads is served by corral itself.
+    urls = re.findall(r"""(?:src|href|url)\s*[=:]\s*['"]([^'"]+)['"]""", page.text)
+    assert urls and all(u.startswith("/") for u in urls), urls
+    for url in urls:
+        if url.startswith("/docs/assets/"):
+            asset = await api.http.get(url)
+            assert asset.status_code == 200 and len(asset.content) > 100, url
+    assert (await api.http.get("/redoc")).status_code == 404  # it would need a CDN
 
 
 async def test_idempotent_submit_is_200_with_the_same_job(api: Api) -> None:

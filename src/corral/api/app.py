@@ -46,6 +46,10 @@ def create_app(settings: Settings, *, lifespan: Lifespan | None = None) -> FastA
         version=__version__,
         lifespan=lifespan,
         description="Control plane for fleets of AI coding agents.",
+        # Swagger UI from the package's own assets (openapi.install); ReDoc
+        # would load its script from a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     errors.install(app)
     openapi.install(app)

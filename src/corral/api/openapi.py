@@ -12,8 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import swagger_ui_bundle
 from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from pydantic.json_schema import models_json_schema
 
@@ -83,8 +87,33 @@ def _ollama(path: str) -> bool:
     return path.startswith("/api/") and path != "/api/delegated/status"
 
 
+ASSETS = "/docs/assets"
+# Bearer credentials: an API key (``ck_...``) or, on the runner protocol's
+# worker routes, the job's worker JWT.
+SECURITY_SCHEMES = {
+    "bearer": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An API key (`corral keys create`), or a worker JWT on /worker/*.",
+    }
+}
+
+
 def install(app: FastAPI) -> None:
-    """Serve an OpenAPI document in which every operation lists its errors."""
+    """Serve an OpenAPI document in which every operation lists its errors and
+    its credential, and Swagger UI at /docs from the package's own assets."""
+    app.mount(ASSETS, StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} API",
+            swagger_js_url=f"{ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{ASSETS}/favicon-32x32.png",
+            swagger_ui_parameters={"persistAuthorization": True},
+        )
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -106,13 +135,17 @@ def with_errors(schema: dict[str, Any]) -> dict[str, Any]:
         [(ErrorResponse, "serialization"), (OllamaError, "serialization")],
         ref_template=REF + "{model}",
     )
-    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
+    schema["security"] = [{"bearer": []}]
+    components = schema["components"].setdefault("schemas", {})
     components.update(defs["$defs"])
     for name in ("HTTPValidationError", "ValidationError"):
         components.pop(name, None)  # FastAPI's 422 shape: corral never answers it
     for path, operations in schema.get("paths", {}).items():
         shape = OllamaError if _ollama(path) else ErrorResponse
         for method, operation in operations.items():
+            if path in UNAUTHENTICATED:
+                operation["security"] = []  # overrides the document's default
             responses = operation.setdefault("responses", {})
             responses.pop("422", None)
             for status in sorted(error_statuses(path, method, operation)):
