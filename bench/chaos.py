@@ -7,7 +7,9 @@ of a separate `corral runner` while shell jobs run; then count what ran twice.
 
 Each job appends ``start T`` to a file of its own when its process starts and
 ``end T`` when it is about to exit (T: the wall clock), so afterwards every
-execution is visible. A job executed twice is a *re-run*; a re-run whose
+execution is visible; ``orphan T`` instead of ``end T`` when the runner that
+started it was killed first (the process outlived it, unseen: running the job
+again is at-least-once, not a lost outcome). A job executed twice is a *re-run*; a re-run whose
 first process had already ended before the kill that lost it is a *re-run of
 a finished job* — what the runners' outcome journal (docs/recovery.md) is
 there to prevent. Also checked: every job ends done, none is lost.
@@ -51,9 +53,14 @@ ENV = {
 # A kill this long after a job's process exited is "well after": the runner
 # had time to journal the outcome (on an idle machine it takes milliseconds).
 LATE = 1.0
+# A process whose runner was killed under it (jobs live in sessions of their
+# own; unsandboxed, nothing stops them) ends as an "orphan": no runner saw it
+# end, so running it again is at-least-once, not a lost outcome. $PPID is the
+# runner that started the shell.
 SCRIPT = (
     'echo "start $(date +%s.%N)" >> {logs}/$CORRAL_JOB_ID; sleep {sleep}; '
-    'echo "end $(date +%s.%N)" >> {logs}/$CORRAL_JOB_ID; echo ok'
+    "if kill -0 $PPID 2>/dev/null; then end=end; else end=orphan; fi; "
+    'echo "$end $(date +%s.%N)" >> {logs}/$CORRAL_JOB_ID; echo ok'
 )
 
 
