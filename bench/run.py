@@ -30,6 +30,7 @@ import chat_case
 import client_case
 import gateway_case
 import queue_case
+import reads_case
 import sandbox_case
 import schedule_case
 import ui_case
@@ -144,7 +145,7 @@ class Runner:
 
 async def main(plan: Plan, pg_base: str, only: str) -> list[Result]:
     run = Runner()
-    pg_reason = await pg_available(pg_base) if {"c", "d"} & set(only) else None
+    pg_reason = await pg_available(pg_base) if {"c", "d", "n"} & set(only) else None
     if pg_reason:
         console.print(f"[yellow]PostgreSQL rows skipped: {pg_reason}[/]")
     with tempfile.TemporaryDirectory(prefix="corral-bench-") as tmp:
@@ -248,6 +249,25 @@ async def main(plan: Plan, pg_base: str, only: str) -> list[Result]:
                 ),
                 timeout=600,
             )
+        if "n" in only:
+            stored = 10_000 if plan.throughput_jobs < 800 else 100_000
+            rounds = 50 if plan.throughput_jobs < 800 else 200
+            await run.case(
+                "(n) reads, SQLite",
+                "ms",
+                lambda: reads_case.reads(root, "SQLite", None, stored, rounds),
+                timeout=600,
+            )
+            if pg_reason:
+                run.skip("(n) reads, PostgreSQL", "ms", pg_reason)
+            else:
+                async with database(root, "reads", pg_base) as url:
+                    await run.case(
+                        "(n) reads, PostgreSQL",
+                        "ms",
+                        lambda: reads_case.reads(root, "PostgreSQL", url, stored, rounds),
+                        timeout=600,
+                    )
         if "d" in only:
             async with server(root, "d", env=OWN_RUNNER) as srv:
                 runner_id = await register(srv)
@@ -378,7 +398,7 @@ def cli() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="fewer samples (~30 s)")
-    parser.add_argument("--only", default="abcdefghijklm", help="which benchmarks, e.g. --only ad")
+    parser.add_argument("--only", default="abcdefghijklmn", help="which benchmarks, e.g. --only ad")
     parser.add_argument(
         "--sandbox",
         choices=("auto", "bwrap", "none"),

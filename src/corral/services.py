@@ -7,6 +7,7 @@ sources submit through it (``intake/submit.py``). It lives outside
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import time
@@ -40,12 +41,24 @@ class WatchdogStats:
 
 
 @dataclass
+class Liveness:
+    """What ``GET /ready`` reads of this replica: its loops' tasks (by loop
+    name, and ``embedded-runner``) and, for the singleton loops, whether this
+    replica leads them (``False``: another replica does; PostgreSQL only)."""
+
+    tasks: dict[str, asyncio.Task[Any]] = field(default_factory=dict)
+    leading: dict[str, bool] = field(default_factory=dict)
+    started_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
 class Services:
     settings: Settings
     store: Store
     jwt_secret: str
     webhook_secret: str = ""
     watchdog: WatchdogStats = field(default_factory=WatchdogStats)
+    liveness: Liveness = field(default_factory=Liveness)
     providers: dict[str, Provider] = field(default_factory=dict)
     # True once this replica stops: long-polls answer now instead of waiting.
     stopping: bool = False

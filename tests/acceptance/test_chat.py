@@ -200,7 +200,7 @@ def test_metrics(srv: ServerProcess, http: httpx.Client) -> None:
     resp = http.get("/metrics")
     assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/plain")
     lines = dict(line.rsplit(" ", 1) for line in resp.text.splitlines() if line and line[0] != "#")
-    assert float(lines['corral_jobs{state="done"}']) >= 3
+    assert float(lines['corral_jobs_current{state="done"}']) >= 3
     assert float(lines['corral_delegated_jobs{outcome="done"}']) >= 3
     assert float(lines["corral_runners"]) == 1
     assert lines["corral_paused"] == "0.0"

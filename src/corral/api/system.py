@@ -2,25 +2,105 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import logging
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
-from fastapi.responses import PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Gauge,
+    generate_latest,
+)
 
 from corral import __version__
+from corral import metrics as _counters  # noqa: F401 - registers the counters
 from corral.api.deps import Reader, Svc, principal
 from corral.auth import Principal
-from corral.jobs import JobState
+from corral.jobs import ACTIVE, JobState
 from corral.models import Identity, Status
+from corral.store import migrate
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["system"])
+ACTIVE_VALUES = {s.value for s in ACTIVE}
 
 
 @router.get("/health")
 async def health() -> dict[str, str]:
     """Liveness; needs no credential."""
     return {"status": "ok", "version": __version__}
+
+
+# How long /ready waits for the database before it calls it gone.
+READY_TIMEOUT = 2.0
+
+
+@functools.cache
+def _head() -> str:
+    return migrate.heads()[0]
+
+
+def _state(task: asyncio.Task[Any]) -> str:
+    if not task.done():
+        return "running"
+    if task.cancelled():
+        return "stopped"
+    exc = task.exception()
+    return f"crashed ({type(exc).__name__})" if exc else "stopped"
+
+
+@router.get(
+    "/ready",
+    responses={503: {"description": "Not ready: `error.message` says why; `checks` has each."}},
+)
+async def ready(svc: Svc) -> JSONResponse:
+    """Readiness (needs no credential): the database answers, its migrations
+    are at this server's head, and this replica's loops run (the watchdog has
+    swept lately; the webhook sender and intake loops run, or stand by while
+    another replica leads them). 200, or 503 with the reasons."""
+    reasons: list[str] = []
+    checks: dict[str, Any] = {}
+    try:
+        current = await asyncio.wait_for(migrate.current(svc.store.db), READY_TIMEOUT)
+    except Exception as exc:  # whatever the driver says: the database is not usable
+        log.warning("/ready: the database does not answer: %s", exc)
+        checks["database"] = "unreachable"
+        reasons.append("the database does not answer")
+    else:
+        checks["database"] = "ok"
+        checks["migration"] = current
+        if current != _head():
+            reasons.append(f"the database is at migration {current}, this server needs {_head()}")
+    live = svc.liveness
+    loops: dict[str, str] = {}
+    for name, task in live.tasks.items():
+        state = _state(task)
+        if state == "running" and name in live.leading:
+            state = "leading" if live.leading[name] else "standby"
+        loops[name] = state
+        if not task.done():
+            continue
+        reasons.append(f"loop {name} {state}")
+    checks["loops"] = loops
+    w, interval = svc.watchdog, svc.settings.watchdog_interval
+    # In its start-up grace (one lease_ttl) the watchdog sweeps nothing on purpose.
+    late = time.time() - max(w.last_sweep_at or 0.0, w.grace_until or 0.0)
+    if late > max(10 * interval, 15.0):
+        reasons.append(
+            f"the watchdog has not swept for {late:.0f} s ({w.last_error or 'no error'})"
+        )
+    if svc.stopping:
+        reasons.append("this replica is stopping")
+    body: dict[str, Any] = {"status": "ready" if not reasons else "not_ready", "checks": checks}
+    if reasons:
+        body["error"] = {"code": "not_ready", "message": "; ".join(reasons)}
+    return JSONResponse(body, status_code=503 if reasons else 200)
 
 
 @router.get("/whoami", response_model=Identity)
@@ -61,13 +141,26 @@ async def delegated_status(svc: Svc, who: Reader) -> dict[str, Any]:
 
 @router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(svc: Svc, who: Reader) -> PlainTextResponse:
-    """Prometheus text format, read from the database at each scrape (so every
-    replica reports the same fleet-wide figures)."""
+    """Prometheus text format: this replica's counters and histograms (jobs by
+    state entered, cost, tokens, webhook deliveries, tool calls, queue wait,
+    start and run times) and process metrics, then fleet-wide gauges read from
+    the store's counts (the same on every replica; no table is scanned)."""
     registry = CollectorRegistry()
-    jobs = Gauge("corral_jobs", "Jobs by state.", ["state"], registry=registry)
-    counts = await svc.store.jobs.counts()
-    for job_state in JobState:
-        jobs.labels(job_state.value).set(counts.get(job_state.value, 0))
+    by_key = await svc.store.jobs.counts_by_provider()
+    # Not ``corral_jobs``: that family is the counter (corral_jobs_total).
+    jobs = Gauge("corral_jobs_current", "Jobs by state, now.", ["state"], registry=registry)
+    per_provider = Gauge(
+        "corral_provider_jobs_current",
+        "Jobs by provider and state, now.",
+        ["provider", "state"],
+        registry=registry,
+    )
+    totals = dict.fromkeys((s.value for s in JobState), 0)
+    for (job_state, provider), n in by_key.items():
+        totals[job_state] = totals.get(job_state, 0) + n
+        per_provider.labels(provider, job_state).set(n)
+    for job_state, n in totals.items():
+        jobs.labels(job_state).set(n)
     runners = Gauge("corral_runners", "Active runners.", registry=registry)
     runners.set(len(await svc.store.runners.list()))
     paused = Gauge(
@@ -78,23 +171,32 @@ async def metrics(svc: Svc, who: Reader) -> PlainTextResponse:
     )
     for p in await svc.store.jobs.pauses():
         paused.labels(p.provider).set(1)
-    delegated = await svc.store.jobs.delegated(_remote_providers(svc), svc.settings.lease_ttl)
+    remote = _remote_providers(svc)
     counters = Gauge(
         "corral_delegated_jobs",
-        "Jobs on remote providers, by outcome.",
+        "Jobs on remote providers, by state.",
         ["outcome"],
         registry=registry,
     )
-    for name, n in delegated["counters"].items():
+    delegated = dict.fromkeys(("submitted", "done", "failed", "cancelled"), 0)
+    in_flight = 0
+    for (job_state, provider), n in by_key.items():
+        if provider in remote:
+            delegated["submitted"] += n
+            if job_state in delegated:
+                delegated[job_state] += n
+            elif job_state in ACTIVE_VALUES:
+                in_flight += n
+    for name, n in delegated.items():
         counters.labels(name).set(n)
     Gauge("corral_delegated_in_flight", "Delegated jobs running now.", registry=registry).set(
-        len(delegated["in_flight"])
+        in_flight
     )
-    hooks = Gauge(
-        "corral_webhook_deliveries", "Webhook deliveries by state.", ["state"], registry=registry
-    )
-    for delivery_state, n in (await svc.store.outbox.counts()).items():
-        hooks.labels(delivery_state).set(n)
+    Gauge(
+        "corral_webhook_deliveries_pending",
+        "Webhook deliveries waiting to be sent.",
+        registry=registry,
+    ).set(await svc.store.outbox.pending())
     w = svc.watchdog
     Gauge(
         "corral_watchdog_expired", "Leases this replica's watchdog expired.", registry=registry
@@ -107,7 +209,8 @@ async def metrics(svc: Svc, who: Reader) -> PlainTextResponse:
     Gauge("corral_paused", "1 while the kill switch is on.", registry=registry).set(
         1 if await svc.store.settings.get("paused") == "true" else 0
     )
-    return PlainTextResponse(generate_latest(registry).decode(), media_type=CONTENT_TYPE_LATEST)
+    body = generate_latest(REGISTRY) + generate_latest(registry)
+    return PlainTextResponse(body.decode(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/watchdog/status")

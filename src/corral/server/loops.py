@@ -53,6 +53,7 @@ async def watchdog(svc: Services) -> None:
             continue
         try:
             lost = await svc.store.jobs.expire()
+            await svc.store.jobs.compact_counts()
             svc.watchdog.last_error = None
         except CorralError as exc:
             svc.watchdog.last_error = exc.message

@@ -202,10 +202,17 @@ class Server:
         def body() -> Any:
             return lp.fn(svc)
 
-        work = run_as_leader(svc.store, lp.name, body) if lp.leader else body()
+        def leading(now: bool) -> None:
+            svc.liveness.leading[lp.name] = now
+
+        if lp.leader:
+            svc.liveness.leading[lp.name] = False
+            work = run_as_leader(svc.store, lp.name, body, leading=leading)
+        else:
+            work = body()
         task = asyncio.create_task(work, name=f"corral-{lp.name}")
         task.add_done_callback(_log_crash)
-        self._tasks[lp.name] = task
+        self._tasks[lp.name] = svc.liveness.tasks[lp.name] = task
 
     async def _when_listening(self, uv: uvicorn.Server) -> None:
         """``_listening`` once a uvicorn we did not start listens."""
@@ -258,6 +265,7 @@ class Server:
         )
         self._runner = asyncio.create_task(runner.run(), name="corral-embedded-runner")
         self._runner.add_done_callback(_log_crash)
+        self.services.liveness.tasks["embedded-runner"] = self._runner
 
     # -- run ------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from email.utils import parsedate_to_datetime
 
 import httpx
 
-from corral import __version__
+from corral import __version__, metrics
 from corral.egress import guarded_transport
 from corral.errors import CorralError, WebhookRefused
 from corral.jobs import backoff
@@ -190,6 +190,7 @@ class Sender:
                     outcome=outcome,
                     retry_in=wait,
                 )
+                metrics.webhook_attempt(outcome)
                 return
             except CorralError as exc:  # the database is away: try again shortly
                 log.warning("webhook sender: cannot record %s: %s", d.id, exc.message)

@@ -39,12 +39,14 @@ class Tx:
     """A write transaction: its connection, what to publish after commit, and
     the webhook rules its changes are announced by (the outbox)."""
 
-    __slots__ = ("conn", "messages", "webhooks")
+    __slots__ = ("after_commit", "conn", "messages", "webhooks")
 
     def __init__(self, conn: sa.Connection, webhooks: Rules | None = None) -> None:
         self.conn = conn
         self.messages: list[tuple[str, Any]] = []
         self.webhooks: Rules = webhooks or Rules()
+        # Run in this process once the transaction committed (metrics).
+        self.after_commit: list[Callable[[], None]] = []
 
     def notify(self, topic: str, message: Any) -> None:
         self.messages.append((topic, message))
@@ -138,6 +140,8 @@ class Database:
         _, tx = future.result()
         for topic, message in tx.messages:
             self.publish(topic, message)
+        for fn in tx.after_commit:
+            fn()
 
     async def read(self, body: Callable[[sa.Connection], T]) -> T:
         """Run ``body`` on a read connection (no writes)."""

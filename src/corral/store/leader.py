@@ -22,10 +22,17 @@ log = logging.getLogger(__name__)
 
 
 async def run_as_leader(
-    store: Store, name: str, run: Callable[[], Coroutine[Any, Any, None]], *, poll: float = 2.0
+    store: Store,
+    name: str,
+    run: Callable[[], Coroutine[Any, Any, None]],
+    *,
+    poll: float = 2.0,
+    leading: Callable[[bool], None] = lambda _: None,
 ) -> None:
-    """Run ``run()`` while this replica holds the lock ``corral:<name>``."""
+    """Run ``run()`` while this replica holds the lock ``corral:<name>``;
+    ``leading(True)`` when it starts to, ``leading(False)`` when it stops."""
     if store.db.is_sqlite:
+        leading(True)
         await run()
         return
     while True:
@@ -42,6 +49,7 @@ async def run_as_leader(
                 await asyncio.sleep(poll)  # another replica leads
                 continue
             log.info("this replica now runs %s", name)
+            leading(True)
             lost = asyncio.Event()
             conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
             work: asyncio.Task[None] = asyncio.create_task(run(), name=f"corral-leader-{name}")
@@ -49,6 +57,7 @@ async def run_as_leader(
             try:
                 done, _ = await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
             finally:
+                leading(False)
                 for task in (work, watch):
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):

@@ -180,6 +180,12 @@ class Outbox:
             for r in rows
         ]
 
+    async def pending(self) -> int:
+        """Deliveries not sent yet (walks ix (state, next_attempt_at): the
+        delivered and failed ones, which pile up, are not read)."""
+        stmt = sa.select(sa.func.count()).where(webhook_deliveries.c.state == "pending")
+        return await self.db.read(lambda conn: int(conn.execute(stmt).scalar_one()))
+
     async def counts(self) -> dict[str, int]:
         stmt = sa.select(webhook_deliveries.c.state, sa.func.count()).group_by(
             webhook_deliveries.c.state

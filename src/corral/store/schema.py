@@ -121,8 +121,40 @@ jobs = sa.Table(
     sa.Index(None, "state", "priority", "created_at", "id"),
     sa.Index(None, "session_id", "turn"),
     sa.Index(None, "runner_id"),
-    sa.Index(None, "created_at"),
     sa.Index(None, "parent_job_id"),
+    # One per filter of GET /jobs, each ending in its order (created_at, id):
+    # a page walks its index and stops after ``limit`` rows, nothing is sorted.
+    sa.Index(None, "created_at", "id"),
+    sa.Index(None, "state", "created_at", "id"),
+    sa.Index(None, "provider", "created_at", "id"),
+    sa.Index(None, "provider", "state", "created_at", "id"),
+    sa.Index(None, "source", "created_at", "id"),
+)
+
+# The labels of each job, one row each, kept by triggers on ``jobs`` (migration
+# 0019): the label filter of GET /jobs walks (label, created_at, job_id).
+job_labels = sa.Table(
+    "job_labels",
+    metadata,
+    sa.Column("job_id", sa.String(64), primary_key=True),
+    sa.Column("label", sa.String(200), primary_key=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Index(None, "label", "created_at", "job_id"),
+)
+
+# Jobs by state and provider, kept by triggers on ``jobs`` in the transaction
+# of every insert and state change (migration 0019), so /status and /metrics
+# read a few rows instead of counting the table. The count of a (state,
+# provider) is SUM(n) over its rows: on SQLite the triggers update one row per
+# key; on PostgreSQL they append +1/-1 rows (no hot row that every state
+# change would lock) and ``compact_counts`` folds them from time to time.
+job_counts = sa.Table(
+    "job_counts",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("provider", sa.String(64), nullable=False),
+    sa.Column("n", sa.Integer, nullable=False),
 )
 
 events = sa.Table(

@@ -219,7 +219,17 @@ class Jobs:
         return await self.db.read(lambda conn: dispatch.waiting(conn, job, caps=caps, now=now))
 
     async def counts(self) -> dict[str, int]:
+        """Jobs by state, from the counts kept with every change (no table scan)."""
         return await self.db.read(reads.counts)
+
+    async def counts_by_provider(self) -> dict[tuple[str, str], int]:
+        """Jobs by (state, provider), from the same counts."""
+        return await self.db.read(reads.counts_by_provider)
+
+    async def compact_counts(self) -> None:
+        """Fold the counts' +1/-1 rows (PostgreSQL; nothing to do on SQLite)."""
+        if not self.db.is_sqlite:
+            await self.db.write(lambda tx: reads.compact_counts(tx.conn))
 
     async def live_by_provider(self) -> dict[str, dict[str, int]]:
         """Queued, assigned and running jobs of each provider."""

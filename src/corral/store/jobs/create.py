@@ -3,12 +3,14 @@ routing chose (or its quota fallback), with its first events."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 
+from corral import metrics
 from corral.auth import WorkerClaims
 from corral.errors import SessionNotFound
 from corral.jobs import JobState
@@ -73,7 +75,9 @@ def create(
     outbox.on_state(tx, row, tx.webhooks, now)
     tx.notify(topics.DISPATCH, row.id)
     tx.notify(topics.JOB_STATES, row.id)
-    return to_job(row)
+    job = to_job(row)
+    tx.after_commit.append(functools.partial(metrics.job_entered, job))
+    return job
 
 
 def _place(

@@ -4,12 +4,14 @@ what happens when its runner goes away. Each function is one transaction body
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 
+from corral import metrics
 from corral.auth import WorkerClaims
 from corral.jobs import ACTIVE, Action, JobState, backoff
 from corral.models import Event, Job, NewEvent, Outcome, Runner
@@ -100,6 +102,9 @@ def _events(
         tx, claims.session_id, items, job_id=claims.job_id, epoch=claims.epoch, now=now
     )
     outbox.on_events(tx, row, tx.webhooks, stored, now)
+    results = [e.payload for e in stored if e.type == "tool.result"]
+    if results:
+        tx.after_commit.append(functools.partial(metrics.tool_results, results))
     return stored, duplicates
 
 

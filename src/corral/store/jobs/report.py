@@ -9,6 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from corral.protocol.handles import RemoteHandle, own_handle
+from corral.store.jobs import reads
 from corral.store.jobs.state import ACTIVE_STATES
 from corral.store.schema import events, jobs, sessions
 
@@ -37,12 +38,10 @@ def delegated(conn: sa.Connection, providers: Sequence[str], lease_ttl: float) -
         .where(on_remote, jobs.c.state.in_(ACTIVE_STATES))
         .order_by(jobs.c.assigned_at)
     ).all()
-    by_state: dict[str, int] = {
-        str(state): int(n)
-        for state, n in conn.execute(
-            sa.select(jobs.c.state, sa.func.count()).where(on_remote).group_by(jobs.c.state)
-        )
-    }
+    by_state: dict[str, int] = {}
+    for (state, provider), n in reads.counts_by_provider(conn).items():
+        if provider in providers:
+            by_state[state] = by_state.get(state, 0) + n
     retried = conn.execute(
         sa.select(sa.func.count()).where(
             on_remote, sa.or_(jobs.c.infra_retries > 0, jobs.c.attempt > 1)

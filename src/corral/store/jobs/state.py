@@ -4,11 +4,13 @@ AND state AND epoch``, in the same transaction as its ``job.state`` event."""
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 
+from corral import metrics
 from corral.auth import WorkerClaims
 from corral.errors import Conflict, JobNotActive, JobNotFound, StaleEpoch
 from corral.jobs import ACTIVE, TERMINAL, Action, JobState, transition
@@ -114,6 +116,7 @@ def apply(
     outbox.on_state(tx, updated, tx.webhooks, now)
     chat_outbox.on_state(tx, updated, now)
     tx.notify(topics.JOB_STATES, job.id)
+    tx.after_commit.append(functools.partial(metrics.job_entered, job))
     if new is JobState.QUEUED:
         tx.notify(topics.DISPATCH, job.id)
     if new in TERMINAL:
