@@ -120,6 +120,7 @@ class FakeAnthropic:
         self.requests: list[dict[str, Any]] = []  # JSON bodies of main-loop requests
         self.seen: list[Seen] = []  # every request, in order
         self.unexpected: list[Seen] = []  # requests to endpoints the fake does not know
+        self.refused: list[str] = []  # why each invalid /v1/messages request was refused (400)
         # (match, step): a step with a match is only used by a request whose
         # body contains that text (e.g. its job's prompt), so concurrent runs
         # each get their own script.
@@ -316,6 +317,11 @@ class _Handler(BaseHTTPRequestHandler):
         self._record(body, "main" if main else "aux")
         if not self._authorized():
             return self._send_error(401, "authentication_error", "invalid x-api-key")
+        refused = invalid_request(body)
+        if refused is not None:
+            with self.fake._lock:
+                self.fake.refused.append(refused)
+            return self._send_error(400, "invalid_request_error", refused)
         # A request without tools (a side request of the CLI, or a plain chat
         # job) only takes a step scripted with a ``match`` it contains.
         step = self.fake._next_step(body) if main else self.fake._matched_step(body)
@@ -346,6 +352,69 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 # -- wire shapes -----------------------------------------------------------------
+
+
+def invalid_request(body: dict[str, Any]) -> str | None:
+    """Why the real Messages API would refuse ``body`` with 400
+    invalid_request_error (None: it would take it). Checked as the API
+    reference documents POST /v1/messages: ``model`` (string), ``max_tokens``
+    (integer >= 0) and ``messages`` (a non-empty array) are required; each
+    message has a ``role`` of ``user`` or ``assistant`` (or ``system``: the
+    real ``claude`` CLI sends mid-conversation system messages, so the API
+    takes them; no other role, such as OpenAI's ``tool``) and ``content``, a
+    string or an array of content blocks each with a ``type``, non-empty in
+    every message but an optional final assistant one (a prefill); a text
+    block's ``text`` is a non-empty string. Consecutive turns of one role are
+    combined by the API, not refused, so they are not refused here either."""
+    for name in ("model", "max_tokens", "messages"):
+        if name not in body:
+            return f"{name}: Field required"
+    if not isinstance(body["model"], str) or not body["model"]:
+        return "model: Input should be a valid string"
+    tokens = body["max_tokens"]
+    if not isinstance(tokens, int) or isinstance(tokens, bool):
+        return "max_tokens: Input should be a valid integer"
+    if tokens < 0:
+        return "max_tokens: Input should be greater than or equal to 0"
+    messages = body["messages"]
+    if not isinstance(messages, list):
+        return "messages: Input should be a valid list"
+    if not messages:
+        return "messages: at least one message is required"
+    for i, message in enumerate(messages):
+        where = f"messages.{i}"
+        if not isinstance(message, dict):
+            return f"{where}: Input should be a valid dictionary"
+        if "role" not in message or "content" not in message:
+            return f"{where}.{'role' if 'role' not in message else 'content'}: Field required"
+        if message["role"] not in ("user", "assistant", "system"):
+            return f"{where}.role: Input should be 'user' or 'assistant'"
+        content = message["content"]
+        last_assistant = i == len(messages) - 1 and message["role"] == "assistant"
+        if isinstance(content, str):
+            blocks: list[Any] = [] if not content else [{"type": "text", "text": content}]
+        elif isinstance(content, list):
+            blocks = content
+        else:
+            return f"{where}.content: Input should be a valid string or list"
+        if not blocks and not last_assistant:
+            return (
+                f"{where}: all messages must have non-empty content except for the "
+                "optional final assistant message"
+            )
+        for j, block in enumerate(blocks):
+            if not isinstance(block, dict) or not isinstance(block.get("type"), str):
+                return f"{where}.content.{j}.type: Field required"
+            if block["type"] == "text" and (
+                not isinstance(block.get("text"), str) or not block["text"]
+            ):
+                return f"{where}.content.{j}: text content blocks must be non-empty"
+    system = body.get("system")
+    if system is not None and not isinstance(system, str | list):
+        return "system: Input should be a valid string or list"
+    if "stream" in body and not isinstance(body["stream"], bool):
+        return "stream: Input should be a valid boolean"
+    return None
 
 
 def _request_id() -> str:

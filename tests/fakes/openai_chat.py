@@ -36,12 +36,36 @@ class _Failure:
     echo_key: bool = False  # as some servers do: "invalid key: <the key sent>"
 
 
+ARGUMENT_FRAGMENT = 7  # characters of a tool call's arguments per streamed chunk
+
+
+def tool_call_chunks(index: int, call: dict[str, Any]) -> list[dict[str, Any]]:
+    """A tool call as the real API streams it: a first delta with its
+    ``index``, ``id``, ``type`` and the function's ``name`` (``arguments``
+    empty), then only ``index`` and a fragment of ``arguments`` per chunk —
+    the client concatenates them (the fragments are not JSON by themselves)."""
+    function = call.get("function", {})
+    arguments = function.get("arguments", "")
+    first = {
+        "index": index,
+        "id": call.get("id"),
+        "type": call.get("type", "function"),
+        "function": {"name": function.get("name", ""), "arguments": ""},
+    }
+    rest = [
+        {"index": index, "function": {"arguments": arguments[at : at + ARGUMENT_FRAGMENT]}}
+        for at in range(0, len(arguments), ARGUMENT_FRAGMENT)
+    ]
+    return [first, *rest]
+
+
 class FakeOpenAI:
     def __init__(self, api_key: str = "sk-fake", models: tuple[str, ...] = ("qwen2.5:7b",)) -> None:
         self.api_key = api_key
         self.models = models
         self.requests: list[dict[str, Any]] = []  # chat request bodies
         self.embed_requests: list[dict[str, Any]] = []
+        self.refused: list[str] = []  # why each invalid chat request was refused (400)
         self._script: deque[tuple[str | None, _Reply | _Failure]] = deque()
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -103,6 +127,61 @@ class FakeOpenAI:
         self.close()
 
 
+ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+
+
+def invalid_chat_request(body: Any) -> tuple[str, str | None, str | None] | None:
+    """Why the real ``POST /v1/chat/completions`` would answer 400
+    invalid_request_error, as ``(message, param, code)`` (None: it takes it):
+    ``model`` (a string) and ``messages`` (a non-empty array) are required;
+    each message is an object with a known ``role`` (a ``tool`` message also
+    names its ``tool_call_id``); ``stream`` is a boolean."""
+    if not isinstance(body, dict):
+        return "We could not parse the JSON body of your request.", None, None
+    if "model" not in body:
+        return "you must provide a model parameter", None, None
+    if not isinstance(body["model"], str):
+        return "Invalid type for 'model': expected a string.", "model", "invalid_type"
+    if "messages" not in body:
+        return "Missing required parameter: 'messages'.", "messages", "missing_required_parameter"
+    messages = body["messages"]
+    if not isinstance(messages, list):
+        return "Invalid type for 'messages': expected an array.", "messages", "invalid_type"
+    if not messages:
+        return (
+            "Invalid 'messages': empty array. Expected an array with minimum length 1, "
+            "but got an empty array instead.",
+            "messages",
+            "empty_array",
+        )
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            return f"Invalid type for '{where}': expected an object.", where, "invalid_type"
+        if "role" not in message:
+            return (
+                f"Missing required parameter: '{where}.role'.",
+                f"{where}.role",
+                ("missing_required_parameter"),
+            )
+        if message["role"] not in ROLES:
+            return (
+                f"Invalid value: '{message['role']}'. Supported values are: 'system', "
+                "'assistant', 'user', 'function', 'tool', and 'developer'.",
+                f"{where}.role",
+                "invalid_value",
+            )
+        if message["role"] == "tool" and "tool_call_id" not in message:
+            return (
+                f"Missing required parameter: '{where}.tool_call_id'.",
+                f"{where}.tool_call_id",
+                "missing_required_parameter",
+            )
+    if "stream" in body and not isinstance(body["stream"], bool):
+        return "Invalid type for 'stream': expected a boolean.", "stream", "invalid_type"
+    return None
+
+
 def _tokens(value: Any) -> int:
     return max(1, len(json.dumps(value)) // 4)
 
@@ -158,11 +237,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
-        body = json.loads(self.rfile.read(length) or b"{}")
+        try:
+            body = json.loads(self.rfile.read(length) or b"{}")
+        except ValueError:
+            body = None
         if not self._authorized():
             return
         path = self.path.split("?")[0].rstrip("/")
-        if path == "/v1/embeddings":
+        if path == "/v1/embeddings" and isinstance(body, dict) and "input" in body:
             self.fake.embed_requests.append(body)
             inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
             data = [
@@ -179,6 +261,22 @@ class _Handler(BaseHTTPRequestHandler):
             )
         if path != "/v1/chat/completions":
             return self._error(404, f"no route {self.path}")
+        refused = invalid_chat_request(body)
+        if refused is not None:
+            message, param, code = refused
+            with self.fake._lock:
+                self.fake.refused.append(message)
+            return self._json(
+                400,
+                {
+                    "error": {
+                        "message": message,
+                        "type": "invalid_request_error",
+                        "param": param,
+                        "code": code,
+                    }
+                },
+            )
         if body.get("model") not in self.fake.models:
             return self._error(404, f"model '{body.get('model')}' not found")
         step = self.fake._next(body)
@@ -246,7 +344,8 @@ class _Handler(BaseHTTPRequestHandler):
             if step.delay:
                 time.sleep(step.delay)
         for i, call in enumerate(step.tool_calls):
-            chunk({"tool_calls": [{"index": i, **call}]})
+            for piece in tool_call_chunks(i, call):
+                chunk({"tool_calls": [piece]})
         chunk({}, finish)
         if (body.get("stream_options") or {}).get("include_usage"):
             chunk({}, use=usage, choices=False)

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -104,7 +105,7 @@ def test_text_run(fake: FakeAnthropic, tmp_path: Path, workdir: Path) -> None:
     assert result["num_turns"] == 1
     assert result["session_id"] == init["session_id"]
     assert result["total_cost_usd"] > 0
-    assert len(fake.requests) == 1
+    assert len(fake.requests) == 1, fake.refused
     assert fake.requests[0]["stream"] is True
     assert fake.unexpected == []
 
@@ -216,10 +217,97 @@ def test_side_requests_do_not_consume_the_script(fake: FakeAnthropic) -> None:
             answer: dict[str, Any] = json.load(response)
         return answer
 
-    side = post({"model": "claude-haiku-4-5", "max_tokens": 1, "messages": []})
-    main = post({"model": "m", "max_tokens": 1, "messages": [], "tools": [{"name": "Bash"}]})
+    hi = [{"role": "user", "content": "hi"}]
+    side = post({"model": "claude-haiku-4-5", "max_tokens": 1, "messages": hi})
+    main = post({"model": "m", "max_tokens": 1, "messages": hi, "tools": [{"name": "Bash"}]})
 
     assert side["content"] == [text("ok")]
     assert main["content"] == [text("scripted")]
     assert [seen.kind for seen in fake.seen] == ["aux", "main"]
     assert len(fake.requests) == 1
+
+
+_HI = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ({"model": "m", "max_tokens": 8, "messages": []}, "at least one message"),
+        ({"max_tokens": 8, "messages": _HI}, "model: Field required"),
+        ({"model": "m", "messages": _HI}, "max_tokens: Field required"),
+        ({"model": "m", "max_tokens": "8", "messages": _HI}, "max_tokens: Input should be"),
+        ({"model": "m", "max_tokens": -1, "messages": _HI}, "greater than or equal to 0"),
+        ({"model": 3, "max_tokens": 8, "messages": _HI}, "model: Input should be"),
+        ({"model": "m", "max_tokens": 8, "messages": {"role": "user"}}, "valid list"),
+        (
+            {"model": "m", "max_tokens": 8, "messages": [{"role": "tool", "content": "x"}]},
+            "messages.0.role",
+        ),
+        ({"model": "m", "max_tokens": 8, "messages": [{"role": "user"}]}, "content: Field"),
+        (
+            {"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": ""}]},
+            "non-empty content",
+        ),
+        (
+            {
+                "model": "m",
+                "max_tokens": 8,
+                "messages": [{"role": "user", "content": [{"type": "text", "text": ""}]}],
+            },
+            "text content blocks must be non-empty",
+        ),
+        ({"model": "m", "max_tokens": 8, "messages": _HI, "stream": "yes"}, "stream"),
+    ],
+    ids=[
+        "no messages",
+        "no model",
+        "no max_tokens",
+        "max_tokens a string",
+        "max_tokens negative",
+        "model a number",
+        "messages not a list",
+        "an OpenAI tool role",
+        "a message without content",
+        "empty content",
+        "an empty text block",
+        "stream not a boolean",
+    ],
+)
+def test_the_fake_refuses_what_the_messages_api_refuses(
+    fake: FakeAnthropic, body: dict[str, Any], needle: str
+) -> None:
+    """400 invalid_request_error in the API's error shape; nothing is answered
+    from the script."""
+    fake.reply(text("scripted"))
+    request = urllib.request.Request(
+        f"{fake.url}/v1/messages",
+        data=json.dumps(body).encode(),
+        headers={"x-api-key": fake.api_key, "content-type": "application/json"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=5)
+    assert refused.value.code == 400
+    answer = json.load(refused.value)
+    assert answer["type"] == "error" and answer["request_id"].startswith("req_")
+    assert answer["error"]["type"] == "invalid_request_error"
+    assert needle in answer["error"]["message"]
+    assert refused.value.headers["request-id"] == answer["request_id"]
+    assert len(fake._script) == 1  # the scripted reply is still there
+
+
+def test_the_fake_takes_a_final_assistant_prefill_and_consecutive_turns(
+    fake: FakeAnthropic,
+) -> None:
+    messages = [
+        {"role": "user", "content": "one"},
+        {"role": "user", "content": [{"type": "text", "text": "two"}]},
+        {"role": "assistant", "content": ""},
+    ]
+    request = urllib.request.Request(
+        f"{fake.url}/v1/messages",
+        data=json.dumps({"model": "m", "max_tokens": 0, "messages": messages}).encode(),
+        headers={"x-api-key": fake.api_key, "content-type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert response.status == 200
