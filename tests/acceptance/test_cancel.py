@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from functools import partial
+from pathlib import Path
 
 import httpx
+import psutil
 
 from corral.testing import ServerProcess
 
@@ -15,6 +18,7 @@ from ._helpers import (
     marker,
     pids_exact,
     pids_matching,
+    running_server,
     session_events,
     submit,
     wait_for,
@@ -136,3 +140,32 @@ def test_cancel_a_queued_job_with_the_cli(srv: ServerProcess, http: httpx.Client
     assert resp.json()["error"]["code"] == "invalid_transition"
     assert http.post(f"/jobs/{first}/cancel").status_code == 200
     kill_leftovers(m)
+
+
+def test_what_a_finished_job_left_running_is_killed_and_reaped(tmp_path: Path) -> None:
+    """A daemon (double fork + setsid, its output closed) outlives the job's
+    shell: the runner, a child subreaper, finds it among its own children by
+    the job's marker, kills it and waits for it (no zombie is left). Without
+    a sandbox: bwrap's PID namespace would take it down by itself."""
+    m = marker()
+    env = {"CORRAL_RUNNER__SANDBOX": "none"}
+    stack = contextlib.ExitStack()
+    try:
+        srv = stack.enter_context(running_server(tmp_path / "data", env=env))
+        http = stack.enter_context(srv.http())
+        job_id = submit(http, f"(setsid sleep 304.{m} >/dev/null 2>&1 &)\nsleep 1\necho left\n")
+        wait_for(partial(pids_exact, "sleep", f"304.{m}"), timeout=10, what="the daemon")
+        (daemon,) = pids_exact("sleep", f"304.{m}")
+        wait_job(http, job_id, "done")
+
+        def gone() -> bool:
+            try:
+                psutil.Process(daemon)
+            except psutil.NoSuchProcess:
+                return True
+            return False  # alive, or a zombie nobody waited for
+
+        wait_for(gone, timeout=10, what="the daemon to be killed and reaped")
+    finally:
+        stack.close()
+        kill_leftovers(m)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Request
@@ -133,6 +134,18 @@ async def lease(
 ) -> LeaseResponse:
     """Long-poll for work (up to ``wait`` seconds) and for cancellations of
     jobs this runner holds."""
+    return await lease_jobs(runner_id, body, svc, who, request.is_disconnected)
+
+
+async def lease_jobs(
+    runner_id: str,
+    body: LeaseRequest,
+    svc: Services,
+    who: Principal,
+    disconnected: Callable[[], Awaitable[bool]],
+) -> LeaseResponse:
+    """``lease``, over any transport: ``disconnected`` says whether the runner
+    went away while it waited."""
     runner = await owned_runner(runner_id, svc, who)
     deadline = time.monotonic() + body.wait
     with svc.store.bus.subscribe(
@@ -143,14 +156,14 @@ async def lease(
             leases = await svc.store.jobs.lease(runner, body.max_jobs, svc.settings.lease_ttl)
             remaining = deadline - time.monotonic()
             # Stopping: answer now, the runner's next poll goes to another replica.
-            stop = svc.stopping or await request.is_disconnected()
+            stop = svc.stopping or await disconnected()
             if leases or cancel or remaining <= 0 or stop:
                 break
             for message in await sub.get(timeout=min(remaining, RECHECK_SECONDS)):
                 job_id = topics.cancelled(message)
                 if job_id is not None:
                     cancel.append(job_id)
-    if leases and await request.is_disconnected():
+    if leases and await disconnected():
         # The runner went away meanwhile (killed, network): nobody would run them.
         await svc.store.jobs.unlease([lease.job.id for lease in leases], runner)
         return LeaseResponse(jobs=[], cancel=cancel)

@@ -4,7 +4,8 @@ was started so a restarted runner can reap what a crash left behind.
 Everything goes through psutil (children, start times, environments), so
 cancel, timeout and daemon stop work on any host psutil knows (Linux, macOS,
 the BSDs), not only where ``/proc`` exists: nothing here reads ``/proc``
-itself. A process is identified by its pid *and* its start time, so a
+itself (but for the kernel's list of this process's own children, read
+where psutil reads it). A process is identified by its pid *and* its start time, so a
 recycled pid is never signalled: psutil checks that before each signal of a
 ``Process`` it handed out, and ``PidRecords`` compares the start time it
 recorded. Jobs in the runner's sandbox (their own PID namespace) are found
@@ -14,9 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import os
 import signal
+import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -107,6 +111,145 @@ def kill_marked(marker: str) -> list[int]:
         with contextlib.suppress(psutil.Error):
             p.kill()
     return list(found)
+
+
+# prctl(2): orphaned descendants are re-parented to the nearest subreaper.
+PR_SET_CHILD_SUBREAPER = 36
+# A child still a zombie this long after it was first seen one is waited by
+# nobody here (asyncio and subprocess wait for their own children at once).
+ZOMBIE_GRACE = 10.0
+REAP_AFTER = 0.5
+
+
+class Survivors:
+    """What a finished run left running, found without reading every process.
+
+    The runner makes itself a child subreaper (Linux): whatever a run leaves
+    behind once its own process has ended (a background child, a daemon that
+    double-forked into a session of its own) is re-parented to the runner
+    instead of init, so it is among the runner's direct children: a handful
+    to look at, not the host's whole process table. Only when one of them
+    carries the run's marker is every process searched for it (its
+    descendants may have left the tree); ``kill_marked`` still does that on
+    runner start, for the orphans of a crash. Without a subreaper (another
+    OS, or prctl refused) every run ends with that search, as before.
+
+    Orphans that end on their own become this process's zombies: ``reap``
+    waits for those nobody else waits for."""
+
+    def __init__(self) -> None:
+        self.subreaper = False
+        self._zombies: dict[int, float] = {}  # pid -> when first seen a zombie
+
+    def become_subreaper(self) -> bool:
+        if sys.platform.startswith("linux") and self.children() is not None:
+            with contextlib.suppress(OSError, AttributeError):
+                libc = ctypes.CDLL(None, use_errno=True)
+                self.subreaper = libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+        return self.subreaper
+
+    @staticmethod
+    def children() -> list[int] | None:
+        """This process's direct children, from the kernel's per-thread lists
+        (None where there are none to read)."""
+        base = Path(psutil.PROCFS_PATH) / "self" / "task"
+        found: list[int] = []
+        try:
+            for task in base.iterdir():
+                with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                    found.extend(int(pid) for pid in (task / "children").read_text().split())
+        except OSError:
+            return None
+        return found
+
+    @staticmethod
+    def _zombie(pid: int) -> bool:
+        """Whether the child ``pid`` has ended (it stays to be waited for)."""
+        try:
+            flags = os.WEXITED | os.WNOHANG | os.WNOWAIT
+            return os.waitid(os.P_PID, pid, flags) is not None
+        except ChildProcessError:
+            return False
+
+    def escaped(self, marker: str, own: frozenset[int] = frozenset()) -> bool | None:
+        """Whether a live direct child carries ``marker`` (None: cannot tell).
+        ``own``: children this process started and waits for (running jobs'
+        processes), not looked at."""
+        if not self.subreaper:
+            return None
+        kids = self.children()
+        if kids is None:
+            return None
+        for pid in kids:
+            if pid in own or self._zombie(pid):
+                continue
+            try:
+                env = psutil.Process(pid).environ()
+            except psutil.Error:  # gone, or not ours to read
+                continue
+            if env.get(MARKER_VAR) == marker:
+                return True
+        return False
+
+    def kill(self, marker: str, own: frozenset[int] = frozenset()) -> list[int]:
+        """SIGKILL what the run ``marker`` left running (after it ended)."""
+        escaped = self.escaped(marker, own)
+        killed = kill_marked(marker) if escaped is not False else []
+        if self.subreaper:
+            self.reap(frozenset(killed), own)
+        return killed
+
+    def reap(
+        self, killed: frozenset[int] = frozenset(), own: frozenset[int] = frozenset()
+    ) -> list[int]:
+        """Wait for orphans that ended: the ones just killed (given a moment to
+        die), and zombies nobody else waits for. asyncio's child watcher says
+        which children it waits for; a zombie it does not know is reaped once
+        seen unclaimed twice ``REAP_AFTER`` apart (asyncio registers a child
+        in the same step that starts it), or after ``ZOMBIE_GRACE`` where the
+        watcher cannot tell."""
+        if not self.subreaper:
+            return []
+        reaped: list[int] = []
+        deadline = time.monotonic() + (1.0 if killed else 0.0)
+        while True:
+            now = time.monotonic()
+            kids = set(self.children() or [])
+            watched = _watched()
+            wait = ZOMBIE_GRACE if watched is None else REAP_AFTER
+            pending = set(killed & kids)
+            for pid in kids - own:
+                if (watched is not None and pid in watched) or not self._zombie(pid):
+                    self._zombies.pop(pid, None)
+                    continue
+                first = self._zombies.setdefault(pid, now)
+                if pid in killed or now - first >= wait:
+                    with contextlib.suppress(ChildProcessError):
+                        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                            reaped.append(pid)
+                            self._zombies.pop(pid, None)
+                            pending.discard(pid)
+            for pid in list(self._zombies):
+                if pid not in kids:
+                    del self._zombies[pid]
+            if not pending or time.monotonic() >= deadline:
+                return reaped
+            time.sleep(0.01)
+
+
+def _watched() -> set[int] | None:
+    """The children asyncio's child watcher waits for (None: cannot tell)."""
+    if sys.version_info >= (3, 12):
+        return None
+    try:
+        watcher = asyncio.get_event_loop_policy().get_child_watcher()
+    except Exception:
+        return None
+    for name in ("_callbacks", "_threads"):  # PidfdChildWatcher, ThreadedChildWatcher
+        registry = getattr(watcher, name, None)
+        if isinstance(registry, dict):
+            return set(registry.copy())
+    return None
 
 
 def _same(start: float, recorded: float) -> bool:

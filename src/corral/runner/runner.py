@@ -2,7 +2,8 @@
 
 The embedded runner of ``corral serve`` and ``corral runner`` on another host
 are the same class speaking the same protocol (corral/protocol/) through a
-``Link`` (runner/link.py): over HTTP for both today."""
+``Link`` (runner/link.py): over HTTP, or in-process for the embedded runner
+(api/local.py: the same handlers and store code without the loopback)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import random
 import socket
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,7 +26,7 @@ import httpx
 from corral import redact
 from corral.errors import ClientError, ConfigError, Unauthorized
 from corral.executors import base
-from corral.executors.process import PidRecords, kill_marked
+from corral.executors.process import PidRecords, Survivors
 from corral.executors.sandbox import Sandbox, warn_unsandboxed
 from corral.executors.settings import AgentSettings, LocalSettings, ProviderSettings
 from corral.gateway.settings import McpServerSettings
@@ -80,6 +82,7 @@ class Runner:
         agent_aliases: list[str] | None = None,
         sandbox: Sandbox | None = None,
         mcp_servers: Mapping[str, McpServerSettings] | None = None,
+        in_process: Callable[[HttpLink], AbstractAsyncContextManager[Link]] | None = None,
     ) -> None:
         self.server = server.rstrip("/")
         self.token = token
@@ -91,6 +94,9 @@ class Runner:
         self.labels = labels or []
         self.workdir = workdir
         self.pids = PidRecords(workdir / "runner" / "pids")
+        # What a finished job left running (executors/process.py).
+        self.survivors = Survivors()
+        self._own: dict[str, int] = {}  # job id -> its running process (not a survivor)
         # Outcomes recorded before they are reported (runner/journal.py).
         self.journal = Journal(workdir / "runner" / "journal.sqlite")
         self.workspaces = Workspaces(workdir)
@@ -103,6 +109,9 @@ class Runner:
         self.agents = AgentHost(
             workdir, aliases=agent_aliases, poll_wait=lease_wait, sandbox=self.sandbox
         )
+        # The embedded runner's transport (api/local.py), given the HTTP one
+        # for the calls it does not carry itself; None: HTTP only.
+        self.in_process = in_process
         self.runner_id: str | None = None
         self.heartbeat_interval = 5.0
         self.max_artifact_bytes = 10_485_760
@@ -127,15 +136,18 @@ class Runner:
             log.warning("runner %s: %s", self.name, warning)
         for pid in self.pids.reap():
             log.warning("killed process tree %d left behind by a previous runner", pid)
-        async with (
-            self.journal,
-            HttpLink(
-                self.server,
-                self.token,
-                timeout=httpx.Timeout(30.0, read=self.lease_wait + 30.0),
-                max_connections=self.slots * 3 + 4,
-            ) as link,
-        ):
+        if not self.survivors.become_subreaper():
+            log.info("runner %s: no child subreaper: each job ends with a process scan", self.name)
+        http = HttpLink(
+            self.server,
+            self.token,
+            timeout=httpx.Timeout(30.0, read=self.lease_wait + 30.0),
+            max_connections=self.slots * 3 + 4,
+        )
+        transport: AbstractAsyncContextManager[Link] = (
+            self.in_process(http) if self.in_process is not None else http
+        )
+        async with self.journal, transport as link:
             hosting: asyncio.Task[None] | None = None
             try:
                 await self._register(link)
@@ -325,6 +337,7 @@ class Runner:
         def started(pid: int | None) -> None:
             if pid is not None:
                 self.pids.add(job.id, pid, marker)
+                self._own[job.id] = pid
             channel.started()
 
         gateway = None
@@ -344,7 +357,7 @@ class Runner:
                 )
             except Exception as exc:
                 log.exception("job %s: the MCP gateway did not start", job.id, extra=log_extra)
-                await asyncio.to_thread(kill_marked, marker)
+                await asyncio.to_thread(self.survivors.kill, marker, frozenset(self._own.values()))
                 failed = Outcome(
                     status="failed",
                     reason="gateway",
@@ -382,7 +395,7 @@ class Runner:
                         "error": "the runner stopped while the job ran",
                     }
                 )
-            # Journalled at once, before the clean-up below (a scan of every
+            # Journalled at once, before the clean-up below (it may scan every
             # process): the window in which a kill loses the outcome of a job
             # whose process ended is as short as it can be.
             entry = await self._record(item, channel, outcome)
@@ -398,7 +411,9 @@ class Runner:
             if gateway is not None:
                 await gateway.close()  # stdio MCP servers stop with their trees
             # Whatever the agent left running (daemonised tool processes) dies with the run.
-            await asyncio.to_thread(kill_marked, marker)
+            self._own.pop(job.id, None)
+            own = frozenset(self._own.values())
+            await asyncio.to_thread(self.survivors.kill, marker, own)
             self.pids.remove(job.id)
         if ws.branch is not None and not self._stopping:
             stored = await self._artifacts(ws, channel, log_extra)

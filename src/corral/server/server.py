@@ -32,6 +32,7 @@ import signal
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
@@ -246,6 +247,7 @@ class Server:
                 self._start_loop(lp)
 
     def _start_runner(self, url: str, key: str, sandbox: Sandbox) -> None:
+        from corral.api.local import LocalLink
         from corral.runner import Runner
         from corral.store.agents import EMBEDDED
 
@@ -262,6 +264,7 @@ class Server:
             agent_aliases=[EMBEDDED],
             sandbox=sandbox,
             mcp_servers=settings.mcp.servers,
+            in_process=partial(LocalLink, self.services, key),
         )
         self._runner = asyncio.create_task(runner.run(), name="corral-embedded-runner")
         self._runner.add_done_callback(_log_crash)
