@@ -29,6 +29,7 @@ import cases
 import chat_case
 import client_case
 import gateway_case
+import peers_case
 import queue_case
 import reads_case
 import sandbox_case
@@ -409,10 +410,30 @@ def cli() -> int:
         default=os.environ.get("CORRAL_TEST_PG_URL", DEFAULT_PG),
         help=f"PostgreSQL server to create a scratch database on ({DEFAULT_PG})",
     )
+    parser.add_argument(
+        "--peers",
+        action="store_true",
+        help="(a) and (b), then the peer kit's Celery and procrastinate cases, in rounds; ratios",
+    )
+    parser.add_argument(
+        "--peers-kit",
+        type=Path,
+        default=ROOT.parent / "shared" / "peers",
+        help="the peer benchmark kit (default: ../shared/peers)",
+    )
+    parser.add_argument(
+        "--peers-task",
+        choices=("shell", "noop"),
+        default="shell",
+        help="the peers' task: spawn /bin/sh -c true (as a shell job does) or a Python no-op",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="--peers: rounds to interleave")
     args = parser.parse_args()
     if args.sandbox:
         cases.SERVER_ENV["CORRAL_RUNNER__SANDBOX"] = args.sandbox
     plan = Plan.of(args.quick)
+    if args.peers:
+        return side_by_side(plan, args.pg_url, args.peers_kit, args.peers_task, args.rounds)
     started = datetime.now(UTC)
     t0 = time.monotonic()
     load = os.getloadavg()
@@ -420,6 +441,97 @@ def cli() -> int:
     show(results, load)
     path = write(results, plan, started, time.monotonic() - t0, load)
     console.print(f"source {source_version()}; took {time.monotonic() - t0:.0f}s; wrote {path}")
+    return 0
+
+
+def corral_figures(results: list[Result]) -> dict[str, float]:
+    by = {r.metric: r for r in results}
+    out: dict[str, float] = {}
+    b = by.get("(b) submit→done throughput")
+    if b is not None and b.value is not None:
+        out["jobs_per_s"] = b.value
+        out["server_cpu_ms_per_job"] = b.detail.get("server_cpu_ms_per_job", float("nan"))
+    for key, metric in (
+        ("start_p50_ms", "(a) submit→started p50"),
+        ("start_p99_ms", "(a) submit→started p99"),
+    ):
+        row = by.get(metric)
+        if row is not None and row.value is not None:
+            out[key] = row.value
+    return out
+
+
+def side_by_side(plan: Plan, pg_base: str, kit: Path, task: str, rounds: int) -> int:
+    """corral's (a) and (b), then the kit's matching cases, ``rounds`` times; ratios."""
+    if not (kit / "run.sh").exists():
+        console.print(f"[red]no peer kit at {kit} (--peers-kit)[/]")
+        return 2
+    rows: list[dict[str, object]] = []
+    for r in range(1, rounds + 1):
+        load = os.getloadavg()
+        console.print(f"[dim]round {r}/{rounds}: corral (a), (b) (load {load[0]:.2f}) ...[/]")
+        mine = corral_figures(asyncio.run(main(plan, pg_base, "ab")))
+        rows.append({"round": r, "system": "corral", "load1": round(load[0], 2), **mine})
+        load = os.getloadavg()
+        console.print(
+            f"[dim]round {r}/{rounds}: {', '.join(peers_case.PEERS)} (load {load[0]:.2f}) ...[/]"
+        )
+        found, tail = peers_case.run_kit(
+            kit, task, 2000 if plan.throughput_jobs < 800 else 5000, 900
+        )
+        if not found:
+            console.print(f"[red]the peer kit gave no result:[/]\n{tail}")
+        for peer in found:
+            rows.append(
+                {
+                    "round": r,
+                    "system": f"{peer.get('peer')} ({task})",
+                    "load1": round(load[0], 2),
+                    "jobs_per_s": peer.get("tput_jobs_per_s"),
+                    "start_p50_ms": peer.get("lat_p50_ms"),
+                    "start_p99_ms": peer.get("lat_p99_ms"),
+                    "ratio": peers_case.ratios(mine, peer),
+                }
+            )
+    table = Table(title=f"corral beside its peers ({task} task)", title_justify="left")
+    for col in (
+        "round",
+        "system",
+        "load",
+        "jobs/s",
+        "start p50 ms",
+        "start p99 ms",
+        "server CPU ms/job",
+        "corral ÷ peer (jobs/s, p50, p99)",
+    ):
+        table.add_column(col, justify="right" if col != "system" else "left")
+
+    def num(v: object) -> str:
+        return f"{v:,.1f}" if isinstance(v, int | float) else "-"
+
+    for row in rows:
+        ratio = row.get("ratio")
+        text = (
+            " / ".join("-" if v is None else f"{v:.2f}×" for v in ratio.values())
+            if isinstance(ratio, dict)
+            else ""
+        )
+        table.add_row(
+            str(row["round"]),
+            str(row["system"]),
+            num(row["load1"]),
+            num(row.get("jobs_per_s")),
+            num(row.get("start_p50_ms")),
+            num(row.get("start_p99_ms")),
+            num(row.get("server_cpu_ms_per_job")),
+            text,
+        )
+    console.print(table)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / "peers.json"
+    doc = {"source": source_version(), "task": task, "plan": asdict(plan), "rows": rows}
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    console.print(f"source {source_version()}; wrote {path}")
     return 0
 
 
