@@ -922,11 +922,32 @@ def _assigned(provider: ProviderSettings) -> str:
     return runner or EMBEDDED_RUNNER
 
 
+def config_file_path(config_file: Path | None = None) -> Path:
+    """The configuration file to read: ``config_file`` (``--config``), else
+    ``$CORRAL_CONFIG``, else ./corral.toml, else the user's
+    ``$XDG_CONFIG_HOME/corral/corral.toml`` (~/.config/corral/corral.toml).
+    One named explicitly (either way) must exist; the others are optional:
+    when none exists, the path returned is ./corral.toml (absent)."""
+    named = config_file or (
+        Path(os.environ["CORRAL_CONFIG"]) if os.environ.get("CORRAL_CONFIG") else None
+    )
+    if named is not None:
+        if not named.is_file():
+            how = "--config" if config_file is not None else "CORRAL_CONFIG"
+            raise ConfigError(f"config file {named} ({how}) does not exist")
+        return named
+    here = Path("corral.toml")
+    if here.is_file():
+        return here
+    xdg = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    user = Path(xdg) / "corral" / "corral.toml"
+    return user if user.is_file() else here
+
+
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
-    """Load settings from ``config_file`` (or ./corral.toml), env and overrides."""
-    if config_file is not None and not config_file.is_file():
-        raise ConfigError(f"config file {config_file} does not exist")
-    path = config_file if config_file is not None else Path("corral.toml")
+    """Load settings from the configuration file (``config_file_path``), env
+    and overrides."""
+    path = config_file_path(config_file)
     token = _CONFIG_FILE.set(path if path.is_file() else None)
     try:
         settings = Settings(**{k: v for k, v in overrides.items() if v is not None})

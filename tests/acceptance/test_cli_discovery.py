@@ -73,3 +73,44 @@ def test_service_install_carries_the_data_dir_host_and_port(tmp_path: Path) -> N
         "9001",
     ]
     assert exec_start() == []
+
+
+def test_service_unit_reloads_on_sighup_and_is_hardened(tmp_path: Path) -> None:
+    def lines(*args: str) -> list[str]:
+        res = _corral("service", "install", "--dry-run", *args, cwd=tmp_path)
+        assert res.returncode == 0, res.stderr
+        return res.stdout.splitlines()
+
+    system, user = lines(), lines("--user")
+    for unit in (system, user):
+        assert "ExecReload=/bin/kill -HUP $MAINPID" in unit
+        assert "NoNewPrivileges=yes" in unit
+    assert "ProtectSystem=full" in system and "ProtectSystem=full" not in user
+    # The agents' sandbox needs user namespaces: nothing may take them away.
+    assert not any(x.startswith(("RestrictNamespaces", "PrivateUsers")) for x in system)
+
+
+def test_the_config_file_is_found_without_config(tmp_path: Path) -> None:
+    """--config, else $CORRAL_CONFIG, else ./corral.toml, else
+    ~/.config/corral/corral.toml; one named explicitly must exist."""
+    xdg, work = tmp_path / "xdg", tmp_path / "work"
+    (xdg / "corral").mkdir(parents=True)
+    work.mkdir()
+    (xdg / "corral" / "corral.toml").write_text("lease_ttl = 41\n")
+    named = tmp_path / "named.toml"
+    named.write_text("lease_ttl = 42\n")
+
+    def lease_ttl(*args: str, **env: str) -> float:
+        res = _corral("config", "show", "--json", *args, cwd=work, XDG_CONFIG_HOME=str(xdg), **env)
+        assert res.returncode == 0, res.stderr
+        return float(json.loads(res.stdout)["lease_ttl"])
+
+    assert lease_ttl() == 41  # the user's file
+    (work / "corral.toml").write_text("lease_ttl = 43\n")
+    assert lease_ttl() == 43  # the working directory's wins over the user's
+    assert lease_ttl(CORRAL_CONFIG=str(named)) == 42
+    assert (
+        lease_ttl("--config", str(xdg / "corral" / "corral.toml"), CORRAL_CONFIG=str(named)) == 41
+    )
+    res = _corral("config", "show", cwd=work, CORRAL_CONFIG=str(tmp_path / "missing.toml"))
+    assert res.returncode != 0 and "CORRAL_CONFIG" in res.stderr, res.stderr

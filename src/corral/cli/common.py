@@ -55,7 +55,12 @@ TokenOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", help="corral.toml to read (default: ./corral.toml).")
+    Path | None,
+    typer.Option(
+        "--config",
+        help="corral.toml to read (default: $CORRAL_CONFIG, ./corral.toml, "
+        "~/.config/corral/corral.toml).",
+    ),
 ]
 DataDirOpt = Annotated[
     Path | None, typer.Option("--data-dir", envvar="CORRAL_DATA_DIR", help="Data directory.")

@@ -11,8 +11,30 @@ from typing import Annotated
 import typer
 
 from corral.cli.common import ConfigOpt, DataDirOpt, console, err
+from corral.config import config_file_path
 
 app = typer.Typer(help="Run corral as a systemd service.", no_args_is_help=True)
+
+
+# What every unit gets. Not ProtectHome= or ProtectSystem=strict: agents work
+# in repositories wherever they are, and local jobs are confined by corral's
+# own sandbox (bubblewrap), which needs unprivileged user namespaces, so no
+# RestrictNamespaces= or PrivateUsers= either.
+HARDENING = (
+    "NoNewPrivileges=yes",
+    "UMask=0077",
+    "LockPersonality=yes",
+    "RestrictSUIDSGID=yes",
+)
+# System units only (a user manager cannot apply these without user namespaces).
+SYSTEM_HARDENING = (
+    "ProtectSystem=full",
+    "ProtectKernelTunables=yes",
+    "ProtectKernelModules=yes",
+    "ProtectKernelLogs=yes",
+    "ProtectControlGroups=yes",
+    "ProtectClock=yes",
+)
 
 
 def unit(
@@ -42,9 +64,13 @@ def unit(
             f"EnvironmentFile=-{env_file}",
             "Restart=always",
             "RestartSec=2",
+            # SIGHUP: apply changed [agents.*] tables without a restart.
+            "ExecReload=/bin/kill -HUP $MAINPID",
             # SIGTERM to corral only: it stops the process trees of its jobs and agents.
             "KillMode=mixed",
             "TimeoutStopSec=30",
+            *HARDENING,
+            *([] if user else SYSTEM_HARDENING),
             "",
             "[Install]",
             f"WantedBy={'default.target' if user else 'multi-user.target'}",
@@ -74,7 +100,7 @@ def install(
     EnvironmentFile) and print the commands that enable it. --data-dir, --host
     and --port (or CORRAL_DATA_DIR, CORRAL_HOST, CORRAL_PORT) go into its
     command line, so the service serves what `corral serve` would here."""
-    config = (config or Path("corral.toml")).resolve()
+    config = config_file_path(config).resolve()
     conf = config if config.is_file() else None
     base = conf.parent if conf else Path.cwd()
     env_file = base / "corral.env"
