@@ -535,6 +535,13 @@ class Settings(BaseSettings):
     repo_concurrency: int | None = Field(
         None, ge=1, description="At most this many jobs active in one repository (others queue)."
     )
+    max_subjob_depth: int = Field(
+        5,
+        ge=1,
+        le=100,
+        description="How deep sub-jobs (`submit_job` of the MCP gateway) may nest: a "
+        "sub-job of a job at this depth is refused (422 subjob_too_deep).",
+    )
     max_infra_retries: int = Field(
         3,
         ge=0,

@@ -36,6 +36,12 @@ class Unroutable(CorralError):
     code = "unroutable"
 
 
+class SubjobTooDeep(InvalidInput):
+    """A sub-job would nest deeper than ``max_subjob_depth``."""
+
+    code = "subjob_too_deep"
+
+
 class WebhookRefused(InvalidInput):
     """The server does not send webhooks to that address."""
 

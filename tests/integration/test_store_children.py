@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from corral.errors import Forbidden, InvalidTransition, StaleEpoch
+from corral.errors import Forbidden, InvalidTransition, StaleEpoch, SubjobTooDeep
 from corral.jobs import JobState
 from corral.models import JobCreate, Runner
 from corral.store import Store
+from corral.store.jobs.policy import RetryPolicy
 from corral.testing import worker_claims as claims
 
 
@@ -52,3 +53,28 @@ async def test_children_belong_to_their_parent_and_fencing_writes_nothing(
     with pytest.raises(StaleEpoch):
         await store.jobs.child(held, child.id)
     assert await store.jobs.counts() == before
+
+
+async def test_sub_jobs_nest_no_deeper_than_max_subjob_depth(db_url: str) -> None:
+    store = await Store.open(db_url, policy=RetryPolicy(max_subjob_depth=2))
+    try:
+        runner = await store.runners.register(
+            name="r1", key_id="k1", hostname="h", providers=["shell"], labels=[], slots=4
+        )
+        await store.jobs.create(JobCreate(prompt="top"))  # depth 0
+        chain = []
+        for depth in (1, 2):
+            (lease,) = await store.jobs.lease(runner, 1, ttl=30)
+            child, _ = await store.jobs.create(
+                JobCreate(prompt=f"depth {depth}"), parent=claims(lease, runner)
+            )
+            chain.append(child)
+        assert chain[1].parent_job_id == chain[0].id
+        (lease,) = await store.jobs.lease(runner, 1, ttl=30)
+        assert lease.job.id == chain[1].id
+        before = await store.jobs.counts()
+        with pytest.raises(SubjobTooDeep, match="max_subjob_depth"):
+            await store.jobs.create(JobCreate(prompt="depth 3"), parent=claims(lease, runner))
+        assert await store.jobs.counts() == before  # nothing written
+    finally:
+        await store.close()

@@ -27,6 +27,7 @@ def retry_policy(settings: Settings) -> RetryPolicy:
         max_infra_retries=settings.max_infra_retries,
         quota_backoff=settings.quota_backoff,
         fallbacks={n: p.fallback for n, p in settings.providers.items() if p.fallback},
+        max_subjob_depth=settings.max_subjob_depth,
     )
 
 

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from corral import metrics
 from corral.auth import WorkerClaims
-from corral.errors import SessionNotFound
+from corral.errors import SessionNotFound, SubjobTooDeep
 from corral.jobs import JobState
 from corral.models import Job, JobCreate, NewEvent, new_id
 from corral.protocol import topics
@@ -54,7 +54,7 @@ def create(
     ``parent``, a sub-job of the job that worker holds (refused, nothing
     written, if the worker was fenced off)."""
     if parent is not None:
-        owned(tx, parent)
+        _check_depth(tx, owned(tx, parent), policy.max_subjob_depth)
     place = _place(tx, spec, route, policy, now)
     row = _insert(tx, spec, route, place, policy, now, parent)
     event_log.append(
@@ -163,6 +163,20 @@ def _insert(
         )
         .returning(*jobs.c)
     ).one()
+
+
+def _check_depth(tx: Tx, parent: Row, limit: int) -> None:
+    """Refuse a sub-job of ``parent`` deeper than ``limit`` (a job submitted
+    from outside is at depth 0; at most ``limit`` parent links are read)."""
+    depth, up = 1, parent.parent_job_id
+    while up is not None:
+        depth += 1
+        if depth > limit:
+            raise SubjobTooDeep(
+                f"job {parent.id} is already {limit} sub-jobs deep (max_subjob_depth): "
+                "do the work in this job, or raise max_subjob_depth"
+            )
+        up = tx.conn.execute(sa.select(jobs.c.parent_job_id).where(jobs.c.id == up)).scalar()
 
 
 def _webhook(spec: JobCreate) -> dict[str, Any]:

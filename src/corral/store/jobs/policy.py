@@ -18,6 +18,9 @@ class RetryPolicy:
     quota_backoff: float = 60.0
     # provider -> provider that takes its jobs while it is paused by a quota.
     fallbacks: Mapping[str, str] = field(default_factory=dict)
+    # How deep sub-jobs may nest (a job's sub-job is at depth 1): an agent
+    # that submits itself again and again stops here, not at the budget.
+    max_subjob_depth: int = 5
 
 
 @dataclass(frozen=True, slots=True)
