@@ -17,7 +17,15 @@ from corral.testing import ServerProcess
 from tests.fakes import agent_bin
 from tests.fakes.anthropic import FakeAnthropic, text, tool_use
 
-from ._helpers import running_server, session_events, wait_for, wait_job
+from ._helpers import (
+    create_key,
+    running_server,
+    session_events,
+    start_runner,
+    stop_process,
+    wait_for,
+    wait_job,
+)
 
 UPSTREAM = Path(__file__).parents[1] / "fixtures" / "mcp_upstream.py"
 
@@ -61,8 +69,11 @@ def srv(tmp_path_factory: pytest.TempPathFactory, fake: FakeAnthropic) -> Iterat
             "permission_prompt": "human",
         },
     }
+    # Served only by a separate `corral runner` (test_a_separate_runner_...).
+    providers["remote"] = {**agent, "mcp_tools": ["corral.*"]}
     lines = ["max_infra_retries = 0", "", "[runner]", "slots = 4", "kill_grace = 1"]
-    lines.append(f"providers = {json.dumps(['shell', *providers])}")
+    embedded = ["shell", *(n for n in providers if n != "remote")]
+    lines.append(f"providers = {json.dumps(embedded)}")
     lines += ["", "[mcp.servers.tools]", f"command = {json.dumps([sys.executable, str(UPSTREAM)])}"]
     for name, table in providers.items():
         lines.append(f"\n[providers.{name}]")
@@ -264,3 +275,56 @@ def test_a_permission_prompt_is_answered_by_a_person(
         assert not written.exists()
     calls = events(http, job, "tool.call")
     assert [c["tool"] for c in calls] == ["approve"]
+
+
+def test_a_separate_runner_gives_its_agent_the_gateway_over_http(
+    srv: ServerProcess, http: httpx.Client, fake: FakeAnthropic, tmp_path: Path
+) -> None:
+    """A `corral runner` process (as on another host) runs the claude job: its
+    gateway reaches the control plane over the runner protocol's HTTP (the
+    embedded runner calls it in-process), for a sub-job and a progress event."""
+    key = create_key(srv, "runner")
+    config = srv.data_dir.parent / "corral.toml"
+    proc, log = start_runner(
+        srv,
+        key,
+        tmp_path / "remote",
+        "--name",
+        "remote-host",
+        "--provider",
+        "remote",
+        "--config",
+        str(config),
+    )
+    try:
+        prompt = unique("remote delegate")
+        word = f"REMOTE{uuid.uuid4().hex[:6]}"
+        fake.reply(
+            tool_use(
+                "mcp__corral__submit_job",
+                {"prompt": f"echo {word}", "provider": "shell", "wait": True, "timeout": 60},
+            ),
+            match=prompt,
+        )
+        fake.reply(
+            tool_use("mcp__corral__report_progress", {"message": "remote", "percent": 90}),
+            match=prompt,
+        )
+        fake.reply(text("remote done"), match=prompt)
+        job = wait_job(http, submit(http, prompt, provider="remote"), timeout=90)
+        assert job["state"] == "done", (job, log.read_text()[-2000:])
+        runner = http.get("/runners").json()
+        assert job["runner_id"] in [r["id"] for r in runner if r["name"] == "remote-host"]
+        calls = events(http, job, "tool.result")
+        assert [(c["tool"], c["is_error"]) for c in calls] == [
+            ("submit_job", False),
+            ("report_progress", False),
+        ]
+        answer = json.loads(
+            result_text(tool_result_of([r for r in fake.requests if prompt in json.dumps(r)][1]))
+        )
+        assert answer["state"] == "done" and word in answer["result"]
+        assert http.get(f"/jobs/{answer['job_id']}").json()["parent_job_id"] == job["id"]
+        assert events(http, job, "job.progress") == [{"message": "remote", "percent": 90.0}]
+    finally:
+        stop_process(proc)
