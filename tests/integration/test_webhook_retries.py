@@ -42,6 +42,13 @@ class Receiver:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # Every delivery connects at once: the default listen backlog of 5 drops
+    # connections on a loaded machine (then ReadError, not the status asked for).
+    request_queue_size = 128
+
+
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
     rec = Receiver("")
@@ -69,8 +76,7 @@ def receiver() -> Iterator[Receiver]:
             self.send_header("Content-Length", "0")
             self.end_headers()
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
+    server = _Server(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     rec.url = f"http://127.0.0.1:{server.server_address[1]}"
     try:
