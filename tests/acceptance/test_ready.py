@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import sqlalchemy as sa
 
-from corral.store import migrate
+from corral.models import JobCreate
+from corral.store import Store, migrate
 from corral.testing import drop_pg_database
 
 from ._helpers import running_server, wait_for
@@ -68,3 +70,30 @@ def test_ready_fails_when_the_database_is_at_another_migration(tmp_path: Path) -
             assert get(srv.url, "/ready").status_code == 200
         finally:
             db.close()
+
+
+async def test_job_counts_are_folded_from_the_start(pg_url: str, tmp_path: Path) -> None:
+    """PostgreSQL's +1/-1 count rows are folded by the watchdog's sweeps from
+    the first one, not only after its start-up grace (one lease_ttl, 30 s)."""
+    store = await Store.open(pg_url)
+    try:
+        for _ in range(20):
+            await store.jobs.create(JobCreate(command="true", title="unfolded"))
+
+        def rows() -> int:
+            stmt = sa.text("SELECT COUNT(*) FROM job_counts")
+            return int(asyncio.run(_scalar(pg_url, stmt)))
+
+        assert await asyncio.to_thread(rows) >= 20
+        with running_server(tmp_path / "data", database_url=pg_url, args=("--no-queue",)):
+            await asyncio.to_thread(wait_for, lambda: rows() == 1 or None, timeout=10)
+    finally:
+        await store.close()
+
+
+async def _scalar(url: str, stmt: Any) -> Any:
+    st = await Store.open(url)
+    try:
+        return await st.db.read(lambda c: c.execute(stmt).scalar_one())
+    finally:
+        await st.close()
