@@ -224,3 +224,11 @@ async def cancel_all(store: Store, created: list[Any]) -> None:
     for job in created:
         with contextlib.suppress(CorralError):
             await store.jobs.cancel(job.id, by="other")
+
+
+async def test_several_states_with_a_label(store: Store) -> None:
+    await seed(store, 400)
+    got = await store.jobs.list(states=[JobState.DONE, JobState.FAILED], label="bench", limit=30)
+    assert len(got) == 30
+    assert all("bench" in j.labels and j.state in ("done", "failed") for j in got)
+    assert got == sorted(got, key=lambda j: (j.created_at, j.id), reverse=True)
