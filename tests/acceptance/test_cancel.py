@@ -169,3 +169,32 @@ def test_what_a_finished_job_left_running_is_killed_and_reaped(tmp_path: Path) -
     finally:
         stack.close()
         kill_leftovers(m)
+
+
+def test_orphans_of_a_cancelled_job_are_reaped_while_no_job_ends(tmp_path: Path) -> None:
+    """A cancelled job's processes die re-parented to the runner (a child
+    subreaper): they are waited for within seconds, no later job needed."""
+    m = marker()
+    env = {"CORRAL_RUNNER__SANDBOX": "none"}
+    stack = contextlib.ExitStack()
+    try:
+        srv = stack.enter_context(running_server(tmp_path / "data", env=env))
+        http = stack.enter_context(srv.http())
+        script = f"(setsid sleep 306.{m} >/dev/null 2>&1 &)\n(sleep 307.{m} &)\nsleep 308.{m}\n"
+        job_id = submit(http, script)
+        for arg in (f"306.{m}", f"307.{m}", f"308.{m}"):
+            wait_for(partial(pids_exact, "sleep", arg), timeout=10, what=f"`sleep {arg}`")
+        server = psutil.Process(srv.proc.pid)
+        orphans = {*pids_exact("sleep", f"306.{m}"), *pids_exact("sleep", f"307.{m}")}
+        # Both sleeps whose parent shell exited are the server's children now.
+        assert orphans <= {p.pid for p in server.children()} and len(orphans) == 2, orphans
+        assert http.post(f"/jobs/{job_id}/cancel").status_code == 200
+        wait_for(lambda: not pids_matching(m), timeout=10, what="the job's processes to die")
+
+        def waited() -> bool:
+            return not any(psutil.pid_exists(pid) for pid in orphans)
+
+        wait_for(waited, timeout=10, what="the orphans to be waited for (no zombies)")
+    finally:
+        stack.close()
+        kill_leftovers(m)

@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 
 # On shutdown, how long stopped jobs may take to report their outcome.
 STOP_REPORT_SECONDS = 3.0
+# How often orphans that ended are waited for (executors/process.py Survivors).
+REAP_SECONDS = 1.0
 # How much of its journal a runner presents in one registration (the server's
 # max_body_bytes is 1 MiB by default); what does not fit waits for the next.
 JOURNAL_BYTES = 512 * 1024
@@ -149,13 +151,17 @@ class Runner:
         )
         async with self.journal, transport as link:
             hosting: asyncio.Task[None] | None = None
+            reaping: asyncio.Task[None] | None = None
             try:
                 await self._register(link)
                 hosting = asyncio.create_task(
                     self.agents.run(link, lambda: self.runner_id), name="corral-agent-host"
                 )
+                reaping = asyncio.create_task(self._reap_loop(), name="corral-reaper")
                 await self._lease_loop(link)
             finally:
+                if reaping is not None:
+                    reaping.cancel()
                 # Agent daemons and jobs stop side by side.
                 if hosting is not None:
                     hosting.cancel()
@@ -174,6 +180,17 @@ class Runner:
                     (ended,) = await asyncio.gather(hosting, return_exceptions=True)
                     if isinstance(ended, Exception):
                         log.error("agent host failed: %r", ended)
+
+    async def _reap_loop(self) -> None:
+        """Wait for re-parented orphans that ended (of agent daemons, of jobs
+        stopped by a cancel), also while no job ends (executors/process.py)."""
+        if not self.survivors.subreaper:
+            return
+        while True:
+            await asyncio.sleep(REAP_SECONDS)
+            own = frozenset(self._own.values())
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(self.survivors.reap, frozenset(), own)
 
     async def _register(self, link: Link) -> None:
         """Register, presenting the outcomes journalled but not acknowledged
