@@ -28,6 +28,7 @@ import agents_case
 import cases
 import chat_case
 import client_case
+import cost_case
 import gateway_case
 import peers_case
 import queue_case
@@ -269,6 +270,15 @@ async def main(plan: Plan, pg_base: str, only: str) -> list[Result]:
                         lambda: reads_case.reads(root, "PostgreSQL", url, stored, rounds),
                         timeout=600,
                     )
+        if "p" in only:
+            await run.case(
+                "(p) cost",
+                "ms",
+                lambda: cost_case.cost_figures(
+                    root, 10_000 if plan.throughput_jobs < 800 else 100_000, 20, pg_base
+                ),
+                timeout=900,
+            )
         if "d" in only:
             async with server(root, "d", env=OWN_RUNNER) as srv:
                 runner_id = await register(srv)
@@ -399,7 +409,9 @@ def cli() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="fewer samples (~30 s)")
-    parser.add_argument("--only", default="abcdefghijklmn", help="which benchmarks, e.g. --only ad")
+    parser.add_argument(
+        "--only", default="abcdefghijklmnp", help="which benchmarks, e.g. --only ad"
+    )
     parser.add_argument(
         "--sandbox",
         choices=("auto", "bwrap", "none"),

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
+    ConfigDict,
     Field,
     PrivateAttr,
     SecretStr,
@@ -38,6 +39,7 @@ from pydantic_settings import (
 )
 
 from corral import redact, schedules, tracker
+from corral.budgets import Budget
 from corral.chat import ChannelSettings
 from corral.errors import ConfigError
 from corral.executors.settings import (
@@ -416,6 +418,55 @@ class ScheduleSettings(JobCreate):
         return JobCreate.model_validate(fields)
 
 
+class BudgetSettings(BaseModel):
+    """A ``[[budgets]]`` table: a spending limit over a scope per period."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="Its name in events and `corral budgets ls` (default: the scope).",
+    )
+    scope: str = Field(
+        pattern=r"^(global|provider:[^\s]{1,64}|label:[^\s]{1,200})$",
+        description='"global" (every job), "provider:NAME" or "label:NAME".',
+    )
+    limit: float = Field(gt=0, allow_inf_nan=False, description="USD per period.")
+    period: Literal["day", "week", "month"] = Field(
+        "month", description="The period the limit is for (weeks start on Monday)."
+    )
+    timezone: str = Field("UTC", description="IANA time zone the period is read in.")
+    action: Literal["pause", "warn"] = Field(
+        "pause",
+        description="pause: nothing it covers starts until the period ends (a provider's "
+        "queued jobs go to its fallback, as for a quota); warn: events only. Both announce "
+        "crossing 80 % and 100 % (budget.warning, budget.exceeded events).",
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+    def budget(self) -> Budget:
+        return Budget(
+            name=self.name or self.scope,
+            scope=self.scope,
+            limit=self.limit,
+            period=self.period,
+            timezone=self.timezone,
+            action=self.action,
+        )
+
+
 class OllamaSettings(BaseModel):
     """The Ollama-compatible surface (/api/tags, /api/chat, /api/generate, /api/embed...)."""
 
@@ -619,6 +670,10 @@ class Settings(BaseSettings):
         default_factory=list,
         description="[[schedules]] tables: cron schedules, each slot one job.",
     )
+    budgets: list[BudgetSettings] = Field(
+        default_factory=list,
+        description="[[budgets]] tables: spending limits with hard stops (see docs/cost.md).",
+    )
     schedule_grace: float = Field(
         60.0,
         gt=0,
@@ -706,6 +761,18 @@ class Settings(BaseSettings):
                 "tables to corral.toml"
             )
         return {n: table[n] for n in names}
+
+    @model_validator(mode="after")
+    def _check_budgets(self) -> Settings:
+        names = [b.budget().name for b in self.budgets]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"budgets: names used twice: {', '.join(twice)} (give each a name)")
+        for b in self.budgets:
+            kind, _, target = b.scope.partition(":")
+            if kind == "provider" and target not in self.provider_table():
+                raise ValueError(f"budgets: scope {b.scope!r} names no configured provider")
+        return self
 
     @model_validator(mode="after")
     def _check_fallbacks(self) -> Settings:

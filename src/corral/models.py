@@ -59,7 +59,8 @@ def is_repo_ref(repo: str) -> bool:
 # Why a run failed, which decides what happens next: an agent error consumes an
 # attempt; infrastructure (process lost, hang guard, runner lost) and quota
 # (429/529, usage limit) re-queue the same attempt; bad input fails at once.
-FailureClass = Literal["agent", "infra", "quota", "input"]
+# budget: the run passed its max_cost and was stopped (failed at once).
+FailureClass = Literal["agent", "infra", "quota", "input", "budget"]
 
 
 QuestionState = Literal["open", "answered", "expired"]
@@ -157,6 +158,15 @@ class Job(BaseModel):
     exit_code: int | None = None
     usage: JSONDict | None = None
     cost: float | None = None
+    cost_source: Literal["reported", "configured", "estimated", "unknown"] | None = Field(
+        None,
+        description="Where `cost` came from: reported by the provider, configured prices "
+        "([providers.X.prices]), estimated from the usage with genai-prices, or unknown "
+        "(cost null). Null until the job ends.",
+    )
+    input_tokens: int | None = Field(None, description="Input tokens, cached ones included.")
+    output_tokens: int | None = None
+    max_cost: float | None = Field(None, description="USD the job may spend (failure `budget`).")
     recovered: JSONDict | None = Field(
         None,
         description="Set when the outcome came from the journal of the runner that ran the "
@@ -397,6 +407,51 @@ class Stats(BaseModel):
     model_config = {"populate_by_name": True}
 
 
+UsageGroup = Literal["provider", "model", "label", "source", "day"]
+
+
+class UsageRow(BaseModel):
+    key: dict[str, str | None] = Field(
+        description="The group's value of each `group_by` name (day: a UTC date)."
+    )
+    jobs: int
+    cost: float = Field(description="USD summed over the jobs with a price.")
+    unpriced: int = Field(description="Jobs without a price (cost_source unknown) among them.")
+    input_tokens: int
+    output_tokens: int
+    run_time: float = Field(description="Seconds from start to end, summed.")
+
+
+class UsageReport(BaseModel):
+    """Jobs that ended in ``[from, to)``, summed per group."""
+
+    from_: datetime = Field(alias="from")
+    to: datetime
+    group_by: list[UsageGroup]
+    rows: list[UsageRow]
+    total: UsageRow = Field(description="Every job of the range (key: {}).")
+
+    model_config = {"populate_by_name": True}
+
+
+class BudgetStatus(BaseModel):
+    """A ``[[budgets]]`` entry's spend against its limit in its current period."""
+
+    name: str
+    scope: str
+    limit: float
+    spent: float
+    percent: float | None = None
+    period: Literal["day", "week", "month"]
+    timezone: str
+    period_start: datetime
+    period_end: datetime
+    action: Literal["pause", "warn"]
+    paused_until: datetime | None = Field(
+        None, description="Set while it holds its scope: nothing it covers starts."
+    )
+
+
 class RouteDecision(BaseModel):
     provider: str
     model: str | None
@@ -608,6 +663,14 @@ class JobCreate(BaseModel):
     priority: int = Field(2, ge=0, le=9, description="0 is the most urgent.")
     max_attempts: int | None = Field(None, ge=1, le=100)
     timeout: float | None = Field(None, gt=0, le=7 * 86400, description="Seconds.")
+    max_cost: float | None = Field(
+        None,
+        gt=0,
+        le=1_000_000,
+        allow_inf_nan=False,
+        description="USD a run may spend: Claude Code gets --max-budget-usd; other runs are "
+        "stopped when their streamed usage passes it (failure class `budget`).",
+    )
     run_at: datetime | None = Field(
         None,
         description="Not run before this time: ISO-8601 with a time zone (Z or an offset; "

@@ -133,6 +133,7 @@ def footer(job: Job) -> str:
         "attempts": job.attempt,
         "duration_s": duration,
         "cost": job.cost,
+        "cost_source": job.cost_source,
         "usage": job.usage,
         "exit_code": job.exit_code,
         "error": job.error,
@@ -153,7 +154,9 @@ def footer(job: Job) -> str:
     if duration is not None:
         lines.append(f"- duration: {duration:g} s")
     if job.cost is not None:
-        lines.append(f"- cost: ${job.cost:.4f}")
+        lines.append(f"- cost: ${job.cost:.4f} ({job.cost_source})")
+    elif job.cost_source is not None:
+        lines.append("- cost: unknown (no price for this model)")
     if job.usage:
         lines.append(f"- tokens: {json.dumps(job.usage)}")
     if job.error:

@@ -335,3 +335,26 @@ def test_two_jobs_in_two_worktrees_of_one_repo(
     assert workspace(srv, jobs["a"]) != workspace(srv, jobs["b"])
     assert not (workspace(srv, jobs["a"]) / "b.txt").exists()
     assert get_job(http, ids["a"])["repo"] == str(repo)
+
+
+def test_max_cost_gives_claude_its_budget_and_the_job_stops_as_budget(
+    http: httpx.Client, fake: FakeAnthropic
+) -> None:
+    prompt = unique("Run echo hi, then more.")
+    step = tool_use("Bash", {"command": "echo hi", "description": "hi"})
+    # The fake reports usage that Claude Code prices at $8.02 (its own price table).
+    fake.reply(
+        text("I will run it."), step, input_tokens=2_000_000, output_tokens=1000, match=prompt
+    )
+    fake.reply(text("Done."), match=prompt)
+    job = wait_job(http, submit(http, prompt, max_cost=0.5), timeout=90)
+    assert job["state"] == "failed", job
+    assert job["failure"] == "budget" and job["reason"] == "error_max_budget_usd"
+    assert job["attempt"] == 1  # not retried: the budget is spent
+    assert job["max_cost"] == 0.5
+    assert job["cost"] == pytest.approx(8.02) and job["cost_source"] == "reported"
+    (started,) = events_of(http, job, "agent.started")
+    argv = started["argv"]
+    assert argv[argv.index("--max-budget-usd") + 1] == "0.5"
+    # Claude Code stopped after the first request: the second reply is still queued.
+    assert sum(prompt in json.dumps(r) for r in fake.requests) == 1

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from genai_prices import Usage, calc_price
 
 from corral.testing import ServerProcess, git_repo
 from tests.fakes import agent_bin
@@ -67,7 +68,17 @@ def test_hello_then_resume(http: httpx.Client, fake: FakeResponses) -> None:
     fake.reply(text("hello from codex"))
     first = wait_job(http, submit(http, "say hello"), timeout=60)
     assert first["state"] == "done" and first["result"] == "hello from codex", first
-    assert first["usage"]["input_tokens"] > 0 and first["cost"] is None
+    assert first["usage"]["input_tokens"] > 0
+    # Codex reports no cost: its usage is priced with genai-prices (cached input included).
+    assert first["cost_source"] == "estimated"
+    u = first["usage"]
+    usage = Usage(
+        input_tokens=u["input_tokens"],
+        output_tokens=u["output_tokens"],
+        cache_read_tokens=u.get("cached_input_tokens", 0),
+    )
+    expected = float(calc_price(usage, "gpt-5.5", provider_id="openai").total_price)
+    assert first["cost"] == pytest.approx(expected)
     [init] = events_of(http, first, "agent.init")
     thread = init["session_id"]
     assert http.get(f"/sessions/{first['session_id']}").json()["handle"] == f"codex:{thread}"

@@ -66,6 +66,7 @@ class FakeOpenAI:
         self.requests: list[dict[str, Any]] = []  # chat request bodies
         self.embed_requests: list[dict[str, Any]] = []
         self.refused: list[str] = []  # why each invalid chat request was refused (400)
+        self.stopped_early = False  # the client closed a stream before its end
         self._script: deque[tuple[str | None, _Reply | _Failure]] = deque()
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -340,10 +341,32 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(b"%x\r\n%s\r\n" % (len(raw), raw))
             self.wfile.flush()
 
-        chunk({"role": "assistant", "content": ""})
+        # vLLM's stream_options.continuous_usage_stats: every chunk carries the
+        # usage so far (prompt tokens, completion tokens streamed until then).
+        continuous = bool((body.get("stream_options") or {}).get("continuous_usage_stats"))
+        sent = ""
+
+        def so_far() -> dict[str, Any] | None:
+            if not continuous:
+                return None
+            done = _tokens(sent) if sent else 0
+            prompt = usage["prompt_tokens"]
+            return {
+                "prompt_tokens": prompt,
+                "completion_tokens": done,
+                "total_tokens": prompt + done,
+            }
+
+        chunk({"role": "assistant", "content": ""}, use=so_far())
         words = step.text.split(" ")
         for i, word in enumerate(words):
-            chunk({"content": word if i == 0 else " " + word})
+            piece = word if i == 0 else " " + word
+            sent += piece
+            try:
+                chunk({"content": piece}, use=so_far())
+            except (BrokenPipeError, ConnectionResetError):
+                self.fake.stopped_early = True
+                return
             if step.delay:
                 time.sleep(step.delay)
         for i, call in enumerate(step.tool_calls):

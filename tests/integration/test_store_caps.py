@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from corral.budgets import Budget
 from corral.jobs import JobState
 from corral.models import Job, JobCreate, Outcome, Runner
 from corral.store import Caps, RetryPolicy, Store
@@ -111,6 +112,27 @@ async def _quota_pause(st: Store) -> tuple[Job, Runner, str]:
     return job, runner, "provider 'q' is paused by a quota limit until "
 
 
+async def _spent(st: Store, cost: float, labels: list[str] | None = None) -> None:
+    runner = await _r(st, "spender")
+    await st.jobs.create(JobCreate(prompt="x", provider="b", labels=labels or []))
+    (lease,) = await st.jobs.lease(runner, 1, ttl=30)
+    await st.jobs.complete(worker_claims(lease, runner), Outcome(status="done", cost=cost))
+
+
+async def _global_budget(st: Store) -> tuple[Job, Runner, str]:
+    await _spent(st, 150.0)
+    return await _job(st), await _r(st), "paused by budget 'all' (global): $150.00 of $100.00"
+
+
+async def _label_budget(st: Store) -> tuple[Job, Runner, str]:
+    await _spent(st, 2.0, ["team"])
+    job = (await st.jobs.create(JobCreate(prompt="x", provider="b", labels=["x", "team"])))[0]
+    other = await _job(st)  # no label: not held
+    runner = await _r(st)
+    assert [lease.job.id for lease in await st.jobs.lease(runner, 10, ttl=30)] == [other.id]
+    return job, runner, "label 'team' is paused by budget 'team' (label:team): $2.00 of $1.00"
+
+
 async def _turn_lock(st: Store) -> tuple[Job, Runner, str]:
     runner, first = await _r(st), await _job(st)
     second = await _job(st, session_id=first.session_id)
@@ -158,6 +180,8 @@ SCENARIOS: dict[str, Scenario] = {
     "kill switch": _kill_switch,
     "run_at or retry backoff": _retry_backoff,
     "quota pause": _quota_pause,
+    "global budget": _global_budget,
+    "label budget": _label_budget,
     "turn lock": _turn_lock,
     "provider cap": _provider_cap,
     "repo cap": _repo_cap,
@@ -172,7 +196,16 @@ SCENARIOS: dict[str, Scenario] = {
 async def ruled(db_url: str) -> AsyncIterator[Store]:
     st = await Store.open(
         db_url,
-        caps=Caps(providers={"capped": 1}, total=3, repo=1, local=frozenset({"local"})),
+        caps=Caps(
+            providers={"capped": 1},
+            total=3,
+            repo=1,
+            local=frozenset({"local"}),
+            budgets=(
+                Budget("all", "global", 100.0, "day"),
+                Budget("team", "label:team", 1.0, "day"),
+            ),
+        ),
         policy=RetryPolicy(backoff_base=60, backoff_max=60, default_max_attempts=2),
     )
     try:

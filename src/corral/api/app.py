@@ -29,6 +29,7 @@ from corral.api import (
     stats,
     system,
     trackers,
+    usage,
     webhooks,
 )
 from corral.api.limits import BodyLimit
@@ -56,6 +57,7 @@ def create_app(settings: Settings, *, lifespan: Lifespan | None = None) -> FastA
     routers = (
         system,
         stats,
+        usage,
         jobs,
         questions,
         sessions,

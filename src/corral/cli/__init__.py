@@ -23,6 +23,7 @@ from corral.cli import (
     service,
     sessions,
     trackers,
+    usage,
     webhooks,
     workspaces,
 )
@@ -65,6 +66,7 @@ app.command()(answer.answer)
 app.command()(mcp_server.mcp)
 app.command()(control.route)
 app.command()(control.status)
+app.command()(usage.usage)
 app.command()(control.pause)
 app.command()(control.resume)
 app.command()(admin.migrate)
@@ -78,6 +80,7 @@ app.add_typer(webhooks.app, name="webhooks")
 app.add_typer(trackers.app, name="trackers")
 app.add_typer(agents.app, name="agents")
 app.add_typer(schedules.app, name="schedules")
+app.add_typer(usage.budgets_app, name="budgets")
 app.add_typer(service.app, name="service")
 config_app = typer.Typer(help="Configuration.", no_args_is_help=True)
 config_app.command("show")(admin.config_show)

@@ -33,6 +33,7 @@ app = typer.Typer(help="Inspect and control jobs.", no_args_is_help=True)
 # What a failed run's class means for the job (``failure``).
 FAILURE_MEANING = {
     "agent": "the agent reported an error; it costs an attempt",
+    "budget": "it passed its max_cost and was stopped",
     "infra": "the infrastructure failed (runner lost, hang guard); not the agent's fault",
     "quota": "the provider's quota ran out; the provider is paused until it resets",
     "input": "the job cannot run as given; it is not retried",
@@ -141,7 +142,11 @@ def show(
     if job.repo:
         rows.append(("repo", esc(job.repo + (f" at {job.base}" if job.base else ""))))
     if job.cost is not None:
-        rows.append(("cost", f"${job.cost:.4f}"))
+        rows.append(("cost", f"${job.cost:.4f} ({job.cost_source or 'reported'})"))
+    elif job.cost_source == "unknown":
+        rows.append(("cost", "unknown (no price for this model)"))
+    if job.max_cost is not None:
+        rows.append(("max cost", f"${job.max_cost:.4f}"))
     if job.usage:
         tokens = ", ".join(f"{k} {v}" for k, v in job.usage.items() if isinstance(v, int))
         rows.append(("usage", esc(tokens or "-")))

@@ -239,6 +239,9 @@ def submit(
     priority: Annotated[int, typer.Option(min=0, max=9, help="0 is the most urgent.")] = 2,
     timeout: Annotated[float | None, typer.Option(help="Seconds.")] = None,
     max_attempts: Annotated[int | None, typer.Option(min=1)] = None,
+    max_cost: Annotated[
+        float | None, typer.Option(help="USD the run may spend (failure class budget past it).")
+    ] = None,
     label: Annotated[list[str] | None, typer.Option(help="Repeatable.")] = None,
     idempotency_key: Annotated[str | None, typer.Option()] = None,
     at: Annotated[str | None, typer.Option("--at", metavar="TIME", help=AT_HELP)] = None,
@@ -268,6 +271,7 @@ def submit(
         "priority": priority,
         "timeout": timeout,
         "max_attempts": max_attempts,
+        "max_cost": max_cost,
         "labels": label or [],
         "idempotency_key": idempotency_key,
         "run_at": when(at) if at is not None else None,

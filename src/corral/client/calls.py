@@ -18,6 +18,7 @@ from corral.models import (
     AgentLine,
     AgentsReloaded,
     Artifact,
+    BudgetStatus,
     Delivery,
     Event,
     Identity,
@@ -33,6 +34,7 @@ from corral.models import (
     SessionDetail,
     Status,
     Tracker,
+    UsageReport,
 )
 
 from .base import Call
@@ -274,6 +276,35 @@ def whoami() -> Call[Identity]:
 def status() -> Call[Status]:
     """The kill switch, quota pauses, job counts and runners."""
     return Call("GET", "/status", _one(Status))
+
+
+def usage(
+    *,
+    start: datetime | str | None = None,
+    end: datetime | str | None = None,
+    group_by: list[str] | None = None,
+    provider: str | None = None,
+    model: str | None = None,
+    label: str | None = None,
+    source: str | None = None,
+) -> Call[UsageReport]:
+    """Cost, tokens, jobs and run time of the jobs that ended in ``[start,
+    end)``, summed per ``group_by`` (provider, model, label, source, day)."""
+    params: dict[str, Any] = {"group_by": ",".join(group_by or ["provider"])}
+    for name, value in (("from", start), ("to", end)):
+        if value is not None:
+            params[name] = value.isoformat() if isinstance(value, datetime) else value
+    for name, value in (("provider", provider), ("model", model), ("label", label)):
+        if value is not None:
+            params[name] = value
+    if source is not None:
+        params["source"] = source
+    return Call("GET", "/usage", _one(UsageReport), params=params)
+
+
+def budgets() -> Call[list[BudgetStatus]]:
+    """Each budget's spend against its limit in its current period."""
+    return Call("GET", "/budgets", _many(BudgetStatus))
 
 
 # -- agent daemons -------------------------------------------------------------

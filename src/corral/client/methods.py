@@ -29,6 +29,9 @@ class Methods:
     turn = endpoint(calls.turn)
     session_events = endpoint(flows.session_events)
     events = stream(flows.events)
+    # spend
+    usage = endpoint(calls.usage)
+    budgets = endpoint(calls.budgets)
     # webhooks
     deliveries = endpoint(calls.deliveries)
     all_deliveries = endpoint(calls.all_deliveries)

@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import Field
 
+from corral import pricing
 from corral.errors import ConfigError
 from corral.executors.agent import usage_of
 from corral.executors.base import Context, failed, http_failed
@@ -74,6 +75,12 @@ class OpenAISettings(ChatSettings):
     )
     embedding_model: str | None = Field(
         None, description="Model behind /api/embed (when this is the embed_provider)."
+    )
+    stream_usage: bool = Field(
+        False,
+        description="Ask for token usage in every streamed chunk (vLLM's "
+        "stream_options.continuous_usage_stats), so a job's max_cost stops it mid-stream; "
+        "otherwise usage comes with the last chunk only.",
     )
 
 
@@ -195,6 +202,9 @@ class OpenAIExecutor(ChatExecutor[OpenAISettings]):
         finish: str | None = None
         usage: dict[str, Any] | None = None
         cost: float | None = None
+        stream_options: dict[str, Any] = {"include_usage": True}
+        if s.stream_usage:
+            stream_options["continuous_usage_stats"] = True
         try:
             # The SDK's overloads want TypedDicts; jobs carry plain JSON.
             create: Any = client.chat.completions.create
@@ -202,7 +212,7 @@ class OpenAIExecutor(ChatExecutor[OpenAISettings]):
                 model=model,
                 messages=messages,
                 stream=True,
-                stream_options={"include_usage": True},
+                stream_options=stream_options,
                 **kwargs,
             )
             async for chunk in stream:
@@ -211,6 +221,10 @@ class OpenAIExecutor(ChatExecutor[OpenAISettings]):
                     usage = usage_of(raw)
                     if isinstance(raw.get("cost"), int | float):
                         cost = float(raw["cost"])
+                    over = over_budget(ctx, model, usage, cost)
+                    if over is not None:
+                        await stream.close()
+                        return over
                 for choice in chunk.choices:
                     delta = choice.delta
                     if delta.content:
@@ -311,6 +325,27 @@ class AnthropicExecutor(ChatExecutor[AnthropicSettings]):
         ]
         usage = usage_of(final.usage.model_dump())
         return self.done(ctx, model, text, tool_calls, final.stop_reason, usage)
+
+
+def over_budget(
+    ctx: Context[Any], model: str, usage: dict[str, Any] | None, cost: float | None
+) -> Outcome | None:
+    """The outcome of a run stopped because the usage streamed so far costs
+    more than the job's ``max_cost`` (None while it does not, or while its
+    price is unknown: then nothing can be enforced)."""
+    limit = ctx.job.max_cost
+    if limit is None:
+        return None
+    spent, source = pricing.price(cost, usage, model, pricing.price_ref(ctx.settings))
+    if spent is None or spent <= limit:
+        return None
+    return failed(
+        "budget",
+        "max_cost",
+        f"stopped: the run cost ${spent:.6f} ({source}) so far, over its max_cost ${limit:g}",
+        usage={**(usage or {}), "model": model},
+        cost=spent if source == "reported" else None,
+    )
 
 
 def _anthropic_tool(tool: dict[str, Any]) -> dict[str, Any]:

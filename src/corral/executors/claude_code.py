@@ -112,6 +112,8 @@ class ClaudeCodeExecutor(AgentExecutor[ClaudeCodeSettings]):
             args += ["--allowedTools", ",".join(allowed)]
         if s.max_turns:
             args += ["--max-turns", str(s.max_turns)]
+        if ctx.job.max_cost is not None:
+            args += ["--max-budget-usd", f"{ctx.job.max_cost:g}"]
         return args + list(s.extra_args)
 
     def environment(
@@ -281,6 +283,8 @@ class ClaudeCodeExecutor(AgentExecutor[ClaudeCodeSettings]):
             failure = "input"
         elif r.get("subtype") == "error_max_turns":
             failure = "agent"
+        elif "budget" in str(r.get("subtype") or ""):
+            failure = "budget"  # --max-budget-usd (the job's max_cost) was reached
         else:
             failure = classify(message)
         if status:

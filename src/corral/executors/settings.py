@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from corral import redact
 from corral.errors import ConfigError
+from corral.pricing import Prices
 
 _SHELL_OPERATOR = frozenset("();<>|&")
 _EXPANSION = re.compile(r"\$[({A-Za-z_]|`")
@@ -81,7 +82,15 @@ class ProviderSettings(BaseModel):
         None, ge=1, description="At most this many of its jobs active at once (others queue)."
     )
     fallback: str | None = Field(
-        None, description="Provider that takes this one's jobs while a quota limit pauses it."
+        None,
+        description="Provider that takes this one's jobs while a quota limit or a budget "
+        "pauses it.",
+    )
+    prices: Prices | None = Field(
+        None,
+        description="USD per million tokens (input, output, cache_read, cache_write) pricing "
+        "its jobs when it reports no cost: a self-hosted or negotiated model; wins over the "
+        "genai-prices estimate.",
     )
 
     @property

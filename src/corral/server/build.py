@@ -13,6 +13,7 @@ from pathlib import Path
 from corral import redact
 from corral.auth import Role
 from corral.config import Settings
+from corral.pricing import price_ref
 from corral.services import Services
 from corral.store import Caps, RetryPolicy, Store
 from corral.store.keys import new_secret
@@ -28,6 +29,7 @@ def retry_policy(settings: Settings) -> RetryPolicy:
         quota_backoff=settings.quota_backoff,
         fallbacks={n: p.fallback for n, p in settings.providers.items() if p.fallback},
         max_subjob_depth=settings.max_subjob_depth,
+        prices={n: price_ref(p) for n, p in settings.providers.items()},
     )
 
 
@@ -37,6 +39,7 @@ def caps(settings: Settings) -> Caps:
         total=settings.max_running,
         repo=settings.repo_concurrency,
         local=frozenset(n for n, p in settings.provider_table().items() if p.local),
+        budgets=tuple(b.budget() for b in settings.budgets),
     )
 
 

@@ -84,6 +84,9 @@ def on_state(tx: Tx, row: Row, rules: Rules, now: datetime) -> None:
     if row.error is not None:
         body["error"] = row.error
         body["reason"] = row.reason
+    if row.state in ("done", "failed", "cancelled"):
+        body["cost"] = row.cost
+        body["cost_source"] = row.cost_source
     for url, secret in targets:
         _insert(tx, row.id, url, secret, "job.state", body, now)
 

@@ -103,6 +103,13 @@ jobs = sa.Table(
     sa.Column("exit_code", sa.Integer),
     sa.Column("usage", JSON),
     sa.Column("cost", sa.Float),
+    # reported | configured | estimated | unknown (corral.pricing); null until it ends.
+    sa.Column("cost_source", sa.String(16)),
+    # Token counts in one shape (corral.pricing.tokens), for GET /usage.
+    sa.Column("input_tokens", sa.BigInteger),
+    sa.Column("output_tokens", sa.BigInteger),
+    # USD a run may spend (the runner stops it past this: failure class budget).
+    sa.Column("max_cost", sa.Float),
     # The outcome came from a runner's journal: {from_runner, finished_at, reason}.
     sa.Column("recovered", JSON),
     sa.Column("created_at", UTCDateTime, nullable=False),
@@ -129,6 +136,8 @@ jobs = sa.Table(
     sa.Index(None, "provider", "created_at", "id"),
     sa.Index(None, "provider", "state", "created_at", "id"),
     sa.Index(None, "source", "created_at", "id"),
+    # GET /usage and budgets: jobs ended in a time range, by provider.
+    sa.Index(None, "finished_at", "provider"),
 )
 
 # The labels of each job, one row each, kept by triggers on ``jobs`` (migration
@@ -438,4 +447,17 @@ agent_inbox = sa.Table(
     sa.Index(None, "agent", "seq"),
     # Numbers are never reused once rows are deleted (hosts compare them).
     sqlite_autoincrement=True,
+)
+
+# Where each [[budgets]] entry is in its current period: the highest level
+# announced (80, 100) and the pause its crossing set.
+budgets = sa.Table(
+    "budgets",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("period_start", UTCDateTime, nullable=False),
+    sa.Column("level", sa.Integer, nullable=False),
+    sa.Column("spent", sa.Float, nullable=False),
+    sa.Column("paused_until", UTCDateTime),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
 )

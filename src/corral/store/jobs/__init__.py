@@ -41,7 +41,9 @@ from corral.store.jobs import (
     reads,
     report,
     stats,
+    usage,
 )
+from corral.store.jobs import budgets as budget_rules
 from corral.store.jobs.dispatch import Lease
 from corral.store.jobs.lifecycle import lose
 from corral.store.jobs.policy import Caps, RetryPolicy
@@ -148,11 +150,13 @@ class Jobs:
     ) -> tuple[Job, list[str]]:
         """End the attempt with a worker's outcome (known secrets redacted:
         an upstream error may echo the API key)."""
-        now, policy = now_utc(), self.policy
+        now, policy, budgets = now_utc(), self.policy, self.caps.budgets
         outcome = redact.outcome(outcome)
         items = [redact.event(item) for item in items]
         return await self.db.write(
-            lambda tx: lifecycle.complete(tx, claims, outcome, items, policy=policy, now=now)
+            lambda tx: lifecycle.complete(
+                tx, claims, outcome, items, policy=policy, budgets=budgets, now=now
+            )
         )
 
     async def child(self, claims: WorkerClaims, job_id: str) -> Job:
@@ -186,6 +190,7 @@ class Jobs:
                         claims=claims,
                         entry=entry,
                         policy=policy,
+                        budgets=self.caps.budgets,
                         now=now_utc(),
                     )
                 )
@@ -246,6 +251,39 @@ class Jobs:
                 conn, start=start, end=end, bucket=bucket, group_by=group_by, dialect=dialect
             )
         )
+
+    async def usage(
+        self,
+        *,
+        start: datetime,
+        end: datetime,
+        group_by: Sequence[str],
+        provider: str | None = None,
+        model: str | None = None,
+        label: str | None = None,
+        source: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Sums of cost, tokens, jobs and run time of the jobs that ended in
+        ``[start, end)``, grouped by ``group_by``."""
+        dialect = self.db.dialect
+        return await self.db.read(
+            lambda conn: usage.usage(
+                conn,
+                start=start,
+                end=end,
+                group_by=group_by,
+                provider=provider,
+                model=model,
+                label=label,
+                source=source,
+                dialect=dialect,
+            )
+        )
+
+    async def budgets(self) -> list[dict[str, Any]]:
+        """Each configured budget's spend against its limit, now."""
+        now, budgets = now_utc(), self.caps.budgets
+        return await self.db.read(lambda conn: budget_rules.status(conn, budgets, now))
 
     async def pauses(self) -> list[ProviderPause]:
         """Providers paused by a quota limit, now."""

@@ -9,6 +9,7 @@ from functools import cached_property
 import sqlalchemy as sa
 
 from corral.models import Runner
+from corral.store.jobs import budgets as budget_rules
 from corral.store.jobs import quota
 from corral.store.jobs.policy import Caps
 from corral.store.jobs.state import ACTIVE_STATES
@@ -67,6 +68,33 @@ class Board:
     def paused(self) -> dict[str, datetime]:
         """Providers paused by a quota, and until when."""
         return quota.paused(self.conn, self.now)
+
+    @cached_property
+    def budget_holds(self) -> dict[str, datetime]:
+        """Budgets pausing their scope now, and until when."""
+        return budget_rules.holds(self.conn, self.caps.budgets, self.now)
+
+    def _held(self, kind: str) -> dict[str, tuple[str, datetime]]:
+        out: dict[str, tuple[str, datetime]] = {}
+        for budget in self.caps.budgets:
+            until = self.budget_holds.get(budget.name)
+            if until is None or budget.kind != kind:
+                continue
+            start, end = budget.window(self.now)
+            why = budget_rules.reason(budget, budget_rules.spent(self.conn, budget, start, end))
+            out[budget.target or budget.scope] = (why, until)
+        return out
+
+    @cached_property
+    def global_hold(self) -> tuple[str, datetime] | None:
+        """A used-up global budget: its reason and until when."""
+        held = self._held("global") if self.budget_holds else {}
+        return next(iter(held.values()), None)
+
+    @cached_property
+    def label_holds(self) -> dict[str, tuple[str, datetime]]:
+        """Labels whose budget is used up: its reason and until when."""
+        return self._held("label") if self.budget_holds else {}
 
     @cached_property
     def active(self) -> dict[str, int]:

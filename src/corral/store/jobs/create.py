@@ -149,6 +149,7 @@ def _insert(
             attempt=1,
             max_attempts=spec.max_attempts or policy.default_max_attempts,
             timeout=spec.timeout,
+            max_cost=spec.max_cost,
             labels=spec.labels,
             idempotency_key=spec.idempotency_key,
             source=spec.source,

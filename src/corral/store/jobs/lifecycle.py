@@ -11,8 +11,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from corral import metrics
+from corral import metrics, pricing
 from corral.auth import WorkerClaims
+from corral.budgets import Budget
 from corral.jobs import ACTIVE, Action, JobState, backoff
 from corral.models import Event, Job, NewEvent, Outcome, Runner
 from corral.protocol import JournalAnswer, JournalEntry, topics
@@ -20,6 +21,7 @@ from corral.store import events as event_log
 from corral.store import outbox
 from corral.store import sessions as session_store
 from corral.store.db import Tx
+from corral.store.jobs import budgets as budget_rules
 from corral.store.jobs import quota
 from corral.store.jobs.policy import RetryPolicy
 from corral.store.jobs.state import ACTIVE_STATES, Row, apply, fence, locked, owned, to_job
@@ -61,6 +63,9 @@ def retry(tx: Tx, job_id: str, *, now: datetime) -> Job:
             "finished_at": None,
             "usage": None,
             "cost": None,
+            "cost_source": None,
+            "input_tokens": None,
+            "output_tokens": None,
             "message": None,
             "recovered": None,
         },
@@ -120,6 +125,7 @@ def complete(
     items: Sequence[NewEvent],
     *,
     policy: RetryPolicy,
+    budgets: Sequence[Budget] = (),
     now: datetime,
 ) -> tuple[Job, list[str]]:
     """End the attempt with the worker's outcome (and its last events). Where
@@ -128,31 +134,60 @@ def complete(
     failures are retried after a backoff while attempts are left."""
     row = owned(tx, claims)
     duplicates = _events(tx, row, claims, items, now)[1] if items else []
+    model = row.model or _model(outcome.usage)
+    cost, source = pricing.price(
+        outcome.cost, outcome.usage, model, policy.prices.get(row.provider)
+    )
+    counts = pricing.tokens(outcome.usage)
     values: dict[str, Any] = {
         "result": outcome.result,
         "exit_code": outcome.exit_code,
         "usage": outcome.usage,
-        "cost": outcome.cost,
+        "cost": cost,
+        "cost_source": source,
+        "input_tokens": counts.input if counts.any else None,
+        "output_tokens": counts.output if counts.any else None,
         "message": outcome.message,
     }
+    job = _end(tx, row, outcome, values, policy=policy, now=now)
+    if job.cost and job.finished_at is not None and budgets:
+        budget_rules.spend(tx, locked(tx, job.id), budgets, fallbacks=policy.fallbacks, now=now)
+    return job, duplicates
+
+
+def _end(
+    tx: Tx,
+    row: Row,
+    outcome: Outcome,
+    values: dict[str, Any],
+    *,
+    policy: RetryPolicy,
+    now: datetime,
+) -> Job:
+    """Where the attempt goes by its failure class (``complete``)."""
     if outcome.status == "done":
         values.update(error=None, reason=None, failure=None)
-        return apply(tx, row, Action.SUCCEED, now=now, values=values), duplicates
+        return apply(tx, row, Action.SUCCEED, now=now, values=values)
     failure = outcome.failure or "agent"
     values.update(
         error=outcome.error or "failed", reason=outcome.reason or "error", failure=failure
     )
-    if failure == "input":
-        return apply(tx, row, Action.REJECT, now=now, values=values), duplicates
+    if failure in ("input", "budget"):
+        return apply(tx, row, Action.REJECT, now=now, values=values)
     if failure == "infra":
-        return _infra(tx, row, now=now, values=values, budget=policy.max_infra_retries), duplicates
+        return _infra(tx, row, now=now, values=values, budget=policy.max_infra_retries)
     if failure == "quota":
-        job = quota.requeue(tx, row, values, retry_at=outcome.retry_at, policy=policy, now=now)
-        return job, duplicates
+        return quota.requeue(tx, row, values, retry_at=outcome.retry_at, policy=policy, now=now)
     if row.attempt < row.max_attempts:
         delay = backoff(row.attempt, base=policy.backoff_base, cap=policy.backoff_max)
         values["available_at"] = now + timedelta(seconds=delay)
-    return apply(tx, row, Action.FAIL, now=now, values=values), duplicates
+    return apply(tx, row, Action.FAIL, now=now, values=values)
+
+
+def _model(usage: dict[str, Any] | None) -> str | None:
+    """The model a chat executor says it used (``usage["model"]``)."""
+    model = (usage or {}).get("model")
+    return model if isinstance(model, str) and model else None
 
 
 def unlease(tx: Tx, job_ids: Sequence[str], runner: Runner, *, now: datetime) -> list[Job]:
@@ -241,6 +276,7 @@ def recover(
     entry: JournalEntry,
     *,
     policy: RetryPolicy,
+    budgets: Sequence[Budget] = (),
     now: datetime,
 ) -> JournalAnswer:
     """A runner presents an outcome from its journal: the job ran there (at
@@ -328,7 +364,9 @@ def recover(
         type="job.recovered",
         payload={**note, "artifacts": entry.artifacts, "events_omitted": entry.events_omitted},
     )
-    job, _ = complete(tx, held, entry.outcome, [*entry.events, recovered], policy=policy, now=now)
+    job, _ = complete(
+        tx, held, entry.outcome, [*entry.events, recovered], policy=policy, budgets=budgets, now=now
+    )
     tx.conn.execute(sa.update(jobs).where(jobs.c.id == job.id).values(recovered=note))
     return answer("recovered", job.state.value)
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from corral.budgets import Budget
+from corral.pricing import PriceRef
+
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
@@ -21,6 +24,8 @@ class RetryPolicy:
     # How deep sub-jobs may nest (a job's sub-job is at depth 1): an agent
     # that submits itself again and again stops here, not at the budget.
     max_subjob_depth: int = 5
+    # provider -> how its jobs are priced when the executor reports no cost.
+    prices: Mapping[str, PriceRef] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +39,7 @@ class Caps:
     total: int | None = None  # max active jobs across all runners
     repo: int | None = None  # max active jobs per repository
     local: frozenset[str] = frozenset()  # providers whose sessions stay on their runner
+    budgets: tuple[Budget, ...] = ()  # [[budgets]]: a crossed hard one holds its scope
 
     @property
     def any(self) -> bool:

@@ -26,8 +26,18 @@ _PAUSED = sa.select(provider_pauses.c.provider, provider_pauses.c.until).where(
 
 
 def paused(conn: sa.Connection, now: datetime) -> dict[str, datetime]:
-    """Providers paused by a quota now, and until when."""
+    """Providers paused by a quota (or a budget) now, and until when."""
     return {str(p): until for p, until in conn.execute(_PAUSED, {"now": now})}
+
+
+def why(conn: sa.Connection, provider: str) -> str:
+    """Why ``provider`` is paused: a quota limit, or the budget it used up."""
+    reason = conn.execute(
+        sa.select(provider_pauses.c.reason).where(provider_pauses.c.provider == provider)
+    ).scalar_one_or_none()
+    if isinstance(reason, str) and reason.startswith("budget "):
+        return reason
+    return "a quota limit"
 
 
 def fallback(
@@ -45,7 +55,7 @@ def fallback(
         seen.append(provider)
     if len(seen) == 1:
         return provider, None
-    return provider, f"fallback: {' -> '.join(seen)} ({seen[0]} is paused by a quota limit)"
+    return provider, f"fallback: {' -> '.join(seen)} ({seen[0]} is paused)"
 
 
 def requeue(
@@ -63,7 +73,7 @@ def requeue(
     fallback."""
     until = retry_at or now + timedelta(seconds=policy.quota_backoff)
     until = max(until, now + timedelta(seconds=1))
-    _pause(tx, row.provider, until, values["error"])
+    pause(tx, row.provider, until, values["error"])
     job = apply(
         tx,
         row,
@@ -72,19 +82,28 @@ def requeue(
         values={**values, "available_at": now, "attempt": row.attempt},
         note={"paused_until": until.isoformat()},
     )
-    return _reroute(tx, row.provider, policy.fallbacks, now).get(job.id, job)
+    return reroute(tx, row.provider, policy.fallbacks, now).get(job.id, job)
 
 
-def _pause(tx: Tx, provider: str, until: datetime, reason: str) -> None:
+def pause(tx: Tx, provider: str, until: datetime, reason: str) -> None:
+    """Pause ``provider`` until ``until``; a later pause already there (a
+    budget's, to the end of its period) stays."""
     values = {"until": until, "reason": reason}
     updated = tx.conn.execute(
-        sa.update(provider_pauses).where(provider_pauses.c.provider == provider).values(values)
+        sa.update(provider_pauses)
+        .where(provider_pauses.c.provider == provider)
+        .values(
+            until=sa.case((provider_pauses.c.until > until, provider_pauses.c.until), else_=until),
+            reason=sa.case(
+                (provider_pauses.c.until > until, provider_pauses.c.reason), else_=reason
+            ),
+        )
     ).rowcount
     if not updated:
         tx.conn.execute(sa.insert(provider_pauses).values(provider=provider, **values))
 
 
-def _reroute(tx: Tx, provider: str, fallbacks: Mapping[str, str], now: datetime) -> dict[str, Job]:
+def reroute(tx: Tx, provider: str, fallbacks: Mapping[str, str], now: datetime) -> dict[str, Job]:
     """Move the queued jobs of ``provider`` to where ``fallback`` sends them now."""
     target, why = fallback(tx.conn, provider, fallbacks, now)
     if why is None:

@@ -28,7 +28,9 @@ import sqlalchemy as sa
 
 from corral.jobs import JobState
 from corral.models import Job
+from corral.store.jobs import quota
 from corral.store.jobs.board import SEP, Board
+from corral.store.jobs.budgets import has_label
 from corral.store.jobs.state import ACTIVE_STATES, Row
 from corral.store.schema import jobs, sessions
 
@@ -105,6 +107,11 @@ def _not_yet(board: Board, job: Job, row: Row) -> str:
     return f"retry backoff until {_at(row.available_at)}"
 
 
+def _global_budget(board: Board) -> str:
+    why, until = board.global_hold or ("a global budget", board.now)
+    return f"paused by {why} until {_at(until)} (nothing starts while it is used up)"
+
+
 def _nothing(board: Board) -> dict[str, Any]:
     return {}
 
@@ -169,8 +176,30 @@ RULES: tuple[Rule, ...] = (
         "quota pause",
         admits=lambda b, provider: provider not in b.paused,
         reason=lambda b, job: (
-            f"provider {job.provider!r} is paused by a quota limit until "
+            f"provider {job.provider!r} is paused by {quota.why(b.conn, job.provider)} until "
             f"{_at(b.paused[job.provider])}"
+        ),
+    ),
+    Gate(
+        "global budget",
+        room=lambda b: 0 if b.global_hold else None,
+        reason=lambda b, job: _global_budget(b),
+    ),
+    RowRule(
+        "label budget",
+        # The first term spares the label lookup per row when no label budget holds.
+        where=sa.or_(
+            sa.bindparam("no_label_holds", type_=sa.Boolean),
+            ~has_label(sa.bindparam("held_labels", expanding=True)),
+        ),
+        params=lambda b: {
+            "no_label_holds": not b.label_holds,
+            "held_labels": sorted(b.label_holds),
+        },
+        reason=lambda b, job, row: "; ".join(
+            f"label {label!r} is paused by {why} until {_at(until)}"
+            for label, (why, until) in sorted(b.label_holds.items())
+            if label in job.labels
         ),
     ),
     RowRule(
