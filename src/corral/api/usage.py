@@ -4,7 +4,7 @@ and ``GET /budgets`` (each budget's spend against its limit)."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
@@ -51,9 +51,11 @@ async def get_usage(
         raise InvalidInput("group_by: a name given twice")
     filters = {"provider": provider, "model": model, "label": label, "source": source}
     rows = await svc.store.jobs.usage(start=start, end=end, group_by=groups, **filters)
-    total = await svc.store.jobs.usage(start=start, end=end, group_by=[], **filters)
-    empty = {"key": {}, "jobs": 0, "cost": 0.0, "unpriced": 0}
-    empty |= {"input_tokens": 0, "output_tokens": 0, "run_time": 0.0}
+    if "label" in groups:  # a job counts under each of its labels: sum them apart
+        total = await svc.store.jobs.usage(start=start, end=end, group_by=[], **filters)
+    else:  # the groups split the jobs: their sums are the total
+        total = [_sum(rows)] if rows else []
+    empty = _sum([])
     return UsageReport.model_validate(
         {
             "from": start,
@@ -70,3 +72,12 @@ async def get_budgets(svc: Svc, who: Reader) -> list[BudgetStatus]:
     """Each `[[budgets]]` entry: its spend in the current period against its limit, and
     the pause it holds its scope with."""
     return [BudgetStatus.model_validate(b) for b in await svc.store.jobs.budgets()]
+
+
+def _sum(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"key": {}}
+    for name in ("jobs", "cost", "unpriced", "input_tokens", "output_tokens", "run_time"):
+        out[name] = sum(r[name] for r in rows)
+    out["cost"] = round(out["cost"], 6)
+    out["run_time"] = round(out["run_time"], 3)
+    return out
