@@ -510,7 +510,16 @@ class Settings(BaseSettings):
         "Default: SQLite in the data dir.",
     )
     log_level: str = Field("INFO", description="Log level of `corral serve` and runners.")
-    log_format: Literal["text", "json"] = Field("text", description="Log line format.")
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="Log line format: `json` makes stderr JSON lines only (one object "
+        "per line, with the job, session, runner, agent and request ids it is about).",
+    )
+    access_log: bool = Field(
+        False,
+        description="One log line per HTTP request (method, path, status, ms, request id); "
+        "never the query string or headers.",
+    )
     max_body_bytes: int = Field(
         1_048_576, ge=1024, description="Largest accepted request body in bytes (413 beyond)."
     )

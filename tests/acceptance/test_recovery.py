@@ -173,19 +173,24 @@ def test_a_server_restart_leaves_a_live_runner_its_jobs(tmp_path: Path) -> None:
     separate runner, alive all along, keeps its job (the restarted watchdog
     gives it one lease_ttl to heartbeat) and the job finishes once."""
     data, work, runs = tmp_path / "data", tmp_path / "runner", tmp_path / "runs"
-    # Short leases, a watchdog that sweeps at once, heartbeats slower than it.
-    env = {"CORRAL_LEASE_TTL": "2", "CORRAL_WATCHDOG_INTERVAL": "0.1"}
+    # Short leases, a watchdog that sweeps at once, heartbeats slower than it
+    # (the server tells its runners the interval).
+    env = {
+        "CORRAL_LEASE_TTL": "3",
+        "CORRAL_WATCHDOG_INTERVAL": "0.1",
+        "CORRAL_HEARTBEAT_INTERVAL": "1",
+    }
     srv = start_server(data, env=env, args=("--no-runner",))
     port, proc = srv.port, None
     try:
         key = create_key(srv, "runner")
-        runner_env = {"CORRAL_RUNNER__SANDBOX": "none", "CORRAL_HEARTBEAT_INTERVAL": "1.5"}
+        runner_env = {"CORRAL_RUNNER__SANDBOX": "none"}
         proc, _ = start_runner(srv, key, work, "--name", "r1", env=runner_env)
         with srv.http() as http:
             job_id = submit(http, f"echo run >> {runs}; sleep 8; echo finished")
             wait_job(http, job_id, "running")
         srv.kill()
-        time.sleep(3)  # longer than lease_ttl: every lease has run out
+        time.sleep(4)  # longer than lease_ttl: every lease has run out
         srv = start_server(data, port=port, env=env, args=("--no-runner",))
         with srv.http() as http:
             job = wait_job(http, job_id, timeout=30)

@@ -33,6 +33,7 @@ from corral.api import (
     webhooks,
 )
 from corral.api.limits import BodyLimit
+from corral.api.requests import RequestIds
 from corral.config import Settings
 from corral.mcp.mount import PATH, McpMount
 
@@ -83,4 +84,6 @@ def create_app(settings: Settings, *, lifespan: Lifespan | None = None) -> FastA
         max_bytes=settings.max_body_bytes,
         larger={"/worker/artifacts/": settings.max_artifact_bytes},
     )
+    # Outermost: every request, refused ones too, has an id in its log lines.
+    app.add_middleware(RequestIds, access_log=settings.access_log)
     return app

@@ -75,13 +75,16 @@ def settings(config: Path | None = None, data_dir: Path | None = None) -> Settin
 
 def say_sandbox(sandbox: Sandbox) -> None:
     """Where a runner's jobs run: one line, loud when they are not sandboxed."""
+    from corral.cli import logs
     from corral.executors.sandbox import warn_unsandboxed
 
     warning = warn_unsandboxed(sandbox)
     if warning is not None:
-        err.print(f"[bold red]WARNING: {esc(warning)}[/]")
+        logs.banner(
+            f"WARNING: {warning}", warning=True, markup=f"[bold red]WARNING: {esc(warning)}[/]"
+        )
     else:
-        err.print(f"sandbox: {sandbox.describe()}", markup=False)
+        logs.banner(f"sandbox: {sandbox.describe()}")
 
 
 def client(server: str | None, token: str | None) -> Client:

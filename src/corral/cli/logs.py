@@ -9,7 +9,11 @@ import sys
 import time
 from typing import Any
 
+from corral.logctx import KEYS, ContextFilter
 from corral.redact import text as redact
+
+# The format setup() chose: a banner is a JSON line too in "json".
+_format = "text"
 
 
 class _Redact(logging.Filter):
@@ -20,6 +24,11 @@ class _Redact(logging.Filter):
 
 
 class _Text(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        ids = " ".join(f"{k}={getattr(record, k)}" for k in KEYS if hasattr(record, k))
+        return f"{line} [{ids}]" if ids else line
+
     def formatException(self, ei: Any) -> str:
         return redact(super().formatException(ei))
 
@@ -33,7 +42,7 @@ class _Json(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for key in ("job_id", "session_id", "runner_id"):
+        for key in (*KEYS, "runner_id"):
             if hasattr(record, key):
                 data[key] = getattr(record, key)
         if record.exc_info:
@@ -42,7 +51,10 @@ class _Json(logging.Formatter):
 
 
 def setup(level: str = "INFO", fmt: str = "text") -> None:
+    global _format
+    _format = fmt
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(ContextFilter())
     handler.addFilter(_Redact())
     if fmt == "json":
         handler.setFormatter(_Json())
@@ -57,3 +69,18 @@ def setup(level: str = "INFO", fmt: str = "text") -> None:
     logging.getLogger("uvicorn.access").setLevel("WARNING")
     logging.getLogger("httpx").setLevel("WARNING")
     logging.getLogger("alembic").setLevel("WARNING")
+
+
+def banner(text: str, *, warning: bool = False, markup: str | None = None) -> None:
+    """What `corral serve` and `corral runner` say when they start: a line on
+    stderr (``markup``: the same with rich markup), or a JSON log line when
+    the log format is JSON, so that stderr holds only JSON lines."""
+    if _format == "json":
+        logging.getLogger("corral").log(logging.WARNING if warning else logging.INFO, text)
+        return
+    from corral.cli.common import err
+
+    if markup is not None:
+        err.print(markup)
+    else:
+        err.print(text, markup=False)

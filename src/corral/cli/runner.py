@@ -12,7 +12,7 @@ import typer
 
 from corral import redact
 from corral.cli import logs
-from corral.cli.common import ConfigOpt, DataDirOpt, err, say_sandbox, settings
+from corral.cli.common import ConfigOpt, DataDirOpt, say_sandbox, settings
 from corral.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -90,9 +90,8 @@ def runner(
         sandbox=box,
         mcp_servers=s.mcp.servers,
     )
-    err.print(
-        f"runner {r.name}: {r.slots} slots, providers {', '.join(providers)}, server {server}",
-        markup=False,
+    logs.banner(
+        f"runner {r.name}: {r.slots} slots, providers {', '.join(providers)}, server {server}"
     )
     say_sandbox(box)
     with contextlib.suppress(KeyboardInterrupt):

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from corral.cli import logs
-from corral.cli.common import ConfigOpt, DataDirOpt, err, esc, say_sandbox
+from corral.cli.common import ConfigOpt, DataDirOpt, esc, say_sandbox
 
 if TYPE_CHECKING:
     from corral.server import Server
@@ -21,16 +21,16 @@ def _announce(server: Server) -> None:
     from corral.config import is_loopback
 
     settings = server.settings
-    err.print(f"corral {server.store.db.dialect} listening on [bold]{esc(server.url or '')}[/]")
+    where = f"corral {server.store.db.dialect} listening on "
+    logs.banner(where + (server.url or ""), markup=f"{where}[bold]{esc(server.url or '')}[/]")
     if is_loopback(settings.host):
-        err.print(
-            f"admin key: {settings.admin_key_file}  (try: corral submit --shell 'echo hi' --wait)",
-            markup=False,
+        logs.banner(
+            f"admin key: {settings.admin_key_file}  (try: corral submit --shell 'echo hi' --wait)"
         )
     if server.sandbox is not None:
         say_sandbox(server.sandbox)
     if settings.queue_enabled:
-        err.print(f"queue folder: {settings.queue_dir}", markup=False)
+        logs.banner(f"queue folder: {settings.queue_dir}")
 
 
 def serve(

@@ -11,7 +11,6 @@ from typing import Annotated
 import typer
 
 from corral.cli.common import ConfigOpt, DataDirOpt, console, err
-from corral.config import config_file_path
 
 app = typer.Typer(help="Run corral as a systemd service.", no_args_is_help=True)
 
@@ -100,6 +99,8 @@ def install(
     EnvironmentFile) and print the commands that enable it. --data-dir, --host
     and --port (or CORRAL_DATA_DIR, CORRAL_HOST, CORRAL_PORT) go into its
     command line, so the service serves what `corral serve` would here."""
+    from corral.config import config_file_path  # pydantic: not at `corral --version`
+
     config = config_file_path(config).resolve()
     conf = config if config.is_file() else None
     base = conf.parent if conf else Path.cwd()

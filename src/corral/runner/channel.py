@@ -134,8 +134,11 @@ class WorkerChannel:
         )
         return stored is not None
 
-    async def heartbeat(self) -> None:
-        await self._call("heartbeat", self.link.heartbeat)
+    async def heartbeat(self, every: float = 5.0) -> None:
+        """Extend the lease; while the server is away, retried at least every
+        ``every`` seconds (the heartbeat interval), so that a restarted server
+        hears from this runner within its grace (``lease_ttl``)."""
+        await self._call("heartbeat", self.link.heartbeat, max_delay=every)
 
     def unacknowledged(self) -> list[NewEvent]:
         """The events the server has not acknowledged yet (in flight or queued):
@@ -206,7 +209,9 @@ class WorkerChannel:
         finally:
             self._sending = []
 
-    async def _call(self, what: str, call: Callable[[], Awaitable[T]]) -> T | None:
+    async def _call(
+        self, what: str, call: Callable[[], Awaitable[T]], *, max_delay: float = 5.0
+    ) -> T | None:
         """Make a call, retried while the server is away (up to
         ``GIVE_UP_SECONDS``); None if it was refused or the channel is stale."""
         if self.stale is not None:
@@ -239,7 +244,7 @@ class WorkerChannel:
                 "worker %s failed (%s); retrying", what, reason, extra={"job_id": self.job_id}
             )
             await asyncio.sleep(delay * (0.5 + random.random() / 2))
-            delay = min(delay * 2, 5.0)
+            delay = min(delay * 2, max_delay)
 
     def _mark_stale(self, reason: str) -> None:
         if self.stale is None:

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
+from corral import logctx
 from corral.config import DaemonSettings
 from corral.executors.process import MARKER_VAR, PidRecords, stop_tree
 from corral.executors.sandbox import Sandbox, found, job_environment, rw
@@ -239,6 +240,7 @@ class Supervisor:
 
     async def _keep(self, d: Daemon) -> None:
         """Run the daemon, restarting it as its policy says, until stopped."""
+        logctx.bind(agent=d.name)  # this task's log lines name the agent
         s = d.settings
         delay = s.restart_delay
         log = RotatingLog(self.logs / f"{d.name}.log", s.log_max_bytes, s.log_backups)

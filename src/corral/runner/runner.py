@@ -16,6 +16,7 @@ import random
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-from corral import redact
+from corral import logctx, redact
 from corral.errors import ClientError, ConfigError, Unauthorized
 from corral.executors import base
 from corral.executors.process import PidRecords, Survivors
@@ -295,6 +296,9 @@ class Runner:
     async def _execute(self, link: Link, item: LeasedJob) -> None:
         job, session = item.job, item.session
         log_extra = {"job_id": job.id, "session_id": session.id}
+        # This task's log lines (and its children's: executor, gateway) name the job.
+        logctx.bind(job_id=job.id, session_id=session.id, runner=self.name)
+        began = time.monotonic()
         try:
             settings = self.providers.get(job.provider)
             if settings is None:
@@ -318,6 +322,13 @@ class Runner:
             if entry is not None and channel.answered:
                 self.journal.forget(entry.id)
             await channel.close()
+            log.info(
+                "job %s %s in %.2fs%s",
+                job.id,
+                outcome.status,
+                time.monotonic() - began,
+                f" ({outcome.reason})" if outcome.reason else "",
+            )
         except Exception:
             log.exception("job %s could not be run", job.id, extra=log_extra)
         finally:
@@ -509,7 +520,7 @@ class Runner:
     async def _heartbeats(self, channel: WorkerChannel) -> None:
         while channel.stale is None:
             await asyncio.sleep(self.heartbeat_interval)
-            await channel.heartbeat()
+            await channel.heartbeat(self.heartbeat_interval)
 
 
 def _fit(pending: list[Pending]) -> list[JournalEntry]:

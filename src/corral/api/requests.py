@@ -1,0 +1,59 @@
+"""A request id for every HTTP request: taken from ``X-Request-ID`` when the
+caller sent a sane one, else made here; bound to the log context while the
+request is handled (corral.logctx), sent back in the response's
+``X-Request-ID``, and, with ``access_log = true``, one log line per request
+(method, path, status, milliseconds; never the query string or headers,
+which may carry credentials)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import time
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from corral import logctx
+
+HEADER = b"x-request-id"
+SANE = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
+access = logging.getLogger("corral.access")
+
+
+class RequestIds:
+    def __init__(self, app: ASGIApp, *, access_log: bool = False) -> None:
+        self.app = app
+        self.access_log = access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = next((v for k, v in scope["headers"] if k == HEADER), None)
+        rid = given if given is not None and SANE.fullmatch(given) else None
+        request_id = rid.decode() if rid is not None else secrets.token_hex(8)
+        status = 0
+        began = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((HEADER, request_id.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        with logctx.bound(request_id=request_id):
+            try:
+                await self.app(scope, receive, send_with_id)
+            finally:
+                if self.access_log:
+                    access.info(
+                        "%s %s %s %.1fms",
+                        scope["method"],
+                        scope["path"],
+                        status or "-",
+                        (time.perf_counter() - began) * 1000,
+                    )
