@@ -182,9 +182,22 @@ def test_killed_daemon_is_restarted_with_a_status_event(http: httpx.Client) -> N
     with http.stream(
         "GET", "/sse/status", headers={"Accept": "text/event-stream"}, timeout=30
     ) as resp:
+        event = ""
+        lines = resp.iter_lines()
+        # First every agent as it is (the feed listens already), then changes.
+        for raw in lines:
+            if raw.startswith("event:"):
+                event = raw[6:].strip()
+            elif raw.startswith("data:") and event == "agent":
+                now = json.loads(raw[5:])
+                if now["name"] == "ticker":
+                    assert now["status"] == "running" and now["pid"] == before["pid"]
+                    break
         os.kill(before["pid"], signal.SIGKILL)
-        for raw in resp.iter_lines():
-            if raw.startswith("data:"):
+        for raw in lines:
+            if raw.startswith("event:"):
+                event = raw[6:].strip()
+            elif raw.startswith("data:") and event == "status":
                 change = json.loads(raw[5:])
                 if change["agent_id"] == "ticker":
                     changes.append(change)

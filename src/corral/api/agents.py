@@ -265,10 +265,14 @@ async def _follow(svc: Svc, name: str, after: int | None, n: int) -> AsyncIterat
 
 @router.get("/sse/status")
 async def follow_status(svc: Svc, who: Reader) -> EventSourceResponse:
-    """Status changes of every agent, as they happen."""
+    """Every agent as it is now (one ``agent`` event each, as in ``GET
+    /agents``), then its status changes as they happen (``status`` events).
+    The feed listens before it reads, so no change falls between the two."""
 
     async def changes() -> AsyncIterator[dict[str, Any]]:
         with svc.store.bus.subscribe(topics.AGENTS, maxsize=svc.settings.sse_buffer) as sub:
+            for rec in await svc.store.agents.list():
+                yield {"event": "agent", "data": json.dumps(rec.view())}
             while not sub.overflowed:
                 for change in await sub.get(timeout=svc.settings.sse_ping):
                     yield {"event": "status", "data": change}

@@ -222,12 +222,12 @@ function agentStatus() {
     const pidCell = $(`#agent-${CSS.escape(name)} [data-f="pid"]`);
     if (pidCell) pidCell.textContent = pid ?? "";
   };
+  // On (re)connecting the feed sends every agent as it is now, then changes.
   const feed = new EventSource("/sse/status");
-  // On (re)connecting: the status now (a change may have come before the feed).
-  feed.onopen = async () => {
-    const resp = await fetch("/agents");
-    if (resp.ok) for (const a of await resp.json()) mark(a.name, a.status, a.pid);
-  };
+  feed.addEventListener("agent", (e) => {
+    const a = JSON.parse(e.data);
+    mark(a.name, a.status, a.pid);
+  });
   feed.addEventListener("status", (e) => {
     const c = JSON.parse(e.data);
     mark(c.agent_id, c.new_status, c.pid);
