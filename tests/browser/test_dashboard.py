@@ -5,9 +5,11 @@ pane, and `corral ui`'s one-time link."""
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -377,3 +379,65 @@ def test_bulk_cancel_of_a_filtered_set(admin: BrowserContext, http: httpx.Client
     finally:
         http.post("/admin/resume")
         http.post(f"/jobs/{other}/cancel")
+
+
+def test_a_job_s_webhook_deliveries_and_redeliver(
+    admin: BrowserContext, http: httpx.Client, shots: Path
+) -> None:
+    """The job's page lists its deliveries with their attempts; Redeliver
+    sends one again (the receiver sees the same delivery id twice)."""
+    seen: list[str] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append(self.headers["X-Corral-Delivery"])
+            self.send_response(204)
+            self.end_headers()
+
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=receiver.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{receiver.server_address[1]}/hook"
+        job_id = submit(http, command="echo hooked", webhook={"url": url, "states": ["done"]})
+        wait_job(http, job_id)
+        wait_for(lambda: len(seen) == 1, what="the delivery")
+        page = admin.new_page()
+        page.goto(f"/ui/jobs/{job_id}")
+        row = page.locator("#deliveries tbody tr")
+        expect(row).to_have_count(1)
+        expect(row.locator("[data-f=state]")).to_have_text("delivered")
+        expect(row).to_contain_text("204")
+        page.screenshot(path=shots / "job-deliveries.png", full_page=True)
+        row.locator("button[data-action=redeliver]").click()
+        expect(page).to_have_url(f"{http.base_url}/ui/jobs/{job_id}")
+        wait_for(lambda: len(seen) == 2, what="the redelivery")
+        assert seen[0] == seen[1]  # the same delivery, sent again
+        page.reload()
+        expect(page.locator("#deliveries tbody tr [data-f=state]")).to_have_text("delivered")
+        attempts = http.get(f"/jobs/{job_id}/deliveries").json()[0]["attempts"]
+        assert attempts == 2
+    finally:
+        receiver.shutdown()
+        receiver.server_close()
+
+
+def test_unknown_pages_answer_with_a_page(admin: BrowserContext, http: httpx.Client) -> None:
+    page = admin.new_page()
+    for path, says in (
+        ("/ui/jobs/0123456789abcdef", "no job"),
+        ("/ui/agents/nobody", "no agent 'nobody'"),
+        ("/ui/nowhere", "no page /ui/nowhere"),
+    ):
+        resp = page.goto(path)
+        assert resp is not None and resp.status == 404, path
+        assert resp.headers["content-type"].startswith("text/html")
+        expect(page.locator("#error-page h1")).to_have_text("404 · Not found")
+        expect(page.locator("#error-page")).to_contain_text(says)
+        expect(page.locator(".who .role")).to_have_text("admin")  # the navigation stays
+    # The API keeps its JSON errors.
+    resp = http.get("/jobs/0123456789abcdef")
+    assert resp.status_code == 404 and resp.json()["error"]["code"] == "job_not_found"

@@ -8,11 +8,12 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from corral.errors import AmbiguousId, CorralError
 from corral.protocol import error_body
+from corral.ui import web
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +55,11 @@ def _where(loc: tuple[Any, ...]) -> str:
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(CorralError)
-    async def _corral(request: Request, exc: CorralError) -> JSONResponse:
+    async def _corral(request: Request, exc: CorralError) -> Response:
         if exc.status >= 500:
             log.error("request failed: %s", exc.message)
+        if exc.status < 500 and web.wants_page(request):
+            return await web.error_page(request, exc.status, exc.message)
         if isinstance(exc, AmbiguousId):
             return error_response(exc.status, exc.code, exc.message, candidates=exc.candidates)
         return _shaped(request, exc.status, exc.code, exc.message)
@@ -71,7 +74,9 @@ def install(app: FastAPI) -> None:
         return _shaped(request, 422, "invalid_input", message, details=details)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 404 and web.wants_page(request):
+            return await web.error_page(request, 404, f"no page {request.url.path}")
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         response = _shaped(request, exc.status_code, code, str(exc.detail))
         for key, value in (exc.headers or {}).items():

@@ -23,7 +23,7 @@ async def job_deliveries(svc: Svc, who: Reader, job_id: JobId) -> list[dict[str,
     """The job's webhook deliveries, newest first, each with its attempt log."""
     await svc.store.jobs.get(job_id)  # 404 for an unknown job
     rows = await svc.store.outbox.list(job_id=job_id, attempts=True, limit=1000)
-    return _for(who, rows)
+    return for_role(who, rows)
 
 
 @router.get(
@@ -37,7 +37,7 @@ async def deliveries(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[dict[str, Any]]:
     """Deliveries of every job, newest first."""
-    return _for(who, await svc.store.outbox.list(job_id=job_id, state=state, limit=limit))
+    return for_role(who, await svc.store.outbox.list(job_id=job_id, state=state, limit=limit))
 
 
 @router.post(
@@ -47,7 +47,7 @@ async def deliveries(
 )
 async def redeliver(delivery_id: str, svc: Svc, who: Writer) -> dict[str, Any]:
     """Send a delivery again (it keeps its id: receivers may drop it as a duplicate)."""
-    return _for(who, [await svc.store.outbox.redeliver(delivery_id, datetime.now(UTC))])[0]
+    return for_role(who, [await svc.store.outbox.redeliver(delivery_id, datetime.now(UTC))])[0]
 
 
 @router.get("/admin/webhook-secret")
@@ -56,7 +56,7 @@ async def webhook_secret(svc: Svc, who: Admin) -> dict[str, str]:
     return {"secret": svc.webhook_secret}
 
 
-def _for(who: Principal, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def for_role(who: Principal, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Only admins see why a connection failed (refused, reset, timed out...):
     to anyone else, the delivery log would map the server's network."""
     if who.role is Role.ADMIN:

@@ -4,6 +4,7 @@ the page, with the error to show when the action was refused."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -107,6 +108,17 @@ async def retry_job(request: Request, job_id: str) -> Response:
     except CorralError as exc:
         return web.back(fields, f"/ui/jobs/{job_id}", exc)
     return web.back(fields, f"/ui/jobs/{job_id}")
+
+
+@router.post("/ui/deliveries/{delivery_id}/redeliver", response_model=None)
+async def redeliver(request: Request, delivery_id: str) -> Response:
+    """Send a webhook delivery again (``POST /webhooks/deliveries/{id}/redeliver``)."""
+    _, fields = await web.writer(request, "write")
+    try:
+        await web.services(request).store.outbox.redeliver(delivery_id, datetime.now(UTC))
+    except CorralError as exc:
+        return web.back(fields, "/ui/jobs", exc)
+    return web.back(fields, "/ui/jobs")
 
 
 @router.post("/ui/jobs/{job_id}/answer", response_model=None)

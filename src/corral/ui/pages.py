@@ -12,6 +12,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import RedirectResponse, Response
 
+from corral.api.webhooks import for_role
 from corral.errors import BadRequest, NotFound
 from corral.jobs import ACTIVE, TERMINAL, JobState
 from corral.ui import charts, web
@@ -20,6 +21,7 @@ router = APIRouter(include_in_schema=False)
 
 PAGE = 50
 DIFF_MAX = 512 * 1024
+DELIVERIES_SHOWN = 50  # a job's newest webhook deliveries on its page
 SOURCES = ("api", "cli", "folder", "mcp", "tracker", "chat", "schedule")
 
 
@@ -131,6 +133,7 @@ async def job_page(request: Request, job_id: str) -> Response:
     if any(a.name == "diff.patch" and a.size <= DIFF_MAX for a in artifacts):
         _, data = await svc.store.jobs.artifact(job_id, "diff.patch")
         diff = diff_lines(data.decode(errors="replace"))
+    rows = await svc.store.outbox.list(job_id=job.id, attempts=True, limit=DELIVERIES_SHOWN)
     return await web.render(
         request,
         "job.html",
@@ -139,6 +142,7 @@ async def job_page(request: Request, job_id: str) -> Response:
         terminal=job.state in TERMINAL,
         artifacts=artifacts,
         diff=diff,
+        deliveries=for_role(who.principal, rows),
         usage=json.dumps(job.usage, indent=1) if job.usage else None,
     )
 

@@ -147,6 +147,26 @@ async def render(
     )
 
 
+ERROR_TITLES = {400: "Bad request", 403: "Forbidden", 404: "Not found", 405: "Not allowed"}
+
+
+def wants_page(request: Request) -> bool:
+    """A browser asking for a dashboard page: errors answer as a page, not JSON."""
+    return request.method in ("GET", "HEAD") and (
+        request.url.path == "/ui" or request.url.path.startswith("/ui/")
+    )
+
+
+async def error_page(request: Request, status: int, message: str) -> HTMLResponse:
+    """The dashboard's error page (an unknown job, a bad filter...), with the
+    navigation when the person is signed in."""
+    who = await viewer(request)
+    title = ERROR_TITLES.get(status, "Error")
+    return await render(
+        request, "error.html", who, status=status, code=status, title=title, message=message
+    )
+
+
 def ago(when: datetime | None, now: datetime | None = None) -> str:
     """``when`` as people read it in a table: 12s, 4m, 3h, 2d."""
     if when is None:
