@@ -5,6 +5,7 @@ job waits (plain lines when piped, a spinner line on a terminal)."""
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import re
@@ -12,6 +13,7 @@ import select
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -187,3 +189,24 @@ def test_submit_wait_shows_a_live_status_on_a_terminal(
         assert b"on a tty" in seen
     finally:
         os.close(main)
+
+
+def test_stats_prints_jobs_per_bucket_and_percentiles(
+    srv: ServerProcess, http: httpx.Client
+) -> None:
+    since = datetime.now(UTC) - timedelta(seconds=1)
+    ids = [_submit(http, command=c)["job_id"] for c in ("true", "true", "exit 4")]
+    for job_id in ids:
+        wait_job(http, job_id)
+    out = srv.cli("stats", "--from", since.isoformat(), "--bucket", "minute", "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["bucket"] == 60 and data["group_by"] == "state" and data["jobs"] >= 3
+    counts = {s["key"]: sum(p["count"] for p in s["points"]) for s in data["series"]}
+    assert counts["done"] >= 2 and counts["failed"] >= 1
+    assert data["run_time"]["p50"] is not None
+    table = srv.cli("stats", "--from", since.isoformat(), "-b", "minute", "-g", "provider")
+    assert table.returncode == 0, table.stderr
+    assert "shell" in table.stdout and "queue wait  p50" in table.stdout, table.stdout
+    bad = srv.cli("stats", "--bucket", "week")
+    assert bad.returncode == 2 and "week" in bad.stderr, bad.stderr

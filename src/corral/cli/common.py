@@ -101,7 +101,7 @@ def dump(data: Any) -> None:
 
     def plain(item: Any) -> Any:
         if isinstance(item, BaseModel):
-            return item.model_dump(mode="json")
+            return item.model_dump(mode="json", by_alias=True)  # as the HTTP API says it
         if isinstance(item, Event):
             return item.to_dict()
         return item

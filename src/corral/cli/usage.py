@@ -1,13 +1,28 @@
-"""`corral usage` (spend per group) and `corral budgets ls`."""
+"""`corral usage` (spend per group), `corral stats` (jobs per time bucket) and
+`corral budgets ls`."""
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated
 
 import typer
 
 from corral.budgets import usd
 from corral.cli.common import JsonOpt, ServerOpt, TokenOpt, client, console, dump, esc, when
+from corral.models import Percentiles
+
+
+class Bucket(StrEnum):
+    minute = "minute"
+    hour = "hour"
+    day = "day"
+
+
+class StatsGroup(StrEnum):
+    state = "state"
+    provider = "provider"
+
 
 budgets_app = typer.Typer(
     help="Budgets: the [[budgets]] tables of corral.toml.", no_args_is_help=True
@@ -71,6 +86,65 @@ def usage(
     console.print(
         f"jobs ended {when(report.from_)} .. {when(report.to)}; "
         "unpriced: no cost reported and no price known (corral jobs show ID)"
+    )
+
+
+def stats(
+    start: Annotated[
+        str | None, typer.Option("--from", help="ISO-8601 (default: 24 hours before --to).")
+    ] = None,
+    end: Annotated[str | None, typer.Option("--to", help="ISO-8601 (default: now).")] = None,
+    bucket: Annotated[
+        Bucket, typer.Option("--bucket", "-b", help="The width of a row.")
+    ] = Bucket.hour,
+    group_by: Annotated[
+        StatsGroup, typer.Option("--group-by", "-g", help="A column per state or per provider.")
+    ] = StatsGroup.state,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Jobs that finished in a time range, per bucket and per state or provider, with
+    queue wait and run time percentiles (GET /stats; what the dashboard's charts draw)."""
+    with client(server, token) as c:
+        report = c.stats(start=start, end=end, bucket=bucket.value, group_by=group_by.value)
+    if as_json:
+        dump(report)
+        return
+    from datetime import UTC, datetime
+
+    from rich.table import Table
+
+    keys = [s.key for s in report.series]
+    counts: dict[int, dict[str, int]] = {}
+    cost: dict[int, float] = {}
+    for series in report.series:
+        for point in series.points:
+            counts.setdefault(point.t, {})[series.key] = point.count
+            cost[point.t] = cost.get(point.t, 0.0) + point.cost
+    table = Table(bucket.value, *(esc(k) for k in keys), "jobs", "cost", box=None)
+    shown = {"minute": "%Y-%m-%d %H:%M", "hour": "%Y-%m-%d %H:00", "day": "%Y-%m-%d"}
+    for t in sorted(counts):
+        row = counts[t]
+        at = datetime.fromtimestamp(t, UTC).astimezone().strftime(shown[bucket.value])
+        table.add_row(
+            at,
+            *(str(row.get(k, "")) for k in keys),
+            str(sum(row.values())),
+            f"${cost[t]:.4f}",
+        )
+    if counts:
+        console.print(table)
+    else:
+        console.print("no job finished in this range")
+
+    def pct(p: Percentiles) -> str:
+        parts = [(n, getattr(p, n)) for n in ("p50", "p90", "p99")]
+        return "  ".join(f"{n} {v:.2f} s" for n, v in parts if v is not None) or "-"
+
+    console.print(
+        f"{report.jobs} jobs finished {when(report.from_)} .. {when(report.to)}\n"
+        f"queue wait  {pct(report.queue_wait)}\nrun time    {pct(report.run_time)}"
     )
 
 

@@ -32,6 +32,7 @@ from corral.models import (
     Schedule,
     Session,
     SessionDetail,
+    Stats,
     Status,
     Tracker,
     UsageReport,
@@ -300,6 +301,23 @@ def usage(
     if source is not None:
         params["source"] = source
     return Call("GET", "/usage", _one(UsageReport), params=params)
+
+
+def stats(
+    *,
+    start: datetime | str | None = None,
+    end: datetime | str | None = None,
+    bucket: str = "hour",
+    group_by: str = "state",
+) -> Call[Stats]:
+    """Jobs finished in ``[start, end)`` per ``bucket`` (minute, hour, day) and
+    per ``group_by`` (state, provider): counts, cost, tokens; queue wait and
+    run time percentiles."""
+    params: dict[str, Any] = {"bucket": bucket, "group_by": group_by}
+    for name, value in (("from", start), ("to", end)):
+        if value is not None:
+            params[name] = value.isoformat() if isinstance(value, datetime) else value
+    return Call("GET", "/stats", _one(Stats), params=params)
 
 
 def budgets() -> Call[list[BudgetStatus]]:

@@ -31,6 +31,7 @@ class Methods:
     events = stream(flows.events)
     # spend
     usage = endpoint(calls.usage)
+    stats = endpoint(calls.stats)
     budgets = endpoint(calls.budgets)
     # webhooks
     deliveries = endpoint(calls.deliveries)
