@@ -441,3 +441,18 @@ def test_unknown_pages_answer_with_a_page(admin: BrowserContext, http: httpx.Cli
     # The API keeps its JSON errors.
     resp = http.get("/jobs/0123456789abcdef")
     assert resp.status_code == 404 and resp.json()["error"]["code"] == "job_not_found"
+
+
+def test_sessions_list_leads_to_a_session(admin: BrowserContext, http: httpx.Client) -> None:
+    job_id = submit(http, command="echo listed", title="a listed session")
+    session_id = wait_job(http, job_id)["session_id"]
+    listed = http.get("/sessions", params={"limit": 5}).json()
+    assert listed[0]["id"] == session_id
+    page = admin.new_page()
+    page.goto("/ui/sessions")
+    row = page.locator(f"#session-{session_id}")
+    expect(row).to_contain_text("a listed session")
+    expect(row.locator(".state")).to_have_text("done")
+    row.locator("a").first.click()
+    expect(page).to_have_url(f"{http.base_url}/ui/sessions/{session_id}")
+    expect(page.locator(".turns")).to_contain_text("listed")

@@ -19,6 +19,7 @@ from corral.models import JobCreate
 from corral.store import Store
 from corral.store.jobs import reads
 from corral.store.schema import jobs, sessions
+from corral.store.sessions import page_query
 
 N = 3000
 STATES = ("done", "done", "done", "failed", "cancelled", "queued", "running")
@@ -62,6 +63,7 @@ async def seed(store: Store, n: int = N) -> None:
         if tx.conn.dialect.name == "postgresql":
             tx.conn.execute(sa.text("ANALYZE jobs"))
             tx.conn.execute(sa.text("ANALYZE job_labels"))
+            tx.conn.execute(sa.text("ANALYZE sessions"))
 
     await store.db.write(body)
 
@@ -232,3 +234,29 @@ async def test_several_states_with_a_label(store: Store) -> None:
     assert len(got) == 30
     assert all("bench" in j.labels and j.state in ("done", "failed") for j in got)
     assert got == sorted(got, key=lambda j: (j.created_at, j.id), reverse=True)
+
+
+async def test_session_pages_walk_an_index_newest_first(store: Store) -> None:
+    """GET /sessions and /ui/sessions: keyset pages in order, each session
+    with its last turn, found by walking the (created_at, id) index."""
+    await seed(store, 500)
+    first = await store.sessions.page(limit=50)
+    second = await store.sessions.page(limit=50, before=first[-1].session.id)
+    rows = first + second
+    keys = [(r.session.created_at, r.session.id) for r in rows]
+    assert keys == sorted(keys, reverse=True) and len(set(keys)) == 100
+    job_of = await store.db.read(
+        lambda c: dict(c.execute(sa.select(jobs.c.session_id, jobs.c.id)).all())
+    )
+    assert all(r.job_id == job_of[r.session.id] and r.state for r in rows)
+    empty = await store.sessions.create("nothing yet")
+    top = (await store.sessions.page(limit=1))[0]
+    assert top.session.id == empty.id and top.job_id is None and top.what == ""
+    for after in (None, first[-1].session):
+        stmt = page_query(50, after)
+        plan = await store.db.read(lambda c, s=stmt: reads.explain(c, s))
+        assert not any(
+            "TEMP B-TREE" in p or "Seq Scan on sessions" in p or p.strip() == "SCAN sessions"
+            for p in plan
+        ), "\n".join(plan)
+        assert any("ix_sessions_created_at_id" in p for p in plan), "\n".join(plan)

@@ -23,6 +23,21 @@ async def create_session(body: SessionCreate, svc: Svc, who: Writer) -> Session:
     return await svc.store.sessions.create(body.title)
 
 
+@router.get("/sessions", response_model=list[Session])
+async def list_sessions(
+    svc: Svc,
+    who: Reader,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    before: Annotated[
+        str | None, Query(max_length=64, description="The last session id of the previous page.")
+    ] = None,
+) -> list[Session]:
+    """Sessions, newest first (keyset pages: pass the last id as ``before``)."""
+    if before is not None:
+        before = await svc.store.sessions.resolve(before)
+    return [r.session for r in await svc.store.sessions.page(limit=limit, before=before)]
+
+
 @router.get("/sessions/{session_id}", response_model=SessionDetail)
 async def get_session(svc: Svc, who: Reader, session_id: SessionId) -> SessionDetail:
     """A session and its turns."""

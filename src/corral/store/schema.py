@@ -54,6 +54,7 @@ sessions = sa.Table(
     sa.Column("handle", sa.Text),
     # The runner holding its workspace and CLI conversation (local providers).
     sa.Column("host", sa.String(200)),
+    sa.Index(None, "created_at", "id"),
 )
 
 jobs = sa.Table(

@@ -161,6 +161,22 @@ async def needs_page(request: Request) -> Response:
     )
 
 
+@router.get("/ui/sessions", response_model=None)
+async def sessions_page(request: Request, before: str | None = None) -> Response:
+    """Sessions, newest first, each with its last turn; keyset pages."""
+    who = await web.viewer(request)
+    if who is None:
+        return web.to_login(request)
+    store = web.services(request).store
+    if before is not None:
+        before = await store.sessions.resolve(before)
+    rows = await store.sessions.page(limit=PAGE + 1, before=before)
+    older = rows[PAGE - 1].session.id if len(rows) > PAGE else None
+    return await web.render(
+        request, "sessions.html", who, rows=rows[:PAGE], older=older, first_page=before is None
+    )
+
+
 @router.get("/ui/sessions/{session_id}", response_model=None)
 async def session_page(request: Request, session_id: str) -> Response:
     who = await web.viewer(request)
