@@ -4,13 +4,12 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from corral.budgets import usd
 from corral.cli.common import JsonOpt, ServerOpt, TokenOpt, client, console, dump, esc, when
-from corral.models import Percentiles
 
 
 class Bucket(StrEnum):
@@ -138,7 +137,7 @@ def stats(
     else:
         console.print("no job finished in this range")
 
-    def pct(p: Percentiles) -> str:
+    def pct(p: Any) -> str:  # a Percentiles
         parts = [(n, getattr(p, n)) for n in ("p50", "p90", "p99")]
         return "  ".join(f"{n} {v:.2f} s" for n, v in parts if v is not None) or "-"
 
