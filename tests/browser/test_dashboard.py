@@ -332,6 +332,10 @@ def test_needs_you_answer_unblocks_a_waiting_job(
     [item] = lease["jobs"]
     assert item["job"]["id"] == job_id
     worker = {"Authorization": f"Bearer {item['token']}"}
+    # A page open before the question is asked shows the count without a reload.
+    watching = admin.new_page()
+    watching.goto("/ui/jobs")
+    expect(watching.locator("#needs-count")).to_have_count(0)
     asked = http.post(
         "/worker/questions",
         json={"question": "Deploy to staging now?", "options": ["yes", "not yet"]},
@@ -339,6 +343,12 @@ def test_needs_you_answer_unblocks_a_waiting_job(
     )
     assert asked.status_code == 200, asked.text
     question_id = asked.json()["question_id"]
+    [open_q] = http.get("/questions").json()
+    assert (open_q["job_id"], open_q["question_id"]) == (job_id, question_id)
+    assert open_q["options"] == ["yes", "not yet"]
+    # The navigation polls every 10 s while the page is visible.
+    expect(watching.locator("#needs-count")).to_have_text("1", timeout=TIMEOUT + 10_000)
+    watching.close()
 
     page = admin.new_page()
     page.goto("/ui/needs")
@@ -355,6 +365,7 @@ def test_needs_you_answer_unblocks_a_waiting_job(
     assert waited.json()["state"] == "answered"
     assert waited.json()["answer"] == "not yet"
     assert waited.json()["answered_by"] == "local admin"
+    assert http.get("/questions").json() == []
     page.goto(f"/ui/jobs/{job_id}")
     expect(page.locator("#timeline")).to_contain_text("answer from local admin: not yet")
     http.post(f"/jobs/{job_id}/cancel")

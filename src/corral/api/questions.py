@@ -10,14 +10,14 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from corral.api.deps import Svc, Worker, Writer
+from corral.api.deps import Reader, Svc, Worker, Writer
 from corral.api.ids import JobId
 from corral.auth import WorkerClaims
-from corral.models import AnswerCreate, Question
+from corral.models import AnswerCreate, Question, WaitingFor
 from corral.protocol import AnswerWait, QuestionAsk, paths, topics
 from corral.services import Services
 
@@ -78,6 +78,24 @@ async def worker_wait(
                 until_expiry = question.expires_at.timestamp() - time.time()
                 remaining = min(remaining, max(until_expiry, 0.0) + 0.01)
             await sub.get(timeout=min(remaining, RECHECK_SECONDS))
+
+
+class OpenQuestion(WaitingFor):
+    """A question waiting on a person, with the job that asked it."""
+
+    job_id: str
+
+
+@router.get("/questions", response_model=list[OpenQuestion])
+async def open_questions(
+    svc: Svc, who: Reader, limit: Annotated[int, Query(ge=1, le=1000)] = 200
+) -> list[OpenQuestion]:
+    """Every question waiting on a person's answer, oldest first (the
+    dashboard's "Needs you"); answer with ``POST /jobs/{job_id}/answer``."""
+    return [
+        OpenQuestion(job_id=job_id, **q.model_dump())
+        for job_id, q in await svc.store.questions.pending(limit)
+    ]
 
 
 @router.post("/jobs/{job_id}/answer", response_model=Question)

@@ -268,6 +268,39 @@ function logPane(pane) {
   };
 }
 
+// -- "Needs you": the count in the navigation follows the open questions --------
+
+const NEEDS_POLL = 10_000; // ms, while the page is visible
+function needsCount(link) {
+  let shown = +($("#needs-count")?.textContent || 0);
+  const check = async () => {
+    if (document.hidden) return;
+    const resp = await fetch("/questions?limit=1000");
+    if (!resp.ok) return;
+    const n = (await resp.json()).length;
+    if (n === shown) return;
+    shown = n;
+    let badge = $("#needs-count");
+    if (n === 0) badge?.remove();
+    else {
+      if (!badge) {
+        badge = document.createElement("span");
+        badge.className = "badge";
+        badge.id = "needs-count";
+        link.append(" ", badge);
+      }
+      badge.textContent = String(n);
+    }
+    // The list itself is out of date: show the questions as they are now.
+    // (not while someone is writing an answer there).
+    const list = $("#needs-list");
+    const writing = list && [...list.querySelectorAll("input, textarea")].some((e) => e.type !== "hidden" && e.value);
+    if (list && !writing && !list.contains(document.activeElement)) location.reload();
+  };
+  setInterval(check, NEEDS_POLL);
+  document.addEventListener("visibilitychange", check);
+}
+
 // -- forms and keys --------------------------------------------------------------
 
 document.addEventListener("submit", (e) => {
@@ -288,6 +321,8 @@ document.addEventListener("keydown", (e) => {
   }
 });
 
+const needsLink = $("#needs-link");
+if (needsLink) needsCount(needsLink);
 const table = $("#jobs");
 if (table) jobsTable(table);
 const list = $("#timeline");
