@@ -185,6 +185,11 @@ class Job(BaseModel):
     mcp_tools: list[str] | None = Field(
         None, description="The gateway tools it narrows its provider's allowlist to."
     )
+    traceparent: str | None = Field(
+        None,
+        description="W3C trace context of its submit span (corral[otel] traces): the trace "
+        "its lease, run, completion and webhook deliveries belong to.",
+    )
 
 
 class Session(BaseModel):

@@ -3,6 +3,7 @@ is hidden, what is bound back, in which order), and choosing a sandbox."""
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -110,6 +111,22 @@ def test_a_provider_cannot_override_the_jobs_ids(
     ctx = _context(monkeypatch, tmp_path, env={"CORRAL_JOB_ID": "x", MARKER_VAR: "y"})
     env = ctx.environment(tmp_path)
     assert env["CORRAL_JOB_ID"] == "job1" and env[MARKER_VAR] == "m1"
+
+
+def test_a_jobs_process_gets_the_runners_otel_settings_and_its_traceparent(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    ctx = _context(monkeypatch, tmp_path)
+    monkeypatch.setitem(os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")
+    monkeypatch.setitem(os.environ, "OTEL_SERVICE_NAME", "corral")
+    ctx.traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    env = ctx.environment(tmp_path)
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://collector:4318"
+    assert env["OTEL_SERVICE_NAME"] == "corral"
+    assert env["TRACEPARENT"] == ctx.traceparent
+    assert not {"CORRAL_TOKEN", "OTHER_KEY", "AWS_SECRET_ACCESS_KEY"} & env.keys()
+    ctx.traceparent = None
+    assert "TRACEPARENT" not in ctx.environment(tmp_path)
 
 
 def _box(tmp_path: Path, *hidden: Path) -> Sandbox:

@@ -6,8 +6,10 @@ the same through ``corral.server.Server``)."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.routing import Route
@@ -52,6 +54,7 @@ def create_app(settings: Settings, *, lifespan: Lifespan | None = None) -> FastA
         # would load its script from a CDN.
         docs_url=None,
         redoc_url=None,
+        **_no_native_telemetry(),
     )
     errors.install(app)
     openapi.install(app)
@@ -87,3 +90,12 @@ def create_app(settings: Settings, *, lifespan: Lifespan | None = None) -> FastA
     # Outermost: every request, refused ones too, has an id in its log lines.
     app.add_middleware(RequestIds, access_log=settings.access_log)
     return app
+
+
+def _no_native_telemetry() -> dict[str, Any]:
+    """FastAPI's own OpenTelemetry spans off (a span per request and per
+    dependency, health checks and long-polls included): corral's traces are
+    its jobs' (corral.tracing). FastAPI before 0.16x has none to turn off."""
+    if "telemetry" not in inspect.signature(FastAPI.__init__).parameters:
+        return {}
+    return {"telemetry": {"tracing": False, "operation_spans": False, "metrics": False}}

@@ -6,7 +6,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 
@@ -53,10 +53,17 @@ def _states(raw: list[str]) -> list[JobState]:
     response_model=JobAccepted,
     responses={200: {"model": JobAccepted, "description": "A known idempotency_key: that job."}},
 )
-async def submit(spec: JobCreate, svc: Svc, who: Writer, response: Response) -> JobAccepted:
+async def submit(
+    spec: JobCreate,
+    svc: Svc,
+    who: Writer,
+    response: Response,
+    traceparent: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> JobAccepted:
     """Submit a job: 202 `{job_id, session_id, state, created}`, or 200 with the
     existing job for a known `idempotency_key`."""
-    job, created = await submit_job(svc, spec)
+    # A W3C traceparent header makes the job's trace a part of the caller's.
+    job, created = await submit_job(svc, spec, traceparent=traceparent)
     if not created:
         response.status_code = 200
     return JobAccepted(job_id=job.id, session_id=job.session_id, state=job.state, created=created)

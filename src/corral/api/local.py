@@ -115,8 +115,8 @@ class LocalLink:
     async def report_agents(self, runner_id: str, body: AgentReport) -> AgentsReported:
         return await self.http.report_agents(runner_id, body)
 
-    def worker(self, token: str) -> LocalWorker:
-        return LocalWorker(self.svc, HttpWorker(self.http, token))
+    def worker(self, token: str, traceparent: str | None = None) -> LocalWorker:
+        return LocalWorker(self.svc, HttpWorker(self.http, token, traceparent))
 
 
 class LocalWorker:
@@ -134,6 +134,10 @@ class LocalWorker:
     def token(self, value: str) -> None:
         self.http.token = value
 
+    @property
+    def traceparent(self) -> str | None:
+        return self.http.traceparent
+
     def _claims(self) -> WorkerClaims:
         return auth.verify_worker_token(self.token, self.svc.jwt_secret)
 
@@ -149,7 +153,11 @@ class LocalWorker:
         return beat
 
     async def complete(self, body: Completion) -> Completed:
-        return await answer(lambda: runners.worker_complete(body, self.svc, self._claims()))
+        return await answer(
+            lambda: runners.worker_complete(
+                body, self.svc, self._claims(), traceparent=self.http.traceparent
+            )
+        )
 
     async def artifact(self, name: str, media_type: str, data: bytes) -> Artifact:
         return await self.http.artifact(name, media_type, data)

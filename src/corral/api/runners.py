@@ -9,9 +9,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Header, Path, Request
 
-from corral import auth
+from corral import auth, tracing
 from corral.api import questions
 from corral.api.deps import Admin, Reader, RunnerKey, Svc, Worker
 from corral.auth import Principal, Role, WorkerClaims
@@ -169,23 +169,30 @@ async def lease_jobs(
         return LeaseResponse(jobs=[], cancel=cancel)
     jobs = []
     for lease in leases:
+        job = lease.job
         claims = WorkerClaims(
-            job_id=lease.job.id,
-            session_id=lease.session.id,
-            epoch=lease.job.epoch,
-            runner_id=runner_id,
+            job_id=job.id, session_id=lease.session.id, epoch=job.epoch, runner_id=runner_id
         )
-        jobs.append(
-            LeasedJob(
-                job=lease.job,
-                session=lease.session,
-                epoch=lease.job.epoch,
-                token=auth.issue_worker_token(
-                    claims, svc.jwt_secret, svc.settings.worker_token_ttl
-                ),
-                resume_handle=lease.session.handle,
+        with tracing.span(
+            "lease",
+            parent=job.traceparent,
+            job_id=job.id,
+            provider=job.provider,
+            attempt=job.attempt,
+            runner=runner.name,
+        ) as context:
+            jobs.append(
+                LeasedJob(
+                    job=job,
+                    session=lease.session,
+                    epoch=job.epoch,
+                    token=auth.issue_worker_token(
+                        claims, svc.jwt_secret, svc.settings.worker_token_ttl
+                    ),
+                    resume_handle=lease.session.handle,
+                    traceparent=context,
+                )
             )
-        )
     return LeaseResponse(jobs=jobs, cancel=cancel)
 
 
@@ -240,8 +247,18 @@ async def worker_heartbeat(svc: Svc, claims: Worker) -> Heartbeat:
     return Heartbeat(token=token, state=job.state, lease_expires_in=svc.settings.lease_ttl)
 
 
+# The runner's run span (corral.tracing); the embedded runner passes it in-process.
+TraceParent = Annotated[str | None, Header(include_in_schema=False)]
+
+
 @router.post(paths.WORKER_COMPLETE, response_model=Completed)
-async def worker_complete(body: Completion, svc: Svc, claims: Worker) -> Completed:
+async def worker_complete(
+    body: Completion, svc: Svc, claims: Worker, traceparent: TraceParent = None
+) -> Completed:
     """Runner protocol: end the attempt with its outcome and last events."""
-    job, duplicates = await svc.store.jobs.complete(claims, body.outcome, body.events)
-    return Completed(state=job.state, attempt=job.attempt, duplicates=duplicates)
+    with tracing.span("complete", parent=traceparent, job_id=claims.job_id, epoch=claims.epoch):
+        job, duplicates = await svc.store.jobs.complete(claims, body.outcome, body.events)
+        tracing.annotate(
+            provider=job.provider, attempt=job.attempt, state=job.state, outcome=body.outcome.status
+        )
+        return Completed(state=job.state, attempt=job.attempt, duplicates=duplicates)

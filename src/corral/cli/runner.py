@@ -94,8 +94,14 @@ def runner(
         f"runner {r.name}: {r.slots} slots, providers {', '.join(providers)}, server {server}"
     )
     say_sandbox(box)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_run_until_signalled(r))
+    from corral import tracing
+
+    tracing.setup()  # OTEL_* settings (corral[otel]); off without them
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(_run_until_signalled(r))
+    finally:
+        tracing.shutdown()
 
 
 async def _run_until_signalled(r: Runner) -> None:

@@ -60,9 +60,15 @@ def serve(
         settings.queue_enabled = False
     import asyncio
 
+    from corral import tracing
+
     # The server stack loads here, not when any `corral` command starts.
     from corral.server import Server
 
     logs.setup(settings.log_level, settings.log_format)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(Server(settings, announce=_announce).run())
+    tracing.setup()  # OTEL_* settings (corral[otel]); off without them
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(Server(settings, announce=_announce).run())
+    finally:
+        tracing.shutdown()

@@ -128,15 +128,18 @@ class Context(Generic[S]):
     waiting: Waiting = field(default_factory=Waiting)
     # The job's MCP gateway (None: the job has none).
     mcp: McpEndpoint | None = None
+    # W3C trace context of the job's run (corral.tracing): TRACEPARENT in its environment.
+    traceparent: str | None = None
 
     def environment(
         self: Context[L], home: Path, extra: Mapping[str, str] | None = None
     ) -> dict[str, str]:
         """The environment of the job's process: the runner's allowlisted
-        variables (PATH, locale, ...), ``HOME``, ``extra`` (the executor's
-        own), this provider's ``env`` and credential (its ``api_key_env``
-        variable), the job's ids and the run marker. Nothing else of the
-        runner's: no ``CORRAL_*`` setting, no other provider's key."""
+        variables (PATH, locale, ``OTEL_*``, ...), ``HOME``, ``extra`` (the
+        executor's own), this provider's ``env`` and credential (its
+        ``api_key_env`` variable), the job's ids, its ``TRACEPARENT`` and the
+        run marker. Nothing else of the runner's: no ``CORRAL_*`` setting, no
+        other provider's key."""
         ours = {**(extra or {}), **self.settings.env}
         key_env = self.settings.api_key_env
         if key_env and key_env in os.environ:
@@ -148,6 +151,8 @@ class Context(Generic[S]):
         )
         if self.run_marker:
             ours[MARKER_VAR] = self.run_marker
+        if self.traceparent:
+            ours["TRACEPARENT"] = self.traceparent  # read by CLIs that trace (W3C)
         return job_environment(os.environ, home=home, extra=ours)
 
 

@@ -30,7 +30,7 @@ is root: with capabilities, root in the sandbox could unmount what hides
 the secrets.
 
 **Environment.** ``job_environment``: an allowlist of the runner's variables
-plus what the caller adds; nothing else of the runner's (``CORRAL_*``
+(``OTEL_*`` among them) plus what the caller adds; nothing else of the runner's (``CORRAL_*``
 settings, other providers' keys) reaches a job."""
 
 from __future__ import annotations
@@ -59,7 +59,9 @@ ENV_ALLOW = frozenset(
     | {"HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY"}
     | {"http_proxy", "https_proxy", "no_proxy", "all_proxy"}
 )
-ENV_ALLOW_PREFIXES = ("LC_",)
+# OTEL_*: the runner's OpenTelemetry settings, for agent CLIs that export
+# traces or metrics themselves (corral.tracing).
+ENV_ALLOW_PREFIXES = ("LC_", "OTEL_")
 
 # Unix sockets of services a server host commonly runs; hidden when present
 # (a read-only bind does not stop connect() on a socket).

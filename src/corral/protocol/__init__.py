@@ -38,6 +38,11 @@ Calls, with their credential:
   fenced like the other worker calls: a stale epoch is refused (409) and
   changes nothing.
 
+Traces (corral.tracing): a ``LeasedJob`` carries the lease's W3C
+``traceparent`` (optional); the runner sends its run span's in a
+``traceparent`` header on the job's worker calls (``/worker/complete`` is
+traced under it); both sides ignore it when they do not trace.
+
 Compatibility: within v1 changes only add fields, and each side ignores the
 fields it does not know (a newer runner registers with an older server; an
 older runner reads a newer server's answers). A change a side must

@@ -119,6 +119,12 @@ class LeasedJob(BaseModel):
     resume_handle: str | None = Field(
         None, description="The session's handle (handles.py): PROVIDER:VALUE."
     )
+    traceparent: str | None = Field(
+        None,
+        description="W3C trace context of the lease (corral.tracing): the parent of the "
+        "runner's run span; the runner sends its own in a traceparent header of the job's "
+        "worker calls. Older servers send none.",
+    )
 
 
 class LeaseResponse(BaseModel):

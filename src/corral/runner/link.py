@@ -80,6 +80,10 @@ class WorkerLink(Protocol):
 
     token: str
 
+    @property
+    def traceparent(self) -> str | None:
+        """Sent with each call: the job's run span (corral.tracing)."""
+
     async def state(self, body: WorkerState) -> StateRecorded: ...
 
     async def events(self, body: EventBatch) -> EventsAccepted: ...
@@ -116,7 +120,7 @@ class Link(Protocol):
 
     async def report_agents(self, runner_id: str, body: AgentReport) -> AgentsReported: ...
 
-    def worker(self, token: str) -> WorkerLink: ...
+    def worker(self, token: str, traceparent: str | None = None) -> WorkerLink: ...
 
 
 class HttpLink:
@@ -158,8 +162,8 @@ class HttpLink:
     async def report_agents(self, runner_id: str, body: AgentReport) -> AgentsReported:
         return await self.send(calls.AGENTS_REPORT, paths.agents_report(runner_id), body)
 
-    def worker(self, token: str) -> HttpWorker:
-        return HttpWorker(self, token)
+    def worker(self, token: str, traceparent: str | None = None) -> HttpWorker:
+        return HttpWorker(self, token, traceparent)
 
     async def send(
         self,
@@ -191,13 +195,17 @@ class HttpLink:
 
 
 class HttpWorker:
-    """One job's calls over its runner's connection pool."""
+    """One job's calls over its runner's connection pool; with a
+    ``traceparent`` (the job's run span, corral.tracing) each carries it."""
 
-    def __init__(self, link: HttpLink, token: str) -> None:
+    def __init__(self, link: HttpLink, token: str, traceparent: str | None = None) -> None:
         self.link = link
         self.token = token
+        self.traceparent = traceparent
 
     def _auth(self) -> dict[str, str]:
+        if self.traceparent is not None:
+            return {"Authorization": f"Bearer {self.token}", "traceparent": self.traceparent}
         return {"Authorization": f"Bearer {self.token}"}
 
     async def state(self, body: WorkerState) -> StateRecorded:

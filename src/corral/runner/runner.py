@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-from corral import logctx, redact
+from corral import logctx, redact, tracing
 from corral.errors import ClientError, ConfigError, Unauthorized
 from corral.executors import base
 from corral.executors.process import PidRecords, Survivors
@@ -294,6 +294,18 @@ class Runner:
                 )
 
     async def _execute(self, link: Link, item: LeasedJob) -> None:
+        # The run span (corral.tracing): the lease's child, the job's worker calls' parent.
+        with tracing.span(
+            "run",
+            parent=item.traceparent or item.job.traceparent,
+            job_id=item.job.id,
+            provider=item.job.provider,
+            attempt=item.job.attempt,
+            runner=self.name,
+        ) as traceparent:
+            await self._execute_job(link, item, traceparent)
+
+    async def _execute_job(self, link: Link, item: LeasedJob, traceparent: str | None) -> None:
         job, session = item.job, item.session
         log_extra = {"job_id": job.id, "session_id": session.id}
         # This task's log lines (and its children's: executor, gateway) name the job.
@@ -310,7 +322,8 @@ class Runner:
                 log.warning("job %s: stopping, server says %s", job.id, reason, extra=log_extra)
                 self._cancel(executor)
 
-            channel = WorkerChannel(link.worker(item.token), job_id=job.id, on_stale=stale)
+            worker = link.worker(item.token, traceparent)
+            channel = WorkerChannel(worker, job_id=job.id, on_stale=stale)
             # Heartbeats from the start: making a worktree (a first clone) and
             # collecting a large diff may take longer than a lease.
             beats = asyncio.create_task(self._heartbeats(channel))
@@ -318,6 +331,7 @@ class Runner:
                 outcome, entry = await self._run_job(item, settings, executor, channel)
             finally:
                 beats.cancel()
+            tracing.annotate(outcome=outcome.status, reason=outcome.reason)
             await channel.complete(outcome)
             if entry is not None and channel.answered:
                 self.journal.forget(entry.id)
@@ -411,6 +425,7 @@ class Runner:
             ),
             waiting=channel.waiting,
             mcp=gateway.endpoint if gateway is not None else None,
+            traceparent=channel.link.traceparent,
         )
         entry: JournalEntry | None = None
         try:

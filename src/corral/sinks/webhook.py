@@ -25,7 +25,7 @@ from email.utils import parsedate_to_datetime
 
 import httpx
 
-from corral import __version__, metrics
+from corral import __version__, metrics, tracing
 from corral.egress import guarded_transport
 from corral.errors import CorralError, WebhookRefused
 from corral.jobs import backoff
@@ -138,6 +138,17 @@ class Sender:
         self._wake.set()
 
     async def _send(self, http: httpx.AsyncClient, d: Due) -> None:
+        with tracing.span(
+            "webhook",
+            parent=d.traceparent,
+            job_id=d.job_id,
+            event=d.event,
+            delivery_id=d.id,
+            attempt=d.attempts + 1,
+        ) as traceparent:
+            await self._deliver(http, d, traceparent)
+
+    async def _deliver(self, http: httpx.AsyncClient, d: Due, traceparent: str | None) -> None:
         body = json.dumps(d.body, separators=(",", ":")).encode()
         headers = {
             "Content-Type": "application/json",
@@ -145,6 +156,8 @@ class Sender:
             EVENT_HEADER: d.event,
             SIGNATURE_HEADER: sign(body, d.secret or self.default_secret),
         }
+        if traceparent is not None:
+            headers[tracing.HEADER] = traceparent  # the receiver may join the job's trace
         started = time.monotonic()
         status: int | None = None
         error: str | None = None
@@ -175,7 +188,9 @@ class Sender:
                 wait = max(wait, min(retry_after, RETRY_CAP))
             age = (now - d.created_at).total_seconds()
             outcome = "retry" if age + wait <= self.horizon else "failed"
+        tracing.annotate(status=status, outcome=outcome)
         if outcome != "delivered":
+            tracing.failed(error or outcome)
             log.info(
                 "webhook %s to %s: %s (%s)", d.id, d.url, error, outcome, extra={"job_id": d.job_id}
             )

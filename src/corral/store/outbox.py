@@ -46,6 +46,7 @@ def _insert(
     event: str,
     body: dict[str, Any],
     now: datetime,
+    traceparent: str | None,
 ) -> None:
     delivery_id = new_id()
     tx.conn.execute(
@@ -61,9 +62,14 @@ def _insert(
             next_attempt_at=now,
             created_at=now,
             updated_at=now,
+            traceparent=traceparent,
         )
     )
     tx.notify(topics.WEBHOOKS, job_id)
+
+
+def _traceparent(row: Row) -> str | None:
+    return getattr(row, "traceparent", None)  # the job's, where the row has it
 
 
 def on_state(tx: Tx, row: Row, rules: Rules, now: datetime) -> None:
@@ -88,7 +94,7 @@ def on_state(tx: Tx, row: Row, rules: Rules, now: datetime) -> None:
         body["cost"] = row.cost
         body["cost_source"] = row.cost_source
     for url, secret in targets:
-        _insert(tx, row.id, url, secret, "job.state", body, now)
+        _insert(tx, row.id, url, secret, "job.state", body, now, _traceparent(row))
 
 
 def on_events(tx: Tx, row: Row, rules: Rules, events: Iterable[Event], now: datetime) -> None:
@@ -112,7 +118,7 @@ def on_events(tx: Tx, row: Row, rules: Rules, events: Iterable[Event], now: date
                 "at": now.isoformat(),
                 "event": {"seq": event.seq, "type": event.type, "payload": event.payload},
             }
-            _insert(tx, row.id, url, secret, event.type, body, now)
+            _insert(tx, row.id, url, secret, event.type, body, now, _traceparent(row))
 
 
 @dataclass(frozen=True)
@@ -126,6 +132,7 @@ class Due:
     body: dict[str, Any]
     attempts: int
     created_at: datetime
+    traceparent: str | None = None  # the job's (corral.tracing)
 
 
 def _earlier_pending() -> sa.Exists:
@@ -179,7 +186,18 @@ class Outbox:
             lambda conn: conn.execute(_DUE, {"now": now, "limit": limit}).all()
         )
         return [
-            Due(r.seq, r.id, r.job_id, r.url, r.secret, r.event, r.body, r.attempts, r.created_at)
+            Due(
+                r.seq,
+                r.id,
+                r.job_id,
+                r.url,
+                r.secret,
+                r.event,
+                r.body,
+                r.attempts,
+                r.created_at,
+                r.traceparent,
+            )
             for r in rows
         ]
 

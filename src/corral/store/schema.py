@@ -126,6 +126,8 @@ jobs = sa.Table(
     # rules the job narrows its provider's allowlist to.
     sa.Column("parent_job_id", sa.String(64)),
     sa.Column("mcp_tools", JSON),
+    # W3C trace context of its submit span (corral.tracing): its spans' parent.
+    sa.Column("traceparent", sa.String(64)),
     sa.Index(None, "state", "priority", "created_at", "id"),
     sa.Index(None, "session_id", "turn"),
     sa.Index(None, "runner_id"),
@@ -232,6 +234,7 @@ webhook_deliveries = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("delivered_at", UTCDateTime),
+    sa.Column("traceparent", sa.String(64)),  # the job's (corral.tracing)
     sa.Index(None, "state", "next_attempt_at"),
     sa.Index(None, "job_id", "url", "seq"),
 )

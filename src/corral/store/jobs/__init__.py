@@ -69,12 +69,14 @@ class Jobs:
         route: Decision | None = None,
         *,
         parent: WorkerClaims | None = None,
+        traceparent: str | None = None,
     ) -> tuple[Job, bool]:
         """Insert a job (a new session unless ``spec.session_id``), on the
         provider ``route`` chose (without one: as if routing did not exist).
         Returns ``(job, created)``; an existing idempotency key returns that job.
         With ``parent`` (a worker's claims): a sub-job of that worker's job,
-        refused if the worker was fenced off."""
+        refused if the worker was fenced off. ``traceparent``: the W3C trace
+        context of its submit span (corral.tracing)."""
         if spec.idempotency_key is not None:
             existing = await self.by_idempotency_key(spec.idempotency_key)
             if existing is not None:
@@ -82,7 +84,9 @@ class Jobs:
         now, policy = now_utc(), self.policy
         try:
             return await self.db.write(
-                lambda tx: create.create(tx, spec, route, policy=policy, now=now, parent=parent)
+                lambda tx: create.create(
+                    tx, spec, route, policy=policy, now=now, parent=parent, traceparent=traceparent
+                )
             ), True
         except sa.exc.IntegrityError:
             if spec.idempotency_key is None:

@@ -48,6 +48,7 @@ def create(
     policy: RetryPolicy,
     now: datetime,
     parent: WorkerClaims | None = None,
+    traceparent: str | None = None,
 ) -> Job:
     """Insert a job (a new session unless ``spec.session_id``) on the provider
     ``route`` chose (without one: as if routing did not exist). With
@@ -56,7 +57,7 @@ def create(
     if parent is not None:
         _check_depth(tx, owned(tx, parent), policy.max_subjob_depth)
     place = _place(tx, spec, route, policy, now)
-    row = _insert(tx, spec, route, place, policy, now, parent)
+    row = _insert(tx, spec, route, place, policy, now, parent, traceparent)
     event_log.append(
         tx,
         place.session_id,
@@ -118,6 +119,7 @@ def _insert(
     policy: RetryPolicy,
     now: datetime,
     parent: WorkerClaims | None,
+    traceparent: str | None,
 ) -> Row:
     model = route.model if route else spec.model
     return tx.conn.execute(
@@ -156,6 +158,7 @@ def _insert(
             source_ref=spec.source_ref,
             parent_job_id=parent.job_id if parent is not None else None,
             mcp_tools=spec.mcp_tools,
+            traceparent=traceparent,
             epoch=0,
             created_at=now,
             run_at=spec.run_at,
