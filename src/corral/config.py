@@ -84,7 +84,11 @@ class RunnerSettings(BaseModel):
         "enabled remote provider not assigned to another runner (`runner` of the provider).",
     )
     lease_wait: float = Field(
-        20.0, gt=0, le=120, description="Seconds a lease request long-polls for work."
+        20.0,
+        gt=0,
+        le=120,
+        description="Seconds a lease request long-polls for work (at most the server's "
+        "`lease_ttl` / 3, which it says when the runner registers).",
     )
     kill_grace: float = Field(
         5.0, ge=0, description="Seconds between SIGTERM and SIGKILL when a job is stopped."
@@ -527,7 +531,9 @@ class Settings(BaseSettings):
         30.0,
         gt=0,
         description="Seconds a job stays owned without a heartbeat before the "
-        "watchdog re-queues it.",
+        "watchdog re-queues it. A third of it bounds the runners' long-polls and is how "
+        "long a job waits for its runner's first heartbeat (its lease answered into a "
+        "network cut is queued again then).",
     )
     heartbeat_interval: float = Field(
         5.0, gt=0, description="Seconds between a runner's heartbeats for each job."

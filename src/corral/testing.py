@@ -104,12 +104,13 @@ def start_server(
     data_dir: Path,
     *,
     port: int | None = None,
+    host: str = "127.0.0.1",
     database_url: str | None = None,
     env: dict[str, str] | None = None,
     args: tuple[str, ...] = (),
     timeout: float = 30,
 ) -> ServerProcess:
-    """Start `corral serve` on 127.0.0.1 and wait until /health answers."""
+    """Start `corral serve` on ``host`` (127.0.0.1) and wait until /health answers."""
     port = port or free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     extra = dict(env or {})
@@ -126,7 +127,7 @@ def start_server(
                 "corral",
                 "serve",
                 "--host",
-                "127.0.0.1",
+                host,
                 "--port",
                 str(port),
                 "--data-dir",
@@ -139,7 +140,7 @@ def start_server(
             start_new_session=True,
             cwd=data_dir,  # a relative queue_dir lands in the data dir, not the caller's cwd
         )
-    srv = ServerProcess(f"http://127.0.0.1:{port}", port, data_dir, proc, log, extra)
+    srv = ServerProcess(f"http://{host}:{port}", port, data_dir, proc, log, extra)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

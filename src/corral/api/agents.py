@@ -23,7 +23,7 @@ from sse_starlette import EventSourceResponse
 from corral import redact
 from corral.api import stream
 from corral.api.deps import Reader, RunnerKey, Svc, Writer
-from corral.api.runners import owned_runner
+from corral.api.runners import owned_runner, poll_wait
 from corral.auth import Role
 from corral.errors import ConfigError, Conflict, Forbidden, InvalidInput
 from corral.models import Agent, AgentDetail, AgentLine, AgentsReloaded
@@ -301,7 +301,7 @@ async def poll_agents(
     runner = await owned_runner(runner_id, svc, who)
     if EMBEDDED in body.aliases and who.name != EMBEDDED_KEY and who.role is not Role.ADMIN:
         raise Forbidden(f"only the embedded runner of `corral serve` hosts {EMBEDDED!r} agents")
-    deadline = time.monotonic() + body.wait
+    deadline = time.monotonic() + min(body.wait, poll_wait(svc.settings))
     with svc.store.bus.subscribe(
         topics.AGENTS_DESIRED, topics.SERVER_STOPPING, maxsize=1000
     ) as sub:

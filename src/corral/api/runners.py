@@ -15,6 +15,7 @@ from corral import auth, tracing
 from corral.api import questions
 from corral.api.deps import Admin, Reader, RunnerKey, Svc, Worker
 from corral.auth import Principal, Role, WorkerClaims
+from corral.config import Settings
 from corral.errors import Forbidden, Unauthorized
 from corral.models import Artifact, NewEvent, Runner
 from corral.protocol import (
@@ -44,6 +45,25 @@ router = APIRouter(tags=["runners"])
 # Even with nothing announced on the bus, a waiting lease looks again this
 # often: it picks up retries whose backoff ended and work another replica took in.
 RECHECK_SECONDS = 1.0
+# The longest long-poll honoured, and how long a job leased with ``confirm``
+# waits for its confirmation, as a share of lease_ttl: a runner cut off silently
+# (no FIN, no RST) sees its poll unanswered well before a job's lease runs out,
+# and a job answered into the cut is queued again a third of a lease later.
+POLL_SHARE = 1 / 3
+# A confirmation is one heartbeat sent on receipt; on a loaded machine it may
+# take a second: never wait for less than this (nor longer than lease_ttl).
+CONFIRM_MIN_SECONDS = 2.0
+
+
+def poll_wait(settings: Settings) -> float:
+    """The longest wait a lease or agents long-poll is held (``poll_wait`` of
+    the registration's answer)."""
+    return min(120.0, settings.lease_ttl * POLL_SHARE)
+
+
+def lease_confirm(settings: Settings) -> float:
+    """How long a job leased with ``confirm`` stays leased without a heartbeat."""
+    return min(settings.lease_ttl, max(CONFIRM_MIN_SECONDS, settings.lease_ttl * POLL_SHARE))
 
 
 @router.post(paths.REGISTER, response_model=RunnerRegistered)
@@ -66,6 +86,8 @@ async def register(body: RunnerRegister, svc: Svc, who: RunnerKey) -> RunnerRegi
         protocol=VERSION,
         lease_ttl=svc.settings.lease_ttl,
         heartbeat_interval=svc.settings.heartbeat_interval,
+        poll_wait=poll_wait(svc.settings),
+        lease_confirm=lease_confirm(svc.settings),
         max_artifact_bytes=svc.settings.max_artifact_bytes,
         journal=answers,
     )
@@ -147,13 +169,15 @@ async def lease_jobs(
     """``lease``, over any transport: ``disconnected`` says whether the runner
     went away while it waited."""
     runner = await owned_runner(runner_id, svc, who)
-    deadline = time.monotonic() + body.wait
+    deadline = time.monotonic() + min(body.wait, poll_wait(svc.settings))
+    # Until confirmed, a job answered into a silent network cut is not held a whole lease.
+    ttl = lease_confirm(svc.settings) if body.confirm else svc.settings.lease_ttl
     with svc.store.bus.subscribe(
         topics.DISPATCH, topics.runner(runner_id), topics.SERVER_STOPPING, maxsize=10_000
     ) as sub:
         cancel: list[str] = []
         while True:
-            leases = await svc.store.jobs.lease(runner, body.max_jobs, svc.settings.lease_ttl)
+            leases = await svc.store.jobs.lease(runner, body.max_jobs, ttl)
             remaining = deadline - time.monotonic()
             # Stopping: answer now, the runner's next poll goes to another replica.
             stop = svc.stopping or await disconnected()

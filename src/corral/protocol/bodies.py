@@ -16,6 +16,19 @@ from corral.protocol import paths
 
 VERSION: Final = "v1"
 
+# What a runner adds to a long-poll's wait before it takes a silent connection
+# for dead: the server's answer at the end of the wait (one store query) is late
+# by less on a loaded machine.
+POLL_SLACK: Final = 5.0
+
+
+def poll_timeout(wait: float) -> float:
+    """How long a runner waits for the answer to a long-poll of ``wait``
+    seconds before it takes the connection for dead: the wait plus a slack
+    (``POLL_SLACK``, less for short waits, so that it stays under the lease)."""
+    return wait + max(1.0, min(POLL_SLACK, wait))
+
+
 # Bounds of a registration's journal (a runner sends what fits, oldest first).
 JOURNAL_ENTRIES: Final = 1000
 JOURNAL_EVENTS: Final = 10_000
@@ -100,6 +113,19 @@ class RunnerRegistered(BaseModel):
     protocol: str
     lease_ttl: float
     heartbeat_interval: float
+    # Servers before them honoured any wait up to 120 s and knew no confirmation.
+    poll_wait: float | None = Field(
+        None,
+        description="The longest wait (seconds) the server honours in a lease or agents "
+        "long-poll; it answers by then, so a runner may take an answer that does not come "
+        "within this plus ``POLL_SLACK`` for a dead connection.",
+    )
+    lease_confirm: float | None = Field(
+        None,
+        description="Seconds within which a runner that leases with ``confirm`` must confirm "
+        "each job it receives with a heartbeat; a job not confirmed was lost on the way "
+        "(a silent network cut) and is queued again then, not after ``lease_ttl``.",
+    )
     # Servers before it had the same limit without saying so.
     max_artifact_bytes: int = 10_485_760
     # Servers before it ignored a journal: the runner forgets what it sent.
@@ -108,7 +134,14 @@ class RunnerRegistered(BaseModel):
 
 class LeaseRequest(Request):
     max_jobs: int = Field(ge=0, le=1024)
-    wait: float = Field(20.0, ge=0, le=120)
+    wait: float = Field(
+        20.0, ge=0, le=120, description="Seconds to wait for work (at most ``poll_wait``)."
+    )
+    confirm: bool = Field(
+        False,
+        description="This runner confirms each job with a heartbeat before it starts it: "
+        "the server leases for ``lease_confirm`` seconds only until then.",
+    )
 
 
 class LeasedJob(BaseModel):

@@ -102,7 +102,7 @@ class AgentHost:
             except Unreachable as exc:
                 log.debug("agents poll: %s; retrying", exc)
                 await asyncio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, 2.0)  # as the lease loop's (runner.py RETRY_SECONDS)
                 continue
             except Refused as exc:
                 # 403/404: the lease loop registers again; the rest: try later.

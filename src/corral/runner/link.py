@@ -11,6 +11,7 @@ the answer is not what v1 says."""
 
 from __future__ import annotations
 
+import socket
 from types import TracebackType
 from typing import Protocol, Self, TypeVar
 
@@ -48,9 +49,36 @@ from corral.protocol import (
     error_of,
     paths,
 )
+from corral.protocol.bodies import poll_timeout
 from corral.protocol.calls import Call
 
 A = TypeVar("A", bound=BaseModel)
+
+# A link cut silently (no FIN, no RST: a cable, a NAT or a VPN dropping its
+# state) leaves a connection that waits for ever: TCP keepalive probes an idle
+# connection after KEEPALIVE_IDLE seconds of silence, every KEEPALIVE_INTERVAL,
+# and gives up after KEEPALIVE_PROBES unanswered ones; TCP_USER_TIMEOUT does
+# the same for a request sent into the cut (data unacknowledged). The kernels
+# answer the probes, not the server's process: a busy server is not dead.
+KEEPALIVE_IDLE = 2
+KEEPALIVE_INTERVAL = 1
+KEEPALIVE_PROBES = 3
+DEAD_AFTER = KEEPALIVE_IDLE + KEEPALIVE_INTERVAL * KEEPALIVE_PROBES  # seconds
+
+
+def keepalive_options() -> list[tuple[int, int, int]]:
+    """Socket options that make a dead peer seen within ``DEAD_AFTER``
+    seconds (the ones this platform has)."""
+    options = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
+    wanted = [
+        # TCP_KEEPALIVE is macOS's name of TCP_KEEPIDLE.
+        (getattr(socket, "TCP_KEEPIDLE", getattr(socket, "TCP_KEEPALIVE", None)), KEEPALIVE_IDLE),
+        (getattr(socket, "TCP_KEEPINTVL", None), KEEPALIVE_INTERVAL),
+        (getattr(socket, "TCP_KEEPCNT", None), KEEPALIVE_PROBES),
+        (getattr(socket, "TCP_USER_TIMEOUT", None), DEAD_AFTER * 1000),  # Linux, milliseconds
+    ]
+    options += [(socket.IPPROTO_TCP, opt, value) for opt, value in wanted if opt is not None]
+    return options
 
 
 class LinkError(CorralError):
@@ -124,16 +152,37 @@ class Link(Protocol):
 
 
 class HttpLink:
-    """Protocol v1 over HTTP, on one connection pool (close it: ``async with``)."""
+    """Protocol v1 over HTTP, on one connection pool (close it: ``async with``).
+
+    No call waits for ever on a connection cut silently: the sockets have TCP
+    keepalive (``keepalive_options``), a long-poll's answer (lease, agents, a
+    question's answer, a child job) is awaited for its wait plus a slack
+    (``poll_timeout``) and a heartbeat's for one interval plus a slack
+    (``heartbeat_interval``, from the registration)."""
 
     def __init__(
         self, server: str, token: str, *, timeout: httpx.Timeout, max_connections: int
     ) -> None:
+        self.timeout = timeout
+        # The server's, once registered: how long a heartbeat's answer is awaited.
+        self.heartbeat_interval: float | None = None
         self.http = httpx.AsyncClient(
             base_url=server.rstrip("/"),
             headers={"Authorization": f"Bearer {token}"},
             timeout=timeout,
-            limits=httpx.Limits(max_connections=max_connections),
+            transport=httpx.AsyncHTTPTransport(
+                limits=httpx.Limits(max_connections=max_connections),
+                socket_options=keepalive_options(),
+            ),
+        )
+
+    def reading(self, seconds: float) -> httpx.Timeout:
+        """The link's timeouts, with an answer awaited ``seconds`` at most."""
+        return httpx.Timeout(
+            connect=self.timeout.connect,
+            read=seconds,
+            write=self.timeout.write,
+            pool=self.timeout.pool,
         )
 
     async def __aenter__(self) -> Self:
@@ -154,10 +203,12 @@ class HttpLink:
         return await self.send(calls.REGISTER, paths.REGISTER, body)
 
     async def lease(self, runner_id: str, body: LeaseRequest) -> LeaseResponse:
-        return await self.send(calls.LEASE, paths.lease(runner_id), body)
+        timeout = self.reading(poll_timeout(body.wait))
+        return await self.send(calls.LEASE, paths.lease(runner_id), body, timeout=timeout)
 
     async def poll_agents(self, runner_id: str, body: AgentPoll) -> DesiredAgents:
-        return await self.send(calls.AGENTS, paths.agents(runner_id), body)
+        timeout = self.reading(poll_timeout(body.wait))
+        return await self.send(calls.AGENTS, paths.agents(runner_id), body, timeout=timeout)
 
     async def report_agents(self, runner_id: str, body: AgentReport) -> AgentsReported:
         return await self.send(calls.AGENTS_REPORT, paths.agents_report(runner_id), body)
@@ -173,6 +224,7 @@ class HttpLink:
         *,
         content: bytes | None = None,
         headers: dict[str, str] | None = None,
+        timeout: httpx.Timeout | None = None,
     ) -> A:
         """Make ``call`` (at ``path``, its template filled in) and read the answer."""
         headers = dict(headers or {})
@@ -181,7 +233,9 @@ class HttpLink:
             content = body.model_dump_json().encode()
             headers["Content-Type"] = "application/json"
         try:
-            resp = await self.http.request(call.method, path, content=content, headers=headers)
+            resp = await self.http.request(
+                call.method, path, content=content, headers=headers, timeout=timeout or self.timeout
+            )
         except httpx.TransportError as exc:
             raise Unreachable(f"{call.method} {path}: {type(exc).__name__}: {exc}") from exc
         except httpx.HTTPError as exc:
@@ -219,8 +273,12 @@ class HttpWorker:
         )
 
     async def heartbeat(self) -> Heartbeat:
+        every = self.link.heartbeat_interval
         beat = await self.link.send(
-            calls.WORKER_HEARTBEAT, paths.WORKER_HEARTBEAT, headers=self._auth()
+            calls.WORKER_HEARTBEAT,
+            paths.WORKER_HEARTBEAT,
+            headers=self._auth(),
+            timeout=self.link.reading(poll_timeout(every)) if every is not None else None,
         )
         self.token = beat.token
         return beat
@@ -255,7 +313,11 @@ class HttpWorker:
         """The question once answered or expired, or still ``open`` after
         ``body.wait`` seconds."""
         return await self.link.send(
-            calls.WORKER_ANSWER_WAIT, paths.question_wait(question_id), body, headers=self._auth()
+            calls.WORKER_ANSWER_WAIT,
+            paths.question_wait(question_id),
+            body,
+            headers=self._auth(),
+            timeout=self.link.reading(poll_timeout(body.wait)),
         )
 
     async def submit_child(self, body: ChildSubmit) -> ChildJob:
@@ -265,7 +327,11 @@ class HttpWorker:
 
     async def wait_child(self, job_id: str, body: ChildWait) -> ChildJob:
         return await self.link.send(
-            calls.CHILD_WAIT, paths.child_wait(job_id), body, headers=self._auth()
+            calls.CHILD_WAIT,
+            paths.child_wait(job_id),
+            body,
+            headers=self._auth(),
+            timeout=self.link.reading(poll_timeout(body.timeout)),
         )
 
     async def cancel_child(self, job_id: str) -> ChildJob:

@@ -49,6 +49,12 @@ log = logging.getLogger(__name__)
 STOP_REPORT_SECONDS = 3.0
 # How often orphans that ended are waited for (executors/process.py Survivors).
 REAP_SECONDS = 1.0
+# How long a connection to the server may take (SYN retransmits at 1 and 3 s:
+# after a network cut the next attempt starts afresh instead of waiting for the
+# kernel's 7 and 15 s ones).
+CONNECT_SECONDS = 5.0
+# The longest pause between attempts to reach a server that is away.
+RETRY_SECONDS = 2.0
 # How much of its journal a runner presents in one registration (the server's
 # max_body_bytes is 1 MiB by default); what does not fit waits for the next.
 JOURNAL_BYTES = 512 * 1024
@@ -117,6 +123,13 @@ class Runner:
         self.in_process = in_process
         self.runner_id: str | None = None
         self.heartbeat_interval = 5.0
+        # The wait of a lease request: lease_wait, or less if the server holds
+        # long-polls for less (``poll_wait``: it answers by then).
+        self.poll_wait = lease_wait
+        # Confirm each job before it starts (``lease_confirm``): over HTTP,
+        # with a server that knows it (an answer in-process cannot be lost).
+        self.confirm = False
+        self._http: HttpLink | None = None
         self.max_artifact_bytes = 10_485_760
         self._jobs: dict[str, asyncio.Task[None]] = {}
         self._executors: dict[str, base.Executor] = {}
@@ -141,12 +154,14 @@ class Runner:
             log.warning("killed process tree %d left behind by a previous runner", pid)
         if not self.survivors.become_subreaper():
             log.info("runner %s: no child subreaper: each job ends with a process scan", self.name)
+        # Long-polls and heartbeats have timeouts of their own (link.py).
         http = HttpLink(
             self.server,
             self.token,
-            timeout=httpx.Timeout(30.0, read=self.lease_wait + 30.0),
+            timeout=httpx.Timeout(30.0, connect=CONNECT_SECONDS, read=self.lease_wait + 30.0),
             max_connections=self.slots * 3 + 4,
         )
+        self._http = http
         transport: AbstractAsyncContextManager[Link] = (
             self.in_process(http) if self.in_process is not None else http
         )
@@ -228,6 +243,12 @@ class Runner:
                 self.runner_id = registered.runner_id
                 self.heartbeat_interval = registered.heartbeat_interval
                 self.max_artifact_bytes = registered.max_artifact_bytes
+                if self._http is not None:
+                    self._http.heartbeat_interval = registered.heartbeat_interval
+                # A server before poll_wait honoured any wait.
+                self.poll_wait = min(self.lease_wait, registered.poll_wait or self.lease_wait)
+                self.agents.poll_wait = self.poll_wait
+                self.confirm = self.in_process is None and registered.lease_confirm is not None
                 log.info("runner %s registered as %s", self.name, self.runner_id)
                 for answer in registered.journal:
                     log.log(
@@ -243,7 +264,7 @@ class Runner:
                     self.journal.forget(entry.id)
                 return
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            delay = min(delay * 2, RETRY_SECONDS)
 
     async def _lease_loop(self, link: Link) -> None:
         delay = 0.05
@@ -251,9 +272,8 @@ class Runner:
             assert self.runner_id is not None
             free = self.slots - len(self._jobs)
             self._slot_freed.clear()
-            request = asyncio.create_task(
-                link.lease(self.runner_id, LeaseRequest(max_jobs=free, wait=self.lease_wait))
-            )
+            body = LeaseRequest(max_jobs=free, wait=self.poll_wait, confirm=self.confirm)
+            request = asyncio.create_task(link.lease(self.runner_id, body))
             if free == 0:
                 # Only listening for cancels: safe to abandon when a slot frees.
                 freed = asyncio.create_task(self._slot_freed.wait())
@@ -269,7 +289,7 @@ class Runner:
             except Unreachable as exc:
                 log.warning("lease failed (%s); retrying", exc)
                 await asyncio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, RETRY_SECONDS)
                 continue
             except Refused as exc:
                 delay = 0.05
@@ -324,6 +344,14 @@ class Runner:
 
             worker = link.worker(item.token, traceparent)
             channel = WorkerChannel(worker, job_id=job.id, on_stale=stale)
+            if self.confirm:
+                # The lease holds for lease_confirm only: an answer that spent
+                # longer on the way (a network cut) was leased again meanwhile,
+                # and this heartbeat is refused before the job runs twice.
+                await channel.heartbeat(self.heartbeat_interval)
+                if channel.stale is not None:
+                    await channel.close()
+                    return
             # Heartbeats from the start: making a worktree (a first clone) and
             # collecting a large diff may take longer than a lease.
             beats = asyncio.create_task(self._heartbeats(channel))
@@ -346,8 +374,10 @@ class Runner:
         except Exception:
             log.exception("job %s could not be run", job.id, extra=log_extra)
         finally:
-            self._executors.pop(job.id, None)
-            self._jobs.pop(job.id, None)
+            # Not a newer lease of the same job (this one was refused as stale).
+            if self._jobs.get(job.id) is asyncio.current_task():
+                self._executors.pop(job.id, None)
+                self._jobs.pop(job.id, None)
             self._slot_freed.set()
 
     def _cancel(self, executor: base.Executor) -> None:
