@@ -272,3 +272,58 @@ def test_nothing_is_exported_without_otel_settings(
         assert job["traceparent"] == theirs and f"tp={theirs}" in job["result"]
         time.sleep(0.5)
     assert collector.requests == 0 and collector.spans == []
+
+
+def test_the_protocol_carries_the_context_on_the_wire(tmp_path: Path, collector: Collector) -> None:
+    """What a runner of its own must do: read LeasedJob.traceparent, send its
+    run span's in a traceparent header; a sub-job joins the trace."""
+    env = otel_env(collector, CORRAL_RUNNER__EMBEDDED="false")
+    with running_server(tmp_path / "data", env=env) as srv, srv.http() as http:
+        key = create_key(srv, "runner")
+        runner = {"Authorization": f"Bearer {key}"}
+        resp = http.post(
+            "/runners/register",
+            json={"name": "by-hand", "providers": ["shell"], "slots": 1},
+            headers=runner,
+        )
+        runner_id = resp.json()["runner_id"]
+        resp = http.post("/jobs", json={"command": "true"})
+        job_id = resp.json()["job_id"]
+        resp = http.post(
+            f"/runners/{runner_id}/lease", json={"max_jobs": 1, "wait": 10}, headers=runner
+        )
+        (leased,) = resp.json()["jobs"]
+        trace_id = leased["job"]["traceparent"].split("-")[1]
+        _, lease_trace, lease_span, _ = leased["traceparent"].split("-")
+        assert lease_trace == trace_id
+        # This runner's run span, as it would send it.
+        run_span = "00f067aa0ba902b7"
+        mine = {
+            "Authorization": f"Bearer {leased['token']}",
+            "traceparent": f"00-{trace_id}-{run_span}-01",
+        }
+        resp = http.post("/worker/children", json={"spec": {"command": "true"}}, headers=mine)
+        assert resp.status_code == 200, resp.text
+        child_id = resp.json()["job_id"]
+        child = http.get(f"/jobs/{child_id}").json()
+        assert child["traceparent"].split("-")[1] == trace_id
+        resp = http.post(
+            "/worker/complete",
+            json={"outcome": {"status": "done", "result": "ok", "exit_code": 0}},
+            headers=mine,
+        )
+        assert resp.status_code == 200, resp.text
+
+        def spans() -> dict[str, list[dict[str, Any]]] | None:
+            mine, child = collector.of(job_id), collector.of(child_id)
+            if "corral.complete" in mine and "corral.submit" in child:
+                return {**mine, "child.submit": child["corral.submit"]}
+            return None
+
+        got = wait_for(spans, timeout=20, what="the spans")
+        (lease,) = got["corral.lease"]
+        assert lease["span_id"] == lease_span
+        assert lease["parent"] == got["corral.submit"][0]["span_id"]
+        assert got["corral.complete"][0]["parent"] == run_span
+        assert got["child.submit"][0]["parent"] == run_span
+        assert got["child.submit"][0]["trace_id"] == trace_id

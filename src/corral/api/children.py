@@ -11,7 +11,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path
 
-from corral.api.deps import Svc, Worker
+from corral.api.deps import Svc, TraceParent, Worker
 from corral.intake.submit import submit
 from corral.jobs import TERMINAL
 from corral.models import Job, NewEvent
@@ -52,12 +52,15 @@ async def _answer(svc: Services, job: Job, *, created: bool = True) -> ChildJob:
 
 
 @router.post(paths.WORKER_CHILDREN, response_model=ChildJob)
-async def submit_child(body: ChildSubmit, svc: Svc, claims: Worker) -> ChildJob:
-    """Submit a sub-job of the worker's job (``submit_job``)."""
+async def submit_child(
+    body: ChildSubmit, svc: Svc, claims: Worker, traceparent: TraceParent = None
+) -> ChildJob:
+    """Submit a sub-job of the worker's job (``submit_job``); it joins the
+    trace of the caller's run span (its ``traceparent``)."""
     spec = body.spec.model_copy(
         update={"source": "mcp", "source_ref": body.spec.source_ref or f"job:{claims.job_id}"}
     )
-    job, created = await submit(svc, spec, parent=claims)
+    job, created = await submit(svc, spec, parent=claims, traceparent=traceparent)
     return await _answer(svc, job, created=created)
 
 

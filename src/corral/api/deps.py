@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 
 from corral import auth
 from corral.auth import Principal, WorkerClaims
@@ -78,3 +78,6 @@ Writer = Annotated[Principal, require("write")]
 Admin = Annotated[Principal, require("admin")]
 RunnerKey = Annotated[Principal, require("run")]
 Worker = Annotated[WorkerClaims, Depends(worker)]
+# A W3C trace context header (corral.tracing): a runner's run span on its
+# worker calls, a client's own on POST /jobs.
+TraceParent = Annotated[str | None, Header(include_in_schema=False)]

@@ -6,12 +6,12 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 
 from corral.api import stream
-from corral.api.deps import Reader, Svc, Writer, principal
+from corral.api.deps import Reader, Svc, TraceParent, Writer, principal
 from corral.api.ids import JobId, SessionFilter
 from corral.api.schemas import EventPage
 from corral.auth import Principal, Role
@@ -58,7 +58,7 @@ async def submit(
     svc: Svc,
     who: Writer,
     response: Response,
-    traceparent: Annotated[str | None, Header(include_in_schema=False)] = None,
+    traceparent: TraceParent = None,
 ) -> JobAccepted:
     """Submit a job: 202 `{job_id, session_id, state, created}`, or 200 with the
     existing job for a known `idempotency_key`."""

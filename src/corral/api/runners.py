@@ -9,11 +9,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path, Request
+from fastapi import APIRouter, Path, Request
 
 from corral import auth, tracing
 from corral.api import questions
-from corral.api.deps import Admin, Reader, RunnerKey, Svc, Worker
+from corral.api.deps import Admin, Reader, RunnerKey, Svc, TraceParent, Worker
 from corral.auth import Principal, Role, WorkerClaims
 from corral.config import Settings
 from corral.errors import Forbidden, Unauthorized
@@ -269,10 +269,6 @@ async def worker_heartbeat(svc: Svc, claims: Worker) -> Heartbeat:
     job = await svc.store.jobs.heartbeat(claims, svc.settings.lease_ttl)
     token = auth.issue_worker_token(claims, svc.jwt_secret, svc.settings.worker_token_ttl)
     return Heartbeat(token=token, state=job.state, lease_expires_in=svc.settings.lease_ttl)
-
-
-# The runner's run span (corral.tracing); the embedded runner passes it in-process.
-TraceParent = Annotated[str | None, Header(include_in_schema=False)]
 
 
 @router.post(paths.WORKER_COMPLETE, response_model=Completed)
