@@ -161,3 +161,33 @@ def test_without_its_journal_a_killed_runner_runs_the_job_again(tmp_path: Path) 
             assert runs.read_text() == "run\nrun\n", "at-least-once: it ran again"
         finally:
             stop_process(proc)
+
+
+def test_registering_again_presents_the_outcomes_still_being_reported(tmp_path: Path) -> None:
+    """A runner that registers again while it still reports a finished job
+    (the server took it for stopped: its lease is refused with 403) presents
+    that job's journalled outcome: the job is done once, not lost and re-run."""
+    runs, hold = tmp_path / "runs", tmp_path / "held"
+    work = tmp_path / "runner"
+    with (
+        running_server(tmp_path / "data", env=ENV, args=("--no-runner",)) as srv,
+        srv.http() as http,
+    ):
+        key = create_key(srv, "runner")
+        proc, log = start_runner(srv, key, work, "--name", "r2", env={**UNBOXED, HOLD: str(hold)})
+        try:
+            job_id = _counting_job(http, runs)
+            assert _held(hold, runs) == job_id  # journalled; its report held in the runner
+            # What a stop or a replica's verdict leaves: the server no longer
+            # takes this registration as active (its next lease gets 403).
+            with contextlib.closing(sqlite3.connect(srv.data_dir / "corral.db")) as db:
+                db.execute("UPDATE runners SET status = 'stopped' WHERE name = 'r2'")
+                db.commit()
+            job = wait_job(http, job_id, timeout=30)
+            assert job["state"] == "done" and job["result"] == "first\nfinished", job
+            assert job["recovered"]["reason"] == "journal", job
+            assert job["attempt"] == 1 and job["infra_retries"] == 0, job
+            assert "registering again" in log.read_text()
+            assert runs.read_text() == "run\n", "the job's process ran again"
+        finally:
+            stop_process(proc)

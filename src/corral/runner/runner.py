@@ -209,9 +209,13 @@ class Runner:
                 await asyncio.to_thread(self.survivors.reap, frozenset(), own)
 
     async def _register(self, link: Link) -> None:
-        """Register, presenting the outcomes journalled but not acknowledged
-        (not those of jobs this runner is still reporting)."""
-        pending = [p for p in await self.journal.pending() if p.job_id not in self._jobs]
+        """Register, presenting the outcomes journalled but not acknowledged.
+        Those of jobs this runner is still reporting too: registering again
+        (the server took this runner for stopped or lost) ends the jobs its
+        previous registration held, and a job whose process ended would run
+        again; presented, its outcome is recorded first (and the report that
+        follows changes nothing)."""
+        pending = await self.journal.pending()
         body = RunnerRegister(
             name=self.name,
             hostname=socket.gethostname(),
