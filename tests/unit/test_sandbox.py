@@ -119,12 +119,16 @@ def test_a_jobs_process_gets_the_runners_otel_settings_and_its_traceparent(
     ctx = _context(monkeypatch, tmp_path)
     monkeypatch.setitem(os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")
     monkeypatch.setitem(os.environ, "OTEL_SERVICE_NAME", "corral")
+    monkeypatch.setitem(os.environ, "OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer s3cret")
+    monkeypatch.setitem(os.environ, "OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x-key=s3cret")
     ctx.traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     env = ctx.environment(tmp_path)
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://collector:4318"
     assert env["OTEL_SERVICE_NAME"] == "corral"
     assert env["TRACEPARENT"] == ctx.traceparent
     assert not {"CORRAL_TOKEN", "OTHER_KEY", "AWS_SECRET_ACCESS_KEY"} & env.keys()
+    # The exporter's headers carry the collector's credentials: not the job's.
+    assert not [k for k in env if k.endswith("_HEADERS")]
     ctx.traceparent = None
     assert "TRACEPARENT" not in ctx.environment(tmp_path)
 

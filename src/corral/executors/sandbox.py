@@ -60,8 +60,10 @@ ENV_ALLOW = frozenset(
     | {"http_proxy", "https_proxy", "no_proxy", "all_proxy"}
 )
 # OTEL_*: the runner's OpenTelemetry settings, for agent CLIs that export
-# traces or metrics themselves (corral.tracing).
+# traces or metrics themselves (corral.tracing); not the exporter's headers
+# (OTEL_EXPORTER_OTLP_HEADERS and the per-signal ones carry credentials).
 ENV_ALLOW_PREFIXES = ("LC_", "OTEL_")
+ENV_DENY_SUFFIXES = ("_HEADERS",)
 
 # Unix sockets of services a server host commonly runs; hidden when present
 # (a read-only bind does not stop connect() on a socket).
@@ -86,7 +88,12 @@ def job_environment(
     """A job's environment: the allowlisted variables of ``base`` (the
     runner's), ``HOME``, then ``extra`` (the job's ids, its provider's ``env``
     and credential, an agent's own settings)."""
-    env = {k: v for k, v in base.items() if k in ENV_ALLOW or k.startswith(ENV_ALLOW_PREFIXES)}
+    env = {
+        k: v
+        for k, v in base.items()
+        if (k in ENV_ALLOW or k.startswith(ENV_ALLOW_PREFIXES))
+        and not k.endswith(ENV_DENY_SUFFIXES)
+    }
     env["HOME"] = str(home)
     env.update(extra)
     return env
