@@ -273,3 +273,15 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10) -> int:
             proc.kill()
             proc.wait()
     return proc.returncode
+
+
+def dashboard_page(srv: ServerProcess, path: str) -> str:
+    """A dashboard page as the admin sees it, signed in through a one-time
+    link (what `corral ui` opens)."""
+    with srv.http() as http:
+        link = http.post("/ui/login-links").json()["path"]
+    with httpx.Client(base_url=srv.url, follow_redirects=True) as browser:
+        assert browser.get(link).status_code == 200
+        resp = browser.get(path)
+        assert resp.status_code == 200, resp.text
+        return resp.text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -13,6 +14,8 @@ import pytest
 
 from corral.queue_file import result_of
 from corral.testing import ServerProcess, start_server
+
+from ._helpers import dashboard_page
 
 
 @pytest.fixture
@@ -76,6 +79,13 @@ def test_files_become_jobs_and_come_back_with_a_footer(
     assert job["title"] == "greet" and job["priority"] == 1
     assert list((queue / "running").iterdir()) == []
     assert not (queue / "hello.md").exists()
+    # The dashboard's fleet page counts the folder's files where they are.
+    page = dashboard_page(srv, "/ui/fleet")
+    shown = page[page.index('id="queue-folder"') :].split("</section>")[0]
+    assert str(queue) in shown
+    counts = dict(re.findall(r"(waiting|running/|done/|failed/) <b>(\d+)</b>", shown))
+    assert int(counts["done/"]) == len(list((queue / "done").glob("*.md"))) >= 2, counts
+    assert int(counts["failed/"]) == len(list((queue / "failed").glob("*.md"))) >= 1, counts
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ from corral.runner.workspace import git
 from corral.testing import git_repo, start_server
 from tests.fakes.forge import FakeForge
 
-from ._helpers import get_job, running_server, wait_for, wait_job
+from ._helpers import dashboard_page, get_job, running_server, wait_for, wait_job
 
 REPO = "acme/app"
 SECRET = "hook-secret-0123456789"
@@ -283,3 +283,8 @@ def test_a_refused_token_marks_the_tracker_in_error(tmp_path: Path, remote: Path
             assert "Bad credentials" in info["error"] and "401" in info["error"]
             out = srv.cli("trackers", "show", "hub")
             assert out.returncode == 0 and "Bad credentials" in out.stdout, out.stdout + out.stderr
+            # The fleet page shows the tracker and why it is in error.
+            page = dashboard_page(srv, "/ui/fleet")
+            row = page[page.index('id="tracker-hub"') :].split("</tr>")[0]
+            assert 'data-f="state">error<' in row and "Bad credentials" in row, row
+            assert 'id="queue-folder"' not in page  # --no-queue

@@ -467,3 +467,25 @@ def test_sessions_list_leads_to_a_session(admin: BrowserContext, http: httpx.Cli
     row.locator("a").first.click()
     expect(page).to_have_url(f"{http.base_url}/ui/sessions/{session_id}")
     expect(page.locator(".turns")).to_contain_text("listed")
+
+
+def test_the_submit_form_takes_a_local_run_at(
+    browser: Browser, srv: ServerProcess, http: httpx.Client
+) -> None:
+    """ "Not before" is the browser's local time; the job's run_at is that instant in UTC."""
+    ctx = sign_in(browser, srv, timezone_id="Asia/Tokyo")  # UTC+9, no daylight saving
+    try:
+        page = ctx.new_page()
+        page.goto("/ui/jobs")
+        page.click("#submit summary")
+        page.fill("#submit input[name=command]", "echo later")
+        page.fill("#submit input[name=run_at]", "2031-05-06T07:08")
+        page.click("#submit button[type=submit]")
+        expect(page.locator("#job-state .state")).to_have_text("queued")
+        job_id = page.url.rsplit("/", 1)[1]
+        job = http.get(f"/jobs/{job_id}").json()
+        assert job["run_at"].startswith("2031-05-05T22:08:00"), job["run_at"]
+        assert "2031" in (job["waiting"] or ""), job["waiting"]
+        http.post(f"/jobs/{job_id}/cancel")
+    finally:
+        ctx.close()

@@ -29,7 +29,7 @@ def _settings(svc: Services, name: str) -> TrackerSettings:
     return found
 
 
-async def _info(svc: Services, t: TrackerSettings, *, items: bool = False) -> Tracker:
+async def info(svc: Services, t: TrackerSettings, *, items: bool = False) -> Tracker:
     status = await intake.stored_status(svc, t.name)
     enabled = await intake.enabled(svc, t)
     info = Tracker(
@@ -57,13 +57,13 @@ async def _info(svc: Services, t: TrackerSettings, *, items: bool = False) -> Tr
 @router.get("/trackers", response_model=list[Tracker])
 async def trackers(svc: Svc, who: Reader) -> list[Tracker]:
     """The configured issue trackers and how their intake is doing."""
-    return [await _info(svc, t) for t in svc.settings.trackers]
+    return [await info(svc, t) for t in svc.settings.trackers]
 
 
 @router.get("/trackers/{name}", response_model=Tracker)
 async def tracker(name: str, svc: Svc, who: Reader) -> Tracker:
     """One tracker, with the issues it took in (newest first)."""
-    return await _info(svc, _settings(svc, name), items=True)
+    return await info(svc, _settings(svc, name), items=True)
 
 
 @router.post("/trackers/{name}/sync", status_code=202, response_model=Tracker)
@@ -74,7 +74,7 @@ async def sync(name: str, svc: Svc, who: Writer) -> Tracker:
     await svc.store.settings.set(
         intake.SYNC_KEY.format(name=t.name), str(time.time()), notify=topics.TRACKERS
     )
-    return await _info(svc, t)
+    return await info(svc, t)
 
 
 @router.post("/trackers/{name}/enable", response_model=Tracker)
@@ -93,7 +93,7 @@ async def _switch(svc: Services, t: TrackerSettings, on: bool) -> Tracker:
     await svc.store.settings.set(
         intake.ENABLED_KEY.format(name=t.name), "true" if on else "false", notify=topics.TRACKERS
     )
-    return await _info(svc, t)
+    return await info(svc, t)
 
 
 @router.post("/hooks/trackers/{name}", openapi_extra={"security": []})

@@ -38,6 +38,11 @@ def _spec(fields: dict[str, str], **extra: object) -> JobCreate:
         raw["labels"] = labels
     if "provider" in raw:
         raw["preferred_ai"] = raw.pop("provider")
+    # The page sends the time in UTC (run_at_utc, filled by its script); a bare
+    # local time (no script ran) is refused by JobCreate: it names no time zone.
+    when = (fields.get("run_at_utc") or fields.get("run_at") or "").strip()
+    if when:
+        raw["run_at"] = when
     try:
         return JobCreate.model_validate({**raw, **extra, "source_ref": "dashboard"})
     except ValidationError as exc:

@@ -4,15 +4,20 @@ and renders one template; the live parts follow the API's SSE feeds."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import RedirectResponse, Response
 
+from corral.api.trackers import info as tracker_info
 from corral.api.webhooks import for_role
+from corral.config import Settings
 from corral.errors import BadRequest, NotFound
 from corral.jobs import ACTIVE, TERMINAL, JobState
 from corral.ui import charts, web
@@ -212,7 +217,26 @@ async def fleet_page(request: Request) -> Response:
         pauses=pauses,
         live=await svc.store.jobs.live_by_provider(),
         counts=await svc.store.jobs.counts(),
+        queue=await asyncio.to_thread(_queue_folder, svc.settings),
+        trackers=[await tracker_info(svc, t) for t in svc.settings.trackers],
+        now=time.time(),
     )
+
+
+def _queue_folder(settings: Settings) -> dict[str, Any] | None:
+    """The queue folder and how many files each of its folders holds (None: not watched)."""
+    if not settings.queue_enabled:
+        return None
+    root = settings.queue_dir
+
+    def count(folder: Path) -> int:
+        try:
+            return sum(1 for f in folder.iterdir() if f.suffix == ".md" and f.is_file())
+        except OSError:
+            return 0
+
+    names = ("running", "done", "failed")
+    return {"path": str(root), "waiting": count(root), **{n: count(root / n) for n in names}}
 
 
 # Range -> (seconds, bucket): about 24 to 168 bars a chart.

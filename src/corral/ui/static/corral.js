@@ -306,6 +306,11 @@ function needsCount(link) {
 document.addEventListener("submit", (e) => {
   const msg = e.target.dataset.confirm;
   if (msg && !confirm(msg)) e.preventDefault();
+  // A local date and time (datetime-local) goes to the server in UTC.
+  for (const local of e.target.querySelectorAll("input[data-utc]")) {
+    const utc = e.target.elements[local.dataset.utc];
+    if (utc) utc.value = local.value ? new Date(local.value).toISOString() : "";
+  }
 });
 
 document.addEventListener("keydown", (e) => {
