@@ -18,11 +18,11 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
+from corral import retrying
 from corral.errors import ConfigError
 from corral.executors.process import MARKER_VAR
 from corral.executors.sandbox import Confine, job_environment
@@ -229,14 +229,6 @@ def http_failed(
 def retry_at(headers: Mapping[str, str] | None) -> datetime | None:
     """When a refused request may be tried again, from its Retry-After header
     (seconds or an HTTP date)."""
-    value = headers.get("retry-after") if headers is not None else None
-    if not value:
-        return None
-    try:
-        return datetime.now(UTC) + timedelta(seconds=float(value))
-    except ValueError:
-        pass
-    try:
-        return parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
+    now = datetime.now(UTC)
+    wait = retrying.retry_after(headers.get("retry-after") if headers is not None else None, now)
+    return None if wait is None else now + timedelta(seconds=wait)

@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 import httpx
 
-from corral import __version__
+from corral import __version__, retrying
 
 Credential = Callable[[], Awaitable[str | None]]
 PAGES_MAX = 50  # pages of one listing, at most (5,000 items on GitHub)
@@ -174,12 +174,9 @@ class Forge:
         if resp.status_code not in (403, 429):
             return None
         now = time.time()
-        retry_after = resp.headers.get("retry-after")
-        if retry_after is not None:
-            try:
-                return now + max(0.0, float(retry_after))
-            except ValueError:
-                pass
+        wait = retrying.retry_after(resp.headers.get("retry-after"))
+        if wait is not None:
+            return now + wait
         if resp.headers.get("x-ratelimit-remaining") == "0":
             try:
                 return max(now, float(resp.headers.get("x-ratelimit-reset", "")))

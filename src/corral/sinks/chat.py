@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 
 import httpx
 
-from corral import __version__, chat
+from corral import __version__, chat, retrying
 from corral.chat import BridgeChannel, ChannelSettings, TelegramChannel
 from corral.errors import CorralError
 from corral.jobs import backoff
@@ -192,7 +192,7 @@ class ChatSender:
         raise _Failed(
             f"HTTP {status}: {resp.text[:200]}",
             retry=retry,
-            retry_after=_retry_after(resp.headers.get("retry-after")),
+            retry_after=retrying.retry_after(resp.headers.get("retry-after")),
             parts=0,
         )
 
@@ -229,11 +229,3 @@ def _chat_id(value: str) -> int | str:
     with contextlib.suppress(ValueError):
         return int(value)
     return value
-
-
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    with contextlib.suppress(ValueError):
-        return max(0.0, float(value))
-    return None

@@ -15,17 +15,15 @@ Every attempt is recorded. Pending deliveries survive restarts: they are rows.""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import json
 import logging
 import time
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 
 import httpx
 
-from corral import __version__, metrics, tracing
+from corral import __version__, metrics, retrying, tracing
 from corral.egress import guarded_transport
 from corral.errors import CorralError, WebhookRefused
 from corral.jobs import backoff
@@ -169,7 +167,7 @@ class Sender:
             status = resp.status_code
             if status >= 300:
                 error = f"HTTP {status}: {resp.text[:200]}"
-                retry_after = _retry_after(resp.headers.get("retry-after"))
+                retry_after = retrying.retry_after(resp.headers.get("retry-after"))
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}"[:500] or type(exc).__name__
         except WebhookRefused as exc:
@@ -210,19 +208,3 @@ class Sender:
             except CorralError as exc:  # the database is away: try again shortly
                 log.warning("webhook sender: cannot record %s: %s", d.id, exc.message)
                 await asyncio.sleep(pause)
-
-
-def _retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """Seconds a ``Retry-After`` asks to wait: delay-seconds or an HTTP-date
-    (RFC 9110 section 10.2.3); None if it is neither."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):
-        when = parsedate_to_datetime(value)
-        if when.tzinfo is None:  # "-0000": UTC, as HTTP-dates are
-            when = when.replace(tzinfo=UTC)
-        return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
-    return None
