@@ -91,6 +91,10 @@ async def test_a_gone_runner_lets_another_take_the_turn_afresh(st: Store) -> Non
     assert lease.session.handle is None and lease.session.host == "b"
     moved = [e for e in await st.events.list(session_id) if e.type == "session.moved"]
     assert [(e.payload["from"], e.payload["to"], e.job_id) for e in moved] == [("a", "b", turn.id)]
+    assert moved[0].payload["note"] == (
+        "the session's runner 'a' is gone: this turn runs on 'b' "
+        "in a new workspace and starts a new conversation"
+    )
     assert lease.session.last_seq == (await st.sessions.get(session_id)).last_seq
 
 
@@ -133,3 +137,30 @@ async def test_a_holder_that_no_longer_serves_the_provider_lets_go(st: Store) ->
     assert lease.job.id == turn.id and lease.session.handle is None
     moved = [e for e in await st.events.list(session_id) if e.type == "session.moved"]
     assert [(e.payload["from"], e.payload["to"]) for e in moved] == [("a", "b")]
+
+
+async def test_unlease_gives_back_only_that_runners_undelivered_leases(st: Store) -> None:
+    """A lease request answered while its runner went away: only the jobs
+    still assigned to that runner go back; a job another runner holds, and a
+    job the runner already started (so it did receive it), stay as they are,
+    wherever they come in the list; only the new session lets go of the runner."""
+    a, b = await _runner(st, "a"), await _runner(st, "b")
+    await st.jobs.create(JobCreate(prompt="0", provider="claude"))
+    pinned = await _finish(st, a)  # a session a holds, from an earlier turn
+    others, _ = await st.jobs.create(JobCreate(prompt="1", provider="claude"))
+    (on_b,) = await st.jobs.lease(b, 1, ttl=30)
+    started, _ = await st.jobs.create(JobCreate(prompt="2", provider="claude"))
+    (lease,) = await st.jobs.lease(a, 1, ttl=30)
+    await st.jobs.start(claims(lease, a))
+    lost, _ = await st.jobs.create(JobCreate(prompt="3", provider="claude"))
+    await st.jobs.lease(a, 1, ttl=30)
+
+    back = await st.jobs.unlease([others.id, started.id, lost.id], a)
+
+    assert [(j.id, j.state, j.error) for j in back] == [
+        (lost.id, "queued", "runner 'a' went away before it received the job")
+    ]
+    assert on_b.job.id == others.id and (await st.jobs.get(others.id)).state == "assigned"
+    assert (await st.jobs.get(started.id)).state == "running"
+    assert (await st.sessions.get(pinned)).host == "a"
+    assert (await st.sessions.get(lost.session_id)).host is None

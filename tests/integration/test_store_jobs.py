@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from prometheus_client import REGISTRY
 
 from corral.errors import (
     InvalidTransition,
@@ -16,7 +17,8 @@ from corral.errors import (
 from corral.jobs import JobState
 from corral.models import JobCreate, NewEvent, Outcome, Runner
 from corral.protocol import topics
-from corral.store import RetryPolicy, Store
+from corral.store import Caps, RetryPolicy, Store
+from corral.store.jobs import now_utc
 from corral.testing import worker_claims as claims
 
 
@@ -80,6 +82,9 @@ async def test_turns_of_a_session_run_one_at_a_time_in_order(store: Store, runne
     leases = await store.jobs.lease(runner, 10, ttl=30)
     assert [lease.job.id for lease in leases] == [first.id]  # priority does not jump the turn
     assert await store.jobs.lease(runner, 10, ttl=30) == []  # turn lock held
+    await store.jobs.start(claims(leases[0], runner))
+    assert await store.jobs.lease(runner, 10, ttl=30) == []  # and while it runs
+    assert (await store.sessions.get(first.session_id)).active_job_id == first.id
     await store.jobs.complete(claims(leases[0], runner), Outcome(status="done", result="ok"))
     assert [lease.job.id for lease in await store.jobs.lease(runner, 10, ttl=30)] == [second.id]
     with pytest.raises(SessionNotFound):
@@ -242,6 +247,167 @@ async def test_watchdog_requeues_expired_leases(db_url: str) -> None:
         assert final.failure == "infra" and final.attempt == 1
         assert c2.epoch > c.epoch
         assert await store.jobs.expire() == []
+    finally:
+        await store.close()
+
+
+async def test_an_expired_lease_fences_its_own_job_one_epoch_on(
+    store: Store, runner: Runner
+) -> None:
+    """The watchdog moves only the lost job's epoch, by exactly one (a runner's
+    journal proves a finished run by that "epoch + 1"), and queues it for now;
+    another job at the same epoch keeps its worker."""
+    lost, _ = await store.jobs.create(JobCreate(prompt="lost"))
+    kept, _ = await store.jobs.create(JobCreate(prompt="kept"))
+    gone = claims((await store.jobs.lease(runner, 1, ttl=0.01))[0], runner)
+    await store.jobs.start(gone)
+    alive = claims((await store.jobs.lease(runner, 1, ttl=60))[0], runner)
+    assert (gone.job_id, alive.job_id, gone.epoch) == (lost.id, kept.id, alive.epoch)
+    await asyncio.sleep(0.05)
+    before = now_utc()
+    (back,) = await store.jobs.expire()
+    assert (back.id, back.state, back.epoch) == (lost.id, JobState.QUEUED, gone.epoch + 1)
+    assert back.available_at >= before  # at once, not at its first queueing time
+    assert (back.runner_id, back.assigned_at, back.started_at) == (None, None, None)
+    events = await store.events.list(lost.session_id)
+    assert [e.payload for e in events if e.type == "job.state"][-1] == {
+        "job_id": lost.id,
+        "from": "running",
+        "to": "queued",
+        "attempt": 1,
+        "error": f"runner {runner.id} stopped heartbeating (lease expired)",
+        "reason": "runner_lost",
+    }
+    assert (await store.sessions.get(lost.session_id)).epoch == back.epoch
+    assert (await store.jobs.get(kept.id)).epoch == alive.epoch
+    assert (await store.jobs.heartbeat(alive, 60)).state is JobState.ASSIGNED
+    # Leased again: the assignment carries no error from the lost run.
+    await store.jobs.lease(runner, 1, ttl=60)
+    events = await store.events.list(lost.session_id)
+    assert "error" not in [e.payload for e in events if e.type == "job.state"][-1]
+
+
+async def test_a_repeated_start_is_answered_with_the_running_job(
+    store: Store, runner: Runner
+) -> None:
+    job, _ = await store.jobs.create(JobCreate(prompt="x"))
+    c = claims(await _lease_one(store, runner), runner)
+    first = await store.jobs.start(c)
+    again = await store.jobs.start(c)  # a retried request: nothing changes
+    assert (again.id, again.state, again.started_at) == (job.id, "running", first.started_at)
+
+
+async def test_a_worker_fenced_off_by_its_own_runner_is_refused(
+    store: Store, runner: Runner
+) -> None:
+    """The same runner leases the job again after losing it: the worker of the
+    lost lease (same runner, older epoch) is refused, the new one is not."""
+    job, _ = await store.jobs.create(JobCreate(prompt="x"))
+    old = claims((await store.jobs.lease(runner, 1, ttl=0.01))[0], runner)
+    await asyncio.sleep(0.05)
+    assert [j.id for j in await store.jobs.expire()] == [job.id]
+    new = claims(await _lease_one(store, runner), runner)
+    assert (new.runner_id, new.epoch) == (old.runner_id, old.epoch + 2)
+    with pytest.raises(StaleEpoch) as refused:
+        await store.jobs.heartbeat(old, 30)
+    assert refused.value.message == (
+        f"job {job.id} is at epoch {new.epoch}, this worker holds epoch {old.epoch}"
+    )
+    assert (await store.jobs.start(new)).state is JobState.RUNNING
+    await store.jobs.cancel(job.id)
+    with pytest.raises(JobNotActive) as ended:
+        await store.jobs.heartbeat(new, 30)
+    assert ended.value.message == f"job {job.id} is cancelled; stop working on it"
+    with pytest.raises(JobNotFound) as missing:
+        await store.jobs.cancel("job_missing")
+    assert missing.value.message == "no job job_missing"
+
+
+async def test_a_fresh_lease_is_kept_and_its_event_names_the_runner(
+    store: Store, runner: Runner
+) -> None:
+    job, _ = await store.jobs.create(JobCreate(prompt="x"))
+    (lease,) = await store.jobs.lease(runner, 1, ttl=60)
+    assert await store.jobs.expire() == []  # a fresh lease is not taken back
+    # The session as leased counts the "assigned" event: the worker's seqs follow it.
+    assert lease.session.last_seq == (await store.sessions.get(job.session_id)).last_seq
+    events = await store.events.list(job.session_id)
+    [assigned] = [
+        e.payload
+        for e in events
+        if e.type == "job.state" and e.payload["to"] == "assigned" and e.job_id == job.id
+    ]
+    assert assigned == {
+        "job_id": job.id,
+        "from": "queued",
+        "to": "assigned",
+        "attempt": 1,
+        "runner_id": runner.id,
+    }
+
+
+async def test_state_changes_are_announced_after_commit(store: Store, runner: Runner) -> None:
+    """Every state change wakes what waits on it: the job's watchers, the
+    runners' long-polls when it is queued again, the sinks when it ends; and
+    the jobs counter of /metrics counts it."""
+
+    def entered(state: str) -> float:
+        labels = {"provider": "shell", "state": state}
+        return REGISTRY.get_sample_value("corral_jobs_total", labels) or 0.0
+
+    job, _ = await store.jobs.create(JobCreate(prompt="x"))
+    assigned, done = entered("assigned"), entered("done")
+    with (
+        store.bus.subscribe(topics.JOB_STATES) as states,
+        store.bus.subscribe(topics.DISPATCH) as dispatch,
+        store.bus.subscribe(topics.JOBS) as ended,
+    ):
+        await store.jobs.lease(runner, 1, ttl=30)
+        assert await states.get(5) == [job.id]
+        await store.jobs.unlease([job.id], runner)
+        assert await dispatch.get(5) == [job.id]  # queued again: a runner may take it
+        c = claims(await _lease_one(store, runner), runner)
+        await store.jobs.complete(c, Outcome(status="done"))
+        assert await ended.get(5) == [job.id]
+        assert await states.get(5) == [job.id] * 3  # queued, assigned, done
+        assert await dispatch.get(0.2) == []  # only a queued job wakes the runners
+    assert (entered("assigned"), entered("done")) == (assigned + 2, done + 1)
+
+
+async def test_a_heartbeat_sets_the_lease_deadline(store: Store, runner: Runner) -> None:
+    """A heartbeat's ttl is the new deadline, shorter or longer: a runner that
+    stops after a heartbeat still loses the job when that one runs out."""
+    job, _ = await store.jobs.create(JobCreate(prompt="x"))
+    c = claims((await store.jobs.lease(runner, 1, ttl=60))[0], runner)
+    await store.jobs.heartbeat(c, 0.01)
+    await asyncio.sleep(0.05)
+    assert [j.id for j in await store.jobs.expire()] == [job.id]
+
+
+async def test_a_replaced_runner_leases_nothing(store: Store, runner: Runner) -> None:
+    await store.jobs.create(JobCreate(prompt="x"))
+    again = await store.runners.register(
+        name="r1", key_id="k1", hostname="h", providers=["shell"], labels=[], slots=4
+    )
+    assert again.id != runner.id
+    assert await store.jobs.lease(runner, 1, ttl=30) == []  # its lease request came too late
+    assert len(await store.jobs.lease(again, 1, ttl=30)) == 1
+
+
+async def test_a_cap_filling_mid_lease_still_leases_at_most_max_jobs(db_url: str) -> None:
+    """The lease looks again without a provider whose cap filled while it was
+    leasing, for the room that is left, not more."""
+    store = await Store.open(db_url, caps=Caps(providers={"a": 1}))
+    try:
+        runner = await store.runners.register(
+            name="r", key_id="k", hostname=None, providers=["a", "b"], labels=[], slots=10
+        )
+        made = [
+            (await store.jobs.create(JobCreate(prompt="x", provider=p)))[0]
+            for p in ("a", "a", "b", "b", "b", "b")
+        ]
+        leased = await store.jobs.lease(runner, 3, ttl=30)
+        assert [lease.job.id for lease in leased] == [made[0].id, made[2].id, made[3].id]
     finally:
         await store.close()
 

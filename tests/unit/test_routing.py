@@ -154,6 +154,174 @@ def test_complexity_picks_a_tier_and_an_explicit_model_wins() -> None:
     assert route(command=True, complexity_hint="high").model is None  # shell has no tiers
 
 
+# What `corral route` prints and what a refused submission answers, word for
+# word: each reason names the rule's cause, each refusal the setting to fix.
+HOW_TO = "or name a provider in the job (provider: NAME, corral submit --provider NAME)"
+SHELL_ONLY = {"shell": Provider("shell", "shell", local=True)}
+
+
+@pytest.mark.parametrize(
+    ("fields", "defaults", "provider", "reason"),
+    [
+        ({"command": True}, {}, "shell", "an explicit command: the shell provider"),
+        (
+            {"needs_local_agent": True, "preferred_ai": "gpu"},
+            {},
+            "claude",
+            "needs a local agent; preferred_ai gpu is remote: the default local",
+        ),
+        (
+            {"needs_local_agent": True},
+            {},
+            "claude",
+            "needs a local agent; no provider named: the default local",
+        ),
+        (
+            {"needs_local_agent": True, "session_provider": "old"},
+            {},
+            "claude",
+            "needs a local agent; no provider named (its session's provider old is disabled)"
+            ": the default local",
+        ),
+        (
+            {"session_provider": "old"},
+            {},
+            "claude",
+            "no provider named (its session's provider old is disabled): the default provider",
+        ),
+        (
+            {"session_provider": "gone"},
+            {},
+            "claude",
+            "no provider named (its session's provider gone is no longer configured)"
+            ": the default provider",
+        ),
+        (
+            {"allow_delegation": False},
+            {},
+            "claude",
+            "allow_delegation is false: stays on the default local agent",
+        ),
+        # default_local, not default_provider, keeps a job that may not delegate
+        (
+            {"allow_delegation": False},
+            {"default_local": "codex"},
+            "codex",
+            "allow_delegation is false: stays on the default local agent",
+        ),
+    ],
+    ids=lambda v: str(v),
+)
+def test_reasons_word_for_word(
+    fields: dict[str, object], defaults: dict[str, str | None], provider: str, reason: str
+) -> None:
+    decision = route(**{**defaults, **fields})  # type: ignore[arg-type]
+    assert (decision.provider, decision.reason) == (provider, reason)
+
+
+@pytest.mark.parametrize(
+    ("providers", "fields", "defaults", "message"),
+    [
+        (
+            PROVIDERS,
+            {"needs_local_agent": True},
+            {"default_provider": "gpu"},
+            "the job needs a local agent, names no local provider, and no default local agent "
+            'is configured: set default_local = "NAME" in corral.toml (one of: claude, codex), '
+            + HOW_TO,
+        ),
+        (
+            PROVIDERS,
+            {"allow_delegation": False},
+            {"default_provider": None},
+            "allow_delegation is false but no local agent is named or configured: "
+            'set default_local = "NAME" in corral.toml (one of: claude, codex), ' + HOW_TO,
+        ),
+        (
+            PROVIDERS,
+            {},
+            {"default_provider": "off"},
+            "default_provider 'off' is not an enabled agent provider: fix corral.toml",
+        ),
+        (
+            PROVIDERS,
+            {"needs_local_agent": True},
+            {"default_provider": "off"},
+            "default_provider 'off' is not an enabled agent provider: fix corral.toml",
+        ),
+        (
+            PROVIDERS,
+            {"needs_local_agent": True},
+            {"default_local": "off"},
+            "default_local 'off' is not an enabled agent provider: fix corral.toml",
+        ),
+        (
+            PROVIDERS,
+            {},
+            {"default_provider": None},
+            "no provider for this prompt: it names none and no default_provider is configured; "
+            'set default_provider = "NAME" in corral.toml (one of: claude, codex, gpu), '
+            + HOW_TO
+            + "; a shell command goes in `command` (corral submit --shell 'CMD')",
+        ),
+        (
+            {"shell": Provider("shell", "shell", local=True, enabled=False)},
+            {"preferred_ai": "x"},
+            {},
+            "provider 'x' is not configured; the enabled providers are: none "
+            "(corral route FILE explains a decision)",
+        ),
+        (
+            SHELL_ONLY,
+            {},
+            {"default_provider": None},
+            "no provider for this prompt: it names none and no default_provider is configured; "
+            "configure an agent provider (a providers.NAME table of kind claude-code, codex, "
+            'openai, anthropic) and set default_provider = "NAME" in corral.toml, or name a '
+            "provider in the job; a shell command goes in `command` (corral submit --shell 'CMD')",
+        ),
+        (
+            SHELL_ONLY,
+            {"needs_local_agent": True},
+            {"default_provider": None},
+            "the job needs a local agent, names no local provider, and no default local agent "
+            "is configured: configure an agent provider (a providers.NAME table of kind "
+            'claude-code, codex) and set default_local = "NAME" in corral.toml, or name a '
+            "provider in the job",
+        ),
+    ],
+    ids=lambda v: str(v) if not isinstance(v, dict) or len(v) < 3 else "PROVIDERS",
+)
+def test_refusals_word_for_word(
+    providers: Mapping[str, Provider],
+    fields: dict[str, object],
+    defaults: dict[str, str | None],
+    message: str,
+) -> None:
+    with pytest.raises(Unroutable) as caught:
+        route(providers, **{**defaults, **fields})  # type: ignore[arg-type]
+    assert caught.value.message == message
+
+
+@pytest.mark.parametrize(
+    "shell",
+    [
+        None,
+        Provider("shell", "shell", local=True, enabled=False),
+        Provider("shell", "codex", local=True),  # "shell" names an agent here
+    ],
+    ids=["absent", "disabled", "not-a-shell"],
+)
+def test_a_command_never_runs_without_an_enabled_builtin_shell(shell: Provider | None) -> None:
+    providers = {"claude": PROVIDERS["claude"], **({"shell": shell} if shell else {})}
+    with pytest.raises(Unroutable) as caught:
+        route(providers, command=True)
+    assert caught.value.message == (
+        "a command runs on the built-in shell provider, which is disabled here: "
+        "name an enabled provider of kind shell"
+    )
+
+
 names = st.one_of(st.none(), st.sampled_from(sorted(PROVIDERS)), st.text(max_size=8))
 routes = st.builds(
     Route,
