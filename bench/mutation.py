@@ -1,6 +1,6 @@
-"""Mutation testing of the pure core and the lease/fencing store code, with
-mutmut (pinned in the dev extra): how many small changes to the code (a
-flipped comparison, a dropped keyword, an off-by-one) make a test fail.
+"""Mutation testing of the pure core, the lease/fencing store code and journal
+recovery, with mutmut (pinned in the dev extra): how many small changes to the
+code (a flipped comparison, a dropped keyword, an off-by-one) make a test fail.
 
     python bench/mutation.py                 # every target, one after the other
     python bench/mutation.py jobs routing    # some of them
@@ -17,7 +17,7 @@ mutmut stats), stops at the first failure, and has a wall-clock timeout of
 ``(its tests' time + 2 s) × 5`` (mutmut's timeout_constant/timeout_multiplier),
 with pytest's own per-test timeout cut to 60 s.
 
-The store target runs on SQLite only (``-k "not postgres"``): the same store
+The store targets run on SQLite only (``-k "not postgres"``): the same store
 code runs on both databases, and a PostgreSQL case costs a fresh database per
 test (~2-3 s of setup on the 2-core machine), which would triple the run.
 
@@ -106,6 +106,20 @@ TARGETS: dict[str, Target] = {
                     "lose",
                     "_infra",
                 ),
+            ),
+        ),
+        Target(
+            "recovery",
+            ("src/corral/store/jobs/lifecycle.py",),
+            (
+                "tests/integration/test_store_recovery.py",
+                "tests/integration/test_journal_replay.py",
+                "-k",
+                "not postgres",
+            ),
+            # lifecycle.py: a runner's journal presented when it registers
+            functions=_fns(
+                "corral.store.jobs.lifecycle", "recover", "_restore", "_moved_on", "_turn_free"
             ),
         ),
     )
