@@ -147,7 +147,9 @@ async def restart_agent(name: str, svc: Svc, who: Writer) -> dict[str, Any]:
 async def agent_logs(
     name: str, svc: Svc, who: Reader, n: Annotated[int, Query(ge=0, le=1000)] = 200
 ) -> list[dict[str, Any]]:
-    """The last ``n`` lines (``offset``, ``at``, ``stream``, ``line``)."""
+    """The last ``n`` lines (``offset``, ``at``, ``stream``, ``line``) as stored.
+    The live feeds hear a line a moment before it is stored: one just streamed
+    may not be here yet."""
     return await svc.store.agents.lines(name, n)
 
 
