@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from corral import auth
+from corral.api.sse import Streams
 from corral.auth import Principal
 from corral.config import DaemonSettings, Settings
 from corral.models import JobCreate
@@ -62,6 +63,8 @@ class Services:
     providers: dict[str, Provider] = field(default_factory=dict)
     # True once this replica stops: long-polls answer now instead of waiting.
     stopping: bool = False
+    # The SSE streams open on this replica (ended when it stops).
+    streams: Streams = field(default_factory=Streams)
     _keys: dict[str, tuple[float, Principal]] = field(default_factory=dict)
     # runner id, key id -> (until, runner name, the agents it hosts): agent
     # reports skip a database read each, and lines go out before they are stored.
@@ -131,3 +134,4 @@ class Services:
         that arrive from now on at once (the replica is going away)."""
         self.stopping = True
         self.store.bus.publish(topics.SERVER_STOPPING, "stopping")
+        self.streams.close()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
+
 from corral.bus import MemoryBus
 
 
@@ -29,3 +33,19 @@ async def test_slow_subscriber_overflows_without_blocking_the_publisher() -> Non
             bus.publish("a", str(i))
         assert slow.overflowed and await slow.get(0.1) == []
         assert not fast.overflowed and len(await fast.get(0.1)) == 10
+
+
+async def test_a_cancelled_wait_leaves_the_subscription_working() -> None:
+    """Sinks wait on ``get`` in a task they may cancel; the next wait still wakes."""
+    bus = MemoryBus()
+    with bus.subscribe("a") as sub:
+        waiting = asyncio.create_task(sub.get(10))
+        await asyncio.sleep(0)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        later = asyncio.create_task(sub.get(10))
+        await asyncio.sleep(0)
+        bus.publish("a", "x")
+        async with asyncio.timeout(1):
+            assert await later == ["x"]

@@ -12,13 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from sse_starlette import EventSourceResponse
 
 from corral import redact
 from corral.api import stream
@@ -160,7 +159,7 @@ async def follow_logs(
     svc: Svc,
     who: Reader,
     n: Annotated[int, Query(ge=0, le=1000)] = 0,
-) -> EventSourceResponse:
+) -> Response:
     """Lines as they are written (``id`` is the line offset: reconnect with
     Last-Event-ID to resume); first the last ``n`` lines."""
     await svc.store.agents.get(name)
@@ -202,7 +201,7 @@ async def follow_messages(
     svc: Svc,
     who: Reader,
     n: Annotated[int, Query(ge=0, le=1000)] = 0,
-) -> EventSourceResponse:
+) -> Response:
     """The replies of an agent daemon as it prints them (stdout lines
     ``{"corral": {"reply": ...}}``): events ``reply`` with ``{reply, at, offset}``
     (``id`` is the line offset: reconnect with Last-Event-ID); first those among
@@ -266,7 +265,7 @@ async def _follow(svc: Svc, name: str, after: int | None, n: int) -> AsyncIterat
 
 
 @router.get("/sse/status")
-async def follow_status(svc: Svc, who: Reader) -> EventSourceResponse:
+async def follow_status(svc: Svc, who: Reader) -> Response:
     """Every agent as it is now (one ``agent`` event each, as in ``GET
     /agents``), then its status changes as they happen (``status`` events).
     The feed listens before it reads, so no change falls between the two."""
@@ -282,13 +281,8 @@ async def follow_status(svc: Svc, who: Reader) -> EventSourceResponse:
     return _sse(changes(), svc)
 
 
-def _sse(messages: AsyncIterator[dict[str, Any]], svc: Svc) -> EventSourceResponse:
-    return EventSourceResponse(
-        messages,
-        ping=int(max(1, svc.settings.sse_ping)),
-        send_timeout=30,
-        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-    )
+def _sse(messages: AsyncIterator[Mapping[str, str]], svc: Svc) -> Response:
+    return stream.response_of(messages, ping=svc.settings.sse_ping, streams=svc.streams)
 
 
 # -- the runner side ------------------------------------------------------------------

@@ -8,7 +8,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
-from sse_starlette import EventSourceResponse
 
 from corral.api import stream
 from corral.api.deps import Reader, Svc, TraceParent, Writer, principal
@@ -113,7 +112,7 @@ _PROMPT_HEAD = 200
 
 
 @router.get("/sse/jobs")
-async def follow_jobs(svc: Svc, who: Reader) -> EventSourceResponse:
+async def follow_jobs(svc: Svc, who: Reader) -> Response:
     """SSE: every job created or changing state, as it happens (`event: job`, the
     job without its messages and result, its prompt cut to 200 characters)."""
 
@@ -132,7 +131,7 @@ async def follow_jobs(svc: Svc, who: Reader) -> EventSourceResponse:
                         data["prompt"] = job.prompt[:_PROMPT_HEAD]
                     yield {"event": "job", "data": json.dumps(data)}
 
-    return stream.response_of(changes(), ping=svc.settings.sse_ping)
+    return stream.response_of(changes(), ping=svc.settings.sse_ping, streams=svc.streams)
 
 
 @router.get("/jobs/{job_id}", response_model=Job)
@@ -190,7 +189,7 @@ async def job_events(
             job_id=job_id,
             internal=internal,
         )
-        return stream.response(events, ping=svc.settings.sse_ping)
+        return stream.response(events, ping=svc.settings.sse_ping, streams=svc.streams)
     items = await svc.store.events.list(
         job.session_id, since=since, limit=limit, job_id=job_id, internal=internal
     )

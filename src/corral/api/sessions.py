@@ -100,4 +100,4 @@ async def session_stream(
         buffer=svc.settings.sse_buffer,
         internal=internal,
     )
-    return stream.response(events, ping=svc.settings.sse_ping)
+    return stream.response(events, ping=svc.settings.sse_ping, streams=svc.streams)

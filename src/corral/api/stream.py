@@ -3,17 +3,17 @@
 Subscribe first, then back-fill from the database after the client's last
 seq, then stream live, skipping seqs already sent and back-filling again on a
 gap. A subscriber that overflows its buffer is disconnected; it reconnects
-with Last-Event-ID and loses nothing."""
+with Last-Event-ID and loses nothing. The response itself (frames, keep-alive,
+disconnects) is ``corral.api.sse``."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Mapping
 
 from fastapi import Request
-from sse_starlette import EventSourceResponse
 
+from corral.api.sse import EventStream, Streams, frame, message
 from corral.errors import BadRequest
 from corral.jobs import TERMINAL
 from corral.models import INT32_MAX, Event
@@ -21,27 +21,21 @@ from corral.protocol import topics
 from corral.store import Store
 
 # Every subscriber of a session receives the same Event objects from the bus:
-# encode each once, not once per subscriber.
-_ENCODED: OrderedDict[tuple[str, str], str] = OrderedDict()
-_ENCODED_MAX = 4096
+# encode each event's frame once, not once per subscriber.
+_FRAMES: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+_FRAMES_MAX = 4096
 
 
-def encode(event: Event) -> str:
+def encode(event: Event) -> bytes:
+    """``event`` as an SSE frame (its seq is the frame's id)."""
     key = (event.session_id, event.event_id)
-    text = _ENCODED.get(key)
-    if text is None:
-        text = event.to_json()
-        _ENCODED[key] = text
-        if len(_ENCODED) > _ENCODED_MAX:
-            _ENCODED.popitem(last=False)
-    return text
-
-
-def sse(event: Event) -> dict[str, Any]:
-    message: dict[str, Any] = {"data": encode(event)}
-    if event.seq is not None:
-        message["id"] = str(event.seq)
-    return message
+    data = _FRAMES.get(key)
+    if data is None:
+        data = frame(event.to_json(), id=None if event.seq is None else str(event.seq))
+        _FRAMES[key] = data
+        if len(_FRAMES) > _FRAMES_MAX:
+            _FRAMES.popitem(last=False)
+    return data
 
 
 async def follow(
@@ -61,9 +55,7 @@ async def follow(
         return (job_id is None or ev.job_id == job_id) and (internal or not ev.internal)
 
     async def ended(ev: Event) -> bool:
-        if job_id is None or ev.type != "job.state" or ev.job_id != job_id:
-            return False
-        if ev.payload.get("to") not in TERMINAL:
+        if job_id is None or ev.job_id != job_id or ev.payload.get("to") not in TERMINAL:
             return False
         return (await store.jobs.get(job_id)).state in TERMINAL
 
@@ -77,7 +69,7 @@ async def follow(
                     last = ev.seq or last
                     if wanted(ev):
                         yield ev
-                        if await ended(ev):
+                        if ev.type == "job.state" and job_id is not None and await ended(ev):
                             return
                 if len(batch) < 500:
                     break
@@ -103,7 +95,7 @@ async def follow(
                         last = ev.seq
                         if wanted(ev):
                             yield ev
-                            if await ended(ev):
+                            if ev.type == "job.state" and job_id is not None and await ended(ev):
                                 return
                     if gap:
                         break
@@ -125,21 +117,13 @@ def last_event_id(request: Request, since: int) -> int:
     return max(value, since)
 
 
-def response(events: AsyncIterator[Event], *, ping: float) -> EventSourceResponse:
+def response(events: AsyncIterator[Event], *, ping: float, streams: Streams) -> EventStream[Event]:
     """``events`` as a server-sent event stream with keep-alive comments."""
-
-    async def messages() -> AsyncIterator[dict[str, Any]]:
-        async for ev in events:
-            yield sse(ev)
-
-    return response_of(messages(), ping=ping)
+    return EventStream(events, encode, ping=ping, streams=streams)
 
 
-def response_of(messages: AsyncIterator[dict[str, Any]], *, ping: float) -> EventSourceResponse:
+def response_of(
+    messages: AsyncIterator[Mapping[str, str]], *, ping: float, streams: Streams
+) -> EventStream[Mapping[str, str]]:
     """SSE ``messages`` (``data``, optional ``id`` and ``event``) with keep-alive comments."""
-    return EventSourceResponse(
-        messages,
-        ping=int(max(1, ping)),
-        send_timeout=30,
-        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-    )
+    return EventStream(messages, message, ping=ping, streams=streams)

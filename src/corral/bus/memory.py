@@ -13,14 +13,18 @@ if TYPE_CHECKING:
 
 
 class Subscription:
-    """One subscriber's bounded buffer. Use as an async context manager."""
+    """One subscriber's bounded buffer (one reader at a time). Use as a
+    context manager."""
 
     def __init__(self, bus: MemoryBus, topics: tuple[str, ...], maxsize: int) -> None:
         self._bus = bus
         self.topics = topics
         self._maxsize = maxsize
         self._items: deque[Message] = deque()
-        self._ready = asyncio.Event()
+        # The reader's wake-up while it waits. A bare future and a timer, not
+        # asyncio.Event and asyncio.timeout: a session's events wake every SSE
+        # subscriber, and those cost ~2x as much per wake-up (issue #18).
+        self._waiter: asyncio.Future[None] | None = None
         self.overflowed = False
 
     def _push(self, message: Message) -> None:
@@ -31,19 +35,23 @@ class Subscription:
             self._items.clear()
         else:
             self._items.append(message)
-        self._ready.set()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def get(self, timeout: float | None = None) -> list[Message]:
         """Everything buffered, waiting up to ``timeout`` for something.
         Returns ``[]`` on timeout or overflow (check ``overflowed``)."""
         if not self._items and not self.overflowed:
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            timer = None if timeout is None else loop.call_later(timeout, _wake, waiter)
             try:
-                # asyncio.timeout, unlike wait_for, needs no task per wake-up.
-                async with asyncio.timeout(timeout):
-                    await self._ready.wait()
-            except TimeoutError:
-                return []
-        self._ready.clear()
+                await waiter
+            finally:
+                self._waiter = None
+                if timer is not None:
+                    timer.cancel()
         items = list(self._items)
         self._items.clear()
         return items
@@ -56,6 +64,11 @@ class Subscription:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class MemoryBus:

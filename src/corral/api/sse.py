@@ -1,0 +1,197 @@
+"""A lean server-sent events response: frames in as bytes, one send each.
+
+sse-starlette ran four tasks per connection and, for every event and every
+subscriber, built a ``ServerSentEvent``, encoded it and sent it under a lock
+and an anyio cancel scope: ~100 µs of server CPU per delivery with 1,000
+subscribers of one session (issue #18). Here a frame is encoded once per event
+(``frame``; the session stream caches it across subscribers) and a delivery is
+one ``send`` of those bytes from the connection's own task, with nothing else
+around it.
+
+One more task per connection (not per event) waits for the client to go away
+and then ends the stream, sends a keep-alive comment every ``ping`` seconds,
+and cuts a stream whose send has been blocked for ``send_timeout`` (a client
+that stopped reading: its socket and the transport's buffer are full). A
+subscriber that merely falls behind is cut earlier, by its bus subscription
+overflowing (``settings.sse_buffer``); either way it resumes with
+Last-Event-ID. ``Streams`` ends every open stream when the replica stops, so
+the clients reconnect (to another replica) instead of holding up the shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, Generic, Literal, TypeVar
+
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+log = logging.getLogger(__name__)
+
+# A keep-alive comment, as the one message sent.
+PING = {"type": "http.response.body", "body": b": ping\n\n", "more_body": True}
+_LINES = re.compile(r"\r\n|\r|\n")
+_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+
+Why = Literal["gone", "stalled", "stopping"]
+T = TypeVar("T")
+
+
+def frame(data: str, *, id: str | None = None, event: str | None = None) -> bytes:
+    """One SSE message as the bytes sent on the wire."""
+    head = ""
+    if id is not None:
+        head += f"id: {id}\n"
+    if event is not None:
+        head += f"event: {event}\n"
+    if "\n" in data or "\r" in data:
+        body = "".join(f"data: {line}\n" for line in _LINES.split(data))
+    else:
+        body = f"data: {data}\n"
+    return f"{head}{body}\n".encode()
+
+
+def message(m: Mapping[str, str]) -> bytes:
+    """A message as a dict (``data``, optional ``id`` and ``event``) as a frame."""
+    return frame(m["data"], id=m.get("id"), event=m.get("event"))
+
+
+class Streams:
+    """The open event streams of one replica, to end them all when it stops."""
+
+    def __init__(self) -> None:
+        self._open: set[EventStream[Any]] = set()
+        self.closing = False
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def add(self, stream: EventStream[Any]) -> None:
+        self._open.add(stream)
+        if self.closing:
+            stream.end("stopping")
+
+    def discard(self, stream: EventStream[Any]) -> None:
+        self._open.discard(stream)
+
+    def close(self) -> None:
+        """End every open stream (cleanly: the client sees the end of the
+        body) and every one opened from now on."""
+        self.closing = True
+        for stream in list(self._open):
+            stream.end("stopping")
+
+
+class EventStream(Response, Generic[T]):
+    """``items`` as a ``text/event-stream`` response, each sent as
+    ``encode(item)`` (a frame; ``frame`` makes one).
+
+    A Starlette ``Response`` so FastAPI routes can return it; it only uses
+    the headers machinery of one."""
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self,
+        items: AsyncIterator[T],
+        encode: Callable[[T], bytes],
+        *,
+        ping: float,
+        streams: Streams | None = None,
+        send_timeout: float = 30.0,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.items = items
+        self.encode = encode
+        self.ping = ping
+        self.send_timeout = send_timeout
+        self.streams = streams
+        self.status_code = 200
+        self.background = None
+        self.init_headers({**_HEADERS, **(headers or {})})
+        self._task: asyncio.Task[object] | None = None
+        self._why: Why | None = None
+        self._done = False
+        # When the send in progress began (loop time), None between sends.
+        self._sending: float | None = None
+
+    def end(self, why: Why) -> None:
+        """End the stream from outside its task (the watcher, ``Streams``)."""
+        if self._done or self._why is not None or self._task is None:
+            return
+        self._why = why
+        self._task.cancel()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        start = {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
+        if scope.get("method") == "HEAD":  # the stream never starts (it would never end)
+            await send(start)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await self._close_items()
+            return
+        await send(start)
+        task = self._task = asyncio.current_task()
+        assert task is not None
+        watcher = asyncio.create_task(self._watch(receive, send))
+        if self.streams is not None:
+            self.streams.add(self)
+        try:
+            await self._pump(send)
+        except asyncio.CancelledError:
+            if self._why is None or task.uncancel() > 0:
+                raise
+            if self._why == "stopping" and self._sending is None:
+                with contextlib.suppress(OSError):
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+            elif self._why == "stalled":
+                log.info("cut an event stream whose client read nothing for %gs", self.send_timeout)
+        finally:
+            self._done = True
+            if self.streams is not None:
+                self.streams.discard(self)
+            watcher.cancel()
+            await self._close_items()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+    async def _close_items(self) -> None:
+        """End the source now (its bus subscription with it), not when it is collected."""
+        aclose = getattr(self.items, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+    async def _pump(self, send: Send) -> None:
+        loop, encode = asyncio.get_running_loop(), self.encode
+        async for item in self.items:
+            self._sending = loop.time()
+            await send({"type": "http.response.body", "body": encode(item), "more_body": True})
+            self._sending = None
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _watch(self, receive: Receive, send: Send) -> None:
+        """Until the client goes: keep-alive comments, and the cut of a stalled send."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                async with asyncio.timeout(self.ping):
+                    message = await receive()
+            except TimeoutError:
+                began = self._sending
+                if began is None:
+                    try:
+                        async with asyncio.timeout(self.send_timeout):
+                            await send(PING)
+                    except TimeoutError:
+                        self.end("stalled")
+                        return
+                elif loop.time() - began >= self.send_timeout:
+                    self.end("stalled")
+                    return
+                continue
+            if message["type"] == "http.disconnect":
+                self.end("gone")
+                return

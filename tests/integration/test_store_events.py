@@ -1,0 +1,97 @@
+"""A worker's event batch goes into the log in one insert, deduplicated in SQL
+(``store/events.py``): what it stores, skips and announces, on both databases."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from corral.models import JobCreate, NewEvent, Runner
+from corral.protocol import topics
+from corral.store import Store
+from corral.testing import worker_claims as claims
+
+
+async def _running(store: Store, runner: Runner) -> Any:
+    await store.jobs.create(JobCreate(prompt="x"))
+    [lease] = await store.jobs.lease(runner, 1, ttl=30)
+    c = claims(lease, runner)
+    await store.jobs.start(c)
+    return c
+
+
+async def test_a_batch_skips_known_ids_and_its_own_repeats_and_leaves_no_gap(
+    store: Store, runner: Runner
+) -> None:
+    c = await _running(store, runner)
+    first, dups = await store.jobs.append_events(
+        c, [NewEvent(event_id=f"a{i}", type="output", payload={"i": i}) for i in range(3)]
+    )
+    assert dups == [] and [e.event_id for e in first] == ["a0", "a1", "a2"]
+    base = first[0].seq
+    assert [e.seq for e in first] == [base, base + 1, base + 2]
+
+    with store.bus.subscribe(topics.session(c.session_id)) as sub:
+        stored, dups = await store.jobs.append_events(
+            c,
+            [
+                NewEvent(event_id="a1", type="output", payload={"i": "again"}),  # stored before
+                NewEvent(event_id="b1", type="output", payload={"n": 1}),
+                NewEvent(event_id="live", type="delta", payload={"t": "x"}, ephemeral=True),
+                NewEvent(event_id="b1", type="output", payload={"n": "second"}),  # repeat
+                NewEvent(event_id="b2", type="output", payload={"n": 2}, internal=True),
+                NewEvent(event_id="a2", type="output"),  # stored before
+            ],
+        )
+        [published] = await sub.get(1)
+    assert dups == ["a1", "b1", "a2"]
+    assert [(e.event_id, e.seq, e.payload, e.internal) for e in stored] == [
+        ("b1", base + 3, {"n": 1}, False),
+        ("b2", base + 4, {"n": 2}, True),
+    ]
+    # Subscribers hear the stored ones and the live one, in batch order.
+    assert isinstance(published, list)
+    assert [(e.event_id, e.seq) for e in published] == [
+        ("b1", base + 3),
+        ("live", None),
+        ("b2", base + 4),
+    ]
+    log = await store.events.list(c.session_id, internal=True)
+    assert [e.seq for e in log] == list(range(1, base + 5))
+    assert [e.payload for e in log if e.event_id in ("a1", "b1")] == [{"i": 1}, {"n": 1}]
+
+    # Nothing new: the seqs given out for the batch are given back.
+    stored, dups = await store.jobs.append_events(
+        c, [NewEvent(event_id="b2", type="output"), NewEvent(event_id="a0", type="output")]
+    )
+    assert stored == [] and dups == ["b2", "a0"]
+    after, _ = await store.jobs.append_events(c, [NewEvent(event_id="c1", type="output")])
+    assert [e.seq for e in after] == [base + 5]
+    assert (await store.sessions.get(c.session_id)).last_seq == base + 5
+
+
+async def test_payloads_are_stored_exactly(store: Store, runner: Runner) -> None:
+    """The batch's payloads go in as their JSON text: floats keep every digit,
+    big integers stay integers, text is not re-encoded."""
+    c = await _running(store, runner)
+    payloads: list[dict[str, Any]] = [
+        {"t": 1764768307.1234567, "small": 5e-324, "neg": -0.0},
+        {"big": 2**62 + 1, "nested": {"list": [1, "two", None, True, {"x": []}]}},
+        {"text": 'quote " backslash \\ newline \n tab \t é 中 🐎', "": ""},
+        {},
+    ]
+    stored, _ = await store.jobs.append_events(
+        c, [NewEvent(type="output", payload=p) for p in payloads]
+    )
+    log = await store.events.list(c.session_id, since=stored[0].seq - 1)
+    assert [e.payload for e in log] == payloads
+    assert [e.created_at for e in log] == [e.created_at for e in stored]
+
+
+async def test_a_batch_of_one_thousand(store: Store, runner: Runner) -> None:
+    """The largest batch the protocol takes is one statement too."""
+    c = await _running(store, runner)
+    items = [NewEvent(type="output", payload={"i": i}) for i in range(1000)]
+    stored, dups = await store.jobs.append_events(c, items)
+    assert dups == [] and len(stored) == 1000
+    log = await store.events.list(c.session_id, since=stored[0].seq - 1, limit=1000)
+    assert [e.payload["i"] for e in log] == list(range(1000))

@@ -1,0 +1,172 @@
+"""The lean SSE response (``corral.api.sse``) driven over plain ASGI: frames,
+keep-alive comments, the client going away, a client that stopped reading,
+the replica stopping, HEAD."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from corral.api.sse import EventStream, Streams, frame
+
+SCOPE = {"type": "http", "method": "GET", "path": "/s", "headers": []}
+
+
+class Client:
+    """The ASGI server's side: what the app sent, and when the client leaves."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+        self.gone = asyncio.Event()
+        self.stuck = False  # sends block (a client that stopped reading)
+        self.first = True
+
+    async def receive(self) -> dict[str, Any]:
+        if self.first:
+            self.first = False
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await self.gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if self.stuck and message["type"] == "http.response.body":
+            await asyncio.Event().wait()
+        self.sent.append(message)
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(m.get("body", b"") for m in self.sent[1:])
+
+    @property
+    def ended(self) -> bool:
+        last = self.sent[-1]
+        return last["type"] == "http.response.body" and not last.get("more_body", False)
+
+
+class Source:
+    """Frames to stream; ``closed`` once the stream let go of it."""
+
+    def __init__(self, frames: list[bytes], then_wait: bool = True) -> None:
+        self.frames = frames
+        self.then_wait = then_wait
+        self.closed = asyncio.Event()
+        self.started = asyncio.Event()
+
+    async def items(self) -> AsyncIterator[bytes]:
+        self.started.set()
+        try:
+            for f in self.frames:
+                yield f
+            if self.then_wait:
+                await asyncio.Event().wait()
+        finally:
+            self.closed.set()
+
+
+def stream(source: Source, **kw: Any) -> EventStream[bytes]:
+    kw.setdefault("ping", 30.0)
+    return EventStream(source.items(), lambda b: b, **kw)
+
+
+def test_frames() -> None:
+    assert frame('{"a":1}', id="7") == b'id: 7\ndata: {"a":1}\n\n'
+    assert frame("x", event="job") == b"event: job\ndata: x\n\n"
+    assert frame("one\ntwo\r\nthree") == b"data: one\ndata: two\ndata: three\n\n"
+
+
+async def test_frames_are_sent_as_they_come_and_the_end_ends_the_body() -> None:
+    client = Client()
+    source = Source([frame("1", id="1"), frame("2", id="2")], then_wait=False)
+    resp = stream(source)
+    async with asyncio.timeout(5):
+        await resp(SCOPE, client.receive, client.send)
+    start = client.sent[0]
+    assert start["type"] == "http.response.start" and start["status"] == 200
+    headers = dict(start["headers"])
+    assert headers[b"content-type"] == b"text/event-stream; charset=utf-8"
+    assert headers[b"cache-control"] == b"no-store"
+    assert client.body == b"id: 1\ndata: 1\n\nid: 2\ndata: 2\n\n" and client.ended
+    assert source.closed.is_set()
+
+
+async def test_an_idle_stream_sends_keep_alive_comments() -> None:
+    client = Client()
+    source = Source([frame("1")])
+    task = asyncio.create_task(stream(source, ping=0.05)(SCOPE, client.receive, client.send))
+    await asyncio.sleep(0.3)
+    assert client.body.startswith(b"data: 1\n\n")
+    assert client.body.count(b": ping\n\n") >= 3
+    client.gone.set()
+    async with asyncio.timeout(5):
+        await task
+
+
+async def test_the_client_going_away_ends_the_stream_and_its_source() -> None:
+    client = Client()
+    source = Source([frame("1")])
+    task = asyncio.create_task(stream(source)(SCOPE, client.receive, client.send))
+    await source.started.wait()
+    await asyncio.sleep(0.05)
+    client.gone.set()
+    async with asyncio.timeout(5):
+        await task  # returns, does not raise
+    assert source.closed.is_set()
+    assert not client.ended  # nothing is sent to a client that left
+
+
+async def test_a_client_that_stopped_reading_is_cut_after_the_send_timeout() -> None:
+    client = Client()
+    source = Source([frame("1")])
+    client.stuck = True
+    resp = stream(source, ping=0.05, send_timeout=0.2)
+    async with asyncio.timeout(5):
+        await resp(SCOPE, client.receive, client.send)
+    assert source.closed.is_set()
+
+
+async def test_stopping_the_replica_ends_every_open_stream_cleanly() -> None:
+    streams = Streams()
+    clients = [Client() for _ in range(3)]
+    sources = [Source([frame("1")]) for _ in clients]
+    tasks = [
+        asyncio.create_task(stream(s, streams=streams)(SCOPE, c.receive, c.send))
+        for s, c in zip(sources, clients, strict=True)
+    ]
+    await asyncio.gather(*(s.started.wait() for s in sources))
+    await asyncio.sleep(0.05)
+    assert len(streams) == 3
+    streams.close()
+    async with asyncio.timeout(5):
+        await asyncio.gather(*tasks)
+    assert all(c.ended and c.body == b"data: 1\n\n" for c in clients)
+    assert all(s.closed.is_set() for s in sources) and len(streams) == 0
+    # One opened while stopping ends at once.
+    late, source = Client(), Source([])
+    async with asyncio.timeout(5):
+        await stream(source, streams=streams)(SCOPE, late.receive, late.send)
+    assert late.ended and late.body == b""
+
+
+async def test_head_answers_the_headers_and_never_starts_the_stream() -> None:
+    client = Client()
+    source = Source([frame("1")])
+    async with asyncio.timeout(5):
+        await stream(source)({**SCOPE, "method": "HEAD"}, client.receive, client.send)
+    assert client.sent[0]["status"] == 200 and client.ended and client.body == b""
+    assert not source.started.is_set()
+
+
+async def test_a_cancelled_request_stays_cancelled() -> None:
+    """The server cancelling the app (its shutdown timeout) is not taken for
+    one of the stream's own ends."""
+    client = Client()
+    source = Source([frame("1")])
+    task = asyncio.create_task(stream(source)(SCOPE, client.receive, client.send))
+    await source.started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert source.closed.is_set()
