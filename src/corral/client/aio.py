@@ -8,12 +8,10 @@ import asyncio
 import secrets
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import AbstractAsyncContextManager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 from httpx_sse import EventSource, ServerSentEvent, aconnect_sse
-
-from corral.config import Settings
 
 from .base import (
     AsyncFace,
@@ -34,6 +32,9 @@ from .base import (
 )
 from .methods import Methods
 from .receivers import AsyncReceiver
+
+if TYPE_CHECKING:
+    from corral.config import Settings
 
 T = TypeVar("T")
 

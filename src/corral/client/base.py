@@ -20,15 +20,17 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, ParamSpec, Protocol, Self, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, Self, TypeVar, overload
 
 import httpx
 
 from corral import errors
-from corral.config import Settings, load_settings
 from corral.discovery import recorded
 from corral.errors import ClientError, CorralError
 from corral.protocol import error_of
+
+if TYPE_CHECKING:
+    from corral.config import Settings
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -97,6 +99,10 @@ def resolve(
     url = url or os.environ.get("CORRAL_URL")
     token = token or os.environ.get("CORRAL_TOKEN")
     if url is None or token is None:
+        # The settings tree loads only here: a command given CORRAL_URL and
+        # CORRAL_TOKEN (or --url and --token) starts without it.
+        from corral.config import load_settings
+
         settings = settings or load_settings()
         url = url or recorded(settings.data_dir) or settings.local_url()
         if token is None:

@@ -7,12 +7,10 @@ import secrets
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 from httpx_sse import EventSource, connect_sse
-
-from corral.config import Settings
 
 from .base import (
     AwaitDelivery,
@@ -33,6 +31,9 @@ from .base import (
 )
 from .methods import Methods
 from .receivers import Receiver
+
+if TYPE_CHECKING:
+    from corral.config import Settings
 
 T = TypeVar("T")
 
