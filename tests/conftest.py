@@ -5,6 +5,7 @@ cases skip with a visible reason when no server answers, except on CI
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,6 +21,36 @@ from corral.testing import (
     pg_available,
     start_server,
 )
+
+# Tests that kill -9 servers and runners at chosen moments, or time how fast
+# a stop is: under `pytest -n 2 --dist loadgroup` (the README's command) one
+# worker runs them one after another, so two of them never compete for the
+# CPU. Each still shares the machine with the other worker's tests.
+TIMING_GROUP = "timing"
+TIMING = (
+    "tests/acceptance/test_chaos.py",
+    "tests/acceptance/test_network_cut.py",
+    "tests/acceptance/test_recovery.py",
+    "tests/acceptance/test_shutdown.py",
+    "tests/acceptance/test_t3.py",
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The suite starts `corral serve`, `corral runner` and CLI processes about
+    # a thousand times: with PYTHONDONTWRITEBYTECODE each one compiles corral
+    # from source again. They cache bytecode in a temporary folder instead
+    # (never in the source tree), which leaves the caller's choice intact.
+    if os.environ.pop("PYTHONDONTWRITEBYTECODE", None):
+        cache = Path(tempfile.gettempdir()) / f"corral-tests-pycache-{os.getuid()}"
+        os.environ.setdefault("PYTHONPYCACHEPREFIX", str(cache))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.nodeid.startswith(TIMING):
+            item.add_marker(pytest.mark.xdist_group(TIMING_GROUP))
+
 
 PG_URL = os.environ.get("CORRAL_TEST_PG_URL", DEFAULT_PG)
 REQUIRE_PG = on_ci()

@@ -8,6 +8,7 @@ srv.stop()
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -15,12 +16,13 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
+from corral import discovery
 from corral.auth import WorkerClaims
 from corral.client import Client
 from corral.models import Runner
@@ -37,9 +39,28 @@ def worker_claims(lease: Lease, runner: Runner) -> WorkerClaims:
 
 
 def free_port() -> int:
+    """A port nothing listens on now. Another process may take it before it
+    is bound: a test that needs an address before its server exists holds one
+    with ``reserved_port``, and ``start_server`` binds port 0."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def reserved_port() -> Iterator[int]:
+    """A port on 127.0.0.1 held while the block runs, for an address a test
+    needs before its server exists (a restart at the same address, a receiver
+    that comes up later, a URL that must refuse). It is bound here with
+    SO_REUSEADDR, never listening: connections to it are refused until a
+    server binds it (uvicorn and ``http.server`` set SO_REUSEADDR, so they
+    can, again after a restart), and no other process's bind to port 0 or
+    outgoing connection is given it (with ``free_port`` alone, a parallel
+    test's server could take it between the choice and the bind)."""
+    with socket.socket() as held:
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        held.bind(("127.0.0.1", 0))
+        yield int(held.getsockname()[1])
 
 
 @dataclass
@@ -110,15 +131,20 @@ def start_server(
     args: tuple[str, ...] = (),
     timeout: float = 30,
 ) -> ServerProcess:
-    """Start `corral serve` on ``host`` (127.0.0.1) and wait until /health answers."""
-    port = port or free_port()
+    """Start `corral serve` on ``host`` (127.0.0.1) and wait until /health answers.
+
+    Without ``port`` the server binds port 0 and the port is the one it
+    records in ``DATA_DIR/server.json`` (with its pid: a record of an earlier
+    server in the same data dir is not taken for it), so parallel tests never
+    race for a port. ``port`` (a restart at the same address) is bound as given."""
     data_dir.mkdir(parents=True, exist_ok=True)
     extra = dict(env or {})
     if database_url:
         extra["CORRAL_DATABASE_URL"] = database_url
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
     full_env.update(extra)
-    log = data_dir / f"serve-{port}.log"
+    # Named for its port once the port is known (serve-PORT.log).
+    log = data_dir / (f"serve-{port}.log" if port else f"serve-starting-{uuid.uuid4().hex[:8]}.log")
     with log.open("ab") as out:
         proc = subprocess.Popen(
             [
@@ -129,7 +155,7 @@ def start_server(
                 "--host",
                 host,
                 "--port",
-                str(port),
+                str(port or 0),
                 "--data-dir",
                 str(data_dir),
                 *args,
@@ -140,17 +166,44 @@ def start_server(
             start_new_session=True,
             cwd=data_dir,  # a relative queue_dir lands in the data dir, not the caller's cwd
         )
-    srv = ServerProcess(f"http://{host}:{port}", port, data_dir, proc, log, extra)
+    srv = ServerProcess("", port or 0, data_dir, proc, log, extra)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"corral serve exited with {proc.returncode}:\n{srv.output()}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(srv.url + "/health", timeout=1).status_code == 200:
-                return srv
+        url = _recorded_by(data_dir, proc.pid)
+        if url is not None:
+            if not srv.url:
+                srv.url, srv.port = url, int(url.rsplit(":", 1)[1])
+                srv.log = _named_for_port(log, srv.port)
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(srv.url + "/health", timeout=1).status_code == 200:
+                    return srv
         time.sleep(0.05)
     srv.kill()
     raise RuntimeError(f"corral serve did not answer within {timeout}s:\n{srv.output()}")
+
+
+def _recorded_by(data_dir: Path, pid: int) -> str | None:
+    """The URL in ``data_dir``'s server.json if process ``pid`` wrote it."""
+    try:
+        body = json.loads((data_dir / discovery.FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(body, dict) or body.get("pid") != pid:
+        return None
+    url = body.get("url")
+    return url if isinstance(url, str) else None
+
+
+def _named_for_port(log: Path, port: int) -> Path:
+    """``log`` renamed serve-PORT.log (the server keeps writing to it), unless
+    that name is taken (an earlier server of this data dir on the same port)."""
+    named = log.with_name(f"serve-{port}.log")
+    if log == named or named.exists():
+        return log
+    log.rename(named)
+    return named
 
 
 async def create_pg_database(base_url: str = DEFAULT_PG) -> str:

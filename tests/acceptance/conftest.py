@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from corral.testing import ServerProcess, start_server
+from corral.testing import ServerProcess, reserved_port, start_server
 
 
 @pytest.fixture(scope="session")
@@ -33,3 +33,11 @@ def http(srv: ServerProcess) -> Iterator[httpx.Client]:
     """An admin HTTP client for the shared server."""
     with srv.http() as client:
         yield client
+
+
+@pytest.fixture
+def held_port() -> Iterator[int]:
+    """A port on 127.0.0.1 nobody else gets while the test runs, refused until
+    the test's server binds it (``corral.testing.reserved_port``)."""
+    with reserved_port() as port:
+        yield port

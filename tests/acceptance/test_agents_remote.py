@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from corral.testing import ServerProcess, free_port, start_server
+from corral.testing import ServerProcess, start_server
 
 from ._helpers import (
     alive,
@@ -71,7 +71,9 @@ def follow(srv: ServerProcess, name: str, count: int, last_id: str | None = None
     return got
 
 
-def test_remote_runner_hosts_agents_across_a_control_plane_restart(tmp_path: Path) -> None:
+def test_remote_runner_hosts_agents_across_a_control_plane_restart(
+    tmp_path: Path, held_port: int
+) -> None:
     m = marker()
     config = tmp_path / "corral.toml"
     config.write_text(
@@ -86,7 +88,8 @@ def test_remote_runner_hosts_agents_across_a_control_plane_restart(tmp_path: Pat
             }
         )
     )
-    data, workdir, port = tmp_path / "data", tmp_path / "box", free_port()
+    # Held: the restarted control plane gets the address its runner knows.
+    data, workdir, port = tmp_path / "data", tmp_path / "box", held_port
     args = ("--config", str(config), "--no-queue")
     # The embedded runner's daemon outlives a crash only unsandboxed (a
     # sandbox dies with its runner: test_sandbox.py); the remote one is sandboxed.

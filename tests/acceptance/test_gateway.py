@@ -5,7 +5,9 @@ and an upstream MCP server built with the SDK over streamable HTTP."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -25,7 +27,7 @@ from corral.gateway.server import Gateway
 from corral.gateway.settings import McpServerSettings
 from corral.runner.gateway import Control
 from corral.runner.link import HttpLink
-from corral.testing import ServerProcess, free_port
+from corral.testing import ServerProcess
 
 from ._helpers import running_server, session_events, wait_for
 
@@ -44,22 +46,27 @@ def bare(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 @pytest.fixture(scope="module")
 def upstream_url() -> Iterator[tuple[str, str]]:
-    port, token = free_port(), "upstream-token-0123456789"
-    proc = subprocess.Popen([sys.executable, str(UPSTREAM), "http", str(port), token])
-    url = f"http://127.0.0.1:{port}/mcp"
+    token = "upstream-token-0123456789"
+    # Bound and listening here, served by the child: connections wait in the
+    # backlog until it answers, and no other process can take the port.
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        fd = sock.fileno()
+        proc = subprocess.Popen(
+            [sys.executable, str(UPSTREAM), "http", f"fd={fd}", token], pass_fds=[fd]
+        )
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/mcp"
     try:
-        wait_for(lambda: _listening(port), timeout=20)
+        wait_for(lambda: _answers(url), timeout=20, what="the upstream MCP server")
         yield url, token
     finally:
         proc.terminate()
         proc.wait(10)
 
 
-def _listening(port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
+def _answers(url: str) -> bool:
+    with contextlib.suppress(httpx.HTTPError):
+        return httpx.get(url, timeout=1).status_code == 401  # no token: it is the upstream
+    return False
 
 
 def _lease(api: httpx.Client, name: str) -> dict[str, Any]:

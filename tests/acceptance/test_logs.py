@@ -26,7 +26,7 @@ def test_json_logs_are_json_lines_with_the_ids_they_are_about(tmp_path: Path) ->
         odd = http.get("/status", headers={"X-Request-ID": "a b\tc"}).headers["x-request-id"]
         assert odd != "a b\tc"
         admin_key = srv.admin_key
-    text = (srv.data_dir / f"serve-{srv.port}.log").read_text()
+    text = srv.output()
     lines = [json.loads(line) for line in text.splitlines() if line.strip()]  # all JSON
     assert any("listening on http://127.0.0.1:" in x["message"] for x in lines)  # the banner
 

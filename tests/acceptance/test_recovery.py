@@ -168,7 +168,7 @@ def test_clean_stop_and_restart(tmp_path: Path) -> None:
         kill_leftovers(m)
 
 
-def test_a_server_restart_leaves_a_live_runner_its_jobs(tmp_path: Path) -> None:
+def test_a_server_restart_leaves_a_live_runner_its_jobs(tmp_path: Path, held_port: int) -> None:
     """`corral serve` killed and started again after its leases ran out: the
     separate runner, alive all along, keeps its job (the restarted watchdog
     gives it one lease_ttl to heartbeat) and the job finishes once."""
@@ -180,8 +180,9 @@ def test_a_server_restart_leaves_a_live_runner_its_jobs(tmp_path: Path) -> None:
         "CORRAL_WATCHDOG_INTERVAL": "0.1",
         "CORRAL_HEARTBEAT_INTERVAL": "1",
     }
-    srv = start_server(data, env=env, args=("--no-runner",))
-    port, proc = srv.port, None
+    # Held: the restarted server gets the address its runner knows.
+    port, proc = held_port, None
+    srv = start_server(data, port=port, env=env, args=("--no-runner",))
     try:
         key = create_key(srv, "runner")
         runner_env = {"CORRAL_RUNNER__SANDBOX": "none"}

@@ -7,17 +7,19 @@ corral.server:factory` is the same process."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from corral.testing import free_port, start_server
+from corral.testing import start_server
 
 from ._helpers import (
     clean_env,
@@ -30,6 +32,15 @@ from ._helpers import (
     wait_for,
     wait_job,
 )
+
+
+def recorded(data: Path) -> dict[str, Any] | None:
+    """The server.json of ``data`` (where its server listens, and its pid)."""
+    with contextlib.suppress(OSError, ValueError):
+        body: dict[str, Any] = json.loads((data / "server.json").read_text())
+        return body
+    return None
+
 
 CUT = ("Traceback", "CancelledError", "timeout graceful shutdown exceeded")
 
@@ -90,11 +101,12 @@ def test_a_second_signal_exits_at_once(tmp_path: Path) -> None:
     assert "SIGTERM again: exiting at once" in srv.output()
 
 
-def test_a_graceful_stop_answers_waiting_runners(tmp_path: Path) -> None:
+def test_a_graceful_stop_answers_waiting_runners(tmp_path: Path, held_port: int) -> None:
     """Issue #20: a remote runner long-polling a replica that stops gets an
     answer (no HTTP 500, no traceback) and reconnects to the next one."""
     data = tmp_path / "data"
-    srv = start_server(data, args=("--no-runner", "--no-queue"))
+    # Held: the next replica gets the address the runner knows.
+    srv = start_server(data, port=held_port, args=("--no-runner", "--no-queue"))
     key = create_key(srv, "runner")
     proc, log = start_runner(srv, key, tmp_path / "remote", "--name", "remote")
     try:
@@ -133,7 +145,7 @@ def test_a_graceful_stop_answers_waiting_runners(tmp_path: Path) -> None:
 def test_uvicorn_factory_is_the_same_process(tmp_path: Path) -> None:
     """`uvicorn --factory corral.server:factory`: the embedded runner and the
     queue folder run, and a stop reports the runner's jobs and cleans up."""
-    data, queue, port = tmp_path / "data", tmp_path / "queue", free_port()
+    data, queue = tmp_path / "data", tmp_path / "queue"
     env = clean_env(CORRAL_DATA_DIR=str(data), CORRAL_QUEUE_DIR=str(queue))
     log = tmp_path / "uvicorn.log"
     with log.open("ab") as out:
@@ -147,7 +159,7 @@ def test_uvicorn_factory_is_the_same_process(tmp_path: Path) -> None:
                 "--host",
                 "127.0.0.1",
                 "--port",
-                str(port),
+                "0",  # any: the server records where it listens (server.json)
             ],
             env=env,
             stdout=out,
@@ -155,16 +167,19 @@ def test_uvicorn_factory_is_the_same_process(tmp_path: Path) -> None:
             start_new_session=True,
             cwd=tmp_path,
         )
-    url = f"http://127.0.0.1:{port}"
     try:
 
-        def healthy() -> bool:
+        def healthy() -> str | None:
             assert proc.poll() is None, log.read_text()
+            record = recorded(data)
+            if record is None or record["pid"] != proc.pid:
+                return None
             with contextlib.suppress(httpx.HTTPError):
-                return httpx.get(url + "/health", timeout=1).status_code == 200
-            return False
+                if httpx.get(record["url"] + "/health", timeout=1).status_code == 200:
+                    return str(record["url"])
+            return None
 
-        wait_for(healthy, timeout=30, what="uvicorn to answer")
+        url = wait_for(healthy, timeout=30, what="uvicorn to answer")
         key = (data / "admin.key").read_text().strip()
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}) as http:
             done = wait_job(http, submit(http, "echo embedded"), timeout=30)

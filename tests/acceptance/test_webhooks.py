@@ -195,8 +195,8 @@ def test_dead_endpoint_does_not_delay_others(http: httpx.Client) -> None:
         good.close()
 
 
-def test_pending_deliveries_survive_a_restart(tmp_path: Path) -> None:
-    port = free_port()
+def test_pending_deliveries_survive_a_restart(tmp_path: Path, held_port: int) -> None:
+    port = held_port  # refused until the receiver binds it
     data = tmp_path / "data"
     with running_server(data, env=ENV) as s, s.http() as http:
         job_id = submit(
@@ -355,9 +355,9 @@ async def test_a_reader_that_falls_behind_is_cut_and_resumes_every_event_once(
 
 
 def test_non_admins_see_that_a_connection_failed_not_why(
-    srv: ServerProcess, http: httpx.Client
+    srv: ServerProcess, http: httpx.Client, held_port: int
 ) -> None:
-    dead = f"http://127.0.0.1:{free_port()}/hook"  # nothing listens: connection refused
+    dead = f"http://127.0.0.1:{held_port}/hook"  # nothing listens: connection refused
     resp = http.post("/jobs", json={"command": "true", "webhook": {"url": dead}})
     job_id = resp.json()["job_id"]
     rows = wait_for(
