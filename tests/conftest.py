@@ -32,6 +32,7 @@ TIMING = (
     "tests/acceptance/test_network_cut.py",
     "tests/acceptance/test_recovery.py",
     "tests/acceptance/test_shutdown.py",
+    "tests/acceptance/test_sse_shutdown.py",
     "tests/acceptance/test_t3.py",
 )
 
