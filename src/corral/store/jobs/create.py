@@ -111,6 +111,11 @@ def _place(
     return Place(spec.session_id, turn, repo, base, asked, provider, why)
 
 
+# Built once: a statement's construction and cache key cost more CPU than
+# SQLite spends running it (jobs/state.py). The columns come with the values.
+_INSERT = sa.insert(jobs).returning(*jobs.c)
+
+
 def _insert(
     tx: Tx,
     spec: JobCreate,
@@ -122,51 +127,48 @@ def _insert(
     traceparent: str | None,
 ) -> Row:
     model = route.model if route else spec.model
-    return tx.conn.execute(
-        sa.insert(jobs)
-        .values(
-            id=new_id(),
-            session_id=place.session_id,
-            turn=place.turn,
-            state=JobState.QUEUED,
-            provider=place.provider,
-            model=model if place.fallback is None else None,
-            preferred_ai=spec.preferred_ai,
-            needs_local_agent=spec.needs_local_agent,
-            allow_delegation=spec.allow_delegation,
-            complexity_hint=spec.complexity_hint,
-            route_rule=route.rule if route else None,
-            route_reason=place.fallback or (route.reason if route else None),
-            title=spec.title,
-            prompt=spec.prompt,
-            command=spec.command,
-            repo=place.repo,
-            base=place.base,
-            **_webhook(spec),
-            messages=spec.messages,
-            tools=spec.tools,
-            options=spec.options,
-            think=spec.think,
-            priority=spec.priority,
-            attempt=1,
-            max_attempts=spec.max_attempts or policy.default_max_attempts,
-            timeout=spec.timeout,
-            max_cost=spec.max_cost,
-            labels=spec.labels,
-            idempotency_key=spec.idempotency_key,
-            source=spec.source,
-            source_ref=spec.source_ref,
-            parent_job_id=parent.job_id if parent is not None else None,
-            mcp_tools=spec.mcp_tools,
-            traceparent=traceparent,
-            epoch=0,
-            created_at=now,
-            run_at=spec.run_at,
-            available_at=max(now, spec.run_at) if spec.run_at else now,
-            updated_at=now,
-        )
-        .returning(*jobs.c)
-    ).one()
+    values = dict(
+        id=new_id(),
+        session_id=place.session_id,
+        turn=place.turn,
+        state=JobState.QUEUED,
+        provider=place.provider,
+        model=model if place.fallback is None else None,
+        preferred_ai=spec.preferred_ai,
+        needs_local_agent=spec.needs_local_agent,
+        allow_delegation=spec.allow_delegation,
+        complexity_hint=spec.complexity_hint,
+        route_rule=route.rule if route else None,
+        route_reason=place.fallback or (route.reason if route else None),
+        title=spec.title,
+        prompt=spec.prompt,
+        command=spec.command,
+        repo=place.repo,
+        base=place.base,
+        **_webhook(spec),
+        messages=spec.messages,
+        tools=spec.tools,
+        options=spec.options,
+        think=spec.think,
+        priority=spec.priority,
+        attempt=1,
+        max_attempts=spec.max_attempts or policy.default_max_attempts,
+        timeout=spec.timeout,
+        max_cost=spec.max_cost,
+        labels=spec.labels,
+        idempotency_key=spec.idempotency_key,
+        source=spec.source,
+        source_ref=spec.source_ref,
+        parent_job_id=parent.job_id if parent is not None else None,
+        mcp_tools=spec.mcp_tools,
+        traceparent=traceparent,
+        epoch=0,
+        created_at=now,
+        run_at=spec.run_at,
+        available_at=max(now, spec.run_at) if spec.run_at else now,
+        updated_at=now,
+    )
+    return tx.conn.execute(_INSERT, values).one()
 
 
 def _check_depth(tx: Tx, parent: Row, limit: int) -> None:

@@ -65,11 +65,7 @@ def lease(
     if caps.any and skip_locked:
         # Caps count jobs across runners: lease one runner at a time.
         conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_LEASE_LOCK)))
-    seen = conn.execute(
-        sa.update(runners)
-        .where(runners.c.id == runner.id, runners.c.status == "active")
-        .values(last_seen_at=now)
-    ).rowcount
+    seen = conn.execute(_SEEN, {"w_id": runner.id, "v_now": now}).rowcount
     if not seen:
         return []  # stopped or replaced since the request began: nothing for it
     board = Board(conn, caps, now, runner=runner, max_jobs=max_jobs, ttl=ttl)
@@ -97,6 +93,39 @@ def lease(
     return leased
 
 
+# Built once (see jobs/state.py on why the hot path's statements are).
+_SEEN = (
+    sa.update(runners)
+    .where(runners.c.id == sa.bindparam("w_id"), runners.c.status == "active")
+    .values(last_seen_at=sa.bindparam("v_now", type_=runners.c.last_seen_at.type))
+)
+
+
+def _turn_lock(local: bool) -> sa.UpdateBase:
+    values: dict[str, Any] = {
+        "active_job_id": sa.bindparam("v_job", type_=sessions.c.active_job_id.type),
+        "epoch": sessions.c.epoch + 1,
+        "updated_at": sa.bindparam("v_now", type_=sessions.c.updated_at.type),
+    }
+    if local:
+        values["host"] = sa.bindparam("v_host", type_=sessions.c.host.type)
+    return (
+        sa.update(sessions)
+        .where(sessions.c.id == sa.bindparam("w_id"), sessions.c.active_job_id.is_(None))
+        .values(values)
+        .returning(*sessions.c)
+    )
+
+
+_TURN_LOCK = {False: _turn_lock(False), True: _turn_lock(True)}
+_SET_EPOCH = (
+    sa.update(jobs)
+    .where(jobs.c.id == sa.bindparam("w_id"))
+    .values(epoch=sa.bindparam("v_epoch", type_=jobs.c.epoch.type))
+    .returning(*jobs.c)
+)
+
+
 def _assign(
     tx: Tx,
     job_id: str,
@@ -111,24 +140,13 @@ def _assign(
     """Take the session's turn lock (bumping its epoch) and assign the job.
     ``local``: the turn runs where its workspace is; this runner now holds
     the session. ``host``: the runner that held it until now."""
-    values: dict[str, Any] = {
-        "active_job_id": job_id,
-        "epoch": sessions.c.epoch + 1,
-        "updated_at": now,
-    }
+    params = {"w_id": session_id, "v_job": job_id, "v_now": now}
     if local:
-        values["host"] = runner.name
-    srow = tx.conn.execute(
-        sa.update(sessions)
-        .where(sessions.c.id == session_id, sessions.c.active_job_id.is_(None))
-        .values(**values)
-        .returning(*sessions.c)
-    ).one_or_none()
+        params["v_host"] = runner.name
+    srow = tx.conn.execute(_TURN_LOCK[local], params).one_or_none()
     if srow is None:
         return None
-    row = tx.conn.execute(
-        sa.update(jobs).where(jobs.c.id == job_id).values(epoch=srow.epoch).returning(*jobs.c)
-    ).one()
+    row = tx.conn.execute(_SET_EPOCH, {"w_id": job_id, "v_epoch": srow.epoch}).one()
     job = apply(
         tx,
         row,
