@@ -30,6 +30,7 @@ import gc
 import logging
 import signal
 import socket
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -238,6 +239,15 @@ class Server:
         # What start-up made lives as long as the process: out of the
         # collector's sight, full collections stay short (latency tails).
         gc.freeze()
+        # The watchdog's grace after a start (one lease_ttl for runners to
+        # heartbeat again) counts from now, when runners can reach this
+        # replica: counted from the store's opening, a start that took
+        # seconds on a busy machine left them less, and a live runner's job
+        # was expired and re-queued (test_a_server_restart_leaves_a_live_runner_its_jobs).
+        watchdog = self.services.watchdog
+        watchdog.grace_until = max(
+            watchdog.grace_until or 0.0, time.time() + self.settings.lease_ttl
+        )
         discovery.record(self.settings.data_dir, self.url)  # the CLI finds us by the data dir
         self.announce(self)
         if self._runner_key is not None and self.sandbox is not None:
