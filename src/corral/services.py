@@ -12,10 +12,9 @@ import hashlib
 import hmac
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal, Protocol
 
 from corral import auth
-from corral.api.sse import Streams
 from corral.auth import Principal
 from corral.config import DaemonSettings, Settings
 from corral.models import JobCreate
@@ -26,6 +25,42 @@ from corral.store import Store
 # A verified key is trusted this long before the database is asked again, so a
 # revocation reaches every replica within this many seconds.
 KEY_CACHE_SECONDS = 5.0
+
+
+# Why an SSE stream ended from outside its own task.
+Why = Literal["gone", "stalled", "stopping"]
+
+
+class Endable(Protocol):
+    """An open event stream (``corral.api.sse.EventStream``)."""
+
+    def end(self, why: Why) -> None: ...
+
+
+class Streams:
+    """The open event streams of one replica, to end them all when it stops."""
+
+    def __init__(self) -> None:
+        self._open: set[Endable] = set()
+        self.closing = False
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def add(self, stream: Endable) -> None:
+        self._open.add(stream)
+        if self.closing:
+            stream.end("stopping")
+
+    def discard(self, stream: Endable) -> None:
+        self._open.discard(stream)
+
+    def close(self) -> None:
+        """End every open stream (cleanly: the client sees the end of the
+        body) and every one opened from now on."""
+        self.closing = True
+        for stream in list(self._open):
+            stream.end("stopping")
 
 
 @dataclass

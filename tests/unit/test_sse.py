@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from corral.api.sse import EventStream, Streams, frame
+from corral.api.sse import EventStream, frame
+from corral.services import Streams
 
 SCOPE = {"type": "http", "method": "GET", "path": "/s", "headers": []}
 

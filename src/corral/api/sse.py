@@ -25,10 +25,12 @@ import contextlib
 import logging
 import re
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any, Generic, Literal, TypeVar
+from typing import Generic, TypeVar
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
+
+from corral.services import Streams, Why
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,6 @@ PING = {"type": "http.response.body", "body": b": ping\n\n", "more_body": True}
 _LINES = re.compile(r"\r\n|\r|\n")
 _HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 
-Why = Literal["gone", "stalled", "stopping"]
 T = TypeVar("T")
 
 
@@ -58,32 +59,6 @@ def frame(data: str, *, id: str | None = None, event: str | None = None) -> byte
 def message(m: Mapping[str, str]) -> bytes:
     """A message as a dict (``data``, optional ``id`` and ``event``) as a frame."""
     return frame(m["data"], id=m.get("id"), event=m.get("event"))
-
-
-class Streams:
-    """The open event streams of one replica, to end them all when it stops."""
-
-    def __init__(self) -> None:
-        self._open: set[EventStream[Any]] = set()
-        self.closing = False
-
-    def __len__(self) -> int:
-        return len(self._open)
-
-    def add(self, stream: EventStream[Any]) -> None:
-        self._open.add(stream)
-        if self.closing:
-            stream.end("stopping")
-
-    def discard(self, stream: EventStream[Any]) -> None:
-        self._open.discard(stream)
-
-    def close(self) -> None:
-        """End every open stream (cleanly: the client sees the end of the
-        body) and every one opened from now on."""
-        self.closing = True
-        for stream in list(self._open):
-            stream.end("stopping")
 
 
 class EventStream(Response, Generic[T]):

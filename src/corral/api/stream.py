@@ -13,11 +13,12 @@ from collections.abc import AsyncIterator, Mapping
 
 from fastapi import Request
 
-from corral.api.sse import EventStream, Streams, frame, message
+from corral.api.sse import EventStream, frame, message
 from corral.errors import BadRequest
 from corral.jobs import TERMINAL
 from corral.models import INT32_MAX, Event
 from corral.protocol import topics
+from corral.services import Streams
 from corral.store import Store
 
 # Every subscriber of a session receives the same Event objects from the bus:
