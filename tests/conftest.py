@@ -29,6 +29,7 @@ from corral.testing import (
 TIMING_GROUP = "timing"
 TIMING = (
     "tests/acceptance/test_chaos.py",
+    "tests/acceptance/test_journal.py",
     "tests/acceptance/test_network_cut.py",
     "tests/acceptance/test_recovery.py",
     "tests/acceptance/test_shutdown.py",
