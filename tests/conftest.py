@@ -49,9 +49,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # A module's tests stay together on one worker, in order (they share its
+    # module-scoped servers, and a later test may build on an earlier one's
+    # state, as in a serial run); the timing modules share one group.
     for item in items:
-        if item.nodeid.startswith(TIMING):
-            item.add_marker(pytest.mark.xdist_group(TIMING_GROUP))
+        module = item.nodeid.split("::", 1)[0]
+        group = TIMING_GROUP if module.startswith(TIMING) else module
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 PG_URL = os.environ.get("CORRAL_TEST_PG_URL", DEFAULT_PG)

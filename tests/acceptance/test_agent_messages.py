@@ -104,6 +104,7 @@ def test_a_message_round_trip(http: httpx.Client) -> None:
 
 
 def test_a_message_sent_while_stopped_waits_for_the_daemon(http: httpx.Client) -> None:
+    wait_for(lambda: running(http, "echo"), timeout=20, what="the echo agent")
     resp = http.post("/agents/echo/stop")
     assert resp.status_code == 200, resp.text
     before = len([x for x in http.get("/agents/echo/logs", params={"n": 1000}).json()])
