@@ -118,6 +118,7 @@ class Runner:
 
     def __init__(self) -> None:
         self.results: list[Result] = []
+        self.last: list[Result] = []  # the rows of the last case
 
     async def case(
         self,
@@ -138,6 +139,14 @@ class Runner:
         for row in rows:
             row.detail.setdefault("case_seconds", round(time.monotonic() - t0, 2))
         self.results.extend(rows)
+        self.last = rows
+
+    def label_last(self, label: str) -> None:
+        """Name the database in the rows of the last case (SQLite's keep their names)."""
+        if label != "SQLite":
+            for row in self.last:
+                row.metric += f", {label}"
+                row.target = None  # the targets are SQLite's
 
     def skip(
         self,
@@ -152,30 +161,42 @@ class Runner:
 
 async def main(plan: Plan, pg_base: str, only: str) -> list[Result]:
     run = Runner()
-    pg_reason = await pg_available(pg_base) if {"c", "d", "n"} & set(only) else None
+    pg_reason = await pg_available(pg_base) if {"a", "b", "c", "d", "n"} & set(only) else None
     if pg_reason:
         console.print(f"[yellow]PostgreSQL rows skipped: {pg_reason}[/]")
     with tempfile.TemporaryDirectory(prefix="corral-bench-") as tmp:
         root = Path(tmp)
+        # (a) and (b) on SQLite, then on PostgreSQL (rows named ", PostgreSQL").
+        databases = [("SQLite", None)] + ([] if pg_reason else [("PostgreSQL", pg_base)])
         if "a" in only:
-            async with server(root, "a") as srv:
-                await run.case(
-                    "(a) submit→started p99",
-                    "ms",
-                    lambda: cases.submit_latency(
-                        srv, plan.latency_samples, plan.latency_warmup, plan.seconds
-                    ),
-                )
+            for label, base in databases:
+                async with (
+                    database(root, "a", base) as url,
+                    server(root, f"a-{label}", database_url=url) as srv,
+                ):
+                    await run.case(
+                        "(a) submit→started p99",
+                        "ms",
+                        lambda: cases.submit_latency(
+                            srv, plan.latency_samples, plan.latency_warmup, plan.seconds
+                        ),
+                    )
+                run.label_last(label)
         if "b" in only:
             env = {"CORRAL_RUNNER__SLOTS": str(THROUGHPUT_SLOTS)}
-            async with server(root, "b", env=env) as srv:
-                await run.case(
-                    "(b) submit→done throughput",
-                    "jobs/s",
-                    lambda: cases.throughput(
-                        srv, plan.throughput_jobs, plan.clients, THROUGHPUT_SLOTS, plan.seconds
-                    ),
-                )
+            for label, base in databases:
+                async with (
+                    database(root, "b", base) as url,
+                    server(root, f"b-{label}", database_url=url, env=env) as srv,
+                ):
+                    await run.case(
+                        "(b) submit→done throughput",
+                        "jobs/s",
+                        lambda: cases.throughput(
+                            srv, plan.throughput_jobs, plan.clients, THROUGHPUT_SLOTS, plan.seconds
+                        ),
+                    )
+                run.label_last(label)
         if "c" in only:
             await ingest(run, plan, root, "SQLite", None, 50_000.0)
             if pg_reason:
@@ -464,10 +485,11 @@ def cli() -> int:
     return 0
 
 
-def corral_figures(results: list[Result]) -> dict[str, float]:
+def corral_figures(results: list[Result], suffix: str = "") -> dict[str, float]:
+    """(a) and (b) of one database (``suffix``: ", PostgreSQL"; SQLite's have none)."""
     by = {r.metric: r for r in results}
     out: dict[str, float] = {}
-    b = by.get("(b) submit→done throughput")
+    b = by.get("(b) submit→done throughput" + suffix)
     if b is not None and b.value is not None:
         out["jobs_per_s"] = b.value
         out["server_cpu_ms_per_job"] = b.detail.get("server_cpu_ms_per_job", float("nan"))
@@ -475,7 +497,7 @@ def corral_figures(results: list[Result]) -> dict[str, float]:
         ("start_p50_ms", "(a) submit→started p50"),
         ("start_p99_ms", "(a) submit→started p99"),
     ):
-        row = by.get(metric)
+        row = by.get(metric + suffix)
         if row is not None and row.value is not None:
             out[key] = row.value
     return out
@@ -490,8 +512,14 @@ def side_by_side(plan: Plan, pg_base: str, kit: Path, task: str, rounds: int) ->
     for r in range(1, rounds + 1):
         load = os.getloadavg()
         console.print(f"[dim]round {r}/{rounds}: corral (a), (b) (load {load[0]:.2f}) ...[/]")
-        mine = corral_figures(asyncio.run(main(plan, pg_base, "ab")))
+        results = asyncio.run(main(plan, pg_base, "ab"))
+        mine = corral_figures(results)
         rows.append({"round": r, "system": "corral", "load1": round(load[0], 2), **mine})
+        on_pg = corral_figures(results, ", PostgreSQL")
+        if on_pg:
+            rows.append(
+                {"round": r, "system": "corral (PostgreSQL)", "load1": round(load[0], 2), **on_pg}
+            )
         load = os.getloadavg()
         console.print(
             f"[dim]round {r}/{rounds}: {', '.join(peers_case.PEERS)} (load {load[0]:.2f}) ...[/]"

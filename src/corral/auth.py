@@ -99,10 +99,33 @@ def issue_worker_token(claims: WorkerClaims, secret: str, ttl: float) -> str:
     return jwt.encode(payload, secret, algorithm="HS256")
 
 
+# Worker tokens already verified: (token, secret) -> (claims, exp). A job's
+# runner presents one token on each of its calls (state, events, heartbeats,
+# completion) and its signature check and decode were ~3 % of the server's CPU
+# per job (issue #18). The signature is a function of the token and the
+# secret alone, so a hit skips only that; expiry is checked on every call.
+_VERIFIED: dict[tuple[str, str], tuple[WorkerClaims, int]] = {}
+_VERIFIED_MAX = 4096
+
+
 def verify_worker_token(token: str, secret: str, *, expired_ok: bool = False) -> WorkerClaims:
     """The claims of a worker JWT this server signed. ``expired_ok``: an
     expired token still proves what was leased to whom (a runner's journal,
     presented after a restart); it grants no writes."""
+    known = _VERIFIED.get((token, secret))
+    if known is not None:
+        claims, exp = known
+        if not expired_ok and time.time() >= exp:
+            raise Unauthorized("worker token expired")
+        return claims
+    claims, exp = _verify_worker_token(token, secret, expired_ok)
+    if len(_VERIFIED) >= _VERIFIED_MAX:
+        del _VERIFIED[next(iter(_VERIFIED))]  # the oldest (dicts keep insertion order)
+    _VERIFIED[token, secret] = (claims, exp)
+    return claims
+
+
+def _verify_worker_token(token: str, secret: str, expired_ok: bool) -> tuple[WorkerClaims, int]:
     import jwt
 
     try:
@@ -119,14 +142,19 @@ def verify_worker_token(token: str, secret: str, *, expired_ok: bool = False) ->
         raise Unauthorized("worker token expired") from exc
     except jwt.InvalidTokenError as exc:
         raise Unauthorized("invalid worker token") from exc
-    if data.get("typ") != "corral-worker-v1" or not isinstance(data["epoch"], int):
+    if (
+        data.get("typ") != "corral-worker-v1"
+        or not isinstance(data["epoch"], int)
+        or not isinstance(data["exp"], int)
+    ):
         raise Unauthorized("invalid worker token")
-    return WorkerClaims(
+    claims = WorkerClaims(
         job_id=str(data["sub"]),
         session_id=str(data["sid"]),
         epoch=data["epoch"],
         runner_id=str(data["rid"]),
     )
+    return claims, data["exp"]
 
 
 # -- browser sessions (the dashboard) ---------------------------------------------------

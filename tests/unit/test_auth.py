@@ -28,6 +28,25 @@ def test_worker_token_is_hs256_with_expiry() -> None:
     assert (body["sub"], body["sid"], body["epoch"], body["rid"]) == ("j1", "s1", 3, "r1")
 
 
+def test_a_verified_token_still_expires(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second check of a token skips the signature (a cache), not the expiry."""
+    token = auth.issue_worker_token(CLAIMS, SECRET, ttl=60)
+    assert auth.verify_worker_token(token, SECRET) == CLAIMS
+    assert auth.verify_worker_token(token, SECRET) == CLAIMS
+    later = time.time() + 61
+    monkeypatch.setattr(auth.time, "time", lambda: later)
+    with pytest.raises(Unauthorized, match="expired"):
+        auth.verify_worker_token(token, SECRET)
+    assert auth.verify_worker_token(token, SECRET, expired_ok=True) == CLAIMS
+
+
+def test_a_verified_token_is_not_valid_under_another_secret() -> None:
+    token = auth.issue_worker_token(CLAIMS, SECRET, ttl=60)
+    assert auth.verify_worker_token(token, SECRET) == CLAIMS
+    with pytest.raises(Unauthorized):
+        auth.verify_worker_token(token, "o" * 64)
+
+
 @pytest.mark.parametrize(
     "token",
     [

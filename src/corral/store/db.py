@@ -38,6 +38,12 @@ BeforeCommit = Callable[[sa.Connection, list[tuple[str, Any]]], None]
 READERS = 4
 
 
+def fields(row: sa.Row[*tuple[Any, ...]]) -> dict[str, Any]:
+    """A row as a plain dict. Pydantic reads a plain dict ~3x faster than
+    SQLAlchemy's ``row._mapping`` (a Job: 28 -> 11 us; issue #18)."""
+    return dict(zip(row._fields, row, strict=True))
+
+
 class Tx:
     """A write transaction: its connection, what to publish after commit, and
     the webhook rules its changes are announced by (the outbox)."""

@@ -11,7 +11,7 @@ from corral.errors import RunnerNameNotFound, RunnerNameTaken, RunnerNotFound
 from corral.jobs import ACTIVE
 from corral.models import Runner, new_id
 from corral.protocol import VERSION
-from corral.store.db import Database, Tx
+from corral.store.db import Database, Tx, fields
 from corral.store.jobs import RetryPolicy, lose, now_utc
 from corral.store.schema import api_keys, jobs, runner_names, runners
 
@@ -122,7 +122,7 @@ class Runners:
         )
         if row is None:
             raise RunnerNotFound(f"no runner {runner_id}")
-        return Runner.model_validate(row._mapping)
+        return Runner.model_validate(fields(row))
 
     async def key_of(self, runner_id: str) -> str:
         return (await self.get(runner_id)).key_id
@@ -132,7 +132,7 @@ class Runners:
         if active_only:
             stmt = stmt.where(runners.c.status == "active")
         return await self.db.read(
-            lambda conn: [Runner.model_validate(r._mapping) for r in conn.execute(stmt)]
+            lambda conn: [Runner.model_validate(fields(r)) for r in conn.execute(stmt)]
         )
 
 

@@ -22,7 +22,7 @@ from pydantic import BaseModel
 from corral.models import NewEvent
 from corral.store import events as event_log
 from corral.store import sessions as session_store
-from corral.store.db import Database, Tx
+from corral.store.db import Database, Tx, fields
 from corral.store.jobs import now_utc
 from corral.store.schema import schedules
 
@@ -46,7 +46,7 @@ class ScheduleState(BaseModel):
 
 def _row(conn: sa.Connection, name: str) -> ScheduleState | None:
     row = conn.execute(sa.select(schedules).where(schedules.c.name == name)).one_or_none()
-    return None if row is None else ScheduleState.model_validate(row._mapping)
+    return None if row is None else ScheduleState.model_validate(fields(row))
 
 
 def _log(tx: Tx, state: ScheduleState, items: Sequence[NewEvent], now: datetime) -> None:
@@ -68,7 +68,7 @@ class Schedules:
     async def list(self) -> list[ScheduleState]:
         def body(conn: sa.Connection) -> list[ScheduleState]:
             rows = conn.execute(sa.select(schedules).order_by(schedules.c.name))
-            return [ScheduleState.model_validate(r._mapping) for r in rows]
+            return [ScheduleState.model_validate(fields(r)) for r in rows]
 
         return await self.db.read(body)
 

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from corral.errors import SessionNotFound
 from corral.models import Session, new_id
 from corral.store import ids
-from corral.store.db import Database, Tx
+from corral.store.db import Database, Tx, fields
 from corral.store.schema import jobs, sessions
 
 
@@ -56,7 +56,7 @@ class Sessions:
         )
         if row is None:
             raise SessionNotFound(f"no session {session_id}")
-        return Session.model_validate(row._mapping)
+        return Session.model_validate(fields(row))
 
     async def page(self, *, limit: int = 50, before: str | None = None) -> list[SessionRow]:
         """Newest first, each with its last turn; ``before`` is the id of the

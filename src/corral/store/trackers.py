@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel
 
 from corral.jobs import TERMINAL
-from corral.store.db import Database, Tx
+from corral.store.db import Database, Tx, fields
 from corral.store.jobs import now_utc
 from corral.store.schema import jobs, tracker_items
 
@@ -90,12 +90,12 @@ class Trackers:
     async def get(self, tracker: str, repo: str, number: int) -> TrackerItem | None:
         stmt = sa.select(tracker_items).where(_where(tracker, repo, number))
         row = await self.db.read(lambda conn: conn.execute(stmt).first())
-        return None if row is None else TrackerItem.model_validate(row._mapping)
+        return None if row is None else TrackerItem.model_validate(fields(row))
 
     async def by_session(self, session_id: str) -> TrackerItem | None:
         stmt = sa.select(tracker_items).where(tracker_items.c.session_id == session_id)
         row = await self.db.read(lambda conn: conn.execute(stmt).first())
-        return None if row is None else TrackerItem.model_validate(row._mapping)
+        return None if row is None else TrackerItem.model_validate(fields(row))
 
     async def by_pull(self, tracker: str, repo: str, number: int) -> TrackerItem | None:
         """The item whose pull request is number ``number`` of ``repo``."""
@@ -106,7 +106,7 @@ class Trackers:
             sa.or_(c.pull_url.like(f"%/pull/{number}"), c.pull_url.like(f"%/pulls/{number}")),
         )
         row = await self.db.read(lambda conn: conn.execute(stmt).first())
-        return None if row is None else TrackerItem.model_validate(row._mapping)
+        return None if row is None else TrackerItem.model_validate(fields(row))
 
     async def update(self, item: TrackerItem, **values: Any) -> None:
         stmt = (
@@ -136,7 +136,7 @@ class Trackers:
             .limit(limit)
         )
         rows = await self.db.read(lambda conn: conn.execute(stmt).all())
-        return [TrackerItem.model_validate(r._mapping) for r in rows]
+        return [TrackerItem.model_validate(fields(r)) for r in rows]
 
     async def counts(self, tracker: str) -> dict[str, int]:
         """Items of ``tracker`` by the state of their latest turn."""
@@ -159,7 +159,7 @@ class Trackers:
             .limit(limit)
         )
         rows = await self.db.read(lambda conn: conn.execute(stmt).all())
-        return [TrackerItem.model_validate(r._mapping) for r in rows]
+        return [TrackerItem.model_validate(fields(r)) for r in rows]
 
 
 def _turn(tx: Tx, job_id: str) -> int:

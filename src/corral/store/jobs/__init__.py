@@ -30,7 +30,7 @@ from corral.models import Artifact, Event, Job, JobCreate, NewEvent, Outcome, Pr
 from corral.protocol import JournalAnswer, JournalEntry
 from corral.routing import Decision
 from corral.store import ids
-from corral.store.db import Database
+from corral.store.db import Database, fields
 from corral.store.jobs import (
     artifacts,
     children,
@@ -315,7 +315,7 @@ class Jobs:
         if row is None:
             await self.get(job_id)
             raise ArtifactNotFound(f"job {job_id} has no artifact {name!r}")
-        return Artifact.model_validate(row._mapping), bytes(row.data)
+        return Artifact.model_validate(fields(row)), bytes(row.data)
 
     async def delegated(self, providers: Sequence[str], lease_ttl: float) -> dict[str, Any]:
         """Jobs on remote providers: the ones in flight and counters."""

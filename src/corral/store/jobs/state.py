@@ -19,7 +19,7 @@ from corral.protocol import topics
 from corral.store import chat as chat_outbox
 from corral.store import events as event_log
 from corral.store import outbox
-from corral.store.db import Tx
+from corral.store.db import Tx, fields
 from corral.store.schema import jobs, sessions
 
 Row = sa.Row[Any]
@@ -31,7 +31,7 @@ def now_utc() -> datetime:
 
 
 def to_job(row: Row) -> Job:
-    return Job.model_validate(row._mapping)
+    return Job.model_validate(fields(row))
 
 
 # The hot path's statements are built once, with bind parameters: building a
