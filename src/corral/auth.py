@@ -85,18 +85,21 @@ class WorkerClaims:
 
 def issue_worker_token(claims: WorkerClaims, secret: str, ttl: float) -> str:
     now = int(time.time())
+    exp = now + int(ttl)
     payload = {
         "sub": claims.job_id,
         "sid": claims.session_id,
         "epoch": claims.epoch,
         "rid": claims.runner_id,
         "iat": now,
-        "exp": now + int(ttl),
+        "exp": exp,
         "typ": "corral-worker-v1",
     }
     import jwt  # not at import: the CLI imports this module for Role
 
-    return jwt.encode(payload, secret, algorithm="HS256")
+    token = jwt.encode(payload, secret, algorithm="HS256")
+    _remember(token, secret, claims, exp)  # signed here: known valid
+    return token
 
 
 # Worker tokens already verified: (token, secret) -> (claims, exp). A job's
@@ -119,10 +122,14 @@ def verify_worker_token(token: str, secret: str, *, expired_ok: bool = False) ->
             raise Unauthorized("worker token expired")
         return claims
     claims, exp = _verify_worker_token(token, secret, expired_ok)
+    _remember(token, secret, claims, exp)
+    return claims
+
+
+def _remember(token: str, secret: str, claims: WorkerClaims, exp: int) -> None:
     if len(_VERIFIED) >= _VERIFIED_MAX:
         del _VERIFIED[next(iter(_VERIFIED))]  # the oldest (dicts keep insertion order)
     _VERIFIED[token, secret] = (claims, exp)
-    return claims
 
 
 def _verify_worker_token(token: str, secret: str, expired_ok: bool) -> tuple[WorkerClaims, int]:

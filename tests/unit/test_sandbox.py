@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from corral.errors import ConfigError
 from corral.executors import sandbox
@@ -259,3 +261,13 @@ def test_a_program_under_tmp_brings_its_installation(tmp_path: Path) -> None:
     argv = box.argv([str(modules / ".bin" / "tool")], cwd=tmp_path, mounts=[], network=True)
     tmpfs = argv.index("/tmp", argv.index("--tmpfs"))
     assert argv[tmpfs + 1 : tmpfs + 4] == ["--ro-bind", str(modules), str(modules)]
+
+
+_PARTS = st.lists(st.sampled_from(["a", "b", "ab", "a.b", "x"]), max_size=4)
+
+
+@given(_PARTS, _PARTS)
+def test_within_is_is_relative_to(path: list[str], base: list[str]) -> None:
+    """The string test the sandbox uses on resolved paths agrees with pathlib."""
+    p, b = "/" + "/".join(path), "/" + "/".join(base)
+    assert sandbox._within(p, b) == Path(p).is_relative_to(b)

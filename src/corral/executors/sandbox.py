@@ -190,18 +190,27 @@ class Sandbox:
 
     def _hide(self, hidden: list[Path], *, under: list[Path] | None) -> list[str]:
         args: list[str] = []
-        done: list[Path] = []
+        done: list[str] = []
+        # Absolute, resolved paths compared as strings: Path.is_relative_to
+        # over every pair was ~1.5 % of the server's CPU per job (issue #18).
+        bases = None if under is None else [str(b) for b in under]
         for path in hidden:
-            if under is not None and not any(path.is_relative_to(b) for b in under):
+            text = str(path)
+            if bases is not None and not any(_within(text, b) for b in bases):
                 continue
-            if any(path.is_relative_to(d) for d in done):
+            if any(_within(text, d) for d in done):
                 continue  # inside a directory already hidden
             if path.is_dir():
-                args += ["--tmpfs", str(path)]
-                done.append(path)
+                args += ["--tmpfs", text]
+                done.append(text)
             elif self.void is not None:
-                args += ["--ro-bind", str(self.void), str(path)]
+                args += ["--ro-bind", str(self.void), text]
         return args
+
+
+def _within(path: str, base: str) -> bool:
+    """``Path(path).is_relative_to(base)`` for absolute, normalised paths."""
+    return path == base or path.startswith(base.rstrip("/") + "/")
 
 
 @dataclass(frozen=True)

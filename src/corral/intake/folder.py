@@ -104,6 +104,11 @@ class FolderIntake:
                         if finished.overflowed or not messages:
                             finished.overflowed = False
                             await self.reconcile()  # cheap insurance: lists running/
+                        # A folder job's file is in running/ before the job
+                        # exists: with none there, no finished job is ours (and
+                        # the read of each job is spared: issue #18).
+                        if next(self.running.glob("*.md"), None) is None:
+                            continue
                         for job_id in messages:
                             if isinstance(job_id, str):
                                 self.sink.finish(await self.store.jobs.get(job_id))

@@ -15,18 +15,23 @@ from corral.store.db import Database, Tx, fields
 from corral.store.schema import jobs, sessions
 
 
+# Built once (one per job submitted without a session; issue #18).
+_INSERT = sa.insert(sessions)
+
+
 def insert(tx: Tx, *, title: str | None, now: datetime, turns: int = 0) -> str:
     session_id = new_id()
     tx.conn.execute(
-        sa.insert(sessions).values(
-            id=session_id,
-            title=title,
-            created_at=now,
-            updated_at=now,
-            epoch=0,
-            last_seq=0,
-            turns=turns,
-        )
+        _INSERT,
+        {
+            "id": session_id,
+            "title": title,
+            "created_at": now,
+            "updated_at": now,
+            "epoch": 0,
+            "last_seq": 0,
+            "turns": turns,
+        },
     )
     return session_id
 
