@@ -305,7 +305,9 @@ async def worker_complete(
 ) -> Completed:
     """Runner protocol: end the attempt with its outcome and last events."""
     with tracing.span("complete", parent=traceparent, job_id=claims.job_id, epoch=claims.epoch):
-        job, duplicates = await svc.store.jobs.complete(claims, body.outcome, body.events)
+        job, duplicates = await svc.store.jobs.complete(
+            claims, body.outcome, body.events, started_at=body.started_at
+        )
         tracing.annotate(
             provider=job.provider, attempt=job.attempt, state=job.state, outcome=body.outcome.status
         )

@@ -333,6 +333,11 @@ class Heartbeat(BaseModel):
 class Completion(Request):
     outcome: Outcome
     events: list[NewEvent] = Field(default_factory=list, max_length=1000)
+    started_at: datetime | None = Field(
+        None,
+        description="When the job's process started, for a job whose `running` state was "
+        "not reported (it ended first): the start and the end are recorded together.",
+    )
 
 
 class Completed(BaseModel):

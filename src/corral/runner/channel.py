@@ -42,6 +42,11 @@ _ENVELOPE_BYTES = 128  # an event's id, type and flags around its payload
 GIVE_UP_SECONDS = 300.0
 # One long-poll for an answer (the server holds it up to 60 s).
 ANSWER_POLL_SECONDS = 30.0
+# How long a job's "running" report waits for company: a job that ends within
+# it reports its start with its completion (one transaction on the server,
+# not two: issue #18); one that emits an event, asks, or outlives it reports
+# it then. A person watching sees "running" at most this much later.
+START_WINDOW = 0.1
 
 T = TypeVar("T")
 
@@ -119,6 +124,7 @@ class WorkerChannel:
         None if the job was lost meanwhile (the channel is stale). Raises
         ``ValueError`` for a question protocol v1 refuses (empty, too long)."""
         body = QuestionAsk(question=question, options=list(options), timeout=timeout)
+        await self._report_start()  # a person sees the job running, then its question
         with self.waiting.hold():
             asked = await self._call("ask", lambda: self.link.ask(body))
             poll = AnswerWait(wait=ANSWER_POLL_SECONDS)
@@ -164,7 +170,9 @@ class WorkerChannel:
             await self._send_events(last)
             last = self._take()
         outcome = redact.outcome(outcome)
-        body = Completion(outcome=outcome, events=last)
+        start, self._state = self._state, None  # a bare start left by the flush loop
+        started_at = start.started_at if start is not None else None
+        body = Completion(outcome=outcome, events=last, started_at=started_at)
         self._sending = body.events
         try:
             completed = await self._call("complete", lambda: self.link.complete(body))
@@ -189,10 +197,33 @@ class WorkerChannel:
         batch, self._events = self._events[:n], self._events[n:]
         return batch
 
+    def _bare_start(self) -> bool:
+        """Whether the state to report is only the job's start (no handle, no details)."""
+        state = self._state
+        return (
+            state is not None
+            and state.state == "running"
+            and state.handle is None
+            and not state.details
+            and not self._events
+        )
+
+    async def _report_start(self) -> None:
+        """Report a start the flush loop holds back (START_WINDOW) now."""
+        if self._bare_start():
+            state, self._state = self._state, None
+            await self._call("state", functools.partial(self.link.state, state))
+
     async def _flush_loop(self) -> None:
         while self.stale is None:
             await self._wake.wait()
             self._wake.clear()
+            if self._bare_start() and not self._closing:
+                with contextlib.suppress(TimeoutError):  # START_WINDOW
+                    await asyncio.wait_for(self._wake.wait(), START_WINDOW)
+                self._wake.clear()
+            if self._closing and self._bare_start():
+                return  # complete() reports the start with the outcome
             if self._state is not None:
                 state, self._state = self._state, None
                 await self._call("state", functools.partial(self.link.state, state))

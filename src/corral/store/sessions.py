@@ -14,7 +14,6 @@ from corral.store import ids
 from corral.store.db import Database, Tx, fields
 from corral.store.schema import jobs, sessions
 
-
 # Built once (one per job submitted without a session; issue #18).
 _INSERT = sa.insert(sessions)
 

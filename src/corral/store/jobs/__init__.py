@@ -150,16 +150,29 @@ class Jobs:
         await self.db.write(lambda tx: lifecycle.set_handle(tx, claims, handle))
 
     async def complete(
-        self, claims: WorkerClaims, outcome: Outcome, items: Sequence[NewEvent] = ()
+        self,
+        claims: WorkerClaims,
+        outcome: Outcome,
+        items: Sequence[NewEvent] = (),
+        *,
+        started_at: datetime | None = None,
     ) -> tuple[Job, list[str]]:
         """End the attempt with a worker's outcome (known secrets redacted:
-        an upstream error may echo the API key)."""
+        an upstream error may echo the API key); ``started_at``: the job
+        starts first, in the same transaction, if it had not."""
         now, policy, budgets = now_utc(), self.policy, self.caps.budgets
         outcome = redact.outcome(outcome)
         items = [redact.event(item) for item in items]
         return await self.db.write(
             lambda tx: lifecycle.complete(
-                tx, claims, outcome, items, policy=policy, budgets=budgets, now=now
+                tx,
+                claims,
+                outcome,
+                items,
+                policy=policy,
+                budgets=budgets,
+                now=now,
+                started_at=started_at,
             )
         )
 

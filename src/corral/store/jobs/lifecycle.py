@@ -127,12 +127,18 @@ def complete(
     policy: RetryPolicy,
     budgets: Sequence[Budget] = (),
     now: datetime,
+    started_at: datetime | None = None,
 ) -> tuple[Job, list[str]]:
     """End the attempt with the worker's outcome (and its last events). Where
     the job goes depends on the failure class: bad input fails at once, the
     infrastructure and quotas re-queue the same attempt, the agent's own
-    failures are retried after a backoff while attempts are left."""
+    failures are retried after a backoff while attempts are left.
+    ``started_at``: a start the worker did not report on its own (the job
+    ended first) is recorded first, as ``start`` would have."""
     row = owned(tx, claims)
+    if started_at is not None and row.state == JobState.ASSIGNED:
+        apply(tx, row, Action.START, now=now, values={"started_at": started_at})
+        row = owned(tx, claims)
     duplicates = _events(tx, row, claims, items, now)[1] if items else []
     model = row.model or _model(outcome.usage)
     cost, source = pricing.price(
