@@ -210,8 +210,9 @@ class WorkerChannel:
 
     async def _report_start(self) -> None:
         """Report a start the flush loop holds back (START_WINDOW) now."""
-        if self._bare_start():
-            state, self._state = self._state, None
+        state = self._state
+        if state is not None and self._bare_start():
+            self._state = None
             await self._call("state", functools.partial(self.link.state, state))
 
     async def _flush_loop(self) -> None:
