@@ -12,11 +12,16 @@ replica reads them from the database."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
-from prometheus_client import Counter, Histogram, disable_created_metrics
+from prometheus_client import Counter, Histogram, Metric, disable_created_metrics, generate_latest
+from prometheus_client.utils import floatToGoString
+from prometheus_client.validation import (
+    _is_valid_legacy_labelname,
+    _is_valid_legacy_metric_name,
+)
 
 from corral.models import Job
 
@@ -129,3 +134,80 @@ def tool_results(payloads: Sequence[Mapping[str, Any]]) -> None:
 
 def webhook_attempt(outcome: str) -> None:
     WEBHOOKS.labels(outcome).inc()
+
+
+# -- the text format ---------------------------------------------------------------------
+
+
+class Collector(Protocol):
+    def collect(self) -> Iterable[Metric]: ...
+
+
+class Families:
+    """Metric families made for one scrape, as ``text`` and ``generate_latest`` read them."""
+
+    def __init__(self, families: Sequence[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Sequence[Metric]:
+        return self.families
+
+
+# Each sample's ``name{labels} `` prefix, escaped once (None: not in the
+# legacy character set): prometheus_client's generate_latest escapes and
+# validates every name, label and value on every scrape (~6 us a line: 3.7 ms
+# for the ~580 lines of a replica that ran jobs of five providers); the label
+# sets of a replica are few and fixed.
+_PREFIXES: dict[tuple[str, tuple[tuple[str, str], ...]], str | None] = {}
+_TYPES = {"counter": "counter", "gauge": "gauge", "histogram": "histogram", "summary": "summary"}
+_OPENMETRICS_ONLY = ("_created", "_gsum", "_gcount")
+
+
+def text(*collectors: Collector) -> bytes:
+    """The Prometheus text format (0.0.4) of ``collectors``, the same bytes as
+    ``generate_latest`` writes (tests/unit/test_metrics_text.py); a family
+    with anything unusual (timestamps, OpenMetrics-only samples, names
+    outside the legacy character set) is written by ``generate_latest``."""
+    out: list[str] = []
+    for collector in collectors:
+        for metric in collector.collect():
+            lines = _family(metric)
+            out.append(generate_latest(Families([metric])).decode() if lines is None else lines)
+    return "".join(out).encode()
+
+
+def _family(metric: Metric) -> str | None:
+    kind = _TYPES.get(metric.type)
+    if kind is None or not _is_valid_legacy_metric_name(metric.name):
+        return None
+    name = metric.name + "_total" if kind == "counter" else metric.name
+    doc = metric.documentation.replace("\\", r"\\").replace("\n", r"\n")
+    lines = [f"# HELP {name} {doc}\n# TYPE {name} {kind}\n"]
+    odd = tuple(metric.name + suffix for suffix in _OPENMETRICS_ONLY)
+    for s in metric.samples:
+        key = (s.name, tuple(s.labels.items()))
+        try:
+            prefix = _PREFIXES[key]
+        except KeyError:
+            prefix = _PREFIXES[key] = _prefix(s.name, s.labels)
+            if len(_PREFIXES) > 100_000:
+                _PREFIXES.clear()
+        if prefix is None or s.timestamp is not None or s.name in odd:
+            return None
+        lines.append(f"{prefix}{floatToGoString(s.value)}\n")  # type: ignore[no-untyped-call]
+    return "".join(lines)
+
+
+def _prefix(name: str, labels: Mapping[str, str]) -> str | None:
+    if not _is_valid_legacy_metric_name(name):
+        return None
+    if not labels:
+        return name + " "
+    if not all(_is_valid_legacy_labelname(k) for k in labels):
+        return None
+    pairs = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items()))
+    return f"{name}{{{pairs}}} "
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")

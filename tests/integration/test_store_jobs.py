@@ -60,6 +60,15 @@ async def test_list_filters_by_label_source_and_text(store: Store) -> None:
     assert await ids(text="MAKE") == [b.id]  # case-insensitive; commands too
     assert await ids(text="release") == [c.id]  # and titles
     assert await ids(text="e", before=c.id) == [b.id, a.id]
+    # Labels of 200+ characters share their head in job_labels: the job's own list decides.
+    long_a, long_b = "l" * 200 + "a", "l" * 200 + "b"
+    d, _ = await store.jobs.create(JobCreate(command="true", labels=[long_a]))
+    e, _ = await store.jobs.create(JobCreate(command="true", labels=[long_b]))
+    assert await ids(label=long_a) == [d.id]
+    assert await ids(label=long_b) == [e.id]
+    assert await ids(label="l" * 200) == []
+    with pytest.raises(JobNotFound):
+        await store.jobs.list(before="nope")
 
 
 async def test_idempotency_key_returns_the_existing_job(store: Store) -> None:

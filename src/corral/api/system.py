@@ -6,25 +6,23 @@ import asyncio
 import functools
 import logging
 import time
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, PlainTextResponse
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    REGISTRY,
-    CollectorRegistry,
-    Gauge,
-    generate_latest,
-)
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Metric
+from prometheus_client.core import GaugeMetricFamily
 
 from corral import __version__
-from corral import metrics as _counters  # noqa: F401 - registers the counters
 from corral.api.deps import Reader, Svc, principal
 from corral.auth import Principal
 from corral.jobs import ACTIVE, JobState
+from corral.metrics import Families
+from corral.metrics import text as exposition
 from corral.models import Identity, Status
 from corral.store import migrate
+from corral.store.overview import Overview
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["system"])
@@ -113,14 +111,14 @@ async def whoami(who: Annotated[Principal, Depends(principal)]) -> Identity:
 async def status(svc: Svc, who: Reader) -> dict[str, Any]:
     """Kill switch, quota pauses, job counts, runners (with their sandbox) and what this
     server's embedded runner serves."""
-    runners = await svc.store.runners.list()
+    now = await svc.store.overview()
     return {
         "version": __version__,
         "database": svc.store.db.dialect,
-        "paused": await svc.store.settings.get("paused") == "true",
-        "providers_paused": [p.model_dump(mode="json") for p in await svc.store.jobs.pauses()],
-        "jobs": await svc.store.jobs.counts(),
-        "runners": [r.model_dump(mode="json") for r in runners],
+        "paused": now.paused,
+        "providers_paused": now.pauses,
+        "jobs": now.by_state(),
+        "runners": now.runners,
         # What this replica's embedded runner serves ([] without one).
         "embedded_providers": (
             svc.settings.embedded_providers() if svc.settings.runner.embedded else []
@@ -145,72 +143,70 @@ async def metrics(svc: Svc, who: Reader) -> PlainTextResponse:
     state entered, cost, tokens, webhook deliveries, tool calls, queue wait,
     start and run times) and process metrics, then fleet-wide gauges read from
     the store's counts (the same on every replica; no table is scanned)."""
-    registry = CollectorRegistry()
-    by_key = await svc.store.jobs.counts_by_provider()
+    now = await svc.store.overview(webhooks=True)
+    body = exposition(REGISTRY, Families(_fleet(svc, now)))
+    return PlainTextResponse(body.decode(), media_type=CONTENT_TYPE_LATEST)
+
+
+def _gauge(name: str, doc: str, value: float | None = None, labels: Sequence[str] = ()) -> Any:
+    return GaugeMetricFamily(name, doc, value=value, labels=labels or None)
+
+
+def _fleet(svc: Svc, now: Overview) -> list[Metric]:
     # Not ``corral_jobs``: that family is the counter (corral_jobs_total).
-    jobs = Gauge("corral_jobs_current", "Jobs by state, now.", ["state"], registry=registry)
-    per_provider = Gauge(
+    jobs = _gauge("corral_jobs_current", "Jobs by state, now.", labels=["state"])
+    per_provider = _gauge(
         "corral_provider_jobs_current",
         "Jobs by provider and state, now.",
-        ["provider", "state"],
-        registry=registry,
+        labels=["provider", "state"],
     )
     totals = dict.fromkeys((s.value for s in JobState), 0)
-    for (job_state, provider), n in by_key.items():
+    for (job_state, provider), n in now.counts.items():
         totals[job_state] = totals.get(job_state, 0) + n
-        per_provider.labels(provider, job_state).set(n)
+        per_provider.add_metric([provider, job_state], n)
     for job_state, n in totals.items():
-        jobs.labels(job_state).set(n)
-    runners = Gauge("corral_runners", "Active runners.", registry=registry)
-    runners.set(len(await svc.store.runners.list()))
-    paused = Gauge(
-        "corral_provider_paused",
-        "1 while a quota pauses the provider.",
-        ["provider"],
-        registry=registry,
+        jobs.add_metric([job_state], n)
+    paused = _gauge(
+        "corral_provider_paused", "1 while a quota pauses the provider.", labels=["provider"]
     )
-    for p in await svc.store.jobs.pauses():
-        paused.labels(p.provider).set(1)
-    remote = _remote_providers(svc)
-    counters = Gauge(
-        "corral_delegated_jobs",
-        "Jobs on remote providers, by state.",
-        ["outcome"],
-        registry=registry,
-    )
+    for p in now.pauses:
+        paused.add_metric([p.provider], 1)
+    remote = set(_remote_providers(svc))
     delegated = dict.fromkeys(("submitted", "done", "failed", "cancelled"), 0)
     in_flight = 0
-    for (job_state, provider), n in by_key.items():
+    for (job_state, provider), n in now.counts.items():
         if provider in remote:
             delegated["submitted"] += n
             if job_state in delegated:
                 delegated[job_state] += n
             elif job_state in ACTIVE_VALUES:
                 in_flight += n
+    counters = _gauge(
+        "corral_delegated_jobs", "Jobs on remote providers, by state.", labels=["outcome"]
+    )
     for name, n in delegated.items():
-        counters.labels(name).set(n)
-    Gauge("corral_delegated_in_flight", "Delegated jobs running now.", registry=registry).set(
-        in_flight
-    )
-    Gauge(
-        "corral_webhook_deliveries_pending",
-        "Webhook deliveries waiting to be sent.",
-        registry=registry,
-    ).set(await svc.store.outbox.pending())
+        counters.add_metric([name], n)
     w = svc.watchdog
-    Gauge(
-        "corral_watchdog_expired", "Leases this replica's watchdog expired.", registry=registry
-    ).set(w.expired)
-    Gauge(
-        "corral_watchdog_recovered",
-        "Jobs this replica ended with the outcome from a registering runner's journal.",
-        registry=registry,
-    ).set(w.recovered)
-    Gauge("corral_paused", "1 while the kill switch is on.", registry=registry).set(
-        1 if await svc.store.settings.get("paused") == "true" else 0
-    )
-    body = generate_latest(REGISTRY) + generate_latest(registry)
-    return PlainTextResponse(body.decode(), media_type=CONTENT_TYPE_LATEST)
+    return [
+        jobs,
+        per_provider,
+        _gauge("corral_runners", "Active runners.", len(now.runners)),
+        paused,
+        counters,
+        _gauge("corral_delegated_in_flight", "Delegated jobs running now.", in_flight),
+        _gauge(
+            "corral_webhook_deliveries_pending",
+            "Webhook deliveries waiting to be sent.",
+            now.webhooks_pending or 0,
+        ),
+        _gauge("corral_watchdog_expired", "Leases this replica's watchdog expired.", w.expired),
+        _gauge(
+            "corral_watchdog_recovered",
+            "Jobs this replica ended with the outcome from a registering runner's journal.",
+            w.recovered,
+        ),
+        _gauge("corral_paused", "1 while the kill switch is on.", 1 if now.paused else 0),
+    ]
 
 
 @router.get("/watchdog/status")

@@ -12,9 +12,10 @@ from corral.store.agents import Agents
 from corral.store.chat import Chats
 from corral.store.db import Database
 from corral.store.events import Events
-from corral.store.jobs import Caps, Jobs, Lease, RetryPolicy
+from corral.store.jobs import Caps, Jobs, Lease, RetryPolicy, now_utc
 from corral.store.keys import Keys, ServerSettings
 from corral.store.outbox import Outbox
+from corral.store.overview import Overview, read_overview
 from corral.store.questions import Questions
 from corral.store.runners import Runners
 from corral.store.schedules import Schedules
@@ -56,6 +57,14 @@ class Store:
         self.trackers = Trackers(self.db)
         self.chat = Chats(self.db)
         self.schedules = Schedules(self.db)
+
+    async def overview(self, *, webhooks: bool = False) -> Overview:
+        """The fleet at a glance, in one read (``store/overview.py``); ``webhooks``:
+        with the count of webhook deliveries waiting."""
+        fallbacks, now = self.jobs.policy.fallbacks, now_utc()
+        return await self.db.read(
+            lambda conn: read_overview(conn, fallbacks=fallbacks, now=now, webhooks=webhooks)
+        )
 
     async def migrate(self) -> None:
         await migrate.upgrade(self.db)

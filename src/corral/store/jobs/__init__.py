@@ -351,7 +351,6 @@ class Jobs:
     ) -> list[Job]:
         """Newest first; ``before`` is the id of the last job of the previous
         page; ``text`` is searched in titles, prompts and commands."""
-        after = None if before is None else await self.get(before)
         return await self.db.read(
             lambda conn: reads.page(
                 conn,
@@ -359,7 +358,7 @@ class Jobs:
                 session_id=session_id,
                 provider=provider,
                 limit=limit,
-                after=after,
+                before=before,
                 label=label,
                 source=source,
                 text=text,
