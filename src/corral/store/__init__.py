@@ -5,6 +5,8 @@ one noun per repository, the same nouns as the API."""
 
 from __future__ import annotations
 
+import time
+
 from corral.bus import Bus, MemoryBus
 from corral.bus.postgres import PostgresBus
 from corral.store import migrate
@@ -21,6 +23,9 @@ from corral.store.runners import Runners
 from corral.store.schedules import Schedules
 from corral.store.sessions import Sessions
 from corral.store.trackers import Trackers
+
+# How long /status and /metrics may serve a snapshot of the fleet (Store.overview).
+OVERVIEW_FRESH = 0.5
 
 
 class Store:
@@ -57,14 +62,25 @@ class Store:
         self.trackers = Trackers(self.db)
         self.chat = Chats(self.db)
         self.schedules = Schedules(self.db)
+        self._overviews: dict[bool, tuple[float, int, Overview]] = {}
 
     async def overview(self, *, webhooks: bool = False) -> Overview:
         """The fleet at a glance, in one read (``store/overview.py``); ``webhooks``:
-        with the count of webhook deliveries waiting."""
+        with the count of webhook deliveries waiting. A snapshot serves again
+        while no write finished in this process since it was read and for at
+        most ``OVERVIEW_FRESH`` seconds: what this replica changed shows at
+        once, what other replicas changed within that time."""
+        began, writes = time.monotonic(), self.db.writes
+        cached = self._overviews.get(webhooks)
+        if cached is not None and cached[1] == writes and began - cached[0] < OVERVIEW_FRESH:
+            return cached[2]
         fallbacks, now = self.jobs.policy.fallbacks, now_utc()
-        return await self.db.read(
+        fresh = await self.db.read(
             lambda conn: read_overview(conn, fallbacks=fallbacks, now=now, webhooks=webhooks)
         )
+        # Stamped with the writes counted before the read: one that ends meanwhile voids it.
+        self._overviews[webhooks] = (began, writes, fresh)
+        return fresh
 
     async def migrate(self) -> None:
         await migrate.upgrade(self.db)

@@ -74,6 +74,9 @@ class Database:
         # Runs inside each write transaction that queued messages (the PostgreSQL bus).
         self.before_commit: BeforeCommit | None = None
         self._pending: set[asyncio.Future[Any]] = set()
+        # Write transactions this process finished (failed ones too: a lost
+        # COMMIT may have committed): what a cached read checks it is still current by.
+        self.writes = 0
         if self.dialect == "sqlite":
             if parsed.get_driver_name() not in ("pysqlite", "aiosqlite"):
                 raise ConfigError("use sqlite:///PATH (or sqlite+aiosqlite:///PATH) for SQLite")
@@ -154,6 +157,7 @@ class Database:
 
     def _published(self, future: asyncio.Future[Any]) -> None:
         self._pending.discard(future)
+        self.writes += 1
         if future.cancelled() or future.exception() is not None:
             return
         _, tx = future.result()
