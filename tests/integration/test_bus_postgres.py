@@ -93,3 +93,32 @@ async def test_dispatch_and_cancel_messages_cross_replicas(
     with b.bus.subscribe(f"runner:{runner.id}") as sub:
         await a.jobs.cancel(job.id)
         assert await _collect(sub, bool) == [f"cancel:{job.id}"]
+
+
+async def test_a_transactions_messages_all_cross(replicas: tuple[Store, Store]) -> None:
+    """One commit announces several topics (one statement notifies them all):
+    another replica hears each of them (stored events are fetched when their
+    seq is announced, so they may come after the rest)."""
+    a, b = replicas
+    job, _ = await a.jobs.create(JobCreate(prompt="x"))
+    watched = (topics.session(job.session_id), topics.JOB_STATES, topics.JOBS)
+
+    def shape(msgs: list[object]) -> list[object]:
+        return [
+            tuple(e.seq for e in m) if isinstance(m, list) else m
+            for m in msgs
+            if not isinstance(m, list) or any(e.seq and e.seq > 1 for e in m)
+        ]
+
+    def complete(msgs: list[object]) -> bool:
+        seqs = [n for m in shape(msgs) if isinstance(m, tuple) for n in m]
+        return shape(msgs).count(job.id) == 2 and 2 in seqs
+
+    with b.bus.subscribe(*watched) as remote, a.bus.subscribe(*watched) as local:
+        await a.jobs.cancel(job.id)
+        local_msgs = shape(await _collect(local, complete))
+        remote_msgs = shape(await _collect(remote, complete))
+    # job.state (seq 2); the job changed state (the dashboard); it ended (sinks)
+    assert local_msgs == [(2,), job.id, job.id]
+    assert [m for m in remote_msgs if isinstance(m, str)] == [job.id, job.id]
+    assert complete(remote_msgs)  # and seq 2 (fetched, with seq 1 if it came late)

@@ -31,6 +31,8 @@ from corral.protocol import topics
 log = logging.getLogger(__name__)
 
 _MAX_PAYLOAD = 7000  # PostgreSQL refuses notifications over 8000 bytes
+# One NOTIFY per payload, in the array's order (a function scan yields its rows in order).
+_NOTIFY = f"SELECT pg_notify('{topics.CHANNEL}', p) FROM unnest(CAST($1 AS text[])) AS p"
 _SEEN_MAX = 10_000
 
 Fetch = Callable[[str, int], Awaitable[list[Event]]]
@@ -60,9 +62,11 @@ class PostgresBus:
 
     # Called inside each write transaction, just before it commits.
     def notify_in(self, conn: sa.Connection, messages: list[tuple[str, Any]]) -> None:
-        for topic, message in messages:
-            payload = self._encode(topic, message)
-            conn.execute(sa.select(sa.func.pg_notify(topics.CHANNEL, payload)))
+        """All of a transaction's messages in one statement, in their order (a
+        statement per message was a tenth of the server's CPU per job; issue #18)."""
+        if messages:
+            payloads = [self._encode(topic, message) for topic, message in messages]
+            conn.exec_driver_sql(_NOTIFY, (payloads,))
 
     def _encode(self, topic: str, message: list[Event] | str) -> str:
         if isinstance(message, str):
