@@ -220,8 +220,9 @@ class WorkerChannel:
             await self._wake.wait()
             self._wake.clear()
             if self._bare_start() and not self._closing:
-                with contextlib.suppress(TimeoutError):  # START_WINDOW
-                    await asyncio.wait_for(self._wake.wait(), START_WINDOW)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(START_WINDOW):  # no task, unlike wait_for
+                        await self._wake.wait()
                 self._wake.clear()
             if self._closing and self._bare_start():
                 return  # complete() reports the start with the outcome
