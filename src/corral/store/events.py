@@ -183,16 +183,28 @@ class Events:
         job_id: str | None = None,
         internal: bool = False,
     ) -> list[Event]:
-        stmt = (
-            sa.select(events)
-            .where(events.c.session_id == session_id, events.c.seq > since)
-            .order_by(events.c.seq)
-            .limit(limit)
-        )
-        if job_id is not None:
-            stmt = stmt.where(events.c.job_id == job_id)
-        if not internal:
-            stmt = stmt.where(events.c.internal.is_(False))
+        stmt = _listing(job_id is not None, internal)
+        params = {"session_id": session_id, "since": since, "limit": limit, "job_id": job_id}
         return await self.db.read(
-            lambda conn: [Event(ephemeral=False, **fields(r)) for r in conn.execute(stmt)]
+            lambda conn: [Event(ephemeral=False, **fields(r)) for r in conn.execute(stmt, params)]
         )
+
+
+@functools.cache
+def _listing(by_job: bool, internal: bool) -> sa.Select[Any]:
+    """A session's events after a seq, built once per shape (every SSE stream
+    back-fills with one; issue #18)."""
+    stmt = (
+        sa.select(events)
+        .where(
+            events.c.session_id == sa.bindparam("session_id"),
+            events.c.seq > sa.bindparam("since"),
+        )
+        .order_by(events.c.seq)
+        .limit(sa.bindparam("limit"))
+    )
+    if by_job:
+        stmt = stmt.where(events.c.job_id == sa.bindparam("job_id"))
+    if not internal:
+        stmt = stmt.where(events.c.internal.is_(False))
+    return stmt
