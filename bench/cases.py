@@ -11,7 +11,6 @@ import json
 import math
 import os
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -21,7 +20,7 @@ import httpx
 from httpx_sse import aconnect_sse
 
 from corral.auth import WorkerClaims
-from corral.models import JobCreate, NewEvent
+from corral.models import JobCreate, NewEvent, event_id
 from corral.store import Store
 from corral.testing import ServerProcess
 
@@ -280,7 +279,7 @@ def event_dicts(count: int, size: int) -> list[list[dict[str, Any]]]:
     return [
         [
             {
-                "event_id": uuid.uuid4().hex,
+                "event_id": event_id(),
                 "type": "output",
                 "payload": {"stream": "stdout", "line": line},
             }

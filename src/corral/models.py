@@ -4,7 +4,9 @@ the client and runner read."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -42,6 +44,15 @@ def utc(value: datetime, name: str) -> datetime:
 
 def new_id() -> str:
     return uuid.uuid4().hex
+
+
+def event_id() -> str:
+    """A new event's id: 32 hex digits like ``new_id``, the time in ms, then
+    80 random bits. Ids minted later sort later, so the log's unique index on
+    ``event_id`` grows at its end instead of at random pages: on SQLite 2.7x
+    the insert rate at 300,000 events (issue #18). Not for what people type a
+    prefix of (jobs, sessions, questions): those stay random."""
+    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
 
 
 # A rule of a gateway allowlist: SERVER.TOOL, SERVER.* or * (corral/gateway/).
@@ -211,7 +222,7 @@ class NewEvent(BaseModel):
     """An event as a writer sends it; ``event_id`` is minted by the writer so a
     re-sent event is recognised and skipped."""
 
-    event_id: str = Field(default_factory=new_id, min_length=1, max_length=64)
+    event_id: str = Field(default_factory=event_id, min_length=1, max_length=64)
     type: str = Field(min_length=1, max_length=64)
     payload: JSONDict = Field(default_factory=dict)
     ephemeral: bool = False

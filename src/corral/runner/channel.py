@@ -19,7 +19,7 @@ from typing import TypeVar
 
 from corral import redact
 from corral.executors.base import Waiting
-from corral.models import NewEvent, Outcome, Question, new_id
+from corral.models import NewEvent, Outcome, Question, event_id
 from corral.protocol import (
     AnswerWait,
     Completed,
@@ -89,7 +89,7 @@ class WorkerChannel:
             return
         self._events.append(
             NewEvent.model_construct(
-                event_id=new_id(),
+                event_id=event_id(),
                 type=type,
                 # This runner's own credentials never leave it (the server
                 # redacts what it knows; a runner elsewhere knows more).
