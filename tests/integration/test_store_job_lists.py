@@ -114,9 +114,12 @@ async def test_each_filter_walks_an_index(store: Store, name: str) -> None:
         assert any("ix_job" in p for p in plan), "\n".join(plan)
 
 
-async def test_several_states_merge_one_walk_each(store: Store) -> None:
+@pytest.mark.parametrize("keyset", [False, True], ids=["first-page", "keyset"])
+async def test_several_states_merge_one_walk_each(store: Store, keyset: bool) -> None:
     await seed(store)
-    stmt = reads.page_query(**_page(states=[JobState.FAILED, JobState.CANCELLED]))
+    states = [JobState.FAILED, JobState.CANCELLED]
+    after = (await store.jobs.list(states=states, limit=50))[-1] if keyset else None
+    stmt = reads.page_query(**_page(states=states, after=after))
     plan = await store.db.read(lambda c: reads.explain(c, stmt))
     text = "\n".join(plan)
     if store.db.dialect == "sqlite":
