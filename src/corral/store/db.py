@@ -220,6 +220,11 @@ def _sqlite_engine(url: sa.URL, *, writer: bool) -> sa.Engine:
         pool_size=1 if writer else READERS,
         max_overflow=0,
         pool_timeout=60,
+        # Readers run each statement in its own implicit transaction (as
+        # PostgreSQL's reads do, under READ COMMITTED): no BEGIN, no ROLLBACK
+        # when the connection goes back; they were ~half of a point read's
+        # CPU (jobs.get 559 -> 319 us; issue #18).
+        pool_reset_on_return="rollback" if writer else None,
         connect_args={"check_same_thread": False, "timeout": 30},
     )
 
@@ -234,8 +239,10 @@ def _sqlite_engine(url: sa.URL, *, writer: bool) -> sa.Engine:
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
+    if writer:
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Any) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine

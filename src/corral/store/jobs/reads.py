@@ -27,12 +27,17 @@ _COUNTS = (
 )
 
 
+# Built once (a job is read by id several times in its life; issue #18).
+_BY_ID = sa.select(jobs).where(jobs.c.id == sa.bindparam("id"))
+_BY_KEY = sa.select(jobs).where(jobs.c.idempotency_key == sa.bindparam("key"))
+
+
 def by_id(conn: sa.Connection, job_id: str) -> Row | None:
-    return conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).one_or_none()
+    return conn.execute(_BY_ID, {"id": job_id}).one_or_none()
 
 
 def by_idempotency_key(conn: sa.Connection, key: str) -> Job | None:
-    row = conn.execute(sa.select(jobs).where(jobs.c.idempotency_key == key)).one_or_none()
+    row = conn.execute(_BY_KEY, {"key": key}).one_or_none()
     return None if row is None else to_job(row)
 
 
