@@ -205,6 +205,8 @@ class AgentExecutor(Generic[A]):
             )
         self._proc = proc
         ctx.started(proc.pid)
+        if self._cancelled:  # cancelled while the process was being started
+            await stop_tree(proc, self._grace, self._marker)
         ctx.emit(
             "agent.started",
             {"pid": proc.pid, "argv": [clip(a, 200) for a in argv], "sandbox": ctx.confine.kind},

@@ -71,6 +71,8 @@ class ShellExecutor:
         )
         self._proc = proc
         ctx.started(proc.pid)
+        if self._stopping == "cancelled":  # cancelled while the process was being started
+            await stop_tree(proc, self._grace, self._marker)
         tail: deque[str] = deque(maxlen=TAIL_LINES)
         assert proc.stdout is not None and proc.stderr is not None
         readers = asyncio.gather(
