@@ -8,11 +8,12 @@ tests/conftest.py, or ``running_server``)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
 
+from corral.runner.link import HttpLink
 from corral.testing import ServerProcess, reserved_port, start_server
 
 
@@ -33,6 +34,24 @@ def http(srv: ServerProcess) -> Iterator[httpx.Client]:
     """An admin HTTP client for the shared server."""
     with srv.http() as client:
         yield client
+
+
+@pytest.fixture
+async def api(srv: ServerProcess) -> AsyncIterator[httpx.AsyncClient]:
+    """An async admin HTTP client for ``srv`` (the shared server, or the
+    module's own where it defines ``srv``)."""
+    headers = {"Authorization": f"Bearer {srv.admin_key}"}
+    async with httpx.AsyncClient(base_url=srv.url, headers=headers, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture
+async def link(srv: ServerProcess) -> AsyncIterator[HttpLink]:
+    """Runner protocol v1 over HTTP to ``srv``, as a hand-driven runner (long-polls
+    of up to 60 s: reads wait 90)."""
+    timeout = httpx.Timeout(30, read=90)
+    async with HttpLink(srv.url, srv.admin_key, timeout=timeout, max_connections=8) as lk:
+        yield lk
 
 
 @pytest.fixture

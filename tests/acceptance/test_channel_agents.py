@@ -9,7 +9,7 @@ result follows, all in order."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,21 +46,6 @@ def srv(tmp_path: Path, db_url: str, bridge: Bridge) -> Iterator[ServerProcess]:
     args = ("--config", str(tmp_path / "corral.toml"))
     with running_server(tmp_path / "data", args=args, database_url=db_url) as s:
         yield s
-
-
-@pytest.fixture
-async def api(srv: ServerProcess) -> AsyncIterator[httpx.AsyncClient]:
-    headers = {"Authorization": f"Bearer {srv.admin_key}"}
-    async with httpx.AsyncClient(base_url=srv.url, headers=headers, timeout=30) as client:
-        yield client
-
-
-@pytest.fixture
-async def link(srv: ServerProcess) -> AsyncIterator[HttpLink]:
-    async with HttpLink(
-        srv.url, srv.admin_key, timeout=httpx.Timeout(30, read=90), max_connections=8
-    ) as lk:
-        yield lk
 
 
 async def lease(api: httpx.AsyncClient, provider: str) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,19 +32,6 @@ NO_RUNNER = {
 def srv(tmp_path: Path, db_url: str) -> Iterator[ServerProcess]:
     with running_server(tmp_path / "data", env=NO_RUNNER, database_url=db_url) as s:
         yield s
-
-
-@pytest.fixture
-async def api(srv: ServerProcess) -> AsyncIterator[httpx.AsyncClient]:
-    headers = {"Authorization": f"Bearer {srv.admin_key}"}
-    async with httpx.AsyncClient(base_url=srv.url, headers=headers, timeout=30) as client:
-        yield client
-
-
-@pytest.fixture
-async def link(srv: ServerProcess) -> AsyncIterator[HttpLink]:
-    async with HttpLink(srv.url, srv.admin_key, timeout=httpx.Timeout(30), max_connections=4) as lk:
-        yield lk
 
 
 async def _leased(api: httpx.AsyncClient) -> tuple[str, str, str]:
