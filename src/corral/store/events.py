@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from corral.errors import SessionNotFound
 from corral.models import Event, NewEvent
 from corral.protocol import topics
-from corral.store.db import Database, Tx, fields
+from corral.store.db import Database, Tx, dicts
 from corral.store.schema import events, sessions
 
 
@@ -186,7 +186,7 @@ class Events:
         stmt = _listing(job_id is not None, internal)
         params = {"session_id": session_id, "since": since, "limit": limit, "job_id": job_id}
         return await self.db.read(
-            lambda conn: [Event(ephemeral=False, **fields(r)) for r in conn.execute(stmt, params)]
+            lambda conn: [Event(ephemeral=False, **d) for d in dicts(conn.execute(stmt, params))]
         )
 
 

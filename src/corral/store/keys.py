@@ -12,7 +12,7 @@ from corral import auth
 from corral.auth import Principal, Role
 from corral.errors import KeyNotFound, Unauthorized
 from corral.models import ApiKey
-from corral.store.db import Database, Tx, fields
+from corral.store.db import Database, Tx, dicts, fields
 from corral.store.jobs import now_utc
 from corral.store.schema import api_keys, settings
 
@@ -92,7 +92,7 @@ class Keys:
     async def list(self) -> list[ApiKey]:
         stmt = sa.select(api_keys).order_by(api_keys.c.created_at)
         return await self.db.read(
-            lambda conn: [ApiKey.model_validate(fields(r)) for r in conn.execute(stmt)]
+            lambda conn: [ApiKey.model_validate(d) for d in dicts(conn.execute(stmt))]
         )
 
 

@@ -17,7 +17,7 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from corral.models import ProviderPause, Runner
-from corral.store.db import fields
+from corral.store.db import dicts
 from corral.store.jobs import reads
 from corral.store.schema import provider_pauses, runners, settings, webhook_deliveries
 
@@ -59,7 +59,7 @@ def read_overview(
         )
         for r in conn.execute(_PAUSES, {"now": now})
     ]
-    active = [Runner.model_validate(fields(r)) for r in conn.execute(_RUNNERS)]
+    active = [Runner.model_validate(d) for d in dicts(conn.execute(_RUNNERS))]
     return Overview(
         paused=paused is not None and str(paused) == "true",
         pauses=pauses,

@@ -11,7 +11,7 @@ from corral.errors import RunnerNameNotFound, RunnerNameTaken, RunnerNotFound
 from corral.jobs import ACTIVE
 from corral.models import Runner, new_id
 from corral.protocol import VERSION
-from corral.store.db import Database, Tx, fields
+from corral.store.db import Database, Tx, dicts, fields
 from corral.store.jobs import RetryPolicy, lose, now_utc
 from corral.store.schema import api_keys, jobs, runner_names, runners
 
@@ -132,7 +132,7 @@ class Runners:
         if active_only:
             stmt = stmt.where(runners.c.status == "active")
         return await self.db.read(
-            lambda conn: [Runner.model_validate(fields(r)) for r in conn.execute(stmt)]
+            lambda conn: [Runner.model_validate(d) for d in dicts(conn.execute(stmt))]
         )
 
 

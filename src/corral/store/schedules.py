@@ -22,7 +22,7 @@ from pydantic import BaseModel
 from corral.models import NewEvent
 from corral.store import events as event_log
 from corral.store import sessions as session_store
-from corral.store.db import Database, Tx, fields
+from corral.store.db import Database, Tx, dicts, fields
 from corral.store.jobs import now_utc
 from corral.store.schema import schedules
 
@@ -68,7 +68,7 @@ class Schedules:
     async def list(self) -> list[ScheduleState]:
         def body(conn: sa.Connection) -> list[ScheduleState]:
             rows = conn.execute(sa.select(schedules).order_by(schedules.c.name))
-            return [ScheduleState.model_validate(fields(r)) for r in rows]
+            return [ScheduleState.model_validate(d) for d in dicts(rows)]
 
         return await self.db.read(body)
 

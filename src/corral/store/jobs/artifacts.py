@@ -8,7 +8,7 @@ import sqlalchemy as sa
 
 from corral.auth import WorkerClaims
 from corral.models import Artifact
-from corral.store.db import Tx, fields
+from corral.store.db import Tx, dicts
 from corral.store.jobs.state import Row, owned
 from corral.store.schema import artifacts
 
@@ -48,7 +48,7 @@ def put(
 
 
 def listed(conn: sa.Connection, job_id: str) -> list[Artifact]:
-    return [Artifact.model_validate(fields(r)) for r in conn.execute(_LISTED, {"job_id": job_id})]
+    return [Artifact.model_validate(d) for d in dicts(conn.execute(_LISTED, {"job_id": job_id}))]
 
 
 def one(conn: sa.Connection, job_id: str, name: str) -> Row | None:
