@@ -109,7 +109,9 @@ def config(tmp_path_factory: pytest.TempPathFactory, base_agents: dict[str, Any]
 def srv(config: Path, mark: str) -> Iterator[ServerProcess]:
     try:
         with running_server(
-            config.parent / "data", args=("--config", str(config), "--no-queue")
+            config.parent / "data",
+            args=("--config", str(config), "--no-queue"),
+            env={"CORRAL_SSE_PING": "1"},  # a stream waiting on a change ends its reads often
         ) as s:
             yield s
     finally:
@@ -176,7 +178,9 @@ def test_an_agent_s_secret_is_not_kept_in_its_log(http: httpx.Client) -> None:
     assert BOT_TOKEN not in json.dumps(agent(http, "leaky"))
 
 
-def test_killed_daemon_is_restarted_with_a_status_event(http: httpx.Client) -> None:
+def test_killed_daemon_is_restarted_with_a_status_event(
+    srv: ServerProcess, http: httpx.Client
+) -> None:
     before = wait_for(lambda: status_is(http, "ticker", "running"), timeout=20, what="ticker")
     changes: list[dict[str, Any]] = []
     with http.stream(
@@ -194,7 +198,16 @@ def test_killed_daemon_is_restarted_with_a_status_event(http: httpx.Client) -> N
                     assert now["status"] == "running" and now["pid"] == before["pid"]
                     break
         os.kill(before["pid"], signal.SIGKILL)
+        deadline = time.monotonic() + 30
         for raw in lines:
+            # Keep-alive comments (every second here) bound the wait: a change
+            # that never comes fails with what the server knows, not a hang.
+            if time.monotonic() > deadline:
+                now = agent(http, "ticker")
+                pytest.fail(
+                    f"no restart within 30 s; changes {changes}; agent now {now};\n"
+                    f"server log tail:\n{srv.output()[-4000:]}"
+                )
             if raw.startswith("event:"):
                 event = raw[6:].strip()
             elif raw.startswith("data:") and event == "status":
