@@ -49,3 +49,41 @@ async def test_a_cancelled_wait_leaves_the_subscription_working() -> None:
         bus.publish("a", "x")
         async with asyncio.timeout(1):
             assert await later == ["x"]
+
+
+async def test_each_wait_times_out_after_its_own_timeout() -> None:
+    """The timer outlives a wait an event ends early; the next wait still
+    gets its whole timeout, counted from its own start, and no more."""
+    bus = MemoryBus()
+    loop = asyncio.get_running_loop()
+    with bus.subscribe("a") as sub:
+        loop.call_later(0.05, bus.publish, "a", "x")
+        assert await sub.get(0.3) == ["x"]  # woken early: the timer stays armed
+        began = loop.time()
+        assert await sub.get(0.3) == []
+        waited = loop.time() - began
+        assert 0.3 - 0.002 <= waited < 1.0, waited  # not 0.25 (the first wait's deadline)
+
+
+async def test_a_shorter_timeout_after_a_longer_one_is_kept() -> None:
+    bus = MemoryBus()
+    with bus.subscribe("a") as sub:
+        asyncio.get_running_loop().call_soon(bus.publish, "a", "x")
+        assert await sub.get(30) == ["x"]  # its timer is 30 s away
+        async with asyncio.timeout(5):  # the next wait's 0.05 s is not held to it
+            assert await sub.get(0.05) == []
+
+
+async def test_waits_woken_by_events_share_one_timer() -> None:
+    """A reader woken by every event does not make a timer per wait (issue #18):
+    the one armed by the first wait serves the next; closing cancels it."""
+    bus = MemoryBus()
+    with bus.subscribe("a") as sub:
+        timers = set()
+        for i in range(20):
+            asyncio.get_running_loop().call_soon(bus.publish, "a", str(i))
+            assert await sub.get(5) == [str(i)]
+            timers.add(id(sub._timer))
+        timer = sub._timer
+        assert len(timers) == 1 and timer is not None and not timer.cancelled()
+    assert timer.cancelled()
