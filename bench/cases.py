@@ -498,9 +498,10 @@ async def sse_latency(
     interval: float,
     target: float | None,
     client: str = "httpx-sse",
+    batch: int = 1,
 ) -> list[Result]:
     """``subscribers`` SSE clients on one session; the worker posts ``events``
-    single-event batches ``interval`` apart, each carrying its send time."""
+    batches of ``batch`` events ``interval`` apart, each carrying its send time."""
     lat: list[float] = []
     to_server: list[float] = []  # send -> event created_at (server side, before commit)
     ready = [asyncio.Event() for _ in range(subscribers)]
@@ -523,7 +524,7 @@ async def sse_latency(
                 if i == 0:
                     to_server.append(ts(ev["created_at"]) - sent)
                 got += 1
-                return got < events
+                return got < events * batch
 
             return deliver
 
@@ -536,7 +537,13 @@ async def sse_latency(
             await asyncio.sleep(0.2)
             server_cpu, own_cpu = cpu_seconds(srv.proc.pid), time.process_time()
             for i in range(events):
-                body = {"events": [{"type": "bench", "payload": {"i": i, "t": time.time()}}]}
+                t = time.time()
+                body = {
+                    "events": [
+                        {"type": "bench", "payload": {"i": i * batch + k, "t": t}}
+                        for k in range(batch)
+                    ]
+                }
                 check(await http.post("/worker/events", json=body, headers=w.headers))
                 await asyncio.sleep(interval)
             await asyncio.wait(tasks, timeout=10)
@@ -547,11 +554,14 @@ async def sse_latency(
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         await finish_worker(http, w)
-    expected = subscribers * events
+    expected = subscribers * events * batch
     name = f"(d) SSE, {subscribers} subscriber{'s' if subscribers > 1 else ''}"
     if client != "httpx-sse":
         name += f", {client} clients"
-    note = f"{events} events {interval * 1000:g} ms apart; {client} clients, all in one process"
+    if batch > 1:
+        name += f", batches of {batch}"
+    writes = f"{events} events" if batch == 1 else f"{events} writes of {batch} events"
+    note = f"{writes} {interval * 1000:g} ms apart; {client} clients, all in one process"
     if len(lat) < expected:
         note += f"; {expected - len(lat)} of {expected} deliveries missing"
     if not lat:

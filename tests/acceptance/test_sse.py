@@ -4,6 +4,7 @@ Last-Event-ID after a disconnect yields every event exactly once."""
 from __future__ import annotations
 
 import json
+import socket
 import time
 from typing import Any
 
@@ -155,3 +156,41 @@ def test_stream_resume_from_the_middle_of_a_finished_job(
     )
     assert resp.status_code == 400
     assert resp.json()["error"]["code"] == "bad_request"
+
+
+def _chunks(srv: ServerProcess, path: str) -> list[bytes]:
+    """The body of a GET as the chunks the server sent (one per send)."""
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=20) as sock:
+        sock.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n"
+            f"Authorization: Bearer {srv.admin_key}\r\nConnection: close\r\n\r\n".encode()
+        )
+        raw = b""
+        while data := sock.recv(65536):
+            raw += data
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert b" 200 " in head.split(b"\r\n")[0] and b"chunked" in head.lower(), head
+    chunks = []
+    while True:
+        size_line, _, body = body.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            return chunks
+        chunks.append(body[:size])
+        body = body[size + 2 :]
+
+
+def test_events_ready_together_go_out_in_one_send(srv: ServerProcess, http: httpx.Client) -> None:
+    """A back-fill page (and a live batch alike) is one write to the client,
+    not one per event: each send crosses the middleware and the socket (#18)."""
+    job_id = submit(http, "for i in $(seq 1 40); do echo line-$i; done")
+    assert wait_job(http, job_id)["state"] == "done"
+    chunks = [c for c in _chunks(srv, f"/jobs/{job_id}/events") if c.strip(b": ping\n")]
+    assert len(chunks) == 1, [c[:60] for c in chunks]
+    frames = [f for f in chunks[0].decode().split("\n\n") if f]
+    events = [json.loads(f.split("data: ", 1)[1]) for f in frames]
+    assert [e["payload"]["line"] for e in events if e["type"] == "output"] == [
+        f"line-{i}" for i in range(1, 41)
+    ]
+    assert events[-1]["type"] == "job.state" and events[-1]["payload"]["to"] == "done"
+    assert [f.split("\n", 1)[0] for f in frames] == [f"id: {e['seq']}" for e in events]

@@ -3,8 +3,9 @@
 Subscribe first, then back-fill from the database after the client's last
 seq, then stream live, skipping seqs already sent and back-filling again on a
 gap. A subscriber that overflows its buffer is disconnected; it reconnects
-with Last-Event-ID and loses nothing. The response itself (frames, keep-alive,
-disconnects) is ``corral.api.sse``."""
+with Last-Event-ID and loses nothing. Events ready together (a back-fill
+page, the events of one write) go to the client as one send. The response
+itself (frames, keep-alive, disconnects) is ``corral.api.sse``."""
 
 from __future__ import annotations
 
@@ -48,9 +49,11 @@ async def follow(
     job_id: str | None = None,
     internal: bool = False,
     poll: float = 5.0,
-) -> AsyncIterator[Event]:
+) -> AsyncIterator[list[Event]]:
     """Every event of the session after ``since``, once each, in seq order,
-    then live ones. With ``job_id``: only that job's, ending with its final state."""
+    then live ones; in batches, each what was ready at once (a back-fill page,
+    the events of one write). With ``job_id``: only that job's, ending with its
+    final state."""
 
     def wanted(ev: Event) -> bool:
         return (job_id is None or ev.job_id == job_id) and (internal or not ev.internal)
@@ -66,12 +69,16 @@ async def follow(
             # Back-fill everything committed after `last`.
             while True:
                 batch = await store.events.list(session_id, since=last, limit=500, internal=True)
+                out: list[Event] = []
                 for ev in batch:
                     last = ev.seq or last
                     if wanted(ev):
-                        yield ev
+                        out.append(ev)
                         if ev.type == "job.state" and job_id is not None and await ended(ev):
+                            yield out
                             return
+                if out:
+                    yield out
                 if len(batch) < 500:
                     break
             # Live, until a gap or an overflow sends us back to the log.
@@ -80,13 +87,14 @@ async def follow(
                 if sub.overflowed:
                     return
                 gap = False
+                out = []
                 for message in messages:
                     if not isinstance(message, list):
                         continue
                     for ev in message:
                         if ev.seq is None:
                             if wanted(ev):
-                                yield ev
+                                out.append(ev)
                             continue
                         if ev.seq <= last:
                             continue
@@ -95,11 +103,14 @@ async def follow(
                             break
                         last = ev.seq
                         if wanted(ev):
-                            yield ev
+                            out.append(ev)
                             if ev.type == "job.state" and job_id is not None and await ended(ev):
+                                yield out
                                 return
                     if gap:
                         break
+                if out:
+                    yield out
                 if gap or not messages:
                     break  # back-fill (on timeout too: cheap insurance)
 
@@ -118,9 +129,20 @@ def last_event_id(request: Request, since: int) -> int:
     return max(value, since)
 
 
-def response(events: AsyncIterator[Event], *, ping: float, streams: Streams) -> EventStream[Event]:
-    """``events`` as a server-sent event stream with keep-alive comments."""
-    return EventStream(events, encode, ping=ping, streams=streams)
+def encode_all(events: list[Event]) -> bytes:
+    """A batch of events as one write: a live batch reaches every subscriber
+    in one send, not one per event (each send crosses the middleware and the
+    socket; issue #18)."""
+    if len(events) == 1:
+        return encode(events[0])
+    return b"".join([encode(ev) for ev in events])
+
+
+def response(
+    events: AsyncIterator[list[Event]], *, ping: float, streams: Streams
+) -> EventStream[list[Event]]:
+    """Batches of ``events`` as a server-sent event stream with keep-alive comments."""
+    return EventStream(events, encode_all, ping=ping, streams=streams)
 
 
 def response_of(
