@@ -175,3 +175,23 @@ def test_a_job_branch_pushed_to_the_remote_does_not_break_the_next_job(tmp_path:
         spaces.prepare(job(repo=url, base="main~1")).base
         == git("rev-parse", "main~1", cwd=dev).strip()
     )
+
+
+def test_a_plain_folder_is_prepared_in_place_and_a_worktree_is_not(tmp_path: Path) -> None:
+    """``prepare_folder`` (the runner calls it on the event loop) makes a job's
+    plain folder and its record as ``prepare`` does, and leaves anything git
+    would run for (a repo job, a later turn of a worktree's session) to
+    ``prepare`` in a thread."""
+    repo = make_repo(tmp_path / "repo")
+    spaces = Workspaces(tmp_path / "data")
+    first = job()
+    plain = spaces.prepare_folder(first)
+    assert plain is not None and plain.kind == "dir" and plain.path.is_dir()
+    assert spaces.load(first.session_id) == plain
+    again = spaces.prepare_folder(job(session=first.session_id, turn=2))
+    assert again is not None and again.path == plain.path and again.used_at >= plain.used_at
+    assert spaces.prepare_folder(job(repo=str(repo))) is None
+    tree = spaces.prepare(job(repo=str(repo)))
+    assert spaces.prepare_folder(job(session=tree.session_id, turn=2)) is None
+    with pytest.raises(WorkspaceError, match="unsafe"):
+        spaces.prepare_folder(job(session="../../etc"))

@@ -30,7 +30,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from corral.executors.sandbox import Mount, ro, rw
@@ -119,12 +119,13 @@ class Workspaces:
         self.meta_dir = self.root / ".meta"
         self.cache = data_dir / "repos"
         self.meta_dir.mkdir(parents=True, exist_ok=True)
+        self._real_root = self.root.resolve()
 
     def path_of(self, session_id: str) -> Path:
         if not SAFE_ID.match(session_id):
             raise WorkspaceError(f"unsafe session id {session_id!r}")
         path = (self.root / session_id).resolve()
-        if not path.is_relative_to(self.root.resolve()):
+        if not path.is_relative_to(self._real_root):
             raise WorkspaceError(f"workspace {path} escapes {self.root}")
         return path
 
@@ -139,7 +140,8 @@ class Workspaces:
             return None
 
     def save(self, ws: Workspace) -> None:
-        data = asdict(ws)
+        # Its fields are plain values: no asdict (a deep copy of each).
+        data = {f.name: getattr(ws, f.name) for f in fields(ws)}
         data["path"] = str(ws.path)
         tmp = self.meta_dir / f".{ws.session_id}.tmp"
         tmp.write_text(json.dumps(data))
@@ -176,6 +178,18 @@ class Workspaces:
             ws = self._worktree(job, path)
         self.save(ws)
         return ws
+
+    def prepare_folder(self, job: Job) -> Workspace | None:
+        """``prepare`` for a job whose workspace is a plain folder (no repo,
+        and its session's, if any, is no worktree): a few file system calls,
+        cheap enough for the event loop. None: use ``prepare``."""
+        if job.repo is not None:
+            return None
+        self.path_of(job.session_id)  # an unsafe id is refused before any file is read
+        ws = self.load(job.session_id)
+        if ws is not None and (ws.repo is not None or ws.branch is not None):
+            return None
+        return self.prepare(job)
 
     def _worktree(self, job: Job, path: Path) -> Workspace:
         assert job.repo is not None
