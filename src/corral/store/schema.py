@@ -169,6 +169,59 @@ job_counts = sa.Table(
     sa.Column("n", sa.Integer, nullable=False),
 )
 
+# GET /usage's rollup: the figures of finished jobs summed per UTC hour of
+# their end and (provider, model, source), kept by triggers on ``jobs``
+# (migration 0023) in the transaction of every change to a finished job. A
+# change appends rows (``fresh``): minus the job's old figures, plus its new
+# ones, so no row is shared by concurrent writers; ``fold_usage`` (the
+# watchdog's loop) sums a key's rows into one. ``with_label`` null: every
+# job; else the jobs carrying that label, each once (the label filter).
+usage_hours = sa.Table(
+    "usage_hours",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+    sa.Column("hour", UTCDateTime, nullable=False),
+    sa.Column("provider", sa.String(64), nullable=False),
+    sa.Column("model", sa.Text),
+    sa.Column("source", sa.String(16), nullable=False),
+    sa.Column("with_label", sa.Text),
+    sa.Column("jobs", sa.Integer, nullable=False),
+    sa.Column("cost", sa.Float, nullable=False),
+    sa.Column("priced", sa.Integer, nullable=False),
+    sa.Column("input_tokens", sa.BigInteger, nullable=False),
+    sa.Column("output_tokens", sa.BigInteger, nullable=False),
+    sa.Column("run_time", sa.Float, nullable=False),
+    sa.Column("fresh", sa.Integer, nullable=False),
+    # with_label first: the rows a query reads (null, or its label) lie together.
+    sa.Index("ix_usage_hours_key", "with_label", "hour", "provider", "source", "model"),
+    sa.Index(None, "fresh"),
+)
+
+# The same per label, for grouping by label: a job counts once under each of
+# its labels (under ``label`` null if it has none); ``with_label`` as above.
+usage_hour_labels = sa.Table(
+    "usage_hour_labels",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+    sa.Column("hour", UTCDateTime, nullable=False),
+    sa.Column("provider", sa.String(64), nullable=False),
+    sa.Column("model", sa.Text),
+    sa.Column("source", sa.String(16), nullable=False),
+    sa.Column("label", sa.Text),
+    sa.Column("with_label", sa.Text),
+    sa.Column("jobs", sa.Integer, nullable=False),
+    sa.Column("cost", sa.Float, nullable=False),
+    sa.Column("priced", sa.Integer, nullable=False),
+    sa.Column("input_tokens", sa.BigInteger, nullable=False),
+    sa.Column("output_tokens", sa.BigInteger, nullable=False),
+    sa.Column("run_time", sa.Float, nullable=False),
+    sa.Column("fresh", sa.Integer, nullable=False),
+    sa.Index(
+        "ix_usage_hour_labels_key", "with_label", "hour", "provider", "source", "model", "label"
+    ),
+    sa.Index(None, "fresh"),
+)
+
 events = sa.Table(
     "events",
     metadata,

@@ -249,9 +249,12 @@ class Jobs:
         return await self.db.read(reads.counts_by_provider)
 
     async def compact_counts(self) -> None:
-        """Fold the counts' +1/-1 rows (PostgreSQL; nothing to do on SQLite)."""
+        """Fold the counts' +1/-1 rows and the usage rollup's rows (PostgreSQL;
+        SQLite's triggers keep one row per key)."""
         if not self.db.is_sqlite:
             await self.db.write(lambda tx: reads.compact_counts(tx.conn))
+            if await self.db.read(usage.unfolded):
+                await self.db.write(lambda tx: usage.fold(tx.conn))
 
     async def live_by_provider(self) -> dict[str, dict[str, int]]:
         """Queued, assigned and running jobs of each provider."""
