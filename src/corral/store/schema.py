@@ -171,11 +171,12 @@ job_counts = sa.Table(
 
 # GET /usage's rollup: the figures of finished jobs summed per UTC hour of
 # their end and (provider, model, source), kept by triggers on ``jobs``
-# (migration 0023) in the transaction of every change to a finished job. A
-# change appends rows (``fresh``): minus the job's old figures, plus its new
-# ones, so no row is shared by concurrent writers; ``fold_usage`` (the
-# watchdog's loop) sums a key's rows into one. ``with_label`` null: every
-# job; else the jobs carrying that label, each once (the label filter).
+# (migration 0023) in the transaction of every change to a finished job:
+# minus the job's old figures, plus its new ones. On SQLite one row per key,
+# changed in place; on PostgreSQL each change appends rows (``fresh`` 1), so
+# concurrent writers share no row, and ``usage.fold`` (the watchdog's loop)
+# sums a key's rows into one. ``with_label`` null: every job; else the jobs
+# carrying that label, each once (the label filter).
 usage_hours = sa.Table(
     "usage_hours",
     metadata,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -45,6 +45,7 @@ def usage(
 ) -> list[dict[str, Any]]:
     """The sums of each group: whole hours from the rollup, the edges from ``jobs``."""
     filters = {"provider": provider, "model": model, "label": label, "source": source}
+    start, end = start.astimezone(UTC), end.astimezone(UTC)  # UTC hours, whatever the zone
     first = _floor(start) if _floor(start) == start else _floor(start) + _HOUR
     last = _floor(end)
     if first < last:
