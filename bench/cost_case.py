@@ -8,9 +8,11 @@ database: timed once in a fresh interpreter.
 
 *Usage*: ``n`` finished jobs over 30 days (4 providers, 3 models, 2 labels,
 costs and tokens set) written straight into a fresh database (SQLite, and
-PostgreSQL when one answers), then ``corral serve`` on it and
+PostgreSQL when one answers; the rollup's triggers count them as they go
+in), then ``corral serve`` on it and
 ``GET /usage?from=..&to=..&group_by=provider,day`` (and ``label``) timed
-over ``samples`` requests each."""
+over ``samples`` requests each; ``from`` and ``to`` are not on the hour, so
+both edges are read from the jobs."""
 
 from __future__ import annotations
 
