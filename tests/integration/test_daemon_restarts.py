@@ -7,10 +7,14 @@ that lived ``stable_after`` resetting the backoff and the quick failures."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from corral.config import DaemonSettings
+from corral.executors.sandbox import Confine, Mount, Sandbox
 from corral.protocol import LogLine, StatusChange
 from corral.runner.daemons import Supervisor
 
@@ -152,5 +156,64 @@ async def test_a_run_that_lived_stable_after_resets_backoff_and_quick_failures(
         assert gaps[2] >= 0.19 and gaps[3] < 0.3, gaps
         assert gaps[4] >= 0.095 and gaps[5] >= 0.19, gaps
         assert sup.get("bot").message == "gave up after 4 quick failures (last exit code 1)"
+    finally:
+        await sup.close()
+
+
+class BreaksAfter(Sandbox):
+    """No sandbox, whose ``confine`` raises from its ``ok``-th call on: a start
+    that breaks inside the supervisor (not a process exiting)."""
+
+    def __init__(self, ok: int) -> None:
+        super().__init__()
+        object.__setattr__(self, "calls", [0, ok])
+
+    def confine(self, mounts: Sequence[Mount] = (), *, network: bool = True) -> Confine:
+        calls = self.calls  # type: ignore[attr-defined]
+        calls[0] += 1
+        if calls[0] > calls[1]:
+            raise RuntimeError("the sandbox broke")
+        return super().confine(mounts, network=network)
+
+
+async def test_a_start_that_breaks_is_a_quick_failure_and_ends_fatal(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first run lives past ``stable_after`` and exits; every later start
+    raises in the supervisor. Each is a failed run counted from its own start
+    (not the earlier process's, which would count it stable and retry for
+    ever), logged, and the third ends ``fatal`` with what broke; before, the
+    task ended with the exception unread and the daemon stayed ``starting``."""
+    heard = Heard()
+    sup = Supervisor(tmp_path / "data", heard, BreaksAfter(ok=1))
+    work = tmp_path / "work"
+    work.mkdir()
+    settings = DaemonSettings(
+        command=["sh", "-c", "sleep 0.4; exit 1"],
+        cwd=work,
+        restart_delay=0.01,
+        stable_after=0.2,
+        max_quick_failures=3,
+    )
+    sup.add("bot", settings)
+    try:
+        await sup.start_agent("bot")
+        await _until_done(sup)
+        assert heard.statuses() == [
+            "starting", "running", "exited", "backoff",
+            "starting", "exited", "backoff",
+            "starting", "exited", "backoff",
+            "starting", "exited", "fatal",
+        ]  # fmt: skip
+        bot = sup.get("bot")
+        assert bot.status == "fatal" and bot.quick_failures == 3 and bot.pid is None
+        assert "3 quick failures" in (bot.message or "")
+        assert [c.exit_code for c in heard.changes if c.new_status == "exited"] == [
+            1,
+            None,
+            None,
+            None,
+        ]
+        assert "agent bot: its run failed" in caplog.text and "the sandbox broke" in caplog.text
     finally:
         await sup.close()

@@ -232,7 +232,10 @@ class AgentHost:
             if self._dropped:
                 log.warning("agent host: %d log lines not reported (server away)", self._dropped)
                 self._dropped = 0
-            await self._send(link, runner_id, batch)
+            try:
+                await self._send(link, runner_id, batch)
+            except Exception:  # one bad batch must not end the reports (and the host with them)
+                log.exception("agents report failed; its changes and lines are dropped")
 
     async def _send(self, link: Link, runner_id: RunnerId, batch: AgentReport) -> None:
         delay = 0.05
@@ -248,6 +251,9 @@ class AgentHost:
                     if 400 <= exc.status < 500 and exc.status not in (403, 404, 429):
                         log.error("agents report refused (%s): %s", exc.status, exc)
                         return
+                except BadAnswer as exc:  # not what this runner speaks: sent, not understood
+                    log.error("agents report: %s", exc)
+                    return
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 5.0)
             # Newer states supersede the held batch's: send them with it.

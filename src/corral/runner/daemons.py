@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import time
@@ -45,6 +46,8 @@ from corral.executors.process import MARKER_VAR, PidRecords, stop_tree
 from corral.executors.sandbox import Sandbox, found, job_environment, rw
 from corral.models import new_id
 from corral.protocol import AgentMessage, AgentState, LogLine, StatusChange
+
+logger = logging.getLogger(__name__)
 
 Status = Literal["stopped", "starting", "running", "backoff", "exited", "fatal"]
 MAX_LINE = 16_384
@@ -248,8 +251,23 @@ class Supervisor:
             while d.wanted:
                 if d.status != "starting":
                     self._set(d, "starting")
-                code = await self._run_once(d, log)
-                lived = time.time() - (d.started_at or time.time())
+                attempt = time.time()
+                try:
+                    code = await self._run_once(d, log)
+                except Exception as exc:  # a start that broke: a failed run, not a silent end
+                    # Without this the task ended with the exception kept
+                    # unread, the daemon left "starting" for good.
+                    logger.exception("agent %s: its run failed", d.name)
+                    d.message = f"could not run: {type(exc).__name__}: {exc}"
+                    if d.proc is not None:  # started before it broke: not a second copy
+                        await self._stop_process(d)
+                        self.pids.remove(d.name)
+                        d.proc = None
+                    code = None
+                # A run that never started (not found, broke) lived 0 s: not
+                # the previous process's start, which would count it stable.
+                began = d.started_at or 0.0
+                lived = time.time() - began if began >= attempt else 0.0
                 d.last_exit_code = code
                 d.pid = None
                 failed = code != 0

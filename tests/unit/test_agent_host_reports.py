@@ -1,0 +1,64 @@
+"""The agent host's report loop outlives a report that fails in a way it
+does not retry: before, such an exception ended the loop and, through the
+gather that runs it beside the poll loop, the whole host (every daemon
+stopped), with the error read only when the runner stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+import pytest
+
+from corral.protocol import AgentPoll, AgentReport, AgentsReported, DesiredAgents, StatusChange
+from corral.runner.agents import AgentHost
+from corral.runner.link import BadAnswer
+
+
+class FakeLink:
+    """The two calls the host makes; reports fail as ``failures`` says, in order."""
+
+    def __init__(self, failures: list[BaseException]) -> None:
+        self.failures = failures
+        self.reports: list[AgentReport] = []
+        self.got = asyncio.Event()
+
+    async def poll_agents(self, runner_id: str, body: AgentPoll) -> DesiredAgents:
+        await asyncio.sleep(3600)  # nothing changes
+        raise AssertionError("unreachable")
+
+    async def report_agents(self, runner_id: str, body: AgentReport) -> AgentsReported:
+        if self.failures:
+            raise self.failures.pop(0)
+        self.reports.append(body)
+        self.got.set()
+        return AgentsReported(not_hosted=[])
+
+
+def change(status: str, at: float) -> StatusChange:
+    return StatusChange(agent_id="bot", old_status="x", new_status=status, at=at)
+
+
+async def test_a_report_that_fails_does_not_end_the_host(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    link = FakeLink([BadAnswer("POST /runners/r/agents/report: unexpected answer"), KeyError("x")])
+    host = AgentHost(tmp_path)
+    task = asyncio.create_task(host.run(link, lambda: "r"))  # type: ignore[arg-type]
+    try:
+        with caplog.at_level(logging.ERROR, logger="corral.runner.agents"):
+            for n, status in enumerate(["exited", "starting", "running"]):
+                host.status(change(status, float(n)))
+                await asyncio.sleep(0.05)  # one report each
+            async with asyncio.timeout(5):
+                await link.got.wait()
+        assert not task.done()
+        # The failed batches are dropped (said in the log); the next one arrives.
+        assert [c.new_status for r in link.reports for c in r.changes] == ["running"]
+        assert "unexpected answer" in caplog.text and "agents report failed" in caplog.text
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
