@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from corral.budgets import Budget
 from corral.models import Job, JobCreate, Outcome, Runner
 from corral.store import Caps, RetryPolicy, Store
-from corral.store.jobs import dispatch, lifecycle
+from corral.store.jobs import budgets, dispatch, lifecycle
 from corral.store.schema import events, webhook_deliveries
 from corral.testing import worker_claims
 from corral.webhooks import Endpoint, Rules
@@ -64,8 +64,15 @@ async def _lease(st: Store, runner: Runner, now: datetime) -> list[dispatch.Leas
     )
 
 
-async def _run(st: Store, runner: Runner, provider: str, cost: float, now: datetime) -> Job:
-    job, _ = await st.jobs.create(JobCreate(prompt="x", provider=provider))
+async def _run(
+    st: Store,
+    runner: Runner,
+    provider: str,
+    cost: float,
+    now: datetime,
+    labels: list[str] | None = None,
+) -> Job:
+    job, _ = await st.jobs.create(JobCreate(prompt="x", provider=provider, labels=labels or []))
     leases = await _lease(st, runner, now)
     (lease,) = [x for x in leases if x.job.id == job.id]
     outcome = Outcome(status="done", cost=cost)
@@ -158,6 +165,41 @@ async def test_a_warn_budget_announces_and_holds_nothing(st: Store) -> None:
     assert len(await _lease(st, runner, T0)) == 0  # nothing queued
     job, _ = await st.jobs.create(JobCreate(prompt="x", provider="cpu"))
     assert [x.job.id for x in await _lease(st, runner, T0)] == [job.id]
+
+
+async def test_a_label_budget_counts_the_jobs_carrying_that_label(st: Store) -> None:
+    """Exactly that label: the old sum matched a substring of the labels' JSON
+    text, so a job labelled ``a"b`` counted for a budget on ``b``."""
+    runner = await _runner(st)
+    budget = Budget("b-day", "label:b", 1.0, "day")
+    await _run(st, runner, "cpu", 0.5, T0, labels=["b", "x"])
+    await _run(st, runner, "cpu", 0.7, T0 + timedelta(minutes=1), labels=['a"b'])
+    await _run(st, runner, "cpu", 0.2, T0 + timedelta(minutes=2), labels=["bb"])
+    start, end = budget.window(T0)
+    got = await st.db.read(lambda conn: budgets.spent(conn, budget, start, end))
+    assert got == pytest.approx(0.5)
+
+
+async def test_a_priced_completion_sums_its_budgets_from_the_rollup(st: Store) -> None:
+    """What a budget spent comes from GET /usage's hourly rollup: a priced
+    completion does not sum every job of the period inside its write (a
+    month of jobs per completion, issue #18)."""
+    runner = await _runner(st)
+    await _run(st, runner, "gpu", 0.1, T0 - timedelta(hours=3))  # earlier that day
+    seen: list[str] = []
+
+    def record(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if "cost" in statement.lower() and "sum(" in statement.lower():
+            seen.append(" ".join(statement.split()))
+
+    engine = st.db.writer.engine if st.db.is_sqlite else st.db.engine.sync_engine
+    sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        job = await _run(st, runner, "gpu", 0.85, T0)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
+    assert await _types(st, job) == ["budget.warning"]  # 0.95 of $1.00: both counted
+    assert seen and all("usage_hours" in q for q in seen), seen
 
 
 async def test_usage_groups(st: Store) -> None:

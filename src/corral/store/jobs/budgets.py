@@ -11,68 +11,47 @@ by itself when its period does."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.functions import GenericFunction
 
 from corral.budgets import Budget, usd
 from corral.models import NewEvent
 from corral.store import events as event_log
 from corral.store import outbox
 from corral.store.db import Tx
-from corral.store.jobs import quota
+from corral.store.jobs import quota, usage
 from corral.store.jobs.state import Row
 from corral.store.schema import budgets as budget_table
 from corral.store.schema import jobs, provider_pauses
 
 
-class label_values(GenericFunction[Any]):
-    """The elements of a JSON list of strings as rows with a ``value`` column
-    (SQLite ``json_each``, PostgreSQL ``jsonb_array_elements_text``)."""
-
-    name = "label_values"
-    inherit_cache = True
-
-
-@compiles(label_values, "sqlite")
-def _sqlite_labels(element: label_values, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"json_each({compiler.process(element.clauses, **kw)})"
-
-
-@compiles(label_values, "postgresql")
-def _pg_labels(element: label_values, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"jsonb_array_elements_text({compiler.process(element.clauses, **kw)})"
-
-
 def has_label(labels: sa.BindParameter[Any]) -> sa.ColumnElement[bool]:
     """The job's labels hold one of ``labels`` (an expanding bind parameter)."""
-    each = label_values(jobs.c.labels).table_valued("value").alias("lv")
+    each = usage.label_values(jobs.c.labels).table_valued("value").alias("lv")
     return sa.exists(sa.select(sa.literal(1)).select_from(each).where(each.c.value.in_(labels)))
 
 
-def covered(budget: Budget) -> sa.ColumnElement[bool]:
-    """The jobs ``budget`` covers, in SQL."""
-    if budget.kind == "provider":
-        return jobs.c.provider == budget.target
-    if budget.kind == "label":
-        return sa.cast(jobs.c.labels, sa.Text).contains(json.dumps(budget.target), autoescape=True)
-    return sa.true()
-
-
 def spent(conn: sa.Connection, budget: Budget, start: datetime, end: datetime) -> float:
-    """USD spent by the jobs ``budget`` covers that ended in ``[start, end)``."""
-    total = conn.execute(
-        sa.select(sa.func.sum(jobs.c.cost)).where(
-            jobs.c.finished_at >= start, jobs.c.finished_at < end, covered(budget)
-        )
-    ).scalar_one()
-    return float(total or 0.0)
+    """USD spent by the jobs ``budget`` covers that ended in ``[start, end)``:
+    ``GET /usage``'s sum (whole hours from its rollup, the edges from the
+    jobs), not a sum over every job of the period, which each priced
+    completion paid inside the write (a month of jobs, issue #18). A label
+    budget covers the jobs carrying that label."""
+    rows = usage.usage(
+        conn,
+        start=start,
+        end=end,
+        group_by=(),
+        provider=budget.target if budget.kind == "provider" else None,
+        model=None,
+        label=budget.target if budget.kind == "label" else None,
+        source=None,
+        dialect=conn.dialect.name,
+    )
+    return float(rows[0]["cost"]) if rows else 0.0
 
 
 def spend(

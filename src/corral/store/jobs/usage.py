@@ -21,12 +21,34 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import GenericFunction
 
-from corral.store.jobs.budgets import label_values
 from corral.store.jobs.stats import _epoch
 from corral.store.schema import jobs, usage_hour_labels, usage_hours
 
 GROUPS = ("provider", "model", "label", "source", "day")
+
+
+class label_values(GenericFunction[Any]):
+    """The elements of a JSON list of strings as rows with a ``value`` column
+    (SQLite ``json_each``, PostgreSQL ``jsonb_array_elements_text``)."""
+
+    name = "label_values"
+    inherit_cache = True
+
+
+@compiles(label_values, "sqlite")
+def _sqlite_labels(element: label_values, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"json_each({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(label_values, "postgresql")
+def _pg_labels(element: label_values, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"jsonb_array_elements_text({compiler.process(element.clauses, **kw)})"
+
+
 _FIGURES = ("jobs", "cost", "priced", "input_tokens", "output_tokens", "run_time")
 _HOUR = timedelta(hours=1)
 
