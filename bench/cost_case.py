@@ -81,15 +81,16 @@ def lookups(n: int) -> list[Result]:
     return out
 
 
-async def seed(url: str, n: int) -> None:
+async def seed(url: str, n: int, days: int = 30) -> None:
+    """``n`` finished jobs spread over the last ``days`` days."""
     store = await Store.open(url)
     rng = random.Random(7)
-    start = datetime.now(UTC) - timedelta(days=30)
+    start = datetime.now(UTC) - timedelta(days=days)
     try:
         for first in range(0, n, BATCH):
             sess, rows = [], []
             for i in range(first, min(n, first + BATCH)):
-                at = start + timedelta(seconds=i * (30 * 86400 // n))
+                at = start + timedelta(seconds=i * (days * 86400 // n))
                 sid = uuid.uuid4().hex
                 sess.append(
                     {
