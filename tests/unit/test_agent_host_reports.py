@@ -23,18 +23,25 @@ class FakeLink:
     def __init__(self, failures: list[BaseException]) -> None:
         self.failures = failures
         self.reports: list[AgentReport] = []
-        self.got = asyncio.Event()
+        self.calls = 0
+        self.called = asyncio.Condition()
 
     async def poll_agents(self, runner_id: str, body: AgentPoll) -> DesiredAgents:
         await asyncio.sleep(3600)  # nothing changes
         raise AssertionError("unreachable")
 
     async def report_agents(self, runner_id: str, body: AgentReport) -> AgentsReported:
+        async with self.called:
+            self.calls += 1
+            self.called.notify_all()
         if self.failures:
             raise self.failures.pop(0)
         self.reports.append(body)
-        self.got.set()
         return AgentsReported(not_hosted=[])
+
+    async def wait_calls(self, n: int) -> None:
+        async with asyncio.timeout(5), self.called:
+            await self.called.wait_for(lambda: self.calls >= n)
 
 
 def change(status: str, at: float) -> StatusChange:
@@ -51,9 +58,7 @@ async def test_a_report_that_fails_does_not_end_the_host(
         with caplog.at_level(logging.ERROR, logger="corral.runner.agents"):
             for n, status in enumerate(["exited", "starting", "running"]):
                 host.status(change(status, float(n)))
-                await asyncio.sleep(0.05)  # one report each
-            async with asyncio.timeout(5):
-                await link.got.wait()
+                await link.wait_calls(n + 1)  # one report each
         assert not task.done()
         # The failed batches are dropped (said in the log); the next one arrives.
         assert [c.new_status for r in link.reports for c in r.changes] == ["running"]

@@ -62,7 +62,8 @@ async def test_each_wait_times_out_after_its_own_timeout() -> None:
         began = loop.time()
         assert await sub.get(0.3) == []
         waited = loop.time() - began
-        assert 0.3 - 0.002 <= waited < 1.0, waited  # not 0.25 (the first wait's deadline)
+        # Not ~0.25 s (the first wait's deadline), and it does end (slack for a loaded machine).
+        assert 0.3 - 0.002 <= waited < 3.0, waited
 
 
 async def test_a_shorter_timeout_after_a_longer_one_is_kept() -> None:
