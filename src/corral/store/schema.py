@@ -169,6 +169,32 @@ job_counts = sa.Table(
     sa.Column("n", sa.Integer, nullable=False),
 )
 
+
+def _usage_key() -> list[sa.Column[Any]]:
+    """The key columns both rollup tables start with (new objects: a Column
+    belongs to one table)."""
+    return [
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+        sa.Column("hour", UTCDateTime, nullable=False),
+        sa.Column("provider", sa.String(64), nullable=False),
+        sa.Column("model", sa.Text),
+        sa.Column("source", sa.String(16), nullable=False),
+    ]
+
+
+def _usage_figures() -> list[sa.Column[Any]]:
+    """The figures both rollup tables sum, and the fold's ``fresh`` mark."""
+    return [
+        sa.Column("jobs", sa.Integer, nullable=False),
+        sa.Column("cost", sa.Float, nullable=False),
+        sa.Column("priced", sa.Integer, nullable=False),
+        sa.Column("input_tokens", sa.BigInteger, nullable=False),
+        sa.Column("output_tokens", sa.BigInteger, nullable=False),
+        sa.Column("run_time", sa.Float, nullable=False),
+        sa.Column("fresh", sa.Integer, nullable=False),
+    ]
+
+
 # GET /usage's rollup: the figures of finished jobs summed per UTC hour of
 # their end and (provider, model, source), kept by triggers on ``jobs``
 # (migration 0023) in the transaction of every change to a finished job:
@@ -180,19 +206,9 @@ job_counts = sa.Table(
 usage_hours = sa.Table(
     "usage_hours",
     metadata,
-    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
-    sa.Column("hour", UTCDateTime, nullable=False),
-    sa.Column("provider", sa.String(64), nullable=False),
-    sa.Column("model", sa.Text),
-    sa.Column("source", sa.String(16), nullable=False),
+    *_usage_key(),
     sa.Column("with_label", sa.Text),
-    sa.Column("jobs", sa.Integer, nullable=False),
-    sa.Column("cost", sa.Float, nullable=False),
-    sa.Column("priced", sa.Integer, nullable=False),
-    sa.Column("input_tokens", sa.BigInteger, nullable=False),
-    sa.Column("output_tokens", sa.BigInteger, nullable=False),
-    sa.Column("run_time", sa.Float, nullable=False),
-    sa.Column("fresh", sa.Integer, nullable=False),
+    *_usage_figures(),
     # with_label first: the rows a query reads (null, or its label) lie together.
     sa.Index("ix_usage_hours_key", "with_label", "hour", "provider", "source", "model"),
     sa.Index(None, "fresh"),
@@ -203,20 +219,10 @@ usage_hours = sa.Table(
 usage_hour_labels = sa.Table(
     "usage_hour_labels",
     metadata,
-    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
-    sa.Column("hour", UTCDateTime, nullable=False),
-    sa.Column("provider", sa.String(64), nullable=False),
-    sa.Column("model", sa.Text),
-    sa.Column("source", sa.String(16), nullable=False),
+    *_usage_key(),
     sa.Column("label", sa.Text),
     sa.Column("with_label", sa.Text),
-    sa.Column("jobs", sa.Integer, nullable=False),
-    sa.Column("cost", sa.Float, nullable=False),
-    sa.Column("priced", sa.Integer, nullable=False),
-    sa.Column("input_tokens", sa.BigInteger, nullable=False),
-    sa.Column("output_tokens", sa.BigInteger, nullable=False),
-    sa.Column("run_time", sa.Float, nullable=False),
-    sa.Column("fresh", sa.Integer, nullable=False),
+    *_usage_figures(),
     sa.Index(
         "ix_usage_hour_labels_key", "with_label", "hour", "provider", "source", "model", "label"
     ),
