@@ -160,7 +160,22 @@ class Workspaces:
     def prepare(self, job: Job) -> Workspace:
         """The workspace for ``job``: its session's, made on the first turn."""
         path = self.path_of(job.session_id)
+        return self._prepare(job, path, self.load(job.session_id))
+
+    def prepare_folder(self, job: Job) -> Workspace | None:
+        """``prepare`` for a job whose workspace is a plain folder (no repo,
+        and its session's, if any, is no worktree): a few file system calls,
+        cheap enough for the event loop. None: use ``prepare``."""
+        if job.repo is not None:
+            return None
+        path = self.path_of(job.session_id)  # an unsafe id is refused before any file is read
         ws = self.load(job.session_id)
+        if ws is not None and (ws.repo is not None or ws.branch is not None):
+            return None
+        return self._prepare(job, path, ws)
+
+    def _prepare(self, job: Job, path: Path, ws: Workspace | None) -> Workspace:
+        """``prepare`` with the session's record (``ws``) already read."""
         if ws is not None and ws.path.is_dir():
             if job.repo is not None and ws.repo is not None and job.repo != ws.repo:
                 raise WorkspaceError(
@@ -178,18 +193,6 @@ class Workspaces:
             ws = self._worktree(job, path)
         self.save(ws)
         return ws
-
-    def prepare_folder(self, job: Job) -> Workspace | None:
-        """``prepare`` for a job whose workspace is a plain folder (no repo,
-        and its session's, if any, is no worktree): a few file system calls,
-        cheap enough for the event loop. None: use ``prepare``."""
-        if job.repo is not None:
-            return None
-        self.path_of(job.session_id)  # an unsafe id is refused before any file is read
-        ws = self.load(job.session_id)
-        if ws is not None and (ws.repo is not None or ws.branch is not None):
-            return None
-        return self.prepare(job)
 
     def _worktree(self, job: Job, path: Path) -> Workspace:
         assert job.repo is not None
