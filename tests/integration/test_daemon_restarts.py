@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -160,18 +161,17 @@ async def test_a_run_that_lived_stable_after_resets_backoff_and_quick_failures(
         await sup.close()
 
 
+@dataclass(frozen=True)
 class BreaksAfter(Sandbox):
-    """No sandbox, whose ``confine`` raises from its ``ok``-th call on: a start
-    that breaks inside the supervisor (not a process exiting)."""
+    """No sandbox, whose ``confine`` raises after its first ``ok`` calls: a
+    start that breaks inside the supervisor (not a process exiting)."""
 
-    def __init__(self, ok: int) -> None:
-        super().__init__()
-        object.__setattr__(self, "calls", [0, ok])
+    ok: int = 1
+    calls: list[int] = field(default_factory=list)
 
     def confine(self, mounts: Sequence[Mount] = (), *, network: bool = True) -> Confine:
-        calls = self.calls  # type: ignore[attr-defined]
-        calls[0] += 1
-        if calls[0] > calls[1]:
+        self.calls.append(1)
+        if len(self.calls) > self.ok:
             raise RuntimeError("the sandbox broke")
         return super().confine(mounts, network=network)
 
