@@ -184,6 +184,28 @@ async def test_a_failing_commit_fails_the_whole_group(db: Database) -> None:
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_the_writer_keeps_its_connection_until_a_group_fails(db: Database) -> None:
+    """Groups run on one held connection (no pool checkout per group); a
+    group that failed gives it back (the pool rolls it back) and the next
+    checks one out again."""
+
+    def connection(tx: Tx) -> object:
+        return tx.conn
+
+    first, again = await db.write(connection), await db.write(connection)
+    assert first is again
+    await db.write(
+        lambda tx: tx.conn.execute(
+            sa.text("CREATE TABLE c (k TEXT REFERENCES t (k) DEFERRABLE INITIALLY DEFERRED)")
+        )
+    )
+    with pytest.raises(sa.exc.IntegrityError):
+        await db.write(lambda tx: tx.conn.execute(sa.text("INSERT INTO c VALUES ('nobody')")))
+    assert await db.write(connection) is not first
+    assert await db.write(insert("after")) == "after"
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 async def test_bodies_queued_meanwhile_share_one_transaction(db: Database) -> None:
     groups, bodies = db.writer.groups, db.writer.bodies
     async with held(db) as first:
