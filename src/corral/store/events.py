@@ -16,6 +16,7 @@ from corral.errors import SessionNotFound
 from corral.models import Event, NewEvent
 from corral.protocol import topics
 from corral.store.db import Database, Tx, dicts
+from corral.store.prepared import driver
 from corral.store.schema import events, sessions
 
 
@@ -91,8 +92,8 @@ def _insert(
     One statement for the whole batch, the dedup in SQL: ``INSERT ... SELECT``
     from a ``VALUES`` list of the batch, skipping ids already stored, seqs
     numbered by ``row_number()`` over what is left, ``RETURNING`` what went in.
-    Its text is written once per batch size and run as a plain driver
-    statement: SQLAlchemy's per-row work (a bind processor per column and
+    Its text is written once per batch size and run on the driver's cursor
+    (``prepared.driver``): SQLAlchemy's per-row work (a bind processor per column and
     row) was most of a batch's CPU (issue #18).
     Before it, the allocation of the seqs (which also locks the session row
     on PostgreSQL); after it, when some were skipped, the allocation is
@@ -100,7 +101,7 @@ def _insert(
     n = len(items)
     dialect = conn.dialect
     at = _created_at(dialect)(now)
-    last = conn.exec_driver_sql(_ALLOCATE[dialect.name], (n, at, session_id)).scalar()
+    last = driver(conn, _ALLOCATE[dialect.name], (n, at, session_id)).scalar()
     if last is None:
         raise SessionNotFound(f"no session {session_id}")
     base = last - n
@@ -108,10 +109,10 @@ def _insert(
     for i, item in enumerate(items):
         params += (i, item.event_id, item.type, json.dumps(item.payload), item.internal)
     params += (session_id, base, job_id, epoch, at)
-    rows = conn.exec_driver_sql(_statement(dialect.name, n), tuple(params)).all()
+    rows = driver(conn, _statement(dialect.name, n), params).all()
     stored = {event_id: seq for seq, event_id in rows}
     if len(stored) < n:
-        conn.exec_driver_sql(_GIVE_BACK[dialect.name], (base + len(stored), session_id))
+        driver(conn, _GIVE_BACK[dialect.name], (base + len(stored), session_id))
     return stored
 
 

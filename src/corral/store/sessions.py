@@ -12,16 +12,17 @@ from corral.errors import SessionNotFound
 from corral.models import Session, new_id
 from corral.store import ids
 from corral.store.db import Database, Tx, fields
+from corral.store.prepared import Prepared
 from corral.store.schema import jobs, sessions
 
 # Built once (one per job submitted without a session; issue #18).
-_INSERT = sa.insert(sessions)
+_INSERT = Prepared(sa.insert(sessions), per_call_columns=True)
 
 
 def insert(tx: Tx, *, title: str | None, now: datetime, turns: int = 0) -> str:
     session_id = new_id()
-    tx.conn.execute(
-        _INSERT,
+    _INSERT(
+        tx.conn,
         {
             "id": session_id,
             "title": title,

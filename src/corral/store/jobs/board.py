@@ -13,13 +13,14 @@ from corral.store.jobs import budgets as budget_rules
 from corral.store.jobs import quota
 from corral.store.jobs.policy import Caps
 from corral.store.jobs.state import ACTIVE_STATES
+from corral.store.prepared import Prepared
 from corral.store.schema import jobs, runners
 from corral.store.schema import settings as server_settings
 
 SEP = "\x1f"  # between a provider and a runner name in the session-affinity filter
 
 # The kill switch (Store.settings "paused"): no new leases while it is on.
-_KILL_SWITCH = sa.select(server_settings.c.value).where(server_settings.c.key == "paused")
+_KILL_SWITCH = Prepared(sa.select(server_settings.c.value).where(server_settings.c.key == "paused"))
 _ACTIVE_BY_PROVIDER = (
     sa.select(jobs.c.provider, sa.func.count())
     .where(jobs.c.state.in_(ACTIVE_STATES))
@@ -62,7 +63,7 @@ class Board:
 
     @cached_property
     def killed(self) -> bool:
-        return self.conn.execute(_KILL_SWITCH).scalar_one_or_none() == "true"
+        return bool(_KILL_SWITCH(self.conn).scalar_one_or_none() == "true")
 
     @cached_property
     def paused(self) -> dict[str, datetime]:

@@ -24,6 +24,7 @@ from corral.store.db import Tx
 from corral.store.jobs import quota
 from corral.store.jobs.policy import RetryPolicy
 from corral.store.jobs.state import Row, owned, to_job
+from corral.store.prepared import Prepared
 from corral.store.schema import jobs, sessions
 
 
@@ -113,7 +114,7 @@ def _place(
 
 # Built once: a statement's construction and cache key cost more CPU than
 # SQLite spends running it (jobs/state.py). The columns come with the values.
-_INSERT = sa.insert(jobs).returning(*jobs.c)
+_INSERT = Prepared(sa.insert(jobs).returning(*jobs.c), per_call_columns=True)
 
 
 def _insert(
@@ -168,7 +169,8 @@ def _insert(
         available_at=max(now, spec.run_at) if spec.run_at else now,
         updated_at=now,
     )
-    return tx.conn.execute(_INSERT, values).one()
+    row: Row = _INSERT(tx.conn, values).one()
+    return row
 
 
 def _check_depth(tx: Tx, parent: Row, limit: int) -> None:

@@ -17,6 +17,7 @@ from corral.store.jobs import rules
 from corral.store.jobs.board import Board
 from corral.store.jobs.policy import Caps
 from corral.store.jobs.state import apply
+from corral.store.prepared import Prepared
 from corral.store.schema import jobs, runners, sessions
 
 _PG_LEASE_LOCK = 0x636F7272616D
@@ -65,7 +66,7 @@ def lease(
     if caps.any and skip_locked:
         # Caps count jobs across runners: lease one runner at a time.
         conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_LEASE_LOCK)))
-    seen = conn.execute(_SEEN, {"w_id": runner.id, "v_now": now}).rowcount
+    seen = _SEEN(conn, {"w_id": runner.id, "v_now": now}).rowcount
     if not seen:
         return []  # stopped or replaced since the request began: nothing for it
     board = Board(conn, caps, now, runner=runner, max_jobs=max_jobs, ttl=ttl)
@@ -94,14 +95,14 @@ def lease(
 
 
 # Built once (see jobs/state.py on why the hot path's statements are).
-_SEEN = (
+_SEEN = Prepared(
     sa.update(runners)
     .where(runners.c.id == sa.bindparam("w_id"), runners.c.status == "active")
     .values(last_seen_at=sa.bindparam("v_now", type_=runners.c.last_seen_at.type))
 )
 
 
-def _turn_lock(local: bool) -> sa.UpdateBase:
+def _turn_lock(local: bool) -> Prepared:
     values: dict[str, Any] = {
         "active_job_id": sa.bindparam("v_job", type_=sessions.c.active_job_id.type),
         "epoch": sessions.c.epoch + 1,
@@ -109,7 +110,7 @@ def _turn_lock(local: bool) -> sa.UpdateBase:
     }
     if local:
         values["host"] = sa.bindparam("v_host", type_=sessions.c.host.type)
-    return (
+    return Prepared(
         sa.update(sessions)
         .where(sessions.c.id == sa.bindparam("w_id"), sessions.c.active_job_id.is_(None))
         .values(values)
@@ -118,7 +119,7 @@ def _turn_lock(local: bool) -> sa.UpdateBase:
 
 
 _TURN_LOCK = {False: _turn_lock(False), True: _turn_lock(True)}
-_SET_EPOCH = (
+_SET_EPOCH = Prepared(
     sa.update(jobs)
     .where(jobs.c.id == sa.bindparam("w_id"))
     .values(epoch=sa.bindparam("v_epoch", type_=jobs.c.epoch.type))
@@ -143,10 +144,10 @@ def _assign(
     params = {"w_id": session_id, "v_job": job_id, "v_now": now}
     if local:
         params["v_host"] = runner.name
-    srow = tx.conn.execute(_TURN_LOCK[local], params).one_or_none()
+    srow = _TURN_LOCK[local](tx.conn, params).one_or_none()
     if srow is None:
         return None
-    row = tx.conn.execute(_SET_EPOCH, {"w_id": job_id, "v_epoch": srow.epoch}).one()
+    row = _SET_EPOCH(tx.conn, {"w_id": job_id, "v_epoch": srow.epoch}).one()
     job = apply(
         tx,
         row,

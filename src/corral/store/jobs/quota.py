@@ -18,16 +18,19 @@ from corral.store import events as event_log
 from corral.store.db import Tx
 from corral.store.jobs.policy import RetryPolicy
 from corral.store.jobs.state import Row, apply, to_job
+from corral.store.prepared import Prepared
 from corral.store.schema import jobs, provider_pauses
 
-_PAUSED = sa.select(provider_pauses.c.provider, provider_pauses.c.until).where(
-    provider_pauses.c.until > sa.bindparam("now")
+_PAUSED = Prepared(
+    sa.select(provider_pauses.c.provider, provider_pauses.c.until).where(
+        provider_pauses.c.until > sa.bindparam("now", type_=provider_pauses.c.until.type)
+    )
 )
 
 
 def paused(conn: sa.Connection, now: datetime) -> dict[str, datetime]:
     """Providers paused by a quota (or a budget) now, and until when."""
-    return {str(p): until for p, until in conn.execute(_PAUSED, {"now": now})}
+    return {str(p): until for p, until in _PAUSED(conn, {"now": now})}
 
 
 def why(conn: sa.Connection, provider: str) -> str:

@@ -20,6 +20,7 @@ from corral.store import chat as chat_outbox
 from corral.store import events as event_log
 from corral.store import outbox
 from corral.store.db import Tx, fields
+from corral.store.prepared import Prepared
 from corral.store.schema import jobs, sessions
 
 Row = sa.Row[Any]
@@ -37,9 +38,10 @@ def to_job(row: Row) -> Job:
 # The hot path's statements are built once, with bind parameters: building a
 # statement and its cache key cost SQLAlchemy more CPU than SQLite spends
 # running it (py-spy on the job path: construction and cache keys were ~45 %
-# of the writer thread, the SQLite calls ~10 %).
-_LOCKED = sa.select(jobs).where(jobs.c.id == sa.bindparam("w_id")).with_for_update()
-_UNSET_ACTIVE = (
+# of the writer thread, the SQLite calls ~10 %), and run on the driver's
+# cursor (store/prepared.py).
+_LOCKED = Prepared(sa.select(jobs).where(jobs.c.id == sa.bindparam("w_id")).with_for_update())
+_UNSET_ACTIVE = Prepared(
     sa.update(sessions)
     .where(
         sessions.c.id == sa.bindparam("w_session"),
@@ -50,10 +52,10 @@ _UNSET_ACTIVE = (
 
 
 @functools.lru_cache(maxsize=64)
-def _compare_and_set(columns: tuple[str, ...]) -> sa.Update:
+def _compare_and_set(columns: tuple[str, ...]) -> Prepared:
     """``UPDATE jobs SET <columns> WHERE id AND state AND epoch RETURNING *``,
     one statement per set of columns (a handful occur)."""
-    return (
+    return Prepared(
         sa.update(jobs)
         .where(
             jobs.c.id == sa.bindparam("w_id"),
@@ -67,7 +69,7 @@ def _compare_and_set(columns: tuple[str, ...]) -> sa.Update:
 
 def locked(tx: Tx, job_id: str) -> Row:
     """The job's row, locked until the transaction ends."""
-    row = tx.conn.execute(_LOCKED, {"w_id": job_id}).one_or_none()
+    row: Row | None = _LOCKED(tx.conn, {"w_id": job_id}).one_or_none()
     if row is None:
         raise JobNotFound(f"no job {job_id}")
     return row
@@ -110,11 +112,11 @@ def apply(
         changes["lease_expires_at"] = None
     params = {"v_" + c: v for c, v in changes.items()}
     params.update(w_id=row.id, w_state=old, w_epoch=row.epoch)
-    updated = tx.conn.execute(_compare_and_set(tuple(sorted(changes))), params).one_or_none()
+    updated = _compare_and_set(tuple(sorted(changes)))(tx.conn, params).one_or_none()
     if updated is None:
         raise Conflict(f"job {row.id} changed concurrently; try again")
     if old in ACTIVE and new not in ACTIVE:
-        tx.conn.execute(_UNSET_ACTIVE, {"w_session": row.session_id, "w_job": row.id})
+        _UNSET_ACTIVE(tx.conn, {"w_session": row.session_id, "w_job": row.id})
     job = to_job(updated)
     payload: dict[str, Any] = {
         "job_id": job.id,
