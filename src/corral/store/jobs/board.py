@@ -31,7 +31,7 @@ _ACTIVE_BY_REPO = (
     .where(jobs.c.state.in_(ACTIVE_STATES), jobs.c.repo.is_not(None))
     .group_by(jobs.c.repo)
 )
-_HELD = (
+_HELD = Prepared(
     sa.select(sa.func.count())
     .select_from(jobs)
     .where(jobs.c.runner_id == sa.bindparam("runner_id"), jobs.c.state.in_(ACTIVE_STATES))
@@ -112,7 +112,7 @@ class Board:
         """Jobs the runner may take now."""
         if self.runner is None:
             return 0
-        held = self.conn.execute(_HELD, {"runner_id": self.runner.id}).scalar_one()
+        held = _HELD(self.conn, {"runner_id": self.runner.id}).scalar_one()
         return min(self.max_jobs, self.runner.slots - int(held))
 
     @cached_property

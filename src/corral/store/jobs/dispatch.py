@@ -46,8 +46,8 @@ def _candidates() -> sa.Select[Any]:
     )
 
 
-_CANDIDATES = _candidates()
-_CANDIDATES_LOCKED = _candidates().with_for_update(skip_locked=True)
+_CANDIDATES = Prepared(_candidates())
+_CANDIDATES_LOCKED = Prepared(_candidates().with_for_update(skip_locked=True))
 
 
 def lease(
@@ -77,7 +77,7 @@ def lease(
     while len(leased) < room and eligible:
         params = {"providers": eligible, "room": room - len(leased), **rules.params(board)}
         filled = False
-        for row in conn.execute(stmt, params).all():
+        for row in stmt(conn, params).all():
             if not rules.admits(board, row):
                 filled = True  # a cap filled during this lease: look again without it
                 continue
