@@ -4,10 +4,11 @@ JWT. A write carrying a stale epoch gets 409 and the runner stops that job."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request
 from fastapi.exceptions import RequestValidationError
@@ -40,6 +41,7 @@ from corral.protocol import (
     topics,
 )
 from corral.services import Services
+from corral.store.jobs import Lease, handoff
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["runners"])
@@ -161,6 +163,22 @@ async def lease(
     return await lease_jobs(runner_id, body, svc, who, request.is_disconnected)
 
 
+# Leases handed to a poll that was cancelled meanwhile, being given back.
+_giving_back: set[asyncio.Task[Any]] = set()
+
+
+async def _left(svc: Services, waiter: handoff.Waiter, runner: Runner) -> list[Lease]:
+    """What was handed to ``waiter``'s poll, which ends now; a poll that
+    was cancelled (the runner stopping) gives them back at once."""
+    leases = await svc.store.jobs.polls.leave(waiter)
+    task = asyncio.current_task()
+    if leases and task is not None and task.cancelling():
+        back = asyncio.ensure_future(svc.store.jobs.unlease([x.job.id for x in leases], runner))
+        _giving_back.add(back)
+        back.add_done_callback(_giving_back.discard)
+    return leases
+
+
 async def lease_jobs(
     runner_id: str,
     body: LeaseRequest,
@@ -185,10 +203,19 @@ async def lease_jobs(
             stop = svc.stopping or await disconnected()
             if leases or cancel or remaining <= 0 or stop:
                 break
-            for message in await sub.get(timeout=min(remaining, RECHECK_SECONDS)):
+            # Meanwhile a job queued in this process may be leased for this
+            # runner in the transaction creating it (store/jobs/handoff.py).
+            waiter = svc.store.jobs.polls.enter(runner, body.max_jobs, ttl)
+            try:
+                messages = await sub.get(timeout=min(remaining, RECHECK_SECONDS))
+            finally:
+                leases = await _left(svc, waiter, runner)
+            for message in messages:
                 job_id = topics.cancelled(message)
                 if job_id is not None:
                     cancel.append(job_id)
+            if leases:
+                break
     if leases and await disconnected():
         # The runner went away meanwhile (killed, network): nobody would run them.
         await svc.store.jobs.unlease([lease.job.id for lease in leases], runner)

@@ -56,14 +56,17 @@ class Tx:
     """A write transaction: its connection, what to publish after commit, and
     the webhook rules its changes are announced by (the outbox)."""
 
-    __slots__ = ("after_commit", "conn", "messages", "webhooks")
+    __slots__ = ("after_abort", "after_commit", "conn", "messages", "webhooks")
 
     def __init__(self, conn: sa.Connection, webhooks: Rules | None = None) -> None:
         self.conn = conn
         self.messages: list[tuple[str, Any]] = []
         self.webhooks: Rules = webhooks or Rules()
-        # Run in this process once the transaction committed (metrics).
+        # Run in this process, on the event loop, once the transaction
+        # committed (metrics), or once it did not (rolled back, or its outcome
+        # unknown: a lost COMMIT).
         self.after_commit: list[Callable[[], None]] = []
+        self.after_abort: list[Callable[[], None]] = []
 
     def notify(self, topic: str, message: Any) -> None:
         self.messages.append((topic, message))
@@ -135,27 +138,30 @@ class Database:
         Once started it runs to the end, even if the caller is cancelled."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[tuple[T, Tx]]
+        began: list[Tx] = []  # the transaction, for its after_abort if it fails
         if self.is_sqlite:
             future = loop.create_future()
 
             def run(conn: sa.Connection) -> tuple[T, Tx]:
                 tx = Tx(conn, self.webhooks)
+                began.append(tx)
                 return body(tx), tx
 
             self.writer.submit(Item(run, loop, functools.partial(_settle, future)))
         else:
-            future = asyncio.ensure_future(self._pg_write(body))
-        future.add_done_callback(self._published)
+            future = asyncio.ensure_future(self._pg_write(body, began))
+        future.add_done_callback(functools.partial(self._published, began))
         self._pending.add(future)
         with _outages():
             result, _ = await asyncio.shield(future)
         return result
 
-    async def _pg_write(self, body: Callable[[Tx], T]) -> tuple[T, Tx]:
+    async def _pg_write(self, body: Callable[[Tx], T], began: list[Tx]) -> tuple[T, Tx]:
         async with self.engine.begin() as conn:
 
             def run(sync_conn: sa.Connection) -> tuple[T, Tx]:
                 tx = Tx(sync_conn, self.webhooks)
+                began.append(tx)
                 result = body(tx)
                 if tx.messages and self.before_commit is not None:
                     self.before_commit(sync_conn, tx.messages)
@@ -163,10 +169,13 @@ class Database:
 
             return await conn.run_sync(run)
 
-    def _published(self, future: asyncio.Future[Any]) -> None:
+    def _published(self, began: list[Tx], future: asyncio.Future[Any]) -> None:
         self._pending.discard(future)
         self.writes += 1
         if future.cancelled() or future.exception() is not None:
+            for tx in began:
+                for fn in tx.after_abort:
+                    fn()
             return
         _, tx = future.result()
         for topic, message in tx.messages:

@@ -30,12 +30,13 @@ from corral.models import Artifact, Event, Job, JobCreate, NewEvent, Outcome, Pr
 from corral.protocol import JournalAnswer, JournalEntry
 from corral.routing import Decision
 from corral.store import ids
-from corral.store.db import Database, fields
+from corral.store.db import Database, Tx, fields
 from corral.store.jobs import (
     artifacts,
     children,
     create,
     dispatch,
+    handoff,
     lifecycle,
     quota,
     reads,
@@ -62,6 +63,9 @@ class Jobs:
         self.db = db
         self.policy = policy or RetryPolicy()
         self.caps = caps or Caps()
+        # Lease polls of this process waiting for work: a new job goes to one
+        # in the transaction creating it (jobs/handoff.py).
+        self.polls = handoff.Waiting()
 
     async def create(
         self,
@@ -81,13 +85,19 @@ class Jobs:
             existing = await self.by_idempotency_key(spec.idempotency_key)
             if existing is not None:
                 return existing, False
-        now, policy = now_utc(), self.policy
+        now, policy, caps, polls = now_utc(), self.policy, self.caps, self.polls
+        skip_locked = not self.db.is_sqlite
+
+        def body(tx: Tx) -> Job:
+            job = create.create(
+                tx, spec, route, policy=policy, now=now, parent=parent, traceparent=traceparent
+            )
+            if polls and job.state is JobState.QUEUED:
+                handoff.hand_off(tx, polls, caps=caps, skip_locked=skip_locked, now=now)
+            return job
+
         try:
-            return await self.db.write(
-                lambda tx: create.create(
-                    tx, spec, route, policy=policy, now=now, parent=parent, traceparent=traceparent
-                )
-            ), True
+            return await self.db.write(body), True
         except sa.exc.IntegrityError:
             if spec.idempotency_key is None:
                 raise
