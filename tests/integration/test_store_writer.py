@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from corral.errors import StoreUnavailable
 from corral.store.db import Database, Tx
 
 ROWS = sa.table("t", sa.column("k", sa.String))
@@ -290,3 +291,29 @@ def test_kill_9_mid_group_loses_no_acknowledged_write(tmp_path: Path) -> None:
     assert "hang" not in t
     missing = set(acked) - t
     assert not missing, f"acknowledged, then lost: {sorted(missing)[:5]}"
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_reader_threads_keep_connections_but_no_read_transaction(
+    db: Database, db_url: str
+) -> None:
+    """Each reader thread keeps its connection from read to read; none holds
+    a read transaction between reads (one would pin the WAL: no checkpoint
+    could finish and the file would grow), and a failed read gives its
+    connection up."""
+    await db.write(insert("a"))
+    for _ in range(20):
+        assert await keys(db) == {"a"}
+    assert 1 <= len(db._readers) <= 4
+    assert not any(c.connection.dbapi_connection.in_transaction for c in db._readers)  # type: ignore[union-attr]
+    raw = sqlite3.connect(db_url.removeprefix("sqlite:///"))
+    try:
+        busy, _, _ = raw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    finally:
+        raw.close()
+    assert busy == 0
+    held = len(db._readers)
+    with pytest.raises(StoreUnavailable):  # an OperationalError: 503
+        await db.read(lambda conn: conn.execute(sa.text("SELECT * FROM nowhere")).all())
+    assert len(db._readers) == held - 1
+    assert await keys(db) == {"a"}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -97,6 +98,11 @@ class Database:
             self.writer = Writer(_sqlite_engine(sync_url, writer=True), name="corral-db-write")
             self.reader = _sqlite_engine(sync_url, writer=False)
             self._read_threads = ThreadPoolExecutor(READERS, thread_name_prefix="corral-db-read")
+            # Each reader thread keeps its connection (a pool checkout and a
+            # Connection per read were ~50 us of a ~130 us point read's CPU).
+            self._reading = threading.local()
+            self._readers: list[sa.Connection] = []
+            self._readers_lock = threading.Lock()
         elif self.dialect == "postgresql":
             if parsed.get_driver_name() != "asyncpg":
                 raise ConfigError("use postgresql+asyncpg://... for PostgreSQL")
@@ -187,14 +193,28 @@ class Database:
         """Run ``body`` on a read connection (no writes)."""
         with _outages():
             if self.is_sqlite:
-
-                def run() -> T:
-                    with self.reader.connect() as conn:
-                        return body(conn)
-
-                return await asyncio.get_running_loop().run_in_executor(self._read_threads, run)
+                return await asyncio.get_running_loop().run_in_executor(
+                    self._read_threads, self._read_here, body
+                )
             async with self.read_engine.connect() as conn:
                 return await conn.run_sync(body)
+
+    def _read_here(self, body: Callable[[sa.Connection], T]) -> T:
+        """``body`` on this reader thread's connection (opened on first use;
+        a read that fails gives it back, the next opens a fresh one)."""
+        conn: sa.Connection | None = getattr(self._reading, "conn", None)
+        if conn is None:
+            conn = self._reading.conn = self.reader.connect()
+            with self._readers_lock:
+                self._readers.append(conn)
+        try:
+            return body(conn)
+        except BaseException:
+            self._reading.conn = None
+            with self._readers_lock:
+                self._readers.remove(conn)
+            conn.close()
+            raise
 
     async def dispose(self) -> None:
         if self._pending:
@@ -202,6 +222,10 @@ class Database:
         if self.is_sqlite:
             await asyncio.to_thread(self.writer.close)
             self._read_threads.shutdown(wait=True)
+            with self._readers_lock:
+                readers, self._readers = self._readers, []
+            for conn in readers:
+                conn.close()
             self.reader.dispose()
         else:
             await self.engine.dispose()

@@ -15,8 +15,8 @@ import sqlalchemy as sa
 from corral.errors import SessionNotFound
 from corral.models import Event, NewEvent
 from corral.protocol import topics
-from corral.store.db import Database, Tx, dicts
-from corral.store.prepared import driver
+from corral.store.db import Database, Tx
+from corral.store.prepared import Prepared, driver
 from corral.store.schema import events, sessions
 
 
@@ -187,12 +187,12 @@ class Events:
         stmt = _listing(job_id is not None, internal)
         params = {"session_id": session_id, "since": since, "limit": limit, "job_id": job_id}
         return await self.db.read(
-            lambda conn: [Event(ephemeral=False, **d) for d in dicts(conn.execute(stmt, params))]
+            lambda conn: [Event(ephemeral=False, **row._asdict()) for row in stmt(conn, params)]
         )
 
 
 @functools.cache
-def _listing(by_job: bool, internal: bool) -> sa.Select[Any]:
+def _listing(by_job: bool, internal: bool) -> Prepared:
     """A session's events after a seq, built once per shape (every SSE stream
     back-fills with one; issue #18)."""
     stmt = (
@@ -208,4 +208,4 @@ def _listing(by_job: bool, internal: bool) -> sa.Select[Any]:
         stmt = stmt.where(events.c.job_id == sa.bindparam("job_id"))
     if not internal:
         stmt = stmt.where(events.c.internal.is_(False))
-    return stmt
+    return Prepared(stmt)

@@ -16,6 +16,7 @@ from corral.jobs import JobState
 from corral.models import Job
 from corral.store.db import dicts
 from corral.store.jobs.state import Row, to_job
+from corral.store.prepared import Prepared
 from corral.store.schema import job_counts, job_labels, jobs
 
 # Characters of a label kept in job_labels (migration 0019).
@@ -29,16 +30,17 @@ _COUNTS = (
 
 
 # Built once (a job is read by id several times in its life; issue #18).
-_BY_ID = sa.select(jobs).where(jobs.c.id == sa.bindparam("id"))
-_BY_KEY = sa.select(jobs).where(jobs.c.idempotency_key == sa.bindparam("key"))
+_BY_ID = Prepared(sa.select(jobs).where(jobs.c.id == sa.bindparam("id")))
+_BY_KEY = Prepared(sa.select(jobs).where(jobs.c.idempotency_key == sa.bindparam("key")))
 
 
 def by_id(conn: sa.Connection, job_id: str) -> Row | None:
-    return conn.execute(_BY_ID, {"id": job_id}).one_or_none()
+    row: Row | None = _BY_ID(conn, {"id": job_id}).one_or_none()
+    return row
 
 
 def by_idempotency_key(conn: sa.Connection, key: str) -> Job | None:
-    row = conn.execute(_BY_KEY, {"key": key}).one_or_none()
+    row = _BY_KEY(conn, {"key": key}).one_or_none()
     return None if row is None else to_job(row)
 
 
