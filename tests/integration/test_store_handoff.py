@@ -68,7 +68,9 @@ async def test_a_failed_transaction_hands_nothing_and_frees_the_waiter(
     def created_then_failed(tx: Tx) -> None:
         now = now_utc()
         create.create(tx, JobCreate(command="true"), None, policy=store.jobs.policy, now=now)
-        handoff.hand_off(tx, store.jobs.polls, caps=store.jobs.caps, skip_locked=False, now=now)
+        handoff.hand_off(
+            tx, store.jobs.polls, "shell", caps=store.jobs.caps, skip_locked=False, now=now
+        )
         raise RuntimeError("after the hand-off")
 
     with pytest.raises(RuntimeError):
@@ -84,8 +86,9 @@ async def test_a_poll_that_ends_while_a_transaction_leases_for_it_gets_the_lease
     store: Store, runner: Runner
 ) -> None:
     waiter = store.jobs.polls.enter(runner, 1, 30.0)
-    taken = store.jobs.polls.take()
-    assert taken is waiter and store.jobs.polls.take() is None  # one transaction at a time
+    assert store.jobs.polls.take("codex") is None  # its runner serves shell only
+    taken = store.jobs.polls.take("shell")
+    assert taken is waiter and store.jobs.polls.take("shell") is None  # one transaction at a time
     leaving = asyncio.ensure_future(store.jobs.polls.leave(waiter))
     await asyncio.sleep(0.05)
     assert not leaving.done()  # it waits for the transaction's outcome

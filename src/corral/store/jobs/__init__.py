@@ -93,7 +93,9 @@ class Jobs:
                 tx, spec, route, policy=policy, now=now, parent=parent, traceparent=traceparent
             )
             if polls and job.state is JobState.QUEUED:
-                handoff.hand_off(tx, polls, caps=caps, skip_locked=skip_locked, now=now)
+                handoff.hand_off(
+                    tx, polls, job.provider, caps=caps, skip_locked=skip_locked, now=now
+                )
             return job
 
         try:

@@ -69,12 +69,14 @@ class Waiting:
             self._waiters[waiter] = None
         return waiter
 
-    def take(self) -> Waiter | None:
-        """A waiter no other transaction holds, for this one to lease for;
-        ``settle`` it once the transaction is over."""
+    def take(self, provider: str) -> Waiter | None:
+        """A waiter no other transaction holds whose runner serves
+        ``provider`` (the new job's: the poll found nothing else when it began
+        to wait), for this one to lease for; ``settle`` it once the
+        transaction is over."""
         with self._lock:
             for waiter in self._waiters:
-                if not waiter.taken and not waiter.left:
+                if not waiter.taken and not waiter.left and provider in waiter.runner.providers:
                     waiter.taken = True
                     return waiter
         return None
@@ -101,11 +103,13 @@ class Waiting:
         return await asyncio.shield(waiter.future)
 
 
-def hand_off(tx: Tx, waiting: Waiting, *, caps: Caps, skip_locked: bool, now: datetime) -> None:
+def hand_off(
+    tx: Tx, waiting: Waiting, provider: str, *, caps: Caps, skip_locked: bool, now: datetime
+) -> None:
     """In a transaction that queued a job: lease for a waiting runner (if
     one waits), in a savepoint, its outcome settled once the transaction is
     over. A lease that fails is undone alone; the job stays queued."""
-    waiter = waiting.take()
+    waiter = waiting.take(provider)
     if waiter is None:
         return
     leases: list[Lease] = []
