@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from corral.api.requests import BODY_SEND
 from corral.api.sse import EventStream, frame
 from corral.services import Streams
 
@@ -91,6 +92,18 @@ async def test_frames_are_sent_as_they_come_and_the_end_ends_the_body() -> None:
     assert headers[b"cache-control"] == b"no-store"
     assert client.body == b"id: 1\ndata: 1\n\nid: 2\ndata: 2\n\n" and client.ended
     assert source.closed.is_set()
+
+
+async def test_the_body_skips_the_wrappers_below_the_request_id_middleware() -> None:
+    """The start goes down the middleware chain (the request id header, the
+    exception handlers' flags); the frames go to the send the request id
+    middleware got (``BODY_SEND``), above the wrappers that only watch the start."""
+    above, below = Client(), Client()
+    source = Source([frame("1", id="1")], then_wait=False)
+    async with asyncio.timeout(5):
+        await stream(source)({**SCOPE, BODY_SEND: above.send}, below.receive, below.send)
+    assert [m["type"] for m in below.sent] == ["http.response.start"]
+    assert [m.get("body") for m in above.sent] == [b"id: 1\ndata: 1\n\n", b""]
 
 
 async def test_an_idle_stream_sends_keep_alive_comments() -> None:

@@ -17,6 +17,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from corral import logctx
 
 HEADER = b"x-request-id"
+# The send this middleware got, above the wrappers below it (its own, the
+# exception handlers'): a long stream's body messages skip them (api/sse.py).
+BODY_SEND = "corral.body_send"
 SANE = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
 access = logging.getLogger("corral.access")
 
@@ -45,6 +48,7 @@ class RequestIds:
                 message = {**message, "headers": headers}
             await send(message)
 
+        scope[BODY_SEND] = send
         with logctx.bound(request_id=request_id):
             try:
                 await self.app(scope, receive, send_with_id)
