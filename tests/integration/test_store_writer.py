@@ -312,8 +312,13 @@ async def test_reader_threads_keep_connections_but_no_read_transaction(
     finally:
         raw.close()
     assert busy == 0
-    held = len(db._readers)
+    failed: list[sa.Connection] = []
+
+    def broken(conn: sa.Connection) -> None:
+        failed.append(conn)
+        conn.execute(sa.text("SELECT * FROM nowhere"))
+
     with pytest.raises(StoreUnavailable):  # an OperationalError: 503
-        await db.read(lambda conn: conn.execute(sa.text("SELECT * FROM nowhere")).all())
-    assert len(db._readers) == held - 1
+        await db.read(broken)
+    assert failed[0].closed and failed[0] not in db._readers
     assert await keys(db) == {"a"}
