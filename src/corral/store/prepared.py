@@ -145,7 +145,7 @@ class _Plan:
     """A statement compiled for one dialect (and, for an insert given its
     columns per call, one set of columns)."""
 
-    __slots__ = ("binds", "columns", "dialect", "error", "results", "row", "sql")
+    __slots__ = ("binds", "columns", "dialect", "results", "row", "sql")
 
     def __init__(self, statement: sa.ClauseElement, dialect: Dialect, keys: Sequence[str] | None):
         compiled = statement.compile(dialect=dialect, column_keys=list(keys) if keys else None)
@@ -159,7 +159,6 @@ class _Plan:
             raise sa.exc.CompileError(f"Unconsumed column names: {', '.join(unconsumed)}")
         self.sql = compiled.string
         self.dialect = dialect
-        self.error = dialect.loaded_dbapi.Error
         # (the call's key, its processor, the value the statement itself holds:
         # a literal such as ``status == "active"`` is an anonymous bind)
         self.binds: list[tuple[str, Processor | None, Any]] = []
@@ -227,22 +226,11 @@ class Prepared:
         for name, process, own in plan.binds:
             value = params[name] if own is _NONE else params.get(name, own)
             args.append(value if process is None else process(value))
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        try:
-            try:
-                cursor.execute(plan.sql, args)
-                rows = cursor.fetchall() if plan.row is not None else []
-            except plan.error as exc:
-                raise sa.exc.DBAPIError.instance(
-                    plan.sql, args, exc, plan.error, dialect=plan.dialect
-                ) from exc
-            if plan.row is None:
-                return Rows([], cursor.rowcount)
-            if plan.results is None:
-                plan.results = plan.processors(cursor.description)
-            rowcount = cursor.rowcount
-        finally:
-            cursor.close()
+        rows, description, rowcount = _execute(conn, plan.sql, args)
+        if plan.row is None:
+            return Rows([], rowcount)
+        if plan.results is None:
+            plan.results = plan.processors(description)
         make = plan.row._make  # type: ignore[attr-defined]
         if plan.results:
             out = []
@@ -262,6 +250,14 @@ def driver(conn: sa.Connection, sql: str, params: Sequence[Any] = ()) -> Rows:
     """``sql`` (in the dialect's own parameter style) run on ``conn``'s DBAPI
     connection with positional ``params``; rows as the driver returns them.
     For statements whose text the store writes itself (the event log's)."""
+    rows, _, rowcount = _execute(conn, sql, params)
+    return Rows(list(rows), rowcount)
+
+
+def _execute(conn: sa.Connection, sql: str, params: Sequence[Any]) -> tuple[Any, Any, int]:
+    """``sql`` on a cursor of ``conn``'s DBAPI connection: its rows (none for
+    a statement that returns none), their description and the rowcount;
+    driver errors raised as SQLAlchemy's, as ``Connection.execute`` raises them."""
     dialect = conn.dialect
     error = dialect.loaded_dbapi.Error
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
@@ -271,6 +267,6 @@ def driver(conn: sa.Connection, sql: str, params: Sequence[Any] = ()) -> Rows:
             rows = cursor.fetchall() if cursor.description is not None else []
         except error as exc:
             raise sa.exc.DBAPIError.instance(sql, params, exc, error, dialect=dialect) from exc
-        return Rows(list(rows), cursor.rowcount)
+        return rows, cursor.description, cursor.rowcount
     finally:
         cursor.close()
