@@ -3,7 +3,6 @@ the client and runner read."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
@@ -15,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, Field, field_validator, model_validator
 
+from corral import jsontext
 from corral.jobs import JobState
 from corral.routing import Route
 
@@ -263,7 +263,7 @@ class Event:
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), separators=(",", ":"))
+        return jsontext.dumps(self.to_dict())
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Event:
@@ -290,7 +290,7 @@ class Event:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Event:
-        return cls.from_dict(json.loads(text))
+        return cls.from_dict(jsontext.loads(text))
 
 
 class Outcome(BaseModel):

@@ -5,7 +5,6 @@ live but never stored (and carry no seq)."""
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from corral.errors import SessionNotFound
+from corral.jsontext import dumps
 from corral.models import Event, NewEvent
 from corral.protocol import topics
 from corral.store.db import Database, Tx
@@ -107,7 +107,7 @@ def _insert(
     base = last - n
     params: list[Any] = []
     for i, item in enumerate(items):
-        params += (i, item.event_id, item.type, json.dumps(item.payload), item.internal)
+        params += (i, item.event_id, item.type, dumps(item.payload), item.internal)
     params += (session_id, base, job_id, epoch, at)
     rows = driver(conn, _statement(dialect.name, n), params).all()
     stored = {event_id: seq for seq, event_id in rows}
