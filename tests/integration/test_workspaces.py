@@ -195,3 +195,19 @@ def test_a_plain_folder_is_prepared_in_place_and_a_worktree_is_not(tmp_path: Pat
     assert spaces.prepare_folder(job(session=tree.session_id, turn=2)) is None
     with pytest.raises(WorkspaceError, match="unsafe"):
         spaces.prepare_folder(job(session="../../etc"))
+
+
+def test_a_torn_record_reads_as_none_and_is_replaced(tmp_path: Path) -> None:
+    """A new record is written in place (no renamed temporary file): one torn
+    by a crash reads as no record, and the next turn writes a whole one."""
+    spaces = Workspaces(tmp_path / "data")
+    first = job()
+    made = spaces.prepare_folder(first)
+    assert made is not None
+    record = tmp_path / "data" / "workspaces" / ".meta" / f"{first.session_id}.json"
+    record.write_text(record.read_text()[:10])
+    assert spaces.load(first.session_id) is None
+    again = spaces.prepare_folder(job(session=first.session_id, turn=2))
+    assert again is not None and again.path == made.path
+    assert spaces.load(first.session_id) == again
+    assert [p.name for p in record.parent.iterdir()] == [record.name]  # no temporary left

@@ -144,6 +144,18 @@ def test_pid_records_reap_what_a_crash_left(tmp_path: Path, no_proc: None) -> No
     assert list((tmp_path / "pids").glob("*.json")) == []
 
 
+def test_a_torn_pid_record_is_dropped(tmp_path: Path, no_proc: None) -> None:
+    """Records are written in place: one a crash tore is dropped, the whole
+    ones still reaped."""
+    child = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    records = process.PidRecords(tmp_path / "pids")
+    records.add("whole", child.pid)
+    (tmp_path / "pids" / "torn.json").write_text('{"pid": 12')
+    assert records.reap() == [child.pid]
+    assert child.wait(5) == -9
+    assert list((tmp_path / "pids").iterdir()) == []
+
+
 def test_a_recycled_pid_is_left_alone(tmp_path: Path) -> None:
     (tmp_path / "job.json").write_text(f'{{"pid": {os.getpid()}, "start": 1}}')
     assert process.PidRecords(tmp_path).reap() == []
