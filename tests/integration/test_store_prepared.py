@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from corral.store import Store
 from corral.store.db import Tx, fields
-from corral.store.prepared import Prepared, driver
+from corral.store.prepared import Prepared, driver, savepoint
 from corral.store.schema import jobs, sessions
 
 NOW = datetime(2026, 12, 4, 12, 0, 0, 123456, tzinfo=UTC)
@@ -160,3 +160,28 @@ async def test_rowcount_and_sqlalchemy_errors(store: Store) -> None:
         await store.db.write(lambda tx: driver(tx.conn, "INSERT INTO sessions (id) VALUES ('x')"))
     # The writer goes on after both.
     await store.db.write(lambda tx: INSERT_SESSION(tx.conn, session_row(9)))
+
+
+async def test_a_savepoint_undoes_its_block_alone(store: Store) -> None:
+    """``savepoint``: a failing block (here a statement the database refuses,
+    which on PostgreSQL aborts the transaction up to the savepoint) is rolled
+    back alone and its error goes on; the transaction keeps what came before
+    and after it; a block that succeeds is kept; savepoints nest."""
+
+    def body(tx: Tx) -> str:
+        INSERT_SESSION(tx.conn, session_row(1))
+        with pytest.raises(sa.exc.IntegrityError), savepoint(tx.conn, "t_outer"):
+            INSERT_SESSION(tx.conn, session_row(2))
+            with savepoint(tx.conn, "t_inner"):
+                INSERT_SESSION(tx.conn, session_row(3))
+            INSERT_SESSION(tx.conn, session_row(1))  # a duplicate id
+        with savepoint(tx.conn, "t_kept"):
+            INSERT_SESSION(tx.conn, session_row(4))
+        INSERT_SESSION(tx.conn, session_row(5))
+        return "committed"
+
+    assert await store.db.write(body) == "committed"
+    ids = await store.db.read(
+        lambda conn: conn.execute(sa.select(sessions.c.id).order_by(sessions.c.id)).scalars().all()
+    )
+    assert ids == ["s1", "s4", "s5"]

@@ -36,6 +36,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from corral.store.prepared import savepoint
+
 log = logging.getLogger(__name__)
 
 LIMIT = 32
@@ -180,15 +182,11 @@ def _run_alone(conn: sa.Connection, item: Item) -> None:
 
 
 def _run_nested(conn: sa.Connection, item: Item) -> None:
-    savepoint = conn.begin_nested()
     try:
-        item.result = item.body(conn)
+        with savepoint(conn, "corral_body"):
+            item.result = item.body(conn)
     except BaseException as exc:  # its caller gets it, whatever it is
         item.error = exc
-        if _in_transaction(conn):
-            savepoint.rollback()
-        return
-    savepoint.commit()
 
 
 @contextlib.contextmanager

@@ -33,6 +33,7 @@ from corral.store.db import Tx
 from corral.store.jobs import dispatch
 from corral.store.jobs.dispatch import Lease
 from corral.store.jobs.policy import Caps
+from corral.store.prepared import savepoint
 
 log = logging.getLogger(__name__)
 
@@ -114,24 +115,20 @@ def hand_off(
         return
     leases: list[Lease] = []
     messages, after = len(tx.messages), len(tx.after_commit)
-    savepoint = tx.conn.begin_nested()
     try:
-        leases = dispatch.lease(
-            tx,
-            waiter.runner,
-            waiter.max_jobs,
-            waiter.ttl,
-            caps=caps,
-            skip_locked=skip_locked,
-            now=now,
-        )
+        with savepoint(tx.conn, "corral_handoff"):
+            leases = dispatch.lease(
+                tx,
+                waiter.runner,
+                waiter.max_jobs,
+                waiter.ttl,
+                caps=caps,
+                skip_locked=skip_locked,
+                now=now,
+            )
     except Exception:
         log.exception("handing a new job to runner %s failed; it stays queued", waiter.runner.name)
-        if savepoint.is_active:
-            savepoint.rollback()
         del tx.messages[messages:], tx.after_commit[after:]
         leases = []
-    else:
-        savepoint.commit()
     tx.after_commit.append(functools.partial(waiting.settle, waiter, leases))
     tx.after_abort.append(functools.partial(waiting.settle, waiter, []))
