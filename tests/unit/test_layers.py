@@ -160,7 +160,7 @@ RULES = {
     ),
     "protocol": (
         {"protocol"},
-        LAYERS - {"protocol", "models", "errors", "jobs", "routing", ROOT},
+        LAYERS - {"protocol", "models", "errors", "jobs", "routing", "jsontext", ROOT},
         "the wire contract depends on the pure core only, so both sides can import it",
     ),
 }

@@ -106,7 +106,7 @@ async def login(request: Request, svc: Svc) -> Response:
 @router.post("/ui/login-links")
 async def login_link(request: Request, svc: Svc) -> dict[str, Any]:
     """A one-time sign-in link for the key in the Authorization header."""
-    who = await principal(request, svc)  # a POST: the key in the header, never a cookie
+    who = await principal(request)  # a POST: the key in the header, never a cookie
     who.require("read")
     token = auth.seal(
         svc.browser_secret,
