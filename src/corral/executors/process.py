@@ -293,7 +293,7 @@ class PidRecords:
 
     def remove(self, job_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):
-            (self.dir / f"{job_id}.json").unlink()
+            os.unlink(f"{self.dir}/{job_id}.json")
 
     def reap(self) -> list[int]:
         """Kill the trees of processes a previous runner left running."""

@@ -121,14 +121,16 @@ class Workspaces:
         self.cache = data_dir / "repos"
         self.meta_dir.mkdir(parents=True, exist_ok=True)
         self._real_root = self.root.resolve()
+        self._inside = f"{self._real_root}/"
 
     def path_of(self, session_id: str) -> Path:
         if not SAFE_ID.match(session_id):
             raise WorkspaceError(f"unsafe session id {session_id!r}")
-        path = (self.root / session_id).resolve()
-        if not path.is_relative_to(self._real_root):
+        # Strings, not pathlib: once per job start (issue #18).
+        path = os.path.realpath(f"{self.root}/{session_id}")
+        if not path.startswith(self._inside):
             raise WorkspaceError(f"workspace {path} escapes {self.root}")
-        return path
+        return Path(path)
 
     # -- records -------------------------------------------------------------
 
