@@ -58,8 +58,13 @@ async def follow(
     def wanted(ev: Event) -> bool:
         return (job_id is None or ev.job_id == job_id) and (internal or not ev.internal)
 
+    def terminal(ev: Event) -> bool:
+        return job_id is not None and ev.job_id == job_id and ev.payload.get("to") in TERMINAL
+
     async def ended(ev: Event) -> bool:
-        if job_id is None or ev.job_id != job_id or ev.payload.get("to") not in TERMINAL:
+        """A stored terminal state is the end if the job is still there (an
+        operator may have retried it since)."""
+        if job_id is None or not terminal(ev):
             return False
         return (await store.jobs.get(job_id)).state in TERMINAL
 
@@ -104,7 +109,10 @@ async def follow(
                         last = ev.seq
                         if wanted(ev):
                             out.append(ev)
-                            if ev.type == "job.state" and job_id is not None and await ended(ev):
+                            # Live, just committed: the end (a retry is a later
+                            # transaction). Not read again: a read per job's
+                            # stream (issue #18).
+                            if ev.type == "job.state" and terminal(ev):
                                 yield out
                                 return
                     if gap:
