@@ -35,6 +35,7 @@ settings, other providers' keys) reaches a job."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -164,7 +165,9 @@ class Sandbox:
         if self.kind == "none" or self.bwrap is None:
             return list(command)
         binds = _normalised(mounts)
-        hidden = sorted({_real(p) for p in self.hidden if os.path.lexists(p)})
+        # Strings, not pathlib, on this per-start path (issue #18); sorted,
+        # a directory comes before what is inside it.
+        hidden = sorted({os.path.realpath(p) for p in self.hidden if os.path.lexists(p)})
         args = [
             self.bwrap,
             "--die-with-parent",
@@ -188,19 +191,18 @@ class Sandbox:
         args += ["--chdir", str(cwd), "--", *command]
         return args
 
-    def _hide(self, hidden: list[Path], *, under: list[Path] | None) -> list[str]:
+    def _hide(self, hidden: list[str], *, under: list[Path] | None) -> list[str]:
         args: list[str] = []
         done: list[str] = []
         # Absolute, resolved paths compared as strings: Path.is_relative_to
         # over every pair was ~1.5 % of the server's CPU per job (issue #18).
         bases = None if under is None else [str(b) for b in under]
-        for path in hidden:
-            text = str(path)
+        for text in hidden:
             if bases is not None and not any(_within(text, b) for b in bases):
                 continue
             if any(_within(text, d) for d in done):
                 continue  # inside a directory already hidden
-            if path.is_dir():
+            if os.path.isdir(text):
                 args += ["--tmpfs", text]
                 done.append(text)
             elif self.void is not None:
@@ -262,20 +264,23 @@ def installation(program: str, *, cwd: Path) -> list[Path]:
     needs its package and their dependencies), else a virtualenv (the
     directory with ``pyvenv.cfg``), else the program's own directory.
     Nothing for a program elsewhere: the host is bound read-only already."""
-    named = Path(program) if "/" in program else None
-    if named is None:
-        found_at = shutil.which(program)
-        named = Path(found_at) if found_at else None
-    if named is None:
+    found = program if "/" in program else shutil.which(program)
+    if found is None:
         return []
-    named = Path(os.path.abspath(cwd / named))
-    if not named.exists():
+    # Strings first: a program outside /tmp (nearly every one) costs two
+    # calls, not pathlib's work, at every job's start (issue #18).
+    text = os.path.abspath(os.path.join(cwd, found))
+    if not os.path.exists(text):
         return []
-    tmp = _real(Path("/tmp"))
+    real_tmp = _real_tmp()
+    under = [
+        Path(p)
+        for p in (text, os.path.realpath(text))
+        if _within(p, real_tmp) or _within(p, "/tmp")
+    ]
+    tmp = Path(real_tmp)
     roots: dict[Path, None] = {}
-    for path in (named, _real(named)):
-        if not path.is_relative_to(tmp) and not path.is_relative_to("/tmp"):
-            continue
+    for path in under:
         root = path.parent
         modules = [a for a in path.parents if a.name == "node_modules"]
         venvs = [a for a in path.parents if (a / "pyvenv.cfg").is_file()]
@@ -290,6 +295,12 @@ def installation(program: str, *, cwd: Path) -> list[Path]:
 
 def _real(path: Path) -> Path:
     return Path(os.path.realpath(path))
+
+
+@functools.cache
+def _real_tmp() -> str:
+    """Where /tmp is (read once: a host does not move its /tmp under a runner)."""
+    return os.path.realpath("/tmp")
 
 
 def _normalised(mounts: Iterable[Mount]) -> list[Mount]:
