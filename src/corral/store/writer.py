@@ -79,10 +79,11 @@ class Writer:
         self.bodies = 0
 
     def submit(self, item: Item) -> None:
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-                self._thread.start()
+        if self._thread is None:  # the lock only until the thread runs
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                    self._thread.start()
         self._queue.put(item)
 
     def close(self) -> None:
