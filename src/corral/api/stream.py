@@ -79,7 +79,7 @@ async def follow(
                     last = ev.seq or last
                     if wanted(ev):
                         out.append(ev)
-                        if ev.type == "job.state" and job_id is not None and await ended(ev):
+                        if ev.type == "job.state" and await ended(ev):
                             yield out
                             return
                 if out:

@@ -286,8 +286,14 @@ def savepoint(conn: sa.Connection, name: str) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        if conn.dialect.name != "sqlite" or conn.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
+        if conn.dialect.name != "sqlite" or sqlite_in_transaction(conn):
             _execute(conn, f"ROLLBACK TO SAVEPOINT {name}", ())
             _execute(conn, f"RELEASE SAVEPOINT {name}", ())
         raise
     _execute(conn, f"RELEASE SAVEPOINT {name}", ())
+
+
+def sqlite_in_transaction(conn: sa.Connection) -> bool:
+    """Whether SQLite still holds ``conn``'s transaction (it ends one itself
+    on some failures)."""
+    return bool(conn.connection.dbapi_connection.in_transaction)  # type: ignore[union-attr]

@@ -36,7 +36,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from corral.store.prepared import savepoint
+from corral.store.prepared import savepoint, sqlite_in_transaction
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ class Writer:
                         break
                     done.append(item)
                     _run_nested(conn, item)
-                    if not _in_transaction(conn):
+                    if not sqlite_in_transaction(conn):
                         raise _Lost(item.error)
                 trans.commit()
             self.groups += 1
@@ -202,10 +202,6 @@ def _ended(conn: sa.Connection) -> Iterator[None]:
         if dbapi is not None and dbapi.in_transaction:
             dbapi.rollback()
         raise
-
-
-def _in_transaction(conn: sa.Connection) -> bool:
-    return bool(conn.connection.dbapi_connection.in_transaction)  # type: ignore[union-attr]
 
 
 def _settle_all(items: list[Item]) -> None:
