@@ -100,7 +100,11 @@ async def test_a_transactions_messages_all_cross(replicas: tuple[Store, Store]) 
     another replica hears each of them (stored events are fetched when their
     seq is announced, so they may come after the rest)."""
     a, b = replicas
-    job, _ = await a.jobs.create(JobCreate(prompt="x"))
+    with b.bus.subscribe(topics.JOB_STATES) as created:
+        job, _ = await a.jobs.create(JobCreate(prompt="x"))
+        # The create's own announcement reaches b first (notifications come
+        # in commit order): heard here, not by the subscriptions below.
+        assert job.id in await _collect(created, lambda msgs: job.id in msgs)
     watched = (topics.session(job.session_id), topics.JOB_STATES, topics.JOBS)
 
     def shape(msgs: list[object]) -> list[object]:
