@@ -421,13 +421,15 @@ Deliver = Callable[[dict[str, Any], float], bool]  # (event, received at) -> kee
 
 
 async def httpx_subscriber(
-    srv: ServerProcess, http: httpx.AsyncClient, path: str, deliver: Deliver
+    srv: ServerProcess, http: httpx.AsyncClient, path: str, deliver: Deliver, hold: asyncio.Event
 ) -> None:
-    """An SSE client as users write one: httpx + httpx-sse."""
+    """An SSE client as users write one: httpx + httpx-sse. Once ``deliver``
+    says it has all, it waits for ``hold`` before it disconnects."""
     async with aconnect_sse(http, "GET", path, headers=SSE_HEADERS) as source:
         check_stream(source.response)
         async for sse in source.aiter_sse():
             if not deliver(json.loads(sse.data), time.time()):
+                await hold.wait()
                 return
 
 
@@ -462,7 +464,7 @@ class _SseLines(asyncio.Protocol):
 
 
 async def socket_subscriber(
-    srv: ServerProcess, http: httpx.AsyncClient, path: str, deliver: Deliver
+    srv: ServerProcess, http: httpx.AsyncClient, path: str, deliver: Deliver, hold: asyncio.Event
 ) -> None:
     """The cheapest SSE client: a socket and a line splitter in the event
     loop's read callback (no stream reader, no task wake-up per event). It
@@ -483,6 +485,7 @@ async def socket_subscriber(
         if not status.startswith(b"HTTP/1.1 200"):
             raise RuntimeError(f"stream refused: {status[:40]!r}")
         await proto.done
+        await hold.wait()
     finally:
         transport.close()
 
@@ -501,10 +504,14 @@ async def sse_latency(
     batch: int = 1,
 ) -> list[Result]:
     """``subscribers`` SSE clients on one session; the worker posts ``events``
-    batches of ``batch`` events ``interval`` apart, each carrying its send time."""
+    batches of ``batch`` events ``interval`` apart, each carrying its send time.
+    The server's CPU is read from before the first write until every client
+    has all (or 10 s passed), before they disconnect."""
     lat: list[float] = []
     to_server: list[float] = []  # send -> event created_at (server side, before commit)
     ready = [asyncio.Event() for _ in range(subscribers)]
+    have_all = [asyncio.Event() for _ in range(subscribers)]
+    hold = asyncio.Event()
     subscriber = SUBSCRIBERS[client]
     server_cpu = own_cpu = 0.0
     async with admin_http(srv) as http, admin_http(srv, connections=subscribers + 10) as subs:
@@ -524,12 +531,15 @@ async def sse_latency(
                 if i == 0:
                     to_server.append(ts(ev["created_at"]) - sent)
                 got += 1
-                return got < events * batch
+                if got < events * batch:
+                    return True
+                have_all[i].set()
+                return False
 
             return deliver
 
         tasks = [
-            asyncio.create_task(subscriber(srv, subs, path, receiver(i)))
+            asyncio.create_task(subscriber(srv, subs, path, receiver(i), hold))
             for i in range(subscribers)
         ]
         try:
@@ -546,9 +556,14 @@ async def sse_latency(
                 }
                 check(await http.post("/worker/events", json=body, headers=w.headers))
                 await asyncio.sleep(interval)
-            await asyncio.wait(tasks, timeout=10)
+            waits = [asyncio.create_task(e.wait()) for e in have_all]
+            await asyncio.wait(waits, timeout=10)
             server_cpu = cpu_seconds(srv.proc.pid) - server_cpu
             own_cpu = time.process_time() - own_cpu
+            for t in waits:
+                t.cancel()
+            hold.set()
+            await asyncio.wait(tasks, timeout=10)
         finally:
             for t in tasks:
                 t.cancel()

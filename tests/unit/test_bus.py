@@ -88,3 +88,40 @@ async def test_waits_woken_by_events_share_one_timer() -> None:
         timer = sub._timer
         assert len(timers) == 1 and timer is not None and not timer.cancelled()
     assert timer.cancelled()
+
+
+async def test_deliver_takes_messages_only_while_the_reader_waits_with_nothing_buffered() -> None:
+    """``deliver`` (an SSE stream's fast path) gets a message from the
+    publisher's call while the reader waits in ``get`` and nothing is
+    buffered; a message it declines is buffered and wakes the reader, as is
+    every message while the reader is busy."""
+    bus = MemoryBus()
+    taken: list[object] = []
+    with bus.subscribe("a") as sub:
+        sub.deliver = lambda m: m != "no" and not taken.append(m)
+        bus.publish("a", "busy")  # the reader is not waiting: buffered
+        assert await sub.get(1) == ["busy"] and taken == []
+        waiting = asyncio.create_task(sub.get(5))
+        await asyncio.sleep(0)
+        bus.publish("a", "x")
+        bus.publish("a", "y")
+        assert taken == ["x", "y"] and not waiting.done()
+        bus.publish("a", "no")  # declined: buffered, the reader woken
+        bus.publish("a", "z")  # something is buffered now: behind it, not around it
+        async with asyncio.timeout(1):
+            assert await waiting == ["no", "z"]
+        assert taken == ["x", "y"]
+
+
+async def test_a_delivered_message_restarts_the_waits_timeout() -> None:
+    """Messages taken by ``deliver`` count as something read: the wait times
+    out ``timeout`` after the last of them, not after it began."""
+    bus = MemoryBus()
+    loop = asyncio.get_running_loop()
+    with bus.subscribe("a") as sub:
+        sub.deliver = lambda m: True
+        for delay in (0.1, 0.2, 0.3):
+            loop.call_later(delay, bus.publish, "a", "x")
+        began = loop.time()
+        assert await sub.get(0.15) == []
+        assert loop.time() - began >= 0.44

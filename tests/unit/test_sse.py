@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from corral.api.requests import BODY_SEND
-from corral.api.sse import EventStream, frame
+from corral.api.sse import Direct, EventStream, frame
 from corral.services import Streams
 
 SCOPE = {"type": "http", "method": "GET", "path": "/s", "headers": []}
@@ -24,6 +24,8 @@ class Client:
         self.sent: list[dict[str, Any]] = []
         self.gone = asyncio.Event()
         self.stuck = False  # sends block (a client that stopped reading)
+        self.full: asyncio.Event | None = None  # body sends wait until it is set
+        self.tried: list[bytes] = []  # every body send, as it began
         self.first = True
 
     async def receive(self) -> dict[str, Any]:
@@ -34,8 +36,12 @@ class Client:
         return {"type": "http.disconnect"}
 
     async def send(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            self.tried.append(message.get("body", b""))
         if self.stuck and message["type"] == "http.response.body":
             await asyncio.Event().wait()
+        if self.full is not None and message["type"] == "http.response.body":
+            await self.full.wait()
         self.sent.append(message)
 
     @property
@@ -184,3 +190,65 @@ async def test_a_cancelled_request_stays_cancelled() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert source.closed.is_set()
+
+
+async def test_direct_writes_go_out_from_the_callers_stack_between_the_streams_own() -> None:
+    """``Direct``: while the stream is live and not sending, an item written
+    through it is sent at once (no task step), through the body's send; once
+    the stream has ended there is no way to write."""
+    client, direct = Client(), Direct[bytes]()
+    source = Source([frame("1")])
+    task = asyncio.create_task(stream(source, direct=direct)(SCOPE, client.receive, client.send))
+    await source.started.wait()
+    await asyncio.sleep(0.05)
+    assert direct.write is not None
+    assert direct.write(frame("2")) and direct.write(frame("3"))
+    assert client.body == b"data: 1\n\ndata: 2\n\ndata: 3\n\n"  # already, no await between
+    client.gone.set()
+    async with asyncio.timeout(5):
+        await task
+    assert direct.write is None
+
+
+async def test_a_direct_write_that_must_wait_keeps_its_place() -> None:
+    """A direct write whose send waits (the client's socket is full) is
+    finished by a task: further direct writes are refused meanwhile, and the
+    stream's own next send waits for it, so the order holds."""
+    client, direct = Client(), Direct[bytes]()
+    release = asyncio.Event()
+
+    async def items() -> AsyncIterator[bytes]:
+        yield frame("1")
+        await release.wait()
+        yield frame("3")
+
+    resp = EventStream(items(), lambda b: b, ping=30.0, direct=direct)
+    task = asyncio.create_task(resp(SCOPE, client.receive, client.send))
+    await asyncio.sleep(0.05)
+    assert direct.write is not None
+    client.full = asyncio.Event()
+    assert direct.write(frame("2"))  # taken; its send waits
+    assert not direct.write(frame("x"))  # one in flight: refused (the caller buffers it)
+    release.set()
+    await asyncio.sleep(0.05)
+    assert client.body == b"data: 1\n\n"
+    assert client.tried == [b"data: 1\n\n", b"data: 2\n\n"]  # 3 waits for 2's send
+    client.full.set()
+    async with asyncio.timeout(5):
+        await task
+    assert client.body == b"data: 1\n\ndata: 2\n\ndata: 3\n\n" and client.ended
+
+
+async def test_a_client_that_stopped_reading_during_a_direct_write_is_cut() -> None:
+    """The stall watch covers a direct write that waits, and the cut ends it."""
+    client, direct = Client(), Direct[bytes]()
+    source = Source([])
+    resp = stream(source, ping=0.05, send_timeout=0.2, direct=direct)
+    task = asyncio.create_task(resp(SCOPE, client.receive, client.send))
+    await source.started.wait()
+    await asyncio.sleep(0.05)
+    client.stuck = True
+    assert direct.write is not None and direct.write(frame("1"))
+    async with asyncio.timeout(5):
+        await task  # cut as stalled: returns
+    assert source.closed.is_set() and resp._inflight is None

@@ -13,6 +13,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from corral import __version__, ui
 from corral.api import (
@@ -35,17 +36,23 @@ from corral.api import (
     webhooks,
 )
 from corral.api.limits import BodyLimit
-from corral.api.requests import RequestIds
+from corral.api.requests import BodySend, RequestIds
 from corral.config import Settings
 from corral.mcp.mount import PATH, McpMount
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
 
+class _App(FastAPI):
+    def build_middleware_stack(self) -> ASGIApp:
+        # Around the whole stack, Starlette's ServerErrorMiddleware included.
+        return BodySend(super().build_middleware_stack())
+
+
 def create_app(settings: Settings, *, lifespan: Lifespan | None = None) -> FastAPI:
     """The corral HTTP app. Its routes read ``app.state.services``, which the
     owner of the process sets (``corral.server.Server``, through ``lifespan``)."""
-    app = FastAPI(
+    app = _App(
         title="corral",
         version=__version__,
         lifespan=lifespan,

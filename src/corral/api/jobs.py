@@ -180,16 +180,16 @@ async def job_events(
     accepts ``text/event-stream``."""
     job = await svc.store.jobs.get(job_id)
     if "text/event-stream" in request.headers.get("accept", ""):
-        start = stream.last_event_id(request, since)
-        events = stream.follow(
+        return stream.response(
             svc.store,
             job.session_id,
-            since=start,
+            since=stream.last_event_id(request, since),
             buffer=svc.settings.sse_buffer,
             job_id=job_id,
             internal=internal,
+            ping=svc.settings.sse_ping,
+            streams=svc.streams,
         )
-        return stream.response(events, ping=svc.settings.sse_ping, streams=svc.streams)
     items = await svc.store.events.list(
         job.session_id, since=since, limit=limit, job_id=job_id, internal=internal
     )

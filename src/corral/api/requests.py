@@ -17,11 +17,25 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from corral import logctx
 
 HEADER = b"x-request-id"
-# The send this middleware got, above the wrappers below it (its own, the
-# exception handlers'): a long stream's body messages skip them (api/sse.py).
+# The server's own send, above every wrapper (the request id's, the exception
+# handlers'), which only look at the response's start: a long stream's body
+# messages skip them (api/sse.py).
 BODY_SEND = "corral.body_send"
 SANE = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
 access = logging.getLogger("corral.access")
+
+
+class BodySend:
+    """Outermost, around Starlette's own middleware: puts the server's send in
+    the scope as ``BODY_SEND``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope[BODY_SEND] = send
+        await self.app(scope, receive, send)
 
 
 class RequestIds:
@@ -48,7 +62,6 @@ class RequestIds:
                 message = {**message, "headers": headers}
             await send(message)
 
-        scope[BODY_SEND] = send
         with logctx.bound(request_id=request_id):
             try:
                 await self.app(scope, receive, send_with_id)

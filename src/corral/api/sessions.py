@@ -93,11 +93,12 @@ async def session_stream(
 ) -> Response:
     """SSE: every event after Last-Event-ID (or ``since``), then live ones."""
     await svc.store.sessions.get(session_id)
-    events = stream.follow(
+    return stream.response(
         svc.store,
         session_id,
         since=stream.last_event_id(request, since),
         buffer=svc.settings.sse_buffer,
         internal=internal,
+        ping=svc.settings.sse_ping,
+        streams=svc.streams,
     )
-    return stream.response(events, ping=svc.settings.sse_ping, streams=svc.streams)

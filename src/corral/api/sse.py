@@ -24,8 +24,8 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Generic, TypeVar
+from collections.abc import AsyncIterator, Callable, Generator, Mapping
+from typing import Any, Generic, TypeVar
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -41,6 +41,18 @@ _LINES = re.compile(r"\r\n|\r|\n")
 _HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 
 T = TypeVar("T")
+
+
+class Direct(Generic[T]):
+    """A source's way to hand an item to its stream's client at once, from
+    whatever call learnt of it (a bus publish) instead of the stream's task:
+    ``write(item)`` is set while the stream can take one (its body is live and
+    no send is in progress) and returns False when it cannot after all."""
+
+    __slots__ = ("write",)
+
+    def __init__(self) -> None:
+        self.write: Callable[[T], bool] | None = None
 
 
 def frame(data: str, *, id: str | None = None, event: str | None = None) -> bytes:
@@ -62,6 +74,31 @@ def message(m: Mapping[str, str]) -> bytes:
     return frame(m["data"], id=m.get("id"), event=m.get("event"))
 
 
+class _Resumed:
+    """The rest of an awaitable whose steps (its ``__await__``) were started
+    by hand and now wait on ``waiting`` (what the first step yielded), as an
+    awaitable: ``yield from`` with the first step already taken."""
+
+    def __init__(self, steps: Generator[Any, Any, None], waiting: object) -> None:
+        self.steps, self.waiting = steps, waiting
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        coro, waiting = self.steps, self.waiting
+        while True:
+            try:
+                sent = yield waiting
+            except BaseException as exc:  # cancelled while waiting: into the coroutine
+                try:
+                    waiting = coro.throw(exc)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    waiting = coro.send(sent)
+                except StopIteration:
+                    return
+
+
 class EventStream(Response, Generic[T]):
     """``items`` as a ``text/event-stream`` response, each sent as
     ``encode(item)`` (a frame; ``frame`` makes one).
@@ -80,6 +117,7 @@ class EventStream(Response, Generic[T]):
         streams: Streams | None = None,
         send_timeout: float = 30.0,
         headers: Mapping[str, str] | None = None,
+        direct: Direct[T] | None = None,
     ) -> None:
         self.items = items
         self.encode = encode
@@ -94,6 +132,11 @@ class EventStream(Response, Generic[T]):
         self._done = False
         # When the send in progress began (loop time), None between sends.
         self._sending: float | None = None
+        self.direct = direct
+        self._body: Send | None = None  # the body's send, once the stream is live
+        # A direct write whose send had to wait (the client's socket was full):
+        # the stream's own sends wait for it, keeping the order.
+        self._inflight: asyncio.Task[None] | None = None
 
     def end(self, why: Why) -> None:
         """End the stream from outside its task (the watcher, ``Streams``)."""
@@ -113,12 +156,14 @@ class EventStream(Response, Generic[T]):
         # The body: straight to the send above the middleware's wrappers,
         # which only look at the start (request id, the exception handlers'
         # "started" flags): ~3 us less per delivery (issue #18).
-        send = scope.get(BODY_SEND, send)
+        send = self._body = scope.get(BODY_SEND, send)
         task = self._task = asyncio.current_task()
         assert task is not None
         watcher = asyncio.create_task(self._watch(receive, send))
         if self.streams is not None:
             self.streams.add(self)
+        if self.direct is not None:
+            self.direct.write = self._write_now
         try:
             await self._pump(send)
         except asyncio.CancelledError:
@@ -131,6 +176,10 @@ class EventStream(Response, Generic[T]):
                 log.info("cut an event stream whose client read nothing for %gs", self.send_timeout)
         finally:
             self._done = True
+            if self.direct is not None:
+                self.direct.write = None
+            if self._inflight is not None:  # a direct write still waiting for the socket
+                self._inflight.cancel()
             if self.streams is not None:
                 self.streams.discard(self)
             watcher.cancel()
@@ -147,10 +196,49 @@ class EventStream(Response, Generic[T]):
     async def _pump(self, send: Send) -> None:
         loop, encode = asyncio.get_running_loop(), self.encode
         async for item in self.items:
+            if self._inflight is not None:
+                await self._inflight
             self._sending = loop.time()
             await send({"type": "http.response.body", "body": encode(item), "more_body": True})
             self._sending = None
+        if self._inflight is not None:
+            await self._inflight
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def _write_now(self, item: T) -> bool:
+        """``item`` sent from the caller's stack (``Direct``): the body's send
+        is a coroutine that finishes without waiting unless the client's
+        socket is full (uvicorn waits for it to drain); one that waits is
+        finished by a task the stream's own sends wait for. False: not now
+        (the stream ends, or a send is in progress)."""
+        send = self._body
+        if send is None or self._done or self._why is not None:
+            return False
+        if self._sending is not None or self._inflight is not None:
+            return False
+        body = {"type": "http.response.body", "body": self.encode(item), "more_body": True}
+        steps = send(body).__await__()
+        try:
+            waiting = steps.send(None)
+        except StopIteration:
+            return True
+        except Exception:
+            log.warning("an event stream's send failed; ending the stream", exc_info=True)
+            self.end("gone")
+            return True
+        # The send waits (for the socket to drain): a task finishes it.
+        self._sending = asyncio.get_running_loop().time()
+        self._inflight = asyncio.ensure_future(self._finish(steps, waiting))
+        return True
+
+    async def _finish(self, steps: Generator[Any, Any, None], waiting: object) -> None:
+        try:
+            await _Resumed(steps, waiting)
+        except Exception:
+            log.warning("an event stream's send failed; ending the stream", exc_info=True)
+            self.end("gone")
+        finally:
+            self._sending = self._inflight = None
 
     async def _watch(self, receive: Receive, send: Send) -> None:
         """Until the client goes: keep-alive comments, and the cut of a stalled send."""

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
+from typing import Literal
 
 from fastapi import Request
 
-from corral.api.sse import EventStream, frame, message
+from corral.api.sse import Direct, EventStream, frame, message
+from corral.bus import BusMessage
 from corral.errors import BadRequest
 from corral.jobs import TERMINAL
 from corral.models import INT32_MAX, Event
@@ -40,6 +42,49 @@ def encode(event: Event) -> bytes:
     return data
 
 
+def _wanted(ev: Event, job_id: str | None, internal: bool) -> bool:
+    return (job_id is None or ev.job_id == job_id) and (internal or not ev.internal)
+
+
+def _final(ev: Event, job_id: str | None) -> bool:
+    """``ev`` is the followed job's move to a final state."""
+    return (
+        job_id is not None
+        and ev.job_id == job_id
+        and ev.type == "job.state"
+        and ev.payload.get("to") in TERMINAL
+    )
+
+
+Stop = Literal["gap", "end"] | None
+
+
+def _take(
+    events: list[Event], last: int, job_id: str | None, internal: bool
+) -> tuple[list[Event], int, Stop]:
+    """What of one live write goes to a client that has had up to seq
+    ``last``: ``(out, last, stop)``; ``stop`` is "gap" (a seq is missing:
+    back to the log) or "end" (the job's final state, the last of ``out``)."""
+    out: list[Event] = []
+    for ev in events:
+        if ev.seq is None:
+            if _wanted(ev, job_id, internal):
+                out.append(ev)
+            continue
+        if ev.seq <= last:
+            continue
+        if ev.seq != last + 1:
+            return out, last, "gap"
+        last = ev.seq
+        if _wanted(ev, job_id, internal):
+            out.append(ev)
+            # Live, just committed: the end (a retry is a later transaction).
+            # Not read again: a read per job's stream (issue #18).
+            if _final(ev, job_id):
+                return out, last, "end"
+    return out, last, None
+
+
 async def follow(
     store: Store,
     session_id: str,
@@ -49,27 +94,42 @@ async def follow(
     job_id: str | None = None,
     internal: bool = False,
     poll: float = 5.0,
+    direct: Direct[list[Event]] | None = None,
 ) -> AsyncIterator[list[Event]]:
     """Every event of the session after ``since``, once each, in seq order,
     then live ones; in batches, each what was ready at once (a back-fill page,
     the events of one write). With ``job_id``: only that job's, ending with its
-    final state."""
+    final state.
 
-    def wanted(ev: Event) -> bool:
-        return (job_id is None or ev.job_id == job_id) and (internal or not ev.internal)
-
-    def terminal(ev: Event) -> bool:
-        return job_id is not None and ev.job_id == job_id and ev.payload.get("to") in TERMINAL
+    With ``direct``: while this generator waits for live events, a write that
+    continues the log without a gap or an end goes to ``direct.write`` from
+    the publisher's call, not through a wake-up of the stream's task (one
+    task step per subscriber and event was most of an SSE delivery's CPU;
+    issue #18). Anything else takes the path above."""
 
     async def ended(ev: Event) -> bool:
         """A stored terminal state is the end if the job is still there (an
         operator may have retried it since)."""
-        if job_id is None or not terminal(ev):
+        if job_id is None or not _final(ev, job_id):
             return False
         return (await store.jobs.get(job_id)).state in TERMINAL
 
     last = since
+
+    def deliver(message: BusMessage) -> bool:
+        nonlocal last
+        write = direct.write if direct is not None else None
+        if write is None or not isinstance(message, list):
+            return False
+        out, to, stop = _take(message, last, job_id, internal)
+        if stop is not None or (out and not write(out)):
+            return False
+        last = to
+        return True
+
     with store.bus.subscribe(topics.session(session_id), maxsize=buffer) as sub:
+        if direct is not None:
+            sub.deliver = deliver
         while True:
             # Back-fill everything committed after `last`.
             while True:
@@ -77,9 +137,9 @@ async def follow(
                 out: list[Event] = []
                 for ev in batch:
                     last = ev.seq or last
-                    if wanted(ev):
+                    if _wanted(ev, job_id, internal):
                         out.append(ev)
-                        if ev.type == "job.state" and await ended(ev):
+                        if await ended(ev):
                             yield out
                             return
                 if out:
@@ -91,35 +151,19 @@ async def follow(
                 messages = await sub.get(timeout=poll)
                 if sub.overflowed:
                     return
-                gap = False
+                stop: Stop = None
                 out = []
                 for message in messages:
-                    if not isinstance(message, list):
-                        continue
-                    for ev in message:
-                        if ev.seq is None:
-                            if wanted(ev):
-                                out.append(ev)
-                            continue
-                        if ev.seq <= last:
-                            continue
-                        if ev.seq != last + 1:
-                            gap = True
+                    if isinstance(message, list):
+                        got, last, stop = _take(message, last, job_id, internal)
+                        out += got
+                        if stop is not None:
                             break
-                        last = ev.seq
-                        if wanted(ev):
-                            out.append(ev)
-                            # Live, just committed: the end (a retry is a later
-                            # transaction). Not read again: a read per job's
-                            # stream (issue #18).
-                            if ev.type == "job.state" and terminal(ev):
-                                yield out
-                                return
-                    if gap:
-                        break
                 if out:
                     yield out
-                if gap or not messages:
+                if stop == "end":
+                    return
+                if stop is not None or not messages:
                     break  # back-fill (on timeout too: cheap insurance)
 
 
@@ -147,10 +191,28 @@ def encode_all(events: list[Event]) -> bytes:
 
 
 def response(
-    events: AsyncIterator[list[Event]], *, ping: float, streams: Streams
+    store: Store,
+    session_id: str,
+    *,
+    since: int,
+    buffer: int,
+    ping: float,
+    streams: Streams,
+    job_id: str | None = None,
+    internal: bool = False,
 ) -> EventStream[list[Event]]:
-    """Batches of ``events`` as a server-sent event stream with keep-alive comments."""
-    return EventStream(events, encode_all, ping=ping, streams=streams)
+    """``follow`` as a server-sent event stream with keep-alive comments."""
+    direct: Direct[list[Event]] = Direct()
+    events = follow(
+        store,
+        session_id,
+        since=since,
+        buffer=buffer,
+        job_id=job_id,
+        internal=internal,
+        direct=direct,
+    )
+    return EventStream(events, encode_all, ping=ping, streams=streams, direct=direct)
 
 
 def response_of(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict, deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -34,16 +35,33 @@ class Subscription:
         self._deadline: float | None = None
         self._timer: asyncio.TimerHandle | None = None
         self.overflowed = False
+        # Takes a message at once, from the publisher's call, while the
+        # reader waits in ``get`` with nothing buffered; returns False to
+        # have it buffered (and the reader woken) instead. A message taken
+        # restarts the wait's timeout, as one read would. An SSE stream's
+        # fast path: a delivery without waking its task (issue #18).
+        self.deliver: Callable[[Message], bool] | None = None
+        self._timeout: float | None = None  # of the wait in progress
 
     def _push(self, message: Message) -> None:
         if self.overflowed:
+            return
+        deliver, waiter = self.deliver, self._waiter
+        if (
+            deliver is not None
+            and waiter is not None
+            and not waiter.done()
+            and not self._items
+            and deliver(message)
+        ):
+            if self._timeout is not None:
+                self._deadline = waiter.get_loop().time() + self._timeout
             return
         if len(self._items) >= self._maxsize:
             self.overflowed = True
             self._items.clear()
         else:
             self._items.append(message)
-        waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
@@ -53,6 +71,7 @@ class Subscription:
         if not self._items and not self.overflowed:
             loop = asyncio.get_running_loop()
             waiter = self._waiter = loop.create_future()
+            self._timeout = timeout
             if timeout is None:
                 self._deadline = None
             else:
