@@ -125,3 +125,18 @@ async def test_a_delivered_message_restarts_the_waits_timeout() -> None:
         began = loop.time()
         assert await sub.get(0.15) == []
         assert loop.time() - began >= 0.44
+
+
+async def test_a_failing_deliver_buffers_the_message_and_spares_the_other_subscribers() -> None:
+    bus = MemoryBus()
+
+    def broken(message: object) -> bool:
+        raise RuntimeError("boom")
+
+    with bus.subscribe("a") as one, bus.subscribe("a") as two:
+        one.deliver = broken
+        waits = [asyncio.create_task(one.get(5)), asyncio.create_task(two.get(5))]
+        await asyncio.sleep(0)
+        bus.publish("a", "x")
+        async with asyncio.timeout(1):
+            assert await asyncio.gather(*waits) == [["x"], ["x"]]

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import defaultdict, deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from corral.models import Event
@@ -47,16 +50,16 @@ class Subscription:
         if self.overflowed:
             return
         deliver, waiter = self.deliver, self._waiter
-        if (
-            deliver is not None
-            and waiter is not None
-            and not waiter.done()
-            and not self._items
-            and deliver(message)
-        ):
-            if self._timeout is not None:
-                self._deadline = waiter.get_loop().time() + self._timeout
-            return
+        if deliver is not None and waiter is not None and not waiter.done() and not self._items:
+            try:
+                taken = deliver(message)
+            except Exception:  # one subscriber's failure is not the publisher's
+                log.exception("a bus subscriber's deliver failed; the message is buffered")
+                taken = False
+            if taken:
+                if self._timeout is not None:
+                    self._deadline = waiter.get_loop().time() + self._timeout
+                return
         if len(self._items) >= self._maxsize:
             self.overflowed = True
             self._items.clear()
