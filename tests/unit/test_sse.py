@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 
+from corral.api.app import create_app
 from corral.api.requests import BODY_SEND
 from corral.api.sse import Direct, EventStream, frame
+from corral.config import Settings
 from corral.services import Streams
 
 SCOPE = {"type": "http", "method": "GET", "path": "/s", "headers": []}
@@ -252,3 +254,15 @@ async def test_a_client_that_stopped_reading_during_a_direct_write_is_cut() -> N
     async with asyncio.timeout(5):
         await task  # cut as stalled: returns
     assert source.closed.is_set() and resp._inflight is None
+
+
+async def test_the_apps_body_send_is_the_servers_own() -> None:
+    """The app puts the server's send (outside every middleware, Starlette's
+    error handler too) in the scope, for a stream's body messages."""
+    app = create_app(Settings())
+    client = Client()
+    scope = {**SCOPE, "path": "/no-such-route", "query_string": b"", "scheme": "http"}
+    scope["app"] = app
+    await app(scope, client.receive, client.send)
+    assert scope[BODY_SEND] == client.send
+    assert client.sent[0]["status"] == 404  # an answer went through the whole stack
