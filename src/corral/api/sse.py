@@ -5,8 +5,10 @@ subscriber, built a ``ServerSentEvent``, encoded it and sent it under a lock
 and an anyio cancel scope: ~100 µs of server CPU per delivery with 1,000
 subscribers of one session (issue #18). Here a frame is encoded once per event
 (``frame``; the session stream caches it across subscribers) and a delivery is
-one ``send`` of those bytes from the connection's own task, with nothing else
-around it.
+one ``send`` of those bytes. A source given a ``Direct`` may make that send
+from the call that learnt of the item (a bus publish) while the stream is
+idle, instead of waking the stream's task: a task step per subscriber and
+event was most of a delivery's CPU (issue #18).
 
 One more task per connection (not per event) waits for the client to go away
 and then ends the stream, sends a keep-alive comment every ``ping`` seconds,

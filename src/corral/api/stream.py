@@ -4,8 +4,9 @@ Subscribe first, then back-fill from the database after the client's last
 seq, then stream live, skipping seqs already sent and back-filling again on a
 gap. A subscriber that overflows its buffer is disconnected; it reconnects
 with Last-Event-ID and loses nothing. Events ready together (a back-fill
-page, the events of one write) go to the client as one send. The response
-itself (frames, keep-alive, disconnects) is ``corral.api.sse``."""
+page, the events of one write) go to the client as one send; live ones that
+continue the log go from the bus publish straight to the client (``Direct``).
+The response itself (frames, keep-alive, disconnects) is ``corral.api.sse``."""
 
 from __future__ import annotations
 
