@@ -100,6 +100,21 @@ async def test_turns_of_a_session_run_one_at_a_time_in_order(store: Store, runne
         await store.jobs.create(JobCreate(prompt="x", session_id="missing"))
 
 
+async def test_a_follow_up_turn_numbers_itself_and_works_in_the_first_turns_repo(
+    store: Store,
+) -> None:
+    first, _ = await store.jobs.create(JobCreate(prompt="1", repo="/src/app", base="main"))
+    before = await store.sessions.get(first.session_id)
+    second, _ = await store.jobs.create(JobCreate(prompt="2", session_id=first.session_id))
+    third, _ = await store.jobs.create(
+        JobCreate(prompt="3", session_id=first.session_id, repo="/src/other", base="dev")
+    )
+    assert (second.turn, second.repo, second.base) == (2, "/src/app", "main")
+    assert (third.turn, third.repo, third.base) == (3, "/src/other", "dev")  # its own, given
+    after = await store.sessions.get(first.session_id)
+    assert after.turns == 3 and after.updated_at >= before.updated_at
+
+
 async def test_lease_order_is_priority_then_age_and_respects_slots(store: Store) -> None:
     small = await store.runners.register(
         name="small", key_id="k", hostname=None, providers=["shell"], labels=[], slots=2

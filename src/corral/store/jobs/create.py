@@ -82,6 +82,25 @@ def create(
     return job
 
 
+# A turn in a given session (every follow-up turn): built per call, these two
+# were ~1 ms of CPU in a job's create under cProfile, more than SQLite's run.
+_NEXT_TURN = Prepared(
+    sa.update(sessions)
+    .where(sessions.c.id == sa.bindparam("s_id"))
+    .values(
+        turns=sessions.c.turns + 1,
+        updated_at=sa.bindparam("s_now", type_=sessions.c.updated_at.type),
+    )
+    .returning(sessions.c.turns)
+)
+_FIRST_TURN = Prepared(
+    sa.select(jobs.c.repo, jobs.c.base)
+    .where(jobs.c.session_id == sa.bindparam("s_id"))
+    .order_by(jobs.c.turn)
+    .limit(1)
+)
+
+
 def _place(
     tx: Tx, spec: JobCreate, route: Decision | None, policy: RetryPolicy, now: datetime
 ) -> Place:
@@ -90,23 +109,13 @@ def _place(
     if spec.session_id is None:
         session_id = session_store.insert(tx, title=spec.title, now=now, turns=1)
         return Place(session_id, 1, spec.repo, spec.base, asked, provider, why)
-    turn = tx.conn.execute(
-        sa.update(sessions)
-        .where(sessions.c.id == spec.session_id)
-        .values(turns=sessions.c.turns + 1, updated_at=now)
-        .returning(sessions.c.turns)
-    ).scalar_one_or_none()
+    turn = _NEXT_TURN(tx.conn, {"s_id": spec.session_id, "s_now": now}).scalar_one_or_none()
     if turn is None:
         raise SessionNotFound(f"no session {spec.session_id}")
     repo, base = spec.repo, spec.base
     if repo is None:
         # A follow-up turn works in the session's workspace.
-        first = tx.conn.execute(
-            sa.select(jobs.c.repo, jobs.c.base)
-            .where(jobs.c.session_id == spec.session_id)
-            .order_by(jobs.c.turn)
-            .limit(1)
-        ).one_or_none()
+        first = _FIRST_TURN(tx.conn, {"s_id": spec.session_id}).one_or_none()
         if first is not None:
             repo, base = first
     return Place(spec.session_id, turn, repo, base, asked, provider, why)
