@@ -8,6 +8,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+from typing import Any
+
+import pytest
 
 from corral.api import stream
 from corral.api.sse import Direct
@@ -46,7 +49,7 @@ async def test_it_ends_at_the_final_state_not_at_one_an_operator_retried(
 
 
 async def test_live_events_go_to_the_direct_writer_and_the_rest_through_the_stream(
-    store: Store, runner: Runner
+    store: Store, runner: Runner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Events that continue the log go to ``direct.write`` from the
     publisher's call, not through the generator; one the writer declines, a
@@ -96,9 +99,22 @@ async def test_live_events_go_to_the_direct_writer_and_the_rest_through_the_stre
     accept = True
     # A gap: a message whose seq skips one sends the stream back to the log,
     # which has nothing after b; the next real event is taken again.
+    reads = 0
+    read = store.events.list
+
+    async def counted(*args: Any, **kwargs: Any) -> list[Event]:
+        nonlocal reads
+        got = await read(*args, **kwargs)
+        reads += 1
+        return got
+
+    monkeypatch.setattr(store.events, "list", counted)
     ghost = dataclasses.replace(a, seq=(b.seq or 0) + 2, event_id="ghost")
     store.bus.publish(topics.session(job.session_id), [ghost])
-    await asyncio.sleep(0.1)
+    async with asyncio.timeout(5):
+        while reads == 0:  # the stream went back to the log (and found nothing after b)
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.01)  # and waits for live events again
     c = await line("c")
     await asyncio.sleep(0.05)
     assert [e.event_id for e in written] == [a.event_id, c.event_id]
