@@ -10,8 +10,10 @@ import asyncio
 
 import pytest
 
+from corral.auth import WorkerClaims
 from corral.jobs import JobState
-from corral.models import JobCreate, Runner
+from corral.models import JobCreate, Outcome, Runner
+from corral.routing import Decision
 from corral.store import Store
 from corral.store.db import Tx
 from corral.store.jobs import create, handoff, now_utc
@@ -97,3 +99,38 @@ async def test_a_poll_that_ends_while_a_transaction_leases_for_it_gets_the_lease
     store.jobs.polls.settle(waiter, [lease])
     assert [x.job.id for x in await leaving] == [job.id]
     assert not store.jobs.polls
+
+
+async def test_a_turns_first_events_and_its_assignment_take_the_seqs_their_session_row_reserved(
+    store: Store, runner: Runner
+) -> None:
+    # The seqs of a new turn's first events are reserved with the session's
+    # insert or turn update, the "assigned" event's with the turn lock
+    # (events.append's ``reserved``): the log stays gapless and the session's
+    # last_seq is its last event's, routed or not, handed off or leased.
+    route = Decision(provider="shell", rule=5, reason="default provider")
+    first, _ = await store.jobs.create(JobCreate(command="true"), route)
+    waiter = store.jobs.polls.enter(runner, 1, 30.0)
+    second, _ = await store.jobs.create(JobCreate(command="true", session_id=first.session_id))
+    leased = await store.jobs.polls.leave(waiter)
+    assert [x.job.id for x in leased] == [first.id]  # the older turn first
+    log = await store.events.list(first.session_id, internal=True)
+    assert [e.seq for e in log] == list(range(1, len(log) + 1))
+    assert [e.type for e in log] == ["job.routed", "job.state", "job.state", "job.state"]
+    assert [e.payload["to"] for e in log[1:]] == ["queued", "queued", "assigned"]
+    assert (
+        leased[0].session.last_seq
+        == len(log)
+        == (await store.sessions.get(first.session_id)).last_seq
+    )
+    assert leased[0].job.epoch == leased[0].session.epoch == log[-1].epoch == 1
+    # The second turn waits for the first; its assignment by a lease reserves too.
+    await store.jobs.complete(
+        WorkerClaims(first.id, first.session_id, 1, runner.id), Outcome(status="done")
+    )
+    (lease,) = await store.jobs.lease(runner, 1, ttl=30)
+    assert lease.job.id == second.id and lease.job.epoch == 2
+    log = await store.events.list(first.session_id, internal=True)
+    assert [e.seq for e in log] == list(range(1, len(log) + 1))
+    assert lease.session.last_seq == len(log) == log[-1].seq
+    assert (log[-1].type, log[-1].payload["to"], log[-1].epoch) == ("job.state", "assigned", 2)

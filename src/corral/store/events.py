@@ -29,8 +29,14 @@ def append(
     epoch: int,
     now: datetime,
     dedup: bool = True,
+    reserved: int | None = None,
 ) -> tuple[list[Event], list[str]]:
     """Append ``items``; returns (stored events, duplicate event ids).
+
+    ``reserved``: the caller's own update of the session row in this
+    transaction already advanced ``last_seq`` to this value by the number of
+    stored items (a turn's first events, a lease's ``job.state``), sparing
+    the allocation's statement.
 
     An event whose ``event_id`` is already in the log is a duplicate (a
     re-send), skipped; so is the second of two with one id in a batch. The
@@ -50,7 +56,11 @@ def append(
         ).scalar_one_or_none()
         if found is None:
             raise SessionNotFound(f"no session {session_id}")
-    seqs = _insert(conn, session_id, list(fresh.values()), job_id, epoch, now) if fresh else {}
+    seqs = (
+        _insert(conn, session_id, list(fresh.values()), job_id, epoch, now, reserved)
+        if fresh
+        else {}
+    )
     published: list[Event] = []
     duplicates: list[str] = []
     for item in items:
@@ -86,6 +96,7 @@ def _insert(
     job_id: str | None,
     epoch: int,
     now: datetime,
+    reserved: int | None = None,
 ) -> dict[str, int]:
     """Store ``items`` (distinct ids) that are not in the log yet; their seqs by id.
 
@@ -96,12 +107,14 @@ def _insert(
     (``prepared.driver``): SQLAlchemy's per-row work (a bind processor per column and
     row) was most of a batch's CPU (issue #18).
     Before it, the allocation of the seqs (which also locks the session row
-    on PostgreSQL); after it, when some were skipped, the allocation is
-    given back, so seqs stay gapless."""
+    on PostgreSQL), unless the caller ``reserved`` them; after it, when some
+    were skipped, the allocation is given back, so seqs stay gapless."""
     n = len(items)
     dialect = conn.dialect
     at = _created_at(dialect)(now)
-    last = driver(conn, _ALLOCATE[dialect.name], (n, at, session_id)).scalar()
+    last = reserved
+    if last is None:
+        last = driver(conn, _ALLOCATE[dialect.name], (n, at, session_id)).scalar()
     if last is None:
         raise SessionNotFound(f"no session {session_id}")
     base = last - n

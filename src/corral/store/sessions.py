@@ -19,7 +19,9 @@ from corral.store.schema import jobs, sessions
 _INSERT = Prepared(sa.insert(sessions), per_call_columns=True)
 
 
-def insert(tx: Tx, *, title: str | None, now: datetime, turns: int = 0) -> str:
+def insert(tx: Tx, *, title: str | None, now: datetime, turns: int = 0, last_seq: int = 0) -> str:
+    """A new session; ``last_seq``: seqs its creator reserved for its first
+    events (``events.append``)."""
     session_id = new_id()
     _INSERT(
         tx.conn,
@@ -29,7 +31,7 @@ def insert(tx: Tx, *, title: str | None, now: datetime, turns: int = 0) -> str:
             "created_at": now,
             "updated_at": now,
             "epoch": 0,
-            "last_seq": 0,
+            "last_seq": last_seq,
             "turns": turns,
         },
     )

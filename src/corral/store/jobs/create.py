@@ -39,6 +39,7 @@ class Place:
     asked: str  # the provider routing chose
     provider: str  # the one the job is queued for: ``asked`` or its quota fallback
     fallback: str | None  # why ``provider`` is not ``asked``
+    last_seq: int  # the session's, its first events' seqs reserved (events.append)
 
 
 def create(
@@ -59,20 +60,23 @@ def create(
         _check_depth(tx, owned(tx, parent), policy.max_subjob_depth)
     place = _place(tx, spec, route, policy, now)
     row = _insert(tx, spec, route, place, policy, now, parent, traceparent)
+    first = [
+        *_routed(row, route, place),
+        NewEvent(
+            type="job.state",
+            payload={"job_id": row.id, "from": None, "to": "queued", "attempt": 1},
+        ),
+    ]
+    assert len(first) == _first_events(route, place.fallback)
     event_log.append(
         tx,
         place.session_id,
-        [
-            *_routed(row, route, place),
-            NewEvent(
-                type="job.state",
-                payload={"job_id": row.id, "from": None, "to": "queued", "attempt": 1},
-            ),
-        ],
+        first,
         job_id=row.id,
         epoch=0,
         now=now,
         dedup=False,
+        reserved=place.last_seq,
     )
     outbox.on_state(tx, row, tx.webhooks, now)
     tx.notify(topics.DISPATCH, row.id)
@@ -82,16 +86,24 @@ def create(
     return job
 
 
+def _first_events(route: Decision | None, fallback: str | None) -> int:
+    """How many events a new job's turn begins with (``_routed``, then its
+    ``job.state``): their seqs are reserved with the turn."""
+    return 1 + (route is not None) + (fallback is not None)
+
+
 # A turn in a given session (every follow-up turn): built per call, these two
-# were ~0.55 ms of CPU in a job's create, more than SQLite's run of them.
+# were ~0.55 ms of CPU in a job's create, more than SQLite's run of them. The
+# turn's number and its first events' seqs in one update of the session.
 _NEXT_TURN = Prepared(
     sa.update(sessions)
     .where(sessions.c.id == sa.bindparam("s_id"))
     .values(
         turns=sessions.c.turns + 1,
+        last_seq=sessions.c.last_seq + sa.bindparam("s_events", type_=sessions.c.last_seq.type),
         updated_at=sa.bindparam("s_now", type_=sessions.c.updated_at.type),
     )
-    .returning(sessions.c.turns)
+    .returning(sessions.c.turns, sessions.c.last_seq)
 )
 _FIRST_TURN = Prepared(
     sa.select(jobs.c.repo, jobs.c.base)
@@ -106,19 +118,22 @@ def _place(
 ) -> Place:
     asked = route.provider if route else spec.preferred_ai or "shell"
     provider, why = quota.fallback(tx.conn, asked, policy.fallbacks, now)
+    events = _first_events(route, why)
     if spec.session_id is None:
-        session_id = session_store.insert(tx, title=spec.title, now=now, turns=1)
-        return Place(session_id, 1, spec.repo, spec.base, asked, provider, why)
-    turn = _NEXT_TURN(tx.conn, {"s_id": spec.session_id, "s_now": now}).scalar_one_or_none()
-    if turn is None:
+        session_id = session_store.insert(tx, title=spec.title, now=now, turns=1, last_seq=events)
+        return Place(session_id, 1, spec.repo, spec.base, asked, provider, why, events)
+    params = {"s_id": spec.session_id, "s_now": now, "s_events": events}
+    turned = _NEXT_TURN(tx.conn, params).one_or_none()
+    if turned is None:
         raise SessionNotFound(f"no session {spec.session_id}")
+    turn, last_seq = turned
     repo, base = spec.repo, spec.base
     if repo is None:
         # A follow-up turn works in the session's workspace.
         first = _FIRST_TURN(tx.conn, {"s_id": spec.session_id}).one_or_none()
         if first is not None:
             repo, base = first
-    return Place(spec.session_id, turn, repo, base, asked, provider, why)
+    return Place(spec.session_id, turn, repo, base, asked, provider, why, last_seq)
 
 
 # Built once: a statement's construction and cache key cost more CPU than

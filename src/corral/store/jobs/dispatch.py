@@ -33,9 +33,10 @@ def _candidates() -> sa.Select[Any]:
     """Queued jobs a runner may take, most urgent first: on the providers the
     provider rules admit, meeting every row rule. Walks
     ix_jobs_state_priority_created_at_id in order, stops at the limit.
+    Whole rows: the assignment's compare-and-set starts from them.
     Built once: constructing it per call costs more than running it."""
     return (
-        sa.select(jobs.c.id, jobs.c.session_id, jobs.c.provider, jobs.c.repo, rules.HOST)
+        sa.select(jobs, rules.HOST)
         .where(
             jobs.c.state == JobState.QUEUED.value,
             jobs.c.provider.in_(sa.bindparam("providers", expanding=True)),
@@ -82,9 +83,7 @@ def lease(
                 filled = True  # a cap filled during this lease: look again without it
                 continue
             local = row.provider in caps.local
-            taken = _assign(
-                tx, row.id, row.session_id, runner, now, ttl, local=local, host=row.host
-            )
+            taken = _assign(tx, row, runner, now, ttl, local=local, host=row.host)
             if taken is not None:
                 leased.append(taken)
                 board.take(row.provider, row.repo)
@@ -106,6 +105,8 @@ def _turn_lock(local: bool) -> Prepared:
     values: dict[str, Any] = {
         "active_job_id": sa.bindparam("v_job", type_=sessions.c.active_job_id.type),
         "epoch": sessions.c.epoch + 1,
+        # The seq of the "assigned" event, reserved here (events.append).
+        "last_seq": sessions.c.last_seq + 1,
         "updated_at": sa.bindparam("v_now", type_=sessions.c.updated_at.type),
     }
     if local:
@@ -119,18 +120,11 @@ def _turn_lock(local: bool) -> Prepared:
 
 
 _TURN_LOCK = {False: _turn_lock(False), True: _turn_lock(True)}
-_SET_EPOCH = Prepared(
-    sa.update(jobs)
-    .where(jobs.c.id == sa.bindparam("w_id"))
-    .values(epoch=sa.bindparam("v_epoch", type_=jobs.c.epoch.type))
-    .returning(*jobs.c)
-)
 
 
 def _assign(
     tx: Tx,
-    job_id: str,
-    session_id: str,
+    row: sa.Row[Any],
     runner: Runner,
     now: datetime,
     ttl: float,
@@ -138,29 +132,32 @@ def _assign(
     local: bool = False,
     host: str | None = None,
 ) -> Lease | None:
-    """Take the session's turn lock (bumping its epoch) and assign the job.
+    """Take the session's turn lock (bumping its epoch) and assign the job
+    of ``row`` (a candidate's) at that epoch: one compare-and-set.
     ``local``: the turn runs where its workspace is; this runner now holds
     the session. ``host``: the runner that held it until now."""
+    job_id, session_id = row.id, row.session_id
     params = {"w_id": session_id, "v_job": job_id, "v_now": now}
     if local:
         params["v_host"] = runner.name
     srow = _TURN_LOCK[local](tx.conn, params).one_or_none()
     if srow is None:
         return None
-    row = _SET_EPOCH(tx.conn, {"w_id": job_id, "v_epoch": srow.epoch}).one()
     job = apply(
         tx,
         row,
         Action.ASSIGN,
         now=now,
         values={
+            "epoch": srow.epoch,
             "runner_id": runner.id,
             "assigned_at": now,
             "lease_expires_at": now + timedelta(seconds=ttl),
         },
         note={"runner_id": runner.id},
+        reserved=srow.last_seq,
     )
-    session = {**srow._mapping, "last_seq": srow.last_seq + 1}  # + the "assigned" event
+    session = dict(srow._mapping)
     if local and host is not None and host != runner.name:
         # Its runner is gone: this one starts the conversation afresh, in a
         # new workspace (the old handle means nothing here).
@@ -181,7 +178,7 @@ def _assign(
             now=now,
             dedup=False,
         )
-        session.update(last_seq=srow.last_seq + 2, handle=None)
+        session.update(last_seq=srow.last_seq + 1, handle=None)
     return Lease(job, Session.model_validate(session))
 
 

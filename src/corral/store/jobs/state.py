@@ -99,8 +99,11 @@ def apply(
     now: datetime,
     values: dict[str, Any] | None = None,
     note: dict[str, Any] | None = None,
+    reserved: int | None = None,
 ) -> Job:
-    """Apply ``action`` to the job in ``row`` (compare-and-set) and log it."""
+    """Apply ``action`` to the job in ``row`` (compare-and-set) and log it.
+    ``reserved``: the seq of its ``job.state`` event, when the caller's own
+    update of the session advanced ``last_seq`` to it (``events.append``)."""
     old = JobState(row.state)
     new = transition(old, action, attempt=row.attempt, max_attempts=row.max_attempts)
     changes: dict[str, Any] = {"state": new, "updated_at": now, **(values or {})}
@@ -136,6 +139,7 @@ def apply(
         epoch=job.epoch,
         now=now,
         dedup=False,
+        reserved=reserved,
     )
     outbox.on_state(tx, updated, tx.webhooks, now)
     chat_outbox.on_state(tx, updated, now)
