@@ -24,7 +24,16 @@ from corral.store.db import Tx
 from corral.store.jobs import budgets as budget_rules
 from corral.store.jobs import quota
 from corral.store.jobs.policy import RetryPolicy
-from corral.store.jobs.state import ACTIVE_STATES, Row, apply, fence, locked, owned, to_job
+from corral.store.jobs.state import (
+    ACTIVE_STATES,
+    Row,
+    applied,
+    apply,
+    fence,
+    locked,
+    owned,
+    to_job,
+)
 from corral.store.schema import events, jobs, runners, sessions
 
 
@@ -137,8 +146,7 @@ def complete(
     ended first) is recorded first, as ``start`` would have."""
     row = owned(tx, claims)
     if started_at is not None and row.state == JobState.ASSIGNED:
-        apply(tx, row, Action.START, now=now, values={"started_at": started_at})
-        row = owned(tx, claims)
+        _, row = applied(tx, row, Action.START, now=now, values={"started_at": started_at})
     duplicates = _events(tx, row, claims, items, now)[1] if items else []
     model = row.model or _model(outcome.usage)
     cost, source = pricing.price(

@@ -41,13 +41,20 @@ def to_job(row: Row) -> Job:
 # of the writer thread, the SQLite calls ~10 %), and run on the driver's
 # cursor (store/prepared.py).
 _LOCKED = Prepared(sa.select(jobs).where(jobs.c.id == sa.bindparam("w_id")).with_for_update())
-_UNSET_ACTIVE = Prepared(
+# A turn that ends frees its session's turn lock (if it still holds it) and
+# reserves the seq of its job.state event, in one update (events.append).
+_TURN_ENDS = Prepared(
     sa.update(sessions)
-    .where(
-        sessions.c.id == sa.bindparam("w_session"),
-        sessions.c.active_job_id == sa.bindparam("w_job"),
+    .where(sessions.c.id == sa.bindparam("w_session"))
+    .values(
+        active_job_id=sa.case(
+            (sessions.c.active_job_id == sa.bindparam("w_job"), sa.null()),
+            else_=sessions.c.active_job_id,
+        ),
+        last_seq=sessions.c.last_seq + 1,
+        updated_at=sa.bindparam("v_now", type_=sessions.c.updated_at.type),
     )
-    .values(active_job_id=None)
+    .returning(sessions.c.last_seq)
 )
 
 
@@ -104,6 +111,21 @@ def apply(
     """Apply ``action`` to the job in ``row`` (compare-and-set) and log it.
     ``reserved``: the seq of its ``job.state`` event, when the caller's own
     update of the session advanced ``last_seq`` to it (``events.append``)."""
+    return applied(tx, row, action, now=now, values=values, note=note, reserved=reserved)[0]
+
+
+def applied(
+    tx: Tx,
+    row: Row,
+    action: Action,
+    *,
+    now: datetime,
+    values: dict[str, Any] | None = None,
+    note: dict[str, Any] | None = None,
+    reserved: int | None = None,
+) -> tuple[Job, Row]:
+    """``apply``, with the job's row as it is now (locked: a caller that goes
+    on with the job needs no second read)."""
     old = JobState(row.state)
     new = transition(old, action, attempt=row.attempt, max_attempts=row.max_attempts)
     changes: dict[str, Any] = {"state": new, "updated_at": now, **(values or {})}
@@ -119,7 +141,9 @@ def apply(
     if updated is None:
         raise Conflict(f"job {row.id} changed concurrently; try again")
     if old in ACTIVE and new not in ACTIVE:
-        _UNSET_ACTIVE(tx.conn, {"w_session": row.session_id, "w_job": row.id})
+        assert reserved is None
+        params = {"w_session": row.session_id, "w_job": row.id, "v_now": now}
+        reserved = _TURN_ENDS(tx.conn, params).scalar_one()
     job = to_job(updated)
     payload: dict[str, Any] = {
         "job_id": job.id,
@@ -149,7 +173,7 @@ def apply(
         tx.notify(topics.DISPATCH, job.id)
     if new in TERMINAL:
         tx.notify(topics.JOBS, job.id)  # sinks (queue folder, ...) wait on this
-    return job
+    return job, updated
 
 
 def fence(tx: Tx, row: Row) -> Row:
