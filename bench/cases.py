@@ -82,6 +82,47 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+@dataclass(frozen=True)
+class CpuAccount:
+    """Where a machine's CPU went (Linux /proc): all CPUs busy and idle, a
+    process's own CPU, the CPU of the children it reaped (a server's job
+    processes: bwrap, the shell) and the time its threads waited runnable
+    for a CPU (schedstat). ``since`` gives the differences."""
+
+    busy: float
+    idle: float
+    own: float
+    children: float
+    runnable_wait: float
+
+    @classmethod
+    def now(cls, pid: int) -> CpuAccount:
+        tick = os.sysconf("SC_CLK_TCK")
+        with open("/proc/stat") as f:
+            cpu = [int(x) for x in f.readline().split()[1:]]
+        # user nice system idle iowait irq softirq steal
+        busy = sum(cpu[i] for i in (0, 1, 2, 5, 6, 7) if i < len(cpu)) / tick
+        idle = (cpu[3] + cpu[4]) / tick
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+        fields = stat[stat.rindex(")") + 2 :].split()
+        own = (int(fields[11]) + int(fields[12])) / tick
+        children = (int(fields[13]) + int(fields[14])) / tick
+        waited = 0
+        for task in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                    waited += int(f.read().split()[1])
+            except (OSError, IndexError, ValueError):  # a thread that ended meanwhile
+                continue
+        return cls(busy, idle, own, children, waited / 1e9)
+
+    def since(self, before: CpuAccount) -> CpuAccount:
+        return CpuAccount(
+            *(getattr(self, f) - getattr(before, f) for f in self.__dataclass_fields__)
+        )
+
+
 def admin_http(srv: ServerProcess, *, connections: int = 20) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         base_url=srv.url,
@@ -210,12 +251,13 @@ async def throughput(
                 state = await _submit_and_wait(http)
                 states[state] = states.get(state, 0) + 1
 
-        server_cpu = cpu_seconds(srv.proc.pid)
+        account = CpuAccount.now(srv.proc.pid)
         own_cpu = time.process_time()
         t0 = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(clients)))
         wall = time.perf_counter() - t0
-        server_cpu = cpu_seconds(srv.proc.pid) - server_cpu
+        account = CpuAccount.now(srv.proc.pid).since(account)
+        server_cpu = account.own
         own_cpu = time.process_time() - own_cpu
         phases = await _phases(http, limit=jobs)
     done = sum(states.values())
@@ -238,6 +280,14 @@ async def throughput(
             "server_cpu_ms_per_job": ms(server_cpu / done),
             "bench_client_cpu_s": round(own_cpu, 3),
             "cpus": os.cpu_count(),
+            # The whole machine's CPU per job and its busy share: with every
+            # CPU busy, jobs/s is CPUs ÷ machine CPU per job, whatever waits.
+            "machine_cpu_ms_per_job": ms(account.busy / done),
+            "machine_busy": round(account.busy / max(1e-9, account.busy + account.idle), 3),
+            # The jobs' own processes (bwrap, /bin/sh), reaped by the server.
+            "job_processes_cpu_ms_per_job": ms(account.children / done),
+            # Time the server's threads were ready to run but had no CPU.
+            "server_runnable_wait_ms_per_job": ms(account.runnable_wait / done),
             **phases,
         },
     )

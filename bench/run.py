@@ -499,7 +499,13 @@ def corral_figures(results: list[Result], suffix: str = "") -> dict[str, float]:
     b = by.get("(b) submit→done throughput" + suffix)
     if b is not None and b.value is not None:
         out["jobs_per_s"] = b.value
-        out["server_cpu_ms_per_job"] = b.detail.get("server_cpu_ms_per_job", float("nan"))
+        for key in (
+            "server_cpu_ms_per_job",
+            "job_processes_cpu_ms_per_job",
+            "machine_cpu_ms_per_job",
+            "machine_busy",
+        ):
+            out[key] = b.detail.get(key, float("nan"))
     for key, metric in (
         ("start_p50_ms", "(a) submit→started p50"),
         ("start_p99_ms", "(a) submit→started p99"),
@@ -557,12 +563,19 @@ def side_by_side(plan: Plan, pg_base: str, kit: Path, task: str, rounds: int) ->
         "start p50 ms",
         "start p99 ms",
         "server CPU ms/job",
+        "jobs' processes CPU ms/job",
+        "machine CPU ms/job (busy)",
         "corral ÷ peer (jobs/s, p50, p99)",
     ):
         table.add_column(col, justify="right" if col != "system" else "left")
 
     def num(v: object) -> str:
         return f"{v:,.1f}" if isinstance(v, int | float) else "-"
+
+    def machine(row: dict[str, object]) -> str:
+        busy = row.get("machine_busy")
+        share = f" ({busy:.0%})" if isinstance(busy, int | float) else ""
+        return num(row.get("machine_cpu_ms_per_job")) + share if share else "-"
 
     for row in rows:
         ratio = row.get("ratio")
@@ -579,6 +592,8 @@ def side_by_side(plan: Plan, pg_base: str, kit: Path, task: str, rounds: int) ->
             num(row.get("start_p50_ms")),
             num(row.get("start_p99_ms")),
             num(row.get("server_cpu_ms_per_job")),
+            num(row.get("job_processes_cpu_ms_per_job")),
+            machine(row),
             text,
         )
     console.print(table)
