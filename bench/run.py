@@ -563,8 +563,8 @@ def side_by_side(plan: Plan, pg_base: str, kit: Path, task: str, rounds: int) ->
         "start p50 ms",
         "start p99 ms",
         "server CPU ms/job",
-        "jobs' processes CPU ms/job",
-        "machine CPU ms/job (busy)",
+        "job processes ms/job",
+        "machine ms/job (busy)",
         "corral ÷ peer (jobs/s, p50, p99)",
     ):
         table.add_column(col, justify="right" if col != "system" else "left")

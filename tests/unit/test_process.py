@@ -135,6 +135,34 @@ def test_kill_marked_kills_only_the_marked(no_proc: None) -> None:
         other.wait(5)
 
 
+def test_survivors_settle_on_the_loop_only_when_no_child_carries_the_marker(
+    no_proc: None,
+) -> None:
+    # ``settled`` is the runner's check after every job, on the event loop:
+    # True only when none of this process's live children carries the run's
+    # marker (a job's own running process, in ``own``, is not looked at);
+    # otherwise the caller runs ``kill`` in a thread, which kills it.
+    survivors = process.Survivors()
+    survivors.subreaper = True  # reading children is all it needs here (no prctl)
+    mine = subprocess.Popen(
+        ["sleep", "300"], env={**os.environ, process.MARKER_VAR: "run-4"}, start_new_session=True
+    )
+    try:
+        assert _wait_for(lambda: mine.pid in (survivors.children() or []))
+        assert survivors.settled("run-5")  # another run's marker: nothing left of run-5
+        assert survivors.settled("run-4", frozenset({mine.pid}))  # a running job's own
+        assert not survivors.settled("run-4")  # left behind: kill's work
+        assert survivors.kill("run-4") == [mine.pid]
+        assert not psutil.pid_exists(mine.pid)  # killed and waited for by kill's reap
+        assert survivors.settled("run-4")
+        # Without a subreaper the children say nothing about escapes: kill decides.
+        assert not process.Survivors().settled("run-4")
+    finally:
+        if mine.poll() is None:
+            mine.kill()
+            mine.wait(5)
+
+
 def test_pid_records_reap_what_a_crash_left(tmp_path: Path, no_proc: None) -> None:
     child = subprocess.Popen(["sleep", "300"], start_new_session=True)
     records = process.PidRecords(tmp_path / "pids")

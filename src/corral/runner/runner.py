@@ -500,7 +500,8 @@ class Runner:
             # Whatever the agent left running (daemonised tool processes) dies with the run.
             self._own.pop(job.id, None)
             own = frozenset(self._own.values())
-            await asyncio.to_thread(self.survivors.kill, marker, own)
+            if not self.survivors.settled(marker, own):
+                await asyncio.to_thread(self.survivors.kill, marker, own)
             self.pids.remove(job.id)
         if ws.branch is not None and not self._stopping:
             stored = await self._artifacts(ws, channel, log_extra)
