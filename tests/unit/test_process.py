@@ -12,6 +12,7 @@ import builtins
 import contextlib
 import io
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -211,3 +212,50 @@ def test_no_module_reads_proc_itself() -> None:
             if isinstance(text, str) and (text.startswith("/proc") or "/proc/" in text):
                 found.append(f"{path.relative_to(SRC)}:{node.lineno}")
     assert found == []
+
+
+async def _spawned(argv: list[str]) -> tuple[process.Child, dict[str, list[bytes]]]:
+    got: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
+    child = process.spawn(
+        argv, cwd=Path.cwd(), env=dict(os.environ), output=lambda n, b: got[n].append(b)
+    )
+    return child, got
+
+
+async def test_spawn_hands_over_output_as_read_and_the_exit_once_waited_for() -> None:
+    child, got = await _spawned(["sh", "-c", "echo out; echo err >&2; printf 'no newline'; exit 3"])
+    assert await child.wait() == 3 and child.returncode == 3
+    await asyncio.wait_for(child.drained(), 5)
+    assert b"".join(got["stdout"]) == b"out\nno newline" and got["stdout"][-1] == b""
+    assert b"".join(got["stderr"]) == b"err\n" and got["stderr"][-1] == b""
+    assert not psutil.pid_exists(child.pid)  # waited for: no zombie left
+    child.close()  # nothing left open: a no-op
+
+
+async def test_spawn_reports_a_signal_and_works_without_a_pidfd(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_pidfd(pid: int) -> int:
+        raise OSError(38, "pidfd_open not here")
+
+    monkeypatch.setattr(os, "pidfd_open", no_pidfd)  # a thread waits instead
+    child, _ = await _spawned(["sleep", "30"])
+    os.kill(child.pid, 9)
+    assert await asyncio.wait_for(child.wait(), 5) == -9
+    await asyncio.wait_for(child.drained(), 5)
+
+
+async def test_spawn_drained_waits_for_pipes_a_background_child_holds() -> None:
+    fds = set(os.listdir("/proc/self/fd"))
+    child, got = await _spawned(["sh", "-c", "sleep 30 & echo started"])
+    assert await asyncio.wait_for(child.wait(), 5) == 0
+    with pytest.raises(TimeoutError):  # `sleep 30` holds stdout and stderr
+        await asyncio.wait_for(child.drained(), 0.3)
+    assert got["stdout"] == [b"started\n"]
+    child.close()
+    os.killpg(child.pid, signal.SIGKILL)
+    assert set(os.listdir("/proc/self/fd")) == fds  # the pipes closed
+    # A program that is not there: Popen's error, no pipe left open.
+    with pytest.raises(FileNotFoundError):
+        await _spawned(["/nonexistent/program"])
+    assert set(os.listdir("/proc/self/fd")) == fds

@@ -17,7 +17,7 @@ from collections import deque
 from typing import ClassVar
 
 from corral.executors.base import Context
-from corral.executors.process import stop_tree
+from corral.executors.process import Child, spawn, stop_tree
 from corral.executors.settings import LocalSettings, ProviderSettings
 from corral.models import Outcome
 
@@ -39,7 +39,7 @@ class ShellExecutor:
     local: ClassVar[bool] = True
 
     def __init__(self) -> None:
-        self._proc: asyncio.subprocess.Process | None = None
+        self._proc: Child | None = None
         self._grace = 5.0
         self._stopping: str | None = None  # "cancelled" or "timeout"
         self._marker: str | None = None
@@ -60,24 +60,14 @@ class ShellExecutor:
         env = ctx.environment(home)
         self._marker = ctx.run_marker
         argv = ctx.confine(["/bin/sh", "-c", script], cwd=ctx.workdir, writable=[home])
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            cwd=ctx.workdir,
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-        )
+        tail: deque[str] = deque(maxlen=TAIL_LINES)
+        lines = {name: _Lines(name, ctx, tail) for name in ("stdout", "stderr")}
+        # Its output becomes events from the loop's read callbacks, no task per pipe.
+        proc = spawn(argv, cwd=ctx.workdir, env=env, output=lambda n, b: lines[n].feed(b))
         self._proc = proc
         ctx.started(proc.pid)
         if self._stopping == "cancelled":  # cancelled while the process was being started
             await stop_tree(proc, self._grace, self._marker)
-        tail: deque[str] = deque(maxlen=TAIL_LINES)
-        assert proc.stdout is not None and proc.stderr is not None
-        readers = asyncio.gather(
-            _pump(proc.stdout, "stdout", ctx, tail), _pump(proc.stderr, "stderr", ctx, tail)
-        )
         try:
             await asyncio.wait_for(proc.wait(), ctx.job.timeout)
         except TimeoutError:
@@ -88,14 +78,12 @@ class ShellExecutor:
             raise
         finally:
             try:
-                await asyncio.wait_for(asyncio.shield(readers), DRAIN_SECONDS)
+                await asyncio.wait_for(proc.drained(), DRAIN_SECONDS)
             except (TimeoutError, asyncio.CancelledError):
                 # Background children kept the pipes open: the job is over, stop them.
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(proc.pid, signal.SIGKILL)
-                readers.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await readers
+            proc.close()
         return self._outcome(proc.returncode, ctx, tail)
 
     def _outcome(self, rc: int | None, ctx: Context[ShellSettings], tail: deque[str]) -> Outcome:
@@ -120,23 +108,27 @@ class ShellExecutor:
             await stop_tree(self._proc, self._grace, self._marker)
 
 
-async def _pump(
-    stream: asyncio.StreamReader, name: str, ctx: Context[ShellSettings], tail: deque[str]
-) -> None:
-    pending = b""
-    while True:
-        chunk = await stream.read(65_536)
+class _Lines:
+    """One pipe's output as ``output`` events, line by line (a line longer
+    than MAX_LINE in pieces); ``feed(b"")`` at the pipe's end."""
+
+    def __init__(self, name: str, ctx: Context[ShellSettings], tail: deque[str]) -> None:
+        self.name, self.ctx, self.tail = name, ctx, tail
+        self.pending = b""
+
+    def feed(self, chunk: bytes) -> None:
         if not chunk:
-            break
-        pending += chunk
-        *lines, pending = pending.split(b"\n")
+            if self.pending:
+                _line(self.pending, self.name, self.ctx, self.tail)
+                self.pending = b""
+            return
+        *lines, pending = (self.pending + chunk).split(b"\n")
         while len(pending) > MAX_LINE:
             lines.append(pending[:MAX_LINE])
             pending = pending[MAX_LINE:]
+        self.pending = pending
         for raw in lines:
-            _line(raw, name, ctx, tail)
-    if pending:
-        _line(pending, name, ctx, tail)
+            _line(raw, self.name, self.ctx, self.tail)
 
 
 def _line(raw: bytes, name: str, ctx: Context[ShellSettings], tail: deque[str]) -> None:
