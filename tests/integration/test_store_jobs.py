@@ -476,3 +476,23 @@ async def test_events_are_published_after_commit(store: Store, runner: Runner) -
         messages = await sub.get(1)
     seqs = [e.seq for batch in messages for e in batch]  # type: ignore[union-attr]
     assert seqs == [2, 3]
+
+
+async def test_a_jobs_session_is_known_without_a_read_once_this_process_saw_the_job(
+    store: Store, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job, _ = await store.jobs.create(JobCreate(command="true"))
+    other = await Store.open(db_url)  # another replica: it has not seen the job
+    try:
+        assert await other.jobs.session_of(job.id) == job.session_id  # read once
+        with pytest.raises(JobNotFound):
+            await other.jobs.session_of("0" * 32)
+
+        async def no_reads(body: object) -> object:
+            raise AssertionError("a read")
+
+        for st in (store, other):
+            monkeypatch.setattr(st.db, "read", no_reads)
+            assert await st.jobs.session_of(job.id) == job.session_id
+    finally:
+        await other.close()

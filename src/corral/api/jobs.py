@@ -178,11 +178,11 @@ async def job_events(
 ) -> Response:
     """JSON by default; an SSE stream (ending with the job) when the client
     accepts ``text/event-stream``."""
-    job = await svc.store.jobs.get(job_id)
+    session_id = await svc.store.jobs.session_of(job_id)
     if "text/event-stream" in request.headers.get("accept", ""):
         return stream.response(
             svc.store,
-            job.session_id,
+            session_id,
             since=stream.last_event_id(request, since),
             buffer=svc.settings.sse_buffer,
             job_id=job_id,
@@ -191,7 +191,7 @@ async def job_events(
             streams=svc.streams,
         )
     items = await svc.store.events.list(
-        job.session_id, since=since, limit=limit, job_id=job_id, internal=internal
+        session_id, since=since, limit=limit, job_id=job_id, internal=internal
     )
     next_since = items[-1].seq if items and items[-1].seq else since
     return JSONResponse({"events": [e.to_dict() for e in items], "next_since": next_since})

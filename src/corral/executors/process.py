@@ -9,7 +9,8 @@ where psutil reads it). A process is identified by its pid *and* its start time,
 recycled pid is never signalled: psutil checks that before each signal of a
 ``Process`` it handed out, and ``PidRecords`` compares the start time it
 recorded. Jobs in the runner's sandbox (their own PID namespace) are found
-from the host's view, by their host pids."""
+from the host's view, by their host pids. ``spawn`` starts a job's process
+without asyncio's subprocess transport (nothing to wait for until it runs)."""
 
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ or ``Database.read``."""
 from __future__ import annotations
 
 import functools
+from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -53,6 +54,8 @@ from corral.store.schema import jobs as jobs_table
 
 __all__ = ["Caps", "Jobs", "Lease", "RetryPolicy", "lose", "now_utc"]
 
+SESSIONS_KNOWN = 10_000  # jobs whose session ``Jobs.session_of`` keeps
+
 
 class Jobs:
     """The jobs repository: ``store.jobs.create(...)``, ``.get``, ``.lease``..."""
@@ -66,6 +69,11 @@ class Jobs:
         # Lease polls of this process waiting for work: a new job goes to one
         # in the transaction creating it (jobs/handoff.py).
         self.polls = handoff.Waiting()
+        # The session of each job this process created or read lately: a job
+        # never moves to another (nor is it deleted), and following a job's
+        # events, as every submit that waits for its result does, needs no
+        # more than that: no read of the job (issue #18).
+        self._sessions: OrderedDict[str, str] = OrderedDict()
 
     async def create(
         self,
@@ -99,7 +107,7 @@ class Jobs:
             return job
 
         try:
-            return await self.db.write(body), True
+            job = await self.db.write(body)
         except sa.exc.IntegrityError:
             if spec.idempotency_key is None:
                 raise
@@ -108,6 +116,8 @@ class Jobs:
             if existing is None:
                 raise
             return existing, False
+        self._remember(job)
+        return job, True
 
     async def by_idempotency_key(self, key: str) -> Job | None:
         return await self.db.read(lambda conn: reads.by_idempotency_key(conn, key))
@@ -120,7 +130,24 @@ class Jobs:
         row = await self.db.read(lambda conn: reads.by_id(conn, job_id))
         if row is None:
             raise JobNotFound(f"no job {job_id}")
-        return to_job(row)
+        job = to_job(row)
+        self._remember(job)
+        return job
+
+    async def session_of(self, job_id: str) -> str:
+        """The id of the session ``job_id`` is in (``JobNotFound`` if there
+        is no such job); read only when this process has not seen the job."""
+        session_id = self._sessions.get(job_id)
+        if session_id is None:
+            session_id = (await self.get(job_id)).session_id
+        return session_id
+
+    def _remember(self, job: Job) -> None:
+        sessions = self._sessions
+        if job.id not in sessions:
+            sessions[job.id] = job.session_id
+            if len(sessions) > SESSIONS_KNOWN:
+                sessions.popitem(last=False)
 
     async def cancel(self, job_id: str, *, by: str = "operator") -> Job:
         now = now_utc()
