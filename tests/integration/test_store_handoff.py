@@ -26,6 +26,8 @@ async def test_a_new_job_goes_to_the_waiting_poll_in_its_own_transaction(
     waiter = store.jobs.polls.enter(runner, 2, 30.0)
     job, _ = await store.jobs.create(JobCreate(command="true"))
     assert store.db.writes == writes + 1  # one transaction: created and leased
+    # The submitter sees the job as committed: handed over, not queued.
+    assert job.state is JobState.ASSIGNED and job.runner_id == runner.id and job.epoch == 1
     leases = await store.jobs.polls.leave(waiter)
     assert [lease.job.id for lease in leases] == [job.id]
     stored = await store.jobs.get(job.id)

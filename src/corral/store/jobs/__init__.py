@@ -101,9 +101,11 @@ class Jobs:
                 tx, spec, route, policy=policy, now=now, parent=parent, traceparent=traceparent
             )
             if polls and job.state is JobState.QUEUED:
-                handoff.hand_off(
+                leased = handoff.hand_off(
                     tx, polls, job.provider, caps=caps, skip_locked=skip_locked, now=now
                 )
+                # Handed to a runner at once: the job as it is when committed.
+                job = next((x.job for x in leased if x.job.id == job.id), job)
             return job
 
         try:

@@ -106,13 +106,14 @@ class Waiting:
 
 def hand_off(
     tx: Tx, waiting: Waiting, provider: str, *, caps: Caps, skip_locked: bool, now: datetime
-) -> None:
+) -> list[Lease]:
     """In a transaction that queued a job: lease for a waiting runner (if
     one waits), in a savepoint, its outcome settled once the transaction is
-    over. A lease that fails is undone alone; the job stays queued."""
+    over. A lease that fails is undone alone; the job stays queued.
+    Returns what was leased (as it will be once the transaction commits)."""
     waiter = waiting.take(provider)
     if waiter is None:
-        return
+        return []
     leases: list[Lease] = []
     messages, after = len(tx.messages), len(tx.after_commit)
     try:
@@ -132,3 +133,4 @@ def hand_off(
         leases = []
     tx.after_commit.append(functools.partial(waiting.settle, waiter, leases))
     tx.after_abort.append(functools.partial(waiting.settle, waiter, []))
+    return leases
