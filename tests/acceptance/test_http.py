@@ -23,9 +23,10 @@ def test_submit_poll_until_done(http: httpx.Client) -> None:
     assert resp.status_code == 202, resp.text
     accepted = resp.json()
     job_id = accepted["job_id"]
-    # As its create transaction left it: queued, or already assigned when
-    # the runner's poll was waiting for work (handed over in that transaction).
-    assert accepted["state"] in ("queued", "assigned")
+    # As its create transaction left it: assigned when the runner's poll was
+    # waiting for work (handed over in that transaction), else queued.
+    handed = accepted["state"] == "assigned"
+    assert handed or accepted["state"] == "queued", accepted
     assert accepted["created"] is True
     assert accepted["session_id"]
 
@@ -44,6 +45,8 @@ def test_submit_poll_until_done(http: httpx.Client) -> None:
     for stamp in ("created_at", "assigned_at", "started_at", "finished_at"):
         assert job[stamp] is not None, stamp
     assert ts(job["created_at"]) <= ts(job["started_at"]) <= ts(job["finished_at"])
+    # Handed over: assigned in the creating transaction; queued: by a later lease.
+    assert (job["assigned_at"] == job["created_at"]) is handed, (accepted, job)
 
     # Its events: queued -> assigned -> running -> done, and the output lines.
     events = session_events(http, job["session_id"])
