@@ -74,11 +74,16 @@ def ts(value: str) -> float:
     return datetime.fromisoformat(value).timestamp()
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` (Linux /proc)."""
+def _stat_fields(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (field 3 on)."""
     with open(f"/proc/{pid}/stat") as f:
         stat = f.read()
-    fields = stat[stat.rindex(")") + 2 :].split()
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` (Linux /proc)."""
+    fields = _stat_fields(pid)
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -103,9 +108,7 @@ class CpuAccount:
         # user nice system idle iowait irq softirq steal
         busy = sum(cpu[i] for i in (0, 1, 2, 5, 6, 7) if i < len(cpu)) / tick
         idle = (cpu[3] + cpu[4]) / tick
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
-        fields = stat[stat.rindex(")") + 2 :].split()
+        fields = _stat_fields(pid)
         own = (int(fields[11]) + int(fields[12])) / tick
         children = (int(fields[13]) + int(fields[14])) / tick
         waited = 0
