@@ -6,10 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from corral.models import JobCreate, NewEvent, Runner
 from corral.protocol import topics
-from corral.store import Store
+from corral.store import Store, migrate
 from corral.store import events as events_module
 from corral.testing import worker_claims as claims
 
@@ -136,3 +137,33 @@ async def test_a_fresh_batch_is_one_insert_and_a_resend_takes_the_renumbering_pa
         *((e.event_id, e.seq) for e in first),
         ("g1", first[-1].seq + 1),
     ]
+
+
+async def test_the_log_loses_its_session_key_and_keeps_its_events(db_url: str) -> None:
+    """Migration 0024 drops the log's foreign key to sessions (SQLite copies the
+    table to do so): the events stored before it stay, in order, and the log
+    takes batches after it."""
+    store = Store(db_url)
+    try:
+        await migrate.upgrade(store.db, "0023")
+        runner = await store.runners.register(
+            name="r1", key_id="k1", hostname="h", providers=["shell"], labels=[], slots=1
+        )
+        c = await _running(store, runner)
+        before, _ = await store.jobs.append_events(
+            c, [NewEvent(type="output", payload={"i": i}) for i in range(3)]
+        )
+
+        def keys(conn: Any) -> list[str]:
+            return [fk["referred_table"] for fk in sa.inspect(conn).get_foreign_keys("events")]
+
+        assert await store.db.read(keys) == ["sessions"]
+        await store.migrate()
+        assert await store.db.read(keys) == []
+        after, _ = await store.jobs.append_events(c, [NewEvent(type="output", payload={"i": 3})])
+        log = await store.events.list(c.session_id, internal=True)
+        assert [e.seq for e in log] == list(range(1, after[0].seq + 1))
+        assert [e.payload for e in log if e.type == "output"] == [{"i": i} for i in range(4)]
+        assert [e.event_id for e in log][-4:-1] == [e.event_id for e in before]
+    finally:
+        await store.close()
