@@ -24,6 +24,7 @@ import sqlalchemy as sa
 
 from corral.errors import StoreUnavailable
 from corral.store.db import Database, Tx
+from corral.store.writer import WAL_BACKSTOP
 
 ROWS = sa.table("t", sa.column("k", sa.String))
 
@@ -322,3 +323,31 @@ async def test_reader_threads_keep_connections_but_no_read_transaction(
         await db.read(broken)
     assert failed[0].closed and failed[0] not in db._readers
     assert await keys(db) == {"a"}
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_the_log_is_checkpointed_by_a_thread_of_its_own(db: Database) -> None:
+    """The write-ahead log is copied into the database by the checkpoint
+    thread shortly after commits, not by a commit: the writer's connection
+    checkpoints itself only past WAL_BACKSTOP pages, and these writes stay far
+    below that. The thread ends with the database."""
+    checkpoints = db.writer.checkpoints
+    assert checkpoints is not None
+    assert await db.write(
+        lambda tx: tx.conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar()
+    ) == (WAL_BACKSTOP)
+    runs = checkpoints.runs
+    for i in range(50):
+        await db.write(insert(f"k{i}-" + "x" * 2000))
+    deadline = time.monotonic() + 10
+    while (checkpoints.runs == runs or checkpoints.last is None or not checkpoints.last[1]) and (
+        time.monotonic() < deadline
+    ):
+        await asyncio.sleep(0.05)
+    assert checkpoints.last is not None
+    busy, frames, copied = checkpoints.last
+    assert busy == 0 and frames > 0 and copied == frames
+    thread = checkpoints._thread
+    assert thread is not None and thread.is_alive()
+    await db.dispose()
+    assert not thread.is_alive()

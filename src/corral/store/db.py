@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from corral import jsontext
 from corral.errors import ConfigError, StoreUnavailable
-from corral.store.writer import Item, Writer
+from corral.store.writer import WAL_BACKSTOP, Checkpointer, Item, Writer
 from corral.webhooks import Rules
 
 T = TypeVar("T")
@@ -96,7 +96,14 @@ class Database:
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             sync_url = parsed.set(drivername="sqlite+pysqlite")
-            self.writer = Writer(_sqlite_engine(sync_url, writer=True), name="corral-db-write")
+            file = parsed.database if parsed.database not in (None, "", ":memory:") else None
+            self.writer = Writer(
+                _sqlite_engine(sync_url, writer=True),
+                name="corral-db-write",
+                checkpoints=None
+                if file is None
+                else Checkpointer(file, name="corral-db-checkpoint"),
+            )
             self.reader = _sqlite_engine(sync_url, writer=False)
             self._read_threads = ThreadPoolExecutor(READERS, thread_name_prefix="corral-db-read")
             # Each reader thread keeps its connection (a pool checkout and a
@@ -286,6 +293,8 @@ def _sqlite_engine(url: sa.URL, *, writer: bool) -> sa.Engine:
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA busy_timeout=30000")
         cur.execute("PRAGMA foreign_keys=ON")
+        if writer:  # the checkpoint thread does it (store/writer.py)
+            cur.execute(f"PRAGMA wal_autocheckpoint={WAL_BACKSTOP}")
         cur.close()
 
     if writer:

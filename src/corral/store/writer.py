@@ -20,6 +20,14 @@ can cost a switch interval). A group pays these once.
 A group is capped (``LIMIT`` bodies, or ``WINDOW`` seconds after its first
 body started) so that an early caller does not wait long for the commit of
 bodies that arrived after it.
+
+The write-ahead log is copied into the database file (a checkpoint) by a
+thread of its own (``Checkpointer``), not by the commit that happens to fill
+it: SQLite's automatic checkpoint ran inside every ~1,000th page's commit,
+and that commit (and the group waiting behind it) took 6 to 8 ms instead of ~1:
+the p99 of a 100-event batch went from ~8 to ~2 ms without it (issue #18).
+The writer's own automatic checkpoint stays as a backstop at
+``WAL_BACKSTOP`` pages, should the thread fall behind.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import asyncio
 import contextlib
 import logging
 import queue
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -42,6 +51,10 @@ log = logging.getLogger(__name__)
 
 LIMIT = 32
 WINDOW = 0.005
+# The checkpoint thread runs at most this often, after commits; the writer's
+# connection checkpoints itself only past this many pages of log (~40 MiB).
+CHECKPOINT_EVERY = 0.2
+WAL_BACKSTOP = 10_000
 
 
 @dataclass(slots=True)
@@ -60,9 +73,16 @@ class Writer:
     """The writer thread of one SQLite engine (started on first use)."""
 
     def __init__(
-        self, engine: sa.Engine, *, limit: int = LIMIT, window: float = WINDOW, name: str
+        self,
+        engine: sa.Engine,
+        *,
+        limit: int = LIMIT,
+        window: float = WINDOW,
+        name: str,
+        checkpoints: Checkpointer | None = None,
     ) -> None:
         self.engine = engine
+        self.checkpoints = checkpoints
         self.limit = limit
         self.window = window
         self._name = name
@@ -94,6 +114,8 @@ class Writer:
         if thread is not None:
             self._queue.put(None)
             thread.join()
+        if self.checkpoints is not None:
+            self.checkpoints.close()
         self.engine.dispose()
 
     def _run(self) -> None:
@@ -148,6 +170,8 @@ class Writer:
                 trans.commit()
             self.groups += 1
             self.bodies += len(done)
+            if self.checkpoints is not None:
+                self.checkpoints.poke()
         except BaseException as exc:  # the group failed: so does each body in it
             self._drop()
             cause = exc.cause if isinstance(exc, _Lost) and exc.cause is not None else exc
@@ -165,6 +189,64 @@ class Writer:
         for loop, some in by_loop.items():
             with contextlib.suppress(RuntimeError):  # its loop closed: nobody waits
                 loop.call_soon_threadsafe(_settle_all, some)
+
+
+class Checkpointer:
+    """Checkpoints the database at ``path`` (``PRAGMA wal_checkpoint(PASSIVE)``:
+    copies what it can without waiting for readers or the writer) from a
+    thread and connection of its own, at most every ``every`` seconds and only
+    after a commit (``poke``). Started on first use."""
+
+    def __init__(self, path: str, *, every: float = CHECKPOINT_EVERY, name: str) -> None:
+        self.path = path
+        self.every = every
+        self._name = name
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        # For tests and the curious: checkpoints run, and the last one's
+        # (busy, frames in the log, frames checkpointed).
+        self.runs = 0
+        self.last: tuple[int, int, int] | None = None
+
+    def poke(self) -> None:
+        """The writer committed: checkpoint soon."""
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None and not self._stop.is_set():
+                    self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                    self._thread.start()
+        self._wake.set()
+
+    def close(self) -> None:
+        with self._lock:
+            self._stop.set()
+            thread, self._thread = self._thread, None
+        self._wake.set()
+        if thread is not None:
+            thread.join()
+
+    def _run(self) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            while True:
+                self._wake.wait()
+                # Commits that come meanwhile share this checkpoint.
+                if self._stop.wait(self.every):
+                    return
+                self._wake.clear()
+                try:
+                    busy, log_frames, done = conn.execute(
+                        "PRAGMA wal_checkpoint(PASSIVE)"
+                    ).fetchone()
+                except sqlite3.Error as exc:  # the writer's backstop still bounds the log
+                    log.warning("checkpoint of %s failed: %s", self.path, exc)
+                    continue
+                self.runs += 1
+                self.last = (busy, log_frames, done)
+        finally:
+            conn.close()
 
 
 class _Lost(Exception):
