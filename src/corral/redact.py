@@ -37,6 +37,7 @@ class Secrets:
     def __init__(self) -> None:
         self._values: set[str] = set()
         self._known: tuple[str, ...] = ()
+        self._in_json: tuple[str, ...] = ()
         self._lock = threading.Lock()
         self._pattern = re.compile(_SHAPES)
 
@@ -50,6 +51,7 @@ class Secrets:
             known = tuple(sorted(self._values, key=len, reverse=True))
             self._pattern = re.compile("|".join([_SHAPES, *map(re.escape, known)]))
             self._known = known
+            self._in_json = tuple({form for v in known for form in _json_forms(v)})
 
     def text(self, value: str) -> str:
         # Substring tests first: ~20x cheaper than the regex on the lines of
@@ -60,6 +62,17 @@ class Secrets:
             if known in value:
                 return self._pattern.sub(_replace, value)
         return value
+
+    def suspect(self, text: str) -> bool:
+        """Whether JSON ``text`` (``jsontext.dumps``) may hold something
+        ``data()`` would redact in the value it encodes. False only when
+        nothing can be there: JSON escapes a string one character at a time,
+        so a secret inside a string is inside its text in one of the two
+        forms corral's encoder writes (UTF-8, or ``\\u`` escapes in its
+        fallback); a hit may be a key or a number (a false alarm, never a miss)."""
+        if "crl_" in text or "Bearer" in text:
+            return True
+        return any(form in text for form in self._in_json)
 
     def data(self, value: Any) -> Any:
         """``value`` (JSON-like: dicts, lists, strings) with every string
@@ -78,6 +91,22 @@ class Secrets:
             items = [self.data(v) for v in value]
             return value if all(a is b for a, b in zip(items, value, strict=True)) else items
         return value
+
+
+def _json_forms(value: str) -> set[str]:
+    """``value`` as it stands inside a JSON string: escaped as pydantic-core
+    writes it (non-ASCII as is) and as the standard library's ``json`` does
+    (non-ASCII as ``\\u`` escapes), the two writers of ``jsontext.dumps``."""
+    import json  # here: the CLI's log setup imports this module and wants it light
+
+    forms = {json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]}
+    try:
+        import pydantic_core
+
+        forms.add(pydantic_core.to_json(value).decode()[1:-1])
+    except (ImportError, ValueError):  # a lone surrogate: only the fallback writes it
+        pass
+    return forms
 
 
 def _replace(match: re.Match[str]) -> str:
@@ -113,6 +142,10 @@ def outcome(value: Outcome) -> Outcome:
     if all(update[k] is getattr(value, k) for k in update):
         return value
     return value.model_copy(update=update)
+
+
+def suspect(text: str) -> bool:
+    return SECRETS.suspect(text)
 
 
 def event(value: NewEvent) -> NewEvent:

@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
+from corral import redact
 from corral.models import JobCreate, NewEvent, Runner
 from corral.protocol import topics
 from corral.store import Store, migrate
@@ -133,6 +135,7 @@ async def test_a_fresh_batch_is_one_insert_and_a_resend_takes_the_renumbering_pa
     assert ran == ["UPDATE", "INSERT", "DELETE", "INSERT RETURNING", "UPDATE"]
     assert dups == ["f1"] and [e.seq for e in again] == [first[-1].seq + 1]
     log = await store.events.list(c.session_id, since=first[0].seq - 1)
+    assert log[: len(first)] == first  # every field, as read back
     assert [(e.event_id, e.seq) for e in log] == [
         *((e.event_id, e.seq) for e in first),
         ("g1", first[-1].seq + 1),
@@ -167,3 +170,28 @@ async def test_the_log_loses_its_session_key_and_keeps_its_events(db_url: str) -
         assert [e.event_id for e in log][-4:-1] == [e.event_id for e in before]
     finally:
         await store.close()
+
+
+async def test_a_known_secret_is_redacted_in_what_is_stored_and_announced(
+    store: Store, runner: Runner
+) -> None:
+    """Only payloads whose JSON text may hold a secret are walked (a secret
+    JSON escapes is found too); what is stored, returned and announced is
+    redacted, and the log's JSON is that of the redacted payload."""
+    secret = 'sk-"quoted"-' + uuid.uuid4().hex
+    redact.add(secret)
+    c = await _running(store, runner)
+    with store.bus.subscribe(topics.session(c.session_id)) as sub:
+        stored, _ = await store.jobs.append_events(
+            c,
+            [
+                NewEvent(type="output", payload={"line": "clean"}),
+                NewEvent(type="output", payload={"nested": [{"line": f"key={secret}!"}]}),
+            ],
+        )
+        [published] = await sub.get(1)
+    want = [{"line": "clean"}, {"nested": [{"line": "key=[redacted]!"}]}]
+    assert [e.payload for e in stored] == want
+    assert isinstance(published, list) and [e.payload for e in published] == want
+    log = await store.events.list(c.session_id, since=stored[0].seq - 1)
+    assert [e.payload for e in log] == want

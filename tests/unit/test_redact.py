@@ -6,10 +6,13 @@ import logging
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from corral import redact
 from corral.cli import logs
 from corral.config import load_settings
+from corral.jsontext import dumps
 from corral.models import NewEvent, Outcome
 from corral.redact import REDACTED, Secrets
 
@@ -42,6 +45,62 @@ def test_data_is_redacted_deeply_and_untouched_data_is_the_same_object() -> None
     dirty = {"line": "hello", "nested": {"items": ["x", "token-0123456789"]}, "n": 1}
     assert s.data(dirty) == {"line": "hello", "nested": {"items": ["x", REDACTED]}, "n": 1}
     assert dirty["nested"]["items"][1] == "token-0123456789"  # the input is not changed
+
+
+# Secrets JSON writes escaped: a quote, a backslash, a control character,
+# non-ASCII, a character outside the BMP.
+_AWKWARD = (
+    'pass"word-1234',
+    "back\\slash-9876",
+    "tab\there-5555",
+    "clé-secrète-42",
+    "emoji🐎-key-77",
+)
+# (A lone surrogate sends ``jsontext.dumps`` to its fallback, which escapes non-ASCII.)
+_TEXT = st.text(alphabet=st.sampled_from([*'ab "\\\t\n\x1bé🐎-crlBearer_1', "\ud800"]), max_size=12)
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | _TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TEXT, inner, max_size=3),
+    max_leaves=8,
+)
+
+
+def _planted(value: object, secret: str, where: int) -> object:
+    """``value`` with ``secret`` planted inside its ``where``-th string, if any."""
+    seen = [0]
+
+    def walk(v: object) -> object:
+        if isinstance(v, str):
+            seen[0] += 1
+            return v[:1] + secret + v[1:] if seen[0] == where + 1 else v
+        if isinstance(v, list):
+            return [walk(x) for x in v]
+        if isinstance(v, dict):
+            return {k: walk(x) for k, x in v.items()}
+        return v
+
+    return walk(value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    payload=st.dictionaries(_TEXT, _JSON, max_size=4),
+    which=st.integers(0, 4),
+    where=st.integers(0, 6),
+)
+def test_a_payload_s_json_text_is_suspect_whenever_its_value_holds_a_secret(
+    payload: dict[str, object], which: int, where: int
+) -> None:
+    """The check on an event's JSON text (``suspect``) misses nothing that
+    walking its value (``data``) would redact, whatever JSON escapes."""
+    s = Secrets()
+    s.add(*_AWKWARD)
+    for value in (payload, _planted(payload, _AWKWARD[which], where)):
+        if not s.suspect(dumps(value)):
+            assert s.data(value) is value
+    assert s.suspect(dumps({"line": f"x {_AWKWARD[which]} y"}))
+    assert s.suspect(dumps({"line": "Bearer abc.def"})) and s.suspect(dumps(["crl_0a_x"]))
+    assert not s.suspect(dumps({"line": "hello", "stream": "stdout", "n": [1, 2.5, None]}))
 
 
 def test_outcomes_and_events_are_redacted() -> None:

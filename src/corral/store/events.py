@@ -30,13 +30,15 @@ def append(
     now: datetime,
     dedup: bool = True,
     reserved: int | None = None,
+    texts: Sequence[str] | None = None,
 ) -> tuple[list[Event], list[str]]:
     """Append ``items``; returns (stored events, duplicate event ids).
 
     ``reserved``: the caller's own update of the session row in this
     transaction already advanced ``last_seq`` to this value by the number of
     stored items (a turn's first events, a lease's ``job.state``), sparing
-    the allocation's statement.
+    the allocation's statement. ``texts``: the items' payloads as JSON text
+    (``jsontext.dumps``), when the caller has them already.
 
     An event whose ``event_id`` is already in the log is a duplicate (a
     re-send), skipped; so is the second of two with one id in a batch. The
@@ -46,28 +48,57 @@ def append(
     insert); ``dedup=False`` (corral's own events, fresh ids) only spares a
     batch of live events the check that the session exists."""
     conn = tx.conn
-    fresh: dict[str, NewEvent] = {}
-    for item in items:
+    fresh: dict[str, int] = {}  # id -> the index of its first stored-kind item
+    for i, item in enumerate(items):
         if not item.ephemeral:
-            fresh.setdefault(item.event_id, item)
+            fresh.setdefault(item.event_id, i)
     if not fresh and dedup:  # live events only: the session must still exist
         found = conn.execute(
             sa.select(sessions.c.id).where(sessions.c.id == session_id)
         ).scalar_one_or_none()
         if found is None:
             raise SessionNotFound(f"no session {session_id}")
-    seqs = (
-        _insert(conn, session_id, list(fresh.values()), job_id, epoch, now, reserved)
-        if fresh
-        else {}
-    )
+    seqs: dict[str, int] = {}
+    if fresh:
+        first = list(fresh.values())
+        seqs = _insert(
+            conn,
+            session_id,
+            [items[i] for i in first],
+            [texts[i] for i in first] if texts is not None else None,
+            job_id,
+            epoch,
+            now,
+            reserved,
+        )
+    if len(seqs) == len(items):
+        # Every item stored (no live event, no duplicate): the common batch,
+        # its events built positionally (keywords cost twice as much).
+        stored = [
+            Event(
+                session_id,
+                seqs[item.event_id],
+                item.event_id,
+                job_id,
+                item.type,
+                epoch,
+                item.payload,
+                False,
+                item.internal,
+                now,
+            )
+            for item in items
+        ]
+        if stored:
+            tx.notify(topics.session(session_id), stored)
+        return stored, []
     published: list[Event] = []
     duplicates: list[str] = []
-    for item in items:
+    for i, item in enumerate(items):
         seq = None
         if not item.ephemeral:
             seq = seqs.get(item.event_id)
-            if seq is None or fresh[item.event_id] is not item:
+            if seq is None or fresh[item.event_id] != i:
                 duplicates.append(item.event_id)
                 continue
         published.append(
@@ -93,6 +124,7 @@ def _insert(
     conn: sa.Connection,
     session_id: str,
     items: list[NewEvent],
+    texts: list[str] | None,
     job_id: str | None,
     epoch: int,
     now: datetime,
@@ -123,8 +155,10 @@ def _insert(
         raise SessionNotFound(f"no session {session_id}")
     base = last - n
     params: list[Any] = []
-    for i, item in enumerate(items, base + 1):
-        params += (i, item.event_id, item.type, dumps(item.payload), item.internal)
+    if texts is None:
+        texts = [dumps(item.payload) for item in items]
+    for i, (item, text) in enumerate(zip(items, texts, strict=True), base + 1):
+        params += (i, item.event_id, item.type, text, item.internal)
     params += (session_id, job_id, epoch, at)
     if driver(conn, _statement(dialect.name, n, renumber=False), params).rowcount == n:
         return {item.event_id: seq for seq, item in enumerate(items, base + 1)}

@@ -27,6 +27,7 @@ from corral import redact
 from corral.auth import WorkerClaims
 from corral.errors import ArtifactNotFound, CorralError, JobNotFound
 from corral.jobs import JobState
+from corral.jsontext import dumps
 from corral.models import Artifact, Event, Job, JobCreate, NewEvent, Outcome, ProviderPause, Runner
 from corral.protocol import JournalAnswer, JournalEntry
 from corral.routing import Decision
@@ -182,10 +183,20 @@ class Jobs:
     async def append_events(
         self, claims: WorkerClaims, items: Sequence[NewEvent]
     ) -> tuple[list[Event], list[str]]:
-        """Record a worker's events (known secrets redacted)."""
+        """Record a worker's events (known secrets redacted).
+
+        Each payload is written as JSON text once, here, and that text is
+        what the redaction checks first: only a payload whose text may hold
+        a secret is walked (~1 us an event less than walking every one)."""
         now = now_utc()
-        items = [redact.event(item) for item in items]
-        return await self.db.write(lambda tx: lifecycle.append_events(tx, claims, items, now=now))
+        items, texts = list(items), [dumps(item.payload) for item in items]
+        for i, text in enumerate(texts):
+            if redact.suspect(text):
+                item = items[i] = redact.event(items[i])
+                texts[i] = dumps(item.payload)
+        return await self.db.write(
+            lambda tx: lifecycle.append_events(tx, claims, items, now=now, texts=texts)
+        )
 
     async def set_handle(self, claims: WorkerClaims, handle: str | None) -> None:
         await self.db.write(lambda tx: lifecycle.set_handle(tx, claims, handle))

@@ -102,18 +102,34 @@ def heartbeat(tx: Tx, claims: WorkerClaims, *, ttl: float, now: datetime) -> Job
 
 
 def append_events(
-    tx: Tx, claims: WorkerClaims, items: Sequence[NewEvent], *, now: datetime
+    tx: Tx,
+    claims: WorkerClaims,
+    items: Sequence[NewEvent],
+    *,
+    now: datetime,
+    texts: Sequence[str] | None = None,
 ) -> tuple[list[Event], list[str]]:
     """A worker's events: stored (a known ``event_id`` is a duplicate, skipped)
-    and announced to the job's webhooks."""
-    return _events(tx, owned(tx, claims), claims, items, now)
+    and announced to the job's webhooks. ``texts``: their payloads' JSON."""
+    return _events(tx, owned(tx, claims), claims, items, now, texts)
 
 
 def _events(
-    tx: Tx, row: Row, claims: WorkerClaims, items: Sequence[NewEvent], now: datetime
+    tx: Tx,
+    row: Row,
+    claims: WorkerClaims,
+    items: Sequence[NewEvent],
+    now: datetime,
+    texts: Sequence[str] | None = None,
 ) -> tuple[list[Event], list[str]]:
     stored, duplicates = event_log.append(
-        tx, claims.session_id, items, job_id=claims.job_id, epoch=claims.epoch, now=now
+        tx,
+        claims.session_id,
+        items,
+        job_id=claims.job_id,
+        epoch=claims.epoch,
+        now=now,
+        texts=texts,
     )
     outbox.on_events(tx, row, tx.webhooks, stored, now)
     results = [e.payload for e in stored if e.type == "tool.result"]
