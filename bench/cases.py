@@ -438,6 +438,16 @@ async def http_ingest(
         bodies = [{"events": batch} for batch in event_dicts(batches + 5, size)]
         for body in bodies[:5]:  # warm-up
             check(await http.post("/worker/events", json=body, headers=w.headers))
+        # What a request costs before its events: a GET /health round trip,
+        # and an empty batch (the same route, auth and write transaction).
+        health, empty = [], []
+        for _ in range(100):
+            h0 = time.perf_counter()
+            check(await http.get("/health"))
+            e0 = time.perf_counter()
+            check(await http.post("/worker/events", json={"events": []}, headers=w.headers))
+            health.append(e0 - h0)
+            empty.append(time.perf_counter() - e0)
         per_batch: list[float] = []
         server_cpu = 0.0
         deadline = time.monotonic() + seconds
@@ -463,6 +473,8 @@ async def http_ingest(
             "batch_p50_ms": ms(pct(per_batch, 50)),
             "batch_p99_ms": ms(pct(per_batch, 99)),
             "server_cpu_us_per_event": round(server_cpu / events * 1e6, 2),
+            "health_p50_ms": ms(pct(health, 50)),
+            "empty_batch_p50_ms": ms(pct(empty, 50)),
         },
     )
 
