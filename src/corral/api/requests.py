@@ -8,8 +8,8 @@ which may carry credentials)."""
 from __future__ import annotations
 
 import logging
+import random
 import re
-import secrets
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -49,7 +49,9 @@ class RequestIds:
             return
         given = next((v for k, v in scope["headers"] if k == HEADER), None)
         rid = given if given is not None and SANE.fullmatch(given) else None
-        request_id = rid.decode() if rid is not None else secrets.token_hex(8)
+        # A correlation id, not a secret: 64 bits of the process's PRNG (the
+        # system's random source was a system call per request, issue #18).
+        request_id = rid.decode() if rid is not None else f"{random.getrandbits(64):016x}"
         status = 0
         began = time.perf_counter()
 

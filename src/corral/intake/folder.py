@@ -107,7 +107,7 @@ class FolderIntake:
                         # A folder job's file is in running/ before the job
                         # exists: with none there, no finished job is ours (and
                         # the read of each job is spared: issue #18).
-                        if next(self.running.glob("*.md"), None) is None:
+                        if not _holds_md(self.running):
                             continue
                         for job_id in messages:
                             if isinstance(job_id, str):
@@ -341,3 +341,14 @@ def read_complete(path: Path) -> tuple[bytes, bool | None]:
             fcntl.fcntl(fd, lease, fcntl.F_UNLCK)
     finally:
         os.close(fd)
+
+
+def _holds_md(folder: Path) -> bool:
+    """Whether ``folder`` holds a ``.md`` file (one directory read, stopped
+    at the first: asked after every batch of finished jobs, where pathlib's
+    glob was ~2 % of the event loop's time under load; issue #18)."""
+    try:
+        with os.scandir(folder) as entries:
+            return any(e.name.endswith(".md") for e in entries)
+    except FileNotFoundError:
+        return False
