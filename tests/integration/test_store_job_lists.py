@@ -17,7 +17,7 @@ from corral.errors import CorralError
 from corral.jobs import JobState
 from corral.models import JobCreate
 from corral.store import Store
-from corral.store.jobs import reads
+from corral.store.jobs import board, reads
 from corral.store.schema import jobs, sessions
 from corral.store.sessions import page_query
 
@@ -263,3 +263,54 @@ async def test_session_pages_walk_an_index_newest_first(store: Store) -> None:
             for p in plan
         ), "\n".join(plan)
         assert any("ix_sessions_created_at_id" in p for p in plan), "\n".join(plan)
+
+
+async def test_a_lease_counts_its_runner_s_active_jobs_from_an_index(store: Store) -> None:
+    """Every lease counts the jobs its runner holds (``board._HELD``): the
+    index over (runner_id, state) reaches the active ones directly, whatever
+    number of finished jobs the runner ran before."""
+    runner_id = uuid.uuid4().hex
+    at = datetime.now(UTC)
+    sess, rows = [], []
+    for i in range(2000):
+        sid = uuid.uuid4().hex
+        sess.append({"id": sid, "created_at": at, "updated_at": at, "epoch": 1, "last_seq": 0})
+        rows.append(
+            {
+                "id": uuid.uuid4().hex,
+                "session_id": sid,
+                "turn": 1,
+                "state": "running" if i < 3 else "done",
+                "runner_id": runner_id,
+                "provider": "shell",
+                "command": "true",
+                "labels": [],
+                "source": "api",
+                "priority": 2,
+                "attempt": 1,
+                "max_attempts": 3,
+                "epoch": 1,
+                "created_at": at,
+                "available_at": at,
+                "updated_at": at,
+            }
+        )
+
+    def body(tx: Any) -> None:
+        tx.conn.execute(sa.insert(sessions), [{**s, "turns": 1} for s in sess])
+        tx.conn.execute(sa.insert(jobs), rows)
+        if tx.conn.dialect.name == "postgresql":
+            tx.conn.execute(sa.text("ANALYZE jobs"))
+
+    await store.db.write(body)
+    held = board._HELD
+    assert await store.db.read(lambda c: held(c, {"runner_id": runner_id}).scalar_one()) == 3
+    plan = await store.db.read(
+        lambda c: reads.explain(c, held.statement.params(runner_id=runner_id))  # type: ignore[arg-type]
+    )
+    text = "\n".join(plan)
+    assert "ix_jobs_runner_id_state" in text, text
+    if store.db.dialect == "sqlite":
+        assert "(runner_id=? AND state=?)" in text, text
+    else:
+        assert "state = ANY" in text or "state)::text = ANY" in text, text

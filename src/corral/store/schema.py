@@ -130,7 +130,10 @@ jobs = sa.Table(
     sa.Column("traceparent", sa.String(64)),
     sa.Index(None, "state", "priority", "created_at", "id"),
     sa.Index(None, "session_id", "turn"),
-    sa.Index(None, "runner_id"),
+    # A lease counts the jobs its runner holds (board._HELD): with the state in
+    # the index that reads the active ones, not every job the runner ever ran
+    # (migration 0025; issue #18).
+    sa.Index(None, "runner_id", "state"),
     sa.Index(None, "parent_job_id"),
     # One per filter of GET /jobs, each ending in its order (created_at, id):
     # a page walks its index and stops after ``limit`` rows, nothing is sorted.
