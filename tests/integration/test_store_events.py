@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from corral import redact
-from corral.models import JobCreate, NewEvent, Runner
+from corral.models import JobCreate, NewEvent, Outcome, Runner
 from corral.protocol import topics
 from corral.store import Store, migrate
 from corral.store import events as events_module
@@ -195,3 +195,9 @@ async def test_a_known_secret_is_redacted_in_what_is_stored_and_announced(
     assert isinstance(published, list) and [e.payload for e in published] == want
     log = await store.events.list(c.session_id, since=stored[0].seq - 1)
     assert [e.payload for e in log] == want
+    # The last events a completion carries go the same way.
+    await store.jobs.complete(
+        c, Outcome(status="done"), [NewEvent(type="output", payload={"line": secret})]
+    )
+    last = await store.events.list(c.session_id, since=log[-1].seq)
+    assert [e.payload for e in last if e.type == "output"] == [{"line": "[redacted]"}]

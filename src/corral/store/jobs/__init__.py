@@ -183,17 +183,9 @@ class Jobs:
     async def append_events(
         self, claims: WorkerClaims, items: Sequence[NewEvent]
     ) -> tuple[list[Event], list[str]]:
-        """Record a worker's events (known secrets redacted).
-
-        Each payload is written as JSON text once, here, and that text is
-        what the redaction checks first: only a payload whose text may hold
-        a secret is walked (~1 us an event less than walking every one)."""
+        """Record a worker's events (known secrets redacted)."""
         now = now_utc()
-        items, texts = list(items), [dumps(item.payload) for item in items]
-        for i, text in enumerate(texts):
-            if redact.suspect(text):
-                item = items[i] = redact.event(items[i])
-                texts[i] = dumps(item.payload)
+        items, texts = _redacted(items)
         return await self.db.write(
             lambda tx: lifecycle.append_events(tx, claims, items, now=now, texts=texts)
         )
@@ -214,13 +206,14 @@ class Jobs:
         starts first, in the same transaction, if it had not."""
         now, policy, budgets = now_utc(), self.policy, self.caps.budgets
         outcome = redact.outcome(outcome)
-        items = [redact.event(item) for item in items]
+        items, texts = _redacted(items)
         return await self.db.write(
             lambda tx: lifecycle.complete(
                 tx,
                 claims,
                 outcome,
                 items,
+                texts=texts,
                 policy=policy,
                 budgets=budgets,
                 now=now,
@@ -419,3 +412,16 @@ class Jobs:
                 text=text,
             )
         )
+
+
+def _redacted(items: Sequence[NewEvent]) -> tuple[list[NewEvent], list[str]]:
+    """A worker's events with known secrets redacted, and their payloads as
+    JSON text. Each payload is written once, here, and that text is what the
+    redaction checks first: only a payload whose text may hold a secret is
+    walked (~1 us an event less than walking every one; issue #18)."""
+    events, texts = list(items), [dumps(item.payload) for item in items]
+    for i, text in enumerate(texts):
+        if redact.suspect(text):
+            event = events[i] = redact.event(events[i])
+            texts[i] = dumps(event.payload)
+    return events, texts

@@ -149,6 +149,7 @@ def complete(
     outcome: Outcome,
     items: Sequence[NewEvent],
     *,
+    texts: Sequence[str] | None = None,
     policy: RetryPolicy,
     budgets: Sequence[Budget] = (),
     now: datetime,
@@ -159,11 +160,12 @@ def complete(
     infrastructure and quotas re-queue the same attempt, the agent's own
     failures are retried after a backoff while attempts are left.
     ``started_at``: a start the worker did not report on its own (the job
-    ended first) is recorded first, as ``start`` would have."""
+    ended first) is recorded first, as ``start`` would have. ``texts``: the
+    events' payloads' JSON."""
     row = owned(tx, claims)
     if started_at is not None and row.state == JobState.ASSIGNED:
         _, row = applied(tx, row, Action.START, now=now, values={"started_at": started_at})
-    duplicates = _events(tx, row, claims, items, now)[1] if items else []
+    duplicates = _events(tx, row, claims, items, now, texts)[1] if items else []
     model = row.model or _model(outcome.usage)
     cost, source = pricing.price(
         outcome.cost, outcome.usage, model, policy.prices.get(row.provider)
