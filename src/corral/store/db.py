@@ -93,10 +93,10 @@ class Database:
         if self.dialect == "sqlite":
             if parsed.get_driver_name() not in ("pysqlite", "aiosqlite"):
                 raise ConfigError("use sqlite:///PATH (or sqlite+aiosqlite:///PATH) for SQLite")
-            if parsed.database and parsed.database != ":memory:":
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-            sync_url = parsed.set(drivername="sqlite+pysqlite")
             file = parsed.database if parsed.database not in (None, "", ":memory:") else None
+            if file is not None:
+                Path(file).parent.mkdir(parents=True, exist_ok=True)
+            sync_url = parsed.set(drivername="sqlite+pysqlite")
             self.writer = Writer(
                 _sqlite_engine(sync_url, writer=True),
                 name="corral-db-write",
