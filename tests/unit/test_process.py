@@ -185,6 +185,32 @@ def test_a_torn_pid_record_is_dropped(tmp_path: Path, no_proc: None) -> None:
     assert list((tmp_path / "pids").iterdir()) == []
 
 
+def test_start_time_is_psutils_and_reads_the_boot_time_once(
+    monkeypatch: pytest.MonkeyPatch, no_proc: None
+) -> None:
+    """A record's start time is psutil's create_time (records written by
+    either compare), with the boot time read once per process, not out of
+    all of /proc/stat at every job's spawn (issue #18)."""
+    child = subprocess.Popen(["sleep", "300"])
+    try:
+        want = psutil.Process(child.pid).create_time()
+        reads = []
+        monkeypatch.setattr(psutil, "boot_time", lambda: reads.append(1) or _boot())
+        process._boot_time.cache_clear()
+        for _ in range(3):
+            assert abs(process.start_time(child.pid) - want) < 0.011  # type: ignore[operator]
+        assert abs(process.start_time(os.getpid()) - psutil.Process().create_time()) < 0.011  # type: ignore[operator]
+        assert len(reads) == 1
+    finally:
+        child.kill()
+        child.wait(5)
+        process._boot_time.cache_clear()
+    assert process.start_time(child.pid) is None  # reaped: gone
+
+
+_boot = psutil.boot_time
+
+
 def test_a_recycled_pid_is_left_alone(tmp_path: Path) -> None:
     (tmp_path / "job.json").write_text(f'{{"pid": {os.getpid()}, "start": 1}}')
     assert process.PidRecords(tmp_path).reap() == []
