@@ -164,6 +164,38 @@ def test_survivors_settle_on_the_loop_only_when_no_child_carries_the_marker(
             mine.wait(5)
 
 
+def test_settled_waits_at_once_for_a_zombie_nobody_claims(no_proc: None) -> None:
+    """After a job, on the loop: a child that ended and that neither ``spawn``
+    nor asyncio waits for (an orphan handed to the subreaper, as every
+    sandboxed job's first process in its PID namespace is) is waited for
+    at once, not left for ``REAP_AFTER``; the periodic ``reap`` (a thread)
+    still waits."""
+    survivors = process.Survivors()
+    survivors.subreaper = True
+    stray = subprocess.Popen(["true"])  # stands for an orphan: nobody here waits
+    _wait_for(lambda: process.Survivors._zombie(stray.pid))
+    assert survivors.reap() == []  # seen once: left
+    assert process.Survivors._zombie(stray.pid)
+    assert survivors.settled("run-6")
+    assert not psutil.pid_exists(stray.pid)
+    stray.wait(5)  # finds it waited for (its Popen is only a stand-in)
+
+
+async def test_settled_leaves_a_spawned_child_to_its_own_wait(no_proc: None) -> None:
+    """A child ``spawn`` started and has not waited for yet is its
+    ``Child``'s: its exit status is not taken from it."""
+    survivors = process.Survivors()
+    survivors.subreaper = True
+    child, _ = await _spawned(["sh", "-c", "exit 3"])
+    # Ended, and the loop has not run its pidfd's callback: a zombie.
+    assert _wait_for(lambda: process.Survivors._zombie(child.pid))
+    assert survivors.settled("run-7")
+    assert process.Survivors._zombie(child.pid)
+    assert await asyncio.wait_for(child.wait(), 5) == 3
+    await asyncio.wait_for(child.drained(), 5)
+    assert child.pid not in process._UNWAITED
+
+
 def test_pid_records_reap_what_a_crash_left(tmp_path: Path, no_proc: None) -> None:
     child = subprocess.Popen(["sleep", "300"], start_new_session=True)
     records = process.PidRecords(tmp_path / "pids")

@@ -212,8 +212,17 @@ class Child:
         self._ended()
 
     def _ended(self) -> None:
-        if not self._exit.done() and self._popen.returncode is not None:
-            self._exit.set_result(self._popen.returncode)
+        if self._popen.returncode is not None:
+            _UNWAITED.discard(self._popen.pid)
+            if not self._exit.done():
+                self._exit.set_result(self._popen.returncode)
+
+
+# The children ``spawn`` started that their ``Child`` has not waited for yet:
+# added in the step that forks them, dropped once waited for. Every other
+# child of the event loop's thread is asyncio's (its watcher knows) or an
+# orphan handed to this subreaper (``Survivors.reap``).
+_UNWAITED: set[int] = set()
 
 
 def spawn(
@@ -247,6 +256,7 @@ def spawn(
     finally:
         os.close(out_w)
         os.close(err_w)
+    _UNWAITED.add(popen.pid)
     return Child(loop, popen, {out_r: "stdout", err_r: "stderr"}, output)
 
 
@@ -380,7 +390,7 @@ class Survivors:
         kids = self.children()
         if kids is None or self.escaped(marker, own, kids) is not False:
             return False
-        self.reap(frozenset(), own, kids)
+        self.reap(frozenset(), own, kids, prompt=True)
         return True
 
     def kill(self, marker: str, own: frozenset[int] = frozenset()) -> list[int]:
@@ -398,13 +408,21 @@ class Survivors:
         killed: frozenset[int] = frozenset(),
         own: frozenset[int] = frozenset(),
         kids: list[int] | None = None,
+        *,
+        prompt: bool = False,
     ) -> list[int]:
         """Wait for orphans that ended: the ones just killed (given a moment to
         die), and zombies nobody else waits for. asyncio's child watcher says
-        which children it waits for; a zombie it does not know is reaped once
-        seen unclaimed twice ``REAP_AFTER`` apart (asyncio registers a child
-        in the same step that starts it), or after ``ZOMBIE_GRACE`` where the
-        watcher cannot tell. ``kids``: ``children()`` if just read."""
+        which children it waits for, ``spawn`` which it does; a zombie neither
+        knows is reaped once seen unclaimed twice ``REAP_AFTER`` apart, or
+        after ``ZOMBIE_GRACE`` where the watcher cannot tell. ``prompt``
+        (called on the event loop's thread, which starts every child the
+        two register, in the same step): at once, since no code of that
+        thread can be between its fork and a wait of its own; each sandboxed
+        job leaves one such orphan, its PID namespace's first process, which
+        bwrap does not wait for: at ~140 jobs/s, ~70 zombies waited for
+        half a second each were looked at twice at every job's end (issue #18).
+        ``kids``: ``children()`` if just read."""
         if not self.subreaper:
             return []
         reaped: list[int] = []
@@ -416,12 +434,17 @@ class Survivors:
             watched = _watched()
             wait = ZOMBIE_GRACE if watched is None else REAP_AFTER
             pending = set(killed & present)
+            at_once = prompt and watched is not None
             for pid in present - own:
-                if (watched is not None and pid in watched) or not self._zombie(pid):
+                if (
+                    pid in _UNWAITED
+                    or (watched is not None and pid in watched)
+                    or not self._zombie(pid)
+                ):
                     self._zombies.pop(pid, None)
                     continue
                 first = self._zombies.setdefault(pid, now)
-                if pid in killed or now - first >= wait:
+                if pid in killed or at_once or now - first >= wait:
                     with contextlib.suppress(ChildProcessError):
                         if os.waitpid(pid, os.WNOHANG)[0] == pid:
                             reaped.append(pid)
