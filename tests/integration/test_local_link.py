@@ -6,9 +6,15 @@ unknown token gets a 401."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import socket
+import sqlite3
+import threading
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -16,9 +22,14 @@ import pytest
 from corral.api.local import LocalLink
 from corral.auth import Role
 from corral.config import load_settings
+from corral.executors.process import Survivors
+from corral.executors.sandbox import Sandbox
 from corral.models import NewEvent, Outcome, new_id
 from corral.protocol import Completion, EventBatch, LeaseRequest, RunnerRegister, WorkerState
+from corral.runner import runner as runner_module
+from corral.runner.journal import Journal
 from corral.runner.link import HttpLink, Refused
+from corral.runner.runner import Runner
 from corral.server import Server
 
 
@@ -106,3 +117,65 @@ async def test_the_local_link_fences_and_refuses_as_http_does(server: Server) ->
         with pytest.raises(Refused) as refused:
             await link.worker("not-a-token").state(WorkerState(state="running"))
         assert refused.value.status == 401
+
+
+async def test_a_jobs_report_does_not_wait_for_its_journal_entry(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The embedded runner journals a finished job's outcome and reports it
+    side by side (runner/journal.py): the job is done while the entry's
+    commit (an fsync) is still under way, and the entry, once committed, is
+    deleted, the report having been answered."""
+    # This process's child watcher and subreaper status stay as they are.
+    monkeypatch.setattr(runner_module, "_watch_children_with_pidfd", lambda: None)
+    monkeypatch.setattr(Survivors, "become_subreaper", lambda self: False)
+    taken, release = threading.Event(), threading.Event()
+    commit = Journal._commit
+
+    def held(self: Journal, puts: Any, drops: Any) -> None:
+        if puts:
+            taken.set()
+            release.wait(30)
+        commit(self, puts, drops)
+
+    monkeypatch.setattr(Journal, "_commit", held)
+    store = server.store
+    admin = (await store.keys.create(name="admin", role=Role.ADMIN))[1]
+    key = (await store.keys.create(name="runner", role=Role.RUNNER))[1]
+    work = tmp_path / "runner-work"
+    runner = Runner(
+        f"http://127.0.0.1:{closed_port()}",
+        key,
+        workdir=work,
+        name="journal-test",
+        slots=1,
+        lease_wait=1.0,
+        sandbox=Sandbox(mode="none"),
+        in_process=partial(LocalLink, server.services, key),
+    )
+    running = asyncio.create_task(runner.run())
+    try:
+        job_id = await submit(server, admin)
+        for _ in range(200):
+            job = await store.jobs.get(job_id)
+            if job.state == "done":
+                break
+            await asyncio.sleep(0.05)
+        assert job.state == "done", job
+        assert taken.is_set() and not release.is_set()  # its entry's commit still held
+        release.set()
+        for _ in range(200):  # committed, then deleted: the report was answered
+            if _journalled(work) == 0 and not runner.journal._taken:
+                break
+            await asyncio.sleep(0.05)
+        assert _journalled(work) == 0
+    finally:
+        release.set()
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+
+
+def _journalled(work: Path) -> int:
+    with contextlib.closing(sqlite3.connect(work / "runner" / "journal.sqlite")) as conn:
+        return int(conn.execute("SELECT count(*) FROM outcomes").fetchone()[0])

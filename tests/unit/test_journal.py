@@ -34,11 +34,17 @@ async def test_recorded_entries_are_presented_until_forgotten(tmp_path: Path) ->
     assert (path.stat().st_mode & 0o777) == 0o600
     async with Journal(path) as journal:  # a restart
         [left] = await journal.pending()
+        journal.forget("e0")  # never recorded: nothing to delete
         assert left.job_id == "j2" and left.entry.outcome.result == "result 2"
         # Recorded again under its id (artifacts added): replaced, not doubled.
         await journal.record("j2", left.entry.model_copy(update={"artifacts": ["diff.patch"]}))
         [again] = await journal.pending()
         assert again.entry.artifacts == ["diff.patch"]
+    async with Journal(path) as journal:  # what a registration presented is forgotten
+        [left] = await journal.pending()
+        journal.forget(left.entry.id)
+    async with Journal(path) as journal:
+        assert await journal.pending() == []
 
 
 async def test_recordings_made_together_share_a_commit(tmp_path: Path) -> None:
@@ -55,6 +61,31 @@ async def test_recordings_made_together_share_a_commit(tmp_path: Path) -> None:
         await asyncio.gather(*(journal.record(f"j{n}", _entry(n)) for n in range(50)))
         assert len(await journal.pending()) == 50
     assert sum(commits) == 50 and len(commits) < 50, commits
+
+
+async def test_an_entry_forgotten_before_its_commit_is_never_written(tmp_path: Path) -> None:
+    """The report was answered before the journal's commit took the entry: it
+    is dropped unwritten, and its future is done (nothing waits on a write
+    that will not come); one the commit took is deleted after it."""
+    path = tmp_path / "journal.sqlite"
+    commits: list[tuple[int, int]] = []
+    async with Journal(path) as journal:
+        commit = journal._commit
+
+        def counted(puts, drops):  # type: ignore[no-untyped-def]
+            commits.append((len(puts), len(drops)))
+            commit(puts, drops)
+
+        journal._commit = counted  # type: ignore[method-assign]
+        durable = journal.put("j1", _entry(1))
+        journal.forget("e1")  # before the write loop ran
+        assert durable.done()
+        assert await journal.pending() == []
+        assert commits == []
+        await journal.put("j2", _entry(2))
+        journal.forget("e2")
+        assert await journal.pending() == []
+        assert commits == [(1, 0), (0, 1)]
 
 
 async def test_an_unreadable_entry_is_dropped(tmp_path: Path) -> None:

@@ -2,15 +2,23 @@
 again when the runner (or the server embedding it) dies before its
 completion report is acknowledged.
 
-Before a runner reports how a job ended, it records the outcome here with
+When a job's process has ended, the runner records the outcome here with
 what the server has not acknowledged yet (the last events, with their ids)
-and the job's worker JWT; once the server answers the report, the entry is
-forgotten. A runner that starts presents the entries left over when it
-registers (``RunnerRegister.journal``), and the server ends each job with its
-journalled outcome unless the job has started again elsewhere
-(``store/jobs/lifecycle.recover``). So a job whose process finished is not
-run again as long as this file survives; without it (a wiped work dir),
-recovery is at-least-once, as before.
+and the job's worker JWT, and reports it; once the server answers the
+report, the entry is forgotten. A runner that starts presents the entries
+left over when it registers (``RunnerRegister.journal``), and the server ends
+each job with its journalled outcome unless the job has started again
+elsewhere (``store/jobs/lifecycle.recover``). So a job whose process finished
+is not run again as long as this file survives; without it (a wiped work
+dir), recovery is at-least-once, as before.
+
+The report does not wait for the recording to reach the disk: a job is safe
+from running again once either is durable, its entry here or its completion
+in the server's database, and the recording starts as early as before, so
+the window in which a kill leaves neither is no longer than when the report
+waited (one fsync, ~5 ms on this machine's disk, which each job's end
+waited for: issue #18). A recording whose report was answered before its
+commit began is never written.
 
 Why SQLite (the standard library's ``sqlite3``) and not an append-only log
 of our own: an entry is written once and deleted once, out of order, so a
@@ -73,7 +81,8 @@ class Pending:
 
 
 class Journal:
-    """``await record(job_id, entry)`` (durable when it returns),
+    """``put(job_id, entry)`` (a future, done once it is durable),
+    ``await record(job_id, entry)`` (the same, waited for),
     ``forget(entry_id)``, ``pending()``. Open it with ``async with``."""
 
     def __init__(self, path: Path) -> None:
@@ -82,6 +91,9 @@ class Journal:
         self._lock = threading.Lock()  # the connection is used from worker threads
         self._puts: list[tuple[str, JournalEntry, asyncio.Future[None]]] = []
         self._drops: set[str] = set()
+        # Ids of entries a commit has taken or ``pending`` read (on disk, or
+        # about to be): only these need a deletion when forgotten.
+        self._taken: set[str] = set()
         self._wake: asyncio.Event | None = None
         self._writer: asyncio.Task[None] | None = None
         # A thread of its own: a commit never queues behind the runner's other
@@ -123,26 +135,45 @@ class Journal:
         os.chmod(self.path, 0o600)
         self._conn = conn
 
-    async def record(self, job_id: str, entry: JournalEntry) -> None:
-        """Write ``entry`` (or replace the one with its id); returns once it is
-        on disk."""
+    def put(self, job_id: str, entry: JournalEntry) -> asyncio.Future[None]:
+        """Write ``entry`` (or replace the one with its id) in the next commit.
+        The future is done once it is on disk, or once it need not be (the
+        entry was forgotten first); its exception is the commit's, if that
+        failed (and logged here)."""
         assert self._wake is not None, "the journal is not open"
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._puts.append((job_id, entry, done))
         self._wake.set()
-        await done
+        return done
+
+    async def record(self, job_id: str, entry: JournalEntry) -> None:
+        """``put``, returning once the entry is on disk."""
+        await self.put(job_id, entry)
 
     def forget(self, entry_id: str) -> None:
-        """Delete the entry (the server answered its report); not waited for."""
+        """Delete the entry (the server answered its report); not waited for.
+        A recording of it no commit has taken yet is dropped unwritten."""
         if self._wake is None:
             return
-        self._drops.add(entry_id)
-        self._wake.set()
+        if any(entry.id == entry_id for _, entry, _ in self._puts):
+            kept = []
+            for put in self._puts:
+                if put[1].id != entry_id:
+                    kept.append(put)
+                elif not put[2].done():
+                    put[2].set_result(None)
+            self._puts = kept
+        if entry_id in self._taken:
+            self._taken.discard(entry_id)
+            self._drops.add(entry_id)
+            self._wake.set()
 
     async def pending(self) -> list[Pending]:
         """The entries left over, oldest first."""
         await self._flush()
-        return await self._in_thread(self._read)
+        pending = await self._in_thread(self._read)
+        self._taken.update(p.entry.id for p in pending)
+        return pending
 
     async def _flush(self) -> None:
         """Wait until every recording and deletion asked for so far is committed."""
@@ -161,6 +192,7 @@ class Journal:
             while self._puts or self._drops:
                 puts, self._puts = self._puts, []
                 drops, self._drops = self._drops, set()
+                self._taken.update(entry.id for _, entry, _ in puts)
                 self._busy = True
                 try:
                     await self._in_thread(self._commit, puts, drops)

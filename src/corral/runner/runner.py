@@ -517,9 +517,11 @@ class Runner:
         entry: JournalEntry | None = None,
         artifacts: list[str] | None = None,
     ) -> JournalEntry | None:
-        """Journal how the job ended before it is reported (again with the
-        artifacts stored since, replacing ``entry``). Not an infrastructure
-        failure (the job runs again anyway), nor a job the server fenced off."""
+        """Journal how the job ended as it is reported (again with the
+        artifacts stored since, replacing ``entry``): the write starts here and
+        the report does not wait for it (runner/journal.py). Not an
+        infrastructure failure (the job runs again anyway), nor a job the
+        server fenced off."""
         if channel.stale is not None or outcome.failure == "infra":
             return entry
         events = channel.unacknowledged()
@@ -533,13 +535,14 @@ class Runner:
             events_omitted=max(0, len(events) - JOURNAL_EVENTS),
             artifacts=artifacts or [],
         )
-        try:
-            await self.journal.record(item.job.id, new)
-        except Exception:  # the journal is a safeguard: the report goes on without it
-            log.exception("job %s: could not journal its outcome", item.job.id)
-            return entry
+        # A safeguard: the report goes on whether or not it is written (a
+        # failed commit is logged by the journal).
+        durable = self.journal.put(item.job.id, new)
+        durable.add_done_callback(_retrieved)
         hold = os.environ.get(HOLD_ENV)
-        if hold:  # a test's kill point (runner/journal.py)
+        if hold:  # a test's kill point (runner/journal.py): once it is on disk
+            with contextlib.suppress(Exception):
+                await durable
             await asyncio.to_thread(Path(hold).write_text, item.job.id)
             await asyncio.Event().wait()
         return new
@@ -581,6 +584,11 @@ class Runner:
         while channel.stale is None:
             await asyncio.sleep(self.heartbeat_interval)
             await channel.heartbeat(self.heartbeat_interval)
+
+
+def _retrieved(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()  # logged where it happened
 
 
 def _fit(pending: list[Pending]) -> list[JournalEntry]:
