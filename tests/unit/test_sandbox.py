@@ -271,3 +271,51 @@ def test_within_is_is_relative_to(path: list[str], base: list[str]) -> None:
     """The string test the sandbox uses on resolved paths agrees with pathlib."""
     p, b = "/" + "/".join(path), "/" + "/".join(base)
     assert sandbox._within(p, b) == Path(p).is_relative_to(b)
+
+
+_NAMES = st.sampled_from(["a", "b", ".c", "link", "loop"])
+_KINDS = st.sampled_from(["dir", "file", "link-abs", "link-rel", "link-up", "dangling", "loop"])
+
+
+@given(
+    tree=st.lists(st.tuples(st.lists(_NAMES, min_size=1, max_size=3), _KINDS), max_size=12),
+    asked=st.lists(st.lists(_NAMES, min_size=1, max_size=4), max_size=10),
+)
+def test_resolved_is_realpath_of_what_exists(
+    tree: list[tuple[list[str], str]], asked: list[list[str]]
+) -> None:
+    """The hidden paths, each folder resolved once per call, are exactly what
+    ``realpath`` of each path ``lexists`` says is there gives: symbolic
+    links at any depth, relative ones, dangling ones and loops."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = os.path.realpath(tmp)
+        for parts, kind in tree:
+            path = os.path.join(root, *parts)
+            if os.path.lexists(path) or not os.path.isdir(os.path.dirname(path)):
+                continue
+            if kind == "dir":
+                os.mkdir(path)
+            elif kind == "file":
+                Path(path).write_text("x")
+            elif kind == "link-abs":
+                os.symlink(os.path.join(root, "a"), path)
+            elif kind == "link-rel":
+                os.symlink("b", path)
+            elif kind == "link-up":
+                os.symlink("..", path)
+            elif kind == "dangling":
+                os.symlink(os.path.join(root, "nowhere", "x"), path)
+            else:
+                os.symlink(os.path.basename(path), path)  # itself
+        # Always one folder reached through a link: its file is hidden at its target.
+        fixed = os.path.join(root, "fixed")
+        os.makedirs(os.path.join(fixed, "a"))
+        Path(fixed, "a", "x").write_text("x")
+        os.symlink("a", os.path.join(fixed, "l"))
+        paths = [os.path.join(root, *parts) for parts in asked]
+        paths += [root + "/", "/", os.path.join(fixed, "l", "x"), os.path.join(fixed, "l")]
+        paths += [f"{fixed}/./a/x", f"{fixed}/l/../a", f"{fixed}//a", f"{fixed}/a/.."]
+        want = sorted({os.path.realpath(p) for p in paths if os.path.lexists(p)})
+        assert sandbox.resolved(paths) == want
