@@ -12,6 +12,7 @@ import builtins
 import contextlib
 import io
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -194,6 +195,44 @@ async def test_settled_leaves_a_spawned_child_to_its_own_wait(no_proc: None) -> 
     assert await asyncio.wait_for(child.wait(), 5) == 3
     await asyncio.wait_for(child.drained(), 5)
     assert child.pid not in process._UNWAITED
+
+
+_SANDBOX_ORPHAN = """
+import asyncio, ctypes, os, sys, time
+from pathlib import Path
+from corral.executors import process
+assert ctypes.CDLL(None).prctl(36, 1, 0, 0, 0) == 0  # a child subreaper, as a runner
+process._watched = lambda: None  # as where asyncio cannot say (Python 3.12 and later)
+argv = ["bwrap", "--die-with-parent", "--unshare-pid", "--ro-bind", "/", "/",
+        "--dev", "/dev", "--proc", "/proc", "/bin/sh", "-c", "true"]
+
+async def main():
+    child = process.spawn(argv, cwd=Path.cwd(), env=dict(os.environ), output=lambda n, b: None)
+    assert await child.wait() == 0
+    survivors = process.Survivors()
+    survivors.subreaper = True
+    deadline = time.monotonic() + 5  # the namespace's first process, handed to us
+    while not (survivors.children() or []) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    [orphan] = survivors.children()
+    assert process._sandbox_init(orphan) and not process._sandbox_init(os.getpid())
+    assert survivors.settled("run-8")
+    assert survivors.children() == [], survivors.children()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap")
+def test_a_sandboxs_first_process_is_waited_for_at_once_wherever_it_runs() -> None:
+    """bwrap does not wait for its PID namespace's first process: handed to
+    the runner (a subreaper), it is waited for at the job's end even where
+    asyncio's watcher cannot tell its children (no zombie per job piles up
+    for ``ZOMBIE_GRACE``). In a process of its own: the subreaper is for good."""
+    done = subprocess.run(
+        [sys.executable, "-c", _SANDBOX_ORPHAN], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
 
 
 def test_pid_records_reap_what_a_crash_left(tmp_path: Path, no_proc: None) -> None:

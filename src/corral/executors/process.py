@@ -418,10 +418,11 @@ class Survivors:
         after ``ZOMBIE_GRACE`` where the watcher cannot tell. ``prompt``
         (called on the event loop's thread, which starts every child the
         two register, in the same step): at once, since no code of that
-        thread can be between its fork and a wait of its own; each sandboxed
+        thread can be between its fork and a wait of its own. Each sandboxed
         job leaves one such orphan, its PID namespace's first process, which
-        bwrap does not wait for: at ~140 jobs/s, ~70 zombies waited for
-        half a second each were looked at twice at every job's end (issue #18).
+        bwrap does not wait for (at ~140 jobs/s, ~70 zombies waited for half
+        a second each were looked at twice at every job's end: issue #18);
+        those are waited for at once in any case (``_sandbox_init``).
         ``kids``: ``children()`` if just read."""
         if not self.subreaper:
             return []
@@ -444,7 +445,7 @@ class Survivors:
                     self._zombies.pop(pid, None)
                     continue
                 first = self._zombies.setdefault(pid, now)
-                if pid in killed or at_once or now - first >= wait:
+                if pid in killed or at_once or now - first >= wait or _sandbox_init(pid):
                     with contextlib.suppress(ChildProcessError):
                         if os.waitpid(pid, os.WNOHANG)[0] == pid:
                             reaped.append(pid)
@@ -456,6 +457,25 @@ class Survivors:
             if not pending or time.monotonic() >= deadline:
                 return reaped
             time.sleep(0.01)
+
+
+def _sandbox_init(pid: int) -> bool:
+    """Whether ``pid`` is the first process of a PID namespace of its own (a
+    sandbox's, bwrap's ``--unshare-pid``): nobody in this process started it
+    (bwrap did, and does not wait for it), so, handed to this subreaper, it
+    is waited for at once even where asyncio's watcher cannot say which
+    children are its own (Python 3.12 and later, other loops). Linux only."""
+    if not _STAT_OF_PID:
+        return False
+    try:
+        with open(f"{psutil.PROCFS_PATH}/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"NSpid:"):
+                    ids = line.split()[1:]
+                    return len(ids) > 1 and ids[-1] == b"1"
+    except OSError:
+        pass
+    return False
 
 
 def _watched() -> set[int] | None:
