@@ -150,7 +150,13 @@ def test_survivors_settle_on_the_loop_only_when_no_child_carries_the_marker(
         ["sleep", "300"], env={**os.environ, process.MARKER_VAR: "run-4"}, start_new_session=True
     )
     try:
-        assert _wait_for(lambda: mine.pid in (survivors.children() or []))
+        # A child's environment reads empty for a moment while it execs.
+        assert _wait_for(
+            lambda: (
+                mine.pid in (survivors.children() or [])
+                and psutil.Process(mine.pid).environ().get(process.MARKER_VAR) == "run-4"
+            )
+        )
         assert survivors.settled("run-5")  # another run's marker: nothing left of run-5
         assert survivors.settled("run-4", frozenset({mine.pid}))  # a running job's own
         assert not survivors.settled("run-4")  # left behind: kill's work
@@ -215,6 +221,8 @@ async def main():
     while not (survivors.children() or []) and time.monotonic() < deadline:
         time.sleep(0.01)
     [orphan] = survivors.children()
+    while not process.Survivors._zombie(orphan) and time.monotonic() < deadline:
+        time.sleep(0.01)  # it may end a moment after bwrap (the next job's end waits for it)
     assert process._sandbox_init(orphan) and not process._sandbox_init(os.getpid())
     assert survivors.settled("run-8")
     assert survivors.children() == [], survivors.children()
