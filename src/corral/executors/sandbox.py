@@ -245,9 +245,9 @@ def resolved(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
 
 def _folder(path: str, known: dict[str, str]) -> str:
     """``os.path.realpath(path)`` (absolute, normalised), from the folders
-    resolved so far: ``realpath(folder/name)`` is ``realpath(folder)/name`` unless ``name`` is
-    a symbolic link (then resolved in full); a component that is not there
-    is kept as it is, as ``realpath`` keeps it."""
+    resolved so far: ``realpath(folder/name)`` is ``realpath(folder)/name``
+    unless ``name`` is a symbolic link (then resolved in full); a component
+    that is not there is kept as it is, as ``realpath`` keeps it."""
     real = known.get(path)
     if real is None:
         if path == "/":

@@ -16,9 +16,11 @@ The report does not wait for the recording to reach the disk: a job is safe
 from running again once either is durable, its entry here or its completion
 in the server's database, and the recording starts as early as before, so
 the window in which a kill leaves neither is no longer than when the report
-waited (one fsync, ~5 ms on this machine's disk, which each job's end
-waited for: issue #18). A recording whose report was answered before its
-commit began is never written.
+waited for it (one fsync at every job's end: issue #18). A recording whose
+report was answered before its commit began is never written: as before,
+once the server answered, its own commit is what keeps the job from running
+again (the entry was deleted then; against a power cut, that commit is as
+durable as the server's database makes it).
 
 Why SQLite (the standard library's ``sqlite3``) and not an append-only log
 of our own: an entry is written once and deleted once, out of order, so a

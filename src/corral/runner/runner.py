@@ -537,7 +537,11 @@ class Runner:
         )
         # A safeguard: the report goes on whether or not it is written (a
         # failed commit is logged by the journal).
-        durable = self.journal.put(item.job.id, new)
+        try:
+            durable = self.journal.put(item.job.id, new)
+        except Exception:
+            log.exception("job %s: could not journal its outcome", item.job.id)
+            return entry
         durable.add_done_callback(_retrieved)
         hold = os.environ.get(HOLD_ENV)
         if hold:  # a test's kill point (runner/journal.py): once it is on disk
