@@ -211,3 +211,22 @@ def test_a_torn_record_reads_as_none_and_is_replaced(tmp_path: Path) -> None:
     assert again is not None and again.path == made.path
     assert spaces.load(first.session_id) == again
     assert [p.name for p in record.parent.iterdir()] == [record.name]  # no temporary left
+
+
+def test_a_workspace_path_never_leads_out_of_the_workspaces(tmp_path: Path) -> None:
+    """A session's workspace is one plain name under the (resolved) root; a
+    workspace that is a link is looked through, and refused if it leads out."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "data").symlink_to(tmp_path / "real")  # a data dir reached through a link
+    spaces = Workspaces(tmp_path / "data")
+    root = (tmp_path / "real" / "workspaces").resolve()
+    assert spaces.path_of("s1") == root / "s1"  # not made yet
+    (root / "s1").mkdir()
+    assert spaces.path_of("s1") == root / "s1"
+    (root / "s2").symlink_to(root / "s1")
+    assert spaces.path_of("s2") == root / "s1"
+    (tmp_path / "outside").mkdir()
+    (root / "s3").symlink_to(tmp_path / "outside")
+    for bad in ("s3", "../s1", "a/b", ""):
+        with pytest.raises(WorkspaceError):
+            spaces.path_of(bad)

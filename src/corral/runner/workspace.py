@@ -26,6 +26,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
@@ -126,8 +127,17 @@ class Workspaces:
     def path_of(self, session_id: str) -> Path:
         if not SAFE_ID.match(session_id):
             raise WorkspaceError(f"unsafe session id {session_id!r}")
-        # Strings, not pathlib: once per job start (issue #18).
-        path = os.path.realpath(f"{self.root}/{session_id}")
+        # Strings, not pathlib: once per job start (issue #18). The root is
+        # resolved once; the id is one plain name, so only the workspace
+        # itself may be a link to look through (``realpath`` of the whole
+        # path walked every component of the data dir at every start).
+        path = f"{self._real_root}/{session_id}"
+        try:
+            link = stat.S_ISLNK(os.lstat(path).st_mode)
+        except OSError:  # not made yet
+            link = False
+        if link:
+            path = os.path.realpath(path)
         if not path.startswith(self._inside):
             raise WorkspaceError(f"workspace {path} escapes {self.root}")
         return Path(path)
