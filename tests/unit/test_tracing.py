@@ -71,3 +71,24 @@ def test_without_settings_it_is_a_no_op() -> None:
 )
 def test_valid(value: str | None, kept: str | None) -> None:
     assert tracing.valid(value) == kept
+
+
+def test_fastapis_own_telemetry_is_off_without_a_lookup_per_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """corral's traces are its jobs' (corral.tracing): FastAPI's native
+    telemetry is off, and deciding so per request reads no environment."""
+    from fastapi import FastAPI
+
+    from corral.api import app as app_module
+
+    app = FastAPI(**app_module._no_native_telemetry())
+    native = getattr(app, "_native_telemetry", None)
+    if native is None:
+        pytest.skip("this FastAPI has no native telemetry")
+    from opentelemetry import _logs
+
+    asked: list[int] = []
+    monkeypatch.setattr(_logs, "get_logger_provider", lambda: asked.append(1))
+    assert native.enabled() is False
+    assert asked == []

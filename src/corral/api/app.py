@@ -105,7 +105,11 @@ def create_app(settings: Settings, *, lifespan: Lifespan | None = None) -> FastA
 def _no_native_telemetry() -> dict[str, Any]:
     """FastAPI's own OpenTelemetry spans off (a span per request and per
     dependency, health checks and long-polls included): corral's traces are
-    its jobs' (corral.tracing). FastAPI before 0.16x has none to turn off."""
+    its jobs' (corral.tracing). Its logs too: with them on, every request
+    asked OpenTelemetry for a logger provider, an environment lookup each
+    time (~1 % of the event loop under (b), issue #18). FastAPI before 0.16x
+    has none to turn off."""
     if "telemetry" not in inspect.signature(FastAPI.__init__).parameters:
         return {}
-    return {"telemetry": {"tracing": False, "operation_spans": False, "metrics": False}}
+    off = {"tracing": False, "operation_spans": False, "metrics": False, "logs": False}
+    return {"telemetry": off}
