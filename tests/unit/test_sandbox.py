@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from corral.errors import ConfigError
@@ -277,6 +277,7 @@ _NAMES = st.sampled_from(["a", "b", ".c", "link", "loop"])
 _KINDS = st.sampled_from(["dir", "file", "link-abs", "link-rel", "link-up", "dangling", "loop"])
 
 
+@settings(deadline=None)  # file system work: a loaded machine may take its time
 @given(
     tree=st.lists(st.tuples(st.lists(_NAMES, min_size=1, max_size=3), _KINDS), max_size=12),
     asked=st.lists(st.lists(_NAMES, min_size=1, max_size=4), max_size=10),
