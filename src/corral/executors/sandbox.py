@@ -233,37 +233,37 @@ def resolved(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
                 out.add(os.path.realpath(text))
             continue
         head, _, name = text.rpartition("/")
-        folder = _folder(head or "/", folders)
-        full = f"{folder}/{name}" if folder != "/" else f"/{name}"
-        try:
-            mode = os.lstat(full).st_mode
-        except (OSError, ValueError):  # not there (as lexists says)
-            continue
-        out.add(os.path.realpath(full) if stat.S_ISLNK(mode) else full)
+        real, there = real_under(_folder(head or "/", folders), name)
+        if there:
+            out.add(real)
     return sorted(out)
 
 
 def _folder(path: str, known: dict[str, str]) -> str:
     """``os.path.realpath(path)`` (absolute, normalised), from the folders
-    resolved so far: ``realpath(folder/name)`` is ``realpath(folder)/name``
-    unless ``name`` is a symbolic link (then resolved in full); a component
-    that is not there is kept as it is, as ``realpath`` keeps it."""
+    resolved so far; a component that is not there is kept as it is, as
+    ``realpath`` keeps it."""
     real = known.get(path)
     if real is None:
         if path == "/":
             real = path
         else:
             head, _, name = path.rpartition("/")
-            folder = _folder(head or "/", known)
-            real = f"{folder}/{name}" if folder != "/" else f"/{name}"
-            try:
-                link = stat.S_ISLNK(os.lstat(real).st_mode)
-            except (OSError, ValueError):
-                link = False
-            if link:
-                real = os.path.realpath(real)
-        known[path] = real
+            real = known[path] = real_under(_folder(head or "/", known), name)[0]
     return real
+
+
+def real_under(folder: str, name: str) -> tuple[str, bool]:
+    """``os.path.realpath(folder/name)`` for a resolved ``folder`` and one
+    plain ``name``, and whether ``folder/name`` is there (as
+    ``os.path.lexists`` says): ``realpath(folder)/name`` unless ``name`` is
+    a symbolic link, which is then resolved in full."""
+    path = f"{folder}/{name}" if folder != "/" else f"/{name}"
+    try:
+        mode = os.lstat(path).st_mode
+    except (OSError, ValueError):
+        return path, False
+    return (os.path.realpath(path) if stat.S_ISLNK(mode) else path), True
 
 
 def _within(path: str, base: str) -> bool:

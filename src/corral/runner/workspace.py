@@ -26,7 +26,6 @@ import json
 import os
 import re
 import shutil
-import stat
 import subprocess
 import tempfile
 import time
@@ -35,7 +34,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from corral import jsontext
-from corral.executors.sandbox import Mount, ro, rw
+from corral.executors.sandbox import Mount, real_under, ro, rw
 from corral.models import Job
 
 SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -131,13 +130,7 @@ class Workspaces:
         # resolved once; the id is one plain name, so only the workspace
         # itself may be a link to look through (``realpath`` of the whole
         # path walked every component of the data dir at every start).
-        path = f"{self._real_root}/{session_id}"
-        try:
-            link = stat.S_ISLNK(os.lstat(path).st_mode)
-        except OSError:  # not made yet
-            link = False
-        if link:
-            path = os.path.realpath(path)
+        path = real_under(str(self._real_root), session_id)[0]
         if not path.startswith(self._inside):
             raise WorkspaceError(f"workspace {path} escapes {self.root}")
         return Path(path)
