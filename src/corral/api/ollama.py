@@ -325,17 +325,19 @@ async def _unserved(svc: Services, job: Job, wait: float) -> str | None:
 async def _deltas(svc: Services, sub: Any, job_id: str, timeout: float) -> AsyncIterator[str]:
     """The job's streamed text pieces, until it ends (also when it ended already).
     The bus says when it ends; the job is read from the database only when the
-    bus has been quiet for a second (an end it did not carry is caught there)."""
+    bus has been quiet for a second (an end it did not carry is caught there).
+    A job that ended before the first look still has its pieces, and its end,
+    on the bus (subscribed before the job was made): they are read up to that
+    end, not dropped (a quick job's pieces were, now and then)."""
     deadline = time.monotonic() + timeout
-    quiet = True  # before the first wait: the job may have ended already
+    ended = (await svc.store.jobs.get(job_id)).state in TERMINAL
     while True:
-        if quiet and (await svc.store.jobs.get(job_id)).state in TERMINAL:
-            return
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError
         messages = await sub.get(timeout=min(remaining, 1.0))
-        quiet = not messages
+        if not messages and (ended or (await svc.store.jobs.get(job_id)).state in TERMINAL):
+            return
         for message in messages:
             if message == job_id:
                 return  # topics.JOBS: this job ended
