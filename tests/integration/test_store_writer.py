@@ -208,6 +208,31 @@ async def test_the_writer_keeps_its_connection_until_a_group_fails(db: Database)
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_a_write_takes_the_write_lock_before_its_body_runs(db: Database, db_url: str) -> None:
+    """``BEGIN IMMEDIATE`` (issued on the driver's cursor): while another
+    connection holds SQLite's write lock, a write waits before its body runs
+    (a deferred BEGIN would run it and wait at its first write), then goes
+    through once the lock is released."""
+    other = sqlite3.connect(db_url.removeprefix("sqlite:///"), isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        began = threading.Event()
+
+        def body(tx: Tx) -> str:
+            began.set()
+            return insert("after the lock")(tx)
+
+        write = asyncio.ensure_future(db.write(body))
+        await asyncio.sleep(0.3)
+        assert not began.is_set() and not write.done()
+        other.execute("ROLLBACK")
+        assert await asyncio.wait_for(write, 10) == "after the lock"
+        assert began.is_set()
+    finally:
+        other.close()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 async def test_bodies_queued_meanwhile_share_one_transaction(db: Database) -> None:
     groups, bodies = db.writer.groups, db.writer.bodies
     async with held(db) as first:

@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from corral import jsontext
 from corral.errors import ConfigError, StoreUnavailable
+from corral.store.prepared import driver
 from corral.store.writer import WAL_BACKSTOP, Checkpointer, Item, Writer
 from corral.webhooks import Rules
 
@@ -301,6 +302,9 @@ def _sqlite_engine(url: sa.URL, *, writer: bool) -> sa.Engine:
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # On the driver's cursor: ``exec_driver_sql`` built an execution
+            # context and a result for it, most of an empty transaction's
+            # CPU (issue #18); errors are raised as SQLAlchemy's all the same.
+            driver(conn, "BEGIN IMMEDIATE")
 
     return engine
