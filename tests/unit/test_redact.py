@@ -103,6 +103,27 @@ def test_a_payload_s_json_text_is_suspect_whenever_its_value_holds_a_secret(
     assert not s.suspect(dumps({"line": "hello", "stream": "stdout", "n": [1, 2.5, None]}))
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    payloads=st.lists(st.dictionaries(_TEXT, _JSON, max_size=3), max_size=6),
+    planted=st.lists(st.tuples(st.integers(0, 5), st.integers(0, 4), st.integers(0, 6))),
+)
+def test_a_batch_is_suspect_exactly_where_its_payloads_are(
+    payloads: list[dict[str, object]], planted: list[tuple[int, int, int]]
+) -> None:
+    """``suspects`` (one look at a whole batch's text first) names the very
+    payloads ``suspect`` names one by one: a secret, a corral key or a
+    bearer token in any of them."""
+    s = Secrets()
+    s.add(*_AWKWARD)
+    for at, which, where in planted:
+        if at < len(payloads):
+            payloads[at] = _planted(payloads[at], _AWKWARD[which], where)
+    texts = [dumps(p) for p in payloads]
+    assert s.suspects(texts) == [i for i, t in enumerate(texts) if s.suspect(t)]
+    assert s.suspects([dumps(["clean"]), dumps(["Bearer abc.def"])]) == [1]
+
+
 def test_outcomes_and_events_are_redacted() -> None:
     redact.add("sk-outcome-0123456789")
     out = redact.outcome(
