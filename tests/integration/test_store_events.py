@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from corral import redact
+from corral.errors import SessionNotFound
 from corral.models import JobCreate, NewEvent, Outcome, Runner
 from corral.protocol import topics
 from corral.store import Store, migrate
@@ -201,3 +203,26 @@ async def test_a_known_secret_is_redacted_in_what_is_stored_and_announced(
     )
     last = await store.events.list(c.session_id, since=log[-1].seq)
     assert [e.payload for e in last if e.type == "output"] == [{"line": "[redacted]"}]
+
+
+async def test_a_batch_of_live_events_only_needs_its_session(store: Store, runner: Runner) -> None:
+    """Live events (a chat job's streamed pieces) are announced, not stored,
+    and only while their session exists."""
+    c = await _running(store, runner)
+    piece = NewEvent(type="chat.delta", payload={"text": "he"}, ephemeral=True)
+    with store.bus.subscribe(topics.session(c.session_id)) as sub:
+        stored, dups = await store.jobs.append_events(c, [piece])
+        [published] = await sub.get(1)
+    assert stored == [] and dups == []
+    assert isinstance(published, list)
+    assert [(e.event_id, e.seq, e.payload) for e in published] == [
+        (piece.event_id, None, {"text": "he"})
+    ]
+
+    def nowhere(tx: Any) -> Any:
+        return events_module.append(
+            tx, "no-such-session", [piece], job_id=None, epoch=0, now=datetime.now(UTC)
+        )
+
+    with pytest.raises(SessionNotFound):
+        await store.db.write(nowhere)

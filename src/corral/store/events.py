@@ -52,12 +52,9 @@ def append(
     for i, item in enumerate(items):
         if not item.ephemeral:
             fresh.setdefault(item.event_id, i)
-    if not fresh and dedup:  # live events only: the session must still exist
-        found = conn.execute(
-            sa.select(sessions.c.id).where(sessions.c.id == session_id)
-        ).scalar_one_or_none()
-        if found is None:
-            raise SessionNotFound(f"no session {session_id}")
+    # Live events only: the session must still exist.
+    if not fresh and dedup and _SESSION(conn, {"session_id": session_id}).first() is None:
+        raise SessionNotFound(f"no session {session_id}")
     seqs: dict[str, int] = {}
     if fresh:
         first = list(fresh.values())
@@ -170,6 +167,10 @@ def _insert(
         driver(conn, _GIVE_BACK[dialect.name], (base + len(stored), session_id))
     return stored
 
+
+# A batch of live events only (a chat job's streamed pieces): its session's
+# row, by a statement built once (issue #18).
+_SESSION = Prepared(sa.select(sessions.c.id).where(sessions.c.id == sa.bindparam("session_id")))
 
 # The seq allocation and its give-back, as plain driver statements: built with
 # SQLAlchemy per call they were a tenth of the server's CPU per job (issue #18).
