@@ -4,6 +4,7 @@ cases skip with a visible reason when no server answers, except on CI
 
 from __future__ import annotations
 
+import gc
 import os
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -109,3 +110,14 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
         yield srv
     finally:
         srv.stop()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _garbage_collected_per_module() -> Iterator[None]:
+    """What a module's tests left unclosed (a socket, a subprocess's pipe)
+    warns when the garbage collector frees it, and warnings are errors: here
+    that is at the end of the module that left it, not in whichever test of
+    a later module the collector happened to run in (CI once failed a
+    runner-protocol test for a PostgreSQL socket left by an earlier module)."""
+    yield
+    gc.collect()
