@@ -102,7 +102,14 @@ def test_run_by_webhook(client: Client, http: httpx.Client) -> None:
     result = client.run(command="echo pushed", timeout=30)
     assert result.ok and result.via == "webhook" and result.result == "pushed"
     assert result.attempts == 1 and result.started_at and result.finished_at
-    deliveries = http.get(f"/jobs/{result.job_id}/deliveries").json()
+
+    # run() returns once its receiver has the last body; the server records
+    # that delivery when the receiver's answer reaches it, a moment later.
+    def recorded() -> list[dict[str, Any]] | None:
+        found: list[dict[str, Any]] = http.get(f"/jobs/{result.job_id}/deliveries").json()
+        return found if all(d["state"] != "pending" for d in found) else None
+
+    deliveries = wait_for(recorded, timeout=10, what="the deliveries to be recorded")
     # run() asks for `queued` (the receiver is reachable) and the end; each
     # was delivered once, in order, on its first attempt.
     assert [d["body"]["state"] for d in reversed(deliveries)] == ["queued", "done"]
