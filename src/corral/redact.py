@@ -158,10 +158,6 @@ def outcome(value: Outcome) -> Outcome:
     return value.model_copy(update=update)
 
 
-def suspect(text: str) -> bool:
-    return SECRETS.suspect(text)
-
-
 def suspects(texts: Sequence[str]) -> list[int]:
     return SECRETS.suspects(texts)
 
