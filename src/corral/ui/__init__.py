@@ -25,8 +25,10 @@ STATIC = Path(__file__).parent / "static"
 def install(app: FastAPI) -> None:
     """Mount the dashboard on ``app``: pages, actions, sign-in, assets, and
     ``/`` leading to it."""
+    from corral.api.app import include
+
     for module in (login, pages, actions):
-        app.include_router(module.router)
+        include(app, module.router)
     app.mount("/ui/static", StaticFiles(directory=STATIC), name="ui-static")
 
     @app.get("/", include_in_schema=False)
