@@ -158,3 +158,24 @@ async def test_several_questions_are_answered_oldest_first_or_by_id(
     assert oldest.question_id == "first"
     with pytest.raises(QuestionNotFound):
         await store.questions.poll(claims, "never-asked")
+
+
+async def test_one_job_or_several_are_shown_alike(store: Store, runner: Runner) -> None:
+    """GET /jobs/{id} asks for one job (a statement built once), a page of
+    jobs for several (built per page): both say the same of each job."""
+    asking, other = await _running(store, runner), await _running(store, runner)
+    quiet = await _running(store, runner)
+    await store.questions.ask(asking, "older", "One?")
+    await store.questions.ask(asking, "newer", "Two?")
+    await store.questions.ask(other, "only", "Three?", timeout=30)
+    ids = [asking.job_id, other.job_id, quiet.job_id]
+    together = await store.questions.waiting_for(ids)
+    alone = {}
+    for job_id in ids:
+        alone.update(await store.questions.waiting_for([job_id]))
+    assert together == alone
+    assert {k: v.question_id for k, v in alone.items()} == {
+        asking.job_id: "older",
+        other.job_id: "only",
+    }
+    assert alone[other.job_id].expires_at is not None
