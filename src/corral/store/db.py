@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -124,10 +125,11 @@ class Database:
                 parsed,
                 pool_size=10,
                 max_overflow=10,
-                pool_pre_ping=True,
+                pool_use_lifo=True,
                 connect_args=connect_args,
                 json_deserializer=jsontext.loads,
             )
+            _ping_when_idle(self.engine)
             # Reads run outside a transaction: under READ COMMITTED each
             # statement has its own snapshot either way, and a read then
             # costs the ping and its statements, not BEGIN and ROLLBACK too
@@ -137,11 +139,12 @@ class Database:
                 parsed,
                 pool_size=5,
                 max_overflow=10,
-                pool_pre_ping=True,
+                pool_use_lifo=True,
                 isolation_level="AUTOCOMMIT",
                 connect_args=connect_args,
                 json_deserializer=jsontext.loads,
             )
+            _ping_when_idle(self.read_engine)
         else:
             raise ConfigError(f"unsupported database {self.dialect!r}: use sqlite or postgresql")
 
@@ -268,6 +271,41 @@ def _outages() -> Iterator[None]:
         raise
     except OSError as exc:
         raise StoreUnavailable(f"database unreachable: {exc}") from exc
+
+
+# A pooled PostgreSQL connection idle longer than this is pinged before use.
+IDLE_PING = 1.0
+
+
+def _ping_when_idle(engine: AsyncEngine) -> None:
+    """Ping a pooled connection at checkout only when it sat idle for more
+    than ``IDLE_PING`` seconds; a dead one is replaced (the pool connects
+    afresh, up to three times) before the caller sees it.
+
+    SQLAlchemy's ``pool_pre_ping`` pings at every checkout, and asyncpg's
+    ping outside a transaction is three round trips (BEGIN, an empty
+    statement, ROLLBACK): a third of the round trips of an event batch's
+    write, and as many as a whole read (issue #18). A connection in steady
+    use has just answered; one that sat idle is where a restarted server,
+    a killed backend or a proxy's idle timeout shows. What fails between
+    two uses a moment apart is an outage in progress: that operation fails
+    (``StoreUnavailable``, 503) and SQLAlchemy drops the pool's older
+    connections at once, as on any disconnect."""
+    pool = engine.sync_engine
+
+    @event.listens_for(pool, "checkin")
+    def _idle(_dbapi_conn: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(pool, "checkout")
+    def _check(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("idle_since")
+        if since is None or time.monotonic() - since <= IDLE_PING:
+            return  # fresh from connect, or in steady use
+        try:
+            dbapi_conn.ping()
+        except Exception as exc:
+            raise sa.exc.DisconnectionError(f"idle connection is gone: {exc}") from exc
 
 
 def _sqlite_engine(url: sa.URL, *, writer: bool) -> sa.Engine:

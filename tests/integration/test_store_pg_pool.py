@@ -1,0 +1,98 @@
+"""PostgreSQL's pooled connections are pinged only when they sat idle
+(store/db.py ``_ping_when_idle``): a connection in steady use goes straight
+to its statements, and one whose server end died while it sat in the pool
+is replaced before the caller sees it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_connection
+
+from corral.store import Store, db
+
+
+@pytest.fixture
+async def store(pg_url: str) -> AsyncIterator[Store]:
+    st = await Store.open(pg_url)
+    try:
+        yield st
+    finally:
+        await st.close()
+
+
+@pytest.fixture
+def pings(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    seen: list[object] = []
+    ping = AsyncAdapt_asyncpg_connection.ping
+
+    def counted(self: AsyncAdapt_asyncpg_connection) -> None:
+        seen.append(self)
+        ping(self)
+
+    monkeypatch.setattr(AsyncAdapt_asyncpg_connection, "ping", counted)
+    return seen
+
+
+async def _backend(store: Store) -> int:
+    return int(
+        await store.db.write(
+            lambda tx: tx.conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+        )
+    )
+
+
+async def _kill_everyone_but_me(pg_url: str) -> int:
+    """Terminate every other backend of the store's database (a restarted
+    server, a proxy's idle timeout)."""
+    dsn = sa.make_url(pg_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(
+            await conn.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
+    finally:
+        await conn.close()
+
+
+async def test_a_connection_in_steady_use_is_not_pinged(store: Store, pings: list[object]) -> None:
+    first = await _backend(store)
+    for _ in range(20):
+        assert await _backend(store) == first  # the same connection, at once again
+        await store.db.read(lambda conn: conn.execute(sa.text("SELECT 1")).scalar_one())
+    assert pings == []
+
+
+async def test_an_idle_connection_whose_backend_died_is_replaced(
+    store: Store, pg_url: str, pings: list[object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = await _backend(store)
+    await store.db.read(lambda conn: conn.execute(sa.text("SELECT 1")).scalar_one())
+    assert await _kill_everyone_but_me(pg_url) >= 2  # the writer's and the reader's
+    monkeypatch.setattr(db, "IDLE_PING", 0.0)  # both have sat idle since
+    after = await _backend(store)
+    assert after != before
+    assert await store.db.read(lambda conn: conn.execute(sa.text("SELECT 2")).scalar_one()) == 2
+    assert len(pings) == 2  # one failed ping each, then a fresh connection
+
+
+async def test_without_the_ping_the_dead_connection_fails_its_caller(
+    store: Store, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check above is what saves the caller: a connection used again
+    within ``IDLE_PING`` is not pinged, and its dead backend fails that one
+    operation as an outage (503), after which the pool connects afresh."""
+    from corral.errors import StoreUnavailable
+
+    before = await _backend(store)
+    await _kill_everyone_but_me(pg_url)
+    monkeypatch.setattr(db, "IDLE_PING", 3600.0)
+    with pytest.raises(StoreUnavailable):
+        await _backend(store)
+    assert await _backend(store) != before
