@@ -296,6 +296,72 @@ async def throughput(
     )
 
 
+async def _done(http: httpx.AsyncClient) -> int:
+    """Jobs done so far, from ``GET /status`` (counts kept by the store, no scan)."""
+    return int(check(await http.get("/status"))["jobs"].get("done", 0))
+
+
+async def throughput_burst(
+    srv: ServerProcess, jobs: int, connections: int, slots: int, seconds: float
+) -> Result:
+    """Submit→done as the peer kit measures its queues: one client submits
+    ``jobs`` trivial jobs as fast as it can (over ``connections`` keep-alive
+    connections) while the runner works, and counts the done ones every
+    20 ms from a count the system keeps (Celery's bench: ``apply_async`` in a
+    loop, then ``MGET`` of the results). No stream per job: the (b) row above
+    has one per job and 8 clients, which is what a person following jobs
+    costs; this row is the like-for-like figure for the peers' ratio."""
+    async with admin_http(srv, connections=connections + 2) as http:
+        warm = [check(await http.post("/jobs", json={"command": "true"})) for _ in range(8)]
+        base = len(warm)
+        deadline = time.monotonic() + seconds
+        while await _done(http) < base and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        base = await _done(http)
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for i in range(jobs):
+            queue.put_nowait(i)
+
+        async def submitter() -> None:
+            while not queue.empty():
+                queue.get_nowait()
+                check(await http.post("/jobs", json={"command": "true"}))
+
+        account = CpuAccount.now(srv.proc.pid)
+        own_cpu = time.process_time()
+        t0 = time.perf_counter()
+        await asyncio.gather(*(submitter() for _ in range(connections)))
+        submitted = time.perf_counter() - t0
+        done = await _done(http) - base
+        while done < jobs and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+            done = await _done(http) - base
+        wall = time.perf_counter() - t0
+        account = CpuAccount.now(srv.proc.pid).since(account)
+        own_cpu = time.process_time() - own_cpu
+    note = f"{jobs} `true` jobs submitted over {connections} connections, done counted from /status"
+    if done < jobs:
+        note += f"; time limit hit after {done} jobs"
+    return Result(
+        "(b) burst submit→done, as the peer kit",
+        round(done / wall, 1),
+        "jobs/s",
+        None,
+        True,
+        samples=done,
+        note=note + f", CORRAL_RUNNER__SLOTS={slots}",
+        detail={
+            "wall_s": round(wall, 3),
+            "submit_per_s": round(jobs / submitted, 1),
+            "server_cpu_ms_per_job": ms(account.own / max(1, done)),
+            "bench_client_cpu_ms_per_job": ms(own_cpu / max(1, done)),
+            "machine_cpu_ms_per_job": ms(account.busy / max(1, done)),
+            "machine_busy": round(account.busy / max(1e-9, account.busy + account.idle), 3),
+            "job_processes_cpu_ms_per_job": ms(account.children / max(1, done)),
+        },
+    )
+
+
 async def _phases(http: httpx.AsyncClient, limit: int) -> dict[str, float]:
     """p50 of each step of the newest ``limit`` jobs, from their timestamps."""
     jobs: list[dict[str, Any]] = []

@@ -72,6 +72,7 @@ class Plan:
     latency_samples: int
     latency_warmup: int
     throughput_jobs: int
+    burst_jobs: int
     clients: int
     ingest_batches: int
     http_batches: int
@@ -86,8 +87,8 @@ class Plan:
     @classmethod
     def of(cls, quick: bool) -> Plan:
         if quick:
-            return cls(50, 10, 200, 8, 50, 30, 100, 30, SSE_RUNS, 12.0)
-        return cls(200, 20, 800, 8, 200, 100, 100, 100, SSE_RUNS, 30.0)
+            return cls(50, 10, 200, 1000, 8, 50, 30, 100, 30, SSE_RUNS, 12.0)
+        return cls(200, 20, 800, 3000, 8, 200, 100, 100, 100, SSE_RUNS, 30.0)
 
 
 @asynccontextmanager
@@ -197,6 +198,18 @@ async def main(plan: Plan, pg_base: str, only: str) -> list[Result]:
                         "jobs/s",
                         lambda: cases.throughput(
                             srv, plan.throughput_jobs, plan.clients, THROUGHPUT_SLOTS, plan.seconds
+                        ),
+                    )
+                run.label_last(label)
+                async with (
+                    database(root, "b-burst", base) as url,
+                    server(root, f"b-burst-{label}", database_url=url, env=env) as srv,
+                ):
+                    await run.case(
+                        "(b) burst submit→done, as the peer kit",
+                        "jobs/s",
+                        lambda: cases.throughput_burst(
+                            srv, plan.burst_jobs, plan.clients, THROUGHPUT_SLOTS, plan.seconds * 2
                         ),
                     )
                 run.label_last(label)
@@ -521,6 +534,9 @@ def corral_figures(results: list[Result], suffix: str = "") -> dict[str, float]:
             "machine_busy",
         ):
             out[key] = b.detail.get(key, float("nan"))
+    burst = by.get("(b) burst submit→done, as the peer kit" + suffix)
+    if burst is not None and burst.value is not None:
+        out["burst_jobs_per_s"] = burst.value
     for key, metric in (
         ("start_p50_ms", "(a) submit→started p50"),
         ("start_p99_ms", "(a) submit→started p99"),
@@ -580,7 +596,7 @@ def side_by_side(plan: Plan, pg_base: str, kit: Path, task: str, rounds: int) ->
         "server CPU ms/job",
         "job processes ms/job",
         "machine ms/job (busy)",
-        "corral ÷ peer (jobs/s, p50, p99)",
+        "corral ÷ peer (jobs/s, p50, p99; burst jobs/s)",
     ):
         table.add_column(col, justify="right" if col != "system" else "left")
 
@@ -603,7 +619,8 @@ def side_by_side(plan: Plan, pg_base: str, kit: Path, task: str, rounds: int) ->
             str(row["round"]),
             str(row["system"]),
             num(row["load1"]),
-            num(row.get("jobs_per_s")),
+            num(row.get("jobs_per_s"))
+            + (f" (burst {row['burst_jobs_per_s']:,.1f})" if "burst_jobs_per_s" in row else ""),
             num(row.get("start_p50_ms")),
             num(row.get("start_p99_ms")),
             num(row.get("server_cpu_ms_per_job")),

@@ -137,7 +137,7 @@ def test_a_sub_job_submitted_with_wait_comes_back_into_the_conversation(
     )
     fake.reply(text(f"The sub-job printed {word}."), match=prompt)
     job = wait_job(http, submit(http, prompt), timeout=90)
-    assert job["state"] == "done", job
+    assert job["state"] == "done", (job["reason"], job["error"], job["result"])
     assert job["result"] == f"The sub-job printed {word}."
 
     # The model saw the sub-job's result in the tool result.
@@ -174,7 +174,7 @@ def test_progress_and_an_upstream_stdio_tool_through_the_gateway(
     fake.reply(tool_use("mcp__corral__tools__echo", {"text": "through the gateway"}), match=prompt)
     fake.reply(text("all done"), match=prompt)
     job = wait_job(http, submit(http, prompt), timeout=90)
-    assert job["state"] == "done", job
+    assert job["state"] == "done", (job["reason"], job["error"], job["result"])
 
     assert events(http, job, "job.progress") == [{"message": "halfway", "percent": 50.0}]
     last = next(
@@ -206,7 +206,7 @@ def test_a_narrow_provider_offers_only_its_tools(http: httpx.Client, fake: FakeA
     fake.reply(tool_use("mcp__corral__submit_job", {"prompt": "echo no"}), match=prompt)
     fake.reply(text("could not"), match=prompt)
     job = wait_job(http, submit(http, prompt, provider="narrow"), timeout=90)
-    assert job["state"] == "done", job
+    assert job["state"] == "done", (job["reason"], job["error"], job["result"])
     started = events(http, job, "gateway.started")[0]
     assert started["tools"] == ["report_progress"]
     # The CLI never saw submit_job: the call did not reach the gateway.
@@ -262,7 +262,7 @@ def test_a_permission_prompt_is_answered_by_a_person(
     shown = _answer_when_asked(http, job_id, decision)
     assert "Bash" in shown["question"] and "echo hi > asked.txt" in shown["question"]
     job = wait_job(http, job_id, timeout=90)
-    assert job["state"] == "done", job
+    assert job["state"] == "done", (job["reason"], job["error"], job["result"])
     second = [r for r in fake.requests if prompt in json.dumps(r)][1]
     block = tool_result_of(second)
     written = srv.data_dir / "workspaces" / job["session_id"] / "asked.txt"
