@@ -69,7 +69,9 @@ def require(permission: str) -> object:
     return Depends(check)
 
 
-async def worker(request: Request, svc: Svc) -> WorkerClaims:
+async def worker(request: Request) -> WorkerClaims:
+    # The services from the app, as in principal(): no sub-dependency to solve.
+    svc: Services = request.app.state.services
     return auth.verify_worker_token(bearer(request), svc.jwt_secret)
 
 
