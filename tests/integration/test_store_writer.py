@@ -376,3 +376,37 @@ async def test_the_log_is_checkpointed_by_a_thread_of_its_own(db: Database) -> N
     assert thread is not None and thread.is_alive()
     await db.dispose()
     assert not thread.is_alive()
+
+
+def test_a_close_racing_the_checkpointers_wait_still_ends_it(tmp_path: Path) -> None:
+    """``close()`` landing between the checkpointer's wait for commits to
+    gather and its clearing of the wake-up (a CI run hung there: the thread
+    waited for a wake-up that close() had already given, and close() joined
+    it forever). The race is forced: the thread's timed wait lets close() set
+    its flags before it returns."""
+    from corral.store.writer import Checkpointer
+
+    path = tmp_path / "race.db"
+    sqlite3.connect(path).close()
+    cp = Checkpointer(str(path), every=0.01, name="test-checkpoint")
+    closing = threading.Thread(target=cp.close, daemon=True)
+
+    class Racing(threading.Event):
+        def wait(self, timeout: float | None = None) -> bool:
+            got = super().wait(timeout)
+            if timeout is not None and not got and not closing.is_alive():
+                closing.start()  # close(): the stop flag, the wake-up, then join
+                deadline = time.monotonic() + 10
+                while not (self.is_set() and cp._wake.is_set()):
+                    assert time.monotonic() < deadline, "close() set nothing"
+                    time.sleep(0.001)
+            return got
+
+    cp._stop = Racing()
+    cp.poke()
+    deadline = time.monotonic() + 10
+    while closing.ident is None:  # started by the checkpointer's thread
+        assert time.monotonic() < deadline, "the checkpointer never waited"
+        time.sleep(0.001)
+    closing.join(timeout=10)
+    assert not closing.is_alive(), "close() is still joining the checkpointer"

@@ -236,6 +236,11 @@ class Checkpointer:
                 if self._stop.wait(self.every):
                     return
                 self._wake.clear()
+                # A close() between the wait above and that clear: its wake
+                # is gone with the clear, so the wait above would never end
+                # (and close() would join this thread forever).
+                if self._stop.is_set():
+                    return
                 try:
                     busy, log_frames, done = conn.execute(
                         "PRAGMA wal_checkpoint(PASSIVE)"
