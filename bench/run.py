@@ -52,6 +52,8 @@ from corral.testing import (
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 THROUGHPUT_SLOTS = 16
+# A case measured on a running server.
+Measure = Callable[[ServerProcess], Awaitable[Result]]
 CASE_TIMEOUT = 60.0  # seconds; a case that takes longer is reported as failed
 IDLE_LOAD = 0.5  # a 1-minute load average above this gets a warning: numbers are noisy
 console = Console(width=max(120, Console().width))
@@ -188,31 +190,31 @@ async def main(plan: Plan, pg_base: str, only: str) -> list[Result]:
                 run.label_last(label)
         if "b" in only:
             env = {"CORRAL_RUNNER__SLOTS": str(THROUGHPUT_SLOTS)}
+            # 8 clients following their jobs, then the peer kit's way (a burst).
+            throughputs: tuple[tuple[str, str, Measure], ...] = (
+                (
+                    "b",
+                    "(b) submit→done throughput",
+                    lambda srv: cases.throughput(
+                        srv, plan.throughput_jobs, plan.clients, THROUGHPUT_SLOTS, plan.seconds
+                    ),
+                ),
+                (
+                    "b-burst",
+                    "(b) burst submit→done, as the peer kit",
+                    lambda srv: cases.throughput_burst(
+                        srv, plan.burst_jobs, plan.clients, THROUGHPUT_SLOTS, plan.seconds * 2
+                    ),
+                ),
+            )
             for label, base in databases:
-                async with (
-                    database(root, "b", base) as url,
-                    server(root, f"b-{label}", database_url=url, env=env) as srv,
-                ):
-                    await run.case(
-                        "(b) submit→done throughput",
-                        "jobs/s",
-                        lambda: cases.throughput(
-                            srv, plan.throughput_jobs, plan.clients, THROUGHPUT_SLOTS, plan.seconds
-                        ),
-                    )
-                run.label_last(label)
-                async with (
-                    database(root, "b-burst", base) as url,
-                    server(root, f"b-burst-{label}", database_url=url, env=env) as srv,
-                ):
-                    await run.case(
-                        "(b) burst submit→done, as the peer kit",
-                        "jobs/s",
-                        lambda: cases.throughput_burst(
-                            srv, plan.burst_jobs, plan.clients, THROUGHPUT_SLOTS, plan.seconds * 2
-                        ),
-                    )
-                run.label_last(label)
+                for name, metric, measure in throughputs:
+                    async with (
+                        database(root, name, base) as url,
+                        server(root, f"{name}-{label}", database_url=url, env=env) as srv,
+                    ):
+                        await run.case(metric, "jobs/s", partial(measure, srv))
+                    run.label_last(label)
         if "c" in only:
             # Issue #18's targets: SQLite 100k events/s at the store and 60k
             # over HTTP, PostgreSQL 30k over HTTP.

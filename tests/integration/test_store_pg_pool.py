@@ -5,8 +5,6 @@ is replaced before the caller sees it."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import asyncpg
 import pytest
 import sqlalchemy as sa
@@ -16,12 +14,9 @@ from corral.store import Store, db
 
 
 @pytest.fixture
-async def store(pg_url: str) -> AsyncIterator[Store]:
-    st = await Store.open(pg_url)
-    try:
-        yield st
-    finally:
-        await st.close()
+def db_url(pg_url: str) -> str:
+    """The shared ``store`` fixture on PostgreSQL only: the pool is its."""
+    return pg_url
 
 
 @pytest.fixture
