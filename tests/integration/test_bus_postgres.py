@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -126,3 +127,45 @@ async def test_a_transactions_messages_all_cross(replicas: tuple[Store, Store]) 
     assert local_msgs == [(2,), job.id, job.id]
     assert [m for m in remote_msgs if isinstance(m, str)] == [job.id, job.id]
     assert complete(remote_msgs)  # and seq 2 (fetched, with seq 1 if it came late)
+
+
+async def test_stop_lets_a_read_under_way_finish_and_starts_no_more(
+    replicas: tuple[Store, Store],
+) -> None:
+    """A replica's bus reads a session's events when another announces them.
+    stop() waits for a read under way instead of cancelling it (a read
+    cancelled while the pool connected left that connection open: CI saw the
+    unclosed socket), and a notification that arrives while it stops starts
+    no new read (one would run against a disposed pool)."""
+    a, b = replicas
+    assert isinstance(b.bus, PostgresBus)
+    started = asyncio.Event()
+    release = asyncio.Event()
+    reads: list[str] = []
+
+    async def slow_fetch(session_id: str, since: int) -> list[Event]:
+        reads.append("started")
+        started.set()
+        await release.wait()
+        reads.append("finished")
+        return []
+
+    bus = PostgresBus(b.db.asyncpg_dsn, fetch=slow_fetch)
+    await bus.start()
+    stopped = False
+    try:
+        job, _ = await a.jobs.create(JobCreate(prompt="x"))  # announces seq 1
+        await asyncio.wait_for(started.wait(), 5)
+        stopping = asyncio.create_task(bus.stop())
+        await asyncio.sleep(0.2)
+        assert not stopping.done()  # waiting for the read
+        await a.jobs.cancel(job.id)  # announces seq 2 while the bus stops
+        await asyncio.sleep(0.2)
+        release.set()
+        await asyncio.wait_for(stopping, 5)
+        stopped = True
+        assert reads == ["started", "finished"]
+    finally:
+        release.set()
+        if not stopped:
+            await bus.stop()

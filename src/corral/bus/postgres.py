@@ -34,6 +34,7 @@ _MAX_PAYLOAD = 7000  # PostgreSQL refuses notifications over 8000 bytes
 # One NOTIFY per payload, in the array's order (a function scan yields its rows in order).
 _NOTIFY = f"SELECT pg_notify('{topics.CHANNEL}', p) FROM unnest(CAST($1 AS text[])) AS p"
 _SEEN_MAX = 10_000
+STOP_WAIT = 5.0  # seconds stop() gives the reads under way
 
 Fetch = Callable[[str, int], Awaitable[list[Event]]]
 
@@ -93,11 +94,17 @@ class PostgresBus:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for task in list(self._catching_up):
-            task.cancel()
-        await asyncio.gather(*self._catching_up, return_exceptions=True)
         if self._conn is not None and not self._conn.is_closed():
-            await self._conn.close()
+            await self._conn.close()  # from here on no notification starts a read
+        # Reads under way finish (briefly) rather than being cancelled: a read
+        # cancelled while its pool opened a connection left that connection
+        # open, never returned to the pool that is disposed next (a leaked
+        # socket, found by CI as an unclosed-connection warning).
+        if self._catching_up:
+            _, late = await asyncio.wait(self._catching_up, timeout=STOP_WAIT)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
 
     async def _listen(self) -> None:
         delay = 0.1
