@@ -5,6 +5,8 @@ is replaced before the caller sees it."""
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 import pytest
 import sqlalchemy as sa
@@ -91,3 +93,27 @@ async def test_without_the_ping_the_dead_connection_fails_its_caller(
     with pytest.raises(StoreUnavailable):
         await _backend(store)
     assert await _backend(store) != before
+
+
+async def _backends_at_once(store: Store, n: int, *, write: bool) -> set[int]:
+    """The backends of ``n`` operations held open together (each waits a
+    moment in PostgreSQL, so all of them need a connection at once)."""
+    stmt = sa.text("SELECT pg_backend_pid() FROM pg_sleep(0.05)")
+
+    async def one() -> int:
+        if write:
+            return int(await store.db.write(lambda tx: tx.conn.execute(stmt).scalar_one()))
+        return int(await store.db.read(lambda conn: conn.execute(stmt).scalar_one()))
+
+    return set(await asyncio.gather(*(one() for _ in range(n))))
+
+
+@pytest.mark.parametrize("write", [True, False], ids=["writes", "reads"])
+async def test_a_burst_keeps_its_connections_for_the_next(store: Store, write: bool) -> None:
+    """A burst as wide as the pool opens its connections once: the next burst
+    uses the same ones. (Connections over a pool's size were closed as soon
+    as they came back, and every burst connected afresh: a new backend each.)"""
+    n = db.WRITE_CONNECTIONS if write else db.READ_CONNECTIONS
+    first = await _backends_at_once(store, n, write=write)
+    assert len(first) == n
+    assert await _backends_at_once(store, n, write=write) == first
