@@ -130,7 +130,7 @@ class Database:
             # closed as soon as they were given back, so every burst (a
             # runner's slots completing while clients submit) connected
             # afresh, a new backend each time (150 per 1,000 jobs of the
-            # burst bench: 95–96 → 109–114 jobs/s without them; issue #18).
+            # burst bench: 95 and 96 → 109 and 114 jobs/s without them; issue #18).
             self.engine: AsyncEngine = create_async_engine(
                 parsed,
                 pool_size=WRITE_CONNECTIONS,
