@@ -14,7 +14,7 @@ from corral.store.jobs import quota
 from corral.store.jobs.policy import Caps
 from corral.store.jobs.state import ACTIVE_STATES
 from corral.store.prepared import Prepared
-from corral.store.schema import jobs, runners
+from corral.store.schema import jobs, provider_pauses, runners
 from corral.store.schema import settings as server_settings
 
 SEP = "\x1f"  # between a provider and a runner name in the session-affinity filter
@@ -48,6 +48,28 @@ _HELD = Prepared(
     .select_from(jobs)
     .where(jobs.c.runner_id == sa.bindparam("runner_id"), jobs.c.state.in_(ACTIVE_STATES))
 )
+# What every lease reads (the kill switch, the runner's active jobs, the
+# providers paused now) in one statement, one row per fact: three statements
+# were three round trips on PostgreSQL, ~0.15 ms each (issue #18).
+_LEASE_FACTS = Prepared(
+    sa.union_all(
+        sa.select(sa.literal("paused"), provider_pauses.c.provider, provider_pauses.c.until).where(
+            provider_pauses.c.until > sa.bindparam("now", type_=provider_pauses.c.until.type)
+        ),
+        sa.select(
+            sa.literal("killed"),
+            server_settings.c.value,
+            sa.null().cast(provider_pauses.c.until.type),
+        ).where(server_settings.c.key == "paused"),
+        sa.select(
+            sa.literal("held"),
+            sa.cast(sa.func.count(), sa.String),
+            sa.null().cast(provider_pauses.c.until.type),
+        )
+        .select_from(jobs)
+        .where(jobs.c.runner_id == sa.bindparam("runner_id"), jobs.c.state.in_(ACTIVE_STATES)),
+    )
+)
 
 
 class Board:
@@ -72,6 +94,24 @@ class Board:
         self.runner = runner
         self.max_jobs = max_jobs
         self.ttl = ttl
+
+    def read_lease_facts(self) -> None:
+        """Read ``killed``, ``free`` and ``paused`` at once (a lease needs all
+        three unless the kill switch is on)."""
+        assert self.runner is not None
+        params = {"now": self.now, "runner_id": self.runner.id}
+        paused: dict[str, datetime] = {}
+        killed, held = False, 0
+        for kind, value, until in _LEASE_FACTS(self.conn, params):
+            if kind == "paused":
+                paused[str(value)] = until
+            elif kind == "killed":
+                killed = value == "true"
+            else:
+                held = int(value)
+        self.__dict__.update(
+            killed=killed, paused=paused, free=min(self.max_jobs, self.runner.slots - held)
+        )
 
     @cached_property
     def killed(self) -> bool:

@@ -71,6 +71,7 @@ def lease(
     if not seen:
         return []  # stopped or replaced since the request began: nothing for it
     board = Board(conn, caps, now, runner=runner, max_jobs=max_jobs, ttl=ttl)
+    board.read_lease_facts()
     room = rules.room(board)
     eligible = rules.providers(board) if room > 0 else []
     stmt = _CANDIDATES_LOCKED if skip_locked else _CANDIDATES
