@@ -67,11 +67,14 @@ def lease(
     if caps.any and skip_locked:
         # Caps count jobs across runners: lease one runner at a time.
         conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_LEASE_LOCK)))
-    seen = _SEEN(conn, {"w_id": runner.id, "v_now": now}).rowcount
+    board = Board(conn, caps, now, runner=runner, max_jobs=max_jobs, ttl=ttl)
+    if conn.dialect.name == "postgresql":  # the runner stamped by the facts' statement
+        seen = board.read_lease_facts(stamp=True)
+    else:
+        seen = _SEEN(conn, {"w_id": runner.id, "v_now": now}).rowcount > 0
+        board.read_lease_facts()
     if not seen:
         return []  # stopped or replaced since the request began: nothing for it
-    board = Board(conn, caps, now, runner=runner, max_jobs=max_jobs, ttl=ttl)
-    board.read_lease_facts()
     room = rules.room(board)
     eligible = rules.providers(board) if room > 0 else []
     stmt = _CANDIDATES_LOCKED if skip_locked else _CANDIDATES
