@@ -109,10 +109,12 @@ async def test_a_fresh_batch_is_one_insert_and_a_resend_takes_the_renumbering_pa
     store: Store, runner: Runner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The statements a batch runs: a batch of new ids is stored by the seq
-    allocation and one insert whose row count says all went in; only a batch
-    with a known id undoes that insert and stores what is new at gapless seqs.
+    allocation and one insert whose row count says all went in (on
+    PostgreSQL one statement does both); only a batch with a known id undoes
+    that insert and stores what is new at gapless seqs.
     (A row count the driver does not report, as Python's sqlite3 gives none
     to a statement starting with ``WITH``, sends every batch down the slow path.)"""
+    sqlite = store.db.is_sqlite
     c = await _running(store, runner)
     ran: list[str] = []
     driver = events_module.driver
@@ -125,7 +127,7 @@ async def test_a_fresh_batch_is_one_insert_and_a_resend_takes_the_renumbering_pa
     first, _ = await store.jobs.append_events(
         c, [NewEvent(event_id=f"f{i}", type="output", payload={"i": i}) for i in range(5)]
     )
-    assert ran == ["UPDATE", "INSERT"]
+    assert ran == (["UPDATE", "INSERT"] if sqlite else ["WITH RETURNING"])
     ran.clear()
     again, dups = await store.jobs.append_events(
         c,
@@ -134,7 +136,8 @@ async def test_a_fresh_batch_is_one_insert_and_a_resend_takes_the_renumbering_pa
             NewEvent(event_id="g1", type="output", payload={"g": 1}),
         ],
     )
-    assert ran == ["UPDATE", "INSERT", "DELETE", "INSERT RETURNING", "UPDATE"]
+    slow = ["DELETE", "INSERT RETURNING", "UPDATE"]
+    assert ran == (["UPDATE", "INSERT", *slow] if sqlite else ["WITH RETURNING", "SELECT", *slow])
     assert dups == ["f1"] and [e.seq for e in again] == [first[-1].seq + 1]
     log = await store.events.list(c.session_id, since=first[0].seq - 1)
     assert log[: len(first)] == first  # every field, as read back
@@ -142,6 +145,12 @@ async def test_a_fresh_batch_is_one_insert_and_a_resend_takes_the_renumbering_pa
         *((e.event_id, e.seq) for e in first),
         ("g1", first[-1].seq + 1),
     ]
+    # Every id known: nothing stored, the whole allocation given back.
+    _, dups = await store.jobs.append_events(
+        c, [NewEvent(event_id="f2", type="output"), NewEvent(event_id="g1", type="output")]
+    )
+    after, _ = await store.jobs.append_events(c, [NewEvent(event_id="h1", type="output")])
+    assert dups == ["f2", "g1"] and [e.seq for e in after] == [first[-1].seq + 2]
 
 
 async def test_the_log_loses_its_session_key_and_keeps_its_events(db_url: str) -> None:
@@ -226,3 +235,27 @@ async def test_a_batch_of_live_events_only_needs_its_session(store: Store, runne
 
     with pytest.raises(SessionNotFound):
         await store.db.write(nowhere)
+
+
+async def test_events_for_a_session_that_does_not_exist_are_refused(store: Store) -> None:
+    """Stored events need their session: the seq allocation finds no row
+    (on PostgreSQL inside the insert's own statement) and nothing is stored."""
+
+    def nowhere(tx: Any) -> Any:
+        return events_module.append(
+            tx,
+            "no-such-session",
+            [NewEvent(type="output", payload={"i": i}) for i in range(3)],
+            job_id=None,
+            epoch=0,
+            now=datetime.now(UTC),
+        )
+
+    with pytest.raises(SessionNotFound):
+        await store.db.write(nowhere)
+
+    def count(conn: sa.Connection) -> int:
+        stmt = sa.text("SELECT count(*) FROM events WHERE session_id = 'no-such-session'")
+        return int(conn.execute(stmt).scalar_one())
+
+    assert await store.db.read(count) == 0

@@ -130,7 +130,9 @@ def _insert(
     """Store ``items`` (distinct ids) that are not in the log yet; their seqs by id.
 
     Before it, the allocation of the seqs (which also locks the session row
-    on PostgreSQL), unless the caller ``reserved`` them. Then one statement
+    on PostgreSQL), unless the caller ``reserved`` them; on PostgreSQL the
+    allocation is part of the insert (``_allocating``: one round trip
+    instead of two, ~0.2 ms; issue #18). Then one statement
     for the whole batch, each event at its allocated seq, an id already in
     the log skipped (``ON CONFLICT (event_id) DO NOTHING``); its row count
     says whether all went in, which is nearly always so. When some did not
@@ -145,22 +147,61 @@ def _insert(
     n = len(items)
     dialect = conn.dialect
     at = _created_at(dialect)(now)
+    if texts is None:
+        texts = [dumps(item.payload) for item in items]
     last = reserved
+    if last is None and dialect.name == "postgresql":
+        # The allocation inside the insert: one round trip, not two.
+        params: list[Any] = [n, at, session_id]
+        for i, (item, text) in enumerate(zip(items, texts, strict=True), 1):
+            params += (i, item.event_id, item.type, text, item.internal)
+        params += (job_id, epoch)
+        seqs = driver(conn, _allocating(n), params).all()
+        if len(seqs) == n:
+            base = min(seq for (seq,) in seqs) - 1
+            return {item.event_id: seq for seq, item in enumerate(items, base + 1)}
+        # Not all went in (a re-send), or no session: what it allocated.
+        last = driver(conn, _LAST_SEQ, (session_id,)).scalar()
+        if last is None:
+            raise SessionNotFound(f"no session {session_id}")
+        base = last - n
+        if seqs:
+            driver(conn, _UNDO[dialect.name], (session_id, base))
+        return _renumbered(conn, session_id, items, texts, base, job_id, epoch, at)
     if last is None:
-        last = driver(conn, _ALLOCATE[dialect.name], (n, at, session_id)).scalar()
+        last = driver(conn, _ALLOCATE, (n, at, session_id)).scalar()
     if last is None:
         raise SessionNotFound(f"no session {session_id}")
     base = last - n
-    params: list[Any] = []
-    if texts is None:
-        texts = [dumps(item.payload) for item in items]
+    params = []
     for i, (item, text) in enumerate(zip(items, texts, strict=True), base + 1):
         params += (i, item.event_id, item.type, text, item.internal)
     params += (session_id, job_id, epoch, at)
     if driver(conn, _statement(dialect.name, n, renumber=False), params).rowcount == n:
         return {item.event_id: seq for seq, item in enumerate(items, base + 1)}
     driver(conn, _UNDO[dialect.name], (session_id, base))
-    params[-4:] = (session_id, base, job_id, epoch, at)
+    return _renumbered(conn, session_id, items, texts, base, job_id, epoch, at)
+
+
+def _renumbered(
+    conn: sa.Connection,
+    session_id: str,
+    items: list[NewEvent],
+    texts: Sequence[str],
+    base: int,
+    job_id: str | None,
+    epoch: int,
+    at: Any,
+) -> dict[str, int]:
+    """A batch some of whose ids are in the log already, after ``base`` (its
+    allocation, none of it in the log): what is new numbered from ``base``,
+    the rest of the allocation given back."""
+    n = len(items)
+    dialect = conn.dialect
+    params: list[Any] = []
+    for i, (item, text) in enumerate(zip(items, texts, strict=True), 1):
+        params += (i, item.event_id, item.type, text, item.internal)
+    params += (session_id, base, job_id, epoch, at)
     rows = driver(conn, _statement(dialect.name, n, renumber=True), params).all()
     stored = {event_id: seq for seq, event_id in rows}
     if len(stored) < n:
@@ -175,16 +216,16 @@ _SESSION = Prepared(sa.select(sessions.c.id).where(sessions.c.id == sa.bindparam
 # The seq allocation and its give-back, as plain driver statements: built with
 # SQLAlchemy per call they were a tenth of the server's CPU per job (issue #18).
 # ``created_at`` and ``updated_at`` share one column type, so one bind processor.
-_ALLOCATE = {
-    "sqlite": "UPDATE sessions SET last_seq = last_seq + ?, updated_at = ? "
-    "WHERE id = ? RETURNING last_seq",
-    "postgresql": "UPDATE sessions SET last_seq = last_seq + CAST($1 AS integer), "
-    "updated_at = CAST($2 AS timestamptz) WHERE id = CAST($3 AS text) RETURNING last_seq",
-}
+# (On PostgreSQL the allocation is part of the insert: ``_allocating``.)
+_ALLOCATE = (
+    "UPDATE sessions SET last_seq = last_seq + ?, updated_at = ? WHERE id = ? RETURNING last_seq"
+)
 _GIVE_BACK = {
     "sqlite": "UPDATE sessions SET last_seq = ? WHERE id = ?",
     "postgresql": "UPDATE sessions SET last_seq = CAST($1 AS integer) WHERE id = CAST($2 AS text)",
 }
+# PostgreSQL: the seq a batch's statement allocated up to (its row locked by it).
+_LAST_SEQ = "SELECT last_seq FROM sessions WHERE id = CAST($1 AS text)"
 # A batch's rows, which it stored above the seqs allocated before it.
 _UNDO = {
     "sqlite": "DELETE FROM events WHERE session_id = ? AND seq > ?",
@@ -244,6 +285,34 @@ def _statement(dialect: str, n: int, *, renumber: bool) -> str:
         f"SELECT {sid}, {seq}, v.event_id, {job}, "
         f"v.type, {epoch}, {payload}, v.internal, {at} FROM v "
         f"WHERE {where} ON CONFLICT (event_id) DO NOTHING{returning}"
+    )
+
+
+@functools.lru_cache(maxsize=128)
+def _allocating(n: int) -> str:
+    """PostgreSQL: the seq allocation and the batch insert for ``n`` events
+    in one statement (the allocation a data-modifying ``WITH``; no session,
+    no rows). Parameters: the count, the time, the session, the rows (their
+    first value 1 to ``n``), the job, the epoch. ``RETURNING`` the seqs of
+    what went in (an id already in the log is skipped)."""
+    counter = iter(range(4, 6 + 5 * n))
+
+    def p(cast: str) -> str:
+        return f"CAST(${next(counter)} AS {cast})"
+
+    values = ", ".join(
+        f"({p('integer')}, {p('text')}, {p('text')}, {p('text')}, {p('boolean')})" for _ in range(n)
+    )
+    job, epoch = p("text"), p("integer")
+    return (
+        "WITH a AS (UPDATE sessions SET last_seq = last_seq + CAST($1 AS integer), "
+        "updated_at = CAST($2 AS timestamptz) WHERE id = CAST($3 AS text) RETURNING last_seq), "
+        f"v(ord, event_id, type, payload, internal) AS (VALUES {values}) "
+        "INSERT INTO events "
+        "(session_id, seq, event_id, job_id, type, epoch, payload, internal, created_at) "
+        "SELECT CAST($3 AS text), a.last_seq - CAST($1 AS integer) + v.ord, v.event_id, "
+        f"{job}, v.type, {epoch}, CAST(v.payload AS jsonb), v.internal, "
+        "CAST($2 AS timestamptz) FROM a, v ON CONFLICT (event_id) DO NOTHING RETURNING seq"
     )
 
 
