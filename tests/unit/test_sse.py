@@ -258,11 +258,20 @@ async def test_a_client_that_stopped_reading_during_a_direct_write_is_cut() -> N
 
 async def test_the_apps_body_send_is_the_servers_own() -> None:
     """The app puts the server's send (outside every middleware, Starlette's
-    error handler too) in the scope, for a stream's body messages."""
+    error handler too) in the scope, for a stream's body messages, and takes
+    it out once the request is over: the server's send is a method of its
+    request cycle, which holds the scope (a reference cycle per request)."""
     app = create_app(Settings())
     client = Client()
     scope = {**SCOPE, "path": "/no-such-route", "query_string": b"", "scheme": "http"}
     scope["app"] = app
-    await app(scope, client.receive, client.send)
-    assert scope[BODY_SEND] == client.send
+    during: list[Any] = []
+
+    async def send(message: Any) -> None:
+        during.append(scope.get(BODY_SEND))
+        await client.send(message)
+
+    await app(scope, client.receive, send)
+    assert during and all(s == send for s in during)
+    assert BODY_SEND not in scope
     assert client.sent[0]["status"] == 404  # an answer went through the whole stack

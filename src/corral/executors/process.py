@@ -179,6 +179,9 @@ class Child:
         """Stop reading the pipes (what is unread is dropped)."""
         for fd in list(self._pipes):
             self._close_pipe(fd)
+        # ``output`` usually reaches back to the executor holding this
+        # process: let go of it, so that cycle needs no collector (issue #18).
+        self._output = _dropped
 
     def _read(self, fd: int, name: str) -> None:
         try:
@@ -216,6 +219,10 @@ class Child:
             _UNWAITED.discard(self._popen.pid)
             if not self._exit.done():
                 self._exit.set_result(self._popen.returncode)
+
+
+def _dropped(name: str, chunk: bytes) -> None:
+    pass
 
 
 # The children ``spawn`` started that their ``Child`` has not waited for yet:

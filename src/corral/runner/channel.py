@@ -185,6 +185,11 @@ class WorkerChannel:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+        # Nothing is reported once closed; the callback (the runner's, which
+        # holds the executor, which holds this channel's ``emit``) let go, so
+        # a finished job's objects are freed at once, not left to the cycle
+        # collector (issue #18).
+        self._on_stale = _ignore
 
     def _take(self) -> list[NewEvent]:
         """The next batch: at most BATCH events and about BATCH_BYTES (one at least)."""
@@ -284,3 +289,7 @@ class WorkerChannel:
             self.stale = reason
             self._wake.set()
             self._on_stale(reason)
+
+
+def _ignore(reason: str) -> None:
+    pass
