@@ -418,6 +418,49 @@ async def test_a_replaced_runner_leases_nothing(store: Store, runner: Runner) ->
     assert len(await store.jobs.lease(again, 1, ttl=30)) == 1
 
 
+async def test_a_lease_waiting_for_another_of_the_same_runner_counts_what_it_gave(
+    pg_url: str,
+) -> None:
+    """Two leases for one runner at once (PostgreSQL; SQLite has one writer):
+    the second waits for the first on the runner's row and then counts the
+    job the first gave it, so a one-slot runner gets one job, not two."""
+    import asyncpg
+    import sqlalchemy as sa
+
+    store = await Store.open(pg_url)
+    try:
+        runner = await store.runners.register(
+            name="r", key_id="k", hostname=None, providers=["shell"], labels=[], slots=1
+        )
+        first = (await store.jobs.create(JobCreate(prompt="x")))[0]
+        second = (await store.jobs.create(JobCreate(prompt="y")))[0]
+        # The first lease, by hand and held open: the runner's row locked
+        # (as a lease stamps it), the first job given to it.
+        conn = await asyncpg.connect(
+            sa.make_url(pg_url).set(drivername="postgresql").render_as_string(hide_password=False)
+        )
+        try:
+            tx = conn.transaction()
+            await tx.start()
+            await conn.execute("UPDATE runners SET last_seen_at = now() WHERE id = $1", runner.id)
+            await conn.execute(
+                "UPDATE jobs SET state = 'assigned', runner_id = $1, assigned_at = now() "
+                "WHERE id = $2",
+                runner.id,
+                first.id,
+            )
+            waiting = asyncio.create_task(store.jobs.lease(runner, 1, ttl=30))
+            await asyncio.sleep(0.3)
+            assert not waiting.done()  # it waits for the runner's row
+            await tx.commit()
+            assert await asyncio.wait_for(waiting, 10) == []
+        finally:
+            await conn.close()
+        assert (await store.jobs.get(second.id)).state is JobState.QUEUED
+    finally:
+        await store.close()
+
+
 async def test_a_cap_filling_mid_lease_still_leases_at_most_max_jobs(db_url: str) -> None:
     """The lease looks again without a provider whose cap filled while it was
     leasing, for the room that is left, not more."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from functools import cached_property
-from typing import Any
 
 import sqlalchemy as sa
 
@@ -49,39 +48,28 @@ _HELD = Prepared(
     .select_from(jobs)
     .where(jobs.c.runner_id == sa.bindparam("runner_id"), jobs.c.state.in_(ACTIVE_STATES))
 )
-
-
 # What every lease reads (the kill switch, the runner's active jobs, the
 # providers paused now) in one statement, one row per fact: three statements
-# were three round trips on PostgreSQL, ~0.15 ms each (issue #18). On
-# PostgreSQL the same statement stamps the runner as seen (``stamp``: a
-# data-modifying WITH, which SQLite does not have), one round trip less again.
-def _lease_facts(stamp: bool) -> Prepared:
-    at = provider_pauses.c.until.type
-    facts: list[sa.Select[Any]] = [
+# were three round trips on PostgreSQL, ~0.15 ms each (issue #18).
+_LEASE_FACTS = Prepared(
+    sa.union_all(
         sa.select(sa.literal("paused"), provider_pauses.c.provider, provider_pauses.c.until).where(
-            provider_pauses.c.until > sa.bindparam("now", type_=at)
+            provider_pauses.c.until > sa.bindparam("now", type_=provider_pauses.c.until.type)
         ),
-        sa.select(sa.literal("killed"), server_settings.c.value, sa.null().cast(at)).where(
-            server_settings.c.key == "paused"
-        ),
-        sa.select(sa.literal("held"), sa.cast(sa.func.count(), sa.String), sa.null().cast(at))
+        sa.select(
+            sa.literal("killed"),
+            server_settings.c.value,
+            sa.null().cast(provider_pauses.c.until.type),
+        ).where(server_settings.c.key == "paused"),
+        sa.select(
+            sa.literal("held"),
+            sa.cast(sa.func.count(), sa.String),
+            sa.null().cast(provider_pauses.c.until.type),
+        )
         .select_from(jobs)
         .where(jobs.c.runner_id == sa.bindparam("runner_id"), jobs.c.state.in_(ACTIVE_STATES)),
-    ]
-    if stamp:
-        seen = (
-            sa.update(runners)
-            .where(runners.c.id == sa.bindparam("runner_id"), runners.c.status == "active")
-            .values(last_seen_at=sa.bindparam("now", type_=runners.c.last_seen_at.type))
-            .returning(runners.c.id)
-            .cte("seen")
-        )
-        facts.append(sa.select(sa.literal("seen"), seen.c.id, sa.null().cast(at)))
-    return Prepared(sa.union_all(*facts))
-
-
-_LEASE_FACTS = {stamp: _lease_facts(stamp) for stamp in (False, True)}
+    )
+)
 
 
 class Board:
@@ -107,28 +95,23 @@ class Board:
         self.max_jobs = max_jobs
         self.ttl = ttl
 
-    def read_lease_facts(self, *, stamp: bool = False) -> bool:
+    def read_lease_facts(self) -> None:
         """Read ``killed``, ``free`` and ``paused`` at once (a lease needs all
-        three unless the kill switch is on). ``stamp``: also mark the runner
-        seen now, if it is active (PostgreSQL only); returns whether it was
-        (True without ``stamp``)."""
+        three unless the kill switch is on)."""
         assert self.runner is not None
         params = {"now": self.now, "runner_id": self.runner.id}
         paused: dict[str, datetime] = {}
-        killed, held, seen = False, 0, not stamp
-        for kind, value, until in _LEASE_FACTS[stamp](self.conn, params):
+        killed, held = False, 0
+        for kind, value, until in _LEASE_FACTS(self.conn, params):
             if kind == "paused":
                 paused[str(value)] = until
             elif kind == "killed":
                 killed = value == "true"
-            elif kind == "held":
-                held = int(value)
             else:
-                seen = True
+                held = int(value)
         self.__dict__.update(
             killed=killed, paused=paused, free=min(self.max_jobs, self.runner.slots - held)
         )
-        return seen
 
     @cached_property
     def killed(self) -> bool:

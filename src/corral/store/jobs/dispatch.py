@@ -67,14 +67,16 @@ def lease(
     if caps.any and skip_locked:
         # Caps count jobs across runners: lease one runner at a time.
         conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_LEASE_LOCK)))
-    board = Board(conn, caps, now, runner=runner, max_jobs=max_jobs, ttl=ttl)
-    if conn.dialect.name == "postgresql":  # the runner stamped by the facts' statement
-        seen = board.read_lease_facts(stamp=True)
-    else:
-        seen = _SEEN(conn, {"w_id": runner.id, "v_now": now}).rowcount > 0
-        board.read_lease_facts()
+    # A statement of its own, before the facts: on PostgreSQL it locks the
+    # runner's row, so a second lease for the same runner waits here and then
+    # counts (in a later statement, a later snapshot) the jobs the first one
+    # gave it. Folded into the facts' statement (a data-modifying WITH) it
+    # saved a round trip but counted from the snapshot taken before the wait.
+    seen = _SEEN(conn, {"w_id": runner.id, "v_now": now}).rowcount
     if not seen:
         return []  # stopped or replaced since the request began: nothing for it
+    board = Board(conn, caps, now, runner=runner, max_jobs=max_jobs, ttl=ttl)
+    board.read_lease_facts()
     room = rules.room(board)
     eligible = rules.providers(board) if room > 0 else []
     stmt = _CANDIDATES_LOCKED if skip_locked else _CANDIDATES
