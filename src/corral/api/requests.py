@@ -44,7 +44,7 @@ class BodySend:
             # this scope: a reference cycle per request (and FastAPI's exit
             # stacks in the scope with it) left for the cycle collector,
             # whose full passes were 15-20 ms pauses (issue #18).
-            del scope[BODY_SEND]
+            scope.pop(BODY_SEND, None)
 
 
 class RequestIds:

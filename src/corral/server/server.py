@@ -496,8 +496,8 @@ class _Settling:
         gc.callbacks.append(self._collected)
 
     def _collected(self, phase: str, info: dict[str, int]) -> None:
-        # In the thread that allocated last, in the middle of its work: the
-        # freeze itself runs on the event loop.
+        # The collector runs in whichever thread allocated when it was due,
+        # in the middle of that thread's work: the freeze runs on the loop.
         if phase != "stop" or info["generation"] != 2 or self.left <= 0:
             return
         self.left -= 1
