@@ -67,6 +67,30 @@ async def submit(server: Server, admin: str) -> str:
         return str(resp.json()["job_id"])
 
 
+def embedded_runner(server: Server, key: str, workdir: Path, name: str) -> Runner:
+    """A one-slot runner on ``server``'s in-process transport, unsandboxed
+    (its HTTP link points at a closed port)."""
+    return Runner(
+        f"http://127.0.0.1:{closed_port()}",
+        key,
+        workdir=workdir,
+        name=name,
+        slots=1,
+        lease_wait=1.0,
+        sandbox=Sandbox(mode="none"),
+        in_process=partial(LocalLink, server.services, key),
+    )
+
+
+async def until_done(server: Server, job_id: str) -> None:
+    for _ in range(200):
+        job = await server.store.jobs.get(job_id)
+        if job.state == "done":
+            break
+        await asyncio.sleep(0.05)
+    assert job.state == "done", job
+
+
 REGISTER = RunnerRegister(name="embedded-test", providers=["shell"], slots=2)
 
 
@@ -143,25 +167,10 @@ async def test_a_jobs_report_does_not_wait_for_its_journal_entry(
     admin = (await store.keys.create(name="admin", role=Role.ADMIN))[1]
     key = (await store.keys.create(name="runner", role=Role.RUNNER))[1]
     work = tmp_path / "runner-work"
-    runner = Runner(
-        f"http://127.0.0.1:{closed_port()}",
-        key,
-        workdir=work,
-        name="journal-test",
-        slots=1,
-        lease_wait=1.0,
-        sandbox=Sandbox(mode="none"),
-        in_process=partial(LocalLink, server.services, key),
-    )
+    runner = embedded_runner(server, key, work, "journal-test")
     running = asyncio.create_task(runner.run())
     try:
-        job_id = await submit(server, admin)
-        for _ in range(200):
-            job = await store.jobs.get(job_id)
-            if job.state == "done":
-                break
-            await asyncio.sleep(0.05)
-        assert job.state == "done", job
+        await until_done(server, await submit(server, admin))
         assert taken.is_set() and not release.is_set()  # its entry's commit still held
         release.set()
         # Written, then deleted once the runner saw its report answered
@@ -216,27 +225,12 @@ async def test_a_finished_job_is_freed_without_the_cycle_collector(
     store = server.store
     admin = (await store.keys.create(name="admin", role=Role.ADMIN))[1]
     key = (await store.keys.create(name="runner", role=Role.RUNNER))[1]
-    runner = Runner(
-        f"http://127.0.0.1:{closed_port()}",
-        key,
-        workdir=tmp_path / "runner-work",
-        name="cycles-test",
-        slots=1,
-        lease_wait=1.0,
-        sandbox=Sandbox(mode="none"),
-        in_process=partial(LocalLink, server.services, key),
-    )
+    runner = embedded_runner(server, key, tmp_path / "runner-work", "cycles-test")
     running = asyncio.create_task(runner.run())
     gc.collect()
     gc.disable()
     try:
-        job_id = await submit(server, admin)
-        for _ in range(200):
-            job = await store.jobs.get(job_id)
-            if job.state == "done":
-                break
-            await asyncio.sleep(0.05)
-        assert job.state == "done", job
+        await until_done(server, await submit(server, admin))
         for _ in range(100):  # the job's task ends just after its report
             if all(r() is None for r in made + children):
                 break

@@ -5,6 +5,7 @@ live but never stored (and carry no seq)."""
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -152,10 +153,7 @@ def _insert(
     last = reserved
     if last is None and dialect.name == "postgresql":
         # The allocation inside the insert: one round trip, not two.
-        params: list[Any] = [n, at, session_id]
-        for i, (item, text) in enumerate(zip(items, texts, strict=True), 1):
-            params += (i, item.event_id, item.type, text, item.internal)
-        params += (job_id, epoch)
+        params = [n, at, session_id, *_rows(items, texts, 1), job_id, epoch]
         seqs = driver(conn, _allocating(n), params).all()
         if len(seqs) == n:
             base = min(seq for (seq,) in seqs) - 1
@@ -173,10 +171,7 @@ def _insert(
     if last is None:
         raise SessionNotFound(f"no session {session_id}")
     base = last - n
-    params = []
-    for i, (item, text) in enumerate(zip(items, texts, strict=True), base + 1):
-        params += (i, item.event_id, item.type, text, item.internal)
-    params += (session_id, job_id, epoch, at)
+    params = [*_rows(items, texts, base + 1), session_id, job_id, epoch, at]
     if driver(conn, _statement(dialect.name, n, renumber=False), params).rowcount == n:
         return {item.event_id: seq for seq, item in enumerate(items, base + 1)}
     driver(conn, _UNDO[dialect.name], (session_id, base))
@@ -198,15 +193,21 @@ def _renumbered(
     the rest of the allocation given back."""
     n = len(items)
     dialect = conn.dialect
-    params: list[Any] = []
-    for i, (item, text) in enumerate(zip(items, texts, strict=True), 1):
-        params += (i, item.event_id, item.type, text, item.internal)
-    params += (session_id, base, job_id, epoch, at)
+    params = [*_rows(items, texts, 1), session_id, base, job_id, epoch, at]
     rows = driver(conn, _statement(dialect.name, n, renumber=True), params).all()
     stored = {event_id: seq for seq, event_id in rows}
     if len(stored) < n:
         driver(conn, _GIVE_BACK[dialect.name], (base + len(stored), session_id))
     return stored
+
+
+def _rows(items: Sequence[NewEvent], texts: Sequence[str], first: int) -> list[Any]:
+    """The ``VALUES`` rows' parameters of a batch, in order, the first row's
+    ``ord`` being ``first``: ord, event id, type, payload's JSON, internal."""
+    params: list[Any] = []
+    for i, (item, text) in enumerate(zip(items, texts, strict=True), first):
+        params += (i, item.event_id, item.type, text, item.internal)
+    return params
 
 
 # A batch of live events only (a chat job's streamed pieces): its session's
@@ -252,16 +253,9 @@ def _statement(dialect: str, n: int, *, renumber: bool) -> str:
     EXISTS``), seqs counted from a base by ``row_number()`` over what is
     left, ``RETURNING`` what went in."""
     if dialect == "postgresql":
-        counter = iter(range(1, 7 + 5 * n))
-
-        def p(cast: str) -> str:
-            return f"CAST(${next(counter)} AS {cast})"
-
         # Numbered in the order the parameters are given: the rows, then the rest.
-        values = ", ".join(
-            f"({p('integer')}, {p('text')}, {p('text')}, {p('text')}, {p('boolean')})"
-            for _ in range(n)
-        )
+        p = _pg_parameters(1)
+        values = _pg_values(p, n)
         sid = p("text")
         base = p("integer") if renumber else ""
         job, epoch, at = p("text"), p("integer"), p("timestamptz")
@@ -288,6 +282,19 @@ def _statement(dialect: str, n: int, *, renumber: bool) -> str:
     )
 
 
+def _pg_parameters(first: int) -> Callable[[str], str]:
+    """``p(cast)``: PostgreSQL's next positional parameter (``$first`` on), cast."""
+    numbers = itertools.count(first)
+    return lambda cast: f"CAST(${next(numbers)} AS {cast})"
+
+
+def _pg_values(p: Callable[[str], str], n: int) -> str:
+    """A batch's ``VALUES`` rows on PostgreSQL (the parameters ``_rows`` gives)."""
+    return ", ".join(
+        f"({p('integer')}, {p('text')}, {p('text')}, {p('text')}, {p('boolean')})" for _ in range(n)
+    )
+
+
 @functools.lru_cache(maxsize=128)
 def _allocating(n: int) -> str:
     """PostgreSQL: the seq allocation and the batch insert for ``n`` events
@@ -295,14 +302,8 @@ def _allocating(n: int) -> str:
     no rows). Parameters: the count, the time, the session, the rows (their
     first value 1 to ``n``), the job, the epoch. ``RETURNING`` the seqs of
     what went in (an id already in the log is skipped)."""
-    counter = iter(range(4, 6 + 5 * n))
-
-    def p(cast: str) -> str:
-        return f"CAST(${next(counter)} AS {cast})"
-
-    values = ", ".join(
-        f"({p('integer')}, {p('text')}, {p('text')}, {p('text')}, {p('boolean')})" for _ in range(n)
-    )
+    p = _pg_parameters(4)  # after the count, the time and the session
+    values = _pg_values(p, n)
     job, epoch = p("text"), p("integer")
     return (
         "WITH a AS (UPDATE sessions SET last_seq = last_seq + CAST($1 AS integer), "
