@@ -40,6 +40,8 @@ def _config(tmp_path: Path, extra: str = "") -> tuple[str, ...]:
 
 def _events(http: httpx.Client, name: str = "tick") -> list[dict[str, Any]]:
     session = http.get(f"/schedules/{name}").json()["session_id"]
+    if session is None:  # the loop has not seen the schedule yet (just started)
+        return []
     events = http.get(f"/sessions/{session}/events", params={"since": 0}).json()["events"]
     return [e for e in events if e["type"].startswith("schedule.")]
 
