@@ -50,19 +50,28 @@ def run_kit(kit: Path, task: str, jobs: int, timeout: float) -> tuple[list[dict[
         return rows, (proc.stdout + proc.stderr)[-2000:]
 
 
-def ratios(corral: dict[str, float], peer: dict[str, Any]) -> dict[str, float | None]:
+def ratios(
+    corral: dict[str, float], peer: dict[str, Any], bare: dict[str, float] | None = None
+) -> dict[str, float | None]:
     """corral's figure over the peer's: throughput (higher is better), latency
-    (lower is better: a ratio above 1 means corral is slower)."""
+    (lower is better: a ratio above 1 means corral is slower). ``bare``:
+    corral's figures with the sandbox off, as the peers run their task."""
 
     def over(a: float | None, b: Any) -> float | None:
         if a is None or not isinstance(b, int | float) or b <= 0:
             return None
         return round(a / b, 3)
 
-    return {
+    out = {
         "jobs_per_s": over(corral.get("jobs_per_s"), peer.get("tput_jobs_per_s")),
         "start_p50": over(corral.get("start_p50_ms"), peer.get("lat_p50_ms")),
         "start_p99": over(corral.get("start_p99_ms"), peer.get("lat_p99_ms")),
         # The burst row, measured the way the kit measures the peer.
         "burst_jobs_per_s": over(corral.get("burst_jobs_per_s"), peer.get("tput_jobs_per_s")),
     }
+    if bare:
+        out["burst_jobs_per_s_sandbox_none"] = over(
+            bare.get("burst_jobs_per_s"), peer.get("tput_jobs_per_s")
+        )
+        out["start_p99_sandbox_none"] = over(bare.get("start_p99_ms"), peer.get("lat_p99_ms"))
+    return out

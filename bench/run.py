@@ -549,6 +549,45 @@ def corral_figures(results: list[Result], suffix: str = "") -> dict[str, float]:
     return out
 
 
+async def unsandboxed(plan: Plan) -> dict[str, float]:
+    """(a) and the burst on SQLite with the runner's sandbox off, as the
+    peers run their shell task (no namespaces, no mounts): the like-for-like
+    figures beside them. A job's bwrap costs more machine CPU than a peer's
+    whole job on some hosts (docs/benchmarks.md)."""
+    run = Runner()
+    env = {"CORRAL_RUNNER__SANDBOX": "none"}
+    with tempfile.TemporaryDirectory(prefix="corral-bench-") as tmp:
+        root = Path(tmp)
+        async with server(root, "a-none", env=env) as srv:
+            await run.case(
+                "(a) submit→started p99",
+                "ms",
+                lambda: cases.submit_latency(
+                    srv, plan.latency_samples, plan.latency_warmup, plan.seconds
+                ),
+            )
+        env["CORRAL_RUNNER__SLOTS"] = str(THROUGHPUT_SLOTS)
+        async with server(root, "burst-none", env=env) as srv:
+            await run.case(
+                "(b) burst submit→done, as the peer kit",
+                "jobs/s",
+                lambda: cases.throughput_burst(
+                    srv, plan.burst_jobs, plan.clients, THROUGHPUT_SLOTS, plan.seconds * 2
+                ),
+            )
+    out = corral_figures(run.results)
+    burst = run.last[0].detail
+    for key in (
+        "server_cpu_ms_per_job",
+        "job_processes_cpu_ms_per_job",
+        "machine_cpu_ms_per_job",
+        "machine_busy",
+    ):
+        if key in burst:
+            out[key] = burst[key]
+    return out
+
+
 def side_by_side(plan: Plan, pg_base: str, kit: Path, task: str, rounds: int) -> int:
     """corral's (a) and (b), then the kit's matching cases, ``rounds`` times; ratios."""
     if not (kit / "run.sh").exists():
@@ -565,6 +604,13 @@ def side_by_side(plan: Plan, pg_base: str, kit: Path, task: str, rounds: int) ->
         if on_pg:
             rows.append(
                 {"round": r, "system": "corral (PostgreSQL)", "load1": round(load[0], 2), **on_pg}
+            )
+        bare: dict[str, float] = {}
+        if "CORRAL_RUNNER__SANDBOX" not in cases.SERVER_ENV:  # not forced by --sandbox
+            load = os.getloadavg()
+            bare = asyncio.run(unsandboxed(plan))
+            rows.append(
+                {"round": r, "system": "corral (sandbox none)", "load1": round(load[0], 2), **bare}
             )
         load = os.getloadavg()
         console.print(
@@ -584,7 +630,7 @@ def side_by_side(plan: Plan, pg_base: str, kit: Path, task: str, rounds: int) ->
                     "jobs_per_s": peer.get("tput_jobs_per_s"),
                     "start_p50_ms": peer.get("lat_p50_ms"),
                     "start_p99_ms": peer.get("lat_p99_ms"),
-                    "ratio": peers_case.ratios(mine, peer),
+                    "ratio": peers_case.ratios(mine, peer, bare),
                 }
             )
     table = Table(title=f"corral beside its peers ({task} task)", title_justify="left")
@@ -598,7 +644,7 @@ def side_by_side(plan: Plan, pg_base: str, kit: Path, task: str, rounds: int) ->
         "server CPU ms/job",
         "job processes ms/job",
         "machine ms/job (busy)",
-        "corral ÷ peer (jobs/s, p50, p99; burst jobs/s)",
+        "corral ÷ peer (jobs/s, p50, p99; burst jobs/s; sandbox none: burst, p99)",
     ):
         table.add_column(col, justify="right" if col != "system" else "left")
 
