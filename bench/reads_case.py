@@ -18,7 +18,7 @@ from cases import Result, pct
 from corral.store import Store
 from corral.store.jobs import usage
 from corral.store.schema import jobs, sessions
-from corral.testing import start_server
+from corral.testing import ServerProcess, start_server
 
 BATCH = 5000
 # Most jobs are finished; a few are queued (a backlog) and one provider is rare.
@@ -116,7 +116,32 @@ READS = (
 )
 
 
-async def reads(root: Path, label: str, url: str | None, stored: int, rounds: int) -> list[Result]:
+# The burst's server settings, as in (b).
+BURST_SLOTS = 16
+BURST_ENV = {"CORRAL_RUNNER__SLOTS": str(BURST_SLOTS)}
+
+
+async def burst(srv: ServerProcess, label: str, jobs: int, seconds: float, stored: int) -> Result:
+    """(b)'s burst on a server whose database holds ``stored`` jobs already
+    (issue #18: throughput stays flat from an empty database to 100,000 jobs)."""
+    row = await cases.throughput_burst(srv, jobs, 8, BURST_SLOTS, seconds)
+    row.metric = f"(n) burst submit→done, {stored // 1000}k jobs stored"
+    if label != "SQLite":
+        row.metric += f", {label}"
+        row.target = None
+    return row
+
+
+async def reads(
+    root: Path,
+    label: str,
+    url: str | None,
+    stored: int,
+    rounds: int,
+    burst_jobs: int = 0,
+    seconds: float = 30.0,
+) -> list[Result]:
+    """The reads, then (``burst_jobs``) the burst on the same server."""
     data = root / f"n-{label}"
     data.mkdir(parents=True)
     url = url or f"sqlite:///{data / 'corral.db'}"
@@ -124,7 +149,11 @@ async def reads(root: Path, label: str, url: str | None, stored: int, rounds: in
     await seed(url, stored)
     seeded = time.monotonic() - started
     srv = await asyncio.to_thread(
-        start_server, data, database_url=url, args=("--no-queue",), env=cases.SERVER_ENV
+        start_server,
+        data,
+        database_url=url,
+        args=("--no-queue",),
+        env={**cases.SERVER_ENV, **BURST_ENV},
     )
     out: list[Result] = []
     try:
@@ -162,6 +191,8 @@ async def reads(root: Path, label: str, url: str | None, stored: int, rounds: in
                     },
                 )
             )
+        if burst_jobs:
+            out.append(await burst(srv, label, burst_jobs, seconds, stored))
     finally:
         await asyncio.to_thread(srv.stop)
     return out

@@ -300,22 +300,38 @@ async def main(plan: Plan, pg_base: str, only: str) -> list[Result]:
         if "n" in only:
             stored = 10_000 if plan.throughput_jobs < 800 else 100_000
             rounds = 50 if plan.throughput_jobs < 800 else 200
-            await run.case(
-                "(n) reads, SQLite",
-                "ms",
-                lambda: reads_case.reads(root, "SQLite", None, stored, rounds),
-                timeout=600,
-            )
-            if pg_reason:
-                run.skip("(n) reads, PostgreSQL", "ms", pg_reason)
-            else:
-                async with database(root, "reads", pg_base) as url:
+            # The burst on an empty database first, then on the stored one
+            # after its reads: throughput stays flat (issue #18).
+            for label, base in databases:
+                async with (
+                    database(root, "n-empty", base) as url,
+                    server(
+                        root, f"n-empty-{label}", database_url=url, env=reads_case.BURST_ENV
+                    ) as srv,
+                ):
                     await run.case(
-                        "(n) reads, PostgreSQL",
+                        "(n) burst submit→done",
+                        "jobs/s",
+                        partial(reads_case.burst, srv, label, plan.burst_jobs, plan.seconds * 2, 0),
+                    )
+                async with database(root, "reads", base) as url:
+                    await run.case(
+                        f"(n) reads, {label}",
                         "ms",
-                        lambda: reads_case.reads(root, "PostgreSQL", url, stored, rounds),
+                        partial(
+                            reads_case.reads,
+                            root,
+                            label,
+                            url if base else None,
+                            stored,
+                            rounds,
+                            plan.burst_jobs,
+                            plan.seconds * 2,
+                        ),
                         timeout=600,
                     )
+            if pg_reason:
+                run.skip("(n) reads, PostgreSQL", "ms", pg_reason)
         if "p" in only:
             await run.case(
                 "(p) cost",

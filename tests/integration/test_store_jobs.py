@@ -461,6 +461,31 @@ async def test_a_lease_waiting_for_another_of_the_same_runner_counts_what_it_gav
         await store.close()
 
 
+async def test_a_runner_of_several_providers_leases_in_one_order_across_them(
+    store: Store,
+) -> None:
+    """Each provider's queue is read on its own and the lease takes the
+    most urgent of them all: priority, then age, whatever the provider, and
+    no more than its room."""
+    both = await store.runners.register(
+        name="both", key_id="k", hostname=None, providers=["a", "b"], labels=[], slots=3
+    )
+
+    async def made(provider: str, priority: int) -> str:
+        job, _ = await store.jobs.create(
+            JobCreate(prompt="x", provider=provider, priority=priority)
+        )
+        return job.id
+
+    a_old = await made("a", 2)
+    b_urgent = await made("b", 1)
+    a_urgent = await made("a", 1)
+    b_low = await made("b", 3)
+    leased = await store.jobs.lease(both, 10, ttl=30)
+    assert [lease.job.id for lease in leased] == [b_urgent, a_urgent, a_old]
+    assert (await store.jobs.get(b_low)).state is JobState.QUEUED
+
+
 async def test_a_cap_filling_mid_lease_still_leases_at_most_max_jobs(db_url: str) -> None:
     """The lease looks again without a provider whose cap filled while it was
     leasing, for the room that is left, not more."""

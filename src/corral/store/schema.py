@@ -128,7 +128,8 @@ jobs = sa.Table(
     sa.Column("mcp_tools", JSON),
     # W3C trace context of its submit span (corral.tracing): its spans' parent.
     sa.Column("traceparent", sa.String(64)),
-    sa.Index(None, "state", "priority", "created_at", "id"),
+    # The lease's walk, one provider at a time (store/jobs/dispatch.py).
+    sa.Index(None, "state", "provider", "priority", "created_at", "id"),
     sa.Index(None, "session_id", "turn"),
     # A lease counts the jobs its runner holds (board._HELD): with the state in
     # the index that reads the active ones, not every job the runner ever ran

@@ -30,16 +30,19 @@ class Lease:
 
 
 def _candidates() -> sa.Select[Any]:
-    """Queued jobs a runner may take, most urgent first: on the providers the
-    provider rules admit, meeting every row rule. Walks
-    ix_jobs_state_priority_created_at_id in order, stops at the limit.
-    Whole rows: the assignment's compare-and-set starts from them.
-    Built once: constructing it per call costs more than running it."""
+    """Queued jobs of one provider a runner may take, most urgent first,
+    meeting every row rule. Walks ix_jobs_state_provider_priority_created_at_id
+    in order and stops at the limit: the queued jobs of other providers are
+    not walked (with one index over all providers, a lease walked past every
+    job queued for a provider it does not serve: 13.8 ms a lease behind 5,000
+    of them, 0.5 ms with none; issue #18). Whole rows: the assignment's
+    compare-and-set starts from them. Built once: constructing it per call
+    costs more than running it."""
     return (
         sa.select(jobs, rules.HOST)
         .where(
             jobs.c.state == JobState.QUEUED.value,
-            jobs.c.provider.in_(sa.bindparam("providers", expanding=True)),
+            jobs.c.provider == sa.bindparam("provider", type_=jobs.c.provider.type),
             *(rule.where for rule in rules.ROW_RULES),
         )
         .order_by(jobs.c.priority, jobs.c.created_at, jobs.c.id)
@@ -82,9 +85,9 @@ def lease(
     stmt = _CANDIDATES_LOCKED if skip_locked else _CANDIDATES
     leased: list[Lease] = []
     while len(leased) < room and eligible:
-        params = {"providers": eligible, "room": room - len(leased), **rules.params(board)}
+        params = {"room": room - len(leased), **rules.params(board)}
         filled = False
-        for row in stmt(conn, params).all():
+        for row in _queued(conn, stmt, eligible, params):
             if not rules.admits(board, row):
                 filled = True  # a cap filled during this lease: look again without it
                 continue
@@ -97,6 +100,21 @@ def lease(
             break
         eligible = rules.providers(board)
     return leased
+
+
+def _queued(
+    conn: sa.Connection, stmt: Prepared, providers: list[str], params: dict[str, Any]
+) -> list[Any]:
+    """The first ``params["room"]`` candidates over ``providers``, most urgent
+    first: each provider's first ones (one ordered index walk each), merged.
+    On PostgreSQL each walk locks what it returns (``FOR UPDATE SKIP
+    LOCKED``): with several providers, up to ``room`` rows a provider until
+    the lease commits, a few of them not taken."""
+    if len(providers) == 1:
+        return stmt(conn, {**params, "provider": providers[0]}).all()
+    rows = [row for p in providers for row in stmt(conn, {**params, "provider": p}).all()]
+    rows.sort(key=lambda row: (row.priority, row.created_at, row.id))
+    return rows[: params["room"]]
 
 
 # Built once (see jobs/state.py on why the hot path's statements are).
