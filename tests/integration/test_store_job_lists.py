@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import re
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -265,23 +266,22 @@ async def test_session_pages_walk_an_index_newest_first(store: Store) -> None:
         assert any("ix_sessions_created_at_id" in p for p in plan), "\n".join(plan)
 
 
-async def test_a_lease_counts_its_runner_s_active_jobs_from_an_index(store: Store) -> None:
-    """Every lease counts the jobs its runner holds (``board._HELD``): the
-    index over (runner_id, state) reaches the active ones directly, whatever
-    number of finished jobs the runner ran before."""
-    runner_id = uuid.uuid4().hex
-    at = datetime.now(UTC)
+async def _stored(store: Store, n: int, job: Callable[[int], dict[str, Any]], at: datetime) -> None:
+    """``n`` jobs written straight into the database, one session each: a
+    finished ``shell`` job at ``at`` changed by ``job(i)``'s columns (then
+    PostgreSQL's statistics, as autovacuum would take them)."""
     sess, rows = [], []
-    for i in range(2000):
+    for i in range(n):
         sid = uuid.uuid4().hex
-        sess.append({"id": sid, "created_at": at, "updated_at": at, "epoch": 1, "last_seq": 0})
+        sess.append(
+            {"id": sid, "created_at": at, "updated_at": at, "epoch": 1, "last_seq": 0, "turns": 1}
+        )
         rows.append(
             {
                 "id": uuid.uuid4().hex,
                 "session_id": sid,
                 "turn": 1,
-                "state": "running" if i < 3 else "done",
-                "runner_id": runner_id,
+                "state": "done",
                 "provider": "shell",
                 "command": "true",
                 "labels": [],
@@ -293,16 +293,31 @@ async def test_a_lease_counts_its_runner_s_active_jobs_from_an_index(store: Stor
                 "created_at": at,
                 "available_at": at,
                 "updated_at": at,
+                **job(i),
             }
         )
 
     def body(tx: Any) -> None:
-        tx.conn.execute(sa.insert(sessions), [{**s, "turns": 1} for s in sess])
+        tx.conn.execute(sa.insert(sessions), sess)
         tx.conn.execute(sa.insert(jobs), rows)
         if tx.conn.dialect.name == "postgresql":
             tx.conn.execute(sa.text("ANALYZE jobs"))
 
     await store.db.write(body)
+
+
+async def test_a_lease_counts_its_runner_s_active_jobs_from_an_index(store: Store) -> None:
+    """Every lease counts the jobs its runner holds (``board._HELD``): the
+    index over (runner_id, state) reaches the active ones directly, whatever
+    number of finished jobs the runner ran before."""
+    runner_id = uuid.uuid4().hex
+    at = datetime.now(UTC)
+    await _stored(
+        store,
+        2000,
+        lambda i: {"state": "running" if i < 3 else "done", "runner_id": runner_id},
+        at,
+    )
     held = board._HELD
     assert await store.db.read(lambda c: held(c, {"runner_id": runner_id}).scalar_one()) == 3
     plan = await store.db.read(
@@ -323,37 +338,17 @@ async def test_a_lease_walks_only_the_queue_of_the_provider_it_takes(store: Stor
     (with one index over every provider, a lease behind 5,000 jobs queued for
     another one took 13.8 ms instead of 0.5; issue #18)."""
     at = datetime.now(UTC) - timedelta(days=1)
-    sess, rows = [], []
-    for i in range(2000):
-        sid = uuid.uuid4().hex
-        sess.append({"id": sid, "created_at": at, "updated_at": at, "epoch": 1, "last_seq": 0})
-        rows.append(
-            {
-                "id": uuid.uuid4().hex,
-                "session_id": sid,
-                "turn": 1,
-                "state": "queued",
-                "provider": "elsewhere",
-                "command": "true",
-                "labels": [],
-                "source": "api",
-                "priority": 2,
-                "attempt": 1,
-                "max_attempts": 3,
-                "epoch": 1,
-                "created_at": at + timedelta(seconds=i),
-                "available_at": at,
-                "updated_at": at,
-            }
-        )
-
-    def body(tx: Any) -> None:
-        tx.conn.execute(sa.insert(sessions), [{**s, "turns": 1} for s in sess])
-        tx.conn.execute(sa.insert(jobs), rows)
-        if tx.conn.dialect.name == "postgresql":
-            tx.conn.execute(sa.text("ANALYZE jobs"))
-
-    await store.db.write(body)
+    # 2,000 jobs queued for a provider the runner does not take, all older.
+    await _stored(
+        store,
+        2000,
+        lambda i: {
+            "state": "queued",
+            "provider": "elsewhere",
+            "created_at": at + timedelta(seconds=i),
+        },
+        at,
+    )
     mine, _ = await store.jobs.create(JobCreate(command="true"))
     runner = await store.runners.register(
         name="r", key_id="k", hostname=None, providers=["shell"], labels=[], slots=4
