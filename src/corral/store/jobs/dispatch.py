@@ -34,8 +34,8 @@ def _candidates() -> sa.Select[Any]:
     meeting every row rule. Walks ix_jobs_state_provider_priority_created_at_id
     in order and stops at the limit: the queued jobs of other providers are
     not walked (with one index over all providers, a lease walked past every
-    job queued for a provider it does not serve: 13.8 ms a lease behind 5,000
-    of them, 0.5 ms with none; issue #18). Whole rows: the assignment's
+    job queued for a provider it does not serve: 10-14 ms a lease behind 5,000
+    of them on SQLite, ~0.6 ms with none; issue #18). Whole rows: the assignment's
     compare-and-set starts from them. Built once: constructing it per call
     costs more than running it."""
     return (
