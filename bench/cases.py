@@ -28,6 +28,9 @@ TERMINAL = ("done", "failed", "cancelled")
 SSE_HEADERS = {"Accept": "text/event-stream"}
 # The environment of every server the benchmarks start (run.py --sandbox adds to it).
 SERVER_ENV: dict[str, str] = {"CORRAL_LOG_LEVEL": "WARNING"}
+# Runner slots of the servers that run (b), its burst and (e).
+THROUGHPUT_SLOTS = 16
+THROUGHPUT_ENV = {"CORRAL_RUNNER__SLOTS": str(THROUGHPUT_SLOTS)}
 
 
 @dataclass

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -116,15 +117,15 @@ READS = (
 )
 
 
-# The burst's server settings, as in (b).
-BURST_SLOTS = 16
-BURST_ENV = {"CORRAL_RUNNER__SLOTS": str(BURST_SLOTS)}
-
-
-async def burst(srv: ServerProcess, label: str, jobs: int, seconds: float, stored: int) -> Result:
-    """(b)'s burst on a server whose database holds ``stored`` jobs already
-    (issue #18: throughput stays flat from an empty database to 100,000 jobs)."""
-    row = await cases.throughput_burst(srv, jobs, 8, BURST_SLOTS, seconds)
+async def burst_on(
+    measure: Callable[[ServerProcess], Awaitable[Result]],
+    srv: ServerProcess,
+    label: str,
+    stored: int,
+) -> Result:
+    """(b)'s burst (``measure``) on ``srv``, whose database held ``stored``
+    jobs already (issue #18: throughput stays flat from none to 100,000)."""
+    row = await measure(srv)
     row.metric = f"(n) burst submit→done, {stored // 1000}k jobs stored"
     if label != "SQLite":
         row.metric += f", {label}"
@@ -138,10 +139,9 @@ async def reads(
     url: str | None,
     stored: int,
     rounds: int,
-    burst_jobs: int = 0,
-    seconds: float = 30.0,
+    then: Callable[[ServerProcess], Awaitable[Result]] | None = None,
 ) -> list[Result]:
-    """The reads, then (``burst_jobs``) the burst on the same server."""
+    """The reads, then ``then`` (the burst) on the same server."""
     data = root / f"n-{label}"
     data.mkdir(parents=True)
     url = url or f"sqlite:///{data / 'corral.db'}"
@@ -153,7 +153,7 @@ async def reads(
         data,
         database_url=url,
         args=("--no-queue",),
-        env={**cases.SERVER_ENV, **BURST_ENV},
+        env={**cases.SERVER_ENV, **cases.THROUGHPUT_ENV},
     )
     out: list[Result] = []
     try:
@@ -191,8 +191,8 @@ async def reads(
                     },
                 )
             )
-        if burst_jobs:
-            out.append(await burst(srv, label, burst_jobs, seconds, stored))
+        if then is not None:
+            out.append(await burst_on(then, srv, label, stored))
     finally:
         await asyncio.to_thread(srv.stop)
     return out

@@ -51,9 +51,31 @@ from corral.testing import (
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-THROUGHPUT_SLOTS = 16
 # A case measured on a running server.
 Measure = Callable[[ServerProcess], Awaitable[Result]]
+# What (b)'s rows say of the machine, from the details of the case's row.
+MACHINE_KEYS = (
+    "server_cpu_ms_per_job",
+    "job_processes_cpu_ms_per_job",
+    "machine_cpu_ms_per_job",
+    "machine_busy",
+)
+
+
+def start_case(plan: Plan) -> Callable[[ServerProcess], Awaitable[list[Result]]]:
+    """(a): sequential jobs, submit → process started."""
+    return lambda srv: cases.submit_latency(
+        srv, plan.latency_samples, plan.latency_warmup, plan.seconds
+    )
+
+
+def burst_case(plan: Plan) -> Measure:
+    """(b)'s burst, the peer kit's way (the server started with ``THROUGHPUT_ENV``)."""
+    return lambda srv: cases.throughput_burst(
+        srv, plan.burst_jobs, plan.clients, cases.THROUGHPUT_SLOTS, plan.seconds * 2
+    )
+
+
 CASE_TIMEOUT = 60.0  # seconds; a case that takes longer is reported as failed
 IDLE_LOAD = 0.5  # a 1-minute load average above this gets a warning: numbers are noisy
 console = Console(width=max(120, Console().width))
@@ -180,32 +202,24 @@ async def main(plan: Plan, pg_base: str, only: str) -> list[Result]:
                     database(root, "a", base) as url,
                     server(root, f"a-{label}", database_url=url) as srv,
                 ):
-                    await run.case(
-                        "(a) submit→started p99",
-                        "ms",
-                        lambda: cases.submit_latency(
-                            srv, plan.latency_samples, plan.latency_warmup, plan.seconds
-                        ),
-                    )
+                    await run.case("(a) submit→started p99", "ms", partial(start_case(plan), srv))
                 run.label_last(label)
         if "b" in only:
-            env = {"CORRAL_RUNNER__SLOTS": str(THROUGHPUT_SLOTS)}
+            env = cases.THROUGHPUT_ENV
             # 8 clients following their jobs, then the peer kit's way (a burst).
             throughputs: tuple[tuple[str, str, Measure], ...] = (
                 (
                     "b",
                     "(b) submit→done throughput",
                     lambda srv: cases.throughput(
-                        srv, plan.throughput_jobs, plan.clients, THROUGHPUT_SLOTS, plan.seconds
+                        srv,
+                        plan.throughput_jobs,
+                        plan.clients,
+                        cases.THROUGHPUT_SLOTS,
+                        plan.seconds,
                     ),
                 ),
-                (
-                    "b-burst",
-                    "(b) burst submit→done, as the peer kit",
-                    lambda srv: cases.throughput_burst(
-                        srv, plan.burst_jobs, plan.clients, THROUGHPUT_SLOTS, plan.seconds * 2
-                    ),
-                ),
+                ("b-burst", "(b) burst submit→done, as the peer kit", burst_case(plan)),
             )
             for label, base in databases:
                 for name, metric, measure in throughputs:
@@ -229,7 +243,7 @@ async def main(plan: Plan, pg_base: str, only: str) -> list[Result]:
             await run.case(
                 "(e) queue folder",
                 "ms",
-                lambda: queue_case.queue_folder(root, 50, e_jobs, THROUGHPUT_SLOTS),
+                lambda: queue_case.queue_folder(root, 50, e_jobs, cases.THROUGHPUT_SLOTS),
             )
         if "f" in only:
             await run.case(
@@ -306,13 +320,13 @@ async def main(plan: Plan, pg_base: str, only: str) -> list[Result]:
                 async with (
                     database(root, "n-empty", base) as url,
                     server(
-                        root, f"n-empty-{label}", database_url=url, env=reads_case.BURST_ENV
+                        root, f"n-empty-{label}", database_url=url, env=cases.THROUGHPUT_ENV
                     ) as srv,
                 ):
                     await run.case(
                         "(n) burst submit→done",
                         "jobs/s",
-                        partial(reads_case.burst, srv, label, plan.burst_jobs, plan.seconds * 2, 0),
+                        partial(reads_case.burst_on, burst_case(plan), srv, label, 0),
                     )
                 async with database(root, "reads", base) as url:
                     await run.case(
@@ -325,8 +339,7 @@ async def main(plan: Plan, pg_base: str, only: str) -> list[Result]:
                             url if base else None,
                             stored,
                             rounds,
-                            plan.burst_jobs,
-                            plan.seconds * 2,
+                            burst_case(plan),
                         ),
                         timeout=600,
                     )
@@ -545,12 +558,7 @@ def corral_figures(results: list[Result], suffix: str = "") -> dict[str, float]:
     b = by.get("(b) submit→done throughput" + suffix)
     if b is not None and b.value is not None:
         out["jobs_per_s"] = b.value
-        for key in (
-            "server_cpu_ms_per_job",
-            "job_processes_cpu_ms_per_job",
-            "machine_cpu_ms_per_job",
-            "machine_busy",
-        ):
+        for key in MACHINE_KEYS:
             out[key] = b.detail.get(key, float("nan"))
     burst = by.get("(b) burst submit→done, as the peer kit" + suffix)
     if burst is not None and burst.value is not None:
@@ -578,32 +586,14 @@ async def unsandboxed(plan: Plan) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="corral-bench-") as tmp:
         root = Path(tmp)
         async with server(root, "a-none", env=env) as srv:
+            await run.case("(a) submit→started p99", "ms", partial(start_case(plan), srv))
+        async with server(root, "burst-none", env={**env, **cases.THROUGHPUT_ENV}) as srv:
             await run.case(
-                "(a) submit→started p99",
-                "ms",
-                lambda: cases.submit_latency(
-                    srv, plan.latency_samples, plan.latency_warmup, plan.seconds
-                ),
-            )
-        env["CORRAL_RUNNER__SLOTS"] = str(THROUGHPUT_SLOTS)
-        async with server(root, "burst-none", env=env) as srv:
-            await run.case(
-                "(b) burst submit→done, as the peer kit",
-                "jobs/s",
-                lambda: cases.throughput_burst(
-                    srv, plan.burst_jobs, plan.clients, THROUGHPUT_SLOTS, plan.seconds * 2
-                ),
+                "(b) burst submit→done, as the peer kit", "jobs/s", partial(burst_case(plan), srv)
             )
     out = corral_figures(run.results)
-    burst = run.last[0].detail
-    for key in (
-        "server_cpu_ms_per_job",
-        "job_processes_cpu_ms_per_job",
-        "machine_cpu_ms_per_job",
-        "machine_busy",
-    ):
-        if key in burst:
-            out[key] = burst[key]
+    detail = run.last[0].detail
+    out.update((key, detail[key]) for key in MACHINE_KEYS if key in detail)
     return out
 
 
