@@ -43,31 +43,28 @@ _OTHER_LIVE_RUNNERS = Prepared(
         runners.c.name != sa.bindparam("name"),
     )
 )
-_HELD = Prepared(
+# The jobs a runner holds, counted (the statement's own, and a lease's facts).
+_HELD_COUNT = (
     sa.select(sa.func.count())
     .select_from(jobs)
     .where(jobs.c.runner_id == sa.bindparam("runner_id"), jobs.c.state.in_(ACTIVE_STATES))
 )
+_HELD = Prepared(_HELD_COUNT)
+_UNTIL = provider_pauses.c.until.type
 # What every lease reads (the kill switch, the runner's active jobs, the
 # providers paused now) in one statement, one row per fact: three statements
 # were three round trips on PostgreSQL, ~0.15 ms each (issue #18).
 _LEASE_FACTS = Prepared(
     sa.union_all(
         sa.select(sa.literal("paused"), provider_pauses.c.provider, provider_pauses.c.until).where(
-            provider_pauses.c.until > sa.bindparam("now", type_=provider_pauses.c.until.type)
+            provider_pauses.c.until > sa.bindparam("now", type_=_UNTIL)
         ),
-        sa.select(
-            sa.literal("killed"),
-            server_settings.c.value,
-            sa.null().cast(provider_pauses.c.until.type),
-        ).where(server_settings.c.key == "paused"),
-        sa.select(
-            sa.literal("held"),
-            sa.cast(sa.func.count(), sa.String),
-            sa.null().cast(provider_pauses.c.until.type),
-        )
-        .select_from(jobs)
-        .where(jobs.c.runner_id == sa.bindparam("runner_id"), jobs.c.state.in_(ACTIVE_STATES)),
+        sa.select(sa.literal("killed"), server_settings.c.value, sa.null().cast(_UNTIL)).where(
+            server_settings.c.key == "paused"
+        ),
+        _HELD_COUNT.with_only_columns(
+            sa.literal("held"), sa.cast(sa.func.count(), sa.String), sa.null().cast(_UNTIL)
+        ),
     )
 )
 
