@@ -7,10 +7,15 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
 
 from corral.models import JobCreate, Outcome
-from corral.store import Store
+from corral.store import Store, chat
 from corral.store.chat import Target
+from corral.store.jobs import reads
+from corral.store.schema import chat_outbox
 from corral.testing import worker_claims as claims
 
 ALICE = Target("tg", "42/u/7", "42", "7")
@@ -90,3 +95,43 @@ async def test_due_in_order_per_conversation_with_retries(store: Store) -> None:
     assert [d.body["text"] for d in await store.chat.due(later, limit=10)] == ["a1"]
     states = {r["body"]["text"]: r["state"] for r in await store.chat.list()}
     assert states == {"a0": "failed", "a1": "pending", "b0": "delivered"}
+
+
+async def test_due_finds_each_conversation_s_first_pending_message_once(store: Store) -> None:
+    """2,000 messages pending to one conversation: only the first is due,
+    each conversation's first found once a call (see the webhook outbox's
+    test)."""
+    t0 = now()
+    rows = [
+        {
+            "id": f"m{i}",
+            "key": f"k{i}",
+            "channel": ALICE.channel,
+            "conversation": ALICE.conversation,
+            "kind": "message",
+            "body": {"text": f"{i}"},
+            "state": "pending",
+            "attempts": 0,
+            "parts_sent": 0,
+            "next_attempt_at": t0,
+            "created_at": t0,
+        }
+        for i in range(2000)
+    ]
+
+    def fill(tx: Any) -> list[str]:
+        tx.conn.execute(sa.insert(chat_outbox), rows)
+        if tx.conn.dialect.name == "postgresql":
+            tx.conn.execute(sa.text("ANALYZE chat_outbox"))  # as autovacuum would
+        return reads.explain(tx.conn, chat._DUE.params(now=t0, limit=50))
+
+    text = "\n".join(await store.db.write(fill))
+    # Each destination's first pending row, found once (no check per row).
+    assert "CORRELATED" not in text and "SubPlan" not in text, text
+    assert "Anti Join" not in text, text
+    assert await store.chat.enqueue(BOB, key="b0", kind="reply", text="b0", now=t0)
+    due = await store.chat.due(t0, limit=50)
+    assert [(d.conversation, d.body["text"]) for d in due] == [
+        (ALICE.conversation, "0"),
+        (BOB.conversation, "b0"),
+    ]

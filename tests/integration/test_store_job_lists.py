@@ -266,21 +266,33 @@ async def test_session_pages_walk_an_index_newest_first(store: Store) -> None:
         assert any("ix_sessions_created_at_id" in p for p in plan), "\n".join(plan)
 
 
-async def _stored(store: Store, n: int, job: Callable[[int], dict[str, Any]], at: datetime) -> None:
-    """``n`` jobs written straight into the database, one session each: a
+async def _stored(
+    store: Store,
+    n: int,
+    job: Callable[[int], dict[str, Any]],
+    at: datetime,
+    *,
+    one_session: bool = False,
+) -> str | None:
+    """``n`` jobs written straight into the database, one session each (or
+    all in one, turns 1 to n: ``one_session``, whose id is returned): a
     finished ``shell`` job at ``at`` changed by ``job(i)``'s columns (then
     PostgreSQL's statistics, as autovacuum would take them)."""
     sess, rows = [], []
+    shared = uuid.uuid4().hex if one_session else None
     for i in range(n):
-        sid = uuid.uuid4().hex
-        sess.append(
-            {"id": sid, "created_at": at, "updated_at": at, "epoch": 1, "last_seq": 0, "turns": 1}
-        )
+        sid = shared or uuid.uuid4().hex
+        if shared is None or i == 0:
+            turns = n if shared else 1
+            sess.append(
+                {"id": sid, "created_at": at, "updated_at": at, "epoch": 1, "last_seq": 0}
+                | {"turns": turns}
+            )
         rows.append(
             {
                 "id": uuid.uuid4().hex,
                 "session_id": sid,
-                "turn": 1,
+                "turn": i + 1 if shared else 1,
                 "state": "done",
                 "provider": "shell",
                 "command": "true",
@@ -304,6 +316,7 @@ async def _stored(store: Store, n: int, job: Callable[[int], dict[str, Any]], at
             tx.conn.execute(sa.text("ANALYZE jobs"))
 
     await store.db.write(body)
+    return shared
 
 
 async def test_a_lease_counts_its_runner_s_active_jobs_from_an_index(store: Store) -> None:
@@ -366,3 +379,42 @@ async def test_a_lease_walks_only_the_queue_of_the_provider_it_takes(store: Stor
         assert "(state=? AND provider=?)" in text, text
     assert "TEMP B-TREE" not in text and "Sort" not in text, text
     assert [lease.job.id for lease in await store.jobs.lease(runner, 4, ttl=30)] == [mine.id]
+
+
+async def test_a_lease_is_not_slowed_by_a_session_s_queued_turns(store: Store) -> None:
+    """A session's later turns wait behind its running one (the turn lock).
+    With 2,000 of them queued, a lease still finds another session's job from
+    the queue's index, checking each walked turn with one probe of its
+    session's turns: no hash of the jobs table. PostgreSQL turned the lock's
+    ``NOT EXISTS`` into a hash anti join on the session, every queued turn
+    against every other of one session: 2.6 s a lease behind 5,000 of them
+    (issue #18)."""
+    at = datetime.now(UTC) - timedelta(days=1)
+    session = await _stored(
+        store,
+        2001,
+        lambda i: {
+            "state": "running" if i == 0 else "queued",
+            "created_at": at + timedelta(seconds=i),
+        },
+        at,
+        one_session=True,
+    )
+    mine, _ = await store.jobs.create(JobCreate(command="true"))
+    runner = await store.runners.register(
+        name="r", key_id="k", hostname=None, providers=["shell"], labels=[], slots=4
+    )
+
+    def plan(conn: sa.Connection) -> list[str]:
+        facts = board.Board(conn, Caps(), datetime.now(UTC), runner=runner, max_jobs=4, ttl=30)
+        facts.read_lease_facts()
+        stmt = dispatch._candidates().params(provider="shell", room=4, **rules.params(facts))
+        return reads.explain(conn, stmt)
+
+    text = "\n".join(await store.db.read(plan))
+    assert "ix_jobs_state_provider_priority_created_at_id" in text, text
+    assert "Hash" not in text and "Sort" not in text and "TEMP B-TREE" not in text, text
+    assert "ix_jobs_session_id_turn" in text, text  # the lock's probe
+    assert [lease.job.id for lease in await store.jobs.lease(runner, 4, ttl=30)] == [mine.id]
+    [second] = await store.jobs.list(session_id=session, states=[JobState.QUEUED], limit=1)
+    assert "turn lock" in await store.jobs.waiting(second)

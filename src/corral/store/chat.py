@@ -25,6 +25,7 @@ from corral.models import new_id
 from corral.protocol import topics
 from corral.store import sessions as session_store
 from corral.store.db import Database, Tx
+from corral.store.outbox import first_pending
 from corral.store.schema import chat_outbox, chat_sessions
 
 Row = sa.Row[Any]
@@ -136,19 +137,13 @@ def on_state(tx: Tx, row: Row, now: datetime) -> None:
 
 
 def _due_query() -> sa.Select[Any]:
-    earlier = chat_outbox.alias("earlier")
-    blocked = sa.exists().where(
-        earlier.c.channel == chat_outbox.c.channel,
-        earlier.c.conversation == chat_outbox.c.conversation,
-        earlier.c.state == "pending",
-        earlier.c.seq < chat_outbox.c.seq,
-    )
+    first = first_pending(chat_outbox, chat_outbox.c.channel, chat_outbox.c.conversation)
     return (
         sa.select(chat_outbox)
         .where(
             chat_outbox.c.state == "pending",
             chat_outbox.c.next_attempt_at <= sa.bindparam("now"),
-            ~blocked,  # in order per conversation
+            first,  # in order per conversation
         )
         .order_by(chat_outbox.c.next_attempt_at, chat_outbox.c.seq)
         .limit(sa.bindparam("limit"))

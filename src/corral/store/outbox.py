@@ -135,14 +135,23 @@ class Due:
     traceparent: str | None = None  # the job's (corral.tracing)
 
 
-def _earlier_pending() -> sa.Exists:
-    d2 = webhook_deliveries.alias("earlier")
-    return sa.exists().where(
-        d2.c.job_id == webhook_deliveries.c.job_id,
-        d2.c.url == webhook_deliveries.c.url,
-        d2.c.state == "pending",
-        d2.c.seq < webhook_deliveries.c.seq,
+def first_pending(table: sa.Table, *destination: sa.Column[Any]) -> sa.ColumnElement[bool]:
+    """The row is the first pending one to its ``destination`` (deliveries and
+    chat messages go out in order per destination): its ``seq`` is among the
+    pending rows' lowest per destination, grouped once per query (work in
+    proportion to what is pending). Not a check per row for an earlier
+    pending one: as ``NOT EXISTS`` PostgreSQL made it an anti join comparing
+    each pending row of one destination with all the others (1.7 s a query
+    behind 5,000 deliveries pending to one job's URL), and as a subquery per
+    row it walked the primary key past every delivered row (17 s behind
+    20,000 more; issue #18)."""
+    pending = table.alias("pending")
+    heads = (
+        sa.select(sa.func.min(pending.c.seq))
+        .where(pending.c.state == "pending")
+        .group_by(*(pending.c[column.name] for column in destination))
     )
+    return table.c.seq.in_(heads)
 
 
 _DUE = (
@@ -150,7 +159,8 @@ _DUE = (
     .where(
         webhook_deliveries.c.state == "pending",
         webhook_deliveries.c.next_attempt_at <= sa.bindparam("now"),
-        ~_earlier_pending(),  # in order per job and URL
+        # In order per job and URL.
+        first_pending(webhook_deliveries, webhook_deliveries.c.job_id, webhook_deliveries.c.url),
     )
     .order_by(webhook_deliveries.c.next_attempt_at, webhook_deliveries.c.seq)
     .limit(sa.bindparam("limit"))
