@@ -285,8 +285,14 @@ async def _stored(
         if shared is None or i == 0:
             turns = n if shared else 1
             sess.append(
-                {"id": sid, "created_at": at, "updated_at": at, "epoch": 1, "last_seq": 0}
-                | {"turns": turns}
+                {
+                    "id": sid,
+                    "created_at": at,
+                    "updated_at": at,
+                    "epoch": 1,
+                    "last_seq": 0,
+                    "turns": turns,
+                }
             )
         rows.append(
             {
