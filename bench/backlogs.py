@@ -6,6 +6,8 @@ call ``--calls`` times:
 
 - *lease, N queued turns*: a lease for a new job in its own session, behind
   N queued turns of one session whose first turn runs (the turn lock);
+- *lease, N/5 queued after N/5 done*: the same behind a session's N/5
+  queued turns that follow N/5 finished ones and a running one;
 - *lease, N scheduled*: the same behind N jobs whose ``run_at`` is tomorrow;
 - *lease, none*: the same with nothing else queued, the baseline;
 - *webhook due, N pending*: ``outbox.due`` behind N deliveries pending to one
@@ -77,11 +79,19 @@ def _session(session_id: str, at: datetime, turns: int) -> dict[str, Any]:
 def _queue(kind: str, n: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Sessions and jobs queued ahead of the measured ones, all older."""
     at = datetime.now(UTC) - timedelta(hours=1)
-    if kind == "turns":  # one session: turn 1 runs, turns 2..n+1 wait
+    if kind in ("turns", "history"):
+        # One session: `finished` turns done, the next one running (holding
+        # the session's turn lock), n more waiting.
+        finished = n if kind == "history" else 0
         sid = uuid.uuid4().hex
-        rows = [_job(sid, 1, "running", at)]
-        rows += [_job(sid, i + 2, "queued", at + timedelta(milliseconds=i)) for i in range(n)]
-        return [_session(sid, at, n + 1)], rows
+        rows = [_job(sid, i + 1, "done", at) for i in range(finished)]
+        running = _job(sid, finished + 1, "running", at)
+        rows.append(running)
+        rows += [
+            _job(sid, finished + 2 + i, "queued", at + timedelta(milliseconds=i)) for i in range(n)
+        ]
+        session = _session(sid, at, len(rows)) | {"active_job_id": running["id"]}
+        return [session], rows
     if kind == "scheduled":
         later = datetime.now(UTC) + timedelta(days=1)
         sids = [uuid.uuid4().hex for _ in range(n)]
@@ -186,10 +196,13 @@ async def run(fresh: Fresh, rows: int, calls: int) -> dict[str, list[float]]:
     for name, kind in (
         ("lease, none queued", "none"),
         (f"lease, {rows:,} queued turns of one session", "turns"),
+        (f"lease, {rows // 5:,} queued after {rows // 5:,} done", "history"),
         (f"lease, {rows:,} scheduled for tomorrow", "scheduled"),
     ):
         async with fresh() as url:
-            out[name] = await lease_behind(url, kind, rows, calls)
+            out[name] = await lease_behind(
+                url, kind, rows // 5 if kind == "history" else rows, calls
+            )
     async with fresh() as url:
         out[f"webhook due, {rows:,} pending to one URL"] = await due_behind(url, rows, calls)
     return out

@@ -389,23 +389,35 @@ async def test_a_lease_walks_only_the_queue_of_the_provider_it_takes(store: Stor
 
 async def test_a_lease_is_not_slowed_by_a_session_s_queued_turns(store: Store) -> None:
     """A session's later turns wait behind its running one (the turn lock).
-    With 2,000 of them queued, a lease still finds another session's job from
-    the queue's index, checking each walked turn with one probe of its
-    session's turns: no hash of the jobs table. PostgreSQL turned the lock's
-    ``NOT EXISTS`` into a hash anti join on the session, every queued turn
-    against every other of one session: 2.6 s a lease behind 5,000 of them
-    (issue #18)."""
+    With 1,500 of them queued after 500 finished ones, a lease still finds
+    another session's job from the queue's index, with two probes per walked
+    turn: its session's lock (the session row) and the turn before it (one
+    step down the session's turns, not a walk up from its first). PostgreSQL
+    turned the lock's ``NOT EXISTS`` into a hash anti join on the session,
+    every queued turn against every other: 2.6 s a lease behind 5,000 of
+    them; searched from the first turn up, each queued turn walked the
+    finished ones: 272 ms behind 1,000 after 1,000 on SQLite (issue #18)."""
     at = datetime.now(UTC) - timedelta(days=1)
     session = await _stored(
         store,
         2001,
         lambda i: {
-            "state": "running" if i == 0 else "queued",
+            "state": "done" if i < 500 else "running" if i == 500 else "queued",
             "created_at": at + timedelta(seconds=i),
         },
         at,
         one_session=True,
     )
+
+    def lock(tx: Any) -> None:  # as the running turn's assignment took it
+        running = sa.select(jobs.c.id).where(jobs.c.session_id == session, jobs.c.turn == 501)
+        tx.conn.execute(
+            sa.update(sessions)
+            .where(sessions.c.id == session)
+            .values(active_job_id=running.scalar_subquery())
+        )
+
+    await store.db.write(lock)
     mine, _ = await store.jobs.create(JobCreate(command="true"))
     runner = await store.runners.register(
         name="r", key_id="k", hostname=None, providers=["shell"], labels=[], slots=4
@@ -420,7 +432,46 @@ async def test_a_lease_is_not_slowed_by_a_session_s_queued_turns(store: Store) -
     text = "\n".join(await store.db.read(plan))
     assert "ix_jobs_state_provider_priority_created_at_id" in text, text
     assert "Hash" not in text and "Sort" not in text and "TEMP B-TREE" not in text, text
-    assert "ix_jobs_session_id_turn" in text, text  # the lock's probe
+    # The turn before, from the session's turns downwards.
+    if store.db.dialect == "sqlite":
+        assert "ix_jobs_session_id_turn (session_id=? AND turn<?)" in text, text
+    else:
+        assert "Index Scan Backward using ix_jobs_session_id_turn" in text, text
     assert [lease.job.id for lease in await store.jobs.lease(runner, 4, ttl=30)] == [mine.id]
-    [second] = await store.jobs.list(session_id=session, states=[JobState.QUEUED], limit=1)
-    assert "turn lock" in await store.jobs.waiting(second)
+    queued = await store.jobs.list(session_id=session, states=[JobState.QUEUED], limit=1500)
+    first, last = queued[-1], queued[0]  # newest first
+    assert (first.turn, last.turn) == (502, 2001)
+    assert "turn lock: turn 501 of its session is running" in str(await store.jobs.waiting(first))
+    assert "turn lock" in str(await store.jobs.waiting(last))
+
+
+async def test_a_lease_behind_thousands_of_jobs_is_not_compiled(store: Store) -> None:
+    """PostgreSQL compiles (JIT) a statement estimated above
+    ``jit_above_cost`` at every execution: the lease's walk past 5,000 jobs
+    scheduled for tomorrow was estimated at 125,000 and spent 58 ms compiling
+    to run for 3 ms. corral's connections turn JIT off (issue #18)."""
+    tomorrow = datetime.now(UTC) + timedelta(days=1)
+    await _stored(
+        store,
+        5000,
+        lambda i: {"state": "queued", "run_at": tomorrow, "available_at": tomorrow},
+        datetime.now(UTC) - timedelta(hours=1),
+    )
+    mine, _ = await store.jobs.create(JobCreate(command="true"))
+    runner = await store.runners.register(
+        name="r", key_id="k", hostname=None, providers=["shell"], labels=[], slots=16
+    )
+
+    def plan(conn: sa.Connection) -> list[str]:
+        facts = board.Board(conn, Caps(), datetime.now(UTC), runner=runner, max_jobs=16, ttl=30)
+        facts.read_lease_facts()
+        stmt = dispatch._candidates().params(provider="shell", room=16, **rules.params(facts))
+        return reads.explain(conn, stmt)
+
+    text = "\n".join(await store.db.read(plan))
+    assert "JIT" not in text, text
+    if store.db.dialect == "postgresql":  # on every connection, whatever the estimate
+        assert await store.db.read(lambda c: c.exec_driver_sql("SHOW jit").scalar()) == "off"
+        shown = await store.db.write(lambda tx: tx.conn.exec_driver_sql("SHOW jit").scalar())
+        assert shown == "off"
+    assert [lease.job.id for lease in await store.jobs.lease(runner, 16, ttl=30)] == [mine.id]
