@@ -129,9 +129,9 @@ class Database:
             #
             # No JIT: it compiles a statement whose estimated cost passes
             # jit_above_cost (PostgreSQL's default is on), at every execution,
-            # and corral's statements are short. A lease behind 5,000 queued
-            # jobs was estimated at 125,000 and spent 58 ms compiling to run
-            # for 3 ms (issue #18).
+            # and corral's statements are short. A version of the lease tried
+            # in issue #18, behind 5,000 scheduled jobs, was estimated at
+            # 125,000 and spent 58 ms compiling to run for 3 ms.
             connect_args = {
                 "server_settings": {"plan_cache_mode": "force_custom_plan", "jit": "off"}
             }

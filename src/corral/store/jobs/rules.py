@@ -138,37 +138,6 @@ _BLOCKING_TURN, _BLOCKING_STATE = (
     for column in (_other.c.turn, _other.c.state)
 )
 
-# The same lock as the lease reads it, in two probes per walked row, neither
-# a ``NOT EXISTS`` (PostgreSQL turns that into an anti join with the whole
-# jobs table, hashed on the session: each queued turn of a session met all
-# the others, 2.6 s a lease behind 5,000; issue #18). The active turn is the
-# session row's own lock (``active_job_id``, which the assignment's
-# compare-and-set takes and every end of an active turn gives back), so a
-# session with a turn running costs one primary-key probe per queued turn;
-# an earlier queued turn is searched from the turn before downwards
-# (``ix_jobs_session_id_turn``), so a turn behind another finds it at once
-# and only a session's first queued turn walks down its finished ones (from
-# the first turn up, each queued turn walked them all: 272 ms a lease behind
-# 1,000 queued turns after 1,000 finished ones on SQLite).
-_ACTIVE_TURN = (
-    sa.select(sessions.c.active_job_id).where(sessions.c.id == jobs.c.session_id).scalar_subquery()
-)
-_EARLIER_QUEUED = (
-    sa.select(sa.literal_column("1"))
-    .where(
-        _other.c.session_id == jobs.c.session_id,
-        _other.c.turn < jobs.c.turn,
-        _other.c.state == JobState.QUEUED.value,
-    )
-    .order_by(_other.c.turn.desc())
-    .limit(1)
-    .scalar_subquery()
-)
-_NO_EARLIER_TURN = sa.and_(
-    sa.func.coalesce(_ACTIVE_TURN, jobs.c.id) == jobs.c.id,
-    _EARLIER_QUEUED.is_(None),
-)
-
 # The runner holding the job's session (local providers).
 HOST = (
     sa.select(sessions.c.host)
@@ -235,7 +204,7 @@ RULES: tuple[Rule, ...] = (
     ),
     RowRule(
         "turn lock",
-        where=_NO_EARLIER_TURN,
+        where=~sa.exists().where(_EARLIER_TURN),
         params=_nothing,
         reason=lambda b, job, row: f"turn lock: turn {row.turn} of its session is {row.state}",
         details=(_BLOCKING_TURN, _BLOCKING_STATE),
