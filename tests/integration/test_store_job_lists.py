@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from corral.errors import CorralError
 from corral.jobs import JobState
-from corral.models import JobCreate
+from corral.models import JobCreate, Runner
 from corral.store import Caps, Store
 from corral.store.jobs import board, dispatch, reads, rules
 from corral.store.schema import jobs, sessions
@@ -266,10 +266,18 @@ async def test_session_pages_walk_an_index_newest_first(store: Store) -> None:
         assert any("ix_sessions_created_at_id" in p for p in plan), "\n".join(plan)
 
 
-async def _stored(store: Store, n: int, job: Callable[[int], dict[str, Any]], at: datetime) -> None:
+async def _stored(
+    store: Store,
+    n: int,
+    job: Callable[[int], dict[str, Any]],
+    at: datetime,
+    *,
+    analyze: bool = True,
+) -> list[dict[str, Any]]:
     """``n`` jobs written straight into the database, one session each: a
     finished ``shell`` job at ``at`` changed by ``job(i)``'s columns (then
-    PostgreSQL's statistics, as autovacuum would take them)."""
+    PostgreSQL's statistics, as autovacuum would take them, unless not
+    ``analyze``). Returns the jobs' rows."""
     sess, rows = [], []
     for i in range(n):
         sid = uuid.uuid4().hex
@@ -300,10 +308,24 @@ async def _stored(store: Store, n: int, job: Callable[[int], dict[str, Any]], at
     def body(tx: Any) -> None:
         tx.conn.execute(sa.insert(sessions), sess)
         tx.conn.execute(sa.insert(jobs), rows)
-        if tx.conn.dialect.name == "postgresql":
+        if analyze and tx.conn.dialect.name == "postgresql":
             tx.conn.execute(sa.text("ANALYZE jobs"))
 
     await store.db.write(body)
+    return rows
+
+
+async def _lease_plan(store: Store, runner: Runner, room: int) -> list[str]:
+    """The plan of the lease's candidates statement for ``runner``'s
+    ``shell`` queue, with ``room`` places (read through the store)."""
+
+    def plan(conn: sa.Connection) -> list[str]:
+        facts = board.Board(conn, Caps(), datetime.now(UTC), runner=runner, max_jobs=room, ttl=30)
+        facts.read_lease_facts()
+        stmt = dispatch._candidates().params(provider="shell", room=room, **rules.params(facts))
+        return reads.explain(conn, stmt)
+
+    return await store.db.read(plan)
 
 
 async def test_a_lease_counts_its_runner_s_active_jobs_from_an_index(store: Store) -> None:
@@ -354,13 +376,7 @@ async def test_a_lease_walks_only_the_queue_of_the_provider_it_takes(store: Stor
         name="r", key_id="k", hostname=None, providers=["shell"], labels=[], slots=4
     )
 
-    def plan(conn: sa.Connection) -> list[str]:
-        facts = board.Board(conn, Caps(), datetime.now(UTC), runner=runner, max_jobs=4, ttl=30)
-        facts.read_lease_facts()
-        stmt = dispatch._candidates().params(provider="shell", room=4, **rules.params(facts))
-        return reads.explain(conn, stmt)
-
-    text = "\n".join(await store.db.read(plan))
+    text = "\n".join(await _lease_plan(store, runner, 4))
     assert "ix_jobs_state_provider_priority_created_at_id" in text, text
     if store.db.dialect == "sqlite":
         assert "(state=? AND provider=?)" in text, text
@@ -387,13 +403,7 @@ async def test_a_lease_behind_thousands_of_jobs_is_not_compiled(store: Store) ->
         name="r", key_id="k", hostname=None, providers=["shell"], labels=[], slots=16
     )
 
-    def plan(conn: sa.Connection) -> list[str]:
-        facts = board.Board(conn, Caps(), datetime.now(UTC), runner=runner, max_jobs=16, ttl=30)
-        facts.read_lease_facts()
-        stmt = dispatch._candidates().params(provider="shell", room=16, **rules.params(facts))
-        return reads.explain(conn, stmt)
-
-    text = "\n".join(await store.db.read(plan))
+    text = "\n".join(await _lease_plan(store, runner, 16))
     assert "JIT" not in text, text
     if store.db.dialect == "postgresql":  # on every connection, whatever the estimate
         assert await store.db.read(lambda c: c.exec_driver_sql("SHOW jit").scalar()) == "off"
@@ -413,50 +423,19 @@ async def test_a_lease_walks_its_queue_in_order_when_the_statistics_are_old(stor
     queued job instead of the session's."""
     at = datetime.now(UTC) - timedelta(days=1)
     await _stored(store, 3000, lambda i: {"created_at": at + timedelta(seconds=i)}, at)
-    rows = [
-        {
-            "id": uuid.uuid4().hex,
-            "session_id": uuid.uuid4().hex,
-            "turn": 1,
-            "state": "queued",
-            "provider": "shell",
-            "command": "true",
-            "labels": [],
-            "source": "api",
-            "priority": 2,
-            "attempt": 1,
-            "max_attempts": 3,
-            "epoch": 1,
-            "created_at": at + timedelta(hours=2, seconds=i),
-            "available_at": at,
-            "updated_at": at,
-        }
-        for i in range(1000)
-    ]
-
-    def queue(tx: Any) -> None:  # no ANALYZE after it
-        tx.conn.execute(
-            sa.insert(sessions),
-            [
-                {"id": r["session_id"], "created_at": at, "updated_at": at}
-                | {"epoch": 1, "last_seq": 0, "turns": 1}
-                for r in rows
-            ],
-        )
-        tx.conn.execute(sa.insert(jobs), rows)
-
-    await store.db.write(queue)
+    queued = {"state": "queued", "provider": "shell"}
+    rows = await _stored(
+        store,
+        1000,
+        lambda i: queued | {"created_at": at + timedelta(hours=2, seconds=i)},
+        at,
+        analyze=False,
+    )
     runner = await store.runners.register(
         name="r", key_id="k", hostname=None, providers=["shell"], labels=[], slots=16
     )
 
-    def plan(conn: sa.Connection) -> list[str]:
-        facts = board.Board(conn, Caps(), datetime.now(UTC), runner=runner, max_jobs=16, ttl=30)
-        facts.read_lease_facts()
-        stmt = dispatch._candidates().params(provider="shell", room=16, **rules.params(facts))
-        return reads.explain(conn, stmt)
-
-    text = "\n".join(await store.db.read(plan))
+    text = "\n".join(await _lease_plan(store, runner, 16))
     assert "ix_jobs_state_provider_priority_created_at_id" in text, text
     assert "Sort" not in text and "Bitmap" not in text and "TEMP B-TREE" not in text, text
     leased = await store.jobs.lease(runner, 16, ttl=30)
