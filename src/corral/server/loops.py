@@ -47,6 +47,7 @@ async def watchdog(svc: Services) -> None:
     and were only cut off — as Nomad resets its heartbeat TTLs after a leader
     election. A runner that is really gone is released a ``lease_ttl`` later."""
     svc.watchdog.grace_until = time.time() + svc.settings.lease_ttl
+    heads_due = 0.0
     while True:
         await asyncio.sleep(svc.settings.watchdog_interval)
         try:
@@ -55,6 +56,9 @@ async def watchdog(svc: Services) -> None:
             await svc.store.jobs.compact_counts()
         except CorralError as exc:
             log.warning("folding the job counts failed: %s", exc.message)
+        if time.monotonic() >= heads_due:
+            heads_due = time.monotonic() + HEADS_EVERY
+            await _free_heads(svc)
         if time.time() < svc.watchdog.grace_until:
             continue
         try:
@@ -74,6 +78,26 @@ async def watchdog(svc: Services) -> None:
                 job.state.value,
                 extra={"job_id": job.id, "session_id": job.session_id},
             )
+
+
+# How often the watchdog looks for a turn left waiting behind one that ended
+# (store/jobs/turns.py): a rare case on PostgreSQL, and a crash's.
+HEADS_EVERY = 30.0
+
+
+async def _free_heads(svc: Services) -> None:
+    try:
+        freed = await svc.store.jobs.free_heads()
+    except CorralError as exc:
+        log.warning("freeing waiting turns failed: %s", exc.message)
+        return
+    for job_id, session_id, turn in freed:
+        log.warning(
+            "job %s (turn %d) was left waiting behind an ended turn of its session; freed",
+            job_id,
+            turn,
+            extra={"job_id": job_id, "session_id": session_id},
+        )
 
 
 async def webhooks(svc: Services) -> None:

@@ -128,8 +128,13 @@ jobs = sa.Table(
     sa.Column("mcp_tools", JSON),
     # W3C trace context of its submit span (corral.tracing): its spans' parent.
     sa.Column("traceparent", sa.String(64)),
-    # The lease's walk, one provider at a time (store/jobs/dispatch.py).
-    sa.Index(None, "state", "provider", "priority", "created_at", "id"),
+    # A queued turn behind an earlier live turn of its session (the turn
+    # lock holds it): set when it is created behind one, cleared when it
+    # becomes its session's first live turn (store/jobs/turns.py).
+    sa.Column("behind", sa.Boolean, nullable=False, server_default=sa.false()),
+    # The lease's walk, one provider at a time, past no turn held behind
+    # another (store/jobs/dispatch.py; migration 0027).
+    sa.Index(None, "state", "behind", "provider", "priority", "created_at", "id"),
     sa.Index(None, "session_id", "turn"),
     # A lease counts the jobs its runner holds (board._HELD): with the state in
     # the index that reads the active ones, not every job the runner ever ran

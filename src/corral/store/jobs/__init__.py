@@ -44,6 +44,7 @@ from corral.store.jobs import (
     reads,
     report,
     stats,
+    turns,
     usage,
 )
 from corral.store.jobs import budgets as budget_rules
@@ -277,6 +278,13 @@ class Jobs:
                 tx, max_infra_retries=budget, skip_locked=skip_locked, now=now
             )
         )
+
+    async def free_heads(self) -> list[tuple[str, str, int]]:
+        """Watchdog: unflag the first live turns of sessions left flagged as
+        waiting behind a turn that has ended (``turns.free_heads``); returns
+        (job id, session id, turn) of each."""
+        rows = await self.db.write(turns.free_heads)
+        return [(r.id, r.session_id, r.turn) for r in rows]
 
     async def waiting(self, job: Job) -> str | None:
         """Why a queued job is not running yet (None unless it is queued)."""

@@ -21,7 +21,7 @@ from corral.store import events as event_log
 from corral.store import outbox
 from corral.store import sessions as session_store
 from corral.store.db import Tx
-from corral.store.jobs import quota
+from corral.store.jobs import quota, turns
 from corral.store.jobs.policy import RetryPolicy
 from corral.store.jobs.state import Row, owned, to_job
 from corral.store.prepared import Prepared
@@ -40,6 +40,7 @@ class Place:
     provider: str  # the one the job is queued for: ``asked`` or its quota fallback
     fallback: str | None  # why ``provider`` is not ``asked``
     last_seq: int  # the session's, its first events' seqs reserved (events.append)
+    behind: bool = False  # created behind a live turn of its session (jobs/turns.py)
 
 
 def create(
@@ -94,7 +95,8 @@ def _first_events(route: Decision | None, fallback: str | None) -> int:
 
 # A turn in a given session (every follow-up turn): built per call, these two
 # were ~0.55 ms of CPU in a job's create, more than SQLite's run of them. The
-# turn's number and its first events' seqs in one update of the session.
+# turn's number and its first events' seqs in one update of the session,
+# which also says whether a turn of it holds its turn lock.
 _NEXT_TURN = Prepared(
     sa.update(sessions)
     .where(sessions.c.id == sa.bindparam("s_id"))
@@ -103,7 +105,7 @@ _NEXT_TURN = Prepared(
         last_seq=sessions.c.last_seq + sa.bindparam("s_events", type_=sessions.c.last_seq.type),
         updated_at=sa.bindparam("s_now", type_=sessions.c.updated_at.type),
     )
-    .returning(sessions.c.turns, sessions.c.last_seq)
+    .returning(sessions.c.turns, sessions.c.last_seq, sessions.c.active_job_id)
 )
 _FIRST_TURN = Prepared(
     sa.select(jobs.c.repo, jobs.c.base)
@@ -126,14 +128,15 @@ def _place(
     turned = _NEXT_TURN(tx.conn, params).one_or_none()
     if turned is None:
         raise SessionNotFound(f"no session {spec.session_id}")
-    turn, last_seq = turned
+    turn, last_seq, active_job_id = turned
+    behind = turns.created_behind(tx, spec.session_id, turn, active_job_id)
     repo, base = spec.repo, spec.base
     if repo is None:
         # A follow-up turn works in the session's workspace.
         first = _FIRST_TURN(tx.conn, {"s_id": spec.session_id}).one_or_none()
         if first is not None:
             repo, base = first
-    return Place(spec.session_id, turn, repo, base, asked, provider, why, last_seq)
+    return Place(spec.session_id, turn, repo, base, asked, provider, why, last_seq, behind)
 
 
 # Built once: a statement's construction and cache key cost more CPU than
@@ -157,6 +160,7 @@ def _insert(
         session_id=place.session_id,
         turn=place.turn,
         state=JobState.QUEUED,
+        behind=place.behind,
         provider=place.provider,
         model=model if place.fallback is None else None,
         preferred_ai=spec.preferred_ai,

@@ -31,17 +31,20 @@ class Lease:
 
 def _candidates() -> sa.Select[Any]:
     """Queued jobs of one provider a runner may take, most urgent first,
-    meeting every row rule. Walks ix_jobs_state_provider_priority_created_at_id
-    in order and stops at the limit: the queued jobs of other providers are
-    not walked (with one index over all providers, a lease walked past every
-    job queued for a provider it does not serve: 10-14 ms a lease behind 5,000
-    of them on SQLite, ~0.6 ms with none; issue #18). Whole rows: the assignment's
+    meeting every row rule. Walks
+    ix_jobs_state_behind_provider_priority_created_at_id in order and stops at
+    the limit: the queued jobs of other providers are not walked (with one
+    index over all providers, a lease walked past every job queued for a
+    provider it does not serve: 10-14 ms a lease behind 5,000 of them on
+    SQLite, ~0.6 ms with none; issue #18), nor the turns held behind an
+    earlier turn of their session (jobs/turns.py). Whole rows: the assignment's
     compare-and-set starts from them. Built once: constructing it per call
     costs more than running it."""
     return (
         sa.select(jobs, rules.HOST)
         .where(
             jobs.c.state == JobState.QUEUED.value,
+            jobs.c.behind == sa.false(),
             jobs.c.provider == sa.bindparam("provider", type_=jobs.c.provider.type),
             *(rule.where for rule in rules.ROW_RULES),
         )

@@ -20,11 +20,13 @@ from corral.store import chat as chat_outbox
 from corral.store import events as event_log
 from corral.store import outbox
 from corral.store.db import Tx, fields
+from corral.store.jobs.turns import free_next
 from corral.store.prepared import Prepared
 from corral.store.schema import jobs, sessions
 
 Row = sa.Row[Any]
 ACTIVE_STATES = [s.value for s in ACTIVE]
+LIVE = ACTIVE | {JobState.QUEUED}
 
 
 def now_utc() -> datetime:
@@ -42,7 +44,8 @@ def to_job(row: Row) -> Job:
 # cursor (store/prepared.py).
 _LOCKED = Prepared(sa.select(jobs).where(jobs.c.id == sa.bindparam("w_id")).with_for_update())
 # A turn that ends frees its session's turn lock (if it still holds it) and
-# reserves the seq of its job.state event, in one update (events.append).
+# reserves the seq of its job.state event, in one update (events.append); the
+# session's count of turns says whether a later one may wait (jobs/turns.py).
 _TURN_ENDS = Prepared(
     sa.update(sessions)
     .where(sessions.c.id == sa.bindparam("w_session"))
@@ -54,7 +57,7 @@ _TURN_ENDS = Prepared(
         last_seq=sessions.c.last_seq + 1,
         updated_at=sa.bindparam("v_now", type_=sessions.c.updated_at.type),
     )
-    .returning(sessions.c.last_seq)
+    .returning(sessions.c.last_seq, sessions.c.turns)
 )
 
 
@@ -135,15 +138,19 @@ def applied(
     if new in TERMINAL:
         changes.setdefault("finished_at", now)
         changes["lease_expires_at"] = None
+    if new is JobState.QUEUED and old in TERMINAL:
+        changes["behind"] = False  # a retry: jobs/turns.py
     params = {"v_" + c: v for c, v in changes.items()}
     params.update(w_id=row.id, w_state=old, w_epoch=row.epoch)
     updated = _compare_and_set(tuple(sorted(changes)))(tx.conn, params).one_or_none()
     if updated is None:
         raise Conflict(f"job {row.id} changed concurrently; try again")
+    later = True  # whether the session may have turns after this one
     if old in ACTIVE and new not in ACTIVE:
         assert reserved is None
         params = {"w_session": row.session_id, "w_job": row.id, "v_now": now}
-        reserved = _TURN_ENDS(tx.conn, params).scalar_one()
+        reserved, turns = _TURN_ENDS(tx.conn, params).one()
+        later = turns > row.turn
     job = to_job(updated)
     payload: dict[str, Any] = {
         "job_id": job.id,
@@ -165,6 +172,10 @@ def applied(
         dedup=False,
         reserved=reserved,
     )
+    if later and old in LIVE and new not in LIVE:
+        # After the session row's update (above, or the event's seq):
+        # jobs/turns.py on why.
+        free_next(tx, row.session_id, row.turn)
     outbox.on_state(tx, updated, tx.webhooks, now)
     chat_outbox.on_state(tx, updated, now)
     tx.notify(topics.JOB_STATES, job.id)
