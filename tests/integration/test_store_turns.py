@@ -140,8 +140,8 @@ async def test_a_flagged_turn_is_always_behind_a_live_one_and_every_turn_runs(
 
 
 async def test_free_heads_frees_a_first_turn_left_flagged(store: Store, runner: Runner) -> None:
-    """What a crash between two transactions, or a freeing that skipped a
-    locked row, can leave: a session's first live turn flagged. The
+    """What a freeing that skipped a locked row leaves (PostgreSQL), made
+    here by hand: a session's first live turn flagged. The
     watchdog's ``free_heads`` finds and frees it; it leaves alone a flagged
     turn that does wait behind another."""
     first, _ = await store.jobs.create(JobCreate(prompt="1"))

@@ -81,7 +81,7 @@ async def watchdog(svc: Services) -> None:
 
 
 # How often the watchdog looks for a turn left waiting behind one that ended
-# (store/jobs/turns.py): a rare case on PostgreSQL, and a crash's.
+# (store/jobs/turns.py): a rare race on PostgreSQL.
 HEADS_EVERY = 30.0
 
 

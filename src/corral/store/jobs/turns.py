@@ -25,7 +25,8 @@ sees the other. Freeing locks the next turn's row while the session's is
 held, and a cancel of that turn holds its row and waits for the session's:
 the free skips a locked row rather than wait (``SKIP LOCKED``), and
 ``free_heads``, run by the watchdog, frees a first live turn left flagged
-that way (or by a crash between the two). On SQLite the writer runs one
+that way (the end and its freeing are one transaction: nothing else leaves
+one so, short of a hand-edited row). On SQLite the writer runs one
 transaction at a time and nothing is ever skipped.
 """
 
@@ -121,7 +122,7 @@ _FREE_HEADS = (
 
 def free_heads(tx: Tx) -> list[sa.Row[tuple[str, str, int]]]:
     """Unflag every session's first live turn that is flagged: one that a
-    ``free_next`` had to skip, or that a crash left so. Reads the flagged
+    ``free_next`` had to skip. Reads the flagged
     turns and, for each of their sessions, its turns up to the first live
     one. Returns (id, session_id, turn) of each turn it freed."""
     return list(tx.conn.execute(_FREE_HEADS).all())
