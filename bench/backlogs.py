@@ -40,42 +40,9 @@ from corral.auth import WorkerClaims
 from corral.models import JobCreate, Outcome
 from corral.store import Store
 from corral.store.schema import jobs, sessions, webhook_deliveries
-from corral.testing import create_pg_database, drop_pg_database
+from corral.testing import create_pg_database, drop_pg_database, job_row, session_row
 
 PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
-
-
-def _job(session_id: str, turn: int, state: str, at: datetime, **extra: Any) -> dict[str, Any]:
-    return {
-        "id": uuid.uuid4().hex,
-        "session_id": session_id,
-        "turn": turn,
-        "state": state,
-        "provider": "shell",
-        "command": "true",
-        "labels": [],
-        "source": "api",
-        "priority": 2,
-        "attempt": 1,
-        "max_attempts": 3,
-        "epoch": 1,
-        "behind": False,
-        "created_at": at,
-        "available_at": at,
-        "updated_at": at,
-        **extra,
-    }
-
-
-def _session(session_id: str, at: datetime, turns: int) -> dict[str, Any]:
-    return {
-        "id": session_id,
-        "created_at": at,
-        "updated_at": at,
-        "epoch": 1,
-        "last_seq": 0,
-        "turns": turns,
-    }
 
 
 def _queue(kind: str, n: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -86,24 +53,36 @@ def _queue(kind: str, n: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]
         # the session's turn lock), n more waiting.
         finished = n if kind == "history" else 0
         sid = uuid.uuid4().hex
-        rows = [_job(sid, i + 1, "done", at) for i in range(finished)]
-        running = _job(sid, finished + 1, "running", at)
+        rows = [job_row(sid, at, turn=i + 1) for i in range(finished)]
+        running = job_row(sid, at, turn=finished + 1, state="running")
         rows.append(running)
         # Flagged as a create behind a live turn flags them (store/jobs/turns.py).
         rows += [
-            _job(sid, finished + 2 + i, "queued", at + timedelta(milliseconds=i), behind=True)
+            job_row(
+                sid,
+                at + timedelta(milliseconds=i),
+                turn=finished + 2 + i,
+                state="queued",
+                behind=True,
+            )
             for i in range(n)
         ]
-        session = _session(sid, at, len(rows)) | {"active_job_id": running["id"]}
+        session = session_row(sid, at, turns=len(rows), active_job_id=running["id"])
         return [session], rows
     if kind == "scheduled":
         later = datetime.now(UTC) + timedelta(days=1)
         sids = [uuid.uuid4().hex for _ in range(n)]
         rows = [
-            _job(sid, 1, "queued", at + timedelta(milliseconds=i), run_at=later, available_at=later)
+            job_row(
+                sid,
+                at + timedelta(milliseconds=i),
+                state="queued",
+                run_at=later,
+                available_at=later,
+            )
             for i, sid in enumerate(sids)
         ]
-        return [_session(sid, at, 1) for sid in sids], rows
+        return [session_row(sid, at) for sid in sids], rows
     return [], []
 
 

@@ -19,7 +19,7 @@ from cases import Result, pct
 from corral.store import Store
 from corral.store.jobs import usage
 from corral.store.schema import jobs, sessions
-from corral.testing import ServerProcess, start_server
+from corral.testing import ServerProcess, job_row, session_row, start_server
 
 BATCH = 5000
 # Most jobs are finished; a few are queued (a backlog) and one provider is rare.
@@ -49,40 +49,23 @@ async def seed(url: str, n: int) -> None:
             sess, rows = [], []
             for i in range(first, min(n, first + BATCH)):
                 at = start + timedelta(seconds=i * 20)
-                sid, jid = uuid.uuid4().hex, uuid.uuid4().hex
-                sess.append(
-                    {
-                        "id": sid,
-                        "created_at": at,
-                        "updated_at": at,
-                        "epoch": 1,
-                        "last_seq": 0,
-                        "turns": 1,
-                    }
-                )
+                sid = uuid.uuid4().hex
+                sess.append(session_row(sid, at))
                 state = STATES[i % len(STATES)]
                 rows.append(
-                    {
-                        "id": jid,
-                        "session_id": sid,
-                        "turn": 1,
-                        "state": state,
-                        "provider": PROVIDERS[i % len(PROVIDERS)],
-                        "command": f"make test-{i}",
-                        "title": None,
-                        "priority": 2,
-                        "attempt": 1,
-                        "max_attempts": 3,
-                        "labels": LABELS[i % len(LABELS)],
-                        "source": SOURCES[i % len(SOURCES)],
-                        "epoch": 1,
-                        "created_at": at,
-                        "available_at": at,
-                        "started_at": None if state == "queued" else at,
-                        "finished_at": None if state == "queued" else at + timedelta(seconds=3),
-                        "updated_at": at,
-                        "cost": None,
-                    }
+                    job_row(
+                        sid,
+                        at,
+                        state=state,
+                        provider=PROVIDERS[i % len(PROVIDERS)],
+                        command=f"make test-{i}",
+                        title=None,
+                        labels=LABELS[i % len(LABELS)],
+                        source=SOURCES[i % len(SOURCES)],
+                        started_at=None if state == "queued" else at,
+                        finished_at=None if state == "queued" else at + timedelta(seconds=3),
+                        cost=None,
+                    )
                 )
 
             def body(tx: Any, sess: list[Any] = sess, rows: list[Any] = rows) -> None:

@@ -18,7 +18,9 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -36,6 +38,49 @@ def worker_claims(lease: Lease, runner: Runner) -> WorkerClaims:
     return WorkerClaims(
         job_id=lease.job.id, session_id=lease.session.id, epoch=lease.job.epoch, runner_id=runner.id
     )
+
+
+def session_row(session_id: str, at: datetime, *, turns: int = 1, **extra: Any) -> dict[str, Any]:
+    """A ``sessions`` row to write straight into the database (a backlog for
+    a test or a benchmark, without a job path per row)."""
+    return {
+        "id": session_id,
+        "created_at": at,
+        "updated_at": at,
+        "epoch": 1,
+        "last_seq": 0,
+        "turns": turns,
+        **extra,
+    }
+
+
+def job_row(
+    session_id: str, at: datetime, *, turn: int = 1, state: str = "done", **extra: Any
+) -> dict[str, Any]:
+    """A ``jobs`` row to write straight into the database: a ``shell`` job
+    created at ``at``, with ``extra``'s columns. Every row names the same
+    columns (``sa.insert`` with many rows takes its columns from the first
+    one, and ignores what later ones add), so give an optional column to
+    every row of a batch."""
+    return {
+        "id": uuid.uuid4().hex,
+        "session_id": session_id,
+        "turn": turn,
+        "state": state,
+        "provider": "shell",
+        "command": "true",
+        "labels": [],
+        "source": "api",
+        "priority": 2,
+        "attempt": 1,
+        "max_attempts": 3,
+        "epoch": 1,
+        "behind": False,
+        "created_at": at,
+        "available_at": at,
+        "updated_at": at,
+        **extra,
+    }
 
 
 def free_port() -> int:

@@ -21,6 +21,7 @@ from corral.store import Caps, Store
 from corral.store.jobs import board, dispatch, reads, rules
 from corral.store.schema import jobs, sessions
 from corral.store.sessions import page_query
+from corral.testing import job_row, session_row
 
 N = 3000
 STATES = ("done", "done", "done", "failed", "cancelled", "queued", "running")
@@ -35,27 +36,17 @@ async def seed(store: Store, n: int = N) -> None:
     for i in range(n):
         at = start + timedelta(seconds=i * 7)
         sid = uuid.uuid4().hex
-        sess.append(
-            {"id": sid, "created_at": at, "updated_at": at, "epoch": 1, "last_seq": 0, "turns": 1}
-        )
+        sess.append(session_row(sid, at))
         rows.append(
-            {
-                "id": uuid.uuid4().hex,
-                "session_id": sid,
-                "turn": 1,
-                "state": STATES[i % len(STATES)],
-                "provider": PROVIDERS[i % len(PROVIDERS)],
-                "command": f"make {i}",
-                "priority": 2,
-                "attempt": 1,
-                "max_attempts": 3,
-                "labels": LABELS[i % len(LABELS)],
-                "source": SOURCES[i % len(SOURCES)],
-                "epoch": 1,
-                "created_at": at,
-                "available_at": at,
-                "updated_at": at,
-            }
+            job_row(
+                sid,
+                at,
+                state=STATES[i % len(STATES)],
+                provider=PROVIDERS[i % len(PROVIDERS)],
+                command=f"make {i}",
+                labels=LABELS[i % len(LABELS)],
+                source=SOURCES[i % len(SOURCES)],
+            )
         )
 
     def body(tx: Any) -> None:
@@ -278,32 +269,9 @@ async def _stored(
     finished ``shell`` job at ``at`` changed by ``job(i)``'s columns (then
     PostgreSQL's statistics, as autovacuum would take them, unless not
     ``analyze``). Returns the jobs' rows."""
-    sess, rows = [], []
-    for i in range(n):
-        sid = uuid.uuid4().hex
-        sess.append(
-            {"id": sid, "created_at": at, "updated_at": at, "epoch": 1, "last_seq": 0, "turns": 1}
-        )
-        rows.append(
-            {
-                "id": uuid.uuid4().hex,
-                "session_id": sid,
-                "turn": 1,
-                "state": "done",
-                "provider": "shell",
-                "command": "true",
-                "labels": [],
-                "source": "api",
-                "priority": 2,
-                "attempt": 1,
-                "max_attempts": 3,
-                "epoch": 1,
-                "created_at": at,
-                "available_at": at,
-                "updated_at": at,
-                **job(i),
-            }
-        )
+    sids = [uuid.uuid4().hex for _ in range(n)]
+    sess = [session_row(sid, at) for sid in sids]
+    rows = [job_row(sid, at, **job(i)) for i, sid in enumerate(sids)]
 
     def body(tx: Any) -> None:
         tx.conn.execute(sa.insert(sessions), sess)
