@@ -11,11 +11,16 @@ import pytest
 import sqlalchemy as sa
 
 from corral import redact
+from corral.auth import WorkerClaims
 from corral.errors import SessionNotFound
 from corral.models import JobCreate, NewEvent, Outcome, Runner
 from corral.protocol import topics
 from corral.store import Store, migrate
 from corral.store import events as events_module
+from corral.store.jobs import now_utc
+from corral.store.schema import events as event_rows
+from corral.store.schema import jobs, sessions
+from corral.testing import job_row, session_row
 from corral.testing import worker_claims as claims
 
 
@@ -163,10 +168,34 @@ async def test_the_log_loses_its_session_key_and_keeps_its_events(db_url: str) -
         runner = await store.runners.register(
             name="r1", key_id="k1", hostname="h", providers=["shell"], labels=[], slots=1
         )
-        c = await _running(store, runner)
-        before, _ = await store.jobs.append_events(
-            c, [NewEvent(type="output", payload={"i": i}) for i in range(3)]
-        )
+        # A running job and its first events, written as the tables stood at
+        # 0023 (today's job path writes columns added since).
+        at, sid = now_utc(), uuid.uuid4().hex
+        job = job_row(sid, at, state="running", runner_id=runner.id, started_at=at)
+        del job["behind"]  # migration 0027
+        before = [uuid.uuid4().hex for _ in range(3)]
+        logged = [
+            {
+                "session_id": sid,
+                "seq": i + 1,
+                "event_id": event_id,
+                "job_id": job["id"],
+                "type": "output",
+                "epoch": 1,
+                "payload": {"i": i},
+                "internal": False,
+                "created_at": at,
+            }
+            for i, event_id in enumerate(before)
+        ]
+
+        def seed(tx: Any) -> None:
+            tx.conn.execute(sa.insert(sessions), [session_row(sid, at, last_seq=3)])
+            tx.conn.execute(sa.insert(jobs), [job])
+            tx.conn.execute(sa.insert(event_rows), logged)
+
+        await store.db.write(seed)
+        c = WorkerClaims(job["id"], sid, 1, runner.id)
 
         def keys(conn: Any) -> list[str]:
             return [fk["referred_table"] for fk in sa.inspect(conn).get_foreign_keys("events")]
@@ -178,7 +207,7 @@ async def test_the_log_loses_its_session_key_and_keeps_its_events(db_url: str) -
         log = await store.events.list(c.session_id, internal=True)
         assert [e.seq for e in log] == list(range(1, after[0].seq + 1))
         assert [e.payload for e in log if e.type == "output"] == [{"i": i} for i in range(4)]
-        assert [e.event_id for e in log][-4:-1] == [e.event_id for e in before]
+        assert [e.event_id for e in log][-4:-1] == before
     finally:
         await store.close()
 
