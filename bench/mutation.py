@@ -92,6 +92,7 @@ TARGETS: dict[str, Target] = {
             functions=(
                 # state.py: the compare-and-set core and the epoch checks
                 *_fns("corral.store.jobs.state", "locked", "owned", "holds", "apply", "fence"),
+                *_fns("corral.store.jobs.state", "applied"),  # what apply runs
                 # dispatch.py: the lease and the turn lock it takes
                 *_fns("corral.store.jobs.dispatch", "lease", "_assign"),
                 # lifecycle.py: the worker writes that check the epoch, and what
@@ -120,6 +121,27 @@ TARGETS: dict[str, Target] = {
             # lifecycle.py: a runner's journal presented when it registers
             functions=_fns(
                 "corral.store.jobs.lifecycle", "recover", "_restore", "_moved_on", "_turn_free"
+            ),
+        ),
+        Target(
+            "turns",
+            (
+                "src/corral/store/jobs/turns.py",
+                "src/corral/store/jobs/state.py",
+                "src/corral/store/jobs/create.py",
+            ),
+            (
+                "tests/integration/test_store_turns.py",
+                "tests/integration/test_store_jobs.py",
+                "-k",
+                "not postgres",
+            ),
+            # the behind flag: set at create, freed at a turn's end, repaired
+            # by the watchdog (the statements themselves are module-level data)
+            functions=(
+                *_fns("corral.store.jobs.turns", "created_behind", "free_next", "free_heads"),
+                *_fns("corral.store.jobs.state", "applied"),
+                *_fns("corral.store.jobs.create", "_place"),
             ),
         ),
     )

@@ -76,17 +76,27 @@ async def test_a_turn_created_behind_a_live_one_waits_flagged_until_its_turn(
     # A queued turn that ends (cancelled) frees the one after it.
     await store.jobs.cancel(second.id)
     assert await _flags(store, third.id, fourth.id) == [False, True]
-    assert [lease.job.id for lease in await store.jobs.lease(runner, 10, ttl=30)] == [third.id]
+    [running] = await store.jobs.lease(runner, 10, ttl=30)
+    assert running.job.id == third.id
     assert await store.jobs.lease(runner, 10, ttl=30) == []
 
-    # A turn queued again by a retry starts unflagged; the turn lock still
-    # holds it behind the running turn 3.
+    # Created while turn 3 runs and the turn before it (4) is cancelled: the
+    # session's turn lock is what it waits behind.
     await store.jobs.cancel(fourth.id)
+    fifth, _ = await store.jobs.create(JobCreate(prompt="5", session_id=sid))
+    assert await _flags(store, fifth.id) == [True]
+
+    # A turn queued again by a retry starts unflagged; the turn lock still
+    # holds it behind the running turn 3, and turn 5 behind it.
     retried = await store.jobs.retry(fourth.id)
     assert retried.state is JobState.QUEUED
-    assert await _flags(store, fourth.id) == [False]
+    assert await _flags(store, fourth.id, fifth.id) == [False, True]
     assert await store.jobs.lease(runner, 10, ttl=30) == []
     assert (await store.jobs.waiting(retried) or "").startswith("turn lock: turn 3")
+    for expected in (fourth.id, fifth.id):  # then each in its turn
+        await store.jobs.complete(claims(running, runner), Outcome(status="done"))
+        [running] = await store.jobs.lease(runner, 10, ttl=30)
+        assert running.job.id == expected
 
 
 async def test_a_flagged_turn_is_always_behind_a_live_one_and_every_turn_runs(
