@@ -122,7 +122,7 @@ _FREE_HEADS = (
 
 def free_heads(tx: Tx) -> list[sa.Row[tuple[str, str, int]]]:
     """Unflag every session's first live turn that is flagged: one that a
-    ``free_next`` had to skip. Reads the flagged
-    turns and, for each of their sessions, its turns up to the first live
-    one. Returns (id, session_id, turn) of each turn it freed."""
+    ``free_next`` had to skip. Reads the flagged turns and, for each of
+    their sessions, its turns up to the first live one. Returns (id,
+    session_id, turn) of each turn it freed."""
     return list(tx.conn.execute(_FREE_HEADS).all())
