@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
+from corral import sdk_import
 from corral.protocol import error_body
 
 if TYPE_CHECKING:
@@ -60,6 +60,6 @@ class McpMount:
 
 
 def _load() -> McpEndpoint:
-    http = importlib.import_module("corral.mcp.http")
+    http = sdk_import.load("corral.mcp.http")
     endpoint: McpEndpoint = http.McpEndpoint()
     return endpoint

@@ -9,11 +9,13 @@ runner's 127.0.0.1 cannot be reached: such a job runs without one, and a
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from corral import sdk_import
 from corral.executors.base import Emit
 from corral.executors.settings import AgentSettings, ProviderSettings
 from corral.gateway.settings import McpServerSettings
@@ -69,7 +71,9 @@ async def start(
     hold: Callable[[], AbstractContextManager[None]] | None = None,
     ask: Ask | None = None,
 ) -> Gateway:
-    """Start the job's gateway (imported here: it loads the MCP SDK and uvicorn)."""
+    """Start the job's gateway (imported here, in a thread, the first time:
+    it loads the MCP SDK and uvicorn; ``sdk_import`` on why one at a time)."""
+    await asyncio.to_thread(sdk_import.load, "corral.gateway.server")
     from corral.gateway.policy import Policy
     from corral.gateway.server import Gateway
 
