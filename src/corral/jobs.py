@@ -47,6 +47,8 @@ class Action(StrEnum):
 
 ACTIVE = frozenset({JobState.ASSIGNED, JobState.RUNNING})
 TERMINAL = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED})
+# Queued or active: a turn its session's later turns wait behind (the turn lock).
+LIVE = ACTIVE | {JobState.QUEUED}
 
 _FROM: dict[Action, frozenset[JobState]] = {
     Action.ASSIGN: frozenset({JobState.QUEUED}),
@@ -55,7 +57,7 @@ _FROM: dict[Action, frozenset[JobState]] = {
     Action.FAIL: ACTIVE,
     Action.LOSE: ACTIVE,
     Action.REJECT: ACTIVE,
-    Action.CANCEL: frozenset({JobState.QUEUED}) | ACTIVE,
+    Action.CANCEL: LIVE,
     Action.RETRY: frozenset({JobState.FAILED, JobState.CANCELLED}),
     Action.RECOVER: frozenset({JobState.QUEUED}),
 }

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from corral import metrics
 from corral.auth import WorkerClaims
 from corral.errors import Conflict, JobNotActive, JobNotFound, StaleEpoch
-from corral.jobs import ACTIVE, TERMINAL, Action, JobState, transition
+from corral.jobs import ACTIVE, LIVE, TERMINAL, Action, JobState, transition
 from corral.models import Job, NewEvent
 from corral.protocol import topics
 from corral.store import chat as chat_outbox
@@ -26,7 +26,6 @@ from corral.store.schema import jobs, sessions
 
 Row = sa.Row[Any]
 ACTIVE_STATES = [s.value for s in ACTIVE]
-LIVE = ACTIVE | {JobState.QUEUED}
 
 
 def now_utc() -> datetime:

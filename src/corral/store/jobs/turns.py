@@ -34,12 +34,12 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from corral.jobs import ACTIVE, JobState
+from corral.jobs import LIVE, JobState
 from corral.store.db import Tx
 from corral.store.prepared import Prepared
 from corral.store.schema import jobs
 
-LIVE_STATES = [JobState.QUEUED.value, *sorted(s.value for s in ACTIVE)]
+LIVE_STATES = sorted(s.value for s in LIVE)
 
 # The turn before a new one, if it is still queued (an active one holds the
 # session's ``active_job_id``, which the create reads as it takes its turn).
