@@ -240,12 +240,23 @@ def test_kill9_mid_turn_resumes_the_thread(
     try:
         with local.http() as http:
             job_id = submit(http, "a slow one", repo=str(repo))
-        tid = thread_id(job_id)
-        wait_for(
-            lambda: ((fake.thread(tid) or {}).get("latestTurn") or {}).get("state") == "running",
-            timeout=10,
-            what="the turn to run",
-        )
+            tid = thread_id(job_id)
+            wait_for(
+                lambda: (
+                    ((fake.thread(tid) or {}).get("latestTurn") or {}).get("state") == "running"
+                ),
+                timeout=10,
+                what="the turn to run",
+            )
+            # The turn runs in T3 as soon as its start is dispatched; corral
+            # records that (remote.submitted) a moment later. Kill only once it
+            # has, so the crash always falls mid-turn with the submit recorded.
+            job = http.get(f"/jobs/{job_id}").json()
+            wait_for(
+                lambda: any(e["type"] == "remote.submitted" for e in events_of(http, job)),
+                timeout=10,
+                what="remote.submitted to be recorded",
+            )
     finally:
         local.kill()  # kill -9 while the turn runs
     with running_server(data, args=args, env=ENV) as again, again.http() as http:
@@ -253,6 +264,38 @@ def test_kill9_mid_turn_resumes_the_thread(
         assert job["state"] == "done" and job["result"] == "finished after the crash", job
         types = [e["type"] for e in events_of(http, job)]
         assert types.count("remote.submitted") == 1 and "remote.resumed" in types, types
+    assert fake.count("thread.create", threadId=tid) == 1
+    assert fake.count("thread.turn.start", threadId=tid) == 1
+
+
+def test_kill9_before_the_submit_is_recorded_resumes_the_thread(
+    fake: FakeT3, config: Path, repo: Path, tmp_path: Path
+) -> None:
+    """T3 started the turn but corral died before it heard so: the next run
+    finds the turn's message in the thread and follows it, never a second turn."""
+    fake.turn_seconds = 4
+    fake.answer_after["thread.turn.start"] = 3  # the turn runs; its answer is late
+    fake.reply("followed after the crash")
+    data = tmp_path / "data"
+    args = ("--config", str(config), "--no-queue")
+    local = start_server(data, args=args, env=ENV)
+    try:
+        with local.http() as http:
+            job_id = submit(http, "a slow one", repo=str(repo))
+        tid = thread_id(job_id)
+        wait_for(
+            lambda: ((fake.thread(tid) or {}).get("latestTurn") or {}).get("state") == "running",
+            timeout=10,
+            what="the turn to run",
+        )
+    finally:
+        local.kill()  # kill -9 while the turn start's answer is held
+    fake.answer_after.clear()
+    with running_server(data, args=args, env=ENV) as again, again.http() as http:
+        job = wait_job(http, job_id, timeout=30)
+        assert job["state"] == "done" and job["result"] == "followed after the crash", job
+        types = [e["type"] for e in events_of(http, job)]
+        assert "remote.submitted" not in types and "remote.resumed" in types, types
     assert fake.count("thread.create", threadId=tid) == 1
     assert fake.count("thread.turn.start", threadId=tid) == 1
 

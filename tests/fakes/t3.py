@@ -123,6 +123,10 @@ class FakeT3:
         self._token = token
         self.turn_seconds = 0.5
         self.pending_seconds = 0.1
+        # Seconds to hold the HTTP answer to an accepted command, by type: the
+        # command is applied at once and its answer comes late (a client killed
+        # meanwhile never learns that it was accepted).
+        self.answer_after: dict[str, float] = {}
         self.commands: list[dict[str, Any]] = []  # accepted, in order
         self.rejected: list[tuple[int, str, Any]] = []  # (status, error, body)
         self.tokens_seen: list[str | None] = []
@@ -607,4 +611,9 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             return self._json(400, {"error": "Invalid orchestration command payload."})
         status, body = self.fake.dispatch(command)
+        hold = (
+            self.fake.answer_after.get(command.get("type")) if isinstance(command, dict) else None
+        )
+        if status == 200 and hold:
+            time.sleep(hold)
         self._json(status, body)
