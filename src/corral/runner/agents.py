@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 MAX_PENDING_LINES = 20_000
 BATCH_LINES = 2_000
 FINAL_REPORT = 3.0  # seconds a stopping runner tries to report its stopped daemons
+# A poll (or applying what it brought) that failed in a way it does not retry
+# is tried again after this many seconds.
+POLL_ERROR_PAUSE = 5.0
 
 RunnerId = Callable[[], str | None]
 
@@ -99,6 +102,9 @@ class AgentHost:
             )
             try:
                 desired = await link.poll_agents(rid, body)
+                if desired.version != version:
+                    self._apply(desired.agents)
+                    version = desired.version
             except Unreachable as exc:
                 log.debug("agents poll: %s; retrying", exc)
                 await asyncio.sleep(delay * (0.5 + random.random()))
@@ -111,12 +117,15 @@ class AgentHost:
                 continue
             except BadAnswer as exc:  # not what this runner speaks
                 log.error("agents poll: %s", exc)
-                await asyncio.sleep(5.0)
+                await asyncio.sleep(POLL_ERROR_PAUSE)
+                continue
+            except Exception:
+                # One bad poll must not end the host (and stop every daemon
+                # with it); the version is unchanged, so it is applied again.
+                log.exception("agents poll failed; polling again in %.0f s", POLL_ERROR_PAUSE)
+                await asyncio.sleep(POLL_ERROR_PAUSE)
                 continue
             delay = 0.05
-            if desired.version != version:
-                self._apply(desired.agents)
-                version = desired.version
 
     def _apply(self, specs: list[DesiredAgent]) -> None:
         wanted = {s.name: s for s in specs}
