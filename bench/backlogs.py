@@ -79,6 +79,7 @@ def _queue(kind: str, n: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]
                 state="queued",
                 run_at=later,
                 available_at=later,
+                later=True,  # as the create flags it (store/jobs/later.py)
             )
             for i, sid in enumerate(sids)
         ]

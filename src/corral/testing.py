@@ -76,6 +76,7 @@ def job_row(
         "max_attempts": 3,
         "epoch": 1,
         "behind": False,
+        "later": False,
         "created_at": at,
         "available_at": at,
         "updated_at": at,

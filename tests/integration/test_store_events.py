@@ -172,7 +172,7 @@ async def test_the_log_loses_its_session_key_and_keeps_its_events(db_url: str) -
         # 0023 (today's job path writes columns added since).
         at, sid = now_utc(), uuid.uuid4().hex
         job = job_row(sid, at, state="running", runner_id=runner.id, started_at=at)
-        del job["behind"]  # migration 0027
+        del job["behind"], job["later"]  # migrations 0027, 0028
         before = [uuid.uuid4().hex for _ in range(3)]
         logged = [
             {

@@ -345,9 +345,9 @@ async def test_a_lease_walks_only_the_queue_of_the_provider_it_takes(store: Stor
     )
 
     text = "\n".join(await _lease_plan(store, runner, 4))
-    assert "ix_jobs_state_behind_provider_priority_created_at_id" in text, text
+    assert "ix_jobs_state_behind_later_provider_priority_created_at_id" in text, text
     if store.db.dialect == "sqlite":
-        assert "(state=? AND behind=? AND provider=?)" in text, text
+        assert "(state=? AND behind=? AND later=? AND provider=?)" in text, text
     assert "TEMP B-TREE" not in text and "Sort" not in text, text
     assert [lease.job.id for lease in await store.jobs.lease(runner, 4, ttl=30)] == [mine.id]
 
@@ -404,7 +404,7 @@ async def test_a_lease_walks_its_queue_in_order_when_the_statistics_are_old(stor
     )
 
     text = "\n".join(await _lease_plan(store, runner, 16))
-    assert "ix_jobs_state_behind_provider_priority_created_at_id" in text, text
+    assert "ix_jobs_state_behind_later_provider_priority_created_at_id" in text, text
     assert "Sort" not in text and "Bitmap" not in text and "TEMP B-TREE" not in text, text
     leased = await store.jobs.lease(runner, 16, ttl=30)
     assert [lease.job.id for lease in leased] == [r["id"] for r in rows[:16]]

@@ -223,11 +223,7 @@ class Prepared:
             for key in self.expanding:
                 params.update((_item(key, i), v) for i, v in enumerate(params[key]))
         plan = self._plan(conn.dialect, params)
-        args = []
-        for name, process, own in plan.binds:
-            value = params[name] if own is _NONE else params.get(name, own)
-            args.append(value if process is None else process(value))
-        rows, description, rowcount = _execute(conn, plan.sql, args)
+        rows, description, rowcount = _execute(conn, plan.sql, _args(plan, params))
         if plan.row is None:
             return Rows([], rowcount)
         if plan.results is None:
@@ -245,6 +241,25 @@ class Prepared:
         else:
             out = [make(raw) for raw in rows]
         return Rows(out, rowcount)
+
+    def explain(self, conn: sa.Connection, params: Mapping[str, Any]) -> list[str]:
+        """The plan of the statement as ``__call__`` would run it with
+        ``params`` (``EXPLAIN``, SQLite's ``EXPLAIN QUERY PLAN``: its detail
+        column), without running it: what tests read."""
+        assert not self.expanding, "a plan of an expanded list: not needed yet"
+        plan = self._plan(conn.dialect, params)
+        prefix = "EXPLAIN QUERY PLAN " if conn.dialect.name == "sqlite" else "EXPLAIN "
+        rows, _, _ = _execute(conn, prefix + plan.sql, _args(plan, params))
+        return [str(row[-1]) for row in rows]
+
+
+def _args(plan: _Plan, params: Mapping[str, Any]) -> list[Any]:
+    """The driver's positional arguments of ``plan`` for ``params``."""
+    args = []
+    for name, process, own in plan.binds:
+        value = params[name] if own is _NONE else params.get(name, own)
+        args.append(value if process is None else process(value))
+    return args
 
 
 def driver(conn: sa.Connection, sql: str, params: Sequence[Any] = ()) -> Rows:

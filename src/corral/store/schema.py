@@ -132,9 +132,21 @@ jobs = sa.Table(
     # lock holds it): set when it is created behind one, cleared when it
     # becomes its session's first live turn (store/jobs/turns.py).
     sa.Column("behind", sa.Boolean, nullable=False, server_default=sa.false()),
+    # A queued job not available yet (its available_at, a run_at or a retry's
+    # backoff, was ahead when it was queued): set then, cleared once that
+    # time has come (store/jobs/later.py).
+    sa.Column("later", sa.Boolean, nullable=False, server_default=sa.false()),
     # The lease's walk, one provider at a time, past no turn held behind
-    # another (store/jobs/dispatch.py; migration 0027).
-    sa.Index(None, "state", "behind", "provider", "priority", "created_at", "id"),
+    # another and no job whose time has not come (store/jobs/dispatch.py;
+    # migrations 0027, 0028).
+    sa.Index(None, "state", "behind", "later", "provider", "priority", "created_at", "id"),
+    # The jobs that run later, by their time: those due, found without the rest.
+    sa.Index(
+        "ix_jobs_later_available_at",
+        "available_at",
+        sqlite_where=sa.text("later = 1"),  # as SQLAlchemy writes the test (a match)
+        postgresql_where=sa.text("later"),
+    ),
     sa.Index(None, "session_id", "turn"),
     # A lease counts the jobs its runner holds (board._HELD): with the state in
     # the index that reads the active ones, not every job the runner ever ran

@@ -39,6 +39,7 @@ from corral.store.jobs import (
     create,
     dispatch,
     handoff,
+    later,
     lifecycle,
     quota,
     reads,
@@ -76,6 +77,9 @@ class Jobs:
         # events, as every submit that waits for its result does, needs no
         # more than that: no read of the job (issue #18).
         self._sessions: OrderedDict[str, str] = OrderedDict()
+        # When a lease of this process last cleared the flag of the jobs
+        # whose time had come (jobs/later.py).
+        self._promoted: datetime | None = None
 
     async def create(
         self,
@@ -165,9 +169,22 @@ class Jobs:
         """Assign up to ``max_jobs`` queued jobs to ``runner``: lowest priority
         value first, then oldest; one active turn per session, turns in order."""
         now, caps, skip_locked = now_utc(), self.caps, not self.db.is_sqlite
+        last = self._promoted
+        # By the store's clock (the time the flag is about); a clock set back
+        # promotes at once rather than wait for the old time.
+        promote = last is None or not last <= now < last + later.PROMOTE_EVERY
+        if promote:
+            self._promoted = now
         return await self.db.write(
             lambda tx: dispatch.lease(
-                tx, runner, max_jobs, ttl, caps=caps, skip_locked=skip_locked, now=now
+                tx,
+                runner,
+                max_jobs,
+                ttl,
+                caps=caps,
+                skip_locked=skip_locked,
+                now=now,
+                promote=promote,
             )
         )
 

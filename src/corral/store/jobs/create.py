@@ -22,6 +22,7 @@ from corral.store import outbox
 from corral.store import sessions as session_store
 from corral.store.db import Tx
 from corral.store.jobs import quota, turns
+from corral.store.jobs.later import queued_later
 from corral.store.jobs.policy import RetryPolicy
 from corral.store.jobs.state import Row, owned, to_job
 from corral.store.prepared import Prepared
@@ -155,12 +156,14 @@ def _insert(
     traceparent: str | None,
 ) -> Row:
     model = route.model if route else spec.model
+    available_at = max(now, spec.run_at) if spec.run_at else now
     values = dict(
         id=new_id(),
         session_id=place.session_id,
         turn=place.turn,
         state=JobState.QUEUED,
         behind=place.behind,
+        later=queued_later(available_at, now),
         provider=place.provider,
         model=model if place.fallback is None else None,
         preferred_ai=spec.preferred_ai,
@@ -194,7 +197,7 @@ def _insert(
         epoch=0,
         created_at=now,
         run_at=spec.run_at,
-        available_at=max(now, spec.run_at) if spec.run_at else now,
+        available_at=available_at,
         updated_at=now,
     )
     row: Row = _INSERT(tx.conn, values).one()

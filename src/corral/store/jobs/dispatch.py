@@ -13,7 +13,7 @@ from corral.jobs import Action, JobState
 from corral.models import Job, NewEvent, Runner, Session
 from corral.store import events as event_log
 from corral.store.db import Tx
-from corral.store.jobs import rules
+from corral.store.jobs import later, rules
 from corral.store.jobs.board import Board
 from corral.store.jobs.policy import Caps
 from corral.store.jobs.state import apply
@@ -32,12 +32,13 @@ class Lease:
 def _candidates() -> sa.Select[Any]:
     """Queued jobs of one provider a runner may take, most urgent first,
     meeting every row rule. Walks
-    ix_jobs_state_behind_provider_priority_created_at_id in order and stops at
+    ix_jobs_state_behind_later_provider_priority_created_at_id in order and stops at
     the limit: the queued jobs of other providers are not walked (with one
     index over all providers, a lease walked past every job queued for a
     provider it does not serve: 10-14 ms a lease behind 5,000 of them on
     SQLite, ~0.6 ms with none; issue #18), nor the turns held behind an
-    earlier turn of their session (jobs/turns.py). Whole rows: the assignment's
+    earlier turn of their session (jobs/turns.py), nor the jobs whose time
+    has not come (jobs/later.py). Whole rows: the assignment's
     compare-and-set starts from them. Built once: constructing it per call
     costs more than running it."""
     return (
@@ -45,6 +46,7 @@ def _candidates() -> sa.Select[Any]:
         .where(
             jobs.c.state == JobState.QUEUED.value,
             jobs.c.behind == sa.false(),
+            jobs.c.later == sa.false(),
             jobs.c.provider == sa.bindparam("provider", type_=jobs.c.provider.type),
             *(rule.where for rule in rules.ROW_RULES),
         )
@@ -66,9 +68,12 @@ def lease(
     caps: Caps,
     skip_locked: bool,
     now: datetime,
+    promote: bool = False,
 ) -> list[Lease]:
     """Assign up to ``max_jobs`` queued jobs to ``runner``: lowest priority
-    value first, then oldest; one active turn per session, turns in order."""
+    value first, then oldest; one active turn per session, turns in order.
+    ``promote``: first clear the flag of the jobs whose time has come
+    (jobs/later.py)."""
     conn = tx.conn
     if caps.any and skip_locked:
         # Caps count jobs across runners: lease one runner at a time.
@@ -81,6 +86,8 @@ def lease(
     seen = _SEEN(conn, {"w_id": runner.id, "v_now": now}).rowcount
     if not seen:
         return []  # stopped or replaced since the request began: nothing for it
+    if promote:
+        later.promote(tx, skip_locked=skip_locked, now=now)
     board = Board(conn, caps, now, runner=runner, max_jobs=max_jobs, ttl=ttl)
     board.read_lease_facts()
     room = rules.room(board)

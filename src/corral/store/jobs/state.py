@@ -20,6 +20,7 @@ from corral.store import chat as chat_outbox
 from corral.store import events as event_log
 from corral.store import outbox
 from corral.store.db import Tx, fields
+from corral.store.jobs.later import queued_later
 from corral.store.jobs.turns import free_next
 from corral.store.prepared import Prepared
 from corral.store.schema import jobs, sessions
@@ -139,17 +140,19 @@ def applied(
         changes["lease_expires_at"] = None
     if new is JobState.QUEUED and old in TERMINAL:
         changes["behind"] = False  # a retry: jobs/turns.py
+    if "available_at" in changes:  # queued with its time ahead, or not: jobs/later.py
+        changes["later"] = queued_later(changes["available_at"], now)
     params = {"v_" + c: v for c, v in changes.items()}
     params.update(w_id=row.id, w_state=old, w_epoch=row.epoch)
     updated = _compare_and_set(tuple(sorted(changes)))(tx.conn, params).one_or_none()
     if updated is None:
         raise Conflict(f"job {row.id} changed concurrently; try again")
-    later = True  # whether the session may have turns after this one
+    more_turns = True  # whether the session may have turns after this one
     if old in ACTIVE and new not in ACTIVE:
         assert reserved is None
         params = {"w_session": row.session_id, "w_job": row.id, "v_now": now}
         reserved, turns = _TURN_ENDS(tx.conn, params).one()
-        later = turns > row.turn
+        more_turns = turns > row.turn
     job = to_job(updated)
     payload: dict[str, Any] = {
         "job_id": job.id,
@@ -171,7 +174,7 @@ def applied(
         dedup=False,
         reserved=reserved,
     )
-    if later and old in LIVE and new not in LIVE:
+    if more_turns and old in LIVE and new not in LIVE:
         # After the session row's update (above, or the event's seq):
         # jobs/turns.py on why.
         free_next(tx, row.session_id, row.turn)
