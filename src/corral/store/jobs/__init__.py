@@ -175,16 +175,12 @@ class Jobs:
         promote = last is None or not last <= now < last + later.PROMOTE_EVERY
         if promote:
             self._promoted = now
+            # A transaction of its own: the lease's holds no flagged row
+            # while it waits for a session's.
+            await self.db.write(lambda tx: later.promote(tx, skip_locked=skip_locked, now=now))
         return await self.db.write(
             lambda tx: dispatch.lease(
-                tx,
-                runner,
-                max_jobs,
-                ttl,
-                caps=caps,
-                skip_locked=skip_locked,
-                now=now,
-                promote=promote,
+                tx, runner, max_jobs, ttl, caps=caps, skip_locked=skip_locked, now=now
             )
         )
 

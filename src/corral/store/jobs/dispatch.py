@@ -13,7 +13,7 @@ from corral.jobs import Action, JobState
 from corral.models import Job, NewEvent, Runner, Session
 from corral.store import events as event_log
 from corral.store.db import Tx
-from corral.store.jobs import later, rules
+from corral.store.jobs import rules
 from corral.store.jobs.board import Board
 from corral.store.jobs.policy import Caps
 from corral.store.jobs.state import apply
@@ -68,12 +68,9 @@ def lease(
     caps: Caps,
     skip_locked: bool,
     now: datetime,
-    promote: bool = False,
 ) -> list[Lease]:
     """Assign up to ``max_jobs`` queued jobs to ``runner``: lowest priority
-    value first, then oldest; one active turn per session, turns in order.
-    ``promote``: first clear the flag of the jobs whose time has come
-    (jobs/later.py)."""
+    value first, then oldest; one active turn per session, turns in order."""
     conn = tx.conn
     if caps.any and skip_locked:
         # Caps count jobs across runners: lease one runner at a time.
@@ -86,8 +83,6 @@ def lease(
     seen = _SEEN(conn, {"w_id": runner.id, "v_now": now}).rowcount
     if not seen:
         return []  # stopped or replaced since the request began: nothing for it
-    if promote:
-        later.promote(tx, skip_locked=skip_locked, now=now)
     board = Board(conn, caps, now, runner=runner, max_jobs=max_jobs, ttl=ttl)
     board.read_lease_facts()
     room = rules.room(board)

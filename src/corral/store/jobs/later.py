@@ -13,11 +13,13 @@ state change sets ``available_at``: a retry's backoff, a retry of an ended
 scheduled job), and the lease keeps its own ``available_at`` condition, so
 the flag can only spare work, or hold a due job until it is cleared.
 ``promote`` clears the jobs whose time has come, found by their own partial
-index (nothing else is read), in a lease's transaction at most every
-``PROMOTE_EVERY`` seconds a store (``Jobs.lease``): a due job is leased at
-most that much later than without the flag (idle runners lease again every
-second anyway). A flag left on a job that is not queued is harmless (only
-queued jobs are leased), and ``promote`` clears it at its time.
+index (nothing else is read), before a lease, at most every
+``PROMOTE_EVERY`` by a store's clock (``Jobs.lease``), in a transaction of
+its own (the lease's then holds no flagged row while it waits for a
+session's): a due job is leased at most that much later than without the
+flag (idle runners lease again every second anyway). A flag left on a job
+that is not queued is harmless (only queued jobs are leased), and
+``promote`` clears it at its time.
 
 PostgreSQL: ``promote`` skips the rows another transaction holds (``SKIP
 LOCKED``: a cancel, a lease) rather than wait for them; the next pass takes
