@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import sqlalchemy as sa
@@ -14,7 +17,9 @@ from corral.errors import InvalidTransition, JobNotActive
 from corral.jobs import ACTIVE, JobState
 from corral.models import Job, JobCreate, Outcome, Runner
 from corral.store import Store
-from corral.store.schema import jobs
+from corral.store.jobs import turns
+from corral.store.schema import jobs, sessions
+from corral.testing import job_row, session_row
 from corral.testing import worker_claims as claims
 
 LIVE = {JobState.QUEUED.value, *(s.value for s in ACTIVE)}
@@ -255,3 +260,42 @@ async def test_concurrent_turns_never_deadlock_and_all_run(store: Store, runner:
             await store.jobs.complete(claims(lease, runner), Outcome(status="done"))
     left = await store.jobs.list(states=[JobState.QUEUED, *ACTIVE])
     assert left == [], [(j.turn, j.state) for j in left]
+
+
+async def test_a_turn_s_statements_read_its_session_only_when_the_statistics_are_old(
+    store: Store,
+) -> None:
+    """What a create and an end run for the flag (the turn before, the next
+    live turn, the free) reach one session's turns through its index, not
+    the table, also when a session's turns grew after PostgreSQL's last
+    ANALYZE (3,000 finished jobs analyzed, then 500 turns of one session).
+    The turn before a new one was first looked up with its state in the
+    query: PostgreSQL then walked every queued job by the lease's index."""
+    at = datetime.now(UTC) - timedelta(days=1)
+    old = [uuid.uuid4().hex for _ in range(3000)]
+    sid = uuid.uuid4().hex
+    turns_ = [
+        job_row(sid, at, turn=t, state="running" if t == 1 else "queued", behind=t > 1)
+        for t in range(1, 501)
+    ]
+
+    def seed(tx: Any) -> None:
+        tx.conn.execute(sa.insert(sessions), [session_row(s, at) for s in old])
+        tx.conn.execute(sa.insert(jobs), [job_row(s, at) for s in old])
+        if tx.conn.dialect.name == "postgresql":
+            tx.conn.execute(sa.text("ANALYZE jobs"))
+        tx.conn.execute(sa.insert(sessions), [session_row(sid, at, turns=500)])
+        tx.conn.execute(sa.insert(jobs), turns_)
+
+    await store.db.write(seed)
+    by_id = "sqlite_autoindex_jobs_1" if store.db.is_sqlite else "pk_jobs"
+    cases = [
+        (turns._TURN_STATE, {"s_id": sid, "s_turn": 250}, "ix_jobs_session_id_turn"),
+        (turns._NEXT_LIVE, {"s_id": sid, "s_turn": 1}, "ix_jobs_session_id_turn"),
+        (turns._FREE, {"f_id": turns_[1]["id"]}, by_id),
+    ]
+    for stmt, params, index in cases:
+        text = "\n".join(await store.db.read(lambda c: stmt.explain(c, params)))  # noqa: B023
+        assert index in text, text
+        assert "Seq Scan" not in text and "SCAN jobs" not in text, text
+        assert "Sort" not in text and "TEMP B-TREE" not in text, text
