@@ -148,7 +148,6 @@ TARGETS: dict[str, Target] = {
             "later",
             ("src/corral/store/jobs/later.py",),
             (
-                "tests/integration/test_store_later.py",
                 "tests/integration/test_store_run_at.py",
                 "-k",
                 "not postgres",

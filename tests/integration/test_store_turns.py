@@ -21,17 +21,13 @@ from corral.store.jobs import turns
 from corral.store.schema import jobs, sessions
 from corral.testing import job_row, session_row
 from corral.testing import worker_claims as claims
+from tests.integration._rows import flags
 
 LIVE = {JobState.QUEUED.value, *(s.value for s in ACTIVE)}
 
 
 async def _flags(store: Store, *ids: str) -> list[bool]:
-    def read(conn: sa.Connection) -> dict[str, bool]:
-        rows = conn.execute(sa.select(jobs.c.id, jobs.c.behind).where(jobs.c.id.in_(ids)))
-        return {r.id: bool(r.behind) for r in rows}
-
-    flags = await store.db.read(read)
-    return [flags[i] for i in ids]
+    return await flags(store, "behind", *ids)
 
 
 async def _broken(store: Store) -> list[str]:
