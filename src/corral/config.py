@@ -513,6 +513,15 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL: sqlite:///PATH or postgresql+asyncpg://... "
         "Default: SQLite in the data dir.",
     )
+    database_connections: int = Field(
+        35,
+        ge=2,
+        le=1000,
+        description="PostgreSQL: the most connections this process's pools keep open "
+        "(4 of each 7 for writes, the rest for reads; opened when first needed, then kept). "
+        "The bus and each singleton loop this replica leads use one more each: give "
+        "PostgreSQL's `max_connections` about this plus 5 per replica. SQLite ignores it.",
+    )
     log_level: str = Field("INFO", description="Log level of `corral serve` and runners.")
     log_format: Literal["text", "json"] = Field(
         "text",

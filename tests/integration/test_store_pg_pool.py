@@ -6,6 +6,7 @@ is replaced before the caller sees it."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -117,3 +118,80 @@ async def test_a_burst_keeps_its_connections_for_the_next(store: Store, write: b
     first = await _backends_at_once(store, n, write=write)
     assert len(first) > n // 2  # they did overlap (on a slow machine not all may)
     assert await _backends_at_once(store, n, write=write) <= first
+
+
+async def _connections_of(pg_url: str) -> int:
+    """Backends connected to the store's database now (this one's not counted)."""
+    dsn = sa.make_url(pg_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(
+            await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
+    finally:
+        await conn.close()
+
+
+async def test_database_connections_bounds_what_a_burst_opens(pg_url: str) -> None:
+    """``database_connections`` caps the pools: a burst wider than them
+    waits for a connection instead of opening more, and every operation in
+    it still succeeds."""
+    assert db.pools(4) == (2, 2) and db.pools(2) == (1, 1) and db.pools(35) == (20, 15)
+    store = await Store.open(pg_url, connections=4)
+    try:
+        peak = 0
+
+        async def watch() -> None:
+            nonlocal peak
+            while True:
+                peak = max(peak, await _connections_of(pg_url))
+                await asyncio.sleep(0.02)
+
+        watcher = asyncio.create_task(watch())
+        try:
+            writes, reads = await asyncio.gather(
+                _backends_at_once(store, 8, write=True), _backends_at_once(store, 8, write=False)
+            )
+        finally:
+            watcher.cancel()
+        assert len(writes) <= 2 and len(reads) <= 2
+        assert len(writes | reads) >= 3  # both pools were in use together
+        assert 3 <= peak <= 4 + 1  # and the bus's LISTEN connection
+    finally:
+        await store.close()
+
+
+async def test_an_operation_that_finds_no_free_connection_in_time_is_an_outage(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """503, not a 500 nor a wait without end, once ``POOL_WAIT`` passed
+    with every connection busy; the busy ones finish."""
+    from corral.errors import StoreUnavailable
+
+    monkeypatch.setattr(db, "POOL_WAIT", 0.3)
+    store = await Store.open(pg_url, connections=2)  # one for writes
+    try:
+        slow = sa.text("SELECT pg_backend_pid() FROM pg_sleep(1.5)")
+        busy = asyncio.create_task(store.db.write(lambda tx: tx.conn.execute(slow).scalar_one()))
+        await asyncio.sleep(0.3)
+        with pytest.raises(StoreUnavailable, match="database_connections"):
+            await _backend(store)
+        assert await busy > 0
+        assert await _backend(store) > 0  # free again
+    finally:
+        await store.close()
+
+
+async def test_the_setting_reaches_the_server_s_store(pg_url: str, tmp_path: Path) -> None:
+    from corral.config import load_settings
+    from corral.server.build import open_store
+
+    settings = load_settings(data_dir=tmp_path, database_url=pg_url, database_connections=6)
+    store = await open_store(settings)
+    try:
+        assert (store.db.write_connections, store.db.read_connections) == db.pools(6) == (3, 3)
+    finally:
+        await store.close()

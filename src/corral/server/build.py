@@ -60,7 +60,10 @@ def webhook_rules(settings: Settings) -> Rules:
 async def open_store(settings: Settings) -> Store:
     """The configured database, migrated, with the settings' policies."""
     store = await Store.open(
-        settings.effective_database_url, policy=retry_policy(settings), caps=caps(settings)
+        settings.effective_database_url,
+        policy=retry_policy(settings),
+        caps=caps(settings),
+        connections=settings.database_connections,
     )
     store.db.webhooks = webhook_rules(settings)
     return store

@@ -12,7 +12,7 @@ from corral.bus.postgres import PostgresBus
 from corral.store import migrate
 from corral.store.agents import Agents
 from corral.store.chat import Chats
-from corral.store.db import Database
+from corral.store.db import CONNECTIONS, Database
 from corral.store.events import Events
 from corral.store.jobs import Caps, Jobs, Lease, RetryPolicy, now_utc
 from corral.store.keys import Keys, ServerSettings
@@ -39,8 +39,9 @@ class Store:
         bus: Bus | None = None,
         policy: RetryPolicy | None = None,
         caps: Caps | None = None,
+        connections: int = CONNECTIONS,
     ):
-        self.db = Database(url)
+        self.db = Database(url, connections=connections)
         self.jobs = Jobs(self.db, policy, caps)
         self.sessions = Sessions(self.db)
         self.events = Events(self.db)
@@ -103,9 +104,12 @@ class Store:
         bus: Bus | None = None,
         policy: RetryPolicy | None = None,
         caps: Caps | None = None,
+        connections: int = CONNECTIONS,
         migrate_schema: bool = True,
     ) -> Store:
-        store = cls(url, bus=bus, policy=policy, caps=caps)
+        """``connections``: on PostgreSQL, the most this store's pools keep
+        open (``database_connections``); SQLite ignores it."""
+        store = cls(url, bus=bus, policy=policy, caps=caps, connections=connections)
         if migrate_schema:
             await store.migrate()
         await store.start()

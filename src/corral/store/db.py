@@ -42,10 +42,22 @@ T = TypeVar("T")
 Publish = Callable[[str, Any], None]
 BeforeCommit = Callable[[sa.Connection, list[tuple[str, Any]]], None]
 READERS = 4
-# Each replica's PostgreSQL connections at most (writes, reads; the bus's
-# LISTEN connection and its advisory locks' come on top).
-WRITE_CONNECTIONS = 20
-READ_CONNECTIONS = 15
+# Each replica's PostgreSQL connections at most, by default (``database_connections``;
+# the bus's LISTEN connection and the singleton loops' advisory locks come on
+# top), and the pools they make: writes get 4 of each 7.
+CONNECTIONS = 35
+
+
+def pools(connections: int) -> tuple[int, int]:
+    """The write and read pools' sizes for ``connections`` in all (at least 2)."""
+    writes = max(1, round(connections * 4 / 7))
+    return writes, max(1, connections - writes)
+
+
+WRITE_CONNECTIONS, READ_CONNECTIONS = pools(CONNECTIONS)
+# How long an operation waits for a pooled PostgreSQL connection to come free
+# before it fails as an outage (503) rather than queue without end.
+POOL_WAIT = 30.0
 
 
 def fields(row: sa.Row[*tuple[Any, ...]]) -> dict[str, Any]:
@@ -83,7 +95,9 @@ class Tx:
 
 
 class Database:
-    def __init__(self, url: str, publish: Publish | None = None) -> None:
+    def __init__(
+        self, url: str, publish: Publish | None = None, *, connections: int = CONNECTIONS
+    ) -> None:
         try:
             parsed = sa.make_url(url)
         except sa.exc.ArgumentError as exc:
@@ -135,6 +149,7 @@ class Database:
             connect_args = {
                 "server_settings": {"plan_cache_mode": "force_custom_plan", "jit": "off"}
             }
+            self.write_connections, self.read_connections = pools(connections)
             # Pools of a fixed size, each connection opened when first needed
             # and kept: connections over a pool's size ("overflow") were
             # closed as soon as they were given back, so every burst (a
@@ -143,8 +158,9 @@ class Database:
             # burst bench: 95 and 96 → 109 and 114 jobs/s without them; issue #18).
             self.engine: AsyncEngine = create_async_engine(
                 parsed,
-                pool_size=WRITE_CONNECTIONS,
+                pool_size=self.write_connections,
                 max_overflow=0,
+                pool_timeout=POOL_WAIT,
                 pool_use_lifo=True,
                 connect_args=connect_args,
                 json_deserializer=jsontext.loads,
@@ -157,8 +173,9 @@ class Database:
             # 2 round trips for a one-statement read instead of 6.
             self.read_engine: AsyncEngine = create_async_engine(
                 parsed,
-                pool_size=READ_CONNECTIONS,
+                pool_size=self.read_connections,
                 max_overflow=0,
+                pool_timeout=POOL_WAIT,
                 pool_use_lifo=True,
                 isolation_level="AUTOCOMMIT",
                 connect_args=connect_args,
@@ -298,6 +315,11 @@ def _outages() -> Iterator[None]:
         if isinstance(exc, OperationalError) or exc.connection_invalidated:
             raise StoreUnavailable(f"database error: {exc.orig}") from exc
         raise
+    except sa.exc.TimeoutError as exc:  # every pooled connection busy for pool_timeout
+        raise StoreUnavailable(
+            f"no database connection came free in time ({exc}): raise database_connections "
+            "or lower the load"
+        ) from exc
     except OSError as exc:
         raise StoreUnavailable(f"database unreachable: {exc}") from exc
 
