@@ -8,6 +8,7 @@ with its process tree. Its stderr goes to a log file of the runner's."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any, TextIO
 
 import mcp_types as types
 from mcp import Client, StdioServerParameters
+from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
@@ -72,12 +74,8 @@ class Upstream:
             params = StdioServerParameters(
                 command=s.command[0], args=[*s.command[1:], *s.args], env=env
             )
-            from mcp.client.stdio import stdio_client
-
             return stdio_client(params, errlog=self._errlog(stack))
         assert s.url is not None
-        import asyncio
-
         headers = dict(s.headers)
         token = await asyncio.to_thread(s.token)
         if token:
