@@ -133,6 +133,8 @@ TARGETS: dict[str, Target] = {
             (
                 "tests/integration/test_store_turns.py",
                 "tests/integration/test_store_jobs.py",
+                # applied() also sets the later flag (jobs/later.py)
+                "tests/integration/test_store_run_at.py",
                 "-k",
                 "not postgres",
             ),
