@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from prometheus_client import REGISTRY
 
 from corral.errors import (
@@ -18,7 +22,9 @@ from corral.jobs import JobState
 from corral.models import JobCreate, NewEvent, Outcome, Runner
 from corral.protocol import topics
 from corral.store import Caps, RetryPolicy, Store
-from corral.store.jobs import now_utc
+from corral.store.jobs import now_utc, state
+from corral.store.schema import jobs, sessions
+from corral.testing import job_row, session_row
 from corral.testing import worker_claims as claims
 
 
@@ -564,3 +570,42 @@ async def test_a_jobs_session_is_known_without_a_read_once_this_process_saw_the_
             assert await st.jobs.session_of(job.id) == job.session_id
     finally:
         await other.close()
+
+
+async def test_a_state_change_finds_its_job_by_key_when_the_statistics_are_old(
+    store: Store,
+) -> None:
+    """A state change (``state.apply``'s compare-and-set on id, state and
+    epoch) reads its one row by the primary key, also when the queued and
+    running jobs came after PostgreSQL's last ANALYZE (of 3,000 finished
+    jobs). With the state compared as a column, PostgreSQL took a state
+    as next to none and found the row through an index that starts with the
+    state (the lease's, whose last column is the id): every assignment walked
+    every queued job, every end every running one."""
+    at = datetime.now(UTC) - timedelta(days=1)
+    old = [uuid.uuid4().hex for _ in range(3000)]
+    new = [uuid.uuid4().hex for _ in range(2050)]
+    rows = [job_row(s, at, state="queued" if i < 2000 else "running") for i, s in enumerate(new)]
+
+    def seed(tx: Any) -> None:
+        tx.conn.execute(sa.insert(sessions), [session_row(s, at) for s in old])
+        tx.conn.execute(sa.insert(jobs), [job_row(s, at) for s in old])
+        if tx.conn.dialect.name == "postgresql":
+            tx.conn.execute(sa.text("ANALYZE jobs"))
+        tx.conn.execute(sa.insert(sessions), [session_row(s, at) for s in new])
+        tx.conn.execute(sa.insert(jobs), rows)
+
+    await store.db.write(seed)
+    by_id = "sqlite_autoindex_jobs_1" if store.db.is_sqlite else "pk_jobs"
+    stmt = state._compare_and_set(("state", "updated_at"))
+    for row, to in ((rows[1000], "assigned"), (rows[-1], "done")):
+        params = {
+            "w_id": row["id"],
+            "w_state": row["state"],
+            "w_epoch": 1,
+            "v_state": to,
+            "v_updated_at": at,
+        }
+        text = "\n".join(await store.db.read(lambda c: stmt.explain(c, params)))  # noqa: B023
+        assert by_id in text, text
+        assert "ix_jobs_state" not in text and "Seq Scan" not in text, text

@@ -69,7 +69,14 @@ def _compare_and_set(columns: tuple[str, ...]) -> Prepared:
         sa.update(jobs)
         .where(
             jobs.c.id == sa.bindparam("w_id"),
-            jobs.c.state == sa.bindparam("w_state"),
+            # The state compared as an expression no index serves (``state
+            # || ''``), so the row is found by its key. Compared as the
+            # column, with statistics taken when few jobs were queued or
+            # running, PostgreSQL found the row through an index that starts
+            # with the state and ends in the id (the lease's), walking every
+            # job in that state: every assignment walked the whole queue.
+            jobs.c.state.concat(sa.literal_column("''"))
+            == sa.bindparam("w_state", type_=jobs.c.state.type),
             jobs.c.epoch == sa.bindparam("w_epoch"),
         )
         .values({c: sa.bindparam("v_" + c, type_=jobs.c[c].type) for c in columns})
