@@ -39,6 +39,8 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
 
 
 JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+# The active jobs (corral.jobs.ACTIVE) as an index's predicate (migration 0029).
+ACTIVE_PREDICATE = "state IN ('assigned', 'running')"
 
 sessions = sa.Table(
     "sessions",
@@ -150,8 +152,12 @@ jobs = sa.Table(
     sa.Index(None, "session_id", "turn"),
     # A lease counts the jobs its runner holds (board._HELD): with the state in
     # the index that reads the active ones, not every job the runner ever ran
-    # (migration 0025; issue #18).
-    sa.Index(None, "runner_id", "state"),
+    # (migration 0025; issue #18). On PostgreSQL the index holds the active
+    # jobs only (migration 0029): with statistics that had not seen the
+    # runner, PostgreSQL 15 read the state list as a filter over every job of
+    # the runner. SQLite uses both columns, and a partial index there would
+    # not serve a list of bound parameters.
+    sa.Index(None, "runner_id", "state", postgresql_where=sa.text(ACTIVE_PREDICATE)),
     sa.Index(None, "parent_job_id"),
     # One per filter of GET /jobs, each ending in its order (created_at, id):
     # a page walks its index and stops after ``limit`` rows, nothing is sorted.
