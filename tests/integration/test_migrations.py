@@ -1,12 +1,21 @@
-"""Migrations: one head, and upgrading gives exactly the metadata."""
+"""Migrations: one head, upgrading gives exactly the metadata, and an index
+rebuilt on PostgreSQL leaves the table working."""
 
 from __future__ import annotations
 
+import asyncio
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from corral.store import Store, migrate
-from corral.store.schema import metadata
+from corral.store.schema import jobs, metadata, sessions
+from corral.testing import job_row, session_row
 
 
 def test_single_head() -> None:
@@ -25,3 +34,73 @@ async def test_upgrade_matches_metadata(db_url: str) -> None:
         assert diff == []
     finally:
         await store.close()
+
+
+async def test_an_index_rebuilt_concurrently_leaves_the_jobs_table_working(pg_url: str) -> None:
+    """0029 rebuilds the runner index of ``jobs`` CONCURRENTLY (store/migrate.py
+    runs PostgreSQL's migrations outside one transaction for it): while the
+    build waits for a transaction that holds a job row, other writes and
+    reads of ``jobs`` are served. (A plain DROP INDEX queued for the table's
+    exclusive lock behind that transaction, and every statement on ``jobs``
+    queued behind it.)"""
+    store = Store(pg_url)
+    holder = None
+    try:
+        await migrate.upgrade(store.db, "0028")
+        at = datetime.now(UTC)
+
+        def add_job(tx: Any) -> str:
+            sid = uuid.uuid4().hex
+            tx.conn.execute(sa.insert(sessions), [session_row(sid, at)])
+            row = job_row(sid, at)
+            tx.conn.execute(sa.insert(jobs), [row])
+            return str(row["id"])
+
+        job_id = await store.db.write(add_job)
+        dsn = sa.make_url(pg_url).set(drivername="postgresql").render_as_string(hide_password=False)
+        holder = await asyncpg.connect(dsn)
+        await holder.execute("BEGIN")
+        await holder.execute("UPDATE jobs SET priority = 3 WHERE id = $1", job_id)
+
+        upgrading = asyncio.create_task(migrate.upgrade(store.db))
+        await asyncio.sleep(1.0)
+        assert not upgrading.done()  # the build waits for the holder
+        await asyncio.wait_for(store.db.write(add_job), 5)
+        count = sa.select(sa.func.count()).select_from(jobs)
+        assert await asyncio.wait_for(store.db.read(lambda c: c.execute(count).scalar()), 5) == 2
+        assert not upgrading.done()
+
+        await holder.execute("COMMIT")
+        await asyncio.wait_for(upgrading, 30)
+        assert await migrate.current(store.db) == migrate.heads()[0]
+        found = await store.db.read(
+            lambda c: c.execute(
+                sa.text(
+                    "SELECT c.relname, i.indisvalid, pg_get_indexdef(i.indexrelid) "
+                    "FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                    "WHERE c.relname LIKE 'ix_jobs_runner_id_state%'"
+                )
+            ).all()
+        )
+        [(name, valid, definition)] = found
+        assert name == "ix_jobs_runner_id_state" and valid, found
+        assert "WHERE" in definition and "running" in definition, definition
+    finally:
+        if holder is not None:
+            await holder.close()
+        await store.close()
+
+
+async def test_replicas_starting_together_take_turns(pg_url: str) -> None:
+    """Two stores migrating one fresh PostgreSQL database at once (replicas
+    started together): one migrates, the other then finds nothing left to
+    do. (The one waiting for the lock first waited inside a transaction, and
+    the other's CREATE INDEX CONCURRENTLY waited for that transaction: a
+    deadlock PostgreSQL broke by failing one of them.)"""
+    a, b = Store(pg_url), Store(pg_url)
+    try:
+        await asyncio.wait_for(asyncio.gather(a.migrate(), b.migrate()), 60)
+        assert await migrate.current(a.db) == await migrate.current(b.db) == migrate.heads()[0]
+    finally:
+        await a.close()
+        await b.close()

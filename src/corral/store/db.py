@@ -213,7 +213,7 @@ class Database:
             future = asyncio.ensure_future(self._pg_write(body, began))
         future.add_done_callback(functools.partial(self._published, began))
         self._pending.add(future)
-        with _outages():
+        with outages():
             result, _ = await asyncio.shield(future)
         return result
 
@@ -251,7 +251,7 @@ class Database:
 
     async def read(self, body: Callable[[sa.Connection], T]) -> T:
         """Run ``body`` on a read connection (no writes)."""
-        with _outages():
+        with outages():
             if self.is_sqlite:
                 return await asyncio.get_running_loop().run_in_executor(
                     self._read_threads, self._read_here, body
@@ -306,7 +306,7 @@ def _settle(future: asyncio.Future[Any], item: Item) -> None:
 
 
 @contextmanager
-def _outages() -> Iterator[None]:
+def outages() -> Iterator[None]:
     """Driver errors that mean "the database is not there" become
     StoreUnavailable (503); the rest (integrity errors, ...) pass through."""
     try:

@@ -14,6 +14,10 @@ context.configure(
     target_metadata=metadata,
     render_as_batch=connection.dialect.name == "sqlite",
     compare_type=True,
+    # On PostgreSQL the connection comes without a transaction (store/migrate.py):
+    # one per migration, so that one may build an index CONCURRENTLY in an
+    # autocommit block. SQLite's comes inside the writer's one transaction.
+    transaction_per_migration=True,
 )
 with context.begin_transaction():
     context.run_migrations()
