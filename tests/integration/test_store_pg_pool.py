@@ -43,20 +43,26 @@ async def _backend(store: Store) -> int:
     )
 
 
-async def _kill_everyone_but_me(pg_url: str) -> int:
-    """Terminate every other backend of the store's database (a restarted
-    server, a proxy's idle timeout)."""
+async def _others(pg_url: str, what: str) -> int:
+    """``what`` over every other backend of the store's database (this
+    connection's not counted)."""
     dsn = sa.make_url(pg_url).set(drivername="postgresql").render_as_string(hide_password=False)
     conn = await asyncpg.connect(dsn)
     try:
         return int(
             await conn.fetchval(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                f"SELECT {what} FROM pg_stat_activity "
                 "WHERE datname = current_database() AND pid <> pg_backend_pid()"
             )
         )
     finally:
         await conn.close()
+
+
+async def _kill_everyone_but_me(pg_url: str) -> int:
+    """Terminate every other backend of the store's database (a restarted
+    server, a proxy's idle timeout)."""
+    return await _others(pg_url, "count(pg_terminate_backend(pid))")
 
 
 async def test_a_connection_in_steady_use_is_not_pinged(store: Store, pings: list[object]) -> None:
@@ -121,18 +127,8 @@ async def test_a_burst_keeps_its_connections_for_the_next(store: Store, write: b
 
 
 async def _connections_of(pg_url: str) -> int:
-    """Backends connected to the store's database now (this one's not counted)."""
-    dsn = sa.make_url(pg_url).set(drivername="postgresql").render_as_string(hide_password=False)
-    conn = await asyncpg.connect(dsn)
-    try:
-        return int(
-            await conn.fetchval(
-                "SELECT count(*) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            )
-        )
-    finally:
-        await conn.close()
+    """Backends connected to the store's database now."""
+    return await _others(pg_url, "count(*)")
 
 
 async def test_database_connections_bounds_what_a_burst_opens(pg_url: str) -> None:
