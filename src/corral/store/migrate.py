@@ -1,13 +1,14 @@
 """Apply Alembic migrations through the store's own connections.
 
 SQLite: every migration in one write transaction of the store's writer.
-PostgreSQL: on a connection of the write pool outside any transaction, one
-transaction per migration (``transaction_per_migration``), replicas taking
-turns under a session-level advisory lock: a migration may then build an
-index with ``CONCURRENTLY`` in an ``autocommit_block``, which a transaction
-cannot hold, so the table keeps taking writes (and reads) while the index
-builds (0029 does). A replica waiting for the lock holds no transaction
-meanwhile: such a build waits for every open one."""
+PostgreSQL: on a connection of the write pool outside any transaction, in a
+transaction Alembic begins itself, replicas taking turns under a
+session-level advisory lock: a migration may then end that transaction to
+build an index with ``CONCURRENTLY`` in an ``autocommit_block`` (which no
+transaction can hold) and go on in a new one, so the table keeps taking
+writes (and reads) while the index builds (0029 does). A replica waiting
+for the lock holds no transaction meanwhile: such a build waits for every
+open one."""
 
 from __future__ import annotations
 

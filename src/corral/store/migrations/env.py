@@ -14,10 +14,10 @@ context.configure(
     target_metadata=metadata,
     render_as_batch=connection.dialect.name == "sqlite",
     compare_type=True,
-    # On PostgreSQL the connection comes without a transaction (store/migrate.py):
-    # one per migration, so that one may build an index CONCURRENTLY in an
-    # autocommit block. SQLite's comes inside the writer's one transaction.
-    transaction_per_migration=True,
 )
+# On PostgreSQL the connection comes without a transaction (store/migrate.py),
+# so this one is Alembic's own: a migration may end it for an autocommit
+# block (an index built CONCURRENTLY) and go on in a new one. SQLite's
+# comes inside the writer's one transaction.
 with context.begin_transaction():
     context.run_migrations()
