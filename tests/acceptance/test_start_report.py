@@ -111,3 +111,35 @@ async def test_the_first_event_ends_the_wait_and_follows_the_start(
     await ch.complete(Outcome(status="done", exit_code=0))
     kinds = [(e["type"], e["payload"].get("to")) for e in await _states(api, session_id)]
     assert kinds.index(("job.state", "running")) < kinds.index(("progress", None))
+
+
+async def test_a_handle_saved_while_the_start_is_on_its_way_is_reported(
+    api: httpx.AsyncClient, link: HttpLink
+) -> None:
+    """The start goes out on its own (the window passed); while its call is
+    on the way the executor saves its handle and the job ends. The handle is
+    reported before the outcome, not dropped with the start the flush loop
+    left (seen in CI: a delegated job's follow-up turn started a new remote
+    session, its session had no handle)."""
+    job_id, session_id, token = await _leased(api)
+    worker = link.worker(token)
+    sending, release = asyncio.Event(), asyncio.Event()
+    state = worker.state
+
+    async def held(body: Any) -> Any:
+        sending.set()
+        await release.wait()
+        return await state(body)
+
+    worker.state = held  # type: ignore[method-assign]
+    ch = WorkerChannel(worker, job_id=job_id, on_stale=lambda _: None)
+    ch.started()
+    await asyncio.wait_for(sending.wait(), 10)  # the bare start, after the window
+    ch.save_handle("the-handle")
+    ending = asyncio.create_task(ch.complete(Outcome(status="done", exit_code=0)))
+    await asyncio.sleep(0.1)  # complete() waits for the flush loop, it for the start
+    release.set()
+    completed = await asyncio.wait_for(ending, 10)
+    assert completed is not None and completed.state == "done"
+    session = (await api.get(f"/sessions/{session_id}")).json()
+    assert session["handle"] == "the-handle", session

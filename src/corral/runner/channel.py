@@ -171,6 +171,11 @@ class WorkerChannel:
             last = self._take()
         outcome = redact.outcome(outcome)
         start, self._state = self._state, None  # a bare start left by the flush loop
+        if start is not None and _more_than_a_start(start):
+            # Saved while the loop's last state call was on its way (a
+            # handle, details): the outcome carries only a start's time.
+            await self._call("state", functools.partial(self.link.state, start))
+            start = None
         started_at = start.started_at if start is not None else None
         body = Completion(outcome=outcome, events=last, started_at=started_at)
         self._sending = body.events
@@ -205,13 +210,7 @@ class WorkerChannel:
     def _bare_start(self) -> bool:
         """Whether the state to report is only the job's start (no handle, no details)."""
         state = self._state
-        return (
-            state is not None
-            and state.state == "running"
-            and state.handle is None
-            and not state.details
-            and not self._events
-        )
+        return state is not None and not _more_than_a_start(state) and not self._events
 
     async def _report_start(self) -> None:
         """Report a start the flush loop holds back (START_WINDOW) now."""
@@ -293,3 +292,8 @@ class WorkerChannel:
 
 def _ignore(reason: str) -> None:
     pass
+
+
+def _more_than_a_start(state: WorkerState) -> bool:
+    """Whether ``state`` says more than that the job started."""
+    return state.state != "running" or state.handle is not None or bool(state.details)
