@@ -1,7 +1,11 @@
-"""Reads of raw job rows for the store's integration tests."""
+"""Raw job rows for the store's integration tests: reads, and a row held."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import asyncpg
 import sqlalchemy as sa
 
 from corral.store import Store
@@ -17,3 +21,18 @@ async def flags(store: Store, column: str, *ids: str) -> list[bool]:
 
     found = await store.db.read(read)
     return [found[i] for i in ids]
+
+
+@asynccontextmanager
+async def row_held(store: Store, job_id: str) -> AsyncIterator[None]:
+    """PostgreSQL: job ``job_id``'s row locked (``FOR UPDATE``) by another
+    connection's transaction (a cancel, a lease), rolled back at the end."""
+    other = await asyncpg.connect(store.db.asyncpg_dsn)
+    try:
+        holding = other.transaction()
+        await holding.start()
+        await other.execute("SELECT id FROM jobs WHERE id = $1 FOR UPDATE", job_id)
+        yield
+        await holding.rollback()
+    finally:
+        await other.close()

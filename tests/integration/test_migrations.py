@@ -57,8 +57,7 @@ async def test_an_index_rebuilt_concurrently_leaves_the_jobs_table_working(pg_ur
             return str(row["id"])
 
         job_id = await store.db.write(add_job)
-        dsn = sa.make_url(pg_url).set(drivername="postgresql").render_as_string(hide_password=False)
-        holder = await asyncpg.connect(dsn)
+        holder = await asyncpg.connect(store.db.asyncpg_dsn)
         await holder.execute("BEGIN")
         await holder.execute("UPDATE jobs SET priority = 3 WHERE id = $1", job_id)
 

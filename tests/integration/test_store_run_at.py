@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import asyncpg
 import pytest
 import sqlalchemy as sa
 
@@ -21,7 +20,7 @@ from corral.store import RetryPolicy, Store
 from corral.store.jobs import later
 from corral.store.schema import jobs, sessions
 from corral.testing import job_row, session_row, worker_claims
-from tests.integration._rows import flags
+from tests.integration._rows import flags, row_held
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 TICK = later.PROMOTE_EVERY
@@ -228,16 +227,9 @@ async def test_a_clearing_does_not_wait_for_a_row_another_transaction_holds(
     if st.db.is_sqlite:  # one write transaction at a time: nothing else holds a row
         assert sorted(await _leased(st, runner)) == sorted([held.id, free.id])
         return
-    other = await asyncpg.connect(st.db.asyncpg_dsn)
-    try:
-        holding = other.transaction()
-        await holding.start()
-        await other.execute("SELECT id FROM jobs WHERE id = $1 FOR UPDATE", held.id)
+    async with row_held(st, held.id):
         leased = await asyncio.wait_for(_leased(st, runner), timeout=10)
         assert leased == [free.id]
-        await holding.rollback()
-    finally:
-        await other.close()
     assert await _flags(st, held.id) == [True]
     clock.now += TICK
     assert await _leased(st, runner) == [held.id]

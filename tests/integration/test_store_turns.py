@@ -10,7 +10,6 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import asyncpg
 import sqlalchemy as sa
 
 from corral.errors import InvalidTransition, JobNotActive
@@ -21,7 +20,7 @@ from corral.store.jobs import turns
 from corral.store.schema import jobs, sessions
 from corral.testing import job_row, session_row
 from corral.testing import worker_claims as claims
-from tests.integration._rows import flags
+from tests.integration._rows import flags, row_held
 
 LIVE = {JobState.QUEUED.value, *(s.value for s in ACTIVE)}
 
@@ -191,16 +190,9 @@ async def test_an_ending_turn_does_not_wait_for_a_locked_next_turn(
         assert await _flags(store, second.id) == [False]
         return
 
-    other = await asyncpg.connect(store.db.asyncpg_dsn)
-    try:
-        holding = other.transaction()
-        await holding.start()
-        await other.execute("SELECT id FROM jobs WHERE id = $1 FOR UPDATE", second.id)
+    async with row_held(store, second.id):
         ended = store.jobs.complete(claims(lease, runner), Outcome(status="done"))
         await asyncio.wait_for(ended, timeout=10)
-        await holding.rollback()
-    finally:
-        await other.close()
     assert await _flags(store, second.id) == [True]
     assert await store.jobs.lease(runner, 10, ttl=30) == []
     assert await store.jobs.free_heads() == [(second.id, second.session_id, 2)]
