@@ -120,7 +120,7 @@ async def test_a_burst_keeps_its_connections_for_the_next(store: Store, write: b
     """A burst as wide as the pool opens its connections once: the next burst
     uses the same ones. (Connections over a pool's size were closed as soon
     as they came back, and every burst connected afresh: a new backend each.)"""
-    n = db.WRITE_CONNECTIONS if write else db.READ_CONNECTIONS
+    n = store.db.write_connections if write else store.db.read_connections
     first = await _backends_at_once(store, n, write=write)
     assert len(first) > n // 2  # they did overlap (on a slow machine not all may)
     assert await _backends_at_once(store, n, write=write) <= first

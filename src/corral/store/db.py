@@ -54,7 +54,6 @@ def pools(connections: int) -> tuple[int, int]:
     return writes, max(1, connections - writes)
 
 
-WRITE_CONNECTIONS, READ_CONNECTIONS = pools(CONNECTIONS)
 # How long an operation waits for a pooled PostgreSQL connection to come free
 # before it fails as an outage (503) rather than queue without end.
 POOL_WAIT = 30.0
