@@ -348,3 +348,13 @@ def test_the_runners_provider_map_has_each_kinds_settings(tmp_path: Path) -> Non
     assert isinstance(table["shell"], ShellSettings)
     assert isinstance(table["claude"], ClaudeCodeSettings)
     assert isinstance(table["gpu"], OpenAISettings)
+
+
+def test_the_connection_budget_has_one_default() -> None:
+    """A ``Store`` opened without settings (tests, scripts) sizes its pools by
+    ``store.db.CONNECTIONS``; the store does not import the settings, so the
+    two defaults are held equal here."""
+    from corral.config import Settings
+    from corral.store import db
+
+    assert Settings.model_fields["database_connections"].default == db.CONNECTIONS

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -358,6 +359,31 @@ def _ping_when_idle(engine: AsyncEngine) -> None:
             raise sa.exc.DisconnectionError(f"idle connection is gone: {exc}") from exc
 
 
+# How long a connection keeps trying to switch a new SQLite file to WAL while
+# others do the same (the busy timeout of every other statement).
+WAL_WAIT = 30.0
+
+
+def wal(cur: Any, wait: float = WAL_WAIT) -> None:
+    """Put the database of ``cur`` (a sqlite3 cursor) in WAL mode, kept by the
+    file: a file already in it is left alone. Connections switching one new
+    file at the same moment (a server and a CLI command on a fresh data
+    folder, or a writer and its readers) can each hold a read lock the
+    other's switch needs: SQLite answers one of them "database is locked" at
+    once, without its busy handler (it would wait for a deadlock), so the
+    loser tries again until ``wait`` has passed."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            if str(cur.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.005)
+
+
 def _sqlite_engine(url: sa.URL, *, writer: bool) -> sa.Engine:
     engine = sa.create_engine(
         url,
@@ -378,7 +404,7 @@ def _sqlite_engine(url: sa.URL, *, writer: bool) -> sa.Engine:
         # Take transaction control away from the driver: BEGIN comes from us.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
+        wal(cur)
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA busy_timeout=30000")
         cur.execute("PRAGMA foreign_keys=ON")
