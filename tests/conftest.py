@@ -4,15 +4,19 @@ cases skip with a visible reason when no server answers, except on CI
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
+import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
+from corral.store import Store
 from corral.testing import (
     DEFAULT_PG,
     ServerProcess,
@@ -75,31 +79,93 @@ async def pg_skip_reason() -> str | None:
 
 @pytest.fixture(params=["sqlite", "postgres"])
 async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    """A fresh, empty database: SQLite in tmp_path, or a new PostgreSQL database."""
+    """A fresh database at the migrations' head: a SQLite file in tmp_path, or
+    a new PostgreSQL database (``fresh_pg``)."""
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'corral.db'}"
+        path = tmp_path / "corral.db"
+        shutil.copyfile(await _sqlite_template(), path)
+        yield f"sqlite:///{path}"
         return
     async with fresh_pg() as url:
         yield url
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+async def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A fresh, empty database, for tests of the migrations themselves."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'corral.db'}"
+        return
+    async with fresh_pg(migrated=False) as url:
+        yield url
+
+
 @pytest.fixture
 async def pg_url() -> AsyncIterator[str]:
-    """A fresh PostgreSQL database (for tests that only make sense there)."""
+    """A fresh PostgreSQL database at the migrations' head (for tests that
+    only make sense there)."""
     async with fresh_pg() as url:
         yield url
 
 
+@pytest.fixture
+async def empty_pg_url() -> AsyncIterator[str]:
+    """A fresh, empty PostgreSQL database."""
+    async with fresh_pg(migrated=False) as url:
+        yield url
+
+
 @asynccontextmanager
-async def fresh_pg() -> AsyncIterator[str]:
+async def fresh_pg(*, migrated: bool = True) -> AsyncIterator[str]:
+    """A new PostgreSQL database, dropped afterwards: empty, or ``migrated``, a
+    copy of one this test process migrated once (copying is ~0.2 s here,
+    migrating an empty database ~0.6 s, and ~270 tests take one)."""
     reason = await pg_skip_reason()
     if reason:
         pytest.skip(reason)
-    url = await create_pg_database(PG_URL)
+    template = sa.make_url(await _pg_template()).database if migrated else None
+    url = await create_pg_database(PG_URL, template=template)
     try:
         yield url
     finally:
         await drop_pg_database(url)
+
+
+# Made on first use, by this test process, and dropped when it ends (_templates).
+_TEMPLATES: dict[str, str] = {}
+
+
+async def _pg_template() -> str:
+    if "pg" not in _TEMPLATES:
+        url = await create_pg_database(PG_URL)
+        _TEMPLATES["pg"] = url
+        await _migrate(url)
+    return _TEMPLATES["pg"]
+
+
+async def _sqlite_template() -> Path:
+    if "sqlite" not in _TEMPLATES:
+        folder = Path(tempfile.mkdtemp(prefix="corral-template-"))
+        _TEMPLATES["sqlite"] = str(folder)
+        await _migrate(f"sqlite:///{folder / 'corral.db'}")
+    return Path(_TEMPLATES["sqlite"]) / "corral.db"
+
+
+async def _migrate(url: str) -> None:
+    store = Store(url)
+    try:
+        await store.migrate()
+    finally:
+        await store.close()  # SQLite: the log checkpointed into the file
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _templates() -> Iterator[None]:
+    yield
+    if "pg" in _TEMPLATES:
+        asyncio.run(drop_pg_database(_TEMPLATES.pop("pg")))
+    if "sqlite" in _TEMPLATES:
+        shutil.rmtree(_TEMPLATES.pop("sqlite"), ignore_errors=True)
 
 
 @pytest.fixture

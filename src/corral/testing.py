@@ -7,6 +7,7 @@ srv.stop()
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -252,8 +253,9 @@ def _named_for_port(log: Path, port: int) -> Path:
     return named
 
 
-async def create_pg_database(base_url: str = DEFAULT_PG) -> str:
-    """Create an empty, uniquely named database next to ``base_url``'s; return its URL."""
+async def create_pg_database(base_url: str = DEFAULT_PG, *, template: str | None = None) -> str:
+    """Create a uniquely named database next to ``base_url``'s, empty or a copy
+    of the database ``template`` (nobody connected to it); return its URL."""
     import asyncpg
     import sqlalchemy as sa
 
@@ -267,7 +269,17 @@ async def create_pg_database(base_url: str = DEFAULT_PG) -> str:
         database=url.database,
     )
     try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
+        create = f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")
+        for tries in range(50):
+            try:
+                await conn.execute(create)
+                break
+            except asyncpg.ObjectInUseError:
+                # The template's last session is still ending (its backend
+                # exits after the client has closed).
+                if tries == 49:
+                    raise
+                await asyncio.sleep(0.05)
     finally:
         await conn.close()
     return url.set(database=name).render_as_string(hide_password=False)

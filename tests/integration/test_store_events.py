@@ -158,11 +158,11 @@ async def test_a_fresh_batch_is_one_insert_and_a_resend_takes_the_renumbering_pa
     assert dups == ["f2", "g1"] and [e.seq for e in after] == [first[-1].seq + 2]
 
 
-async def test_the_log_loses_its_session_key_and_keeps_its_events(db_url: str) -> None:
+async def test_the_log_loses_its_session_key_and_keeps_its_events(empty_db_url: str) -> None:
     """Migration 0024 drops the log's foreign key to sessions (SQLite copies the
     table to do so): the events stored before it stay, in order, and the log
     takes batches after it."""
-    store = Store(db_url)
+    store = Store(empty_db_url)
     try:
         await migrate.upgrade(store.db, "0023")
         runner = await store.runners.register(

@@ -75,8 +75,8 @@ async def test_the_server_claims_its_embedded_runner_name(store: Store) -> None:
         await _register(store, "embedded-host-1234", old)
 
 
-async def test_upgrade_binds_each_name_to_its_latest_key(db_url: str) -> None:
-    store = Store(db_url)
+async def test_upgrade_binds_each_name_to_its_latest_key(empty_db_url: str) -> None:
+    store = Store(empty_db_url)
     try:
         await migrate.upgrade(store.db, "0009")
         rows = [

@@ -293,10 +293,10 @@ def _row(rng: random.Random, sid: str, i: int) -> dict[str, Any]:
     }
 
 
-async def test_migration_fills_the_rollup(db_url: str) -> None:
+async def test_migration_fills_the_rollup(empty_db_url: str) -> None:
     """Jobs stored before the rollup existed: the upgrade sums them once."""
     rng = random.Random(23)
-    store = Store(db_url)
+    store = Store(empty_db_url)
     try:
         await migrate.upgrade(store.db, "0022")
         sid = uuid.uuid4().hex

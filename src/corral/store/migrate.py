@@ -6,9 +6,9 @@ transaction Alembic begins itself, replicas taking turns under a
 session-level advisory lock: a migration may then end that transaction to
 build an index with ``CONCURRENTLY`` in an ``autocommit_block`` (which no
 transaction can hold) and go on in a new one, so the table keeps taking
-writes (and reads) while the index builds (0029 does). A replica waiting
-for the lock holds no transaction meanwhile: such a build waits for every
-open one."""
+writes (and reads) while the index builds (``migrations/online.py``, from
+0025 on). A replica waiting for the lock holds no transaction meanwhile:
+such a build waits for every open one."""
 
 from __future__ import annotations
 

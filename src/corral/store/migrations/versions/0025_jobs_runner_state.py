@@ -8,7 +8,7 @@ Revises: 0024
 
 from collections.abc import Sequence
 
-from alembic import op
+from corral.store.migrations import online
 
 revision: str = "0025"
 down_revision: str | None = "0024"
@@ -17,12 +17,12 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    # Plain CREATE/DROP INDEX (no batch copy of the table on SQLite: it would
-    # drop the triggers of 0019 and 0023).
-    op.create_index("ix_jobs_runner_id_state", "jobs", ["runner_id", "state"])
-    op.drop_index("ix_jobs_runner_id", table_name="jobs")
+    # CREATE/DROP INDEX, concurrently on PostgreSQL (``online``); no batch
+    # copy of the table on SQLite (it would drop the triggers of 0019 and 0023).
+    online.create_index("ix_jobs_runner_id_state", "jobs", ["runner_id", "state"])
+    online.drop_index("ix_jobs_runner_id", "jobs")
 
 
 def downgrade() -> None:
-    op.create_index("ix_jobs_runner_id", "jobs", ["runner_id"])
-    op.drop_index("ix_jobs_runner_id_state", table_name="jobs")
+    online.create_index("ix_jobs_runner_id", "jobs", ["runner_id"])
+    online.drop_index("ix_jobs_runner_id_state", "jobs")

@@ -8,7 +8,7 @@ Revises: 0025
 
 from collections.abc import Sequence
 
-from alembic import op
+from corral.store.migrations import online
 
 revision: str = "0026"
 down_revision: str | None = "0025"
@@ -17,18 +17,18 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    # Plain CREATE/DROP INDEX (no batch copy of the table on SQLite: it would
-    # drop the triggers of 0019 and 0023).
-    op.create_index(
+    # CREATE/DROP INDEX, concurrently on PostgreSQL (``online``); no batch
+    # copy of the table on SQLite (it would drop the triggers of 0019 and 0023).
+    online.create_index(
         "ix_jobs_state_provider_priority_created_at_id",
         "jobs",
         ["state", "provider", "priority", "created_at", "id"],
     )
-    op.drop_index("ix_jobs_state_priority_created_at_id", table_name="jobs")
+    online.drop_index("ix_jobs_state_priority_created_at_id", "jobs")
 
 
 def downgrade() -> None:
-    op.create_index(
+    online.create_index(
         "ix_jobs_state_priority_created_at_id", "jobs", ["state", "priority", "created_at", "id"]
     )
-    op.drop_index("ix_jobs_state_provider_priority_created_at_id", table_name="jobs")
+    online.drop_index("ix_jobs_state_provider_priority_created_at_id", "jobs")

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
+from corral.store.migrations import online
+
 revision: str = "0027"
 down_revision: str | None = "0026"
 branch_labels: str | Sequence[str] | None = None
@@ -21,24 +23,24 @@ def upgrade() -> None:
     # A constant default: no rewrite of the table on either database. Every
     # job starts unflagged, which is always correct (the turn lock's own
     # condition still holds a waiting turn); turns queued from now on are
-    # flagged as they are created. Plain CREATE/DROP INDEX (no batch copy of
-    # the table on SQLite: it would drop the triggers of 0019 and 0023).
-    op.add_column(
+    # flagged as they are created. Online on PostgreSQL (``online``); no batch
+    # copy of the table on SQLite (it would drop the triggers of 0019 and 0023).
+    online.add_column(
         "jobs", sa.Column("behind", sa.Boolean, nullable=False, server_default=sa.false())
     )
-    op.create_index(
+    online.create_index(
         "ix_jobs_state_behind_provider_priority_created_at_id",
         "jobs",
         ["state", "behind", "provider", "priority", "created_at", "id"],
     )
-    op.drop_index("ix_jobs_state_provider_priority_created_at_id", table_name="jobs")
+    online.drop_index("ix_jobs_state_provider_priority_created_at_id", "jobs")
 
 
 def downgrade() -> None:
-    op.create_index(
+    online.create_index(
         "ix_jobs_state_provider_priority_created_at_id",
         "jobs",
         ["state", "provider", "priority", "created_at", "id"],
     )
-    op.drop_index("ix_jobs_state_behind_provider_priority_created_at_id", table_name="jobs")
+    online.drop_index("ix_jobs_state_behind_provider_priority_created_at_id", "jobs")
     op.drop_column("jobs", "behind")

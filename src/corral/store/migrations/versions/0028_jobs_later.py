@@ -11,6 +11,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
+from corral.store.migrations import online
+
 revision: str = "0028"
 down_revision: str | None = "0027"
 branch_labels: str | Sequence[str] | None = None
@@ -18,18 +20,20 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    # As 0027: a constant default (no rewrite of the table), plain
-    # CREATE/DROP INDEX. Jobs queued before stay unflagged, which is always
+    # As 0027: a constant default (no rewrite of the table), online on
+    # PostgreSQL. Jobs queued before stay unflagged, which is always
     # correct (the lease's own available_at condition still holds them back);
     # jobs queued from now on are flagged as they are queued.
-    op.add_column("jobs", sa.Column("later", sa.Boolean, nullable=False, server_default=sa.false()))
-    op.create_index(
+    online.add_column(
+        "jobs", sa.Column("later", sa.Boolean, nullable=False, server_default=sa.false())
+    )
+    online.create_index(
         "ix_jobs_state_behind_later_provider_priority_created_at_id",
         "jobs",
         ["state", "behind", "later", "provider", "priority", "created_at", "id"],
     )
-    op.drop_index("ix_jobs_state_behind_provider_priority_created_at_id", table_name="jobs")
-    op.create_index(
+    online.drop_index("ix_jobs_state_behind_provider_priority_created_at_id", "jobs")
+    online.create_index(
         "ix_jobs_later_available_at",
         "jobs",
         ["available_at"],
@@ -39,11 +43,11 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.drop_index("ix_jobs_later_available_at", table_name="jobs")
-    op.create_index(
+    online.drop_index("ix_jobs_later_available_at", "jobs")
+    online.create_index(
         "ix_jobs_state_behind_provider_priority_created_at_id",
         "jobs",
         ["state", "behind", "provider", "priority", "created_at", "id"],
     )
-    op.drop_index("ix_jobs_state_behind_later_provider_priority_created_at_id", table_name="jobs")
+    online.drop_index("ix_jobs_state_behind_later_provider_priority_created_at_id", "jobs")
     op.drop_column("jobs", "later")
