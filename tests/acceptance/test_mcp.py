@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -230,31 +231,51 @@ async def test_errors_are_tool_errors_and_the_session_goes_on(
         assert ok(await c.call_tool("status", {}))["paused"] is False
 
 
+ACCEPT = {"Accept": "application/json, text/event-stream"}
+HELLO = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"},
+    },
+}
+
+
 async def test_a_request_without_a_good_key_is_refused(
     srv: ServerProcess, keys: dict[str, str]
 ) -> None:
-    hello = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-06-18",
-            "capabilities": {},
-            "clientInfo": {"name": "t", "version": "1"},
-        },
-    }
-    accept = {"Accept": "application/json, text/event-stream"}
     async with httpx.AsyncClient(base_url=srv.url, timeout=30) as http:
-        resp = await http.post("/mcp", json=hello, headers=accept)
+        resp = await http.post("/mcp", json=HELLO, headers=ACCEPT)
         assert_error(resp, 401, "unauthorized")
         assert resp.headers["www-authenticate"] == "Bearer"
-        resp = await http.post("/mcp", json=hello, headers={**accept, "Authorization": "Bearer no"})
+        resp = await http.post("/mcp", json=HELLO, headers={**ACCEPT, "Authorization": "Bearer no"})
         assert_error(resp, 401)
-        runner = {**accept, "Authorization": f"Bearer {keys['runner']}"}
-        assert_error(await http.post("/mcp", json=hello, headers=runner), 403, "forbidden")
-        viewer = {**accept, "Authorization": f"Bearer {keys['viewer']}"}
-        resp = await http.post("/mcp", json=hello, headers=viewer)
+        runner = {**ACCEPT, "Authorization": f"Bearer {keys['runner']}"}
+        assert_error(await http.post("/mcp", json=HELLO, headers=runner), 403, "forbidden")
+        viewer = {**ACCEPT, "Authorization": f"Bearer {keys['viewer']}"}
+        resp = await http.post("/mcp", json=HELLO, headers=viewer)
         assert resp.status_code == 200, resp.text
+
+
+def test_the_sdk_loads_at_the_first_request_with_a_good_key(tmp_path: Path) -> None:
+    """``/mcp`` loads the MCP SDK (about a second of CPU and 26 MB here) when
+    the first request with a good key comes, not at every ``corral serve``
+    start; a request without one is refused before anything loads."""
+    loaded = "/mcp: the MCP server loaded"
+    with running_server(tmp_path / "data", args=("--no-queue",)) as s:
+        assert_error(httpx.post(f"{s.url}/mcp", json=HELLO, headers=ACCEPT), 401)
+        time.sleep(2)  # what loaded at start took ~1 s
+        assert loaded not in s.log.read_text()
+        admin = {**ACCEPT, "Authorization": f"Bearer {s.admin_key}"}
+        resp = httpx.post(f"{s.url}/mcp", json=HELLO, headers=admin, timeout=60)
+        assert resp.status_code == 200, resp.text
+        assert s.log.read_text().count(loaded) == 1
+        resp = httpx.post(f"{s.url}/mcp", json=HELLO, headers=admin, timeout=60)
+        assert resp.status_code == 200, resp.text
+        assert s.log.read_text().count(loaded) == 1
 
 
 def test_corral_mcp_with_a_runner_key_or_no_server_says_why(

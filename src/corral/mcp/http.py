@@ -20,25 +20,20 @@ from collections.abc import AsyncIterator
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
-from corral.api.deps import bearer
 from corral.auth import Principal
 from corral.client import AsyncClient
 from corral.errors import CorralError
+from corral.mcp.mount import KEY, PRINCIPAL
 from corral.mcp.server import CorralMCP
-from corral.protocol import error_body
-from corral.services import Services
 
-_PRINCIPAL = "corral.principal"
-_KEY = "corral.key"
 # Clients kept open (one connection pool per key calling): at most this many.
 CLIENTS = 32
 
 
 class HttpAccess:
-    """The caller of each request: the key ``McpEndpoint`` checked."""
+    """The caller of each request: the key ``McpMount`` checked."""
 
     def __init__(self) -> None:
         self._clients: OrderedDict[tuple[str, str], AsyncClient] = OrderedDict()
@@ -46,15 +41,15 @@ class HttpAccess:
     def principal(self, request: object | None) -> Principal | None:
         if not isinstance(request, Request):
             return None
-        found = request.scope.get(_PRINCIPAL)
+        found = request.scope.get(PRINCIPAL)
         return found if isinstance(found, Principal) else None
 
     async def client(self, request: object | None) -> AsyncClient:
-        if not isinstance(request, Request) or _KEY not in request.scope:
+        if not isinstance(request, Request) or KEY not in request.scope:
             raise CorralError("no API key came with this request")
         host, port = request.scope.get("server") or ("127.0.0.1", 0)
         url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-        key = (url, str(request.scope[_KEY]))
+        key = (url, str(request.scope[KEY]))
         found = self._clients.get(key)
         if found is not None:
             self._clients.move_to_end(key)
@@ -72,7 +67,7 @@ class HttpAccess:
 
 
 class McpEndpoint:
-    """The ASGI app at ``/mcp``: authenticate, then the SDK's transport."""
+    """The SDK's transport at ``/mcp`` (``McpMount`` checks the key first)."""
 
     def __init__(self) -> None:
         self.access = HttpAccess()
@@ -85,20 +80,7 @@ class McpEndpoint:
         self._transport = StreamableHTTPASGIApp(self.sessions)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive)
-        svc: Services = request.app.state.services
-        try:
-            key = bearer(request)
-            who = await svc.authenticate(key)
-            who.require("read")
-        except CorralError as exc:
-            headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-            response = JSONResponse(
-                error_body(exc.code, exc.message), status_code=exc.status, headers=headers
-            )
-            await response(scope, receive, send)
-            return
-        scope[_PRINCIPAL], scope[_KEY] = who, key
+        """A request whose key ``McpMount`` checked."""
         await self._transport(scope, receive, send)
 
     @contextlib.asynccontextmanager
