@@ -8,6 +8,7 @@ the same promises are checked there too."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sqlite3
@@ -136,7 +137,7 @@ async def test_nobody_hears_of_a_write_before_the_commit(db: Database) -> None:
 
     def visible(key: str) -> bool:
         assert db.url.database is not None
-        with sqlite3.connect(db.url.database) as other:
+        with contextlib.closing(sqlite3.connect(db.url.database)) as other:
             return other.execute("SELECT 1 FROM t WHERE k = ?", (key,)).fetchone() is not None
 
     db.publish = lambda topic, message: seen.append((message, visible(message)))
@@ -309,7 +310,7 @@ def test_kill_9_mid_group_loses_no_acknowledged_write(tmp_path: Path) -> None:
         if proc.stdout is not None:
             proc.stdout.close()
     assert len(acked) > 200
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         t = {k for (k,) in conn.execute("SELECT k FROM t")}
         u = {k for (k,) in conn.execute("SELECT k FROM u")}

@@ -5,6 +5,7 @@ commit, and what one registration presents fits in it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
@@ -92,11 +93,11 @@ async def test_an_unreadable_entry_is_dropped(tmp_path: Path) -> None:
     path = tmp_path / "journal.sqlite"
     async with Journal(path) as journal:
         await journal.record("j1", _entry(1))
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:  # closed, committed
         conn.execute("INSERT INTO outcomes VALUES ('bad', 'j9', 0, '{\"not\": \"an entry\"}')")
     async with Journal(path) as journal:
         assert [p.job_id for p in await journal.pending()] == ["j1"]
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
         assert conn.execute("SELECT count(*) FROM outcomes").fetchone() == (1,)
 
 
