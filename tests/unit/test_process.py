@@ -198,6 +198,26 @@ def test_settled_waits_at_once_for_a_zombie_nobody_claims(
     stray.wait(5)  # finds it waited for (its Popen is only a stand-in)
 
 
+async def test_settled_leaves_asyncio_s_child_to_asyncio(no_proc: None) -> None:
+    """A child asyncio started (an agent's CLI, a daemon) that ended, before
+    asyncio's watcher waited for it: not waited for here, or asyncio would
+    report its exit status as 255. Python 3.11 reads the watcher's list;
+    3.12 and 3.13 the pidfd readers the watcher keeps on the loop."""
+    survivors = process.Survivors()
+    survivors.subreaper = True
+    with contextlib.suppress(RuntimeError):
+        survivors.become_subreaper()  # takes the running loop (prctl may be refused)
+    survivors.subreaper = True
+    proc = await asyncio.create_subprocess_exec("sh", "-c", "exit 4")
+    assert process._watched(asyncio.get_running_loop()) == {proc.pid}
+    # Ended: with a pidfd watcher a zombie until the loop runs its callback
+    # (3.11's watcher waits in a thread of its own, at once).
+    assert _wait_for(lambda: process.Survivors._zombie(proc.pid) or not psutil.pid_exists(proc.pid))
+    assert survivors.settled("run-9")
+    assert await proc.wait() == 4  # 255 had it been waited for here
+    assert process._watched(asyncio.get_running_loop()) == set()
+
+
 async def test_settled_leaves_a_spawned_child_to_its_own_wait(no_proc: None) -> None:
     """A child ``spawn`` started and has not waited for yet is its
     ``Child``'s: its exit status is not taken from it."""
@@ -218,7 +238,7 @@ import asyncio, ctypes, os, sys, time
 from pathlib import Path
 from corral.executors import process
 assert ctypes.CDLL(None).prctl(36, 1, 0, 0, 0) == 0  # a child subreaper, as a runner
-process._watched = lambda: None  # as where asyncio cannot say (Python 3.12 and later)
+process._watched = lambda loop=None: None  # as where asyncio cannot say (3.14 on, other loops)
 argv = ["bwrap", "--die-with-parent", "--unshare-pid", "--ro-bind", "/", "/",
         "--dev", "/dev", "--proc", "/proc", "/bin/sh", "-c", "true"]
 

@@ -326,8 +326,12 @@ class Survivors:
     def __init__(self) -> None:
         self.subreaper = False
         self._zombies: dict[int, float] = {}  # pid -> when first seen a zombie
+        # The runner's loop, whose asyncio children are not ours to wait for.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def become_subreaper(self) -> bool:
+        with contextlib.suppress(RuntimeError):  # called on the runner's loop
+            self._loop = asyncio.get_running_loop()
         if sys.platform.startswith("linux") and self.children() is not None:
             with contextlib.suppress(OSError, AttributeError):
                 libc = ctypes.CDLL(None, use_errno=True)
@@ -439,7 +443,7 @@ class Survivors:
             now = time.monotonic()
             present = set(kids if kids is not None else self.children() or [])
             kids = None  # a second round reads them again
-            watched = _watched()
+            watched = _watched(self._loop)
             wait = ZOMBIE_GRACE if watched is None else REAP_AFTER
             pending = set(killed & present)
             at_once = prompt and watched is not None
@@ -471,7 +475,7 @@ def _sandbox_init(pid: int) -> bool:
     sandbox's, bwrap's ``--unshare-pid``): nobody in this process started it
     (bwrap did, and does not wait for it), so, handed to this subreaper, it
     is waited for at once even where asyncio's watcher cannot say which
-    children are its own (Python 3.12 and later, other loops). Linux only."""
+    children are its own (Python 3.14 and later, other loops). Linux only."""
     if not _STAT_OF_PID:
         return False
     try:
@@ -485,19 +489,49 @@ def _sandbox_init(pid: int) -> bool:
     return False
 
 
-def _watched() -> set[int] | None:
-    """The children asyncio's child watcher waits for (None: cannot tell)."""
-    if sys.version_info >= (3, 12):
+def _watched(loop: asyncio.AbstractEventLoop | None = None) -> set[int] | None:
+    """The children asyncio's child watcher waits for (None: cannot tell).
+    Python 3.11: the watcher's own registry. 3.12 and 3.13: the default
+    watcher (``PidfdChildWatcher``, Linux 5.3 on) keeps none; it waits for
+    each child with a reader of that child's pidfd on ``loop`` (the runner's),
+    whose first argument is the pid. No watcher yet: asyncio has started no
+    child. 3.14 on (no watchers): None."""
+    if sys.version_info < (3, 12):
+        try:
+            watcher = asyncio.get_event_loop_policy().get_child_watcher()
+        except Exception:
+            return None
+    elif sys.version_info < (3, 14):
+        # Not get_child_watcher(): deprecated (a warning), and it would make one.
+        watcher = getattr(asyncio.get_event_loop_policy(), "_watcher", None)
+        if watcher is None:
+            return set()
+    else:
         return None
-    try:
-        watcher = asyncio.get_event_loop_policy().get_child_watcher()
-    except Exception:
-        return None
-    for name in ("_callbacks", "_threads"):  # PidfdChildWatcher, ThreadedChildWatcher
+    for name in ("_callbacks", "_threads"):  # PidfdChildWatcher (3.11), ThreadedChildWatcher
         registry = getattr(watcher, name, None)
         if isinstance(registry, dict):
             return set(registry.copy())
+    if loop is not None and type(watcher).__name__ == "PidfdChildWatcher":
+        return _pidfd_readers(loop, type(watcher))
     return None
+
+
+def _pidfd_readers(loop: asyncio.AbstractEventLoop, watcher: type) -> set[int] | None:
+    """The pids ``watcher``'s readers on ``loop`` wait for (None: not a loop
+    with a selector). The map is copied in one step: the loop's thread may
+    change it meanwhile (the periodic ``reap`` runs in another)."""
+    keys = getattr(getattr(loop, "_selector", None), "_fd_to_key", None)
+    if not isinstance(keys, dict):
+        return None
+    wait = getattr(watcher, "_do_wait", None)
+    pids: set[int] = set()
+    for key in keys.copy().values():
+        reader = key.data[0] if isinstance(key.data, tuple) else None
+        callback = getattr(reader, "_callback", None)
+        if wait is not None and getattr(callback, "__func__", None) is wait:
+            pids.add(reader._args[0])  # type: ignore[union-attr]
+    return pids
 
 
 def _same(start: float, recorded: float) -> bool:
