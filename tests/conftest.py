@@ -138,16 +138,24 @@ _TEMPLATES: dict[str, str] = {}
 async def _pg_template() -> str:
     if "pg" not in _TEMPLATES:
         url = await create_pg_database(PG_URL)
+        try:
+            await _migrate(url)
+        except BaseException:
+            await drop_pg_database(url)  # the next test tries again
+            raise
         _TEMPLATES["pg"] = url
-        await _migrate(url)
     return _TEMPLATES["pg"]
 
 
 async def _sqlite_template() -> Path:
     if "sqlite" not in _TEMPLATES:
         folder = Path(tempfile.mkdtemp(prefix="corral-template-"))
+        try:
+            await _migrate(f"sqlite:///{folder / 'corral.db'}")
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         _TEMPLATES["sqlite"] = str(folder)
-        await _migrate(f"sqlite:///{folder / 'corral.db'}")
     return Path(_TEMPLATES["sqlite"]) / "corral.db"
 
 

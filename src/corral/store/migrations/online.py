@@ -90,7 +90,8 @@ def exclusive(table: str) -> None:
                     f"migration: the table {table!r} stayed locked by other transactions "
                     f"for {LOCK_GIVE_UP:.0f} s; end them (pg_stat_activity) and start again"
                 ) from exc
-            time.sleep(LOCK_PAUSE)
+            # In the server, not here: this runs on the event loop's thread.
+            conn.exec_driver_sql(f"SELECT pg_sleep({LOCK_PAUSE})")
             continue
         savepoint.commit()  # the lock stays with the transaction
         conn.exec_driver_sql("SET LOCAL lock_timeout TO DEFAULT")
