@@ -204,10 +204,8 @@ async def test_settled_leaves_asyncio_s_child_to_asyncio(no_proc: None) -> None:
     report its exit status as 255. Python 3.11 reads the watcher's list;
     3.12 and 3.13 the pidfd readers the watcher keeps on the loop."""
     survivors = process.Survivors()
-    survivors.subreaper = True
-    with contextlib.suppress(RuntimeError):
-        survivors.become_subreaper()  # takes the running loop (prctl may be refused)
-    survivors.subreaper = True
+    survivors.subreaper = True  # (not made one: prctl would stay with the test process)
+    survivors._loop = asyncio.get_running_loop()  # as become_subreaper, on the runner's loop
     proc = await asyncio.create_subprocess_exec("sh", "-c", "exit 4")
     assert process._watched(asyncio.get_running_loop()) == {proc.pid}
     # Ended: with a pidfd watcher a zombie until the loop runs its callback
