@@ -14,7 +14,10 @@ Revises: 0028
 
 from collections.abc import Sequence
 
+import sqlalchemy as sa
 from alembic import op
+
+from corral.store.migrations import online
 
 revision: str = "0029"
 down_revision: str | None = "0028"
@@ -25,13 +28,13 @@ _INDEX = "ix_jobs_runner_id_state"
 _BUILDING = "ix_jobs_runner_id_state_new"
 
 
-def _rebuild(where: str) -> None:
-    """``_INDEX`` made anew as ``(runner_id, state)`` + ``where``, concurrently."""
+def _rebuild(where: str | None) -> None:
+    """``_INDEX`` made anew as ``(runner_id, state)`` + ``where``, concurrently
+    (``online``: a leftover ``_BUILDING``, invalid or whole, is built again)."""
+    condition = sa.text(where) if where else None
+    online.create_index(_BUILDING, "jobs", ["runner_id", "state"], postgresql_where=condition)
+    online.drop_index(_INDEX, "jobs")
     with op.get_context().autocommit_block():
-        # Left invalid by a build that failed, or valid by a crash after it.
-        op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {_BUILDING}")
-        op.execute(f"CREATE INDEX CONCURRENTLY {_BUILDING} ON jobs (runner_id, state){where}")
-        op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {_INDEX}")
         op.execute(f"ALTER INDEX {_BUILDING} RENAME TO {_INDEX}")
 
 
@@ -39,9 +42,9 @@ def upgrade() -> None:
     # SQLite keeps the full index: it already searches both columns, and a
     # partial index would not serve the lease's list of bound parameters.
     if op.get_bind().dialect.name == "postgresql":
-        _rebuild(" WHERE state IN ('assigned', 'running')")
+        _rebuild("state IN ('assigned', 'running')")
 
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
-        _rebuild("")
+        _rebuild(None)
