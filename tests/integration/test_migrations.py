@@ -4,6 +4,8 @@ rebuilt on PostgreSQL leaves the table working."""
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -21,11 +23,14 @@ from corral.testing import job_row, session_row
 
 def test_single_head() -> None:
     assert len(migrate.heads()) == 1
+    # What a start compares with, read from the file names without Alembic.
+    assert migrate.head() == migrate.heads()[0]
 
 
 async def test_upgrade_matches_metadata(empty_db_url: str) -> None:
     store = Store(empty_db_url)
     try:
+        assert await migrate.current(store.db) is None
         await store.migrate()
         await store.migrate()  # idempotent
         assert await migrate.current(store.db) == migrate.heads()[0]
@@ -35,6 +40,27 @@ async def test_upgrade_matches_metadata(empty_db_url: str) -> None:
         assert diff == []
     finally:
         await store.close()
+
+
+async def test_a_store_at_the_head_opens_without_loading_alembic(db_url: str) -> None:
+    """The common start reads the revision with one query: neither Alembic nor
+    (on SQLite) SQLAlchemy's ORM, which its asyncio engine imports, is loaded."""
+    code = (
+        "import asyncio, json, sys\n"
+        "from corral.store import Store\n"
+        "async def main():\n"
+        f"    store = await Store.open({db_url!r})\n"
+        "    await store.close()\n"
+        "asyncio.run(main())\n"
+        "print(json.dumps(sorted(m for m in ('alembic', 'sqlalchemy.orm') if m in sys.modules)))"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0
+    loaded = json.loads(out)
+    assert loaded == ([] if db_url.startswith("sqlite") else ["sqlalchemy.orm"])
 
 
 @pytest.mark.parametrize("start", ["0024", "0026", "0028"])

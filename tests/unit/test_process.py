@@ -206,8 +206,16 @@ async def test_settled_leaves_asyncio_s_child_to_asyncio(no_proc: None) -> None:
     survivors = process.Survivors()
     survivors.subreaper = True  # (not made one: prctl would stay with the test process)
     survivors._loop = asyncio.get_running_loop()  # as become_subreaper, on the runner's loop
-    proc = await asyncio.create_subprocess_exec("sh", "-c", "exit 4")
+    # It ends when told: 3.11's watcher waits for it in a thread and forgets
+    # it as soon as it has ended (a child that ended at once was gone before
+    # the first check, 1 run in ~8 under the suite's load).
+    proc = await asyncio.create_subprocess_exec(
+        "sh", "-c", "read _; exit 4", stdin=asyncio.subprocess.PIPE
+    )
     assert process._watched(asyncio.get_running_loop()) == {proc.pid}
+    assert proc.stdin is not None
+    proc.stdin.close()
+    await proc.stdin.wait_closed()
     # Ended: with a pidfd watcher a zombie until the loop runs its callback
     # (3.11's watcher waits in a thread of its own, at once).
     assert _wait_for(lambda: process.Survivors._zombie(proc.pid) or not psutil.pid_exists(proc.pid))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections.abc import Sequence
@@ -39,11 +38,6 @@ async def health() -> dict[str, str]:
 READY_TIMEOUT = 2.0
 
 
-@functools.cache
-def _head() -> str:
-    return migrate.heads()[0]
-
-
 def _state(task: asyncio.Task[Any]) -> str:
     if not task.done():
         return "running"
@@ -73,8 +67,8 @@ async def ready(svc: Svc) -> JSONResponse:
     else:
         checks["database"] = "ok"
         checks["migration"] = current
-        if current != _head():
-            reasons.append(f"the database is at migration {current}, this server needs {_head()}")
+        if current != (head := migrate.head()):
+            reasons.append(f"the database is at migration {current}, this server needs {head}")
     live = svc.liveness
     loops: dict[str, str] = {}
     for name, task in live.tasks.items():
