@@ -288,3 +288,106 @@ async def test_events_for_a_session_that_does_not_exist_are_refused(store: Store
         return int(conn.execute(stmt).scalar_one())
 
     assert await store.db.read(count) == 0
+
+
+def _seed_log(session_id: str, seqs: list[int], job_of: Any, at: datetime) -> Any:
+    """A write body: session ``session_id`` with events at ``seqs`` (its
+    ``last_seq`` the highest), job ``job_of(seq)``, every third internal."""
+
+    def seed(tx: Any) -> None:
+        tx.conn.execute(sa.insert(sessions), [session_row(session_id, at, last_seq=max(seqs))])
+        rows = [
+            {
+                "session_id": session_id,
+                "seq": seq,
+                "event_id": f"{session_id}-{seq}",
+                "job_id": job_of(seq),
+                "type": "output",
+                "epoch": 1,
+                "payload": {"seq": seq},
+                "internal": seq % 3 == 0,
+                "created_at": at,
+            }
+            for seq in seqs
+        ]
+        tx.conn.execute(sa.insert(event_rows), rows)
+
+    return seed
+
+
+async def test_a_page_is_the_first_events_after_since_across_filters_and_gaps(
+    store: Store,
+) -> None:
+    """``events.list`` reads a page's seqs first (issue #18), then what a
+    short one lacks: whatever the filters leave or a gap skips, a page is
+    the first ``limit`` matching events after ``since``, in order."""
+    at = datetime.now(UTC)
+    seqs = [s for s in range(1, 3001) if not 1001 <= s <= 1500]  # a gap of 500
+
+    def job_of(seq: int) -> str:
+        return "b" if seq <= 10 or seq > 2900 else "a"
+
+    await store.db.write(_seed_log("s-pages", seqs, job_of, at))
+    for since, limit, job, internal in [
+        (0, 100, None, True),
+        (950, 100, None, True),  # across the gap
+        (0, 1000, None, False),
+        (2990, 1000, None, True),  # the log's end
+        (3000, 10, None, True),  # nothing after the last
+        (0, 50, "b", True),  # 10 at the start, the rest 2,890 seqs later
+        (5, 20, "b", False),
+        (0, 5, "c", True),  # no such job's events
+    ]:
+        page = await store.events.list(
+            "s-pages", since=since, limit=limit, job_id=job, internal=internal
+        )
+        want = [
+            s
+            for s in seqs
+            if s > since and (job is None or job_of(s) == job) and (internal or s % 3 != 0)
+        ][:limit]
+        assert [e.seq for e in page] == want, (since, limit, job, internal)
+        assert all(e.payload == {"seq": e.seq} and not e.ephemeral for e in page)
+    assert await store.events.list("no-such-session") == []
+
+
+async def test_a_page_reads_a_range_whatever_postgresql_has_seen(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session the statistics have not seen: PostgreSQL planned the
+    open-ended query (``seq > since``) as a read and a sort of the session's
+    whole tail, 20,000 events for a page of 1,000 (issue #18). A page reads
+    at most ``limit`` rows (``EXPLAIN ANALYZE``); one that the log's end
+    left short looks once more, for what came since."""
+    import re
+
+    store = await Store.open(pg_url)
+    try:
+        at = datetime.now(UTC)
+        for i in range(200):  # what the last ANALYZE saw: sessions of 50 events
+            await store.db.write(_seed_log(f"s-{i}", list(range(1, 51)), lambda s: "a", at))
+        await store.db.write(lambda tx: tx.conn.execute(sa.text("ANALYZE events")))
+        await store.db.write(_seed_log("s-big", list(range(1, 20001)), lambda s: "a", at))
+
+        listing, plans = events_module._listing, []
+
+        def spied(by_job: bool, internal: bool, *, bounded: bool = False) -> Any:
+            stmt = listing(by_job, internal, bounded=bounded)
+
+            def run(conn: sa.Connection, params: dict[str, Any]) -> Any:
+                plans.append("\n".join(stmt.explain(conn, params, analyze=True)))
+                return stmt(conn, params)
+
+            return run
+
+        monkeypatch.setattr(events_module, "_listing", spied)
+        for since in (0, 30, 5000, 19500):  # the last: the log ends within the page
+            plans.clear()
+            page = await store.events.list("s-big", since=since, limit=1000, internal=True)
+            assert [e.seq for e in page] == list(range(since + 1, min(since + 1000, 20000) + 1))
+            assert len(plans) == (1 if since < 19000 else 2)
+            for plan in plans:
+                read = [int(n) for n in re.findall(r"actual time=\S+ rows=(\d+)", plan)]
+                assert read and max(read) <= 1000, plan
+    finally:
+        await store.close()

@@ -331,17 +331,42 @@ class Events:
         job_id: str | None = None,
         internal: bool = False,
     ) -> list[Event]:
-        stmt = _listing(job_id is not None, internal)
-        params = {"session_id": session_id, "since": since, "limit": limit, "job_id": job_id}
-        return await self.db.read(
-            lambda conn: [Event(ephemeral=False, **row._asdict()) for row in stmt(conn, params)]
-        )
+        """The session's first ``limit`` events after seq ``since`` (of job
+        ``job_id``; with ``internal``, corral's internal ones too), in order.
+
+        First the ``limit`` seqs after ``since``: a whole page unless the log
+        ends there (or the filters or a gap left it short), and never more
+        rows than that whatever the plan. PostgreSQL planned the open-ended
+        query by its statistics: a page whose ``since`` lay among the seqs
+        they had seen, of a session they had not, read and sorted every event
+        after it (the first page of a 100,000-event session 24-28 ms instead
+        of ~6; issue #18). A short page goes on from its last event with the
+        open-ended query: at the log's end it finds what was committed since,
+        if anything, in order."""
+        by_job = job_id is not None
+        params: dict[str, Any] = {
+            "session_id": session_id,
+            "job_id": job_id,
+            "since": since,
+            "upto": since + limit,
+            "limit": limit,
+        }
+        first, rest = _listing(by_job, internal, bounded=True), _listing(by_job, internal)
+
+        def read(conn: sa.Connection) -> list[Event]:
+            page = [Event(ephemeral=False, **row._asdict()) for row in first(conn, params)]
+            if len(page) < limit:
+                params.update(since=page[-1].seq if page else since, limit=limit - len(page))
+                page += [Event(ephemeral=False, **row._asdict()) for row in rest(conn, params)]
+            return page
+
+        return await self.db.read(read)
 
 
 @functools.cache
-def _listing(by_job: bool, internal: bool) -> Prepared:
-    """A session's events after a seq, built once per shape (every SSE stream
-    back-fills with one; issue #18)."""
+def _listing(by_job: bool, internal: bool, *, bounded: bool = False) -> Prepared:
+    """A session's events after a seq (``bounded``: up to one), built once
+    per shape (every SSE stream back-fills with one; issue #18)."""
     stmt = (
         sa.select(events)
         .where(
@@ -351,6 +376,8 @@ def _listing(by_job: bool, internal: bool) -> Prepared:
         .order_by(events.c.seq)
         .limit(sa.bindparam("limit"))
     )
+    if bounded:
+        stmt = stmt.where(events.c.seq <= sa.bindparam("upto"))
     if by_job:
         stmt = stmt.where(events.c.job_id == sa.bindparam("job_id"))
     if not internal:

@@ -242,13 +242,20 @@ class Prepared:
             out = [make(raw) for raw in rows]
         return Rows(out, rowcount)
 
-    def explain(self, conn: sa.Connection, params: Mapping[str, Any]) -> list[str]:
+    def explain(
+        self, conn: sa.Connection, params: Mapping[str, Any], *, analyze: bool = False
+    ) -> list[str]:
         """The plan of the statement as ``__call__`` would run it with
         ``params`` (``EXPLAIN``, SQLite's ``EXPLAIN QUERY PLAN``: its detail
-        column), without running it: what tests read."""
+        column), without running it: what tests read. ``analyze``
+        (PostgreSQL): run it, and each step says how many rows it gave."""
         assert not self.expanding, "a plan of an expanded list: not needed yet"
         plan = self._plan(conn.dialect, params)
-        prefix = "EXPLAIN QUERY PLAN " if conn.dialect.name == "sqlite" else "EXPLAIN "
+        if conn.dialect.name == "sqlite":
+            assert not analyze, "SQLite has no EXPLAIN ANALYZE"
+            prefix = "EXPLAIN QUERY PLAN "
+        else:
+            prefix = "EXPLAIN ANALYZE " if analyze else "EXPLAIN "
         rows, _, _ = _execute(conn, prefix + plan.sql, _args(plan, params))
         return [str(row[-1]) for row in rows]
 
