@@ -139,8 +139,8 @@ class Database:
             if parsed.get_driver_name() != "asyncpg":
                 raise ConfigError("use postgresql+asyncpg://... for PostgreSQL")
             # Imported here: it imports SQLAlchemy's ORM, which SQLite's
-            # store, the default, never needs (a fifth of a second of each
-            # server's start on the CI machine).
+            # store, the default, never needs (0.06-0.1 s of CPU at every
+            # start on the CI machine).
             from sqlalchemy.ext.asyncio import create_async_engine
 
             # Queue tables change size fast and may have no statistics yet

@@ -344,16 +344,16 @@ class Events:
         open-ended query: at the log's end it finds what was committed since,
         if anything, in order."""
         by_job = job_id is not None
-        params: dict[str, Any] = {
-            "session_id": session_id,
-            "job_id": job_id,
-            "since": since,
-            "upto": since + limit,
-            "limit": limit,
-        }
         first, rest = _listing(by_job, internal, bounded=True), _listing(by_job, internal)
 
         def read(conn: sa.Connection) -> list[Event]:
+            params: dict[str, Any] = {
+                "session_id": session_id,
+                "job_id": job_id,
+                "since": since,
+                "upto": since + limit,
+                "limit": limit,
+            }
             page = [Event(ephemeral=False, **row._asdict()) for row in first(conn, params)]
             if len(page) < limit:
                 params.update(since=page[-1].seq if page else since, limit=limit - len(page))
