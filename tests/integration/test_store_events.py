@@ -318,9 +318,9 @@ def _seed_log(session_id: str, seqs: list[int], job_of: Any, at: datetime) -> An
 async def test_a_page_is_the_first_events_after_since_across_filters_and_gaps(
     store: Store,
 ) -> None:
-    """``events.list`` reads a page's seqs first (issue #18), then what a
-    short one lacks: whatever the filters leave or a gap skips, a page is
-    the first ``limit`` matching events after ``since``, in order."""
+    """``events.list`` reads a page in ranges of seqs (issue #18): whatever
+    the filters leave or a gap skips, a page is the first ``limit`` matching
+    events after ``since``, in order."""
     at = datetime.now(UTC)
     seqs = [s for s in range(1, 3001) if not 1001 <= s <= 1500]  # a gap of 500
 
@@ -356,9 +356,9 @@ async def test_a_page_reads_a_range_whatever_postgresql_has_seen(
 ) -> None:
     """A session the statistics have not seen: PostgreSQL planned the
     open-ended query (``seq > since``) as a read and a sort of the session's
-    whole tail, 20,000 events for a page of 1,000 (issue #18). A page reads
-    at most ``limit`` rows (``EXPLAIN ANALYZE``); one that the log's end
-    left short looks once more, for what came since."""
+    whole tail, 20,000 events for a page of 1,000 (issue #18). Every
+    statement of a page reads a range of seqs (``EXPLAIN ANALYZE``): the
+    page's own, then, for a page the filters left short, the next ones."""
     import re
 
     store = await Store.open(pg_url)
@@ -371,8 +371,8 @@ async def test_a_page_reads_a_range_whatever_postgresql_has_seen(
 
         listing, plans = events_module._listing, []
 
-        def spied(by_job: bool, internal: bool, *, bounded: bool = False) -> Any:
-            stmt = listing(by_job, internal, bounded=bounded)
+        def spied(by_job: bool, internal: bool) -> Any:
+            stmt = listing(by_job, internal)
 
             def run(conn: sa.Connection, params: dict[str, Any]) -> Any:
                 plans.append("\n".join(stmt.explain(conn, params, analyze=True)))
@@ -381,13 +381,19 @@ async def test_a_page_reads_a_range_whatever_postgresql_has_seen(
             return run
 
         monkeypatch.setattr(events_module, "_listing", spied)
-        for since in (0, 30, 5000, 19500):  # the last: the log ends within the page
+        pages = [
+            (0, True, list(range(1, 1001))),
+            (30, True, list(range(31, 1031))),
+            (19500, True, list(range(19501, 20001))),  # the log ends within the page
+            (0, False, [s for s in range(1, 1502) if s % 3][:1000]),  # short: a second range
+        ]
+        for since, internal, want in pages:
             plans.clear()
-            page = await store.events.list("s-big", since=since, limit=1000, internal=True)
-            assert [e.seq for e in page] == list(range(since + 1, min(since + 1000, 20000) + 1))
-            assert len(plans) == (1 if since < 19000 else 2)
+            page = await store.events.list("s-big", since=since, limit=1000, internal=internal)
+            assert [e.seq for e in page] == want
+            assert plans
             for plan in plans:
                 read = [int(n) for n in re.findall(r"actual time=\S+ rows=(\d+)", plan)]
-                assert read and max(read) <= 1000, plan
+                assert read and max(read) <= 1000, plan  # each range here: 1,000 seqs
     finally:
         await store.close()
