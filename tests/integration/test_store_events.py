@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -359,8 +360,6 @@ async def test_a_page_reads_a_range_whatever_postgresql_has_seen(
     whole tail, 20,000 events for a page of 1,000 (issue #18). Every
     statement of a page reads a range of seqs (``EXPLAIN ANALYZE``): the
     page's own, then, for a page the filters left short, the next ones."""
-    import re
-
     store = await Store.open(pg_url)
     try:
         at = datetime.now(UTC)
