@@ -178,8 +178,9 @@ def test_settled_waits_at_once_for_a_zombie_nobody_claims(
     nor asyncio waits for (an orphan handed to the subreaper, as every
     sandboxed job's first process in its PID namespace is) is waited for
     at once, not left for ``REAP_AFTER``; the periodic ``reap`` (a thread)
-    still waits. From Python 3.12 on asyncio's child watcher keeps no list of
-    the children it waits for (a pidfd reader each): such a zombie, which
+    still waits. Where asyncio cannot say which children it waits for
+    (Python 3.14 on; 3.12 and 3.13 without the runner's loop, as here: their
+    watcher keeps a pidfd reader on the loop, no list), such a zombie, which
     could be one of asyncio's own about to be waited for, is left for
     ``ZOMBIE_GRACE`` (a sandbox's first process is still waited for at once,
     by what it is)."""
